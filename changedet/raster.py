@@ -1,0 +1,429 @@
+"""Reading scenes and putting two of them on one analysis grid.
+
+The only module (with :mod:`changedet.outputs`) that touches raster files. Everything
+downstream works on :class:`Scene` objects: a ``(B, H, W)`` float32 array, a ``(H, W)``
+validity mask and a :class:`Grid` (CRS, affine transform, shape).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from rasterio.crs import CRS
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioIOError
+from rasterio.warp import Resampling, reproject, transform_bounds
+
+from ._log import logger
+from .errors import InputError, ProcessingError
+
+#: The smallest overlap, in pixels on each side, that the analysis accepts.
+MIN_OVERLAP_PX = 64
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: where each pixel of an array lies on the ground.
+
+    Attributes
+    ----------
+    crs : rasterio.crs.CRS
+        Coordinate reference system of the transform.
+    transform : affine.Affine
+        Maps (column, row) pixel-corner coordinates to (x, y) in ``crs``.
+    height, width : int
+        Shape of the arrays on this grid, in pixels.
+    """
+
+    crs: CRS
+    transform: Affine
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels."""
+        return (self.height, self.width)
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """``(x, y)`` size of one pixel in CRS units (metres on a projected grid)."""
+        t = self.transform
+        return (math.hypot(t.a, t.d), math.hypot(t.b, t.e))
+
+    @property
+    def pixel_area(self) -> float:
+        """Area of one pixel in squared CRS units (m² on a projected grid)."""
+        return abs(self.transform.determinant)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(left, bottom, right, top)`` in CRS units (axis-aligned grids)."""
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
+        return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+    def window(self, row0: int, col0: int, height: int, width: int) -> Grid:
+        """The sub-grid starting at pixel ``(row0, col0)`` with the given shape."""
+        return Grid(self.crs, self.transform @ Affine.translation(col0, row0), height, width)
+
+
+@dataclass
+class Scene:
+    """One image on one grid.
+
+    Attributes
+    ----------
+    image : (B, H, W) ndarray of float32
+        The chosen bands in the order asked for; invalid pixels hold 0.
+    valid : (H, W) ndarray of bool
+        True where every chosen band holds real data.
+    grid : Grid
+        Georeference of ``image`` and ``valid``.
+    path : str
+        The file the scene came from (for messages and the report).
+    bands : tuple of int
+        1-based band numbers in the source file, one per layer of ``image``.
+    nir : int or None
+        Index into ``image`` of the near-infrared layer, when there is one.
+    """
+
+    image: np.ndarray
+    valid: np.ndarray
+    grid: Grid
+    path: str = ""
+    bands: tuple[int, ...] = ()
+    nir: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def visible(self) -> np.ndarray:
+        """``(B', H, W)`` view of the layers that are not near-infrared."""
+        if self.nir is None:
+            return self.image
+        keep = [i for i in range(self.image.shape[0]) if i != self.nir]
+        return self.image[keep]
+
+
+@dataclass
+class AlignedPair:
+    """Two scenes on one analysis grid, cropped to the overlap of their valid data.
+
+    Attributes
+    ----------
+    before, after : Scene
+        On the same :class:`Grid` (``before.grid == after.grid``).
+    after_source : Scene
+        The after scene as read, on its own grid: co-registration resamples it again
+        from here so that the after pixels are interpolated only once.
+    overlap_fraction : float
+        Share of the before scene's valid pixels that the after scene also covers.
+    """
+
+    before: Scene
+    after: Scene
+    after_source: Scene
+    overlap_fraction: float
+
+    @property
+    def grid(self) -> Grid:
+        return self.before.grid
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """Parse a ``--bands`` value such as ``"3,2,1"`` into 1-based band numbers.
+
+    Raises
+    ------
+    ValueError
+        When the text is not a comma-separated list of positive integers.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"bands must be comma-separated band numbers, got {text!r}") from None
+    if any(b < 1 for b in bands):
+        raise ValueError(f"band numbers start at 1, got {text!r}")
+    return bands
+
+
+def _grid_of(ds: rasterio.io.DatasetReader, path: str) -> Grid:
+    transform = ds.transform
+    crs = ds.crs
+    if transform.is_identity or transform.determinant == 0:
+        gcps, gcp_crs = ds.gcps
+        if gcps and gcp_crs is not None:
+            transform = rasterio.transform.from_gcps(gcps)
+            crs = gcp_crs
+        else:
+            raise InputError(
+                path,
+                "has no geotransform; georeference it first, e.g. "
+                "`gdal_translate -a_ullr ULX ULY LRX LRY -a_srs EPSG:XXXX in.tif out.tif`",
+            )
+    if crs is None or not crs.to_wkt():
+        raise InputError(
+            path,
+            "has no CRS; assign one first, e.g. `gdal_edit.py -a_srs EPSG:32651 FILE`",
+        )
+    return Grid(CRS.from_user_input(crs), transform, ds.height, ds.width)
+
+
+def read_scene(
+    path: str | os.PathLike[str],
+    bands: Sequence[int] | None = None,
+    nir_band: int | None = None,
+) -> Scene:
+    """Read and validate one georeferenced scene.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Anything GDAL opens (GeoTIFF, JP2, VRT, ``/vsicurl/`` URLs...).
+    bands : sequence of int, optional
+        1-based bands to use, in order. Default: the first three (or fewer if the file
+        has fewer).
+    nir_band : int, optional
+        1-based near-infrared band; appended to ``bands`` when not already in them.
+
+    Returns
+    -------
+    Scene
+        Bands as float32, with the validity mask built from the dataset mask, the
+        nodata value and non-finite values.
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable or truncated file; no CRS or geotransform; bands out of
+        range; no valid pixel.
+    """
+    path = os.fspath(path)
+    if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
+        raise InputError(path, "no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(path, f"not a raster GDAL can read ({_first_line(exc)})") from exc
+    with ds:
+        grid = _grid_of(ds, path)
+        chosen = tuple(bands) if bands else tuple(range(1, min(3, ds.count) + 1))
+        nir_index: int | None = None
+        if nir_band is not None:
+            if nir_band in chosen:
+                nir_index = chosen.index(nir_band)
+            else:
+                chosen = chosen + (nir_band,)
+                nir_index = len(chosen) - 1
+        out_of_range = [b for b in chosen if b > ds.count]
+        if out_of_range:
+            raise InputError(
+                path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for"
+            )
+        try:
+            with warnings.catch_warnings():
+                # A nodata value wins over an alpha band: that is the mask we want.
+                warnings.simplefilter("ignore", NodataShadowWarning)
+                data = ds.read(list(chosen), out_dtype="float32")
+                masks = ds.read_masks(list(chosen))
+        except RasterioIOError as exc:
+            raise InputError(
+                path, f"file is truncated or corrupt ({_first_line(exc)})"
+            ) from exc
+        tags = {k: str(v) for k, v in ds.tags().items()}
+    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+    if not valid.any():
+        raise InputError(path, "has no valid pixels (all nodata or masked)")
+    data[:, ~valid] = 0.0
+    logger.info("read %s: %d band(s), %d x %d px, %s", path, len(chosen), grid.width,
+                grid.height, grid.crs.to_string())
+    return Scene(data, valid, grid, path, chosen, nir_index, tags)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _local_projected_crs(lon: float, lat: float) -> CRS:
+    """A metric CRS in which areas near (lon, lat) are right.
+
+    UTM within its limits (80°S to 84°N); beyond them a Lambert azimuthal equal-area
+    projection centred on the scene, where UTM's scale error grows without bound.
+    """
+    if -80.0 <= lat <= 84.0:
+        zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
+        return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+    return CRS.from_wkt(
+        ProjCRS.from_proj4(
+            f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +x_0=0 +y_0=0 "
+            "+ellps=WGS84 +units=m +no_defs"
+        ).to_wkt()
+    )
+
+
+def analysis_grid(source: Grid) -> Grid:
+    """The grid the analysis runs on, chosen from the before scene's grid.
+
+    The before grid itself when its CRS is projected (no resampling of the reference
+    image); otherwise a north-up grid in the local UTM zone (or an equal-area
+    projection near the poles) with square pixels of the source's ground resolution.
+    """
+    if source.crs.is_projected:
+        return source
+    left, bottom, right, top = source.bounds
+    lon, lat = (left + right) / 2.0, (bottom + top) / 2.0
+    dst_crs = _local_projected_crs(lon, lat)
+    to_dst = Transformer.from_crs(source.crs, dst_crs, always_xy=True)
+    # Ground size of one source pixel at the centre, measured along each axis.
+    xres, yres = source.pixel_size
+    x0, y0 = to_dst.transform(lon, lat)
+    x1, y1 = to_dst.transform(lon + xres, lat)
+    x2, y2 = to_dst.transform(lon, lat + yres)
+    pixel = math.sqrt(math.hypot(x1 - x0, y1 - y0) * math.hypot(x2 - x0, y2 - y0))
+    dl, db, dr, dt = transform_bounds(source.crs, dst_crs, left, bottom, right, top,
+                                      densify_pts=21)
+    dl = math.floor(dl / pixel) * pixel
+    dt = math.ceil(dt / pixel) * pixel
+    width = int(math.ceil((dr - dl) / pixel))
+    height = int(math.ceil((dt - db) / pixel))
+    return Grid(dst_crs, Affine(pixel, 0.0, dl, 0.0, -pixel, dt), height, width)
+
+
+def warp_scene(
+    scene: Scene,
+    grid: Grid,
+    correction: Affine = Affine.identity(),
+    resampling: Resampling = Resampling.cubic,
+) -> Scene:
+    """Resample a scene onto ``grid`` in one interpolation.
+
+    Parameters
+    ----------
+    scene : Scene
+        The source scene on its own grid.
+    grid : Grid
+        The destination grid.
+    correction : affine.Affine
+        Pixel-space map on ``grid``: output pixel ``(c, r)`` takes the value that lies
+        at ``correction @ (c, r)`` of ``grid``. A pure shift ``(dx, dy)`` of the
+        co-registration contract is ``Affine.translation(dx, dy)``.
+    resampling : rasterio.warp.Resampling
+        Interpolation kernel (cubic by default; bilinear or better keeps sub-pixel
+        geometry).
+
+    Returns
+    -------
+    Scene
+        On ``grid``; pixels whose interpolation kernel touched invalid or outside
+        source pixels are marked invalid.
+    """
+    dst_transform = grid.transform @ correction
+    bands = scene.image.shape[0]
+    image = np.zeros((bands, grid.height, grid.width), dtype=np.float32)
+    reproject(
+        source=scene.image,
+        destination=image,
+        src_transform=scene.grid.transform,
+        src_crs=scene.grid.crs,
+        dst_transform=dst_transform,
+        dst_crs=grid.crs,
+        resampling=resampling,
+        num_threads=2,
+    )
+    # The mask goes through the same kernel: wherever any invalid or outside pixel
+    # contributed, the interpolated mask departs from 1.
+    weight = np.zeros((grid.height, grid.width), dtype=np.float32)
+    reproject(
+        source=scene.valid.astype(np.float32),
+        destination=weight,
+        src_transform=scene.grid.transform,
+        src_crs=scene.grid.crs,
+        dst_transform=dst_transform,
+        dst_crs=grid.crs,
+        resampling=resampling,
+        num_threads=2,
+    )
+    valid = np.abs(weight - 1.0) < 1e-3
+    image[:, ~valid] = 0.0
+    return replace(scene, image=image, valid=valid, grid=grid)
+
+
+def crop_scene(scene: Scene, row0: int, col0: int, height: int, width: int) -> Scene:
+    """The part of a scene in a pixel window (arrays are copied)."""
+    rows = slice(row0, row0 + height)
+    cols = slice(col0, col0 + width)
+    return replace(
+        scene,
+        image=scene.image[:, rows, cols].copy(),
+        valid=scene.valid[rows, cols].copy(),
+        grid=scene.grid.window(row0, col0, height, width),
+    )
+
+
+def align_pair(before: Scene, after: Scene) -> AlignedPair:
+    """Put the after scene on the before scene's analysis grid and crop to the overlap.
+
+    Parameters
+    ----------
+    before, after : Scene
+        As read, each on its own grid; CRS, pixel size, extent and band order may
+        differ (bands must agree in number).
+
+    Returns
+    -------
+    AlignedPair
+
+    Raises
+    ------
+    ProcessingError
+        When the scenes do not overlap, or overlap by less than
+        ``MIN_OVERLAP_PX`` pixels on a side.
+    InputError
+        When the two scenes have different numbers of bands.
+    """
+    if before.image.shape[0] != after.image.shape[0]:
+        raise InputError(
+            after.path,
+            f"uses {after.image.shape[0]} band(s) but {before.path} uses "
+            f"{before.image.shape[0]}; choose matching bands with --bands",
+        )
+    grid = analysis_grid(before.grid)
+    before_on_grid = before if grid == before.grid else warp_scene(before, grid)
+    after_on_grid = warp_scene(after, grid)
+    both = before_on_grid.valid & after_on_grid.valid
+    n_before = int(before_on_grid.valid.sum())
+    if not both.any():
+        raise ProcessingError(
+            f"{after.path} does not overlap {before.path} (no valid pixel in common)"
+        )
+    rows = np.flatnonzero(both.any(axis=1))
+    cols = np.flatnonzero(both.any(axis=0))
+    row0, row1 = int(rows[0]), int(rows[-1]) + 1
+    col0, col1 = int(cols[0]), int(cols[-1]) + 1
+    if row1 - row0 < MIN_OVERLAP_PX or col1 - col0 < MIN_OVERLAP_PX:
+        raise ProcessingError(
+            f"{after.path} overlaps {before.path} by only {col1 - col0} x {row1 - row0} "
+            f"pixels; at least {MIN_OVERLAP_PX} x {MIN_OVERLAP_PX} are needed"
+        )
+    h, w = row1 - row0, col1 - col0
+    b = crop_scene(before_on_grid, row0, col0, h, w)
+    a = crop_scene(after_on_grid, row0, col0, h, w)
+    common = b.valid & a.valid
+    b.valid, a.valid = common, common.copy()
+    fraction = float(both.sum()) / max(n_before, 1)
+    logger.info("analysis grid %s, %.3g m pixels, %d x %d px; overlap %.1f%% of before",
+                grid.crs.to_string(), grid.pixel_size[0], w, h, 100 * fraction)
+    return AlignedPair(b, a, after, fraction)

@@ -1,0 +1,64 @@
+"""Shared fixtures: a factory of small synthetic GeoTIFFs for unit tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+
+def write_geotiff(
+    path: Path,
+    data: np.ndarray,
+    crs: str | None = "EPSG:32651",
+    transform: Affine | None = Affine(0.5, 0, 500000.0, 0, -0.5, 4320000.0),
+    nodata: float | None = None,
+) -> Path:
+    """Write ``data`` ((B, H, W) or (H, W)) as a GeoTIFF and return its path."""
+    if data.ndim == 2:
+        data = data[None]
+    profile = {
+        "driver": "GTiff",
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "count": data.shape[0],
+        "dtype": data.dtype.name,
+    }
+    if crs is not None:
+        profile["crs"] = crs
+    if transform is not None:
+        profile["transform"] = transform
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture
+def geotiff(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``geotiff(name, data, crs=..., transform=..., nodata=...)`` -> path."""
+
+    def make(name: str, data: np.ndarray, **kwargs) -> Path:
+        return write_geotiff(tmp_path / name, data, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def textured_image() -> Callable[..., np.ndarray]:
+    """Factory of smooth random textures ((B, H, W) uint8) for alignment tests."""
+    from scipy import ndimage
+
+    def make(height: int = 256, width: int = 256, bands: int = 3, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        noise = rng.normal(size=(bands, height, width))
+        smooth = ndimage.gaussian_filter(noise, sigma=(0, 3, 3))
+        smooth = (smooth - smooth.min()) / (np.ptp(smooth) + 1e-9)
+        return (smooth * 250).astype(np.uint8)
+
+    return make

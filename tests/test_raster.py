@@ -1,0 +1,168 @@
+"""Reading, validating and aligning scenes (changedet.raster)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from changedet.errors import InputError, ProcessingError
+from changedet.raster import (
+    MIN_OVERLAP_PX,
+    align_pair,
+    analysis_grid,
+    parse_bands,
+    read_scene,
+)
+
+
+def test_reads_bands_as_float_with_valid_mask(geotiff, textured_image):
+    data = textured_image(bands=4)
+    data[:, :10, :] = 0
+    path = geotiff("a.tif", data, nodata=0)
+    scene = read_scene(path)
+    assert scene.image.shape == (3, 256, 256)
+    assert scene.image.dtype == np.float32
+    assert scene.bands == (1, 2, 3)
+    assert not scene.valid[:10].any()
+    assert scene.valid[10:].all() or scene.valid[10:].mean() > 0.99
+
+
+def test_nir_band_is_appended_and_indexed(geotiff, textured_image):
+    path = geotiff("a.tif", textured_image(bands=4))
+    scene = read_scene(path, bands=(3, 2, 1), nir_band=4)
+    assert scene.bands == (3, 2, 1, 4)
+    assert scene.nir == 3
+    assert scene.visible.shape[0] == 3
+
+
+def test_nan_pixels_are_invalid(geotiff):
+    data = np.ones((2, 80, 80), dtype=np.float32)
+    data[1, 5, 7] = np.nan
+    scene = read_scene(geotiff("f.tif", data))
+    assert not scene.valid[5, 7]
+    assert scene.valid.sum() == 80 * 80 - 1
+    assert np.isfinite(scene.image).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"crs": None}, "has no CRS"), ({"crs": None, "transform": None}, "has no geotransform")],
+)
+def test_refuses_ungeoreferenced(geotiff, textured_image, kwargs, message):
+    path = geotiff("bad.tif", textured_image(), **kwargs)
+    with pytest.raises(InputError, match=message) as info:
+        read_scene(path)
+    assert str(path) in str(info.value)
+
+
+def test_refuses_missing_and_non_raster(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_scene(tmp_path / "missing.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster\n")
+    with pytest.raises(InputError, match="not a raster"):
+        read_scene(text)
+
+
+def test_refuses_truncated(geotiff, textured_image):
+    path = geotiff("t.tif", textured_image(512, 512))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=str(path)):
+        read_scene(path)
+
+
+def test_refuses_all_nodata(geotiff):
+    path = geotiff("z.tif", np.zeros((3, 64, 64), np.uint8), nodata=0)
+    with pytest.raises(InputError, match="no valid pixels"):
+        read_scene(path)
+
+
+def test_band_out_of_range(geotiff, textured_image):
+    path = geotiff("a.tif", textured_image(bands=3))
+    with pytest.raises(InputError, match="band 5"):
+        read_scene(path, bands=(1, 5))
+
+
+def test_parse_bands():
+    assert parse_bands("3,2,1") == (3, 2, 1)
+    assert parse_bands(None) is None
+    with pytest.raises(ValueError):
+        parse_bands("0,1")
+    with pytest.raises(ValueError):
+        parse_bands("red")
+
+
+def test_geographic_grid_becomes_local_utm():
+    from rasterio.crs import CRS
+
+    from changedet.raster import Grid
+
+    # Pyongyang, 5e-6 degree pixels (~0.45 m east, ~0.55 m north)
+    g = Grid(CRS.from_epsg(4326), Affine(5e-6, 0, 125.75, 0, -5e-6, 39.03), 1000, 1000)
+    a = analysis_grid(g)
+    assert a.crs.to_epsg() == 32651
+    assert 0.4 < a.pixel_size[0] < 0.6
+    assert a.pixel_size[0] == a.pixel_size[1]
+
+
+def test_high_latitude_uses_equal_area():
+    from rasterio.crs import CRS
+
+    from changedet.raster import Grid
+
+    g = Grid(CRS.from_epsg(4326), Affine(2e-5, 0, 15.0, 0, -2e-5, 86.5), 500, 500)
+    a = analysis_grid(g)
+    assert "laea" in a.crs.to_proj4() or "Lambert" in a.crs.to_wkt()
+
+
+def test_align_same_grid_is_identity(geotiff, textured_image):
+    data = textured_image()
+    before = read_scene(geotiff("b.tif", data))
+    after = read_scene(geotiff("a.tif", data))
+    pair = align_pair(before, after)
+    assert pair.grid == before.grid
+    assert pair.overlap_fraction == pytest.approx(1.0)
+    np.testing.assert_allclose(pair.after.image, pair.before.image, atol=1e-3)
+
+
+def test_align_crops_to_overlap(geotiff, textured_image):
+    data = textured_image(300, 300)
+    t = Affine(0.5, 0, 500000.0, 0, -0.5, 4320000.0)
+    before = read_scene(geotiff("b.tif", data, transform=t))
+    # after starts 100 px east: overlap is 200 columns wide
+    t2 = t @ Affine.translation(100, 0)
+    after = read_scene(geotiff("a.tif", data, transform=t2))
+    pair = align_pair(before, after)
+    assert pair.grid.width <= 200 and pair.grid.width >= 195
+    assert pair.grid.height >= 295
+    assert pair.overlap_fraction == pytest.approx(200 / 300, abs=0.02)
+    # same ground point, same value: after's column c was before's column c - 100
+    col0 = int(round((pair.grid.transform.c - t.c) / 0.5))
+    row0 = int(round((t.f - pair.grid.transform.f) / 0.5))
+    h, w = pair.grid.shape
+    expected = data[:, row0 : row0 + h, col0 - 100 : col0 - 100 + w].astype(np.float32)
+    np.testing.assert_allclose(pair.after.image, expected, atol=1e-3)
+    np.testing.assert_allclose(pair.before.image, data[:, row0 : row0 + h, col0 : col0 + w])
+
+
+def test_no_overlap_and_small_overlap(geotiff, textured_image):
+    data = textured_image(200, 200)
+    t = Affine(0.5, 0, 500000.0, 0, -0.5, 4320000.0)
+    before = read_scene(geotiff("b.tif", data, transform=t))
+    far = read_scene(geotiff("far.tif", data, transform=t @ Affine.translation(1000, 0)))
+    with pytest.raises(ProcessingError, match="does not overlap"):
+        align_pair(before, far)
+    small = read_scene(
+        geotiff("s.tif", data, transform=t @ Affine.translation(200 - MIN_OVERLAP_PX + 10, 0))
+    )
+    with pytest.raises(ProcessingError, match="at least 64 x 64"):
+        align_pair(before, small)
+
+
+def test_band_count_mismatch(geotiff, textured_image):
+    before = read_scene(geotiff("b.tif", textured_image(bands=1)))
+    after = read_scene(geotiff("a.tif", textured_image(bands=3)))
+    with pytest.raises(InputError, match="--bands"):
+        align_pair(before, after)
