@@ -1,0 +1,32 @@
+"""The ``changedet`` command line (also ``rio changedet``).
+
+One module per command, as in ``rasterio/rio``; only option parsing and error
+mapping live here, the work is done by the library. Messages and progress go to
+stderr so that stdout carries only results.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .options import configure_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More messages (repeat for debug); keeps tracebacks.")
+@click.option("-q", "--quiet", count=True, help="Fewer messages (no progress bars).")
+@click.version_option(__version__, prog_name="changedet")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """Check claims about new construction from two georeferenced scenes."""
+    verbosity = verbose - quiet
+    ctx.ensure_object(dict)
+    ctx.obj["verbosity"] = verbosity
+    configure_logging(verbosity)
+
+
+# One line per command module; each module defines a plain @click.command.
+from .synth import synth  # noqa: E402
+
+main.add_command(synth)

@@ -1,0 +1,71 @@
+"""Shared pieces of the command line: logging set-up, error mapping, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from typing import Any, Callable, TypeVar
+
+import click
+
+from ..errors import ChangedetError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def configure_logging(verbosity: int) -> None:
+    level = max(logging.DEBUG, logging.WARNING - 10 * verbosity)
+    log = logging.getLogger("changedet")
+    log.setLevel(level)
+    for handler in list(log.handlers):
+        if getattr(handler, "_changedet_cli", False):
+            log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("changedet: %(message)s"))
+    handler._changedet_cli = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into one-line messages and exit status 1.
+
+    With ``-v`` the traceback is kept (the exception propagates through click's
+    standard handling after the message), otherwise the user sees one line.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        verbose = (ctx.find_root().obj or {}).get("verbosity", 0) > 0
+        try:
+            return func(*args, **kwargs)
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise
+        except ChangedetError as exc:
+            if verbose:
+                raise
+            raise click.ClickException(str(exc)) from None
+        except MemoryError:
+            if verbose:
+                raise
+            raise click.ClickException("out of memory; try a smaller AOI") from None
+        except OSError as exc:
+            if verbose:
+                raise
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+        except Exception as exc:  # noqa: BLE001 - last line of defence for users
+            if verbose:
+                raise
+            raise click.ClickException(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with -v for details)"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def echo_json(obj: Any) -> None:
+    """Write one JSON object on stdout."""
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))

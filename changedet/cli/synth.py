@@ -1,0 +1,39 @@
+"""``changedet synth``: a synthetic scene pair with exact truth."""
+
+from __future__ import annotations
+
+import click
+
+from .options import echo_json, handle_errors
+
+
+@click.command()
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--scenario", type=click.Choice(["compound", "suburb", "none"]),
+              default="compound", show_default=True, help="What the scene contains.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--size", type=click.IntRange(128, 65536), default=None,
+              help="Scene width and height in pixels (default: the scenario's).")
+@click.option("--pixel-size", type=click.FloatRange(0.05, 30.0), default=None,
+              help="Pixel size in metres (default: the scenario's).")
+@click.option("--shift", nargs=2, type=float, default=None, metavar="DX DY",
+              help="Misregistration of the after scene in pixels (default: random, a few px).")
+@click.option("--after-crs", default=None,
+              help="Deliver the after scene in this CRS (e.g. EPSG:4326).")
+@click.option("--nir/--no-nir", default=False, help="Add a near-infrared band.")
+@click.option("--nodata-margin", type=click.IntRange(0, None), default=0,
+              help="Width in pixels of a nodata margin on the after scene.")
+@click.option("--overwrite", is_flag=True, help="Replace files in OUTDIR.")
+@handle_errors
+def synth(outdir: str, scenario: str, seed: int, size: int | None, pixel_size: float | None,
+          shift: tuple[float, float] | None, after_crs: str | None, nir: bool,
+          nodata_margin: int, overwrite: bool) -> None:
+    """Make a synthetic before/after pair with exact truth in OUTDIR."""
+    from .synth import SynthParams, write_synthetic_pair
+
+    params = SynthParams.for_scenario(
+        scenario, seed=seed, size=size, pixel_size=pixel_size, shift=shift,
+        after_crs=after_crs, nir=nir, nodata_margin=nodata_margin,
+    )
+    paths = write_synthetic_pair(params, outdir, overwrite=overwrite)
+    echo_json({k: str(v) for k, v in paths.items()})
