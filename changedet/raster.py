@@ -19,7 +19,12 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.crs import CRS
-from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import (
+    NodataShadowWarning,
+    NotGeoreferencedWarning,
+    RasterioError,
+    RasterioIOError,
+)
 from rasterio.warp import Resampling, reproject, transform_bounds
 
 from ._log import logger
@@ -179,6 +184,39 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str) -> Grid:
     return Grid(CRS.from_user_input(crs), transform, ds.height, ds.width)
 
 
+def _read_bands(
+    path: str, bands: Sequence[int] | None, nir_band: int | None
+) -> tuple[np.ndarray, np.ndarray, Grid, tuple[int, ...], int | None, dict[str, str]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        # A nodata value wins over an alpha band: that is the mask we want.
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        with rasterio.open(path) as ds:
+            grid = _grid_of(ds, path)
+            chosen = tuple(bands) if bands else tuple(range(1, min(3, ds.count) + 1))
+            nir_index: int | None = None
+            if nir_band is not None:
+                if nir_band in chosen:
+                    nir_index = chosen.index(nir_band)
+                else:
+                    chosen = chosen + (nir_band,)
+                    nir_index = len(chosen) - 1
+            out_of_range = [b for b in chosen if b > ds.count]
+            if out_of_range:
+                raise InputError(
+                    path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for"
+                )
+            try:
+                data = ds.read(list(chosen), out_dtype="float32")
+                masks = ds.read_masks(list(chosen))
+            except RasterioIOError as exc:
+                raise InputError(
+                    path, f"file is truncated or corrupt ({_first_line(exc)})"
+                ) from exc
+            tags = {k: str(v) for k, v in ds.tags().items()}
+    return data, masks, grid, chosen, nir_index, tags
+
+
 def read_scene(
     path: str | os.PathLike[str],
     bands: Sequence[int] | None = None,
@@ -212,37 +250,12 @@ def read_scene(
     if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
         raise InputError(path, "no such file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            ds = rasterio.open(path)
-    except RasterioIOError as exc:
-        raise InputError(path, f"not a raster GDAL can read ({_first_line(exc)})") from exc
-    with ds:
-        grid = _grid_of(ds, path)
-        chosen = tuple(bands) if bands else tuple(range(1, min(3, ds.count) + 1))
-        nir_index: int | None = None
-        if nir_band is not None:
-            if nir_band in chosen:
-                nir_index = chosen.index(nir_band)
-            else:
-                chosen = chosen + (nir_band,)
-                nir_index = len(chosen) - 1
-        out_of_range = [b for b in chosen if b > ds.count]
-        if out_of_range:
-            raise InputError(
-                path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for"
-            )
-        try:
-            with warnings.catch_warnings():
-                # A nodata value wins over an alpha band: that is the mask we want.
-                warnings.simplefilter("ignore", NodataShadowWarning)
-                data = ds.read(list(chosen), out_dtype="float32")
-                masks = ds.read_masks(list(chosen))
-        except RasterioIOError as exc:
-            raise InputError(
-                path, f"file is truncated or corrupt ({_first_line(exc)})"
-            ) from exc
-        tags = {k: str(v) for k, v in ds.tags().items()}
+        data, masks, grid, chosen, nir_index, tags = _read_bands(path, bands, nir_band)
+    except InputError:
+        raise
+    except (RasterioError, UnicodeError, ValueError, OverflowError) as exc:
+        # A corrupt header can surface from GDAL or from decoding its metadata.
+        raise InputError(path, f"not a raster GDAL can read, or corrupt ({_first_line(exc)})") from exc
     valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
     if not valid.any():
         raise InputError(path, "has no valid pixels (all nodata or masked)")

@@ -26,7 +26,7 @@ def _template(tmp: Path) -> bytes:
     return write_geotiff(tmp / "template.tif", data).read_bytes()
 
 
-@settings(max_examples=1500, deadline=None,
+@settings(max_examples=2000, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     edits=st.lists(
@@ -53,3 +53,17 @@ def test_corrupted_header_reads_or_fails_cleanly(tmp_path_factory, edits, trunca
     else:
         assert scene.image.dtype == np.float32
         assert scene.valid.any()
+
+
+def test_corrupted_metadata_bytes_fail_cleanly(tmp_path):
+    # Found by the fuzz run: edits at these offsets made GDAL hand back undecodable
+    # metadata, which once escaped as a UnicodeDecodeError.
+    raw = bytearray(_template(tmp_path))
+    raw[300] = 0xFF
+    raw[350] = 0xFE
+    path = tmp_path / "corrupt.tif"
+    path.write_bytes(bytes(raw))
+    try:
+        read_scene(path)
+    except InputError as exc:
+        assert str(path) in str(exc)
