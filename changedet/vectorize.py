@@ -105,43 +105,66 @@ def _orthogonal_ring(xy: np.ndarray, angle: float) -> np.ndarray | None:
     return corners_uv @ rot + xy[0]
 
 
-def regularise_polygon(poly: Polygon, pixel_size: float) -> Polygon:
+def _orthogonal_polygon(poly: Polygon, angle: float) -> Polygon | None:
+    """``poly`` with every ring snapped to ``angle`` / ``angle + 90°``, or None."""
+    rings = []
+    for k, ring in enumerate([poly.exterior, *poly.interiors]):
+        new = _orthogonal_ring(np.asarray(ring.coords), angle)
+        if new is None:
+            if k == 0:
+                return None
+            continue  # a hole that does not square up is dropped (area check follows)
+        rings.append(new)
+    candidate = Polygon(rings[0], rings[1:])
+    if candidate.is_empty or not candidate.is_valid:
+        return None
+    return candidate
+
+
+def regularise_polygon(
+    poly: Polygon, pixel_size: float, reference: Polygon | None = None
+) -> Polygon:
     """Right-angle version of a building polygon, or the polygon itself.
+
+    The orientation starts from the length-weighted edge directions and is refined
+    within ±3° to the angle whose right-angled outline departs least (symmetric
+    difference) from ``reference``, the pixel-edge outline that is the evidence.
 
     Parameters
     ----------
     poly : shapely.Polygon
-        Building outline in a metric CRS (holes allowed; each ring is snapped).
+        Building outline in a metric CRS, usually simplified (holes allowed).
     pixel_size : float
         Ground size of one pixel in metres.
+    reference : shapely.Polygon, optional
+        The unsimplified outline (area = pixel count); default ``poly``.
 
     Returns
     -------
     shapely.Polygon
-        The orthogonalised polygon when it is valid and its area stays within the
-        half-pixel uncertainty of the input (``|dA| <= perimeter * pixel_size / 2``,
-        where the perimeter is the simplified one); otherwise ``poly`` unchanged.
+        The orthogonalised polygon when it is valid, stays within 1.5 pixels of the
+        reference everywhere, and its area differs from the reference's by at most
+        the half-pixel uncertainty ``perimeter * pixel_size / 2`` (perimeter of the
+        simplified outline); otherwise ``poly`` unchanged.
     """
-    angle = _dominant_angle(poly)
-    rings = [poly.exterior, *poly.interiors]
-    snapped = []
-    for k, ring in enumerate(rings):
-        new = _orthogonal_ring(np.asarray(ring.coords), angle)
-        if new is None:
-            if k == 0:
-                return poly
-            continue  # a hole that does not square up is dropped only if allowed below
-        snapped.append(new)
-    candidate = Polygon(snapped[0], snapped[1:])
-    if not candidate.is_valid or candidate.is_empty:
+    reference = poly if reference is None else reference
+    base = _dominant_angle(poly)
+    best: Polygon | None = None
+    best_cost = math.inf
+    for delta in np.deg2rad(np.linspace(-3.0, 3.0, 7)):
+        candidate = _orthogonal_polygon(poly, base + float(delta))
+        if candidate is None:
+            continue
+        cost = candidate.symmetric_difference(reference).area
+        if cost < best_cost:
+            best, best_cost = candidate, cost
+    if best is None:
         return poly
-    tolerance = poly.length * pixel_size / 2.0
-    if abs(candidate.area - poly.area) > tolerance:
+    if abs(best.area - reference.area) > poly.length * pixel_size / 2.0:
         return poly
-    # The outline must not wander: every point within about a pixel of the original.
-    if shapely.hausdorff_distance(candidate, poly) > 1.5 * pixel_size:
+    if shapely.hausdorff_distance(best, reference) > 1.5 * pixel_size:
         return poly
-    return candidate
+    return best
 
 
 def polygons_from_labels(
@@ -197,7 +220,7 @@ def polygons_from_labels(
                 if len(cleaned) == 1:
                     poly = cleaned[0]
             if regularise:
-                poly = regularise_polygon(poly, pixel)
+                poly = regularise_polygon(poly, pixel, reference=part)
             out.append((int(value), shapely.orient_polygons(poly)))
     out.sort(key=lambda item: (item[0], -item[1].area))
     logger.debug("vectorised %d polygon(s) from %d label(s)", len(out),
