@@ -307,11 +307,15 @@ class Site:
         raise ValueError(f"basis must be 'footprint' or 'envelope', got {basis!r}")
 
     def to_properties(self) -> dict[str, Any]:
-        """The ``sites.geojson`` properties (areas rounded to 0.1 m²)."""
+        """The ``sites.geojson`` properties (areas rounded to 0.1 m²).
+
+        ``building_ids`` is a comma-separated string ("1,4,7") so that GeoPackage,
+        which has no list fields, stores it as GeoJSON does.
+        """
         props: dict[str, Any] = {
             "site_id": self.site_id,
             "n_buildings": self.n_buildings,
-            "building_ids": list(self.building_ids),
+            "building_ids": ",".join(str(i) for i in self.building_ids),
             "built_area_m2": _r1(self.built_area_m2),
             "built_area_m2_min": _r1(self.built_area_m2_min),
             "built_area_m2_max": _r1(self.built_area_m2_max),

@@ -121,6 +121,25 @@ def _orthogonal_polygon(poly: Polygon, angle: float) -> Polygon | None:
     return candidate
 
 
+def _match_area(poly: Polygon, area: float) -> Polygon | None:
+    """``poly`` offset uniformly (mitred, so right angles stay) to have ``area``.
+
+    The side offsets of the orthogonal outline come from simplified edges, which cut
+    the pixel staircase on one side; the pixel count is the unbiased evidence of area.
+    """
+    for _ in range(3):
+        if poly.length <= 0:
+            return None
+        d = (area - poly.area) / poly.length
+        if abs(d) < 1e-9 * math.sqrt(max(area, 1e-12)):
+            break
+        moved = shapely.buffer(poly, d, join_style="mitre", mitre_limit=2.0)
+        if not isinstance(moved, Polygon) or moved.is_empty:
+            return None
+        poly = moved
+    return poly
+
+
 def regularise_polygon(
     poly: Polygon, pixel_size: float, reference: Polygon | None = None
 ) -> Polygon:
@@ -153,6 +172,9 @@ def regularise_polygon(
     best_cost = math.inf
     for delta in np.deg2rad(np.linspace(-3.0, 3.0, 7)):
         candidate = _orthogonal_polygon(poly, base + float(delta))
+        if candidate is None:
+            continue
+        candidate = _match_area(candidate, reference.area)
         if candidate is None:
             continue
         cost = candidate.symmetric_difference(reference).area

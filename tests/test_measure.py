@@ -95,6 +95,7 @@ def test_sites_group_transitively_within_gap():
     assert group_sites(buildings, gap_m=3.0)[1].n_buildings == 1
     props = s.to_properties()
     assert props["site_id"] == 2 and "verdict" not in props
+    assert props["building_ids"] == "1,2,3" and props["envelope_area_m2"] == 380.0
 
 
 def _sites(*areas: float):
