@@ -123,19 +123,13 @@ def reproject_geoms(
 
 # --------------------------------------------------------------------------- buildings
 
-_GEOD = None
-
-
-def _geodesic_area(geom: shapely.Geometry, crs: CRS) -> float:
-    """Area in m² on the WGS84 ellipsoid (pyproj.Geod), the independent cross-check."""
+def _geodesic_areas(geoms: Sequence[shapely.Geometry], crs: CRS) -> list[float]:
+    """Areas in m² on the WGS84 ellipsoid (pyproj.Geod), the independent cross-check."""
     from pyproj import Geod
 
-    global _GEOD
-    if _GEOD is None:
-        _GEOD = Geod(ellps="WGS84")
-    ll = reproject_geoms([geom], crs, "EPSG:4326")[0]
-    area, _ = _GEOD.geometry_area_perimeter(ll)
-    return abs(float(area))
+    geod = Geod(ellps="WGS84")
+    lonlat = reproject_geoms(geoms, crs, "EPSG:4326")
+    return [abs(float(geod.geometry_area_perimeter(g)[0])) for g in lonlat]
 
 
 def _r1(x: float) -> float:
@@ -247,11 +241,11 @@ def measure_buildings(
         raise ValueError(f"{len(scores)} scores for {len(polygons)} polygons")
     crs = _as_crs(crs)
     metric, mcrs = to_metric([shapely.make_valid(p) for p in polygons], crs)
+    geodesics = _geodesic_areas(metric, mcrs)
     out = []
-    for k, geom in enumerate(metric):
+    for k, (geom, geodesic) in enumerate(zip(metric, geodesics)):
         area = float(geom.area)
         lo, hi = area_bounds(geom, pixel_size_m, coreg_residual_px)
-        geodesic = _geodesic_area(geom, mcrs)
         if area > 0 and abs(geodesic - area) > 0.005 * area:
             logger.warning("building %d: planimetric %.1f m² vs geodesic %.1f m²",
                            k + 1, area, geodesic)
