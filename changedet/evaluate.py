@@ -120,6 +120,23 @@ def _rasterise(geoms: Sequence[shapely.Geometry], grid: Grid) -> np.ndarray:
     return out.astype(bool)
 
 
+def _mostly_valid(geoms: Sequence[shapely.Geometry], grid: Grid,
+                  valid: np.ndarray) -> list[int]:
+    """Indices of the objects with at least half of their pixels valid.
+
+    Objects too small to hold a pixel centre are kept.
+    """
+    if not geoms:
+        return []
+    labels = rasterio.features.rasterize(
+        [(g, i + 1) for i, g in enumerate(geoms)], out_shape=grid.shape,
+        transform=grid.transform, fill=0, dtype="int32")
+    index = np.arange(1, len(geoms) + 1)
+    counts = ndimage.sum_labels(np.ones(grid.shape), labels, index)
+    good = ndimage.sum_labels(np.asarray(valid, bool), labels, index)
+    return [i for i in range(len(geoms)) if counts[i] == 0 or good[i] >= 0.5 * counts[i]]
+
+
 def evaluate(
     pred: Objects,
     truth: Objects,
@@ -140,7 +157,9 @@ def evaluate(
         When both sides are polygons and ``grid`` is None, the pixel scores are the
         exact area overlaps of the two unions (m²).
     valid : (H, W) ndarray of bool, optional
-        Pixels that count in the pixel scores (e.g. excluding no data); default all.
+        Pixels that count (e.g. excluding no data); default all. Objects with less
+        than half of their pixels valid are left out of the object scores too
+        (counted in ``n_outside_valid``).
     iou_threshold : float
         Object matching threshold (0.5, SpaceNet).
 
@@ -159,6 +178,15 @@ def evaluate(
         raise ProcessingError("evaluation needs a projected grid (areas in m²)")
     p_ids, p_geoms, p_mask = _objects(pred, grid, "prediction")
     t_ids, t_geoms, t_mask = _objects(truth, grid, "truth")
+    n_dropped = {"pred": 0, "truth": 0}
+    if valid is not None and grid is not None:
+        # What lies (mostly) in no data could not be seen: it is neither hit nor miss.
+        keep_p = _mostly_valid(p_geoms, grid, valid)
+        keep_t = _mostly_valid(t_geoms, grid, valid)
+        n_dropped = {"pred": len(p_geoms) - len(keep_p),
+                     "truth": len(t_geoms) - len(keep_t)}
+        p_ids, p_geoms = [p_ids[i] for i in keep_p], [p_geoms[i] for i in keep_p]
+        t_ids, t_geoms = [t_ids[i] for i in keep_t], [t_geoms[i] for i in keep_t]
 
     matches = match_objects(p_geoms, t_geoms, iou_threshold)
     tp = len(matches)
@@ -219,6 +247,7 @@ def evaluate(
     return {
         "iou_threshold": iou_threshold,
         "n_pred": len(p_geoms),
+        "n_outside_valid": n_dropped,
         "n_truth": len(t_geoms),
         "tp": tp,
         "fp": fp,
