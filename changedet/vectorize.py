@@ -206,8 +206,11 @@ def polygons_from_labels(
     grid : Grid
         Georeference of ``labels``; polygons come out in ``grid.crs``.
     simplify_px : float
-        Douglas-Peucker tolerance in pixels (topology preserved); 0 keeps the exact
-        pixel-edge outline, whose area equals the pixel count.
+        Douglas-Peucker tolerance in pixels (topology preserved), followed by a
+        uniform sub-pixel offset that restores the pixel-count area; the result is
+        kept only when it differs from the pixel outline by less than the half-pixel
+        band (tiny parts keep their pixel outline). 0 keeps the exact pixel-edge
+        outline, whose area equals the pixel count.
     regularise : bool
         Snap outlines to right angles when that keeps the area within the half-pixel
         uncertainty (see :func:`regularise_polygon`).
@@ -236,11 +239,24 @@ def polygons_from_labels(
         raw = shape(geom)
         for part in _clean(raw, dust):
             poly = part
+            if len(part.interiors) == 0 and part.area >= (1 - 1e-9) * part.envelope.area:
+                # A pixel rectangle is already straight and square: nothing to fix,
+                # and a one-pixel tolerance would collapse a thin one.
+                out.append((int(value), shapely.orient_polygons(part)))
+                continue
             if simplify_px > 0:
                 simple = shapely.simplify(part, simplify_px * pixel, preserve_topology=True)
                 cleaned = _clean(simple, dust)
                 if len(cleaned) == 1:
-                    poly = cleaned[0]
+                    # Simplification cuts the staircase unevenly; a sub-pixel mitred
+                    # offset gives the area back its evidence, the pixel count.
+                    matched = _match_area(cleaned[0], part.area)
+                    if matched is not None and matched.is_valid:
+                        poly = matched
+                    # Tiny parts can collapse under a one-pixel tolerance: keep the
+                    # simplified outline only within the half-pixel band of the pixels.
+                    if poly.symmetric_difference(part).area > part.length * pixel / 2:
+                        poly = part
             if regularise:
                 poly = regularise_polygon(poly, pixel, reference=part)
             out.append((int(value), shapely.orient_polygons(poly)))
