@@ -98,7 +98,7 @@ def test_thin_pixel_rectangles_are_kept_as_traced():
         assert p.equals(q)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(arrays(np.bool_, (16, 16)))
 def test_default_polygons_are_valid_and_keep_the_pixel_count_area(mask):
     grid = GRID.window(0, 0, 16, 16)
@@ -109,5 +109,5 @@ def test_default_polygons_are_valid_and_keep_the_pixel_count_area(mask):
     raw = dict(polygons_from_labels(labels, grid, simplify_px=0, regularise=False))
     for value, poly in out:
         assert poly.is_valid and poly.geom_type == "Polygon"
-        assert poly.area == pytest.approx((labels == value).sum() * grid.pixel_area, rel=1e-6)
+        assert poly.area == pytest.approx((labels == value).sum() * grid.pixel_area, rel=1e-4)
         assert poly.intersection(raw[value]).area / poly.union(raw[value]).area > 0.5
