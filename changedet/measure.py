@@ -141,7 +141,7 @@ def _geodesic_areas(geoms: Sequence[shapely.Geometry], crs: CRS) -> list[float]:
 
 def _r1(x: float) -> float:
     """Round to 0.1 (m or m²), deterministically, as plain float."""
-    return float(round(float(x), 1))
+    return round(float(x), 1) + 0.0  # + 0.0 writes -0.0 as 0.0
 
 
 @dataclass

@@ -148,6 +148,7 @@ def test_envelope_basis():
 
 
 def test_multipolygon_and_holes_are_measured():
-    court = Polygon([(0, 0), (30, 0), (30, 30), (0, 30)], [[(10, 10), (20, 10), (20, 20), (10, 20)]])
+    court = Polygon([(0, 0), (30, 0), (30, 30), (0, 30)],
+                    [[(10, 10), (20, 10), (20, 20), (10, 20)]])
     (b,) = measure_buildings(at(court), UTM, 0.0)
     assert b.area_m2 == pytest.approx(800.0) and b.perimeter_m == pytest.approx(160.0)
