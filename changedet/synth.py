@@ -26,7 +26,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -613,8 +613,6 @@ def _neighbourhood(
                         height = rng.uniform(15.0, 45.0)
                         roof = "flat"
                     # place the house: its front edge at the setback line
-                    dmin = min(p.polygon().bounds[1] for p in parts)  # unused: local below
-                    del dmin
                     half_depth = max(abs(_local_v(frame, p)) + p.half_v for p in parts)
                     v_house = v_front + facing * (setback + half_depth)
                     parts = [replace(p, cx=p.cx + _rot(0, v_house, angle)[0],
@@ -657,6 +655,17 @@ def _neighbourhood(
                         radius = rng.uniform(1.2, 2.5) if new else rng.uniform(2.0, 5.5)
                         world.trees.append(Tree(x, y, radius, radius * rng.uniform(1.5, 2.5),
                                                 dates, rng.uniform(0, 6.28)))
+                    if rng.random() < 0.3:
+                        # an older tree at a corner of the house overhangs its roof
+                        # (new houses are built among the trees that were there)
+                        corners = np.asarray(b.footprint.exterior.coords)[:-1]
+                        cx_, cy_ = corners[rng.integers(len(corners))]
+                        radius = rng.uniform(2.5, 5.0)
+                        ang = rng.uniform(0, 2 * math.pi)
+                        world.trees.append(Tree(cx_ + math.cos(ang) * radius * 0.6,
+                                                cy_ + math.sin(ang) * radius * 0.6, radius,
+                                                radius * rng.uniform(1.8, 2.6), BOTH,
+                                                rng.uniform(0, 6.28)))
     if fences:
         world.lines.append((shapely.MultiLineString(fences), dates, "fence"))
     # cars along the streets
@@ -805,7 +814,9 @@ def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float
     occupied = shapely.STRtree([b.footprint.buffer(5) for b in world.buildings]
                                + [a.geom for a in world.areas
                                   if a.material != "lawn" or a.geom.area < 5e4]
-                               + [shapely.Point(t.x, t.y).buffer(t.r) for t in world.trees])
+                               + [shapely.Point(t.x, t.y).buffer(t.r) for t in world.trees]
+                               + [g for g in (world.woodland, world.woodland_after)
+                                  if g is not None and not g.is_empty])
     x0, y0, x1, y1 = within.bounds
     for _ in range(tries):
         x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
@@ -1321,14 +1332,12 @@ def _part_shade(b: Building, p: Part, win: _Win, sun: np.ndarray) -> np.ndarray:
     if b.roof == "flat":
         # a darker parapet along the outline of the whole footprint (not at joints)
         depth = np.full(win.shape, -np.inf, np.float32)
-        x0, y0 = win.ox, win.oy
         for q in b.parts:
             if abs(q.cx - p.cx) > q.half_u + q.half_v + p.half_u + p.half_v + 2:
                 continue
             u, v = _local_uv(q, win)
             np.maximum(depth, np.minimum(q.half_u - np.abs(u), q.half_v - np.abs(v)),
                        out=depth)
-        del x0, y0
         return np.where(depth < 0.7, np.float32(0.82), np.float32(1.0))
     u, v = _local_uv(p, win)
     slope = math.radians(b.pitch)
