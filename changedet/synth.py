@@ -23,6 +23,8 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -221,6 +223,11 @@ class SynthParams:
             mag = rng.uniform(1.5, 4.0, size=2)
             sign = rng.choice([-1.0, 1.0], size=2)
             shift = (float(mag[0] * sign[0]), float(mag[1] * sign[1]))
+        if after_crs is not None:
+            try:
+                after_crs = CRS.from_user_input(after_crs).to_string()
+            except Exception as exc:  # rasterio raises CRSError, a ValueError only in part
+                raise ValueError(f"after CRS {after_crs!r} is not a CRS: {exc}") from None
         if nodata_margin * 4 >= size:
             raise ValueError(f"nodata margin {nodata_margin} px leaves too little of {size} px")
         az_b = rng.uniform(125.0, 215.0)
@@ -804,6 +811,10 @@ def _layout_suburb(params: SynthParams, rng: np.random.Generator) -> World:
                        house_area=params.house_area_m2, fill=0.8, max_new=params.n_new)
     _non_building_changes(params, rng, world, scene)
     world.woodland_after = world.woodland
+    if params.scenario == "none":
+        # nothing but season, sun, sensor and registration changes: parked cars stay
+        for car in world.cars:
+            car.dates = BOTH
     return world
 
 
@@ -1844,16 +1855,24 @@ def write_synthetic_pair(params: SynthParams, outdir: str | os.PathLike[str],
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
     pair = make_synthetic_pair(params)
     tags = {"CHANGEDET_SYNTH": f"{params.scenario} seed={params.seed}"}
+    # write into a scratch folder beside the outputs, then move the files into place:
+    # a failure leaves no partial pair behind
+    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
+    staged = {key: tmp / path.name for key, path in paths.items()}
     try:
-        _write_tif(paths["before"], pair.before.image.astype(np.uint8), pair.before.grid,
+        _write_tif(staged["before"], pair.before.image.astype(np.uint8), pair.before.grid,
                    None, tags)
         after_nodata = 0 if (params.nodata_margin or params.after_crs) else None
-        _write_tif(paths["after"], pair.after.image.astype(np.uint8), pair.after.grid,
+        _write_tif(staged["after"], pair.after.image.astype(np.uint8), pair.after.grid,
                    after_nodata, tags)
-        _write_tif(paths["truth_mask"], pair.truth_mask.astype(np.uint8)[None],
+        _write_tif(staged["truth_mask"], pair.truth_mask.astype(np.uint8)[None],
                    pair.before.grid, None, tags)
-        paths["truth_json"].write_text(json.dumps(truth_record(pair), indent=2) + "\n")
-        paths["truth_geojson"].write_text(json.dumps(_geojson(pair)) + "\n")
+        staged["truth_json"].write_text(json.dumps(truth_record(pair), indent=2) + "\n")
+        staged["truth_geojson"].write_text(json.dumps(_geojson(pair)) + "\n")
+        for key, path in staged.items():
+            os.replace(path, paths[key])
     except OSError as exc:
         raise OutputError(f"cannot write into {out}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return paths

@@ -233,3 +233,14 @@ def test_committed_fixture_is_consistent():
         mask_area = float((ds.read(1) > 0).sum()) * abs(ds.transform.determinant)
     perimeter = sum(b["perimeter_m"] for b in truth["buildings"])
     assert abs(mask_area - sum(areas)) <= perimeter * 1.0 / 2
+
+
+def test_cli_synth_rejects_bad_values(tmp_path: Path):
+    runner = CliRunner()
+    bad_crs = runner.invoke(main, ["synth", str(tmp_path / "a"), "--size", "192",
+                                   "--after-crs", "EPSG:999999"])
+    assert bad_crs.exit_code == 2 and "not a CRS" in bad_crs.output
+    bad_margin = runner.invoke(main, ["synth", str(tmp_path / "b"), "--size", "192",
+                                      "--nodata-margin", "60"])
+    assert bad_margin.exit_code == 2 and "margin" in bad_margin.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
