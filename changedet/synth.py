@@ -1108,37 +1108,42 @@ class _Fields:
         #: correlation lengths (metres) of each named field, and spectral slope
         self.scales = {"large": 60.0, "mid": 8.0, "fine": 1.2, "canopy": 12.0,
                        "crown": 2.5}
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def _spectrum(self, name: str) -> np.ndarray:
+    def _spectrum(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if name not in self._cache:
             self._cache[name] = self._make_spectrum(name)
         return self._cache[name]
 
-    def _make_spectrum(self, name: str) -> np.ndarray:
+    def _make_spectrum(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The field's spectrum on the block of frequencies where it is not negligible.
+
+        Returns the (2K+1, K+1) complex64 block (rows: ky = 0..K, then -K..-1;
+        columns: kx = 0..K) and its frequencies fy (2K+1, 1), fx (1, K+1) in cycles
+        per canvas pixel.
+        """
         n = self.n
+        length = self.scales[name] / self.px  # pixels
+        # beyond 0.75 / length the Gaussian filter is below 2e-5
+        kmax = int(min(n // 2 - 1, math.ceil(0.75 / length * n)))
         key = list(self.scales).index(name)
         rng = np.random.default_rng([self.seed, 3, key])
-        spec = (rng.standard_normal((n, n // 2 + 1), dtype=np.float32)
-                + 1j * rng.standard_normal((n, n // 2 + 1), dtype=np.float32)).astype(np.complex64)
-        fy = sfft.fftfreq(n).astype(np.float32)[:, None]
-        fx = sfft.rfftfreq(n).astype(np.float32)[None, :]
-        f2 = fx * fx + fy * fy
-        length = self.scales[name] / self.px  # pixels
-        filt = np.exp(-2.0 * (math.pi ** 2) * f2 * length ** 2).astype(np.float32)
-        # a fractal tail keeps small-scale detail in the large fields
-        filt += (0.15 * (f2 + 1e-6) ** -0.5 / (length * 4.0)
-                 * np.exp(-f2 * (2.0 * 1.5) ** 2)).astype(np.float32)
+        shape = (2 * kmax + 1, kmax + 1)
+        spec = np.empty(shape, np.complex64)
+        spec.real = rng.standard_normal(shape, dtype=np.float32)
+        spec.imag = rng.standard_normal(shape, dtype=np.float32)
+        ky = np.concatenate([np.arange(kmax + 1), np.arange(-kmax, 0)])
+        fy = (ky / n).astype(np.float32)[:, None]
+        fx = (np.arange(kmax + 1) / n).astype(np.float32)[None, :]
+        filt = np.exp(-2.0 * (math.pi ** 2) * (fx * fx + fy * fy) * length ** 2)
         filt[0, 0] = 0.0
-        spec *= filt
-        spec[n // 2, :] = 0.0
-        spec[:, -1] = 0.0
+        spec *= filt.astype(np.float32)
         # unit variance whatever the phases: Parseval on the one-sided spectrum
-        w = np.full(spec.shape[1], 2.0, np.float32)
+        w = np.full(shape[1], 2.0, np.float32)
         w[0] = 1.0
         power = float((np.abs(spec) ** 2 * w).sum()) / 2.0  # column 0 keeps its real part
         spec /= np.float32(math.sqrt(power) / (n * n))
-        return spec
+        return spec, fy, fx
 
     def sample(self, name: str, canvas: _Canvas, offset: tuple[float, float] = (0.0, 0.0)
                ) -> np.ndarray:
@@ -1149,21 +1154,17 @@ class _Fields:
         """
         n = self.n
         k = int(round(1.0 / canvas.step))
-        spec = self._spectrum(name)
+        block, fy, fx = self._spectrum(name)
+        kmax = block.shape[1] - 1
         # canvas index of the first sample, relative to the periodic field's origin
         sx = canvas.fx0 - offset[0] + self.pad - 0.5
         sy = canvas.fy0 - offset[1] + self.pad - 0.5
-        fy = sfft.fftfreq(n)[:, None]
-        fx = sfft.rfftfreq(n)[None, :]
-        ramp_y = np.exp(2j * np.pi * fy * sy).astype(np.complex64)
-        ramp_x = np.exp(2j * np.pi * fx * sx).astype(np.complex64)
-        spec = spec * ramp_y * ramp_x
-        if k > 1:
-            big = np.zeros((n * k, n * k // 2 + 1), np.complex64)
-            h = n // 2
-            big[:h, : h + 1] = spec[:h]
-            big[-h:, : h + 1] = spec[h:]
-            spec = big * np.float32(k * k)
+        ramp = np.exp(2j * np.pi * (fy.astype(np.float64) * sy + fx.astype(np.float64) * sx))
+        block = block * ramp.astype(np.complex64) * np.float32(k * k)
+        # zero padding to n * k samples per axis evaluates the same field k times finer
+        spec = np.zeros((n * k, n * k // 2 + 1), np.complex64)
+        spec[: kmax + 1, : kmax + 1] = block[: kmax + 1]
+        spec[-kmax:, : kmax + 1] = block[kmax + 1:]
         out = sfft.irfft2(spec, s=(n * k, n * k), workers=2)
         if out.shape[0] < canvas.height or out.shape[1] < canvas.width:
             raise AssertionError("field canvas smaller than render canvas")
@@ -1394,7 +1395,8 @@ def _tree_cov(t: Tree, cx: float, cy: float, win: _Win, px: float,
     return cov, dx / t.r, dy / t.r
 
 
-def _ragged(cov: np.ndarray, sigma: float, noise: np.ndarray) -> np.ndarray:
+def _ragged(cov: np.ndarray, sigma: float, noise: np.ndarray, amplitude: float = 0.35
+            ) -> np.ndarray:
     """An irregular outline: blurred coverage thresholded against a noise field.
 
     Blurring and thresholding commute with a translation, so a displaced canvas
@@ -1402,7 +1404,7 @@ def _ragged(cov: np.ndarray, sigma: float, noise: np.ndarray) -> np.ndarray:
     """
     soft = ndimage.gaussian_filter(cov, sigma, mode="constant", truncate=3.0)
     return _smoothstep((soft - np.float32(0.5)) * np.float32(3.0) + np.float32(0.5)
-                       + np.float32(0.35) * noise)
+                       + np.float32(amplitude) * noise)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -1424,8 +1426,9 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
     fine = fields.sample("fine", canvas)
     tex = f32(0.6) * mid + f32(0.4) * fine  # generic surface texture, unit-ish variance
     # ground: soils of varying darkness and grass mixed at large scale, with grain
-    grass_w = _smoothstep(f32(0.5) + f32(0.7) * large)
-    dark_w = _smoothstep(f32(0.5) - f32(0.8) * mid)
+    # patch outlines get detail from the smaller scales
+    grass_w = _smoothstep(f32(0.5) + f32(0.7) * large + f32(0.3) * mid + f32(0.12) * fine)
+    dark_w = _smoothstep(f32(0.5) - f32(0.8) * mid - f32(0.2) * fine)
     nb = params.n_bands
     img = np.empty((nb, h, w), f32)
     soil, soil_d = np.array(_MATERIALS["soil"], f32), np.array(_MATERIALS["soil_dark"], f32)
@@ -1504,7 +1507,7 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
             win, zone = got
             canopy = np.zeros((h, w), f32)
             c_field = fields.sample("canopy", canvas)[win.rows, win.cols]
-            canopy[win.rows, win.cols] = _ragged(zone, 6.0 / canvas.px, c_field)
+            canopy[win.rows, win.cols] = _ragged(zone, 6.0 / canvas.px, c_field, 0.6)
             # the woodland's shadow: its canopy seen from a point displaced towards
             # the sun by the height of the trees
             off_m = along * 12.0
@@ -1516,7 +1519,7 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
             if got2 is not None:
                 win2, zone2 = got2
                 c_sh = fields.sample("canopy", moved)[win2.rows, win2.cols]
-                add_shadow(win2, _ragged(zone2, 6.0 / canvas.px, c_sh))
+                add_shadow(win2, _ragged(zone2, 6.0 / canvas.px, c_sh, 0.6))
     # skylight keeps shadows bluish
     dark = np.array([0.36, 0.38, 0.46, 0.42], f32)
     for band in range(nb):
