@@ -822,12 +822,15 @@ def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float
                angle: float, tries: int = 60) -> Polygon | None:
     """A w x h rectangle inside ``within`` that touches no building or area patch."""
     # everything but the large background lawns is in the way
-    occupied = shapely.STRtree([b.footprint.buffer(5) for b in world.buildings]
-                               + [a.geom for a in world.areas
-                                  if a.material != "lawn" or a.geom.area < 5e4]
-                               + [shapely.Point(t.x, t.y).buffer(t.r) for t in world.trees]
-                               + [g for g in (world.woodland, world.woodland_after)
-                                  if g is not None and not g.is_empty])
+    # vectorised buffers: this runs over every building and tree of a city
+    trees = shapely.buffer(shapely.points([(t.x, t.y) for t in world.trees]) if world.trees
+                           else np.empty(0, object), [t.r for t in world.trees], quad_segs=2)
+    footprints = shapely.buffer(np.array([b.footprint for b in world.buildings], object), 5.0,
+                                quad_segs=2)
+    occupied = shapely.STRtree(
+        list(footprints) + list(trees)
+        + [a.geom for a in world.areas if a.material != "lawn" or a.geom.area < 5e4]
+        + [g for g in (world.woodland, world.woodland_after) if g is not None and not g.is_empty])
     x0, y0, x1, y1 = within.bounds
     for _ in range(tries):
         x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
