@@ -230,6 +230,28 @@ def _same_direction(a: np.ndarray, b: np.ndarray, nir: int | None) -> np.ndarray
                    ).astype(np.float32)
 
 
+def _pixel_noise(image: np.ndarray) -> np.ndarray:
+    """Per-band noise standard deviation from the residual to the 4-neighbour mean.
+
+    For white noise of deviation s that residual has deviation 1.118 s; the median
+    absolute residual is robust to edges and texture, which touch few pixels.
+
+    Parameters
+    ----------
+    image : (B, H, W) ndarray
+
+    Returns
+    -------
+    (B,) ndarray of float64
+    """
+    out = np.empty(image.shape[0])
+    for b in range(image.shape[0]):
+        x = image[b, ::2, ::2] if image.shape[1] * image.shape[2] > 4_000_000 else image[b]
+        r = x[1:-1, 1:-1] - 0.25 * (x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:])
+        out[b] = max(1.4826 * float(np.median(np.abs(r))) / 1.118, 1e-3)
+    return out
+
+
 def _smoothness(image: np.ndarray, nir: int | None, pixel_m: float,
                 noise: np.ndarray) -> np.ndarray:
     """1 where the fine texture is within twice the noise, 0 beyond four times.
@@ -264,8 +286,7 @@ def new_building_evidence(
     after : Scene
         After scene, registered and radiometrically normalised, on the same grid.
     params : DetectionParams
-        ``threshold`` overrides the automatic one; ``fit.sigma`` (when given) sets the
-        noise scale, else it is estimated from the data.
+        ``threshold`` overrides the automatic one.
     after_raw : (B, H, W) ndarray, optional
         The after bands before normalisation. Vegetation is judged on each date's own
         colours: mapping a scene dominated by grass onto another date bends the
@@ -280,13 +301,12 @@ def new_building_evidence(
     b_img, a_img = before.image, after.image
     nb = b_img.shape[0]
     diff = (a_img - b_img).astype(np.float32)
-    if params.fit is not None:
-        sigma = np.asarray(params.fit.sigma, np.float32)
-    else:
-        sigma = np.array([1.4826 * np.median(np.abs(diff[b][valid][::3]
-                          - np.median(diff[b][valid][::3]))) for b in range(nb)],
-                         np.float32)
-        sigma = np.maximum(sigma, 1e-3)
+    # The unit of change is the sensor noise of the two dates, measured on each
+    # image's own pixel-to-pixel residual. The scatter of unchanged pixels about the
+    # radiometric fit is not used: where most of a scene changed (a new suburb on
+    # cleared land) it is dominated by the change itself.
+    noise_a = _pixel_noise(a_img)
+    sigma = np.hypot(_pixel_noise(b_img), noise_a).astype(np.float32)
     # Noise at the pixel level is reduced by a light blur (about half a metre), small
     # enough to keep the roof edges in place.
     z2 = np.zeros(valid.shape, np.float32)
@@ -316,7 +336,7 @@ def new_building_evidence(
     sh_b = sh_b * (1 - veg_b)
     # Roofs are smooth at the metre scale; disturbed earth, rubble, cars and tree
     # crowns are not. Texture is measured against the sensor noise of the after date.
-    smooth_a = _smoothness(a_img, after.nir, pixel_m, sigma)
+    smooth_a = _smoothness(a_img, after.nir, pixel_m, noise_a)
     # A dark pixel of the after date is a cast shadow when it is the before colour
     # darkened (same spectral direction); a self-shaded roof facet is a new colour.
     cast = sh_a * _same_direction(a_img, b_img, after.nir)
