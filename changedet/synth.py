@@ -300,7 +300,7 @@ def _vegetation(greenness: float, lawn: bool = False) -> np.ndarray:
     """Grass reflectance for a season (irrigated lawns stay greener)."""
     g = min(1.0, greenness + 0.35) if lawn else greenness
     dry = np.array([0.42, 0.37, 0.25, 0.34])
-    green = np.array([0.11, 0.20, 0.07, 0.48])
+    green = np.array([0.13, 0.22, 0.085, 0.48])
     return (1 - g) * dry + g * green
 
 
@@ -308,7 +308,7 @@ def _canopy(greenness: float) -> np.ndarray:
     """Tree canopy reflectance (leaf-off crowns are grey-brown)."""
     g = min(1.0, 0.25 + greenness)
     bare = np.array([0.22, 0.19, 0.16, 0.24])
-    leaf = np.array([0.06, 0.12, 0.05, 0.42])
+    leaf = np.array([0.045, 0.085, 0.04, 0.40])
     return (1 - g) * bare + g * leaf
 
 
@@ -390,6 +390,7 @@ class Area:
     stripes: float = 0.0  # mown-field stripe period, m (0: none)
     angle: float = 0.0
     opacity: float = 1.0  # below 1 the ground shows through (thin grass, dust)
+    ragged: float = 0.0  # scale (m) of an irregular, noisy outline (0: as drawn)
 
 
 @dataclass
@@ -802,7 +803,8 @@ def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float
     """A w x h rectangle inside ``within`` that touches no building or area patch."""
     # everything but the large background lawns is in the way
     occupied = shapely.STRtree([b.footprint.buffer(5) for b in world.buildings]
-                               + [a.geom for a in world.areas if a.geom.area < 5e4]
+                               + [a.geom for a in world.areas
+                                  if a.material != "lawn" or a.geom.area < 5e4]
                                + [shapely.Point(t.x, t.y).buffer(t.r) for t in world.trees])
     x0, y0, x1, y1 = within.bounds
     for _ in range(tries):
@@ -961,6 +963,14 @@ def _layout_compound(params: SynthParams, rng: np.random.Generator) -> World:
         cut = cleared.contains(shapely.Point(x, y)) if new_sites else False
         world.trees.append(Tree(x, y, rng.uniform(2.0, 5.0), rng.uniform(6, 14),
                                 BEFORE if cut else BOTH, rng.uniform(0, 6.28)))
+    # meadows and a pond break up the lawns
+    front = frame.rect(-cu + 20, -cv + 20, cu - 20, cv * 0.05 - 10)
+    for material, (w_, h_) in (("grass", (120, 70)), ("grass", (90, 60)), ("soil", (40, 30)),
+                               ("water", (70, 45))):
+        spot = _free_spot(rng, world, front, w_ * rng.uniform(0.7, 1.3),
+                          h_ * rng.uniform(0.7, 1.3), angle)
+        if spot is not None:
+            world.areas.append(Area(spot, material, BOTH, 0.06, ragged=8.0))
     _non_building_changes(params, rng, world, compound)
     return world
 
@@ -970,9 +980,9 @@ def _construction_site(rng: np.random.Generator, world: World, b: Building,
     """Bare earth, spoil heaps, a new access road and machines around a new building."""
     fp = b.footprint
     margin = rng.uniform(8, 22)
-    earth = fp.buffer(margin, join_style="mitre").union(
-        _blob(rng, fp.centroid.x, fp.centroid.y, math.sqrt(fp.area) * 0.8, 6))
-    world.areas.append(Area(earth, rng.choice(["earth", "soil", "soil_bright"]), AFTER, 0.12))
+    earth = fp.buffer(margin, join_style="mitre")
+    world.areas.append(Area(earth, rng.choice(["earth", "soil", "soil_bright"]), AFTER, 0.12,
+                            ragged=float(rng.uniform(4.0, 10.0))))
     for _ in range(rng.integers(3, 9)):
         x, y = _random_points_in(rng, earth.difference(fp.buffer(3)), 1)[0]
         world.trees.append(Tree(x, y, rng.uniform(2.0, 6.0), rng.uniform(1.5, 3.5), AFTER,
@@ -1364,6 +1374,17 @@ def _tree_cov(t: Tree, cx: float, cy: float, win: _Win, px: float,
     return cov, dx / t.r, dy / t.r
 
 
+def _ragged(cov: np.ndarray, sigma: float, noise: np.ndarray) -> np.ndarray:
+    """An irregular outline: blurred coverage thresholded against a noise field.
+
+    Blurring and thresholding commute with a translation, so a displaced canvas
+    still sees the displaced patch.
+    """
+    soft = ndimage.gaussian_filter(cov, sigma, mode="constant", truncate=3.0)
+    return _smoothstep((soft - np.float32(0.5)) * np.float32(3.0) + np.float32(0.5)
+                       + np.float32(0.35) * noise)
+
+
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
@@ -1399,10 +1420,12 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
     for area in world.areas:
         if not _present(area.dates, date):
             continue
-        got = _cov_area(area.geom, canvas)
+        got = _cov_area(area.geom.buffer(area.ragged) if area.ragged else area.geom, canvas)
         if got is None:
             continue
         win, cov = got
+        if area.ragged:
+            cov = _ragged(cov, area.ragged / 2 / canvas.px, mid[win.rows, win.cols])
         if area.material in ("grass", "lawn"):
             base = _vegetation(green, lawn=area.material == "lawn")
         else:
@@ -1461,7 +1484,7 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
             win, zone = got
             canopy = np.zeros((h, w), f32)
             c_field = fields.sample("canopy", canvas)[win.rows, win.cols]
-            canopy[win.rows, win.cols] = zone * _smoothstep((c_field + f32(0.4)) * f32(1.5))
+            canopy[win.rows, win.cols] = _ragged(zone, 6.0 / canvas.px, c_field)
             # the woodland's shadow: its canopy seen from a point displaced towards
             # the sun by the height of the trees
             off_m = along * 12.0
@@ -1473,7 +1496,7 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
             if got2 is not None:
                 win2, zone2 = got2
                 c_sh = fields.sample("canopy", moved)[win2.rows, win2.cols]
-                add_shadow(win2, zone2 * _smoothstep((c_sh + f32(0.4)) * f32(1.5)))
+                add_shadow(win2, _ragged(zone2, 6.0 / canvas.px, c_sh))
     # skylight keeps shadows bluish
     dark = np.array([0.36, 0.38, 0.46, 0.42], f32)
     for band in range(nb):
