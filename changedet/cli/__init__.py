@@ -30,3 +30,6 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
 from .synth import synth  # noqa: E402
 
 main.add_command(synth)
+from .evaluate import evaluate  # noqa: E402
+
+main.add_command(evaluate)

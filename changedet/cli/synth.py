@@ -29,7 +29,7 @@ def synth(outdir: str, scenario: str, seed: int, size: int | None, pixel_size: f
           shift: tuple[float, float] | None, after_crs: str | None, nir: bool,
           nodata_margin: int, overwrite: bool) -> None:
     """Make a synthetic before/after pair with exact truth in OUTDIR."""
-    from .synth import SynthParams, write_synthetic_pair
+    from ..synth import SynthParams, write_synthetic_pair
 
     params = SynthParams.for_scenario(
         scenario, seed=seed, size=size, pixel_size=pixel_size, shift=shift,

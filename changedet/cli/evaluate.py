@@ -1,0 +1,196 @@
+"""``changedet evaluate PRED TRUTH``: score detections against truth."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .options import echo_json, handle_errors
+
+_RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
+
+
+def _read_vector(path: str) -> tuple[list[Any], Any]:
+    """Polygons (one per feature, with its id) and the CRS of a vector file."""
+    import pyogrio
+    import pyogrio.errors
+    import shapely
+    from rasterio.crs import CRS
+
+    from ..errors import InputError
+
+    try:
+        meta, _fids, geometry, field_data = pyogrio.raw.read(path)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
+        raise InputError(path, f"not a vector file GDAL can read ({exc})") from exc
+    if geometry is None:
+        raise InputError(path, "has no geometry column")
+    if meta.get("crs") is None:
+        raise InputError(path, "has no CRS; assign one first (e.g. with ogr2ogr -a_srs)")
+    crs = CRS.from_user_input(meta["crs"])
+    geoms = shapely.from_wkb(geometry)
+    fields = list(meta.get("fields", []))
+    id_col = next((i for i, f in enumerate(fields) if f in ("id", "ID", "fid")), None)
+    out = []
+    for k, g in enumerate(geoms):
+        if g is None or g.is_empty or g.geom_type not in ("Polygon", "MultiPolygon"):
+            continue
+        ident = field_data[id_col][k] if id_col is not None else k
+        ident = ident.item() if hasattr(ident, "item") else ident
+        out.append((ident, g))
+    return out, crs
+
+
+def _read_mask(path: str) -> tuple[Any, Any, Any]:
+    """(H, W) int array (0 = background), valid mask and Grid of a mask raster."""
+    import warnings
+
+    import numpy as np
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from ..errors import InputError
+    from ..raster import Grid
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with rasterio.open(path) as ds:
+                if ds.crs is None:
+                    raise InputError(path, "has no CRS")
+                data = ds.read(1)
+                valid = ds.read_masks(1) > 0
+                grid = Grid(ds.crs, ds.transform, ds.height, ds.width)
+    except RasterioIOError as exc:
+        raise InputError(path, f"not a raster GDAL can read ({exc})") from exc
+    if data.dtype == np.uint8 and set(np.unique(data).tolist()) <= {0, 1, 255}:
+        # change.tif's convention even when the nodata tag was lost on the way.
+        valid &= data != 255
+    if not np.issubdtype(data.dtype, np.integer):
+        data = np.rint(np.nan_to_num(data)).astype(np.int64)
+    data = np.where(valid, data, 0)
+    return data, valid, grid
+
+
+def _is_raster(path: str) -> bool:
+    return Path(path).suffix.lower() in _RASTER_SUFFIXES
+
+
+def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
+    """Both sides in one metric frame: (pred, truth, grid or None, valid or None)."""
+    import numpy as np
+    from rasterio.warp import Resampling, reproject
+
+    from ..errors import InputError
+    from ..measure import metric_crs, reproject_geoms
+    from ..raster import analysis_grid
+
+    for path in (pred, truth):
+        if not os.path.exists(path):
+            raise InputError(path, "no such file")
+    sides: list[Any] = []
+    for path in (pred, truth):
+        sides.append(("raster", *_read_mask(path)) if _is_raster(path)
+                     else ("vector", *_read_vector(path)))
+    rasters = [s for s in sides if s[0] == "raster"]
+    if rasters:
+        grid0 = rasters[0][3]
+        grid = analysis_grid(grid0)
+    else:
+        grid = None
+    out: list[Any] = []
+    valid = None
+    for side in sides:
+        if side[0] == "raster":
+            _, data, ok, g = side
+            if g != grid:
+                # Masks move between grids by nearest neighbour: labels stay labels.
+                moved = np.zeros(grid.shape, dtype=np.int32)
+                reproject(data.astype(np.int32), moved, src_transform=g.transform,
+                          src_crs=g.crs, dst_transform=grid.transform, dst_crs=grid.crs,
+                          resampling=Resampling.nearest)
+                okm = np.zeros(grid.shape, dtype=np.uint8)
+                reproject(ok.astype(np.uint8), okm, src_transform=g.transform,
+                          src_crs=g.crs, dst_transform=grid.transform, dst_crs=grid.crs,
+                          resampling=Resampling.nearest)
+                data, ok = moved, okm.astype(bool)
+            valid = ok if valid is None else (valid & ok)
+            out.append(data)
+        else:
+            out.append(side)
+    # Vectors go to the grid's CRS, or (both vectors) to a metric CRS chosen from truth.
+    if grid is not None:
+        target = grid.crs
+    else:
+        import shapely
+
+        t_items, t_crs = sides[1][1], sides[1][2]
+        geoms = [g for _, g in t_items] or [g for _, g in sides[0][1]]
+        if not geoms:
+            raise InputError(truth, "has no polygon")
+        bounds = shapely.total_bounds(np.asarray(geoms, dtype=object))
+        target = metric_crs(t_crs, bounds)
+    for k, side in enumerate(out):
+        if isinstance(side, tuple):
+            _, items, crs = side
+            geoms = reproject_geoms([g for _, g in items], crs, target) if crs != target \
+                else [g for _, g in items]
+            out[k] = [(i, g) for (i, _), g in zip(items, geoms)]
+    return out[0], out[1], grid, valid
+
+
+def _table(result: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    lines = [
+        f"objects (IoU >= {result['iou_threshold']}): "
+        f"{result['n_pred']} predicted, {result['n_truth']} true",
+        f"  TP {result['tp']}  FP {result['fp']}  FN {result['fn']}",
+        f"  precision {result['precision']:.3f}  recall {result['recall']:.3f}  "
+        f"F1 {result['f1']:.3f}",
+        f"pixels ({result['pixel_basis']}): IoU {result['pixel_iou']:.3f}  "
+        f"F1 {result['pixel_f1']:.3f}  precision {result['pixel_precision']:.3f}  "
+        f"recall {result['pixel_recall']:.3f}",
+        f"area: predicted {result['pred_area_m2']} m², true {result['truth_area_m2']} m², "
+        f"error {fmt(result['total_area_error_pct'])} %",
+        f"mean |object area error|: {fmt(result['mean_abs_object_area_error_pct'])} %",
+    ]
+    rows = result["per_object"]
+    if rows:
+        head = ("status", "pred_id", "truth_id", "iou", "pred_m2", "truth_m2", "err_%")
+        keys = ("status", "pred_id", "truth_id", "iou", "pred_area_m2", "truth_area_m2",
+                "area_error_pct")
+        body = [[fmt(r[k]) for k in keys] for r in rows]
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+        lines.append("")
+        lines.append("  ".join(h.rjust(w) for h, w in zip(head, widths)))
+        lines.extend("  ".join(c.rjust(w) for c, w in zip(b, widths)) for b in body)
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("pred", type=click.Path(dir_okay=False))
+@click.argument("truth", type=click.Path(dir_okay=False))
+@click.option("--iou", "iou_threshold", type=click.FloatRange(0.0, 1.0, min_open=True),
+              default=0.5, show_default=True, help="Object matching threshold (SpaceNet: 0.5).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@handle_errors
+def evaluate(pred: str, truth: str, iou_threshold: float, as_json: bool) -> None:
+    """Score PRED (polygons or a mask raster such as change.tif) against TRUTH.
+
+    Vectors may be in any CRS; they are compared in the raster's grid when either side
+    is a raster (values > 0 are buildings, no data is ignored), else in a metric CRS
+    (the truth's if projected, otherwise its local UTM zone).
+    """
+    from ..evaluate import evaluate as run_evaluate
+
+    p, t, grid, valid = _load(pred, truth)
+    result = run_evaluate(p, t, grid, valid=valid, iou_threshold=iou_threshold)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(_table(result))

@@ -1,0 +1,241 @@
+"""Scoring detected buildings against truth.
+
+Object scores follow the SpaceNet rule: a prediction and a truth building match when
+their intersection over union is at least 0.5, each one matched at most once, pairs
+taken greedily from the highest IoU down. Pixel scores compare the union of the
+predictions with the union of the truth, either on a raster grid (rasterised at pixel
+centres) or, when both sides are polygons and no grid is given, as exact areas.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import numpy as np
+import rasterio.features
+import shapely
+from scipy import ndimage
+from shapely.geometry import Polygon
+
+from .errors import ProcessingError
+from .raster import Grid
+from .vectorize import polygons_from_labels
+
+#: The SpaceNet matching threshold.
+IOU_THRESHOLD = 0.5
+
+Objects = Union[np.ndarray, Sequence[Any]]
+
+
+def _objects(
+    data: Objects, grid: Grid | None, name: str
+) -> tuple[list[Any], list[shapely.Geometry], np.ndarray | None]:
+    """Ids, polygons and (if given as a raster) the (H, W) bool mask of one side.
+
+    A raster with values in {0, 1} (or bool) is a mask: its 4-connected components are
+    the objects. Any other integer raster is a label image: one object per value.
+    """
+    if isinstance(data, np.ndarray) and data.ndim == 2:
+        if grid is None:
+            raise ProcessingError(f"{name} is a raster: a grid is needed to evaluate it")
+        if data.shape != grid.shape:
+            raise ProcessingError(
+                f"{name} raster has shape {data.shape}, the grid {grid.shape}")
+        mask = data > 0
+        if data.dtype == bool or data.max(initial=0) <= 1:
+            labels, _ = ndimage.label(mask)
+        else:
+            labels = np.where(mask, data, 0)
+        pairs = polygons_from_labels(labels, grid, simplify_px=0.0, regularise=False)
+        # A label in several parts is one object: merge its parts back.
+        merged: dict[int, list[Polygon]] = {}
+        for value, poly in pairs:
+            merged.setdefault(value, []).append(poly)
+        ids = sorted(merged)
+        geoms = [shapely.union_all(merged[v]) if len(merged[v]) > 1 else merged[v][0]
+                 for v in ids]
+        return list(ids), geoms, mask
+    ids: list[Any] = []
+    geoms: list[shapely.Geometry] = []
+    for k, item in enumerate(data):
+        if isinstance(item, tuple) and len(item) == 2:
+            ids.append(item[0])
+            geoms.append(item[1])
+        else:
+            ids.append(k)
+            geoms.append(item)
+    keep = [i for i, g in enumerate(geoms) if g is not None and not g.is_empty]
+    geoms = [shapely.make_valid(geoms[i]) for i in keep]
+    return [ids[i] for i in keep], geoms, None
+
+
+def match_objects(
+    pred: Sequence[shapely.Geometry],
+    truth: Sequence[shapely.Geometry],
+    iou_threshold: float = IOU_THRESHOLD,
+) -> list[tuple[int, int, float]]:
+    """One-to-one matches ``(pred_index, truth_index, iou)`` with IoU >= threshold.
+
+    Candidate pairs come from an STRtree of the truth; they are accepted greedily by
+    descending IoU (ties by index, so the result is deterministic).
+    """
+    if not len(pred) or not len(truth):
+        return []
+    tree = shapely.STRtree(np.asarray(truth, dtype=object))
+    p_idx, t_idx = tree.query(np.asarray(pred, dtype=object), predicate="intersects")
+    pairs = []
+    for p, t in zip(p_idx.tolist(), t_idx.tolist()):
+        inter = pred[p].intersection(truth[t]).area
+        union = pred[p].area + truth[t].area - inter
+        iou = inter / union if union > 0 else 0.0
+        if iou >= iou_threshold:
+            pairs.append((-iou, p, t))
+    pairs.sort()
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    matches = []
+    for neg_iou, p, t in pairs:
+        if p in used_p or t in used_t:
+            continue
+        used_p.add(p)
+        used_t.add(t)
+        matches.append((p, t, -neg_iou))
+    return matches
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den > 0 else 0.0
+
+
+def _f1(precision: float, recall: float) -> float:
+    return _ratio(2 * precision * recall, precision + recall)
+
+
+def _rasterise(geoms: Sequence[shapely.Geometry], grid: Grid) -> np.ndarray:
+    if not geoms:
+        return np.zeros(grid.shape, dtype=bool)
+    out = rasterio.features.rasterize(
+        [(g, 1) for g in geoms], out_shape=grid.shape, transform=grid.transform,
+        fill=0, dtype="uint8")
+    return out.astype(bool)
+
+
+def evaluate(
+    pred: Objects,
+    truth: Objects,
+    grid: Grid | None = None,
+    *,
+    valid: np.ndarray | None = None,
+    iou_threshold: float = IOU_THRESHOLD,
+) -> dict[str, Any]:
+    """Score predicted buildings against truth.
+
+    Parameters
+    ----------
+    pred, truth : sequence of shapely geometries, sequence of (id, geometry), or (H, W) ndarray
+        Polygons in ``grid.crs`` (a metric CRS), or a raster on ``grid``: a bool / 0-1
+        mask (objects are its 4-connected components) or an int label image.
+    grid : Grid, optional
+        Needed when either side is a raster; then pixel scores are counted on it.
+        When both sides are polygons and ``grid`` is None, the pixel scores are the
+        exact area overlaps of the two unions (m²).
+    valid : (H, W) ndarray of bool, optional
+        Pixels that count in the pixel scores (e.g. excluding no data); default all.
+    iou_threshold : float
+        Object matching threshold (0.5, SpaceNet).
+
+    Returns
+    -------
+    dict
+        ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``, ``n_pred``,
+        ``n_truth``; ``pixel_precision``, ``pixel_recall``, ``pixel_iou``,
+        ``pixel_f1``; ``pred_area_m2``, ``truth_area_m2`` (summed object areas),
+        ``total_area_error_pct`` (signed, (pred - truth) / truth); ``mean_abs_object_area_error_pct`` over
+        matches; ``per_object``: one row per match (``status`` "tp") and per
+        unmatched prediction ("fp") or truth ("fn"), with ids, IoU, areas and the
+        signed area error (m² and %).
+    """
+    if grid is not None and grid.crs.is_geographic:
+        raise ProcessingError("evaluation needs a projected grid (areas in m²)")
+    p_ids, p_geoms, p_mask = _objects(pred, grid, "prediction")
+    t_ids, t_geoms, t_mask = _objects(truth, grid, "truth")
+
+    matches = match_objects(p_geoms, t_geoms, iou_threshold)
+    tp = len(matches)
+    fp = len(p_geoms) - tp
+    fn = len(t_geoms) - tp
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+
+    per_object: list[dict[str, Any]] = []
+    abs_errors = []
+    for p, t, iou in sorted(matches, key=lambda m: m[1]):
+        pa, ta = p_geoms[p].area, t_geoms[t].area
+        err_pct = 100.0 * _ratio(pa - ta, ta)
+        abs_errors.append(abs(err_pct))
+        per_object.append({
+            "status": "tp", "pred_id": p_ids[p], "truth_id": t_ids[t],
+            "iou": round(iou, 4), "pred_area_m2": round(pa, 1),
+            "truth_area_m2": round(ta, 1), "area_error_m2": round(pa - ta, 1),
+            "area_error_pct": round(err_pct, 2),
+        })
+    matched_p = {m[0] for m in matches}
+    matched_t = {m[1] for m in matches}
+    for p in range(len(p_geoms)):
+        if p not in matched_p:
+            per_object.append({"status": "fp", "pred_id": p_ids[p], "truth_id": None,
+                               "iou": None, "pred_area_m2": round(p_geoms[p].area, 1),
+                               "truth_area_m2": None, "area_error_m2": None,
+                               "area_error_pct": None})
+    for t in range(len(t_geoms)):
+        if t not in matched_t:
+            per_object.append({"status": "fn", "pred_id": None, "truth_id": t_ids[t],
+                               "iou": None, "pred_area_m2": None,
+                               "truth_area_m2": round(t_geoms[t].area, 1),
+                               "area_error_m2": None, "area_error_pct": None})
+
+    if grid is None and p_mask is None and t_mask is None:
+        pu = shapely.union_all(p_geoms) if p_geoms else Polygon()
+        tu = shapely.union_all(t_geoms) if t_geoms else Polygon()
+        inter = pu.intersection(tu).area
+        p_only, t_only = pu.area - inter, tu.area - inter
+        basis = "area"
+    else:
+        assert grid is not None
+        pm = p_mask if p_mask is not None else _rasterise(p_geoms, grid)
+        tm = t_mask if t_mask is not None else _rasterise(t_geoms, grid)
+        ok = np.ones(grid.shape, bool) if valid is None else np.asarray(valid, bool)
+        px = grid.pixel_area
+        inter = float(np.count_nonzero(pm & tm & ok)) * px
+        p_only = float(np.count_nonzero(pm & ~tm & ok)) * px
+        t_only = float(np.count_nonzero(tm & ~pm & ok)) * px
+        basis = "pixels"
+    # Total areas are those of the objects (as an analyst would sum them); for a
+    # raster they equal the pixel counts, since its polygons follow pixel edges.
+    pred_area = float(sum(g.area for g in p_geoms))
+    truth_area = float(sum(g.area for g in t_geoms))
+    pixel_precision = _ratio(inter, inter + p_only)
+    pixel_recall = _ratio(inter, inter + t_only)
+    return {
+        "iou_threshold": iou_threshold,
+        "n_pred": len(p_geoms),
+        "n_truth": len(t_geoms),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "f1": round(_f1(precision, recall), 4),
+        "pixel_basis": basis,
+        "pixel_precision": round(pixel_precision, 4),
+        "pixel_recall": round(pixel_recall, 4),
+        "pixel_iou": round(_ratio(inter, inter + p_only + t_only), 4),
+        "pixel_f1": round(_f1(pixel_precision, pixel_recall), 4),
+        "pred_area_m2": round(pred_area, 1),
+        "truth_area_m2": round(truth_area, 1),
+        "total_area_error_pct": (round(100.0 * _ratio(pred_area - truth_area, truth_area), 2)
+                                 if truth_area > 0 else None),
+        "mean_abs_object_area_error_pct": (round(float(np.mean(abs_errors)), 2)
+                                           if abs_errors else None),
+        "per_object": per_object,
+    }

@@ -1,0 +1,498 @@
+"""Square metres with honest uncertainty, sites, and the claim check.
+
+Areas are computed on a projected CRS whose local scale is true (the input's when it
+is projected and not a Mercator, else the local UTM zone, or an equal-area projection
+near the poles) and cross-checked with the geodesic area on the WGS84 ellipsoid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import shapely
+from pyproj import CRS as ProjCRS
+from pyproj import Proj, Transformer
+from rasterio.crs import CRS
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ._log import logger
+from .errors import ProcessingError
+from .raster import _local_projected_crs
+
+#: Largest departure of the areal scale factor from 1 accepted in an input CRS before
+#: the polygons are re-projected to the local UTM zone (UTM itself stays below 0.3%).
+MAX_AREAL_SCALE_ERROR = 0.005
+
+
+def _as_crs(crs: object) -> CRS:
+    return crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
+
+
+def _is_mercator(crs: CRS) -> bool:
+    """True for Mercator projections (Web Mercator included), whose metres are not."""
+    proj = ProjCRS.from_wkt(crs.to_wkt())
+    op = proj.coordinate_operation
+    name = (op.method_name if op is not None else "").lower()
+    return "mercator" in name and "transverse" not in name and "oblique" not in name
+
+
+def metric_crs(crs: object, bounds: Sequence[float]) -> CRS:
+    """The CRS in which to measure geometries that lie within ``bounds`` of ``crs``.
+
+    Parameters
+    ----------
+    crs : CRS-like
+        CRS of the geometries.
+    bounds : (minx, miny, maxx, maxy)
+        Their extent in ``crs`` units.
+
+    Returns
+    -------
+    rasterio.crs.CRS
+        ``crs`` itself when it is projected, not a Mercator, and its areal scale at the
+        centre of ``bounds`` is within ``MAX_AREAL_SCALE_ERROR`` of 1; otherwise the
+        local UTM zone (or a local Lambert equal-area beyond UTM's latitudes).
+    """
+    crs = _as_crs(crs)
+    minx, miny, maxx, maxy = (float(b) for b in bounds)
+    cx, cy = (minx + maxx) / 2.0, (miny + maxy) / 2.0
+    if crs.is_geographic:
+        lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(cx, cy)
+        return _local_projected_crs(lon, lat)
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(cx, cy)
+    if not _is_mercator(crs):
+        try:
+            factors = Proj(ProjCRS.from_wkt(crs.to_wkt())).get_factors(lon, lat)
+            scale = float(factors.areal_scale)
+        except Exception:  # noqa: BLE001 - projections pyproj cannot differentiate
+            scale = math.nan
+        if math.isfinite(scale) and abs(scale - 1.0) <= MAX_AREAL_SCALE_ERROR:
+            return crs
+    return _local_projected_crs(lon, lat)
+
+
+def to_metric(
+    geoms: Sequence[shapely.Geometry], crs: object
+) -> tuple[list[shapely.Geometry], CRS]:
+    """Geometries re-projected (if needed) into :func:`metric_crs`.
+
+    Returns
+    -------
+    (list of geometries, CRS)
+        The geometries in metres and the CRS they are in.
+
+    Raises
+    ------
+    ProcessingError
+        When there is no geometry to place.
+    """
+    crs = _as_crs(crs)
+    geoms = list(geoms)
+    if not geoms:
+        raise ProcessingError("no geometry to measure")
+    bounds = shapely.total_bounds(np.asarray(geoms, dtype=object))
+    if not np.all(np.isfinite(bounds)):
+        raise ProcessingError("geometries are empty; nothing to measure")
+    target = metric_crs(crs, bounds)
+    if target == crs:
+        return geoms, crs
+    return reproject_geoms(geoms, crs, target), target
+
+
+def reproject_geoms(
+    geoms: Iterable[shapely.Geometry], src: object, dst: object
+) -> list[shapely.Geometry]:
+    """Geometries from ``src`` to ``dst`` CRS, vertex by vertex.
+
+    Edges are not densified: over a building (< 1 km) the curvature of a straight
+    edge between two conformal or geographic CRSs changes its area by far less than
+    the half-pixel uncertainty.
+    """
+    tr = Transformer.from_crs(_as_crs(src), _as_crs(dst), always_xy=True)
+
+    def project(xy: np.ndarray) -> np.ndarray:
+        x, y = tr.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    return [shapely.transform(g, project) for g in geoms]
+
+
+# --------------------------------------------------------------------------- buildings
+
+def _geodesic_areas(geoms: Sequence[shapely.Geometry], crs: CRS) -> list[float]:
+    """Areas in m² on the WGS84 ellipsoid (pyproj.Geod), the independent cross-check."""
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    lonlat = reproject_geoms(geoms, crs, "EPSG:4326")
+    return [abs(float(geod.geometry_area_perimeter(g)[0])) for g in lonlat]
+
+
+def _r1(x: float) -> float:
+    """Round to 0.1 (m or m²), deterministically, as plain float."""
+    return float(round(float(x), 1))
+
+
+@dataclass
+class Building:
+    """One new building, measured.
+
+    Attributes
+    ----------
+    id : int
+        1-based, in the order given to :func:`measure_buildings`.
+    polygon : shapely.Polygon
+        Outline in the measurement CRS (metres).
+    area_m2, area_m2_min, area_m2_max : float
+        Planimetric area and its bounds (see :func:`measure_buildings`).
+    perimeter_m : float
+    geodesic_area_m2 : float
+        Area on the WGS84 ellipsoid, the cross-check of ``area_m2``.
+    score : float or None
+        Detection evidence (mean score inside the building), when given.
+    site_id : int or None
+        Set by :func:`group_sites`.
+    """
+
+    id: int
+    polygon: shapely.Geometry
+    area_m2: float
+    area_m2_min: float
+    area_m2_max: float
+    perimeter_m: float
+    geodesic_area_m2: float
+    score: float | None = None
+    site_id: int | None = None
+
+    def to_properties(self) -> dict[str, Any]:
+        """The ``new_buildings.geojson`` properties (areas rounded to 0.1 m²)."""
+        return {
+            "id": self.id,
+            "area_m2": _r1(self.area_m2),
+            "area_m2_min": _r1(self.area_m2_min),
+            "area_m2_max": _r1(self.area_m2_max),
+            "perimeter_m": _r1(self.perimeter_m),
+            "geodesic_area_m2": _r1(self.geodesic_area_m2),
+            "site_id": self.site_id,
+            "score": None if self.score is None else float(round(self.score, 3)),
+        }
+
+
+def area_bounds(
+    geom: shapely.Geometry, pixel_size_m: float, coreg_residual_px: float = 0.0
+) -> tuple[float, float]:
+    """Smallest and largest area the evidence allows, in m².
+
+    The outline is known to half a pixel: each edge could lie anywhere in a band
+    ``w = pixel_size_m * (0.5 + coreg_residual_px)`` wide on either side (the
+    co-registration residual moves the after image, hence the boundary, by that many
+    pixels more). The bounds are the areas of the polygon buffered inward and
+    outward by ``w`` with mitred corners, i.e. ``A - P w + ...`` and ``A + P w + ...``
+    (exact for rectangles: ``(a - 2w)(b - 2w)`` and ``(a + 2w)(b + 2w)``).
+    """
+    w = pixel_size_m * (0.5 + max(float(coreg_residual_px), 0.0))
+    if w <= 0:
+        return float(geom.area), float(geom.area)
+    grow = shapely.buffer(geom, w, join_style="mitre", mitre_limit=2.0)
+    shrink = shapely.buffer(geom, -w, join_style="mitre", mitre_limit=2.0)
+    return float(shrink.area), float(grow.area)
+
+
+def measure_buildings(
+    polygons: Sequence[shapely.Geometry],
+    crs: object,
+    pixel_size_m: float,
+    *,
+    coreg_residual_px: float = 0.0,
+    scores: Sequence[float | None] | None = None,
+) -> list[Building]:
+    """Measure building outlines in m² with their uncertainty.
+
+    Parameters
+    ----------
+    polygons : sequence of shapely Polygon or MultiPolygon
+        Outlines in ``crs``; any CRS: geographic and Mercator inputs are projected to
+        the local UTM zone (:func:`metric_crs`) before measuring.
+    crs : CRS-like
+        CRS of ``polygons``.
+    pixel_size_m : float
+        Ground pixel size of the imagery the outlines come from, in metres (0 for
+        outlines known exactly, e.g. surveyed).
+    coreg_residual_px : float
+        Co-registration residual (RMS, pixels) added to the half-pixel band.
+    scores : sequence of float, optional
+        One detection score per polygon.
+
+    Returns
+    -------
+    list of Building
+        In input order, ids 1..N, polygons in the measurement CRS. ``area_m2`` is the
+        planimetric area there; ``area_m2_min``/``max`` from :func:`area_bounds`;
+        ``geodesic_area_m2`` on the WGS84 ellipsoid (a warning is logged when the two
+        differ by more than 0.5 %).
+    """
+    if not len(polygons):
+        return []
+    if scores is not None and len(scores) != len(polygons):
+        raise ValueError(f"{len(scores)} scores for {len(polygons)} polygons")
+    crs = _as_crs(crs)
+    metric, mcrs = to_metric([shapely.make_valid(p) for p in polygons], crs)
+    geodesics = _geodesic_areas(metric, mcrs)
+    out = []
+    for k, (geom, geodesic) in enumerate(zip(metric, geodesics)):
+        area = float(geom.area)
+        lo, hi = area_bounds(geom, pixel_size_m, coreg_residual_px)
+        if area > 0 and abs(geodesic - area) > 0.005 * area:
+            logger.warning("building %d: planimetric %.1f m² vs geodesic %.1f m²",
+                           k + 1, area, geodesic)
+        score = None if scores is None or scores[k] is None else float(scores[k])
+        out.append(Building(k + 1, geom, area, min(lo, area), max(hi, area),
+                            float(geom.length), geodesic, score))
+    return out
+
+
+# --------------------------------------------------------------------------- sites
+
+
+@dataclass
+class Site:
+    """Buildings within ``gap_m`` of each other (transitively).
+
+    Attributes
+    ----------
+    site_id : int
+        1-based, by descending built area (ties: west to east, then north to south).
+    building_ids : list of int
+    envelope : shapely.Polygon
+        The site's footprint as an analyst would draw it: the union of its buildings
+        buffered by ``gap_m / 2`` then buffered back by ``-gap_m / 2`` (a morphological
+        closing), which fills the yards between the buildings of the site but follows
+        its outline, unlike a convex hull.
+    built_area_m2, built_area_m2_min, built_area_m2_max : float
+        Summed building areas and summed bounds.
+    envelope_area_m2, envelope_area_m2_min, envelope_area_m2_max : float
+        Envelope area and its half-pixel bounds (:func:`area_bounds` of the envelope).
+    verdict : str or None
+        Set by :func:`check_claim`.
+    """
+
+    site_id: int
+    building_ids: list[int]
+    envelope: shapely.Geometry
+    n_buildings: int
+    built_area_m2: float
+    built_area_m2_min: float
+    built_area_m2_max: float
+    envelope_area_m2: float
+    envelope_area_m2_min: float
+    envelope_area_m2_max: float
+    verdict: str | None = None
+
+    def interval(self, basis: str = "footprint") -> tuple[float, float]:
+        """``(min, max)`` area in m² on the claim basis ("footprint" or "envelope")."""
+        if basis == "footprint":
+            return self.built_area_m2_min, self.built_area_m2_max
+        if basis == "envelope":
+            return self.envelope_area_m2_min, self.envelope_area_m2_max
+        raise ValueError(f"basis must be 'footprint' or 'envelope', got {basis!r}")
+
+    def to_properties(self) -> dict[str, Any]:
+        """The ``sites.geojson`` properties (areas rounded to 0.1 m²).
+
+        ``building_ids`` is a comma-separated string ("1,4,7") so that GeoPackage,
+        which has no list fields, stores it as GeoJSON does.
+        """
+        props: dict[str, Any] = {
+            "site_id": self.site_id,
+            "n_buildings": self.n_buildings,
+            "building_ids": ",".join(str(i) for i in self.building_ids),
+            "built_area_m2": _r1(self.built_area_m2),
+            "built_area_m2_min": _r1(self.built_area_m2_min),
+            "built_area_m2_max": _r1(self.built_area_m2_max),
+            "envelope_area_m2": _r1(self.envelope_area_m2),
+            "envelope_area_m2_min": _r1(self.envelope_area_m2_min),
+            "envelope_area_m2_max": _r1(self.envelope_area_m2_max),
+        }
+        if self.verdict is not None:
+            props["verdict"] = self.verdict
+        return props
+
+
+def group_sites(
+    buildings: Sequence[Building],
+    gap_m: float,
+    *,
+    pixel_size_m: float = 0.0,
+    coreg_residual_px: float = 0.0,
+) -> list[Site]:
+    """Group buildings closer than ``gap_m`` (edge to edge, transitively) into sites.
+
+    Parameters
+    ----------
+    buildings : sequence of Building
+        All in one metric CRS (as returned by :func:`measure_buildings`).
+    gap_m : float
+        Largest distance between two buildings of one site, in metres.
+    pixel_size_m, coreg_residual_px : float
+        For the envelope's area bounds (see :func:`area_bounds`).
+
+    Returns
+    -------
+    list of Site
+        Ordered and numbered 1.. by descending built area; each building's
+        ``site_id`` is set.
+    """
+    if not buildings:
+        return []
+    geoms = np.asarray([b.polygon for b in buildings], dtype=object)
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="dwithin", distance=max(float(gap_m), 0.0))
+    n = len(buildings)
+    graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(component.tolist()):
+        groups.setdefault(c, []).append(i)
+    half = max(float(gap_m), 0.0) / 2.0
+    drafts = []
+    for members in groups.values():
+        parts = [buildings[i].polygon for i in members]
+        union = shapely.union_all(parts)
+        if half > 0:
+            envelope = shapely.buffer(shapely.buffer(union, half, join_style="mitre"),
+                                      -half, join_style="mitre")
+            envelope = shapely.union(envelope, union)  # closing never loses a building
+        else:
+            envelope = union
+        elo, ehi = area_bounds(envelope, pixel_size_m, coreg_residual_px)
+        built = sum(buildings[i].area_m2 for i in members)
+        cx, cy = union.centroid.x, union.centroid.y
+        drafts.append((-built, cx, -cy, members, envelope, built, elo, ehi))
+    drafts.sort(key=lambda d: d[:3])
+    sites = []
+    for k, (_, _, _, members, envelope, built, elo, ehi) in enumerate(drafts, start=1):
+        ids = sorted(buildings[i].id for i in members)
+        for i in members:
+            buildings[i].site_id = k
+        env_area = float(envelope.area)
+        sites.append(Site(
+            site_id=k, building_ids=ids, envelope=envelope, n_buildings=len(members),
+            built_area_m2=float(built),
+            built_area_m2_min=float(sum(buildings[i].area_m2_min for i in members)),
+            built_area_m2_max=float(sum(buildings[i].area_m2_max for i in members)),
+            envelope_area_m2=env_area, envelope_area_m2_min=min(elo, env_area),
+            envelope_area_m2_max=max(ehi, env_area),
+        ))
+    return sites
+
+
+# --------------------------------------------------------------------------- claim
+
+CONSISTENT = "consistent"
+SMALLER = "smaller than claimed"
+LARGER = "larger than claimed"
+NOT_FOUND = "not found"
+
+
+@dataclass
+class ClaimCheck:
+    """The verdict on a claim of ``n_sites`` sites of about ``claim_m2`` each.
+
+    Attributes
+    ----------
+    claim_m2, tolerance : float
+        The claim and its relative tolerance: claimed interval
+        ``[claim_m2 * (1 - tolerance), claim_m2 * (1 + tolerance)]``.
+    n_sites : int
+        Number of sites the claim speaks of.
+    basis : str
+        "footprint" (summed building areas) or "envelope" (site envelope area).
+    verdicts : list of dict
+        One per claimed site: ``site_id`` (None when not found), ``verdict``,
+        ``measured_m2``, ``measured_m2_min``, ``measured_m2_max``, ``claimed_m2_min``,
+        ``claimed_m2_max``.
+    """
+
+    claim_m2: float
+    tolerance: float
+    n_sites: int
+    basis: str
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def overall(self) -> str:
+        """"consistent" when every claimed site is, else "not consistent"."""
+        for v in self.verdicts:
+            if v["verdict"] != CONSISTENT:
+                return "not consistent"
+        return CONSISTENT
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim_m2": self.claim_m2, "tolerance": self.tolerance,
+                "n_sites": self.n_sites, "basis": self.basis, "overall": self.overall,
+                "verdicts": [dict(v) for v in self.verdicts]}
+
+
+def compare_intervals(measured: tuple[float, float], claimed: tuple[float, float]) -> str:
+    """Verdict of a measured ``[min, max]`` against a claimed ``[min, max]`` (m²)."""
+    if measured[1] < claimed[0]:
+        return SMALLER
+    if measured[0] > claimed[1]:
+        return LARGER
+    return CONSISTENT
+
+
+def check_claim(
+    sites: Sequence[Site],
+    claim_m2: float,
+    *,
+    tolerance: float = 0.10,
+    n_sites: int | None = None,
+    basis: str = "footprint",
+) -> ClaimCheck:
+    """Compare each site's measured area interval with the claimed one.
+
+    Rule for which sites the claim speaks of: the ``n_sites`` largest by the chosen
+    basis (measured area, ties by site id). When fewer sites were found, the missing
+    ones are reported as "not found". Sites beyond the claimed ``n_sites`` keep
+    ``verdict = None``. ``n_sites`` defaults to the number of sites found (at least 1).
+
+    Verdicts: "consistent" when the intervals overlap, "smaller than claimed" when the
+    whole measured interval lies below the claimed one, "larger than claimed" above.
+    Sets ``site.verdict`` on the claimed sites.
+    """
+    if not claim_m2 > 0:
+        raise ValueError(f"the claimed area must be positive, got {claim_m2}")
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    if basis not in ("footprint", "envelope"):
+        raise ValueError(f"basis must be 'footprint' or 'envelope', got {basis!r}")
+    n = max(len(sites), 1) if n_sites is None else int(n_sites)
+    if n < 1:
+        raise ValueError(f"the claim must speak of at least one site, got {n}")
+    claimed = (claim_m2 * (1 - tolerance), claim_m2 * (1 + tolerance))
+
+    def measured(s: Site) -> float:
+        return s.built_area_m2 if basis == "footprint" else s.envelope_area_m2
+
+    for s in sites:
+        s.verdict = None
+    chosen = sorted(sites, key=lambda s: (-measured(s), s.site_id))[:n]
+    verdicts = []
+    for s in sorted(chosen, key=lambda s: s.site_id):
+        lo, hi = s.interval(basis)
+        s.verdict = compare_intervals((lo, hi), claimed)
+        verdicts.append({"site_id": s.site_id, "verdict": s.verdict,
+                         "measured_m2": _r1(measured(s)), "measured_m2_min": _r1(lo),
+                         "measured_m2_max": _r1(hi), "claimed_m2_min": _r1(claimed[0]),
+                         "claimed_m2_max": _r1(claimed[1])})
+    for _ in range(n - len(chosen)):
+        verdicts.append({"site_id": None, "verdict": NOT_FOUND, "measured_m2": None,
+                         "measured_m2_min": None, "measured_m2_max": None,
+                         "claimed_m2_min": _r1(claimed[0]),
+                         "claimed_m2_max": _r1(claimed[1])})
+    return ClaimCheck(float(claim_m2), float(tolerance), n, basis, verdicts)

@@ -1,0 +1,150 @@
+"""Scoring against truth: object matching, pixel scores, area errors, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio.raw
+import pytest
+import shapely
+from affine import Affine
+from click.testing import CliRunner
+from rasterio.crs import CRS
+from shapely.geometry import box
+
+from changedet.cli import main
+from changedet.evaluate import evaluate, match_objects
+from changedet.raster import Grid
+
+CRS_UTM = CRS.from_epsg(32651)
+T = Affine(0.5, 0, 500000.0, 0, -0.5, 4320000.0)
+GRID = Grid(CRS_UTM, T, 100, 100)
+
+
+def pixbox(c0: int, r0: int, c1: int, r1: int) -> shapely.Polygon:
+    """Polygon covering pixel columns c0..c1-1 and rows r0..r1-1 of GRID."""
+    x0, y0 = T @ (c0, r0)
+    x1, y1 = T @ (c1, r1)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def test_match_is_one_to_one_and_greedy_by_iou():
+    truth = [box(0, 0, 10, 10)]
+    pred = [box(0, 0, 10, 9), box(0, 0, 10, 8)]  # IoU 0.9 and 0.8 with the same truth
+    assert match_objects(pred, truth) == [(0, 0, pytest.approx(0.9))]
+
+
+def test_known_tp_fp_fn_and_area_errors_on_polygons():
+    truth = [box(0, 0, 10, 10), box(100, 0, 110, 10), box(200, 0, 210, 10)]
+    pred = [
+        box(0, 0, 10, 11),            # TP, +10 % area, IoU 100/110
+        box(100, 0, 110, 4),          # IoU 0.4: not a match -> FP and truth 1 is FN
+        box(200, 0, 210, 10),         # TP, exact
+        box(500, 500, 505, 505),      # FP
+    ]
+    r = evaluate(pred, truth)
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 2, 1)
+    assert r["precision"] == 0.5
+    assert r["recall"] == round(2 / 3, 4)
+    assert r["f1"] == round(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3), 4)
+    tps = [row for row in r["per_object"] if row["status"] == "tp"]
+    assert [(row["pred_id"], row["truth_id"]) for row in tps] == [(0, 0), (2, 2)]
+    assert tps[0]["area_error_m2"] == 10.0 and tps[0]["area_error_pct"] == 10.0
+    assert tps[1]["area_error_pct"] == 0.0
+    assert r["mean_abs_object_area_error_pct"] == 5.0
+    # Total: pred 110 + 40 + 100 + 25 = 275, truth 300 -> -8.333 %
+    assert r["total_area_error_pct"] == round(100 * (275 - 300) / 300, 2)
+    # Exact area overlaps: inter = 100 + 40 + 100 = 240, union = 275 + 300 - 240
+    assert r["pixel_basis"] == "area"
+    assert r["pixel_iou"] == round(240 / 335, 4)
+    assert r["pixel_precision"] == round(240 / 275, 4)
+    assert r["pixel_recall"] == round(240 / 300, 4)
+
+
+def test_mask_truth_and_polygon_prediction_on_grid():
+    truth_mask = np.zeros(GRID.shape, dtype=bool)
+    truth_mask[10:20, 10:30] = True  # 200 px
+    truth_mask[50:60, 50:60] = True  # 100 px, missed
+    pred = [(7, pixbox(10, 10, 30, 21))]  # one extra row: 220 px
+    r = evaluate(pred, truth_mask, GRID)
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 1)
+    row = r["per_object"][0]
+    assert row["pred_id"] == 7 and row["iou"] == round(200 / 220, 4)
+    assert row["area_error_pct"] == 10.0
+    assert r["pixel_basis"] == "pixels"
+    assert r["pixel_iou"] == round(200 / 320, 4)
+    assert r["truth_area_m2"] == 300 * 0.25
+    assert r["pred_area_m2"] == 220 * 0.25
+
+
+def test_valid_mask_excludes_pixels_and_label_images_are_objects():
+    labels = np.zeros(GRID.shape, dtype=np.int32)
+    labels[0:10, 0:10] = 5
+    labels[0:10, 10:20] = 9  # touches label 5 but is a separate object
+    r = evaluate(labels, labels, GRID)
+    assert (r["tp"], r["fp"], r["fn"], r["pixel_iou"]) == (2, 0, 0, 1.0)
+    pred = np.zeros(GRID.shape, dtype=bool)
+    pred[0:10, 0:20] = True
+    pred[80:90, 80:90] = True
+    valid = np.ones(GRID.shape, bool)
+    valid[80:, 80:] = False
+    r = evaluate(pred, labels > 0, GRID, valid=valid)
+    assert r["pixel_iou"] == 1.0  # the extra blob lies in no data
+    assert r["fp"] == 1          # objects are still counted
+
+
+def test_empty_prediction():
+    r = evaluate([], [box(0, 0, 1, 1)])
+    assert (r["tp"], r["fp"], r["fn"], r["precision"], r["recall"], r["f1"]) == (0, 0, 1, 0, 0, 0)
+    assert r["total_area_error_pct"] == -100.0
+
+
+def _write_geojson(path: Path, polys: list[shapely.Polygon], crs: str) -> Path:
+    geometry = shapely.to_wkb(np.asarray(polys, dtype=object))
+    ids = np.arange(len(polys), dtype=np.int64)
+    pyogrio.raw.write(path, geometry, [ids], fields=["id"], geometry_type="Polygon",
+                      crs=crs, driver="GeoJSON")
+    return path
+
+
+def test_cli_vector_in_wgs84_against_mask_raster(tmp_path, geotiff):
+    truth = np.zeros((100, 100), dtype=np.uint8)
+    truth[10:20, 10:30] = 1
+    truth[90:, :] = 255  # no data
+    truth_path = geotiff("truth.tif", truth, nodata=255)
+    # The prediction exactly covers the truth, delivered in lon/lat.
+    from changedet.measure import reproject_geoms
+    poly_ll = reproject_geoms([pixbox(10, 10, 30, 20)], CRS_UTM, "EPSG:4326")
+    pred_path = _write_geojson(tmp_path / "pred.geojson", poly_ll, "EPSG:4326")
+    res = CliRunner().invoke(main, ["evaluate", str(pred_path), str(truth_path), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert (out["tp"], out["fp"], out["fn"]) == (1, 0, 0)
+    assert out["pixel_iou"] == 1.0
+    assert abs(out["total_area_error_pct"]) < 0.01
+    table = CliRunner().invoke(main, ["evaluate", str(pred_path), str(truth_path)])
+    assert table.exit_code == 0 and "TP 1  FP 0  FN 0" in table.output
+
+
+def test_cli_two_vector_files(tmp_path):
+    a = _write_geojson(tmp_path / "a.geojson", [box(500000, 4320000, 500010, 4320010)],
+                       "EPSG:32651")
+    b = _write_geojson(tmp_path / "b.geojson", [box(500000, 4320000, 500010, 4320011)],
+                       "EPSG:32651")
+    res = CliRunner().invoke(main, ["evaluate", str(a), str(b), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["tp"] == 1 and out["total_area_error_pct"] == round(-10 / 110 * 100, 2)
+
+
+def test_cli_bad_vector_file_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{not json")
+    good = _write_geojson(tmp_path / "g.geojson", [box(0, 0, 1, 1)], "EPSG:32651")
+    res = CliRunner().invoke(main, ["evaluate", str(bad), str(good)])
+    assert res.exit_code == 1
+    assert "bad.geojson" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "missing.geojson"), str(good)])
+    assert res.exit_code == 1 and "no such file" in res.output

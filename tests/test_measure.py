@@ -1,0 +1,148 @@
+"""Areas in m² with their bounds, sites, and the claim verdicts, against exact truth."""
+
+from __future__ import annotations
+
+import pytest
+from rasterio.crs import CRS
+from shapely.affinity import translate
+from shapely.geometry import Polygon, box
+
+from changedet.measure import (
+    LARGER,
+    NOT_FOUND,
+    SMALLER,
+    CONSISTENT,
+    area_bounds,
+    check_claim,
+    group_sites,
+    measure_buildings,
+    metric_crs,
+    reproject_geoms,
+)
+
+UTM = CRS.from_epsg(32651)
+X0, Y0 = 500000.0, 4320000.0
+
+
+def at(*polys):
+    """Shapes moved to the middle of UTM zone 51 (where its areal scale is true)."""
+    return [translate(p, X0, Y0) for p in polys]
+
+
+def test_rectangle_area_bounds_and_perimeter_are_exact():
+    rect = box(X0, Y0, X0 + 40, Y0 + 25)
+    (b,) = measure_buildings([rect], UTM, pixel_size_m=0.5)
+    assert b.area_m2 == pytest.approx(1000.0)
+    assert b.perimeter_m == pytest.approx(130.0)
+    # Half-pixel band w = 0.25 m on every side.
+    assert b.area_m2_min == pytest.approx((40 - 0.5) * (25 - 0.5))
+    assert b.area_m2_max == pytest.approx((40 + 0.5) * (25 + 0.5))
+    assert b.area_m2_min < 1000.0 < b.area_m2_max
+    assert b.geodesic_area_m2 == pytest.approx(1000.0, rel=5e-3)
+    props = b.to_properties()
+    assert props == {"id": 1, "area_m2": 1000.0, "area_m2_min": 967.8,
+                     "area_m2_max": 1032.8, "perimeter_m": 130.0,
+                     "geodesic_area_m2": round(b.geodesic_area_m2, 1),
+                     "site_id": None, "score": None}
+
+
+def test_coregistration_residual_widens_the_band():
+    rect = box(0, 0, 10, 10)
+    assert area_bounds(rect, 1.0, 0.5) == pytest.approx((8.0 * 8.0, 12.0 * 12.0))
+    assert area_bounds(rect, 0.0) == (100.0, 100.0)
+
+
+def test_geographic_and_web_mercator_inputs_match_their_utm_area():
+    rect = box(X0, Y0, X0 + 60, Y0 + 30)
+    (utm,) = measure_buildings([rect], UTM, 0.5)
+    ll = reproject_geoms([rect], UTM, "EPSG:4326")
+    (geo,) = measure_buildings(ll, "EPSG:4326", 0.5)
+    assert geo.area_m2 == pytest.approx(utm.area_m2, rel=1e-3)
+    assert geo.perimeter_m == pytest.approx(utm.perimeter_m, rel=1e-3)
+    merc = reproject_geoms([rect], UTM, "EPSG:3857")
+    assert merc[0].area > 1.5 * rect.area  # at 39°N Web Mercator inflates areas
+    (wm,) = measure_buildings(merc, "EPSG:3857", 0.5)
+    assert wm.area_m2 == pytest.approx(utm.area_m2, rel=1e-3)
+
+
+def test_metric_crs_choices():
+    assert metric_crs(UTM, (X0, Y0, X0 + 10, Y0 + 10)) == UTM
+    assert metric_crs("EPSG:4326", (125.7, 39.0, 125.8, 39.1)) == CRS.from_epsg(32651)
+    assert metric_crs("EPSG:3857", (0, 0, 10, 10)) == CRS.from_epsg(32631)
+    assert metric_crs("EPSG:4326", (10.0, -89.0, 10.1, -88.9)).is_projected
+    assert metric_crs("EPSG:4326", (10.0, -89.0, 10.1, -88.9)).to_epsg() is None
+
+
+def test_sites_group_transitively_within_gap():
+    polys = [
+        box(0, 0, 10, 10),        # A
+        box(14, 0, 24, 10),       # B, 4 m from A
+        box(28, 0, 38, 10),       # C, 4 m from B, 18 m from A: same site through B
+        box(100, 0, 130, 30),     # D, alone but biggest
+    ]
+    buildings = measure_buildings(at(*polys), UTM, 0.5)
+    sites = group_sites(buildings, gap_m=5.0, pixel_size_m=0.5)
+    assert [s.building_ids for s in sites] == [[4], [1, 2, 3]]  # by built area
+    assert [b.site_id for b in buildings] == [2, 2, 2, 1]
+    s = sites[1]
+    assert s.n_buildings == 3 and s.built_area_m2 == pytest.approx(300.0)
+    assert s.built_area_m2_min == pytest.approx(3 * 9.5 * 9.5)
+    assert s.built_area_m2_max == pytest.approx(3 * 10.5 * 10.5)
+    # The closing fills the 4 m yards: the envelope is the 38 x 10 bar.
+    assert s.envelope_area_m2 == pytest.approx(380.0)
+    assert s.envelope_area_m2_min < 380.0 < s.envelope_area_m2_max
+    assert sites[0].envelope_area_m2 == pytest.approx(900.0)
+    assert group_sites(buildings, gap_m=3.0)[1].n_buildings == 1
+    props = s.to_properties()
+    assert props["site_id"] == 2 and "verdict" not in props
+    assert props["building_ids"] == "1,2,3" and props["envelope_area_m2"] == 380.0
+
+
+def _sites(*areas: float):
+    polys = [box(1000.0 * k, 0, 1000.0 * k + a ** 0.5, a ** 0.5) for k, a in enumerate(areas)]
+    return group_sites(measure_buildings(at(*polys), UTM, 0.5), gap_m=20.0, pixel_size_m=0.5)
+
+
+def test_every_verdict():
+    sites = _sites(13000.0, 9000.0, 20000.0)
+    check = check_claim(sites, 13000.0, tolerance=0.10, n_sites=3)
+    by_area = {round(s.built_area_m2): s.verdict for s in sites}
+    assert by_area == {13000: CONSISTENT, 9000: SMALLER, 20000: LARGER}
+    assert [v["verdict"] for v in check.verdicts] == [LARGER, CONSISTENT, SMALLER]
+    assert check.overall == "not consistent"
+    assert check.verdicts[1]["claimed_m2_min"] == 11700.0
+
+    # Just outside the claimed interval, but the measured uncertainty reaches it.
+    edge = _sites(11650.0)
+    assert edge[0].built_area_m2_max > 11700.0
+    assert check_claim(edge, 13000.0).verdicts[0]["verdict"] == CONSISTENT
+
+
+def test_missing_and_extra_sites():
+    sites = _sites(13000.0, 12500.0)
+    check = check_claim(sites, 13000.0, n_sites=3)
+    assert [v["verdict"] for v in check.verdicts] == [CONSISTENT, CONSISTENT, NOT_FOUND]
+    assert check.verdicts[2]["site_id"] is None
+
+    # More sites than claimed: the claim speaks of the largest ones.
+    sites = _sites(500.0, 13000.0, 800.0)
+    check = check_claim(sites, 13000.0, n_sites=1)
+    assert len(check.verdicts) == 1 and check.overall == CONSISTENT
+    assert [s.verdict for s in sites] == [CONSISTENT, None, None]
+    assert check.to_dict()["verdicts"][0]["site_id"] == sites[0].site_id
+
+
+def test_envelope_basis():
+    polys = [box(0, 0, 50, 100), box(60, 0, 110, 100)]  # 10 m apart
+    sites = group_sites(measure_buildings(at(*polys), UTM, 0.5), gap_m=12.0)
+    assert sites[0].envelope_area_m2 == pytest.approx(11000.0)
+    assert check_claim(sites, 11500.0, basis="envelope").overall == CONSISTENT
+    assert check_claim(sites, 11500.0, basis="footprint").verdicts[0]["verdict"] == SMALLER
+    with pytest.raises(ValueError):
+        check_claim(sites, 11000.0, basis="roof")
+
+
+def test_multipolygon_and_holes_are_measured():
+    court = Polygon([(0, 0), (30, 0), (30, 30), (0, 30)], [[(10, 10), (20, 10), (20, 20), (10, 20)]])
+    (b,) = measure_buildings(at(court), UTM, 0.0)
+    assert b.area_m2 == pytest.approx(800.0) and b.perimeter_m == pytest.approx(160.0)

@@ -1,0 +1,211 @@
+"""The synthetic scene-pair generator: determinism, exact truth, exact misregistration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+from click.testing import CliRunner
+from pyproj import Geod
+from skimage.registration import phase_cross_correlation
+
+from changedet.cli import main
+from changedet.errors import OutputError
+from changedet.raster import align_pair, read_scene, warp_scene
+from changedet.synth import SynthParams, make_synthetic_pair, write_synthetic_pair
+
+
+@pytest.fixture(scope="module")
+def suburb_pair():
+    params = SynthParams.for_scenario("suburb", seed=1, size=512)
+    return make_synthetic_pair(params)
+
+
+def test_scenario_defaults():
+    p = SynthParams.for_scenario("compound")
+    assert (p.size, p.pixel_size, p.crs) == (2400, 0.5, "EPSG:32651")
+    assert p.n_new == 3 and p.new_area_m2 == 13000.0
+    s = SynthParams.for_scenario("suburb", seed=5)
+    assert (s.size, s.pixel_size) == (1024, 0.5)
+    assert 1.0 <= abs(s.shift_px[0]) <= 4.0 and 1.0 <= abs(s.shift_px[1]) <= 4.0
+    # the two dates differ in sun and season
+    assert s.sun_before != s.sun_after and s.greenness_before != s.greenness_after
+    with pytest.raises(ValueError, match="unknown scenario"):
+        SynthParams.for_scenario("city")
+
+
+def test_write_is_deterministic(tmp_path: Path):
+    params = SynthParams.for_scenario("suburb", seed=7, size=256, nir=True, nodata_margin=8)
+    first = write_synthetic_pair(params, tmp_path / "a")
+    second = write_synthetic_pair(params, tmp_path / "b")
+    assert set(first) == {"before", "after", "truth_geojson", "truth_json", "truth_mask"}
+    for key in first:
+        assert first[key].read_bytes() == second[key].read_bytes(), key
+    other = write_synthetic_pair(SynthParams.for_scenario("suburb", seed=8, size=256),
+                                 tmp_path / "c")
+    assert other["before"].read_bytes() != first["before"].read_bytes()
+    with pytest.raises(OutputError, match="exists"):
+        write_synthetic_pair(params, tmp_path / "a")
+
+
+def test_truth_areas_match_rasterised_masks(suburb_pair):
+    pair = suburb_pair
+    grid = pair.before.grid
+    px = grid.pixel_size[0]
+    assert len(pair.truth_polygons) >= 3
+    union = np.zeros(grid.shape, bool)
+    for poly, rec in zip(pair.truth_polygons, pair.buildings):
+        assert rec["area_m2"] == pytest.approx(poly.area)
+        assert 120.0 * 0.999 <= rec["area_m2"] <= 400.0 * 1.001
+        mask = rasterio.features.rasterize([poly], out_shape=grid.shape,
+                                           transform=grid.transform, dtype="uint8") > 0
+        bound = poly.length * px / 2
+        assert abs(mask.sum() * px * px - rec["area_m2"]) <= bound
+        union |= mask
+    np.testing.assert_array_equal(union, pair.truth_mask)
+    # new buildings do not overlap one another
+    polys = pair.truth_polygons
+    for i in range(len(polys)):
+        for j in range(i + 1, len(polys)):
+            assert polys[i].intersection(polys[j]).area < 1e-6
+
+
+def test_new_buildings_are_drawn(suburb_pair):
+    """Where a new building stands the after image changed; elsewhere less so."""
+    pair = suburb_pair
+    mask = pair.truth_mask
+    dx, dy = pair.shift_px
+    after = warp_scene(pair.after, pair.before.grid, Affine.translation(dx, dy))
+    diff = np.abs(after.image - pair.before.image).mean(0)
+    core = shapely_erode(mask, 2)
+    assert diff[core].mean() > 2 * diff[~mask & after.valid].mean()
+
+
+def shapely_erode(mask: np.ndarray, n: int) -> np.ndarray:
+    from scipy import ndimage
+    return ndimage.binary_erosion(mask, iterations=n)
+
+
+def test_compound_has_three_residences():
+    params = SynthParams.for_scenario("compound", seed=2, size=600, pixel_size=2.0)
+    pair = make_synthetic_pair(params)
+    polys = pair.truth_polygons
+    assert len(polys) == 3
+    for poly, rec in zip(polys, pair.buildings):
+        assert rec["kind"] == "residence"
+        assert abs(poly.area / 13000.0 - 1) <= 0.05 + 1e-9
+        assert rec["n_parts"] >= 3  # a main block with wings
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert polys[i].distance(polys[j]) > params.site_gap_m
+
+
+def test_after_in_wgs84_lines_up_once_shift_is_removed():
+    params = SynthParams.for_scenario("suburb", seed=3, size=320, shift=(2.3, -1.6),
+                                      after_crs="EPSG:4326")
+    # the same sun on both dates so that no shadow moves: only season, radiometry and
+    # the misregistration differ, and every feature must line up
+    params = dataclasses.replace(params, sun_after=params.sun_before)
+    pair = make_synthetic_pair(params)
+    assert pair.after.grid.crs.to_epsg() == 4326
+    assert not pair.after.grid.crs.is_projected
+    aligned = align_pair(pair.before, pair.after)
+    dx, dy = pair.shift_px
+    registered = warp_scene(aligned.after_source, aligned.grid, Affine.translation(dx, dy))
+    m = 24
+    crop = (slice(m, -m), slice(m, -m))
+    b = aligned.before.image.mean(0)[crop]
+    a = registered.image.mean(0)[crop]
+    assert registered.valid[crop].all()
+    residual, _, _ = phase_cross_correlation(b, a, upsample_factor=100, normalization=None)
+    assert np.hypot(*residual) < 0.1
+    # without the correction the known shift is what is measured
+    raw = warp_scene(aligned.after_source, aligned.grid).image.mean(0)[crop]
+    measured, _, _ = phase_cross_correlation(b, raw, upsample_factor=100, normalization=None)
+    np.testing.assert_allclose(measured, [-dy, -dx], atol=0.15)
+
+
+def test_nodata_margin_and_nir(tmp_path: Path):
+    params = SynthParams.for_scenario("suburb", seed=4, size=320, nir=True, nodata_margin=10)
+    paths = write_synthetic_pair(params, tmp_path)
+    after = read_scene(paths["after"], bands=(1, 2, 3, 4))
+    assert after.image.shape[0] == 4
+    assert not after.valid[:10].any() and not after.valid[:, -10:].any()
+    assert after.valid[10:-10, 10:-10].all()
+    with rasterio.open(paths["after"]) as ds:
+        assert ds.nodata == 0 and ds.count == 4 and ds.dtypes[0] == "uint8"
+        assert ds.profile["compress"].lower() == "deflate" and ds.profile["tiled"]
+    truth = json.loads(paths["truth_json"].read_text())
+    px = params.pixel_size
+    grid = params.grid
+    # truth buildings stay inside the valid data of both dates
+    left, bottom, right, top = grid.bounds
+    keep = (10 + 4) * px
+    for feat in truth["buildings"]:
+        assert feat["area_m2"] > 0
+    with rasterio.open(paths["truth_mask"]) as ds:
+        mask = ds.read(1) > 0
+    rows, cols = np.nonzero(mask)
+    if len(rows):
+        assert rows.min() * px >= keep and (grid.height - rows.max()) * px >= keep
+        assert cols.min() * px >= keep and (grid.width - cols.max()) * px >= keep
+    # near-infrared: vegetation is bright, asphalt and water dark
+    before = read_scene(paths["before"], bands=(1, 2, 3, 4), nir_band=4)
+    red, nir = before.image[0], before.image[3]
+    ndvi = (nir - red) / (nir + red + 1e-6)
+    assert ndvi.max() > 0.4 and ndvi.min() < 0.1
+
+
+def test_truth_files(tmp_path: Path):
+    params = SynthParams.for_scenario("suburb", seed=1, size=256)
+    paths = write_synthetic_pair(params, tmp_path)
+    truth = json.loads(paths["truth_json"].read_text())
+    gj = json.loads(paths["truth_geojson"].read_text())
+    assert truth["scenario"] == "suburb" and truth["seed"] == 1
+    assert truth["shift_px"] == list(params.shift_px)
+    assert truth["shift_m"] == pytest.approx([params.shift_px[0] * 0.5,
+                                              -params.shift_px[1] * 0.5])
+    assert set(truth["sun"]) == {"before", "after"}
+    assert truth["params"]["seed"] == 1
+    assert len(gj["features"]) == len(truth["buildings"]) == truth["n_new_buildings"]
+    geod = Geod(ellps="WGS84")
+    for feat, rec in zip(gj["features"], truth["buildings"]):
+        props = feat["properties"]
+        assert props["area_m2"] == pytest.approx(rec["area_m2"], abs=0.01)
+        assert props["kind"] == "house"
+        poly = shapely.geometry.shape(feat["geometry"])
+        lon, lat = poly.exterior.coords[0]
+        assert 125.0 < lon < 127.0 and 38.0 < lat < 40.0
+        geodesic, _ = geod.geometry_area_perimeter(poly)
+        assert geodesic > 0  # counter-clockwise exterior (RFC 7946)
+        # UTM's scale error near Pyongyang is well under 0.5 %
+        assert geodesic == pytest.approx(props["area_m2"], rel=5e-3)
+
+
+def test_none_scenario_has_no_new_building():
+    pair = make_synthetic_pair(SynthParams.for_scenario("none", seed=2, size=256))
+    assert pair.truth_polygons == [] and not pair.truth_mask.any()
+    assert pair.before.image.shape == pair.after.image.shape
+
+
+def test_cli_synth(tmp_path: Path):
+    runner = CliRunner()
+    out = tmp_path / "out"
+    args = ["synth", str(out), "--scenario", "suburb", "--seed", "3", "--size", "192",
+            "--shift", "1.5", "-2.0"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["shift_px"] == [1.5, -2.0]
+    again = runner.invoke(main, args)
+    assert again.exit_code == 1 and "exists" in again.output
+    assert runner.invoke(main, args + ["--overwrite"]).exit_code == 0
+    assert math.isclose(truth["params"]["pixel_size"], 0.5)
