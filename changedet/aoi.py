@@ -16,11 +16,12 @@ import pyogrio.errors
 import pyogrio.raw
 import rasterio.features
 import shapely
-from pyproj import CRS, Transformer
+from pyproj import CRS
 from pyproj.exceptions import CRSError
 
 from ._log import logger
 from .errors import InputError
+from .measure import reproject_geoms
 from .raster import Grid
 
 
@@ -124,27 +125,6 @@ def _polygon_parts(geom: shapely.Geometry | None) -> list[shapely.Polygon]:
     return []
 
 
-def reproject_polygons(polygons: list[shapely.Polygon], src: CRS, dst: object) -> np.ndarray:
-    """Reproject polygons from ``src`` to ``dst`` (anything pyproj understands).
-
-    Returns
-    -------
-    (N,) ndarray of shapely.Polygon
-        Repaired with ``make_valid`` if reprojection made any of them invalid.
-    """
-    dst_crs = CRS.from_user_input(dst)
-    geoms = np.asarray(polygons, dtype=object)
-    if src == dst_crs:
-        return geoms
-    transformer = Transformer.from_crs(src, dst_crs, always_xy=True)
-    out = shapely.transform(geoms, lambda xy: np.column_stack(
-        transformer.transform(xy[:, 0], xy[:, 1])))
-    bad = ~shapely.is_valid(out)
-    if bad.any():
-        out[bad] = shapely.make_valid(out[bad])
-    return out
-
-
 @dataclass
 class AOI:
     """An area of interest on the analysis grid.
@@ -186,10 +166,10 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
     """
     vector = read_polygons(path)
     try:
-        geoms = reproject_polygons(vector.polygons, vector.crs, grid.crs.to_wkt())
+        geoms = reproject_geoms(vector.polygons, vector.crs.to_wkt(), grid.crs)
     except Exception as exc:  # pyproj raises several types for impossible transforms
         raise InputError(vector.path, f"cannot be reprojected to the scenes' CRS ({exc})") from exc
-    union = shapely.union_all(geoms)
+    union = shapely.union_all(shapely.make_valid(np.asarray(geoms, dtype=object)))
     mask = rasterio.features.geometry_mask(
         [shapely.geometry.mapping(union)], out_shape=grid.shape, transform=grid.transform,
         invert=True)

@@ -238,6 +238,31 @@ def _output_error(exc: OSError, where: Path) -> OutputError:
     return OutputError(f"{name}: cannot write ({reason}); nothing was changed in the output folder")
 
 
+def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Refuse an output folder that cannot be written, before any work is done.
+
+    Returns
+    -------
+    Path
+        ``outdir`` made absolute.
+
+    Raises
+    ------
+    OutputError
+        ``outdir`` is a file, is not empty (without ``overwrite``), or its parent
+        folder does not exist.
+    """
+    final = Path(outdir).absolute()
+    if final.exists():
+        if not final.is_dir():
+            raise OutputError(f"{outdir}: exists and is not a folder")
+        if not overwrite and any(final.iterdir()):
+            raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
+    if not final.parent.is_dir():
+        raise OutputError(f"{final.parent}: no such folder")
+    return final
+
+
 @contextlib.contextmanager
 def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``outdir`` only if the block succeeds.
@@ -258,15 +283,8 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False) -> It
         not writable; any OSError raised inside the block (full disk...) is turned
         into an OutputError after the temporary folder is removed.
     """
-    final = Path(outdir).absolute()
-    if final.exists():
-        if not final.is_dir():
-            raise OutputError(f"{outdir}: exists and is not a folder")
-        if not overwrite and any(final.iterdir()):
-            raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
+    final = check_outdir(outdir, overwrite)
     parent = final.parent
-    if not parent.is_dir():
-        raise OutputError(f"{parent}: no such folder")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.part-", dir=parent))
     except OSError as exc:
@@ -300,36 +318,24 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False) -> It
 
 def building_records(buildings: Sequence[Any]) -> tuple[list[shapely.Geometry], list[dict]]:
     """Geometries and Contract properties of :class:`changedet.measure.Building` objects."""
-    geoms = [b.polygon for b in buildings]
-    props = [{
-        "id": int(b.id),
-        "site_id": None if b.site_id is None else int(b.site_id),
-        "area_m2": round(float(b.area_m2), 2),
-        "area_m2_min": round(float(b.area_m2_min), 2),
-        "area_m2_max": round(float(b.area_m2_max), 2),
-        "perimeter_m": round(float(b.perimeter_m), 2),
-        "geodesic_area_m2": round(float(b.geodesic_area_m2), 2),
-        "score": round(float(b.score), 4),
-    } for b in buildings]
-    return geoms, props
+    return [b.polygon for b in buildings], [b.to_properties() for b in buildings]
 
 
-def site_records(sites: Sequence[Any]) -> tuple[list[shapely.Geometry], list[dict]]:
-    """Geometries (envelopes) and Contract properties of :class:`changedet.measure.Site`."""
-    geoms = [s.envelope for s in sites]
+def site_records(sites: Sequence[Any], claimed: bool) -> tuple[list[shapely.Geometry],
+                                                              list[dict]]:
+    """Envelopes and Contract properties of :class:`changedet.measure.Site` objects.
+
+    With ``claimed`` every site has a ``verdict`` (null for sites beyond the number
+    the claim speaks of), so that all features share one schema.
+    """
     props = []
     for s in sites:
-        row: dict[str, Any] = {
-            "site_id": int(s.site_id),
-            "n_buildings": int(s.n_buildings),
-            "building_ids": ",".join(str(int(i)) for i in s.building_ids),
-        }
-        for key in ("built_area_m2", "built_area_m2_min", "built_area_m2_max",
-                    "envelope_area_m2", "envelope_area_m2_min", "envelope_area_m2_max"):
-            row[key] = round(float(getattr(s, key)), 2)
-        row["verdict"] = s.verdict
+        row = s.to_properties()
+        row.pop("verdict", None)
+        if claimed:
+            row["verdict"] = s.verdict
         props.append(row)
-    return geoms, props
+    return [s.envelope for s in sites], props
 
 
 def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
@@ -352,12 +358,9 @@ def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
     """
     from .report import render_report
 
-    crs = result.grid.crs
+    crs = result.crs
     b_geoms, b_props = building_records(result.buildings)
-    s_geoms, s_props = site_records(result.sites)
-    if result.claim is None:
-        for row in s_props:
-            row.pop("verdict")
+    s_geoms, s_props = site_records(result.sites, claimed=result.claim is not None)
     html = render_report(result)  # before any file is written: a failure changes nothing
     with atomic_folder(outdir, overwrite) as tmp:
         write_geojson(tmp / "new_buildings.geojson", b_geoms, b_props, crs)

@@ -21,7 +21,6 @@ from scipy import ndimage
 
 from . import __version__
 from ._log import logger
-from .errors import ProcessingError
 from .raster import Grid, Scene
 
 #: ``progress(stage, fraction)``: called with a short stage name and the fraction
@@ -55,6 +54,9 @@ class DetectionResult:
         On ``grid``: 0 no new building, 1 new building, 255 no data / outside AOI.
     grid : Grid
         The analysis grid (projected, metres).
+    crs : rasterio.crs.CRS
+        CRS of the building and site polygons: the grid's, or the local UTM zone
+        when the grid's CRS is not fit for measuring areas (e.g. Web Mercator).
     registration : dict
         ``Registration.summary(grid)``: ``shift_px``, ``shift_m``, ``reliability``,
         ``method``...
@@ -77,6 +79,7 @@ class DetectionResult:
     claim: Any | None
     change_mask: np.ndarray
     grid: Grid
+    crs: Any
     registration: dict[str, Any]
     quicklooks: dict[str, np.ndarray]
     summary: dict[str, Any]
@@ -207,8 +210,7 @@ def run_detection(
         The scenes do not overlap or cannot be analysed.
     """
     from .change import DetectionParams, detect_new_buildings
-    from .coregister import coregister
-    from .measure import check_claim, group_sites, measure_buildings
+    from .measure import check_claim, group_sites, measure_buildings, metric_crs
     from .raster import align_pair, read_scene
     from .vectorize import polygons_from_labels
 
@@ -233,15 +235,14 @@ def run_detection(
     stage("aligning")
     pair = align_pair(scene_b, scene_a)
     grid = pair.grid
-    pixel_m = float(np.sqrt(grid.pixel_area))
     aoi = None
     if opts.aoi is not None:
         from .aoi import read_aoi
 
         aoi = read_aoi(opts.aoi, grid)
     stage("co-registering")
-    pair, registration = coregister(pair, method=opts.coreg)
-    reg_summary = registration.summary(grid)
+    pair, registration, reg_summary = _coregister(pair, opts.coreg)
+    residual = float(getattr(registration, "residual_rms_px", None) or 0.0)
     stage("detecting")
     params = DetectionParams(min_area_m2=opts.min_area_m2)
     labels, evidence = detect_new_buildings(pair.before, pair.after, params)
@@ -250,11 +251,12 @@ def run_detection(
     stage("measuring")
     labelled = polygons_from_labels(labels, grid)
     scores = _label_scores(labels, evidence.score, [lab for lab, _ in labelled])
-    buildings = measure_buildings(
-        [poly for _, poly in labelled], grid.crs, pixel_m,
-        coreg_residual_px=float(registration.residual_rms_px or 0.0), scores=scores)
-    gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(pixel_m)
-    sites = group_sites(buildings, gap_m)
+    mcrs = metric_crs(grid.crs, grid.bounds)
+    ground_px = _ground_pixel_m(grid, mcrs)
+    buildings = measure_buildings([poly for _, poly in labelled], grid.crs, ground_px,
+                                  coreg_residual_px=residual, scores=scores)
+    gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(ground_px)
+    sites = group_sites(buildings, gap_m, pixel_size_m=ground_px, coreg_residual_px=residual)
     claim = None
     if opts.claim_m2 is not None:
         claim = check_claim(sites, opts.claim_m2, tolerance=opts.claim_tolerance,
@@ -270,7 +272,7 @@ def run_detection(
                                     "threshold": float(evidence.threshold)}
     result = DetectionResult(
         buildings=buildings, sites=sites, claim=claim, change_mask=change, grid=grid,
-        registration=reg_summary, quicklooks=looks, summary={}, timings=timings,
+        crs=mcrs, registration=reg_summary, quicklooks=looks, summary={}, timings=timings,
         labels=labels, evidence=evidence, aoi=None if aoi is None else aoi.geometry)
     inputs = {"before": _scene_info(scene_b), "after": _scene_info(scene_a),
               "aoi": None if aoi is None else os.fspath(opts.aoi)}
@@ -280,6 +282,35 @@ def run_detection(
     result.summary = build_summary(result, inputs, params_used,
                                    overlap_fraction=pair.overlap_fraction)
     return result
+
+
+def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Co-register the pair; the registered pair, the Registration and its summary."""
+    try:
+        from .coregister import coregister
+    except ImportError:  # pragma: no cover - only until the coregister stage is merged
+        logger.warning("co-registration is not available in this build; scenes used as aligned")
+        none = type("Registration", (), {"residual_rms_px": None})()
+        return pair, none, {"method": "unavailable", "shift_px": [0.0, 0.0],
+                            "shift_m": [0.0, 0.0], "reliability": None}
+    pair_out, registration = coregister(pair, method=method)
+    return pair_out, registration, registration.summary(pair_out.grid)
+
+
+def _ground_pixel_m(grid: Grid, metric: Any) -> float:
+    """Side in metres of a ground pixel at the grid's centre, measured in ``metric``.
+
+    Equal to the grid's pixel size on a projected grid fit for measuring; on a
+    Web-Mercator grid it removes the 1/cos(latitude) scale.
+    """
+    from .measure import reproject_geoms
+
+    col, row = grid.width / 2.0, grid.height / 2.0
+    corners = [grid.transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))]
+    pixel = shapely.Polygon(corners)
+    if metric != grid.crs:
+        pixel = reproject_geoms([pixel], grid.crs, metric)[0]
+    return float(np.sqrt(pixel.area))
 
 
 def _label_scores(labels: np.ndarray, score: np.ndarray, ids: Sequence[int]) -> list[float]:
@@ -306,10 +337,7 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
 
     grid = result.grid
     _, buildings = building_records(result.buildings)
-    _, sites = site_records(result.sites)
-    if result.claim is None:
-        for row in sites:
-            row.pop("verdict")
+    _, sites = site_records(result.sites, claimed=result.claim is not None)
     totals = {
         "n_buildings": len(result.buildings),
         "n_sites": len(result.sites),
@@ -322,6 +350,7 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
         "changedet_version": __version__,
         "inputs": inputs,
         "analysis_crs": f"EPSG:{epsg}" if epsg else grid.crs.to_wkt(),
+        "measurement_crs": result.crs.to_string(),
         "pixel_size_m": [round(v, 6) for v in grid.pixel_size],
         "grid": {"width": grid.width, "height": grid.height,
                  "transform": [round(v, 6) for v in tuple(grid.transform)[:6]]},
@@ -330,19 +359,10 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
         "totals": totals,
         "sites": sites,
         "buildings": buildings,
-        "claim": claim_summary(result.claim),
+        "claim": None if result.claim is None else result.claim.to_dict(),
         "parameters": parameters,
         "timings": result.timings,
     }
-
-
-def claim_summary(claim: Any | None) -> dict[str, Any] | None:
-    """The claim check as plain JSON-ready data."""
-    if claim is None:
-        return None
-    return {"claim_m2": claim.claim_m2, "tolerance": claim.tolerance,
-            "n_sites": claim.n_sites, "basis": claim.basis,
-            "verdicts": [dict(v) for v in claim.verdicts]}
 
 
 def detect(before: str | os.PathLike[str], after: str | os.PathLike[str], *,
@@ -374,5 +394,5 @@ def detect(before: str | os.PathLike[str], after: str | os.PathLike[str], *,
     return run_detection(before, after, DetectOptions(**options), progress=progress)
 
 
-__all__ = ["DetectOptions", "DetectionResult", "ProgressCallback", "ProcessingError",
-           "build_summary", "detect", "quicklook", "run_detection"]
+__all__ = ["DetectOptions", "DetectionResult", "ProgressCallback", "build_summary", "detect",
+           "quicklook", "run_detection"]

@@ -87,7 +87,7 @@ def verdict_rows(sites: Sequence[Any], claim: Any | None = None) -> list[Verdict
         rows.append(VerdictRow(str(site.site_id), int(site.n_buildings), area, lo, hi,
                                site.verdict if claim is not None else None))
     if claim is not None:
-        missing = sum(1 for v in claim.verdicts if v.get("verdict") == "not found")
+        missing = sum(1 for v in claim.verdicts if v["site_id"] is None)
         rows += [VerdictRow("-", None, None, None, None, "not found")] * missing
     return rows
 
@@ -114,7 +114,7 @@ def claim_sentence(claim: Any) -> str:
 
 def overall_verdict(rows: Sequence[VerdictRow]) -> tuple[str, str]:
     """A one-line conclusion and its colour key from the verdict rows."""
-    verdicts = [r.verdict for r in rows]
+    verdicts = [r.verdict for r in rows if r.verdict is not None]  # sites the claim is about
     if verdicts and all(v == "consistent" for v in verdicts):
         return (f"Consistent with the claim: all {len(verdicts)} site"
                 f"{'s' if len(verdicts) != 1 else ''} match", "consistent")
@@ -149,7 +149,7 @@ def format_table(sites: Sequence[Any], claim: Any | None = None) -> str:
         cells = [r.site, "-" if r.n_buildings is None else str(r.n_buildings), _pm(r),
                  "-" if r.area_m2_min is None else f"{_num(r.area_m2_min)} – {_num(r.area_m2_max)}"]
         if claim is not None:
-            cells.append(r.verdict or "-")
+            cells.append(r.verdict or "(not claimed)")
         body.append(cells)
     widths = [max(len(c) for c in col) for col in zip(header, *body)]
     right = {1, 2, 3}
@@ -190,11 +190,15 @@ def png_data_uri(rgb: np.ndarray, max_size: int = REPORT_IMAGE_SIZE) -> tuple[st
     width, height : int
         Size of the encoded PNG.
     """
-    image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+    image = Image.fromarray(np.ascontiguousarray(rgb))
     scale = min(1.0, max_size / max(image.size))
     if scale < 1.0:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.LANCZOS)
+    # 256 colours are plenty for a quicklook and make the page 3-5 times lighter
+    # (imagery texture barely compresses in true colour).
+    image = image.quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                           dither=Image.Dither.NONE)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=6)
     return ("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
@@ -243,28 +247,37 @@ def _svg_point(geom: shapely.Geometry, grid: Grid) -> tuple[float, float]:
     return col, row
 
 
-def _overlay_svg(result: DetectionResult, numbers: bool) -> str:
+def _overlay_svg(result: DetectionResult) -> str:
+    """The outlines, numbers and site envelopes, as an SVG group ``id="outlines"``.
+
+    Drawn once and shown over each image with ``<use href="#outlines">``.
+    """
     grid = result.grid
+    buildings = [b.polygon for b in result.buildings]
+    envelopes = [s.envelope for s in result.sites]
+    if result.crs != grid.crs:  # measured in the local UTM zone: draw on the grid
+        from .measure import reproject_geoms
+
+        buildings = reproject_geoms(buildings, result.crs, grid.crs)
+        envelopes = reproject_geoms(envelopes, result.crs, grid.crs)
     w, h = grid.width, grid.height
-    font = max(w, h) / 24
+    font = max(w, h) / 30  # about 12 px on screen in a third of the page
     colour = {s.site_id: VERDICT_COLOURS.get(s.verdict or "", "#ffd33d") for s in result.sites}
-    items = [f'<svg class="ov" viewBox="0 0 {w} {h}" preserveAspectRatio="none" '
-             f'xmlns="http://www.w3.org/2000/svg" aria-hidden="true">']
-    for site in result.sites:
-        items.append(f'<path d="{_svg_path(site.envelope, grid)}" class="site" '
+    items = ['<g id="outlines">']
+    for site, envelope in zip(result.sites, envelopes):
+        items.append(f'<path d="{_svg_path(envelope, grid)}" class="site" '
                      f'stroke="{colour[site.site_id]}"/>')
-        left, _, _, top = site.envelope.bounds
+        left, _, _, top = envelope.bounds
         col, row = ~grid.transform @ (left, top)
         items.append(f'<text x="{col:.1f}" y="{max(row - font * 0.3, font):.1f}" '
                      f'font-size="{font:.1f}" class="lbl site-lbl">S{int(site.site_id)}</text>')
-    for b in result.buildings:
-        items.append(f'<path d="{_svg_path(b.polygon, grid)}" class="bld"/>')
-        if numbers:
-            col, row = _svg_point(b.polygon, grid)
-            items.append(f'<text x="{col:.1f}" y="{row:.1f}" font-size="{font * 0.8:.1f}" '
-                         f'class="lbl" text-anchor="middle" dominant-baseline="central">'
-                         f'{int(b.id)}</text>')
-    items.append("</svg>")
+    for b, polygon in zip(result.buildings, buildings):
+        items.append(f'<path d="{_svg_path(polygon, grid)}" class="bld"/>')
+        col, row = _svg_point(polygon, grid)
+        items.append(f'<text x="{col:.1f}" y="{row:.1f}" font-size="{font * 0.8:.1f}" '
+                     f'class="lbl" text-anchor="middle" dominant-baseline="central">'
+                     f'{int(b.id)}</text>')
+    items.append("</g>")
     return "".join(items)
 
 
@@ -386,9 +399,13 @@ def render_report(result: DetectionResult) -> str:
 
     images = [png_data_uri(result.quicklooks["before"]), png_data_uri(result.quicklooks["after"]),
               png_data_uri(overlay_image(result.quicklooks["after"], result.change_mask))]
-    svg = _overlay_svg(result, numbers=True)
+    svg_open = (f'<svg class="ov" viewBox="0 0 {result.grid.width} {result.grid.height}" '
+                f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg" '
+                f'aria-hidden="true">')
+    svgs = [f"{svg_open}<defs>{_overlay_svg(result)}</defs><use href=\"#outlines\"/></svg>"]
+    svgs += [f'{svg_open}<use href="#outlines"/></svg>'] * 2
     parts.append('<h2>Imagery</h2><div class="figs">')
-    for (uri, width, height), (title, caption) in zip(images, (
+    for (uri, width, height), svg, (title, caption) in zip(images, svgs, (
             ("Before", f"{name['before']}, on the analysis grid."),
             ("After", f"{name['after']}, co-registered and colour-normalised."),
             ("Detected change",
@@ -432,7 +449,7 @@ def render_report(result: DetectionResult) -> str:
                _e(f"{float(b.area_m2):,.0f} ± {(float(b.area_m2_max) - float(b.area_m2_min)) / 2:,.0f}"),
                _e(f"{float(b.area_m2_min):,.0f} – {float(b.area_m2_max):,.0f}"),
                _e(f"{float(b.perimeter_m):,.1f}"), _e(f"{float(b.geodesic_area_m2):,.0f}"),
-               _e(f"{float(b.score):.2f}")] for b in result.buildings]
+               _e("-" if b.score is None else f"{float(b.score):.2f}")] for b in result.buildings]
     if b_rows:
         parts.append(_table([("No.", False), ("Site", False), ("Area (m²)", True),
                              ("Range (m²)", True), ("Perimeter (m)", True),

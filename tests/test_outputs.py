@@ -15,7 +15,7 @@ import rasterio
 import shapely
 from pyproj import CRS, Transformer
 
-from _fakes import GRID, fake_result
+from tests._fakes import AREAS, GRID, fake_result
 from changedet import outputs
 from changedet.errors import OutputError
 from changedet.outputs import (OUTPUT_FILES, atomic_folder, geojson_text, write_cog,
@@ -65,14 +65,14 @@ def test_geojson_same_bytes_twice() -> None:
 def test_gpkg_layers_crs_and_areas(tmp_path: Path) -> None:
     res = fake_result()
     geoms, props = outputs.building_records(res.buildings)
-    sgeoms, sprops = outputs.site_records(res.sites)
+    sgeoms, sprops = outputs.site_records(res.sites, claimed=False)
     path = write_gpkg(tmp_path / "x.gpkg", {"new_buildings": (geoms, props),
                                             "sites": (sgeoms, sprops)}, GRID.crs.to_wkt())
     assert [name for name, _ in pyogrio.list_layers(path)] == ["new_buildings", "sites"]
     meta, _, wkb, fields = pyogrio.raw.read(path, layer="new_buildings")
     assert CRS.from_user_input(meta["crs"]).to_epsg() == 32651
     areas = shapely.area(shapely.from_wkb(wkb))
-    np.testing.assert_allclose(areas, [g.area for g in geoms], rtol=1e-9)
+    np.testing.assert_allclose(areas, AREAS, rtol=1e-9)
     col = list(meta["fields"]).index("area_m2")
     np.testing.assert_allclose(fields[col], [p["area_m2"] for p in props])
     meta, _, wkb, _ = pyogrio.raw.read(path, layer="sites")
@@ -143,17 +143,27 @@ def test_cog_valid_uint8_nearest(tmp_path: Path) -> None:
 
 
 def test_write_outputs_contract(tmp_path: Path) -> None:
-    res = fake_result({"verdicts": ["consistent", "larger than claimed"]})
+    res = fake_result(8000.0)  # site 1 (12,375 m²) larger, site 2 (8,000 m²) consistent
     out = tmp_path / "out"
     paths = write_outputs(res, out)
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
     assert set(paths) == set(OUTPUT_FILES)
     sites = json.loads((out / "sites.geojson").read_text())
     assert [f["properties"]["verdict"] for f in sites["features"]] == \
-        ["consistent", "larger than claimed"]
+        ["larger than claimed", "consistent"]
+    buildings = json.loads((out / "new_buildings.geojson").read_text())
+    assert [f["properties"]["area_m2"] for f in buildings["features"]] == AREAS
+    assert [f["properties"]["site_id"] for f in buildings["features"]] == [2, 2, 1]
+    meta, _, wkb, _ = pyogrio.raw.read(out / "new_buildings.gpkg", layer="sites")
+    assert CRS.from_user_input(meta["crs"]).to_epsg() == 32651
+    np.testing.assert_allclose(shapely.area(shapely.from_wkb(wkb)),
+                               [s.envelope.area for s in res.sites])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["coregistration"]["shift_m"] == [0.625, 0.25]
     assert summary["totals"]["n_buildings"] == 3
+    assert summary["totals"]["built_area_m2"] == sum(AREAS)
+    assert [v["verdict"] for v in summary["claim"]["verdicts"]] == \
+        ["larger than claimed", "consistent"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
     _cog_layout_ok(out / "change.tif")
 

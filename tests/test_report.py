@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _fakes import fake_result
+from tests._fakes import fake_result
 from changedet.report import format_table, render_report, verdict_rows
 
 
@@ -47,8 +47,8 @@ def _check_self_contained(text: str) -> list[Image.Image]:
     for tag, attrs in parsed.tags:
         for key in ("src", "href", "xlink:href", "poster", "data"):
             value = attrs.get(key)
-            if value is not None:
-                assert value.startswith("data:"), (tag, key, value[:60])
+            if value is not None:  # embedded data, or a reference inside the page
+                assert value.startswith(("data:", "#")), (tag, key, value[:60])
         if tag == "img":
             header, payload = attrs["src"].split(",", 1)
             assert header == "data:image/png;base64"
@@ -61,19 +61,21 @@ def _check_self_contained(text: str) -> list[Image.Image]:
 
 
 def test_report_content() -> None:
-    res = fake_result({"verdicts": ["consistent", "smaller than claimed"], "missing": 1})
+    res = fake_result(13000.0, n_sites=3)  # 12,375 consistent, 8,000 smaller, 1 not found
     text = render_report(res)
     images = _check_self_contained(text)
     assert len(images) == 3
     visible = " ".join(_parse(text).text)
-    for needle in ("consistent", "smaller than claimed", "not found", "8,000 ± 130",
-                   "7,870 – 8,130", "1.25, -0.5", "0.93", "before.tif", "after.tif",
+    lo, hi = res.sites[1].built_area_m2_min, res.sites[1].built_area_m2_max
+    for needle in ("consistent", "smaller than claimed", "not found",
+                   f"8,000 ± {(hi - lo) / 2:,.0f}", f"{lo:,.0f} – {hi:,.0f}", "1.25, -0.5", "0.93", "before.tif", "after.tif",
                    "Not consistent with the claim"):
         assert needle in visible, needle
-    # Each building outlined and numbered in each of the three panels.
-    assert text.count('class="bld"') == 3 * len(res.buildings)
+    # Each building outlined and numbered once, shown over each of the three panels.
+    assert text.count('class="bld"') == len(res.buildings)
     for b in res.buildings:
-        assert text.count(f'dominant-baseline="central">{b.id}</text>') == 3
+        assert text.count(f'dominant-baseline="central">{b.id}</text>') == 1
+    assert text.count('<use href="#outlines"/>') == 3 and text.count('id="outlines"') == 1
 
 
 def test_report_without_claim() -> None:
@@ -83,7 +85,7 @@ def test_report_without_claim() -> None:
 
 def test_report_escapes_input_strings() -> None:
     evil = 'x<script>alert("x")</script>.tif'
-    res = fake_result({"verdicts": ["consistent", "consistent"]}, path_before=evil)
+    res = fake_result(10000.0, path_before=evil)
     res.summary["parameters"]["aoi"] = "<img src=http://evil/>"
     text = render_report(res)
     assert "<script>" not in text and "<img src=http" not in text
@@ -92,26 +94,41 @@ def test_report_escapes_input_strings() -> None:
 
 
 def test_table_text_and_rows() -> None:
-    res = fake_result({"verdicts": ["consistent", "larger than claimed"], "missing": 2,
-                       "claim_m2": 8000})
+    res = fake_result(8000.0, n_sites=4)
     table = format_table(res.sites, res.claim)
     lines = table.splitlines()
     assert lines[0].startswith("Claim: 4 sites of 8,000 m² each")
-    assert lines[3].split()[:3] == ["1", "2", "8,000"]
-    assert "consistent" in lines[3] and "larger than claimed" in lines[4]
+    assert lines[3].split()[:3] == ["1", "1", "12,375"]
+    assert lines[4].split()[:3] == ["2", "2", "8,000"]
+    assert "larger than claimed" in lines[3] and lines[4].endswith("consistent")
     assert sum("not found" in line for line in lines[3:-1]) == 2
     assert lines[-1].startswith("Not consistent with the claim")
     rows = verdict_rows(res.sites, res.claim)
-    assert [r.verdict for r in rows] == ["consistent", "larger than claimed", "not found",
+    assert [r.verdict for r in rows] == ["larger than claimed", "consistent", "not found",
                                          "not found"]
     assert rows[0].area_m2_min == pytest.approx(res.sites[0].built_area_m2_min)
-    envelope = verdict_rows(res.sites, type(res.claim)(**{**vars(res.claim), "basis": "envelope"}))
-    assert envelope[0].area_m2 == pytest.approx(res.sites[0].envelope_area_m2)
+    envelope = fake_result(8000.0, basis="envelope")
+    rows = verdict_rows(envelope.sites, envelope.claim)
+    assert rows[1].area_m2 == pytest.approx(envelope.sites[1].envelope_area_m2)
+    assert "Envelope m²" in format_table(envelope.sites, envelope.claim)
+
+
+def test_unclaimed_sites_in_table() -> None:
+    res = fake_result(12375.0, n_sites=1)
+    lines = format_table(res.sites, res.claim).splitlines()
+    assert lines[3].endswith("consistent") and lines[4].endswith("(not claimed)")
+    assert lines[-1] == "Consistent with the claim: all 1 site match"
 
 
 def test_all_consistent_headline() -> None:
-    res = fake_result({"verdicts": ["consistent", "consistent"]})
-    assert format_table(res.sites, res.claim).splitlines()[-1] == \
+    res = fake_result(10000.0)
+    rows = verdict_rows(res.sites, res.claim)
+    assert [r.verdict for r in rows] == ["larger than claimed", "smaller than claimed"]
+    lenient = fake_result(10000.0)
+    from changedet.measure import check_claim
+
+    lenient.claim = check_claim(lenient.sites, 10000.0, tolerance=0.3)
+    assert format_table(lenient.sites, lenient.claim).splitlines()[-1] == \
         "Consistent with the claim: all 2 sites match"
 
 
@@ -154,8 +171,7 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
     _, fetched = _chromium(control / "page.html", control)
     assert fetched == {"http://127.0.0.1:9/x.png", "http://127.0.0.1:9/a.css"}
 
-    res = fake_result({"verdicts": ["consistent", "smaller than claimed"], "missing": 1},
-                      path_before='<script>alert("x")</script>.tif')
+    res = fake_result(8000.0, n_sites=3, path_before='<script>alert("x")</script>.tif')
     page = tmp_path / "report.html"
     page.write_text(render_report(res), encoding="utf-8")
     shot, fetched = _chromium(page, tmp_path)
