@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -222,9 +224,9 @@ class SynthParams:
         if nodata_margin * 4 >= size:
             raise ValueError(f"nodata margin {nodata_margin} px leaves too little of {size} px")
         az_b = rng.uniform(125.0, 215.0)
-        el_b = rng.uniform(30.0, 65.0)
+        el_b = rng.uniform(35.0, 68.0)
         az_a = az_b + rng.choice([-1.0, 1.0]) * rng.uniform(15.0, 45.0)
-        el_a = float(np.clip(el_b + rng.choice([-1.0, 1.0]) * rng.uniform(8.0, 25.0), 22.0, 70.0))
+        el_a = float(np.clip(el_b + rng.choice([-1.0, 1.0]) * rng.uniform(8.0, 20.0), 30.0, 72.0))
         g_b = rng.uniform(0.55, 1.0)
         g_a = float(np.clip(g_b - rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.6), 0.0, 1.0))
         nb = 4
@@ -331,6 +333,30 @@ class Part:
 
 @dataclass
 class Building:
+    """A building: rectangular parts, a height, a roof; new ones are the truth.
+
+    Attributes
+    ----------
+    parts : list of Part
+        Rectangles whose union is the footprint (wings, courtyard sides...).
+    height : float
+        Metres; sets the length of the shadow.
+    roof : str
+        ``"flat"``, ``"gable"`` or ``"hip"``.
+    colour : (4,) ndarray
+        Roof reflectance (R, G, B, NIR).
+    dates : str
+        ``"both"``, ``"before"`` or ``"after"``.
+    new : bool
+        Built between the dates: part of the truth.
+    pitch : float
+        Roof slope, degrees (pitched roofs).
+    texture : float
+        Relative amplitude of the roof's fine texture (tiles, gravel, stains).
+    decor : list of (Part, (4,) ndarray)
+        Rooftop units and skylights painted on the roof.
+    """
+
     parts: list[Part]
     height: float
     roof: str  # flat | gable | hip
@@ -339,10 +365,18 @@ class Building:
     dates: str
     kind: str
     new: bool = False
+    pitch: float = 28.0
+    texture: float = 0.05
+    decor: list[tuple[Part, np.ndarray]] = field(default_factory=list)
     footprint: Polygon = field(init=False)
+    part_polygons: list[Polygon] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.footprint = shapely.union_all([p.polygon() for p in self.parts]).normalize()
+        self.part_polygons = [p.polygon() for p in self.parts]
+        if len(self.part_polygons) == 1:
+            self.footprint = self.part_polygons[0].normalize()
+        else:
+            self.footprint = shapely.union_all(self.part_polygons).normalize()
 
 
 @dataclass
@@ -355,6 +389,7 @@ class Area:
     texture: float = 0.06
     stripes: float = 0.0  # mown-field stripe period, m (0: none)
     angle: float = 0.0
+    opacity: float = 1.0  # below 1 the ground shows through (thin grass, dust)
 
 
 @dataclass
@@ -504,9 +539,13 @@ def _neighbourhood(
     for k in range(-int(r / block_l) - 1, int(r / block_l) + 2):
         u = u_off + k * block_l
         roads.append(frame.rect(u - road_w / 2, -r, u + road_w / 2, r))
-    streets = shapely.union_all(roads).intersection(region).difference(keep_out)
-    if not streets.is_empty:
-        world.areas.append(Area(streets, "asphalt_new" if new else "asphalt", dates, 0.04))
+    # each street piece is its own patch: mostly convex rectangles, cheap to render
+    pieces = shapely.get_parts(shapely.difference(shapely.intersection(roads, region),
+                                                  keep_out))
+    pieces = [g for g in pieces if isinstance(g, Polygon) and g.area > 1.0]
+    for g in pieces:
+        world.areas.append(Area(g, "asphalt_new" if new else "asphalt", dates, 0.04))
+    streets = shapely.MultiPolygon(pieces) if pieces else Polygon()
     new_buildings: list[Building] = []
     lot_d = block_d / 2 - road_w / 2
     fences = []
@@ -522,6 +561,11 @@ def _neighbourhood(
                 u_start = u_off + m * block_l + road_w / 2
                 u_end = u_start + block_l - road_w
                 u = u_start
+                # one lawn for the block side; single yards differ only now and then
+                strip = frame.rect(u_start, min(v_front, v_back), u_end, max(v_front, v_back))
+                if not new and region.contains(strip) and not strip.intersects(keep_out):
+                    world.areas.append(Area(strip, "lawn" if rng.random() < 0.7 else "grass",
+                                            BOTH, 0.05, opacity=float(rng.uniform(0.6, 1.0))))
                 while u < u_end - 10:
                     if style == "houses":
                         lot_w = rng.uniform(15.0, 24.0)
@@ -534,12 +578,16 @@ def _neighbourhood(
                     if not region.contains(lot) or lot.intersects(keep_out):
                         continue
                     fences.append(lot.exterior)
-                    yard = "lawn" if rng.random() < 0.75 else "grass"
+                    yard = rng.choice(["lawn", "grass", "soil_dark", "soil"],
+                                      p=[0.4, 0.4, 0.1, 0.1])
                     if new:
-                        world.areas.append(Area(lot, rng.choice(["soil", "soil_bright", "grass"]),
-                                                AFTER, 0.08))
-                    else:
-                        world.areas.append(Area(lot, yard, BOTH, 0.05))
+                        # graded lots: bare soil, some seeded with thin grass or sod
+                        cover = rng.choice(["soil", "soil", "soil_bright", "grass", "lawn"])
+                        world.areas.append(Area(lot, cover, AFTER, 0.08,
+                                                opacity=float(rng.uniform(0.35, 0.8))))
+                    elif rng.random() < 0.3:
+                        world.areas.append(Area(lot, yard, BOTH, 0.05,
+                                                opacity=float(rng.uniform(0.4, 0.9))))
                     if rng.random() > fill:
                         continue
                     setback = rng.uniform(5.0, 8.0) if style == "houses" else rng.uniform(6, 12)
@@ -555,7 +603,7 @@ def _neighbourhood(
                             area *= 0.85
                         if not parts or area < house_area[0]:
                             continue
-                        height = rng.uniform(4.0, 9.0)
+                        height = rng.uniform(3.5, 7.5)
                         roof = rng.choice(["gable", "hip", "hip", "flat"], p=[0.4, 0.3, 0.2, 0.1])
                     else:
                         length = min(lot_w - 8.0, rng.uniform(40.0, 100.0))
@@ -600,7 +648,7 @@ def _neighbourhood(
                                                rng.choice([BOTH, BEFORE, AFTER]) if not new
                                                else AFTER))
                     # trees in the yard, some touching the house
-                    n_trees = rng.poisson(1.3 if not new else 0.3)
+                    n_trees = rng.poisson(1.1 if not new else 0.3)
                     for _ in range(n_trees):
                         tu = uc + rng.uniform(-lot_w / 2, lot_w / 2)
                         tv = v_back - facing * rng.uniform(1.0, lot_d * 0.45)
@@ -612,7 +660,7 @@ def _neighbourhood(
         world.lines.append((shapely.MultiLineString(fences), dates, "fence"))
     # cars along the streets
     if not streets.is_empty:
-        n_cars = int(streets.area / 400)
+        n_cars = int(streets.area / 1000)
         pts = _random_points_in(rng, streets, n_cars)
         for x, y in pts:
             world.cars.append(_car(rng, x, y, angle + rng.choice([0, math.pi / 2]),
@@ -752,15 +800,16 @@ def _layout_suburb(params: SynthParams, rng: np.random.Generator) -> World:
 def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float, h: float,
                angle: float, tries: int = 60) -> Polygon | None:
     """A w x h rectangle inside ``within`` that touches no building or area patch."""
-    occupied = shapely.union_all([b.footprint.buffer(5) for b in world.buildings]
-                                 + [a.geom for a in world.areas if a.material in
-                                    ("asphalt", "asphalt_new", "concrete", "water", "pavement")])
+    # everything but the large background lawns is in the way
+    occupied = shapely.STRtree([b.footprint.buffer(5) for b in world.buildings]
+                               + [a.geom for a in world.areas if a.geom.area < 5e4]
+                               + [shapely.Point(t.x, t.y).buffer(t.r) for t in world.trees])
     x0, y0, x1, y1 = within.bounds
     for _ in range(tries):
         x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
         rect = affinity.rotate(box(x - w / 2, y - h / 2, x + w / 2, y + h / 2), angle,
                                use_radians=True)
-        if within.contains(rect) and not rect.intersects(occupied):
+        if within.contains(rect) and not len(occupied.query(rect, "intersects")):
             return rect
     return None
 
@@ -952,8 +1001,33 @@ def make_world(params: SynthParams) -> World:
     """The scene's content for ``params`` (deterministic for ``params.seed``)."""
     rng = np.random.default_rng([params.seed, 2])
     if params.scenario == "compound":
-        return _layout_compound(params, rng)
-    return _layout_suburb(params, rng)
+        world = _layout_compound(params, rng)
+    else:
+        world = _layout_suburb(params, rng)
+    _finish_roofs(world, np.random.default_rng([params.seed, 6]))
+    return world
+
+
+def _finish_roofs(world: World, rng: np.random.Generator) -> None:
+    """Roof pitch, texture, and rooftop units on flat roofs."""
+    for b in world.buildings:
+        b.pitch = float(rng.uniform(20.0, 38.0))
+        b.texture = float(rng.uniform(0.02, 0.12))
+        if b.roof != "flat" or b.kind == "wall":
+            continue
+        for p in b.parts:
+            if p.half_u * p.half_v * 4 < 150:
+                continue
+            for _ in range(int(rng.integers(0, 2 + int(p.half_u * p.half_v / 150)))):
+                hu, hv = rng.uniform(0.6, 2.5), rng.uniform(0.6, 2.0)
+                if hu > p.half_u - 1.5 or hv > p.half_v - 1.5:
+                    continue
+                u = rng.uniform(-p.half_u + hu + 1.0, p.half_u - hu - 1.0)
+                v = rng.uniform(-p.half_v + hv + 1.0, p.half_v - hv - 1.0)
+                dx, dy = _rot(u, v, p.angle)
+                tone = rng.choice([0.55, 0.8, 1.3, 1.5])
+                b.decor.append((Part(p.cx + dx, p.cy + dy, hu, hv, p.angle),
+                                np.clip(b.colour * tone, 0.03, 0.9)))
 
 
 # ----------------------------------------------------------------------------------
@@ -977,6 +1051,10 @@ class _Canvas:
     def px(self) -> float:
         return math.hypot(self.transform.a, self.transform.d)
 
+    def __post_init__(self) -> None:
+        #: coefficients (a, b, c, d, e, f) of the world-to-pixel map
+        self.inverse = tuple((~self.transform)[:6])
+
 
 class _Fields:
     """Band-limited random fields over the scene, sampled exactly at any offset.
@@ -996,9 +1074,16 @@ class _Fields:
         self.seed = params.seed
         self.px = params.pixel_size
         #: correlation lengths (metres) of each named field, and spectral slope
-        self.scales = {"large": 60.0, "mid": 8.0, "fine": 1.2, "canopy": 12.0}
+        self.scales = {"large": 60.0, "mid": 8.0, "fine": 1.2, "canopy": 12.0,
+                       "crown": 2.5}
+        self._cache: dict[str, np.ndarray] = {}
 
     def _spectrum(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = self._make_spectrum(name)
+        return self._cache[name]
+
+    def _make_spectrum(self, name: str) -> np.ndarray:
         n = self.n
         key = list(self.scales).index(name)
         rng = np.random.default_rng([self.seed, 3, key])
@@ -1053,55 +1138,88 @@ class _Fields:
         return np.ascontiguousarray(out[: canvas.height, : canvas.width], dtype=np.float32)
 
 
+@dataclass
+class _Win:
+    """A pixel window of a canvas and its pixel centres relative to ``(ox, oy)``.
+
+    Coordinates are kept relative to the window's corner so that float32 holds
+    them to a fraction of a millimetre (projected eastings do not fit float32).
+    """
+
+    rows: slice
+    cols: slice
+    transform: Affine
+    x: np.ndarray  # (h, w) float32, metres east of ox
+    y: np.ndarray  # (h, w) float32, metres north of oy
+
+    @property
+    def ox(self) -> float:
+        return self.transform.c
+
+    @property
+    def oy(self) -> float:
+        return self.transform.f
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.x.shape
+
+
 def _window(canvas: _Canvas, bounds: tuple[float, float, float, float], grow: float = 1.0
-            ) -> tuple[slice, slice, Affine] | None:
-    """Pixel window (rows, cols) of ``canvas`` around world ``bounds``."""
-    inv = ~canvas.transform
+            ) -> _Win | None:
+    """The window of ``canvas`` around world ``bounds`` (None when outside)."""
+    ia, ib, ic, id_, ie, if_ = canvas.inverse
     x0, y0, x1, y1 = bounds
-    cs, rs = zip(*(inv @ (x, y) for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))))
+    cs = [ia * x + ib * y + ic for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
+    rs = [id_ * x + ie * y + if_ for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1))]
     c0 = max(int(math.floor(min(cs) - grow)), 0)
     c1 = min(int(math.ceil(max(cs) + grow)), canvas.width)
     r0 = max(int(math.floor(min(rs) - grow)), 0)
     r1 = min(int(math.ceil(max(rs) + grow)), canvas.height)
     if c1 <= c0 or r1 <= r0:
         return None
-    return slice(r0, r1), slice(c0, c1), canvas.transform @ Affine.translation(c0, r0)
+    t = canvas.transform
+    wt = Affine(t.a, t.b, t.c + t.a * c0 + t.b * r0, t.d, t.e, t.f + t.d * c0 + t.e * r0)
+    jj = np.arange(c1 - c0, dtype=np.float32)[None, :] + np.float32(0.5)
+    ii = np.arange(r1 - r0, dtype=np.float32)[:, None] + np.float32(0.5)
+    x = np.float32(wt.a) * jj + np.float32(wt.b) * ii
+    y = np.float32(wt.d) * jj + np.float32(wt.e) * ii
+    return _Win(slice(r0, r1), slice(c0, c1), wt, x, y)
 
 
-def _centres(wt: Affine, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """World (x, y) of the pixel centres of an (h, w) window, each (h, w) float64."""
-    jj, ii = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-    x = wt.c + wt.a * jj + wt.b * ii
-    y = wt.f + wt.d * jj + wt.e * ii
-    return x, y
-
-
-def _cov_convex(pts: np.ndarray, x: np.ndarray, y: np.ndarray, px: float) -> np.ndarray:
+def _cov_convex(pts: np.ndarray, win: _Win, px: float) -> np.ndarray:
     """Anti-aliased coverage of a convex polygon ((K, 2) counter-clockwise vertices).
 
     The signed distance to the nearest edge line, in pixels, gives the covered share
-    of a pixel (exact on straight edges, close at corners).
+    of a pixel (exact on straight edges, close at corners). (h, w) float32.
     """
-    d = np.full(x.shape, np.inf)
+    d: np.ndarray | None = None
     k = len(pts)
     for i in range(k):
-        x0, y0 = pts[i]
-        x1, y1 = pts[(i + 1) % k]
+        x0, y0 = pts[i][0] - win.ox, pts[i][1] - win.oy
+        x1, y1 = pts[(i + 1) % k][0] - win.ox, pts[(i + 1) % k][1] - win.oy
         ex, ey = x1 - x0, y1 - y0
         ln = math.hypot(ex, ey)
         if ln == 0:
             continue
-        # inward normal of a counter-clockwise ring is the edge turned left
-        di = ((x - x0) * (-ey) + (y - y0) * ex) / ln
-        np.minimum(d, di, out=d)
-    return np.clip(0.5 + d / px, 0.0, 1.0).astype(np.float32)
+        # inward normal of a counter-clockwise ring: the edge turned left
+        nx, ny = -ey / ln, ex / ln
+        di = win.x * np.float32(nx)
+        di += win.y * np.float32(ny)
+        di += np.float32(-(x0 * nx + y0 * ny))
+        d = di if d is None else np.minimum(d, di, out=d)
+    if d is None:
+        return np.zeros(win.shape, np.float32)
+    d *= np.float32(1.0 / px)
+    d += np.float32(0.5)
+    return np.clip(d, 0.0, 1.0, out=d)
 
 
 def _ccw(poly: Polygon) -> np.ndarray:
     return np.asarray(shapely.orient_polygons(poly).exterior.coords)[:-1]
 
 
-def _cov_polygon(geom: Any, canvas: _Canvas) -> tuple[slice, slice, np.ndarray] | None:
+def _cov_polygon(geom: Any, canvas: _Canvas) -> tuple[_Win, np.ndarray] | None:
     """Anti-aliased coverage of any (multi)polygon, on its window of ``canvas``.
 
     Inside pixels by the centre rule; pixels the boundary touches get
@@ -1112,8 +1230,8 @@ def _cov_polygon(geom: Any, canvas: _Canvas) -> tuple[slice, slice, np.ndarray] 
     win = _window(canvas, geom.bounds)
     if win is None:
         return None
-    rows, cols, wt = win
-    h, w = rows.stop - rows.start, cols.stop - cols.start
+    h, w = win.shape
+    wt = win.transform
     cov = rasterio.features.rasterize([geom], out_shape=(h, w), transform=wt, fill=0,
                                       default_value=1, dtype="uint8").astype(np.float32)
     edge = rasterio.features.rasterize([geom.boundary], out_shape=(h, w), transform=wt,
@@ -1123,48 +1241,49 @@ def _cov_polygon(geom: Any, canvas: _Canvas) -> tuple[slice, slice, np.ndarray] 
     if len(ii):
         xs = wt.c + wt.a * (jj + 0.5) + wt.b * (ii + 0.5)
         ys = wt.f + wt.d * (jj + 0.5) + wt.e * (ii + 0.5)
-        boundary = geom.boundary
         shapely.prepare(geom)
-        d = shapely.distance(boundary, shapely.points(xs, ys))
+        d = shapely.distance(geom.boundary, shapely.points(xs, ys))
         inside = shapely.contains_xy(geom, xs, ys)
         sd = np.where(inside, d, -d) / canvas.px
         cov[ii, jj] = np.clip(0.5 + sd, 0.0, 1.0)
-    return rows, cols, cov
+    return win, cov
 
 
-def _cov_area(geom: Any, canvas: _Canvas) -> tuple[slice, slice, np.ndarray] | None:
+def _cov_area(geom: Any, canvas: _Canvas) -> tuple[_Win, np.ndarray] | None:
     """Coverage of an area patch: analytic for convex polygons, else by polygon."""
     if (isinstance(geom, Polygon) and not geom.interiors and len(geom.exterior.coords) <= 9
             and geom.area > 0 and shapely.convex_hull(geom).area <= geom.area * (1 + 1e-9)):
         win = _window(canvas, geom.bounds)
         if win is None:
             return None
-        rows, cols, wt = win
-        x, y = _centres(wt, rows.stop - rows.start, cols.stop - cols.start)
-        return rows, cols, _cov_convex(_ccw(geom), x, y, canvas.px)
+        return win, _cov_convex(_ccw(geom), win, canvas.px)
     return _cov_polygon(geom, canvas)
 
 
-def _cov_lines(lines: Any, width: float, canvas: _Canvas) -> tuple[slice, slice, np.ndarray] | None:
-    """Approximate coverage of lines thinner than a pixel (fences, walls' tops)."""
+def _cov_lines(lines: Any, width: float, canvas: _Canvas) -> tuple[_Win, np.ndarray] | None:
+    """Approximate coverage of lines thinner than a pixel (fences)."""
     win = _window(canvas, lines.bounds)
     if win is None:
         return None
-    rows, cols, wt = win
-    touched = rasterio.features.rasterize([lines], out_shape=(rows.stop - rows.start,
-                                                              cols.stop - cols.start),
-                                          transform=wt, fill=0, default_value=1,
+    touched = rasterio.features.rasterize([lines], out_shape=win.shape,
+                                          transform=win.transform, fill=0, default_value=1,
                                           all_touched=True, dtype="uint8")
-    return rows, cols, touched.astype(np.float32) * min(1.0, width / canvas.px)
+    return win, touched.astype(np.float32) * np.float32(min(1.0, width / canvas.px))
 
 
-def _paint(img: np.ndarray, rows: slice, cols: slice, cov: np.ndarray,
-           colour: np.ndarray) -> None:
+def _paint(img: np.ndarray, win: _Win, cov: np.ndarray, colour: np.ndarray) -> None:
     """Blend ``colour`` ((B,) or (B, h, w)) into ``img`` with coverage ``cov``."""
-    sub = img[:, rows, cols]
-    if colour.ndim == 1:
-        colour = colour[:, None, None]
-    sub += cov[None] * (colour - sub)
+    nb = img.shape[0]
+    if cov.size < 20000:
+        sub = img[:, win.rows, win.cols]
+        c = colour[:nb] if colour.ndim == 3 else colour[:nb].astype(np.float32)[:, None, None]
+        sub += cov[None] * (c - sub)
+        return
+    # band by band: temporaries stay small on large windows
+    for band in range(nb):
+        sub = img[band, win.rows, win.cols]
+        c = colour[band] if colour.ndim == 3 else np.float32(colour[band])
+        sub += cov * (c - sub)
 
 
 def _sun_vector(az: float, el: float) -> np.ndarray:
@@ -1179,91 +1298,103 @@ def _shadow_offset(sun: tuple[float, float], height: float) -> tuple[float, floa
     return (-length * math.sin(az), -length * math.cos(az))
 
 
-def _roof_shade(b: Building, x: np.ndarray, y: np.ndarray, sun: np.ndarray
-                ) -> np.ndarray:
-    """Per-pixel illumination factor of the roof facets (1: flat roof in the sun)."""
-    shade = np.ones(x.shape, np.float32)
+def _local_uv(p: Part, win: _Win) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres in the part's frame (u along its axis), metres, float32."""
+    c, s = np.float32(math.cos(p.angle)), np.float32(math.sin(p.angle))
+    x = win.x - np.float32(p.cx - win.ox)
+    y = win.y - np.float32(p.cy - win.oy)
+    return x * c + y * s, y * c - x * s
+
+
+def _part_shade(b: Building, p: Part, win: _Win, sun: np.ndarray) -> np.ndarray:
+    """Illumination factor of one part's roof facets (1: a flat roof in the sun)."""
     if b.roof == "flat":
-        # parapet and a slight darkening at the edges of flat roofs
-        # distance inside the footprint: the largest over the parts (joints are inside)
-        depth = np.full(x.shape, -np.inf)
-        for p in b.parts:
-            c, s = math.cos(p.angle), math.sin(p.angle)
-            u = (x - p.cx) * c + (y - p.cy) * s
-            v = -(x - p.cx) * s + (y - p.cy) * c
-            np.maximum(depth, np.minimum(p.half_u - np.abs(u), p.half_v - np.abs(v)), out=depth)
-        shade = np.where(depth < 0.8, 0.85, 1.0).astype(np.float32)
-        return shade
-    slope = math.radians(30.0 if b.roof == "gable" else 25.0)
-    flat = sun[2]
-    assigned = np.zeros(x.shape, bool)
-    for p in b.parts:
-        c, s = math.cos(p.angle), math.sin(p.angle)
-        u = (x - p.cx) * c + (y - p.cy) * s
-        v = -(x - p.cx) * s + (y - p.cy) * c
-        inside = (np.abs(u) <= p.half_u + 0.5) & (np.abs(v) <= p.half_v + 0.5) & ~assigned
-        long_axis_u = p.half_u >= p.half_v
-        a, bb = (p.half_u, p.half_v) if long_axis_u else (p.half_v, p.half_u)
-        ua, va = (u, v) if long_axis_u else (v, u)
-        # facet normal direction in the frame (along / across the ridge)
-        if b.roof == "hip":
-            end = (a - np.abs(ua)) < (bb - np.abs(va))
-        else:
-            end = np.zeros(x.shape, bool)
-        nu = np.where(end, np.sign(ua), 0.0)
-        nv = np.where(end, 0.0, np.sign(va))
-        if not long_axis_u:
-            nu, nv = nv, nu
-        nx = nu * c - nv * s
-        ny = nu * s + nv * c
-        lam = (math.cos(slope) * sun[2]
-               + math.sin(slope) * (nx * sun[0] + ny * sun[1]))
-        f = np.clip(lam / flat, 0.35, 1.6)
-        f = 1.0 + 0.8 * (f - 1.0)
-        shade = np.where(inside, f, shade).astype(np.float32)
-        assigned |= inside
-    return shade
+        # a darker parapet along the outline of the whole footprint (not at joints)
+        depth = np.full(win.shape, -np.inf, np.float32)
+        x0, y0 = win.ox, win.oy
+        for q in b.parts:
+            if abs(q.cx - p.cx) > q.half_u + q.half_v + p.half_u + p.half_v + 2:
+                continue
+            u, v = _local_uv(q, win)
+            np.maximum(depth, np.minimum(q.half_u - np.abs(u), q.half_v - np.abs(v)),
+                       out=depth)
+        del x0, y0
+        return np.where(depth < 0.7, np.float32(0.82), np.float32(1.0))
+    u, v = _local_uv(p, win)
+    slope = math.radians(b.pitch)
+    along_u = p.half_u >= p.half_v
+    a, bb = (p.half_u, p.half_v) if along_u else (p.half_v, p.half_u)
+    ua, va = (u, v) if along_u else (v, u)
+    if b.roof == "hip":
+        end = (a - np.abs(ua)) < (bb - np.abs(va))
+    else:
+        end = np.zeros(win.shape, bool)
+    na = np.where(end, np.sign(ua), 0.0).astype(np.float32)
+    nb = np.where(end, 0.0, np.sign(va)).astype(np.float32)
+    nu, nv = (na, nb) if along_u else (nb, na)
+    c, s = math.cos(p.angle), math.sin(p.angle)
+    nx = nu * c - nv * s
+    ny = nu * s + nv * c
+    lam = math.cos(slope) * sun[2] + math.sin(slope) * (nx * sun[0] + ny * sun[1])
+    f = np.clip(lam / sun[2], 0.3, 1.7)
+    f = 1.0 + 0.7 * (f - 1.0)
+    # a ridge cap catches the light along the top of the roof
+    ridge = (np.abs(va) < 0.3) & ~end
+    return np.where(ridge, np.maximum(f, 1.05), f).astype(np.float32)
 
 
-def _tree_cov(t: Tree, cx: float, cy: float, x: np.ndarray, y: np.ndarray, px: float,
-              stretch: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
+def _tree_cov(t: Tree, cx: float, cy: float, win: _Win, px: float,
+              stretch: tuple[tuple[float, float], float] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coverage of an irregular crown centred at (cx, cy), and unit offsets (du, dv)."""
-    dx, dy = x - cx, y - cy
+    dx = win.x - np.float32(cx - win.ox)
+    dy = win.y - np.float32(cy - win.oy)
     if stretch is not None:
-        # shadows are ellipses stretched along the sun direction
+        # a crown's shadow is an ellipse stretched along the sun direction
         (ex, ey), k = stretch
-        along = dx * ex + dy * ey
-        across = -dx * ey + dy * ex
-        dx = along / k * ex - across * ey
-        dy = along / k * ey + across * ex
+        along = (dx * ex + dy * ey) / k
+        across = dy * ex - dx * ey
+        dx = along * ex - across * ey
+        dy = along * ey + across * ex
     r = np.hypot(dx, dy)
     theta = np.arctan2(dy, dx)
-    radius = t.r * (1.0 + 0.12 * np.sin(3 * theta + t.phase) + 0.08 * np.sin(5 * theta
-                                                                               + 2 * t.phase))
+    radius = t.r * (1.0 + 0.12 * np.sin(3 * theta + t.phase)
+                    + 0.08 * np.sin(5 * theta + 2 * t.phase))
     cov = np.clip(0.5 + (radius - r) / px, 0.0, 1.0).astype(np.float32)
     return cov, dx / t.r, dy / t.r
 
 
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
             date: str) -> np.ndarray:
-    """Reflectance of the world on ``canvas`` at ``date``: (4, H, W) float32."""
+    """Reflectance of the world on ``canvas`` at ``date``: (B, H, W) float32."""
     sun_ae = params.sun_before if date == BEFORE else params.sun_after
     green = params.greenness_before if date == BEFORE else params.greenness_after
     sun = _sun_vector(*sun_ae)
     px_m = params.pixel_size
     h, w = canvas.height, canvas.width
+    f32 = np.float32
     large = fields.sample("large", canvas)
     mid = fields.sample("mid", canvas)
     fine = fields.sample("fine", canvas)
-    tex = 0.6 * mid + 0.4 * fine  # generic surface texture, unit-ish variance
-    # ground: soil and grass mixed at large scale, with grain
-    grass_w = np.clip(0.5 + 0.6 * large, 0.0, 1.0)
-    soil = np.array(_MATERIALS["soil"])[:, None, None] * (1 + 0.10 * mid[None])
-    grass = _vegetation(green)[:, None, None] * (1 + 0.12 * mid[None] + 0.06 * fine[None])
-    img = (soil * (1 - grass_w[None]) + grass * grass_w[None]).astype(np.float32)
-    del soil, grass, grass_w
-    img *= (1.0 + 0.05 * fine)[None]
+    tex = f32(0.6) * mid + f32(0.4) * fine  # generic surface texture, unit-ish variance
+    # ground: soils of varying darkness and grass mixed at large scale, with grain
+    grass_w = _smoothstep(f32(0.5) + f32(0.7) * large)
+    dark_w = _smoothstep(f32(0.5) - f32(0.8) * mid)
+    nb = params.n_bands
+    img = np.empty((nb, h, w), f32)
+    soil, soil_d = np.array(_MATERIALS["soil"], f32), np.array(_MATERIALS["soil_dark"], f32)
+    grass = _vegetation(green).astype(f32)
+    for band in range(nb):
+        ground = soil[band] + (soil_d[band] - soil[band]) * dark_w
+        ground += (grass[band] * (f32(1) + f32(0.12) * mid) - ground) * grass_w
+        ground *= f32(1.0) + f32(0.06) * fine
+        img[band] = ground
+    del grass_w, dark_w, ground
     # ground-cover patches, in order
     for area in world.areas:
         if not _present(area.dates, date):
@@ -1271,104 +1402,109 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
         got = _cov_area(area.geom, canvas)
         if got is None:
             continue
-        rows, cols, cov = got
+        win, cov = got
         if area.material in ("grass", "lawn"):
             base = _vegetation(green, lawn=area.material == "lawn")
         else:
             base = np.array(_MATERIALS[area.material])
-        t = tex[rows, cols]
-        factor = 1.0 + area.texture * 2.0 * t
+        factor = f32(1.0) + f32(area.texture * 2.0) * tex[win.rows, win.cols]
         if area.stripes:
-            x, y = _centres(canvas.transform @ Affine.translation(cols.start, rows.start),
-                            cov.shape[0], cov.shape[1])
-            s = x * math.cos(area.angle) + y * math.sin(area.angle)
-            factor = factor * (1.0 + 0.10 * np.tanh(4 * np.sin(2 * math.pi * s
-                                                                / area.stripes)))
-        _paint(img, rows, cols, cov, base[:, None, None] * factor[None])
+            ca, sa = math.cos(area.angle), math.sin(area.angle)
+            phase = ((win.ox * ca + win.oy * sa) % area.stripes)
+            s = win.x * f32(ca) + win.y * f32(sa) + f32(phase)
+            factor *= f32(1.0) + f32(0.10) * np.tanh(4 * np.sin(f32(2 * math.pi / area.stripes)
+                                                                  * s))
+        if area.opacity < 1.0:
+            cov *= f32(area.opacity)
+        _paint(img, win, cov, base.astype(f32)[:, None, None] * factor[None])
     for geom, dates, _ in world.lines:
         if _present(dates, date):
             got = _cov_lines(geom, 0.35, canvas)
             if got is not None:
-                rows, cols, cov = got
-                _paint(img, rows, cols, cov * 0.8, np.array([0.09, 0.09, 0.08, 0.12]))
+                _paint(img, got[0], got[1] * f32(0.8), np.array([0.09, 0.09, 0.08, 0.12]))
     # shadows of buildings, trees and woodland, accumulated as one darkness map
-    shadow = np.zeros((h, w), np.float32)
+    shadow = np.zeros((h, w), f32)
+
+    def add_shadow(win: _Win, cov: np.ndarray) -> None:
+        sub = shadow[win.rows, win.cols]
+        np.maximum(sub, cov, out=sub)
+
     for b in world.buildings:
         if not _present(b.dates, date):
             continue
-        ox, oy = _shadow_offset(sun_ae, b.height)
-        for p in b.parts:
-            poly = p.polygon()
+        # a pitched roof's shadow is cast mostly from below the ridge
+        ox, oy = _shadow_offset(sun_ae, b.height * (1.0 if b.roof == "flat" else 0.8))
+        for poly in b.part_polygons:
             hull = shapely.convex_hull(shapely.MultiPolygon(
                 [poly, affinity.translate(poly, ox, oy)]))
             win = _window(canvas, hull.bounds)
-            if win is None:
-                continue
-            rows, cols, wt = win
-            x, y = _centres(wt, rows.stop - rows.start, cols.stop - cols.start)
-            cov = _cov_convex(_ccw(hull), x, y, canvas.px)
-            np.maximum(shadow[rows, cols], cov, out=shadow[rows, cols])
+            if win is not None:
+                add_shadow(win, _cov_convex(_ccw(hull), win, canvas.px))
     trees = [t for t in world.trees if _present(t.dates, date)]
     along = np.array(_shadow_offset(sun_ae, 1.0))
     stretch_k = 1.0 / math.sin(math.radians(sun_ae[1]))
     unit = along / (np.hypot(*along) + 1e-12)
     for t in trees:
         ox, oy = along * t.h * 0.6
-        win = _window(canvas, (t.x + ox - t.r * 3, t.y + oy - t.r * 3,
-                               t.x + ox + t.r * 3, t.y + oy + t.r * 3))
-        if win is None:
-            continue
-        rows, cols, wt = win
-        x, y = _centres(wt, rows.stop - rows.start, cols.stop - cols.start)
-        cov, _, _ = _tree_cov(t, t.x + ox, t.y + oy, x, y, canvas.px,
-                              ((unit[0], unit[1]), stretch_k))
-        np.maximum(shadow[rows, cols], cov, out=shadow[rows, cols])
+        reach = t.r * 1.3 * stretch_k
+        win = _window(canvas, (t.x + ox - reach, t.y + oy - reach,
+                               t.x + ox + reach, t.y + oy + reach))
+        if win is not None:
+            cov, _, _ = _tree_cov(t, t.x + ox, t.y + oy, win, canvas.px,
+                                  ((unit[0], unit[1]), stretch_k))
+            add_shadow(win, cov)
     woodland = world.woodland if date == BEFORE else world.woodland_after
     canopy = None
     if woodland is not None and not woodland.is_empty:
-        zone = np.zeros((h, w), np.float32)
         got = _cov_polygon(woodland, canvas)
         if got is not None:
-            rows, cols, cov = got
-            zone[rows, cols] = cov
-            c_field = fields.sample("canopy", canvas)
-            canopy = zone * np.clip((c_field - 0.1) * 3.0, 0.0, 1.0)
-            tree_h = 10.0 / px_m * canvas.step  # in before pixels... converted below
-            del tree_h
-            off_m = along * 10.0
-            off_px = (off_m[0] / px_m, -off_m[1] / px_m)
-            shifted = _Canvas(canvas.transform, h, w, canvas.fx0, canvas.fy0, canvas.step)
-            c_sh = fields.sample("canopy", shifted, off_px)
-            zone_sh = np.zeros((h, w), np.float32)
-            moved = _Canvas(canvas.transform @ Affine.translation(
-                -off_px[0] / canvas.step, -off_px[1] / canvas.step), h, w, 0, 0, canvas.step)
+            win, zone = got
+            canopy = np.zeros((h, w), f32)
+            c_field = fields.sample("canopy", canvas)[win.rows, win.cols]
+            canopy[win.rows, win.cols] = zone * _smoothstep((c_field + f32(0.4)) * f32(1.5))
+            # the woodland's shadow: its canopy seen from a point displaced towards
+            # the sun by the height of the trees
+            off_m = along * 12.0
+            off = (off_m[0] / px_m, -off_m[1] / px_m)
+            moved = _Canvas(canvas.transform @ Affine.translation(-off[0] / canvas.step,
+                                                                 -off[1] / canvas.step),
+                            h, w, canvas.fx0 - off[0], canvas.fy0 - off[1], canvas.step)
             got2 = _cov_polygon(woodland, moved)
             if got2 is not None:
-                zone_sh[got2[0], got2[1]] = got2[2]
-            np.maximum(shadow, zone_sh * np.clip((c_sh - 0.1) * 3.0, 0.0, 1.0), out=shadow)
+                win2, zone2 = got2
+                c_sh = fields.sample("canopy", moved)[win2.rows, win2.cols]
+                add_shadow(win2, zone2 * _smoothstep((c_sh + f32(0.4)) * f32(1.5)))
     # skylight keeps shadows bluish
-    dark = np.array([0.38, 0.40, 0.48, 0.45], np.float32)[:, None, None]
-    img *= 1.0 - shadow[None] * (1.0 - dark)
+    dark = np.array([0.36, 0.38, 0.46, 0.42], f32)
+    for band in range(nb):
+        img[band] *= f32(1.0) - shadow * f32(1.0 - dark[band])
     del shadow
+    crown = fields.sample("crown", canvas)
     if canopy is not None:
-        leaf = _canopy(green)[:, None, None] * (0.7 + 0.35 * np.clip(0.5 + 0.5 * fine, 0, 1.3)
-                                                )[None] * (1 + 0.15 * mid[None])
-        img += canopy[None] * (leaf - img)
+        leaf = _canopy(green).astype(f32)
+        # crowns: bright sunlit tops and dark gaps between them
+        lit = f32(0.45) + f32(0.75) * _smoothstep(f32(0.5) + f32(0.45) * crown)
+        lit *= f32(1.0) + f32(0.12) * mid
+        for band in range(nb):
+            img[band] += canopy * (leaf[band] * lit - img[band])
+        del lit, canopy
     # buildings: roof colour, facets lit by the sun, texture
     for b in world.buildings:
         if not _present(b.dates, date):
             continue
-        win = _window(canvas, b.footprint.bounds)
-        if win is None:
-            continue
-        rows, cols, wt = win
-        x, y = _centres(wt, rows.stop - rows.start, cols.stop - cols.start)
-        cov = np.zeros(x.shape, np.float32)
-        for p in b.parts:
-            np.maximum(cov, _cov_convex(_ccw(p.polygon()), x, y, canvas.px), out=cov)
-        shade = _roof_shade(b, x, y, sun)
-        colour = b.colour[:, None, None] * (shade * (1 + 0.05 * tex[rows, cols]))[None]
-        _paint(img, rows, cols, cov, colour)
+        for p, poly in zip(b.parts, b.part_polygons):
+            win = _window(canvas, poly.bounds)
+            if win is None:
+                continue
+            cov = _cov_convex(_ccw(poly), win, canvas.px)
+            shade = _part_shade(b, p, win, sun)
+            shade *= f32(1.0) + f32(b.texture) * fine[win.rows, win.cols]
+            _paint(img, win, cov, b.colour.astype(f32)[:, None, None] * shade[None])
+        for part, colour in b.decor:
+            poly = part.polygon()
+            win = _window(canvas, poly.bounds)
+            if win is not None:
+                _paint(img, win, _cov_convex(_ccw(poly), win, canvas.px), colour)
     # trees over everything (some overhang roofs), lit from the sun side
     leaf = _canopy(green)
     for t in trees:
@@ -1376,26 +1512,21 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
                                t.y + t.r * 1.3))
         if win is None:
             continue
-        rows, cols, wt = win
-        x, y = _centres(wt, rows.stop - rows.start, cols.stop - cols.start)
-        cov, du, dv = _tree_cov(t, t.x, t.y, x, y, canvas.px)
+        cov, du, dv = _tree_cov(t, t.x, t.y, win, canvas.px)
         rr = np.clip(du * du + dv * dv, 0, 1)
         nz = np.sqrt(1 - rr)
         lam = np.clip(du * sun[0] + dv * sun[1] + nz * sun[2], 0.0, 1.0)
         base = leaf if t.colour is None else t.colour
-        colour = base[:, None, None] * ((0.45 + 0.75 * lam)
-                                        * (1 + 0.2 * fine[rows, cols]))[None]
-        _paint(img, rows, cols, cov, colour)
+        tone = (f32(0.4) + f32(0.8) * lam) * (f32(0.85) + f32(0.3) * _smoothstep(
+            f32(0.5) + f32(0.5) * crown[win.rows, win.cols]))
+        _paint(img, win, cov, base.astype(f32)[:, None, None] * tone[None])
     for car in world.cars:
         if not _present(car.dates, date):
             continue
         poly = car.part.polygon()
         win = _window(canvas, poly.bounds)
-        if win is None:
-            continue
-        rows, cols, wt = win
-        x, y = _centres(wt, rows.stop - rows.start, cols.stop - cols.start)
-        _paint(img, rows, cols, _cov_convex(_ccw(poly), x, y, canvas.px), car.colour)
+        if win is not None:
+            _paint(img, win, _cov_convex(_ccw(poly), win, canvas.px), car.colour)
     return img
 
 
@@ -1404,13 +1535,16 @@ def _to_dn(params: SynthParams, refl: np.ndarray, date: str, rng: np.random.Gene
     """Sensor model: blur, radiometry (after), noise, quantisation. (B, H, W) uint8."""
     i = 0 if date == BEFORE else 1
     sigma = params.blur_px[i] * blur_scale
-    out = ndimage.gaussian_filter(refl, sigma=(0, sigma, sigma), mode="nearest")
+    out = np.empty_like(refl)
+    for band in range(refl.shape[0]):
+        ndimage.gaussian_filter(refl[band], sigma=sigma, mode="nearest", truncate=3.0,
+                                output=out[band])
     if date == AFTER:
         for b in range(out.shape[0]):
             x = np.clip(out[b], 0.0, None) ** params.gamma[b] * params.gain[b] + params.offset[b]
             out[b] = x * (1 - params.haze[b]) + params.haze[b] * params.airlight
     out *= _DN_PER_REFLECTANCE
-    out += rng.normal(0.0, params.noise_dn[i], size=out.shape).astype(np.float32)
+    out += rng.standard_normal(size=out.shape, dtype=np.float32) * np.float32(params.noise_dn[i])
     return np.clip(np.rint(out), 1, 255).astype(np.uint8)
 
 
@@ -1479,6 +1613,66 @@ def _delivered_grid(params: SynthParams) -> Grid:
     return Grid(dst, Affine(res_x, 0.0, left, 0.0, -res_y, top), height, width)
 
 
+def _render_date(params: SynthParams, world: World, date: str
+                 ) -> tuple[np.ndarray, np.ndarray, Grid]:
+    """One date as delivered: (B, H, W) uint8 image, (H, W) valid mask, its grid.
+
+    The after scene shows the world displaced by the shift: after pixel (c, r) sees
+    the world at before pixel (c - dx, r - dy).
+    """
+    grid = params.grid
+    dx, dy = params.shift_px
+    nb = params.n_bands
+    fields = _Fields(params, _field_pad(params))
+    rng = np.random.default_rng([params.seed, 4 if date == BEFORE else 5])
+    valid = np.ones(grid.shape, bool)
+    if date == BEFORE:
+        canvas = _Canvas(grid.transform, grid.height, grid.width, 0.5, 0.5, 1.0)
+        return _to_dn(params, _render(params, world, fields, canvas, BEFORE), BEFORE,
+                      rng), valid, grid
+    if not params.after_crs:
+        canvas = _Canvas(grid.transform @ Affine.translation(-dx, -dy), grid.height,
+                         grid.width, 0.5 - dx, 0.5 - dy, 1.0)
+        image = _to_dn(params, _render(params, world, fields, canvas, AFTER), AFTER, rng)
+        after_grid = grid
+    else:
+        # rendered finer on the projected grid, then warped into the delivery CRS
+        k = params.oversample
+        pad = _after_pad(params)
+        step = 1.0 / k
+        shape = ((grid.height + 2 * pad) * k, (grid.width + 2 * pad) * k)
+        origin = Affine.translation(-pad, -pad) @ Affine.scale(step)
+        canvas = _Canvas(grid.transform @ Affine.translation(-dx, -dy) @ origin,
+                         shape[0], shape[1], -pad + 0.5 * step - dx, -pad + 0.5 * step - dy,
+                         step)
+        refl = _render(params, world, fields, canvas, AFTER)
+        # blur and radiometry at the fine scale; noise once delivered
+        noiseless = replace(params, noise_dn=(params.noise_dn[0], 0.0))
+        fine = _to_dn(noiseless, refl, AFTER, rng, blur_scale=float(k)).astype(np.float32)
+        del refl
+        after_grid = _delivered_grid(params)
+        src_transform = grid.transform @ origin
+        dst = np.zeros((nb, after_grid.height, after_grid.width), np.float32)
+        reproject(fine, dst, src_transform=src_transform, src_crs=grid.crs,
+                  dst_transform=after_grid.transform, dst_crs=after_grid.crs,
+                  resampling=Resampling.average if k > 1 else Resampling.cubic,
+                  src_nodata=0, dst_nodata=0, num_threads=2)
+        cover = np.zeros((after_grid.height, after_grid.width), np.float32)
+        reproject(np.ones(fine.shape[1:], np.float32), cover, src_transform=src_transform,
+                  src_crs=grid.crs, dst_transform=after_grid.transform,
+                  dst_crs=after_grid.crs, resampling=Resampling.nearest, src_nodata=0,
+                  dst_nodata=0, num_threads=2)
+        valid = cover > 0.5
+        dst += rng.standard_normal(size=dst.shape, dtype=np.float32) * np.float32(
+            params.noise_dn[1])
+        image = np.clip(np.rint(dst), 1, 255).astype(np.uint8)
+    m = params.nodata_margin
+    if m:
+        valid[:m], valid[-m:], valid[:, :m], valid[:, -m:] = False, False, False, False
+    image[:, ~valid] = 0
+    return image, valid, after_grid
+
+
 def make_synthetic_pair(params: SynthParams) -> SynthPair:
     """Render a before/after pair with exact truth.
 
@@ -1494,61 +1688,18 @@ def make_synthetic_pair(params: SynthParams) -> SynthPair:
     world = make_world(params)
     grid = params.grid
     dx, dy = params.shift_px
-    fields = _Fields(params, _field_pad(params))
-    rng_b = np.random.default_rng([params.seed, 4])
-    rng_a = np.random.default_rng([params.seed, 5])
     nb = params.n_bands
-    # before: the world on the before grid
-    canvas_b = _Canvas(grid.transform, grid.height, grid.width, 0.5, 0.5, 1.0)
-    before_img = _to_dn(params, _render(params, world, fields, canvas_b, BEFORE)[:nb],
-                        BEFORE, rng_b)
+    if params.size >= 1536 and (os.cpu_count() or 1) > 1:
+        # the two dates are independent: render the after date in a second process
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+            job = pool.submit(_render_date, params, world, AFTER)
+            before_img, _, _ = _render_date(params, world, BEFORE)
+            after_img, valid, after_grid = job.result()
+    else:
+        before_img, _, _ = _render_date(params, world, BEFORE)
+        after_img, valid, after_grid = _render_date(params, world, AFTER)
     before = Scene(before_img.astype(np.float32), np.ones(grid.shape, bool), grid,
                    "synthetic:before", tuple(range(1, nb + 1)), 3 if params.nir else None)
-    # after: the world displaced by the shift -- after pixel (c, r) sees the world at
-    # before pixel (c - dx, r - dy)
-    if not params.after_crs:
-        canvas_a = _Canvas(grid.transform @ Affine.translation(-dx, -dy), grid.height,
-                           grid.width, 0.5 - dx, 0.5 - dy, 1.0)
-        after_img = _to_dn(params, _render(params, world, fields, canvas_a, AFTER)[:nb],
-                           AFTER, rng_a)
-        after_grid = grid
-        valid = np.ones(grid.shape, bool)
-        m = params.nodata_margin
-        if m:
-            valid[:m], valid[-m:], valid[:, :m], valid[:, -m:] = False, False, False, False
-    else:
-        k = params.oversample
-        pad = _after_pad(params)
-        step = 1.0 / k
-        shape = ((grid.height + 2 * pad) * k, (grid.width + 2 * pad) * k)
-        origin = Affine.translation(-pad, -pad) @ Affine.scale(step)
-        canvas_a = _Canvas(grid.transform @ Affine.translation(-dx, -dy) @ origin,
-                           shape[0], shape[1], -pad + 0.5 * step - dx, -pad + 0.5 * step - dy,
-                           step)
-        refl = _render(params, world, fields, canvas_a, AFTER)[:nb]
-        # blur and radiometry at the fine scale; noise after delivery
-        noiseless = replace(params, noise_dn=(params.noise_dn[0], 0.0))
-        fine = _to_dn(noiseless, refl, AFTER, rng_a, blur_scale=float(k)).astype(np.float32)
-        del refl
-        after_grid = _delivered_grid(params)
-        src_transform = grid.transform @ origin
-        dst = np.zeros((nb, after_grid.height, after_grid.width), np.float32)
-        reproject(fine, dst, src_transform=src_transform, src_crs=grid.crs,
-                  dst_transform=after_grid.transform, dst_crs=after_grid.crs,
-                  resampling=Resampling.average if k > 1 else Resampling.cubic,
-                  src_nodata=0, dst_nodata=0, num_threads=2)
-        cover = np.zeros((after_grid.height, after_grid.width), np.float32)
-        reproject(np.ones(fine.shape[1:], np.float32), cover, src_transform=src_transform,
-                  src_crs=grid.crs, dst_transform=after_grid.transform,
-                  dst_crs=after_grid.crs, resampling=Resampling.nearest, src_nodata=0,
-                  dst_nodata=0, num_threads=2)
-        valid = cover > 0.5
-        m = params.nodata_margin
-        if m:
-            valid[:m], valid[-m:], valid[:, :m], valid[:, -m:] = False, False, False, False
-        dst += rng_a.normal(0.0, params.noise_dn[1], size=dst.shape).astype(np.float32)
-        after_img = np.clip(np.rint(dst), 1, 255).astype(np.uint8)
-    after_img[:, ~valid] = 0
     after = Scene(after_img.astype(np.float32), valid, after_grid, "synthetic:after",
                   tuple(range(1, nb + 1)), 3 if params.nir else None)
     new = [b for b in world.buildings if b.new]
