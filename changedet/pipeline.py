@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -132,30 +132,37 @@ class DetectOptions:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
 
 
-def quicklook(scene: Scene) -> np.ndarray:
+def quicklook(scene: Scene, limits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A display image of a scene: visible bands stretched to 8 bits.
 
     Parameters
     ----------
     scene : Scene
+    limits : (3, 2) ndarray of float, optional
+        Per displayed band ``(low, high)`` values mapped to 0 and 255; default the
+        2nd and 98th percentiles over valid pixels. Passing the before scene's
+        limits for the (normalised) after scene shows both in the same colours.
 
     Returns
     -------
-    (H, W, 3) ndarray of uint8
-        Each band stretched between its 2nd and 98th percentile over valid pixels;
-        a single band is shown as grey; invalid pixels are black.
+    image : (H, W, 3) ndarray of uint8
+        A single band is shown as grey; invalid pixels are black.
+    limits : (3, 2) ndarray of float
+        The limits used.
     """
     vis = scene.visible[:3]
     if vis.shape[0] < 3:
         vis = np.repeat(vis[:1], 3, axis=0)
-    out = np.zeros(vis.shape[1:] + (3,), dtype=np.uint8)
     valid = scene.valid
-    for i, band in enumerate(vis):
-        lo, hi = np.percentile(band[valid], [2, 98]) if valid.any() else (0.0, 1.0)
+    if limits is None:
+        limits = (np.percentile(vis[:, valid], [2, 98], axis=1).T if valid.any()
+                  else np.tile([0.0, 1.0], (3, 1)))
+    out = np.zeros(vis.shape[1:] + (3,), dtype=np.uint8)
+    for i, (band, (lo, hi)) in enumerate(zip(vis, limits)):
         scaled = (band - lo) / max(float(hi - lo), 1e-6)
         out[..., i] = np.clip(scaled * 255 + 0.5, 0, 255).astype(np.uint8)
     out[~valid] = 0
-    return out
+    return out, np.asarray(limits, dtype=float)
 
 
 def default_site_gap_m(pixel_size_m: float) -> float:
@@ -266,7 +273,10 @@ def run_detection(
     if aoi is not None:
         valid &= aoi.mask
     change = np.where(valid, (labels > 0).astype(np.uint8), np.uint8(255)).astype(np.uint8)
-    looks = {"before": quicklook(pair.before), "after": quicklook(pair.after)}
+    look_before, limits = quicklook(pair.before)
+    normalised = getattr(evidence, "after_normalised", None)
+    shown_after = pair.after if normalised is None else replace(pair.after, image=normalised)
+    looks = {"before": look_before, "after": quicklook(shown_after, limits)[0]}
     params_used = opts.as_dict() | {"site_gap_m": gap_m,
                                     "min_area_m2_used": getattr(params, "min_area_m2", None),
                                     "threshold": float(evidence.threshold)}

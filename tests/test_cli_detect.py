@@ -337,3 +337,21 @@ def test_rio_plugin_entry_point() -> None:
     group = getattr(importlib.import_module(module), name)
     assert group is main
     assert {"detect", "measure", "demo"} <= set(group.commands)
+
+
+def test_runs_as_rio_plugin(tmp_path: Path) -> None:
+    """``rio changedet ...``: the group works under rasterio's ``rio`` (own process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from rasterio.rio.main import main_group\n"
+            "from changedet.cli import main\n"
+            "main_group.add_command(main, 'changedet')\n"
+            "main_group(['changedet', 'measure', sys.argv[1]])\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    missing = tmp_path / "missing.gpkg"
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(missing)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"Error: {missing}: no such file"

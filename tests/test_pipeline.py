@@ -68,11 +68,13 @@ def test_quicklook_stretch() -> None:
     image = np.stack([np.tile(np.arange(30, dtype=np.float32), (20, 1))] * 3) * 10
     valid = np.ones((20, 30), dtype=bool)
     valid[0, 0] = False
-    look = quicklook(Scene(image, valid, grid))
+    look, limits = quicklook(Scene(image, valid, grid))
+    assert limits.shape == (3, 2)
+    np.testing.assert_array_equal(quicklook(Scene(image, valid, grid), limits)[0], look)
     assert look.shape == (20, 30, 3) and look.dtype == np.uint8
     assert look[0, 0].tolist() == [0, 0, 0]
     assert look[5, -1, 0] == 255 and look[5, 1, 0] < 20
-    grey = quicklook(Scene(image[:1], valid, grid))
+    grey, _ = quicklook(Scene(image[:1], valid, grid))
     np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
 
 
