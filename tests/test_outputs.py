@@ -235,3 +235,18 @@ def test_unwritable_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_missing_parent(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="no such folder"):
         write_outputs(fake_result(), tmp_path / "a" / "b")
+
+
+def test_no_building_found(tmp_path: Path) -> None:
+    from changedet.measure import check_claim
+
+    res = fake_result()
+    res.buildings, res.sites = [], []
+    res.claim = check_claim([], 13000.0, n_sites=3)
+    write_outputs(res, tmp_path / "o")
+    doc = json.loads((tmp_path / "o" / "new_buildings.geojson").read_text())
+    assert doc == {"type": "FeatureCollection", "features": []}
+    assert [n for n, _ in pyogrio.list_layers(tmp_path / "o" / "new_buildings.gpkg")] == \
+        ["new_buildings", "sites"]
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "3 not found" in html
