@@ -3,14 +3,17 @@
 A new building is built-up in the after scene and was not in the before scene. Per
 pixel we measure how much the (radiometrically normalised) colour changed, in units of
 the no-change noise, and discount what a roof is not: vegetation (NDVI, or a
-visible-band greenness index without near-infrared), shadow in either date (which also
-removes the moved shadows of old buildings), and pixels that were already roof-like and
-dark-to-bright only. Candidate regions are then judged as objects: a roof is compact,
-at least a few metres wide, and casts a shadow on its anti-sun side; the sun azimuth is
-estimated from the candidates themselves when no metadata gives it. Finally each kept
-object's outline is re-drawn at the half-way level of its own change signal, so that a
-boundary pixel counts in proportion to the part of it the roof covers (sub-pixel-honest
-areas).
+visible-band green-dominance index without near-infrared, judged on each date's own
+colours), cast shadow in the after date (darkening that keeps the before colour's
+spectral direction; a self-shaded roof facet is a new colour), shadow in the before
+date (the moved shadows of old buildings) and fine texture (disturbed earth, rubble,
+cars, foliage). Buildings are found by hysteresis: the automatic (or given) threshold
+seeds them, half of it draws their extent. Candidate regions are then judged as
+objects: at least a few metres wide, at least the minimum area, and casting a shadow
+on the anti-sun side; the sun azimuth is estimated from the candidates themselves
+when no metadata gives it (the shadow test is skipped when no direction stands out).
+Outlines are finally re-drawn on the change evidence without the texture term, which
+is raised along any strong edge and would otherwise shave a rim off every roof.
 
 Every size is given in metres and converted with the pixel size, so the same defaults
 work at 0.3 m, 0.5 m or 2 m. Every stage can run on a window with a halo when given the
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_otsu
+from skimage.filters import apply_hysteresis_threshold, threshold_otsu
 
 from ._log import logger
 from .radiometry import RadiometricFit, fit_radiometry
@@ -61,7 +64,8 @@ class DetectionParams:
     require_shadow : bool
         Drop candidates that cast no shadow when a sun direction is known or found.
     refine_edges : bool
-        Re-draw each outline at half of its own change signal.
+        Re-draw each outline on the change evidence without the texture term, at
+        half the detection threshold.
     fit : RadiometricFit or None
         A precomputed radiometric fit (e.g. from a decimated first pass); None: fit
         on the given scenes.
@@ -124,6 +128,7 @@ class Evidence:
     shadow_before: np.ndarray | None = field(default=None, repr=False)
     diff: np.ndarray | None = field(default=None, repr=False)
     new_shadow: np.ndarray | None = field(default=None, repr=False)
+    extent: np.ndarray | None = field(default=None, repr=False)
 
 
 def _pixel_size_m(scene: Scene) -> float:
@@ -132,7 +137,7 @@ def _pixel_size_m(scene: Scene) -> float:
 
 
 def vegetation_index(image: np.ndarray, nir: int | None) -> tuple[np.ndarray, bool]:
-    """NDVI when a near-infrared band exists, else the normalised excess-green index.
+    """NDVI when a near-infrared band exists, else a normalised green-dominance index.
 
     Parameters
     ----------
@@ -144,7 +149,9 @@ def vegetation_index(image: np.ndarray, nir: int | None) -> tuple[np.ndarray, bo
     Returns
     -------
     index : (H, W) ndarray of float32
-        In -1..1 (NDVI) or -1..1 ((2G - R - B) / (R + G + B) scaled to that range).
+        In -1..1: NDVI, or ``(G - max(R, B)) / (G + max(R, B))``. Green must exceed
+        both red and blue: leaves do, while teal or cyan roofs (green about equal to
+        blue) and grey surfaces do not, unlike the excess-green index.
     is_ndvi : bool
     """
     eps = np.float32(1e-6)
@@ -156,7 +163,8 @@ def vegetation_index(image: np.ndarray, nir: int | None) -> tuple[np.ndarray, bo
     if image.shape[0] < 3:
         return np.zeros(image.shape[1:], np.float32), False
     r, g, b = (np.maximum(image[i], 0) for i in range(3))
-    return ((2 * g - r - b) / (r + g + b + eps)).astype(np.float32), False
+    rb = np.maximum(r, b)
+    return ((g - rb) / (g + rb + eps)).astype(np.float32), False
 
 
 def _vegetation_level(idx_before: np.ndarray, idx_after: np.ndarray, valid: np.ndarray,
@@ -164,10 +172,10 @@ def _vegetation_level(idx_before: np.ndarray, idx_after: np.ndarray, valid: np.n
     """Index level that separates vegetation from the rest.
 
     Otsu on both dates together, kept within the physically sensible range for the
-    index (NDVI of green leaves exceeds 0.2-0.5; excess green of foliage 0.03-0.15),
+    index (NDVI of green leaves exceeds 0.2-0.5; green dominance of foliage 0.02-0.1),
     so a scene without vegetation does not turn its greenest roofs into trees.
     """
-    lo, hi = (0.2, 0.5) if is_ndvi else (0.03, 0.15)
+    lo, hi = (0.2, 0.5) if is_ndvi else (0.02, 0.10)
     v = np.concatenate([idx_before[valid][::7], idx_after[valid][::7]])
     try:
         t = float(threshold_otsu(v))
@@ -186,17 +194,14 @@ def _brightness(image: np.ndarray, nir: int | None) -> np.ndarray:
     return image[keep].mean(axis=0).astype(np.float32)
 
 
-def _shadow_map(bright: np.ndarray, valid: np.ndarray, vegetation: np.ndarray) -> np.ndarray:
+def _shadow_map(bright: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Shadow likelihood 0..1 from brightness.
 
     A surface in shadow receives only skylight, a fraction of the sunlit irradiance;
-    we call a pixel shadow when it is darker than half the median brightness of the
-    sunlit, unvegetated ground (with a soft ramp of a tenth of that median).
+    we call a pixel shadow when it is darker than half the scene's median brightness
+    (most of a scene is sunlit), with a soft ramp of a tenth of that median.
     """
-    ground = valid & (vegetation < 0.5)
-    if ground.sum() < 100:
-        ground = valid
-    med = float(np.median(bright[ground][::5]))
+    med = float(np.median(bright[valid][::5]))
     return 1.0 - _soft_above(bright, 0.5 * med, 0.1 * med)
 
 
@@ -208,8 +213,69 @@ def _homogeneity(bright: np.ndarray, pixel_m: float) -> np.ndarray:
     return np.clip(1.5 - grad / (2 * ref), 0.0, 1.0).astype(np.float32)
 
 
+def _same_direction(a: np.ndarray, b: np.ndarray, nir: int | None) -> np.ndarray:
+    """1 where two colour vectors point the same way (within about 5 degrees),
+    0 beyond about 10 degrees; visible bands only."""
+    keep = [i for i in range(a.shape[0]) if i != nir]
+    dot = np.zeros(a.shape[1:], np.float32)
+    na = np.zeros_like(dot)
+    nb = np.zeros_like(dot)
+    for i in keep:
+        dot += a[i] * b[i]
+        na += a[i] * a[i]
+        nb += b[i] * b[i]
+    cos = dot / np.sqrt(na * nb + 1e-6)
+    return np.clip((cos - math.cos(math.radians(10))) /
+                   (math.cos(math.radians(5)) - math.cos(math.radians(10))), 0, 1
+                   ).astype(np.float32)
+
+
+def _pixel_noise(image: np.ndarray) -> np.ndarray:
+    """Per-band noise standard deviation from the residual to the 4-neighbour mean.
+
+    For white noise of deviation s that residual has deviation 1.118 s; the median
+    absolute residual is robust to edges and texture, which touch few pixels.
+
+    Parameters
+    ----------
+    image : (B, H, W) ndarray
+
+    Returns
+    -------
+    (B,) ndarray of float64
+    """
+    out = np.empty(image.shape[0])
+    for b in range(image.shape[0]):
+        x = image[b, ::2, ::2] if image.shape[1] * image.shape[2] > 4_000_000 else image[b]
+        r = x[1:-1, 1:-1] - 0.25 * (x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:])
+        out[b] = max(1.4826 * float(np.median(np.abs(r))) / 1.118, 1e-3)
+    return out
+
+
+def _smoothness(image: np.ndarray, nir: int | None, pixel_m: float,
+                noise: np.ndarray) -> np.ndarray:
+    """1 where the fine texture is within twice the noise, 0 beyond four times.
+
+    Texture is the local RMS of the residual from a half-metre blur, so a single
+    straight edge (a roof outline) raises it only within a pixel or two, whereas
+    rubble, disturbed earth, cars and foliage raise it everywhere.
+    """
+    s = max(0.7, 0.5 / pixel_m)
+    keep = [i for i in range(image.shape[0]) if i != nir]
+    out = np.zeros(image.shape[1:], np.float32)
+    for i in keep:
+        res = image[i] - ndimage.gaussian_filter(image[i], s)
+        sd = np.sqrt(ndimage.gaussian_filter(res * res, s)) / np.float32(noise[i])
+        out += np.clip((4.0 - sd) / 2.0, 0.0, 1.0)
+    return out / len(keep)
+
+
 def new_building_evidence(
-    before: Scene, after: Scene, params: DetectionParams = DetectionParams()
+    before: Scene,
+    after: Scene,
+    params: DetectionParams = DetectionParams(),
+    *,
+    after_raw: np.ndarray | None = None,
 ) -> Evidence:
     """Per-pixel evidence of new building.
 
@@ -220,8 +286,11 @@ def new_building_evidence(
     after : Scene
         After scene, registered and radiometrically normalised, on the same grid.
     params : DetectionParams
-        ``threshold`` overrides the automatic one; ``fit.sigma`` (when given) sets the
-        noise scale, else it is estimated from the data.
+        ``threshold`` overrides the automatic one.
+    after_raw : (B, H, W) ndarray, optional
+        The after bands before normalisation. Vegetation is judged on each date's own
+        colours: mapping a scene dominated by grass onto another date bends the
+        colours of rare materials (a teal roof can come out green).
 
     Returns
     -------
@@ -232,13 +301,12 @@ def new_building_evidence(
     b_img, a_img = before.image, after.image
     nb = b_img.shape[0]
     diff = (a_img - b_img).astype(np.float32)
-    if params.fit is not None:
-        sigma = np.asarray(params.fit.sigma, np.float32)
-    else:
-        sigma = np.array([1.4826 * np.median(np.abs(diff[b][valid][::3]
-                          - np.median(diff[b][valid][::3]))) for b in range(nb)],
-                         np.float32)
-        sigma = np.maximum(sigma, 1e-3)
+    # The unit of change is the sensor noise of the two dates, measured on each
+    # image's own pixel-to-pixel residual. The scatter of unchanged pixels about the
+    # radiometric fit is not used: where most of a scene changed (a new suburb on
+    # cleared land) it is dominated by the change itself.
+    noise_a = _pixel_noise(a_img)
+    sigma = np.hypot(_pixel_noise(b_img), noise_a).astype(np.float32)
     # Noise at the pixel level is reduced by a light blur (about half a metre), small
     # enough to keep the roof edges in place.
     z2 = np.zeros(valid.shape, np.float32)
@@ -249,15 +317,15 @@ def new_building_evidence(
     change[~valid] = 0.0
 
     vi_b, is_ndvi = vegetation_index(b_img, before.nir)
-    vi_a, _ = vegetation_index(a_img, after.nir)
+    vi_a, _ = vegetation_index(a_img if after_raw is None else after_raw, after.nir)
     level = _vegetation_level(vi_b, vi_a, valid, is_ndvi)
     width = 0.1 if is_ndvi else 0.02
     veg_b = _soft_above(vi_b, level, width)
     veg_a = _soft_above(vi_a, level, width)
     br_b = _brightness(b_img, before.nir)
     br_a = _brightness(a_img, after.nir)
-    sh_b = _shadow_map(br_b, valid, veg_b)
-    sh_a = _shadow_map(br_a, valid, veg_a)
+    sh_b = _shadow_map(br_b, valid)
+    sh_a = _shadow_map(br_a, valid)
     built_b = (1 - veg_b) * (1 - sh_b) * _homogeneity(br_b, pixel_m)
     built_a = (1 - veg_a) * (1 - sh_a) * _homogeneity(br_a, pixel_m)
     # Dark trees are vegetation, not shadow: only unvegetated dark pixels count as
@@ -266,8 +334,15 @@ def new_building_evidence(
     new_shadow = sh_a * (1 - sh_b)
     sh_a = sh_a * (1 - veg_a)
     sh_b = sh_b * (1 - veg_b)
-    score = change * (1 - veg_a) * (1 - sh_a) * (1 - sh_b)
-    score[~valid] = 0.0
+    # Roofs are smooth at the metre scale; disturbed earth, rubble, cars and tree
+    # crowns are not. Texture is measured against the sensor noise of the after date.
+    smooth_a = _smoothness(a_img, after.nir, pixel_m, noise_a)
+    # A dark pixel of the after date is a cast shadow when it is the before colour
+    # darkened (same spectral direction); a self-shaded roof facet is a new colour.
+    cast = sh_a * _same_direction(a_img, b_img, after.nir)
+    extent = change * (1 - veg_a) * (1 - cast) * (1 - sh_b)
+    extent[~valid] = 0.0
+    score = extent * smooth_a
     if params.threshold is not None:
         threshold = float(params.threshold)
     else:
@@ -288,14 +363,21 @@ def new_building_evidence(
         shadow_after=sh_a,
         shadow_before=sh_b,
         new_shadow=new_shadow,
+        extent=extent.astype(np.float32),
         diff=diff,
     )
 
 
 def _auto_threshold(score: np.ndarray, valid: np.ndarray, floor: float) -> float:
-    """Otsu on the log of the score over valid pixels, never below ``floor``."""
+    """Otsu on the log of the scores above ``floor`` (valid pixels).
+
+    Below the floor lies sensor noise, whose log has a long left tail that would
+    draw Otsu into splitting the noise itself. Above it lie nuisance change
+    (materials lit by another sun, cars, seasonal colour) and new construction; the
+    log makes their spreads comparable, as Otsu assumes.
+    """
     v = score[valid]
-    v = v[v > 0][:: max(1, v.size // 500_000)]
+    v = v[v > floor][:: max(1, v.size // 500_000)]
     if v.size < 100:
         return floor
     try:
@@ -328,10 +410,8 @@ def _shadow_side_fractions(labels: np.ndarray, n: int, shadow: np.ndarray,
         az = math.radians(j * 360.0 / _N_DIRECTIONS)
         dc = int(round(reach_px * math.sin(az)))
         dr = int(round(-reach_px * math.cos(az)))
-        # The label of the object that lies reach_px towards the sun from each pixel:
-        # a pixel outside an object whose neighbour sunward is object k lies on k's
-        # anti-sun side... here we want the side *facing* direction az, so shift the
-        # labels by +offset.
+        # Move every label reach_px in direction az: the moved pixels that leave
+        # their object form the strip beside it on that side.
         shifted = np.zeros_like(labels)
         hs = labels.shape
         src_r = slice(max(0, -dr), hs[0] - max(0, dr))
@@ -358,7 +438,7 @@ def _estimate_sun(frac: np.ndarray, areas: np.ndarray) -> float | None:
         return None
     f = frac[1:]
     contrast = f - np.roll(f, _N_DIRECTIONS // 2, axis=1)
-    w = np.sqrt(areas[1:])
+    w = areas[1:]
     vote = (contrast * w[:, None]).sum(0) / max(w.sum(), 1e-9)
     j = int(np.argmax(vote))
     # A real sun leaves a clear shadow beside at least one candidate; without one
@@ -393,7 +473,13 @@ def segment_new_buildings(
         0 background, 1..N one label per new building.
     """
     min_area_px = params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2
-    cand = (evidence.score > evidence.threshold) & valid
+    # Hysteresis: the threshold finds buildings, half of it draws their extent (the
+    # half-way level of a roof's contrast is where its edge lies).
+    low = max(params.min_sigma, 0.5 * evidence.threshold)
+    cand = apply_hysteresis_threshold(np.where(valid, evidence.score, 0), low,
+                                      evidence.threshold)
+    # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
+    cand = ndimage.binary_closing(cand, _disk(0.5 * params.min_width_m / pixel_size_m)) & valid
     # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
     cand = ndimage.binary_opening(cand, _disk(0.5 * params.min_width_m / pixel_size_m))
     labels, n = ndimage.label(cand)
@@ -420,16 +506,18 @@ def segment_new_buildings(
         evidence.sun_azimuth_deg = sun
         if sun is not None:
             j = int(round(((sun + 180.0) % 360.0) / (360.0 / _N_DIRECTIONS))) % _N_DIRECTIONS
-            # The shadow may fall a little to either side of the probe directions.
-            side = frac[:, [(j - 1) % _N_DIRECTIONS, j, (j + 1) % _N_DIRECTIONS]].max(1)
+            # The shadow of a box seen along a diagonal shows best in the probes
+            # beside it: accept any within 45 degrees of the anti-sun direction.
+            side = frac[:, [(j + d) % _N_DIRECTIONS for d in (-2, -1, 0, 1, 2)]].max(1)
             opp = frac[:, (j + _N_DIRECTIONS // 2) % _N_DIRECTIONS]
             keep &= (side - opp) > 0.15
             logger.info("segment: sun azimuth %.0f deg; %d of %d candidates cast a "
                         "shadow", sun, int(keep.sum()), n)
     labels = np.where(keep[labels], labels, 0)
     labels, n = ndimage.label(labels > 0)
-    if params.refine_edges and evidence.diff is not None:
-        labels = _refine_edges(labels, n, evidence.diff, valid, pixel_size_m)
+    if params.refine_edges and evidence.extent is not None:
+        labels = _regrow_edges(labels, evidence.extent, valid, pixel_size_m,
+                               max(params.min_sigma, 0.5 * evidence.threshold))
         labels, n = ndimage.label(labels > 0)
     # Holes smaller than a building are roof furniture or noise, not courtyards.
     labels = _fill_small_holes(labels, min_area_px)
@@ -463,55 +551,23 @@ def _fill_small_holes(labels: np.ndarray, max_hole_px: float) -> np.ndarray:
     return out
 
 
-def _refine_edges(labels: np.ndarray, n: int, diff: np.ndarray, valid: np.ndarray,
-                  pixel_m: float) -> np.ndarray:
-    """Redraw each object where its change signal crosses half its roof level.
+def _regrow_edges(labels: np.ndarray, extent: np.ndarray, valid: np.ndarray,
+                  pixel_m: float, level: float) -> np.ndarray:
+    """Redraw each object's outline on the change evidence without the texture term.
 
-    Inside a new roof the colour difference is close to one vector ``v`` (roof colour
-    minus old ground colour); a boundary pixel a fraction ``f`` covered by the roof
-    differs by about ``f v``. Projecting the difference onto ``v`` and keeping pixels
-    above one half counts a boundary pixel in proportion to its cover, so the area is
-    honest to a fraction of a pixel along the whole perimeter.
+    The texture measure is raised within a pixel or two of any strong edge, so
+    objects found on the score lose a rim; their true outline is where the change
+    itself (vegetation and shadow discounted) falls below half the detection
+    threshold, searched within two metres of the object.
     """
-    out = np.zeros_like(labels)
-    margin = int(math.ceil(max(2.0, 2.0 / pixel_m)))
-    core_r = _disk(max(1.0, 1.0 / pixel_m))
-    grow_r = _disk(max(1.5, 1.5 / pixel_m))
-    h, w = labels.shape
-    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        r0 = max(0, sl[0].start - margin)
-        r1 = min(h, sl[0].stop + margin)
-        c0 = max(0, sl[1].start - margin)
-        c1 = min(w, sl[1].stop + margin)
-        obj = labels[r0:r1, c0:c1] == k
-        core = ndimage.binary_erosion(obj, core_r)
-        if core.sum() < 9:
-            out[r0:r1, c0:c1][obj] = k
-            continue
-        d = diff[:, r0:r1, c0:c1]
-        v = np.median(d[:, core], axis=1)
-        vv = float(v @ v)
-        if vv <= 0:
-            out[r0:r1, c0:c1][obj] = k
-            continue
-        p = np.tensordot(v, d, axes=(0, 0)) / vv
-        reach = ndimage.binary_dilation(obj, grow_r) & valid[r0:r1, c0:c1]
-        new = (p > 0.5) & reach
-        # Keep only what is connected to the object's core.
-        lab, _ = ndimage.label(new)
-        ids = np.unique(lab[core & new])
-        ids = ids[ids > 0]
-        new = np.isin(lab, ids)
-        # A roof that does not contrast evenly with its surroundings (a mixed old
-        # background) gives a projection unfit for re-drawing: keep the first outline.
-        ratio = new.sum() / max(obj.sum(), 1)
-        if not 0.8 <= ratio <= 1.25:
-            new = obj
-        region = out[r0:r1, c0:c1]
-        region[new & (region == 0)] = k
-    return out
+    grow = _disk(max(1.5, 2.0 / pixel_m))
+    near = ndimage.grey_dilation(labels, footprint=grow)
+    out = np.where((extent > level) & valid & (near > 0), near, 0)
+    out[labels > 0] = labels[labels > 0]
+    # Keep only the part connected to each object.
+    cc, _ = ndimage.label(out > 0)
+    keep = np.unique(cc[labels > 0])
+    return np.where(np.isin(cc, keep[keep > 0]), out, 0)
 
 
 def detect_new_buildings(
@@ -538,6 +594,7 @@ def detect_new_buildings(
         fit = fit_radiometry(before.image, after.image, valid, keep_weight=False)
         params = replace(params, fit=fit)
     normalised = replace(after, image=fit.apply(after.image), valid=valid)
-    evidence = new_building_evidence(replace(before, valid=valid), normalised, params)
+    evidence = new_building_evidence(replace(before, valid=valid), normalised, params,
+                                     after_raw=after.image)
     labels = segment_new_buildings(evidence, valid, _pixel_size_m(before), params)
     return labels, evidence

@@ -103,6 +103,11 @@ def match_objects(
     return matches
 
 
+def _round(x: float, digits: int) -> float:
+    """Rounded, with -0.0 written as 0.0 (outputs are compared as text)."""
+    return round(float(x), digits) + 0.0
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else 0.0
 
@@ -118,6 +123,23 @@ def _rasterise(geoms: Sequence[shapely.Geometry], grid: Grid) -> np.ndarray:
         [(g, 1) for g in geoms], out_shape=grid.shape, transform=grid.transform,
         fill=0, dtype="uint8")
     return out.astype(bool)
+
+
+def _mostly_valid(geoms: Sequence[shapely.Geometry], grid: Grid,
+                  valid: np.ndarray) -> list[int]:
+    """Indices of the objects with at least half of their pixels valid.
+
+    Objects too small to hold a pixel centre are kept.
+    """
+    if not geoms:
+        return []
+    labels = rasterio.features.rasterize(
+        [(g, i + 1) for i, g in enumerate(geoms)], out_shape=grid.shape,
+        transform=grid.transform, fill=0, dtype="int32")
+    index = np.arange(1, len(geoms) + 1)
+    counts = ndimage.sum_labels(np.ones(grid.shape), labels, index)
+    good = ndimage.sum_labels(np.asarray(valid, bool), labels, index)
+    return [i for i in range(len(geoms)) if counts[i] == 0 or good[i] >= 0.5 * counts[i]]
 
 
 def evaluate(
@@ -140,7 +162,9 @@ def evaluate(
         When both sides are polygons and ``grid`` is None, the pixel scores are the
         exact area overlaps of the two unions (m²).
     valid : (H, W) ndarray of bool, optional
-        Pixels that count in the pixel scores (e.g. excluding no data); default all.
+        Pixels that count (e.g. excluding no data); default all. Objects with less
+        than half of their pixels valid are left out of the object scores too
+        (counted in ``n_outside_valid``).
     iou_threshold : float
         Object matching threshold (0.5, SpaceNet).
 
@@ -150,7 +174,8 @@ def evaluate(
         ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``, ``n_pred``,
         ``n_truth``; ``pixel_precision``, ``pixel_recall``, ``pixel_iou``,
         ``pixel_f1``; ``pred_area_m2``, ``truth_area_m2`` (summed object areas),
-        ``total_area_error_pct`` (signed, (pred - truth) / truth); ``mean_abs_object_area_error_pct`` over
+        ``total_area_error_pct`` (signed, (pred - truth) / truth);
+        ``mean_abs_object_area_error_pct`` over
         matches; ``per_object``: one row per match (``status`` "tp") and per
         unmatched prediction ("fp") or truth ("fn"), with ids, IoU, areas and the
         signed area error (m² and %).
@@ -159,6 +184,15 @@ def evaluate(
         raise ProcessingError("evaluation needs a projected grid (areas in m²)")
     p_ids, p_geoms, p_mask = _objects(pred, grid, "prediction")
     t_ids, t_geoms, t_mask = _objects(truth, grid, "truth")
+    n_dropped = {"pred": 0, "truth": 0}
+    if valid is not None and grid is not None:
+        # What lies (mostly) in no data could not be seen: it is neither hit nor miss.
+        keep_p = _mostly_valid(p_geoms, grid, valid)
+        keep_t = _mostly_valid(t_geoms, grid, valid)
+        n_dropped = {"pred": len(p_geoms) - len(keep_p),
+                     "truth": len(t_geoms) - len(keep_t)}
+        p_ids, p_geoms = [p_ids[i] for i in keep_p], [p_geoms[i] for i in keep_p]
+        t_ids, t_geoms = [t_ids[i] for i in keep_t], [t_geoms[i] for i in keep_t]
 
     matches = match_objects(p_geoms, t_geoms, iou_threshold)
     tp = len(matches)
@@ -175,23 +209,23 @@ def evaluate(
         abs_errors.append(abs(err_pct))
         per_object.append({
             "status": "tp", "pred_id": p_ids[p], "truth_id": t_ids[t],
-            "iou": round(iou, 4), "pred_area_m2": round(pa, 1),
-            "truth_area_m2": round(ta, 1), "area_error_m2": round(pa - ta, 1),
-            "area_error_pct": round(err_pct, 2),
+            "iou": _round(iou, 4), "pred_area_m2": _round(pa, 1),
+            "truth_area_m2": _round(ta, 1), "area_error_m2": _round(pa - ta, 1),
+            "area_error_pct": _round(err_pct, 2),
         })
     matched_p = {m[0] for m in matches}
     matched_t = {m[1] for m in matches}
     for p in range(len(p_geoms)):
         if p not in matched_p:
             per_object.append({"status": "fp", "pred_id": p_ids[p], "truth_id": None,
-                               "iou": None, "pred_area_m2": round(p_geoms[p].area, 1),
+                               "iou": None, "pred_area_m2": _round(p_geoms[p].area, 1),
                                "truth_area_m2": None, "area_error_m2": None,
                                "area_error_pct": None})
     for t in range(len(t_geoms)):
         if t not in matched_t:
             per_object.append({"status": "fn", "pred_id": None, "truth_id": t_ids[t],
                                "iou": None, "pred_area_m2": None,
-                               "truth_area_m2": round(t_geoms[t].area, 1),
+                               "truth_area_m2": _round(t_geoms[t].area, 1),
                                "area_error_m2": None, "area_error_pct": None})
 
     if grid is None and p_mask is None and t_mask is None:
@@ -219,23 +253,24 @@ def evaluate(
     return {
         "iou_threshold": iou_threshold,
         "n_pred": len(p_geoms),
+        "n_outside_valid": n_dropped,
         "n_truth": len(t_geoms),
         "tp": tp,
         "fp": fp,
         "fn": fn,
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "f1": round(_f1(precision, recall), 4),
+        "precision": _round(precision, 4),
+        "recall": _round(recall, 4),
+        "f1": _round(_f1(precision, recall), 4),
         "pixel_basis": basis,
-        "pixel_precision": round(pixel_precision, 4),
-        "pixel_recall": round(pixel_recall, 4),
-        "pixel_iou": round(_ratio(inter, inter + p_only + t_only), 4),
-        "pixel_f1": round(_f1(pixel_precision, pixel_recall), 4),
-        "pred_area_m2": round(pred_area, 1),
-        "truth_area_m2": round(truth_area, 1),
-        "total_area_error_pct": (round(100.0 * _ratio(pred_area - truth_area, truth_area), 2)
+        "pixel_precision": _round(pixel_precision, 4),
+        "pixel_recall": _round(pixel_recall, 4),
+        "pixel_iou": _round(_ratio(inter, inter + p_only + t_only), 4),
+        "pixel_f1": _round(_f1(pixel_precision, pixel_recall), 4),
+        "pred_area_m2": _round(pred_area, 1),
+        "truth_area_m2": _round(truth_area, 1),
+        "total_area_error_pct": (_round(100.0 * _ratio(pred_area - truth_area, truth_area), 2)
                                  if truth_area > 0 else None),
-        "mean_abs_object_area_error_pct": (round(float(np.mean(abs_errors)), 2)
+        "mean_abs_object_area_error_pct": (_round(float(np.mean(abs_errors)), 2)
                                            if abs_errors else None),
         "per_object": per_object,
     }

@@ -40,6 +40,14 @@ def _is_mercator(crs: CRS) -> bool:
     return "mercator" in name and "transverse" not in name and "oblique" not in name
 
 
+def _in_metres(crs: CRS) -> bool:
+    """True when the projected CRS's linear unit is the metre (not US feet...)."""
+    try:
+        return abs(crs.linear_units_factor[1] - 1.0) < 1e-9
+    except Exception:  # noqa: BLE001 - CRSs without a defined linear unit
+        return False
+
+
 def metric_crs(crs: object, bounds: Sequence[float]) -> CRS:
     """The CRS in which to measure geometries that lie within ``bounds`` of ``crs``.
 
@@ -53,17 +61,16 @@ def metric_crs(crs: object, bounds: Sequence[float]) -> CRS:
     Returns
     -------
     rasterio.crs.CRS
-        ``crs`` itself when it is projected, not a Mercator, and its areal scale at the
+        ``crs`` itself when it is projected in metres, not a Mercator, and its areal scale at the
         centre of ``bounds`` is within ``MAX_AREAL_SCALE_ERROR`` of 1; otherwise the
         local UTM zone (or a local Lambert equal-area beyond UTM's latitudes).
     """
     crs = _as_crs(crs)
     minx, miny, maxx, maxy = (float(b) for b in bounds)
     cx, cy = (minx + maxx) / 2.0, (miny + maxy) / 2.0
-    if crs.is_geographic:
-        lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(cx, cy)
-        return _local_projected_crs(lon, lat)
     lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(cx, cy)
+    if crs.is_geographic or not _in_metres(crs):
+        return _local_projected_crs(lon, lat)
     if not _is_mercator(crs):
         try:
             factors = Proj(ProjCRS.from_wkt(crs.to_wkt())).get_factors(lon, lat)
@@ -134,7 +141,7 @@ def _geodesic_areas(geoms: Sequence[shapely.Geometry], crs: CRS) -> list[float]:
 
 def _r1(x: float) -> float:
     """Round to 0.1 (m or m²), deterministically, as plain float."""
-    return float(round(float(x), 1))
+    return round(float(x), 1) + 0.0  # + 0.0 writes -0.0 as 0.0
 
 
 @dataclass

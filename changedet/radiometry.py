@@ -38,7 +38,7 @@ class RadiometricFit:
     knots_after, knots_before : (B, K) ndarray of float64
         Paired quantiles: after value ``knots_after[b, k]`` maps onto
         ``knots_before[b, k]``; between knots the map is linear, beyond the ends it
-        continues with the slope of the outer segments; trailing NaNs pad bands
+        continues with the slope of the outer tenth of the knots; trailing NaNs pad bands
         that needed fewer knots.
     sigma : (B,) ndarray of float64
         Robust standard deviation of the residual (before - normalised after) on
@@ -106,8 +106,11 @@ def _monotone_map(x: np.ndarray, xk: np.ndarray, yk: np.ndarray) -> np.ndarray:
     keep = np.isfinite(xk)
     xk, yk = xk[keep], yk[keep]
     y = np.interp(x, xk, yk).astype(np.float32)
-    lo_slope = (yk[1] - yk[0]) / max(xk[1] - xk[0], 1e-12)
-    hi_slope = (yk[-1] - yk[-2]) / max(xk[-1] - xk[-2], 1e-12)
+    # Slopes over the outer tenth of the knots: the last segment alone is too
+    # noisy to carry bright roofs or deep shadows far beyond the fitted range.
+    k = max(1, min(xk.size - 1, xk.size // 10))
+    lo_slope = (yk[k] - yk[0]) / max(xk[k] - xk[0], 1e-12)
+    hi_slope = (yk[-1] - yk[-1 - k]) / max(xk[-1] - xk[-1 - k], 1e-12)
     lo = x < xk[0]
     hi = x > xk[-1]
     y[lo] = yk[0] + lo_slope * (x[lo] - xk[0])
@@ -135,10 +138,17 @@ def _strictly_increasing(xk: np.ndarray, yk: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _robust_sigma(r: np.ndarray, w: np.ndarray) -> float:
-    """Weighted MAD scale of residuals, floored so a noiseless fit stays finite."""
+    """Scale of the unchanged pixels' residuals, robust to a changed majority.
+
+    The first quartile of absolute deviations from the weighted median, divided by
+    that of a unit normal (0.3186): it stays right while up to three quarters of the
+    pixels changed (changed pixels deviate more than unchanged ones), and unlike
+    soft-weighted scales it is not shrunk by the reweighting it feeds. Floored so a
+    noiseless fit stays finite.
+    """
     med = _weighted_quantiles(r, w, np.array([0.5]))[0]
-    mad = _weighted_quantiles(np.abs(r - med), w, np.array([0.5]))[0]
-    return max(1.4826 * mad, 1e-3 * max(1.0, float(np.abs(r).max())), 1e-6)
+    q1 = float(np.quantile(np.abs(r - med), 0.25))
+    return max(q1 / 0.3186, 1e-3 * max(1.0, float(np.abs(r).max())), 1e-6)
 
 
 def fit_radiometry(
@@ -197,8 +207,8 @@ def fit_radiometry(
                 # First round: robust location/scale matching (median, MAD), which a
                 # changed minority hardly moves, to get first no-change weights.
                 ma, mb = np.median(xa[b]), np.median(xb[b])
-                sa = max(_robust_sigma(xa[b], w), 1e-6)
-                sb = _robust_sigma(xb[b], w)
+                sa = max(1.4826 * np.median(np.abs(xa[b] - ma)), 1e-6)
+                sb = 1.4826 * np.median(np.abs(xb[b] - mb))
                 xk = np.array([ma - sa, ma + sa])
                 yk = np.array([mb - sb, mb + sb])
             else:

@@ -23,10 +23,12 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -221,6 +223,11 @@ class SynthParams:
             mag = rng.uniform(1.5, 4.0, size=2)
             sign = rng.choice([-1.0, 1.0], size=2)
             shift = (float(mag[0] * sign[0]), float(mag[1] * sign[1]))
+        if after_crs is not None:
+            try:
+                after_crs = CRS.from_user_input(after_crs).to_string()
+            except Exception as exc:  # rasterio raises CRSError, a ValueError only in part
+                raise ValueError(f"after CRS {after_crs!r} is not a CRS: {exc}") from None
         if nodata_margin * 4 >= size:
             raise ValueError(f"nodata margin {nodata_margin} px leaves too little of {size} px")
         az_b = rng.uniform(125.0, 215.0)
@@ -300,7 +307,7 @@ def _vegetation(greenness: float, lawn: bool = False) -> np.ndarray:
     """Grass reflectance for a season (irrigated lawns stay greener)."""
     g = min(1.0, greenness + 0.35) if lawn else greenness
     dry = np.array([0.42, 0.37, 0.25, 0.34])
-    green = np.array([0.11, 0.20, 0.07, 0.48])
+    green = np.array([0.13, 0.22, 0.085, 0.48])
     return (1 - g) * dry + g * green
 
 
@@ -308,7 +315,7 @@ def _canopy(greenness: float) -> np.ndarray:
     """Tree canopy reflectance (leaf-off crowns are grey-brown)."""
     g = min(1.0, 0.25 + greenness)
     bare = np.array([0.22, 0.19, 0.16, 0.24])
-    leaf = np.array([0.06, 0.12, 0.05, 0.42])
+    leaf = np.array([0.045, 0.085, 0.04, 0.40])
     return (1 - g) * bare + g * leaf
 
 
@@ -390,6 +397,7 @@ class Area:
     stripes: float = 0.0  # mown-field stripe period, m (0: none)
     angle: float = 0.0
     opacity: float = 1.0  # below 1 the ground shows through (thin grass, dust)
+    ragged: float = 0.0  # scale (m) of an irregular, noisy outline (0: as drawn)
 
 
 @dataclass
@@ -612,8 +620,6 @@ def _neighbourhood(
                         height = rng.uniform(15.0, 45.0)
                         roof = "flat"
                     # place the house: its front edge at the setback line
-                    dmin = min(p.polygon().bounds[1] for p in parts)  # unused: local below
-                    del dmin
                     half_depth = max(abs(_local_v(frame, p)) + p.half_v for p in parts)
                     v_house = v_front + facing * (setback + half_depth)
                     parts = [replace(p, cx=p.cx + _rot(0, v_house, angle)[0],
@@ -656,6 +662,17 @@ def _neighbourhood(
                         radius = rng.uniform(1.2, 2.5) if new else rng.uniform(2.0, 5.5)
                         world.trees.append(Tree(x, y, radius, radius * rng.uniform(1.5, 2.5),
                                                 dates, rng.uniform(0, 6.28)))
+                    if rng.random() < 0.3:
+                        # an older tree at a corner of the house overhangs its roof
+                        # (new houses are built among the trees that were there)
+                        corners = np.asarray(b.footprint.exterior.coords)[:-1]
+                        cx_, cy_ = corners[rng.integers(len(corners))]
+                        radius = rng.uniform(2.5, 5.0)
+                        ang = rng.uniform(0, 2 * math.pi)
+                        world.trees.append(Tree(cx_ + math.cos(ang) * radius * 0.6,
+                                                cy_ + math.sin(ang) * radius * 0.6, radius,
+                                                radius * rng.uniform(1.8, 2.6), BOTH,
+                                                rng.uniform(0, 6.28)))
     if fences:
         world.lines.append((shapely.MultiLineString(fences), dates, "fence"))
     # cars along the streets
@@ -794,6 +811,10 @@ def _layout_suburb(params: SynthParams, rng: np.random.Generator) -> World:
                        house_area=params.house_area_m2, fill=0.8, max_new=params.n_new)
     _non_building_changes(params, rng, world, scene)
     world.woodland_after = world.woodland
+    if params.scenario == "none":
+        # nothing but season, sun, sensor and registration changes: parked cars stay
+        for car in world.cars:
+            car.dates = BOTH
     return world
 
 
@@ -802,8 +823,11 @@ def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float
     """A w x h rectangle inside ``within`` that touches no building or area patch."""
     # everything but the large background lawns is in the way
     occupied = shapely.STRtree([b.footprint.buffer(5) for b in world.buildings]
-                               + [a.geom for a in world.areas if a.geom.area < 5e4]
-                               + [shapely.Point(t.x, t.y).buffer(t.r) for t in world.trees])
+                               + [a.geom for a in world.areas
+                                  if a.material != "lawn" or a.geom.area < 5e4]
+                               + [shapely.Point(t.x, t.y).buffer(t.r) for t in world.trees]
+                               + [g for g in (world.woodland, world.woodland_after)
+                                  if g is not None and not g.is_empty])
     x0, y0, x1, y1 = within.bounds
     for _ in range(tries):
         x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
@@ -961,6 +985,14 @@ def _layout_compound(params: SynthParams, rng: np.random.Generator) -> World:
         cut = cleared.contains(shapely.Point(x, y)) if new_sites else False
         world.trees.append(Tree(x, y, rng.uniform(2.0, 5.0), rng.uniform(6, 14),
                                 BEFORE if cut else BOTH, rng.uniform(0, 6.28)))
+    # meadows and a pond break up the lawns
+    front = frame.rect(-cu + 20, -cv + 20, cu - 20, cv * 0.05 - 10)
+    for material, (w_, h_) in (("grass", (120, 70)), ("grass", (90, 60)), ("soil", (40, 30)),
+                               ("water", (70, 45))):
+        spot = _free_spot(rng, world, front, w_ * rng.uniform(0.7, 1.3),
+                          h_ * rng.uniform(0.7, 1.3), angle)
+        if spot is not None:
+            world.areas.append(Area(spot, material, BOTH, 0.06, ragged=8.0))
     _non_building_changes(params, rng, world, compound)
     return world
 
@@ -970,9 +1002,9 @@ def _construction_site(rng: np.random.Generator, world: World, b: Building,
     """Bare earth, spoil heaps, a new access road and machines around a new building."""
     fp = b.footprint
     margin = rng.uniform(8, 22)
-    earth = fp.buffer(margin, join_style="mitre").union(
-        _blob(rng, fp.centroid.x, fp.centroid.y, math.sqrt(fp.area) * 0.8, 6))
-    world.areas.append(Area(earth, rng.choice(["earth", "soil", "soil_bright"]), AFTER, 0.12))
+    earth = fp.buffer(margin, join_style="mitre")
+    world.areas.append(Area(earth, rng.choice(["earth", "soil", "soil_bright"]), AFTER, 0.12,
+                            ragged=float(rng.uniform(4.0, 10.0))))
     for _ in range(rng.integers(3, 9)):
         x, y = _random_points_in(rng, earth.difference(fp.buffer(3)), 1)[0]
         world.trees.append(Tree(x, y, rng.uniform(2.0, 6.0), rng.uniform(1.5, 3.5), AFTER,
@@ -1311,14 +1343,12 @@ def _part_shade(b: Building, p: Part, win: _Win, sun: np.ndarray) -> np.ndarray:
     if b.roof == "flat":
         # a darker parapet along the outline of the whole footprint (not at joints)
         depth = np.full(win.shape, -np.inf, np.float32)
-        x0, y0 = win.ox, win.oy
         for q in b.parts:
             if abs(q.cx - p.cx) > q.half_u + q.half_v + p.half_u + p.half_v + 2:
                 continue
             u, v = _local_uv(q, win)
             np.maximum(depth, np.minimum(q.half_u - np.abs(u), q.half_v - np.abs(v)),
                        out=depth)
-        del x0, y0
         return np.where(depth < 0.7, np.float32(0.82), np.float32(1.0))
     u, v = _local_uv(p, win)
     slope = math.radians(b.pitch)
@@ -1364,6 +1394,17 @@ def _tree_cov(t: Tree, cx: float, cy: float, win: _Win, px: float,
     return cov, dx / t.r, dy / t.r
 
 
+def _ragged(cov: np.ndarray, sigma: float, noise: np.ndarray) -> np.ndarray:
+    """An irregular outline: blurred coverage thresholded against a noise field.
+
+    Blurring and thresholding commute with a translation, so a displaced canvas
+    still sees the displaced patch.
+    """
+    soft = ndimage.gaussian_filter(cov, sigma, mode="constant", truncate=3.0)
+    return _smoothstep((soft - np.float32(0.5)) * np.float32(3.0) + np.float32(0.5)
+                       + np.float32(0.35) * noise)
+
+
 def _smoothstep(x: np.ndarray) -> np.ndarray:
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
@@ -1399,10 +1440,12 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
     for area in world.areas:
         if not _present(area.dates, date):
             continue
-        got = _cov_area(area.geom, canvas)
+        got = _cov_area(area.geom.buffer(area.ragged) if area.ragged else area.geom, canvas)
         if got is None:
             continue
         win, cov = got
+        if area.ragged:
+            cov = _ragged(cov, area.ragged / 2 / canvas.px, mid[win.rows, win.cols])
         if area.material in ("grass", "lawn"):
             base = _vegetation(green, lawn=area.material == "lawn")
         else:
@@ -1461,7 +1504,7 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
             win, zone = got
             canopy = np.zeros((h, w), f32)
             c_field = fields.sample("canopy", canvas)[win.rows, win.cols]
-            canopy[win.rows, win.cols] = zone * _smoothstep((c_field + f32(0.4)) * f32(1.5))
+            canopy[win.rows, win.cols] = _ragged(zone, 6.0 / canvas.px, c_field)
             # the woodland's shadow: its canopy seen from a point displaced towards
             # the sun by the height of the trees
             off_m = along * 12.0
@@ -1473,7 +1516,7 @@ def _render(params: SynthParams, world: World, fields: _Fields, canvas: _Canvas,
             if got2 is not None:
                 win2, zone2 = got2
                 c_sh = fields.sample("canopy", moved)[win2.rows, win2.cols]
-                add_shadow(win2, zone2 * _smoothstep((c_sh + f32(0.4)) * f32(1.5)))
+                add_shadow(win2, _ragged(zone2, 6.0 / canvas.px, c_sh))
     # skylight keeps shadows bluish
     dark = np.array([0.36, 0.38, 0.46, 0.42], f32)
     for band in range(nb):
@@ -1812,16 +1855,24 @@ def write_synthetic_pair(params: SynthParams, outdir: str | os.PathLike[str],
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
     pair = make_synthetic_pair(params)
     tags = {"CHANGEDET_SYNTH": f"{params.scenario} seed={params.seed}"}
+    # write into a scratch folder beside the outputs, then move the files into place:
+    # a failure leaves no partial pair behind
+    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
+    staged = {key: tmp / path.name for key, path in paths.items()}
     try:
-        _write_tif(paths["before"], pair.before.image.astype(np.uint8), pair.before.grid,
+        _write_tif(staged["before"], pair.before.image.astype(np.uint8), pair.before.grid,
                    None, tags)
         after_nodata = 0 if (params.nodata_margin or params.after_crs) else None
-        _write_tif(paths["after"], pair.after.image.astype(np.uint8), pair.after.grid,
+        _write_tif(staged["after"], pair.after.image.astype(np.uint8), pair.after.grid,
                    after_nodata, tags)
-        _write_tif(paths["truth_mask"], pair.truth_mask.astype(np.uint8)[None],
+        _write_tif(staged["truth_mask"], pair.truth_mask.astype(np.uint8)[None],
                    pair.before.grid, None, tags)
-        paths["truth_json"].write_text(json.dumps(truth_record(pair), indent=2) + "\n")
-        paths["truth_geojson"].write_text(json.dumps(_geojson(pair)) + "\n")
+        staged["truth_json"].write_text(json.dumps(truth_record(pair), indent=2) + "\n")
+        staged["truth_geojson"].write_text(json.dumps(_geojson(pair)) + "\n")
+        for key, path in staged.items():
+            os.replace(path, paths[key])
     except OSError as exc:
         raise OutputError(f"cannot write into {out}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return paths

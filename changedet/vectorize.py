@@ -24,6 +24,8 @@ from .raster import Grid
 
 #: Parts smaller than this share of one pixel are numerical dust from make_valid.
 _DUST_PX = 0.05
+#: Narrowest outline, in pixels, worth simplifying or squaring.
+_MIN_SHAPE_PX = 3.0
 
 
 def _polygon_parts(geom: shapely.Geometry) -> list[Polygon]:
@@ -121,13 +123,25 @@ def _orthogonal_polygon(poly: Polygon, angle: float) -> Polygon | None:
     return candidate
 
 
+def _too_narrow(poly: Polygon, pixel_size: float) -> bool:
+    """True when ``poly`` is under ``_MIN_SHAPE_PX`` pixels across (its minimum
+    rotated rectangle's short side): such a blob has no straight sides or orientation
+    to recover, and a one-pixel tolerance would only deform it."""
+    rect = shapely.minimum_rotated_rectangle(poly)
+    if not isinstance(rect, Polygon):
+        return True
+    xy = np.asarray(rect.exterior.coords)
+    short = min(math.hypot(*(xy[1] - xy[0])), math.hypot(*(xy[2] - xy[1])))
+    return short < _MIN_SHAPE_PX * pixel_size
+
+
 def _match_area(poly: Polygon, area: float) -> Polygon | None:
     """``poly`` offset uniformly (mitred, so right angles stay) to have ``area``.
 
     The side offsets of the orthogonal outline come from simplified edges, which cut
     the pixel staircase on one side; the pixel count is the unbiased evidence of area.
     """
-    for _ in range(3):
+    for _ in range(8):
         if poly.length <= 0:
             return None
         d = (area - poly.area) / poly.length
@@ -161,12 +175,15 @@ def regularise_polygon(
     Returns
     -------
     shapely.Polygon
-        The orthogonalised polygon when it is valid, stays within 1.5 pixels of the
-        reference everywhere, and its area differs from the reference's by at most
-        the half-pixel uncertainty ``perimeter * pixel_size / 2`` (perimeter of the
-        simplified outline); otherwise ``poly`` unchanged.
+        The orthogonalised polygon when the reference is at least three pixels
+        across, the result is valid, stays within 1.5 pixels of the reference
+        everywhere, and both its area difference and its symmetric difference with
+        the reference are within the half-pixel band ``perimeter * pixel_size / 2``
+        (perimeter of the simplified outline); otherwise ``poly`` unchanged.
     """
     reference = poly if reference is None else reference
+    if _too_narrow(reference, pixel_size):
+        return poly
     base = _dominant_angle(poly)
     best: Polygon | None = None
     best_cost = math.inf
@@ -182,7 +199,8 @@ def regularise_polygon(
             best, best_cost = candidate, cost
     if best is None:
         return poly
-    if abs(best.area - reference.area) > poly.length * pixel_size / 2.0:
+    band = poly.length * pixel_size / 2.0
+    if abs(best.area - reference.area) > band or best_cost > band:
         return poly
     if shapely.hausdorff_distance(best, reference) > 1.5 * pixel_size:
         return poly
@@ -206,8 +224,12 @@ def polygons_from_labels(
     grid : Grid
         Georeference of ``labels``; polygons come out in ``grid.crs``.
     simplify_px : float
-        Douglas-Peucker tolerance in pixels (topology preserved); 0 keeps the exact
-        pixel-edge outline, whose area equals the pixel count.
+        Douglas-Peucker tolerance in pixels (topology preserved), followed by a
+        uniform sub-pixel offset that restores the pixel-count area; the result is
+        kept only when it differs from the pixel outline by less than the
+        half-pixel band. Pixel rectangles and parts under three pixels across keep
+        their pixel outline. 0 keeps the exact pixel-edge
+        outline, whose area equals the pixel count.
     regularise : bool
         Snap outlines to right angles when that keeps the area within the half-pixel
         uncertainty (see :func:`regularise_polygon`).
@@ -236,11 +258,25 @@ def polygons_from_labels(
         raw = shape(geom)
         for part in _clean(raw, dust):
             poly = part
+            if (len(part.interiors) == 0 and part.area >= (1 - 1e-9) * part.envelope.area) \
+                    or _too_narrow(part, pixel):
+                # A pixel rectangle is already straight and square, and a blob under
+                # three pixels across has no shape to recover: both stay as traced.
+                out.append((int(value), shapely.orient_polygons(part)))
+                continue
             if simplify_px > 0:
                 simple = shapely.simplify(part, simplify_px * pixel, preserve_topology=True)
                 cleaned = _clean(simple, dust)
                 if len(cleaned) == 1:
-                    poly = cleaned[0]
+                    # Simplification cuts the staircase unevenly; a sub-pixel mitred
+                    # offset gives the area back its evidence, the pixel count.
+                    matched = _match_area(cleaned[0], part.area)
+                    if matched is not None and matched.is_valid:
+                        poly = matched
+                    # Tiny parts can collapse under a one-pixel tolerance: keep the
+                    # simplified outline only within the half-pixel band of the pixels.
+                    if poly.symmetric_difference(part).area > part.length * pixel / 2:
+                        poly = part
             if regularise:
                 poly = regularise_polygon(poly, pixel, reference=part)
             out.append((int(value), shapely.orient_polygons(poly)))

@@ -91,8 +91,9 @@ def test_valid_mask_excludes_pixels_and_label_images_are_objects():
     valid = np.ones(GRID.shape, bool)
     valid[80:, 80:] = False
     r = evaluate(pred, labels > 0, GRID, valid=valid)
-    assert r["pixel_iou"] == 1.0  # the extra blob lies in no data
-    assert r["fp"] == 1          # objects are still counted
+    assert r["pixel_iou"] == 1.0  # the extra blob lies in no data...
+    assert r["fp"] == 0           # ...so it is not a false positive either
+    assert r["n_outside_valid"] == {"pred": 1, "truth": 0}
 
 
 def test_empty_prediction():
@@ -148,3 +149,22 @@ def test_cli_bad_vector_file_is_one_line_error(tmp_path):
     assert "bad.geojson" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "missing.geojson"), str(good)])
     assert res.exit_code == 1 and "no such file" in res.output
+
+
+def test_cli_change_tif_against_truth_mask(geotiff):
+    change = np.zeros((100, 100), dtype=np.uint8)
+    change[10:20, 10:30] = 1
+    change[40:50, 40:50] = 1      # a false positive
+    change[:, 90:] = 255          # no data, even without a nodata tag
+    truth = np.zeros((100, 100), dtype=np.uint8)
+    truth[10:20, 10:30] = 1
+    truth[:, 95:] = 1             # lies in the prediction's no data: not scored as pixels
+    pred_path = geotiff("change.tif", change)
+    truth_path = geotiff("truth_mask.tif", truth)
+    res = CliRunner().invoke(main, ["evaluate", str(pred_path), str(truth_path), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    # The truth strip in no data is neither a miss nor scored pixels.
+    assert (out["tp"], out["fp"], out["fn"]) == (1, 1, 0)
+    assert out["n_outside_valid"] == {"pred": 0, "truth": 1}
+    assert out["pixel_iou"] == round(200 / 300, 4)

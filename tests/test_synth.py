@@ -212,3 +212,35 @@ def test_cli_synth(tmp_path: Path):
     assert again.exit_code == 1 and "exists" in again.output
     assert runner.invoke(main, args + ["--overwrite"]).exit_code == 0
     assert math.isclose(truth["params"]["pixel_size"], 0.5)
+
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
+
+
+def test_committed_fixture_is_consistent():
+    files = sorted(FIXTURE.iterdir())
+    assert sum(f.stat().st_size for f in files) < 10 * 2**20
+    truth = json.loads((FIXTURE / "truth.json").read_text())
+    assert truth["scenario"] == "compound" and truth["shift_px"] == [2.6, -1.8]
+    before = read_scene(FIXTURE / "before.tif")
+    after = read_scene(FIXTURE / "after.tif")
+    assert before.grid == after.grid and before.grid.pixel_size == (1.0, 1.0)
+    assert before.grid.crs.to_epsg() == 32651
+    gj = json.loads((FIXTURE / "truth.geojson").read_text())
+    areas = [f["properties"]["area_m2"] for f in gj["features"]]
+    assert len(areas) == 3 and all(abs(a / 13000 - 1) <= 0.05 for a in areas)
+    with rasterio.open(FIXTURE / "truth_mask.tif") as ds:
+        mask_area = float((ds.read(1) > 0).sum()) * abs(ds.transform.determinant)
+    perimeter = sum(b["perimeter_m"] for b in truth["buildings"])
+    assert abs(mask_area - sum(areas)) <= perimeter * 1.0 / 2
+
+
+def test_cli_synth_rejects_bad_values(tmp_path: Path):
+    runner = CliRunner()
+    bad_crs = runner.invoke(main, ["synth", str(tmp_path / "a"), "--size", "192",
+                                   "--after-crs", "EPSG:999999"])
+    assert bad_crs.exit_code == 2 and "not a CRS" in bad_crs.output
+    bad_margin = runner.invoke(main, ["synth", str(tmp_path / "b"), "--size", "192",
+                                      "--nodata-margin", "60"])
+    assert bad_margin.exit_code == 2 and "margin" in bad_margin.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -84,3 +84,30 @@ def test_empty_and_bool_input():
     mask[1:3, 1:4] = True
     ((value, poly),) = polygons_from_labels(mask, GRID.window(0, 0, 5, 5))
     assert value == 1 and poly.area == pytest.approx(6 * 0.25)
+
+
+def test_thin_pixel_rectangles_are_kept_as_traced():
+    labels = np.zeros((6, 6), np.int32)
+    labels[1, 1:3] = 1          # 1 x 2 px
+    labels[3:5, 0:6] = 2        # 2 x 6 px
+    grid = GRID.window(0, 0, 6, 6)
+    out = polygons_from_labels(labels, grid)
+    raw = polygons_from_labels(labels, grid, simplify_px=0, regularise=False)
+    assert [v for v, _ in out] == [1, 2]
+    for (_, p), (_, q) in zip(out, raw):
+        assert p.equals(q)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.bool_, (16, 16)))
+def test_default_polygons_are_valid_and_keep_the_pixel_count_area(mask):
+    grid = GRID.window(0, 0, 16, 16)
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask)
+    out = polygons_from_labels(labels, grid)
+    raw = dict(polygons_from_labels(labels, grid, simplify_px=0, regularise=False))
+    for value, poly in out:
+        assert poly.is_valid and poly.geom_type == "Polygon"
+        assert poly.area == pytest.approx((labels == value).sum() * grid.pixel_area, rel=1e-4)
+        assert poly.intersection(raw[value]).area / poly.union(raw[value]).area > 0.5

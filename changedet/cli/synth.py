@@ -20,20 +20,28 @@ from .options import echo_json, handle_errors
               help="Misregistration of the after scene in pixels (default: random, a few px).")
 @click.option("--after-crs", default=None,
               help="Deliver the after scene in this CRS (e.g. EPSG:4326).")
+@click.option("--after-pixel-size", type=click.FloatRange(0.05, 30.0), default=None,
+              help="Ground size in metres of the delivered after pixel with --after-crs "
+                   "(default 1.1 x --pixel-size).")
 @click.option("--nir/--no-nir", default=False, help="Add a near-infrared band.")
 @click.option("--nodata-margin", type=click.IntRange(0, None), default=0,
               help="Width in pixels of a nodata margin on the after scene.")
 @click.option("--overwrite", is_flag=True, help="Replace files in OUTDIR.")
 @handle_errors
 def synth(outdir: str, scenario: str, seed: int, size: int | None, pixel_size: float | None,
-          shift: tuple[float, float] | None, after_crs: str | None, nir: bool,
-          nodata_margin: int, overwrite: bool) -> None:
+          shift: tuple[float, float] | None, after_crs: str | None,
+          after_pixel_size: float | None, nir: bool, nodata_margin: int,
+          overwrite: bool) -> None:
     """Make a synthetic before/after pair with exact truth in OUTDIR."""
     from ..synth import SynthParams, write_synthetic_pair
 
-    params = SynthParams.for_scenario(
-        scenario, seed=seed, size=size, pixel_size=pixel_size, shift=shift,
-        after_crs=after_crs, nir=nir, nodata_margin=nodata_margin,
-    )
+    try:
+        params = SynthParams.for_scenario(
+            scenario, seed=seed, size=size, pixel_size=pixel_size, shift=shift,
+            after_crs=after_crs, nir=nir, nodata_margin=nodata_margin,
+            after_pixel_size=after_pixel_size,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     paths = write_synthetic_pair(params, outdir, overwrite=overwrite)
     echo_json({k: str(v) for k, v in paths.items()})
