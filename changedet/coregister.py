@@ -186,11 +186,11 @@ def _window_size(shape: tuple[int, int]) -> int:
 
 def _measure_windows(
     before: np.ndarray, after: np.ndarray, valid: np.ndarray, coarse: tuple[int, int],
-    n_side: int,
+    n_side: int, size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Phase-correlate ``n_side`` x ``n_side`` windows; shifts include the coarse one."""
+    """Correlate ``n_side`` x ``n_side`` windows of ``size`` px; shifts include the coarse one."""
     h, w = valid.shape
-    size = _window_size((h, w))
+    size = size or _window_size((h, w))
     pad = 3  # room for the Sobel kernel
     cdx, cdy = coarse
     # Window origins such that the after window (displaced by the coarse shift) fits.
@@ -271,12 +271,64 @@ def estimate_shift(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> 
     """
     lum_b, lum_a = _luminance(before), _luminance(after)
     coarse = _coarse_shift(lum_b, lum_a, valid)
-    windows = _measure_windows(lum_b, lum_a, valid, coarse, n_side=5)
-    if len(windows) < 3:
-        # Perhaps the coarse shift was wrong and pushed windows off the overlap.
-        windows = _measure_windows(lum_b, lum_a, valid, (0, 0), n_side=5)
+    reg = _consensus(_measure_windows(lum_b, lum_a, valid, coarse, n_side=5))
+    if reg.reliability is not None and reg.reliability >= MIN_RELIABILITY:
+        return reg
+    # Where small windows are dominated by clutter (debris, foliage, new roofs), fewer
+    # and larger windows average it out and let long edges such as roads decide.
+    h, w = valid.shape
+    large = min(1024, int(min(h, w) * 0.6) // 16 * 16)
+    if large > _window_size((h, w)):
+        bigger = _consensus(_measure_windows(lum_b, lum_a, valid, coarse, n_side=3,
+                                             size=large))
+        if (bigger.reliability or 0.0) > (reg.reliability or 0.0):
+            reg = bigger
+    if (reg.reliability or 0.0) < MIN_RELIABILITY:
+        # Last resort: the whole overlap as one window. Its shift is the most precise
+        # one available on such scenes; its reliability comes from how well the four
+        # halves of the overlap agree with it.
+        whole = _whole_overlap(lum_b, lum_a, valid, coarse)
+        if whole is not None:
+            reg = whole
+    return _guard(reg)
+
+
+def _whole_overlap(lum_b: np.ndarray, lum_a: np.ndarray, valid: np.ndarray,
+                   coarse: tuple[int, int]) -> Registration | None:
+    h, w = valid.shape
+    cdx, cdy = coarse
+    rb = slice(max(0, -cdy), min(h, h - cdy))
+    cb = slice(max(0, -cdx), min(w, w - cdx))
+    ra = slice(rb.start + cdy, rb.stop + cdy)
+    ca = slice(cb.start + cdx, cb.stop + cdx)
+    if rb.stop - rb.start < 64 or cb.stop - cb.start < 64:
+        return None
+    both = valid[rb, cb] & valid[ra, ca]
+    sb = _structure(lum_b[rb, cb], both)
+    sa = _structure(lum_a[ra, ca], both)
+    hh, ww = both.shape
+    parts = [(slice(0, hh), slice(0, ww)), (slice(0, hh), slice(0, ww // 2)),
+             (slice(0, hh), slice(ww // 2, ww)), (slice(0, hh // 2), slice(0, ww)),
+             (slice(hh // 2, hh), slice(0, ww))]
+    found = []
+    for r, c in parts:
+        dx, dy, peak = _window_shift(sb[r, c], sa[r, c])
+        found.append({"centre": ((c.start + c.stop) / 2 + cb.start, (r.start + r.stop) / 2 + rb.start),
+                      "shift": (dx + cdx, dy + cdy), "peak": peak, "size": min(hh, ww),
+                      "used": True})
+    shifts = np.array([f["shift"] for f in found])
+    dx, dy = shifts[0]
+    spread = float(np.sqrt(np.mean(np.sum((shifts[1:] - shifts[0]) ** 2, axis=1))))
+    rel = _reliability(np.array([found[0]["peak"]]) * 4, 4, 4, spread * 2, min(hh, ww))
+    return Registration("global", (float(dx), float(dy)), rel, 1,
+                        Affine.translation(float(dx), float(dy)), spread, False, found, 5)
+
+
+def _consensus(windows: list[dict[str, Any]]) -> Registration:
+    """Robust weighted mean of window shifts, with its reliability."""
     if not windows:
-        return _unreliable("global", windows, "no window with enough valid texture")
+        return Registration("global", (0.0, 0.0), 0.0, 0, Affine.identity(), None, True,
+                            windows, 0)
     shifts = np.array([w["shift"] for w in windows])
     peaks = np.array([w["peak"] for w in windows])
     keep = _inliers(shifts)
@@ -287,10 +339,9 @@ def estimate_shift(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> 
     resid = shifts[keep] - (dx, dy)
     rms = float(np.sqrt(np.mean(np.sum(resid**2, axis=1))))
     rel = _reliability(peaks[keep], int(keep.sum()), len(windows), rms, windows[0]["size"])
-    reg = Registration("global", (float(dx), float(dy)), rel, int(keep.sum()),
-                       Affine.translation(float(dx), float(dy)), rms, False, windows,
-                       len(windows))
-    return _guard(reg)
+    return Registration("global", (float(dx), float(dy)), rel, int(keep.sum()),
+                        Affine.translation(float(dx), float(dy)), rms, False, windows,
+                        len(windows))
 
 
 def estimate_local(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> Registration:

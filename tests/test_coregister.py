@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,19 @@ def test_cli_coregister(tmp_path):
     bad = runner.invoke(main, ["coregister", str(tmp_path / "nope.tif"), str(paths["after"]),
                                "-o", str(tmp_path / "x.tif")])
     assert bad.exit_code == 1 and "nope.tif" in bad.output and "Traceback" not in bad.output
+
+
+REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "joplin"
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="real Joplin tiles not available")
+def test_joplin_extra_shift_is_recovered():
+    # Real tiles in different CRSs, before and after a tornado: a known extra shift of
+    # the after tile must move the estimate by exactly that much.
+    pair = align_pair(read_scene(REAL / "pre" / "tile_1361-9136.tif"),
+                      read_scene(REAL / "post" / "tile_32524-5137.tif"))
+    base = estimate_shift(pair.before.image, pair.after.image, pair.before.valid)
+    extra = np.array([1.37, -0.62])
+    moved = warp_scene(pair.after_source, pair.grid, Affine.translation(*(-extra)))
+    reg = estimate_shift(pair.before.image, moved.image, pair.before.valid & moved.valid)
+    assert np.abs(np.array(reg.shift_px) - base.shift_px - extra).max() <= 0.25
