@@ -10,10 +10,13 @@ __version__ = "0.1.0"
 
 from .errors import ChangedetError, InputError, OutputError, ProcessingError
 from .raster import AlignedPair, Grid, Scene, align_pair, read_scene
+from .pipeline import DetectionResult, DetectOptions, detect  # noqa: E402 - needs __version__
 
 __all__ = [
     "__version__",
     "AlignedPair",
+    "DetectOptions",
+    "DetectionResult",
     "ChangedetError",
     "Grid",
     "InputError",
@@ -21,5 +24,6 @@ __all__ = [
     "ProcessingError",
     "Scene",
     "align_pair",
+    "detect",
     "read_scene",
 ]

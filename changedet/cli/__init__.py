@@ -33,3 +33,12 @@ main.add_command(synth)
 from .evaluate import evaluate  # noqa: E402
 
 main.add_command(evaluate)
+from .detect import detect  # noqa: E402
+
+main.add_command(detect)
+from .measure import measure  # noqa: E402
+
+main.add_command(measure)
+from .demo import demo  # noqa: E402
+
+main.add_command(demo)

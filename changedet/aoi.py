@@ -1,0 +1,180 @@
+"""Areas of interest and hand-traced polygons: reading vector files in any CRS.
+
+An analyst's AOI or footprints come as GeoJSON, GeoPackage, Shapefile... in whatever
+CRS they were drawn in. They are read with pyogrio, repaired with ``make_valid`` when
+needed, reprojected with pyproj and rasterised onto the analysis grid.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pyogrio.errors
+import pyogrio.raw
+import rasterio.features
+import shapely
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+from ._log import logger
+from .errors import InputError
+from .measure import reproject_geoms
+from .raster import Grid
+
+
+@dataclass
+class VectorPolygons:
+    """Polygons read from a vector file.
+
+    Attributes
+    ----------
+    polygons : list of shapely.Polygon
+        Valid polygons (multi-polygons are split into their parts), in ``crs``.
+    crs : pyproj.CRS
+        The file's CRS.
+    names : list of str
+        One label per polygon: the value of a ``name``/``id`` attribute when the file
+        has one, else the 1-based feature number.
+    path : str
+        Where they came from.
+    """
+
+    polygons: list[shapely.Polygon]
+    crs: CRS
+    names: list[str]
+    path: str
+
+
+def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
+    """Read the polygons of the first layer of any vector file pyogrio can open.
+
+    Parameters
+    ----------
+    path : str or path-like
+        GeoJSON, GeoPackage, Shapefile, KML... in any CRS.
+
+    Returns
+    -------
+    VectorPolygons
+        Invalid geometries are repaired with :func:`shapely.make_valid` (and a
+        warning is logged); non-polygonal parts are dropped.
+
+    Raises
+    ------
+    InputError
+        Missing file, not vector data, no CRS, or no polygon at all.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(path, "no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GDAL chatter on odd files; errors still raise
+            meta, _, wkb, field_data = pyogrio.raw.read(path)
+    except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
+        raise InputError(path, "not vector data (no layer GDAL/OGR can read)") from exc
+    except pyogrio.errors.GeometryError as exc:
+        raise InputError(path, f"unreadable geometry ({exc})") from exc
+    if not meta.get("crs"):
+        raise InputError(path, "has no coordinate reference system; save it with one")
+    try:
+        crs = CRS.from_user_input(meta["crs"])
+    except CRSError as exc:
+        raise InputError(path, f"has an unknown CRS ({meta['crs']})") from exc
+    if wkb is None or len(wkb) == 0:
+        raise InputError(path, "contains no features")
+    geoms = shapely.from_wkb(wkb)
+    labels = _feature_labels(list(meta["fields"]), field_data, len(geoms))
+    invalid = ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
+    if invalid.any():
+        logger.warning("%s: repaired %d invalid geometr%s with make_valid", path,
+                       int(invalid.sum()), "y" if invalid.sum() == 1 else "ies")
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+    polygons: list[shapely.Polygon] = []
+    names: list[str] = []
+    for geom, label in zip(geoms, labels):
+        parts = [p for p in _polygon_parts(geom) if p.area > 0]
+        for k, part in enumerate(parts):
+            polygons.append(part)
+            names.append(label if len(parts) == 1 else f"{label}.{k + 1}")
+    if not polygons:
+        raise InputError(path, "contains no polygons (points or lines cannot bound an area)")
+    return VectorPolygons(polygons, crs, names, path)
+
+
+def _feature_labels(fields: list[str], data: list[np.ndarray], n: int) -> list[str]:
+    lower = [f.lower() for f in fields]
+    for key in ("name", "label", "id", "site", "fid"):
+        if key in lower:
+            column = data[lower.index(key)]
+            return [str(v) if v is not None and str(v) != "" else str(i + 1)
+                    for i, v in enumerate(column)]
+    return [str(i + 1) for i in range(n)]
+
+
+def _polygon_parts(geom: shapely.Geometry | None) -> list[shapely.Polygon]:
+    if geom is None or geom.is_empty:
+        return []
+    if isinstance(geom, shapely.Polygon):
+        return [geom]
+    if isinstance(geom, (shapely.MultiPolygon, shapely.GeometryCollection)):
+        return [p for g in geom.geoms for p in _polygon_parts(g)]
+    return []
+
+
+@dataclass
+class AOI:
+    """An area of interest on the analysis grid.
+
+    Attributes
+    ----------
+    mask : (H, W) ndarray of bool
+        True for pixels whose centre lies inside the AOI.
+    geometry : shapely geometry
+        Union of the AOI polygons in the grid's CRS.
+    path : str
+        The file it came from.
+    """
+
+    mask: np.ndarray
+    geometry: shapely.Geometry
+    path: str
+
+
+def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
+    """Read an AOI file and rasterise it onto ``grid``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Polygons in any CRS and any vector format pyogrio reads.
+    grid : Grid
+        The analysis grid.
+
+    Returns
+    -------
+    AOI
+
+    Raises
+    ------
+    InputError
+        Everything :func:`read_polygons` raises, plus an AOI that covers no pixel
+        of the scenes.
+    """
+    vector = read_polygons(path)
+    try:
+        geoms = reproject_geoms(vector.polygons, vector.crs.to_wkt(), grid.crs)
+    except Exception as exc:  # pyproj raises several types for impossible transforms
+        raise InputError(vector.path, f"cannot be reprojected to the scenes' CRS ({exc})") from exc
+    union = shapely.union_all(shapely.make_valid(np.asarray(geoms, dtype=object)))
+    mask = rasterio.features.geometry_mask(
+        [shapely.geometry.mapping(union)], out_shape=grid.shape, transform=grid.transform,
+        invert=True)
+    if not mask.any():
+        raise InputError(vector.path, "lies outside the scenes (the AOI covers no pixel of the overlap)")
+    logger.info("AOI %s: %d polygon(s), %.0f m², %d px", vector.path, len(geoms), union.area,
+                int(mask.sum()))
+    return AOI(mask, union, vector.path)

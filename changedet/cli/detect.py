@@ -1,0 +1,135 @@
+"""``changedet detect``: find, measure and check new buildings between two scenes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from .options import configure_logging, handle_errors
+
+
+def verbosity_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``-v``/``-q`` on a command too (``changedet detect ... -v``), added to the group's."""
+    func = click.option("-q", "--quiet", "cmd_quiet", count=True,
+                        help="Fewer messages (no progress bars).")(func)
+    return click.option("-v", "--verbose", "cmd_verbose", count=True,
+                        help="More messages; keeps tracebacks.")(func)
+
+
+def apply_verbosity(cmd_verbose: int, cmd_quiet: int) -> int:
+    """Combine the command's -v/-q with the group's and configure logging."""
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    verbosity = root.obj.get("verbosity", 0) + cmd_verbose - cmd_quiet
+    root.obj["verbosity"] = verbosity
+    configure_logging(verbosity)
+    return verbosity
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (0 < value < 1e9):
+        raise click.BadParameter("must be a positive area in m² below 10⁹", ctx, param)
+    return value
+
+
+def claim_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--claim-*`` options shared by ``detect``, ``measure`` and ``demo``."""
+    opts = [
+        click.option("--claim-m2", type=float, default=None, callback=_positive,
+                     metavar="AREA", help="Claimed area of each site, m²."),
+        click.option("--claim-tolerance", type=click.FloatRange(0, 1, max_open=True),
+                     default=0.10, show_default=True, metavar="FRACTION",
+                     help="Relative tolerance of the claim."),
+        click.option("--claim-sites", type=click.IntRange(1, 10000), default=None,
+                     metavar="N", help="Number of sites claimed (default: the sites found)."),
+        click.option("--claim-basis", type=click.Choice(["footprint", "envelope"]),
+                     default="footprint", show_default=True,
+                     help="Compare the claim with built footprints or site envelopes."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def check_claim_usage(claim_m2: float | None, claim_sites: int | None) -> None:
+    if claim_m2 is None and claim_sites is not None:
+        raise click.UsageError("--claim-sites needs --claim-m2")
+
+
+@contextmanager
+def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None]:
+    """A progress callback drawing a bar on stderr, or None when quiet or not a terminal."""
+    if verbosity < 0 or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=1000, label="changedet", file=sys.stderr,
+                           show_eta=False) as bar:
+        state = {"done": 0}
+
+        def update(stage: str, fraction: float) -> None:
+            bar.label = f"{stage:<15}"
+            target = int(round(fraction * 1000))
+            bar.update(max(target - state["done"], 0))
+            state["done"] = max(state["done"], target)
+
+        yield update
+
+
+@click.command()
+@click.argument("before", type=click.Path(dir_okay=False))
+@click.argument("after", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (created; refused if not empty without --overwrite).")
+@click.option("--aoi", type=click.Path(dir_okay=False), default=None,
+              help="Analyse only inside these polygons (any vector format, any CRS).")
+@click.option("--bands", default=None, metavar="LIST",
+              help="1-based bands to use, e.g. 3,2,1 (default: the first three).")
+@click.option("--nir-band", type=click.IntRange(1, None), default=None,
+              help="1-based near-infrared band, if the scenes have one.")
+@click.option("--coreg", type=click.Choice(["global", "local", "none"]), default="global",
+              show_default=True, help="Co-registration of the after scene.")
+@click.option("--min-area-m2", type=click.FloatRange(0, 1e7, min_open=True), default=None,
+              help="Smallest building kept, m² (default: from the pixel size).")
+@click.option("--site-gap-m", type=click.FloatRange(0, 1e5), default=None,
+              help="Buildings closer than this form one site, metres (default: 30 m or 10 px).")
+@claim_options
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
+@verbosity_options
+@handle_errors
+def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | None,
+           nir_band: int | None, coreg: str, min_area_m2: float | None,
+           site_gap_m: float | None, claim_m2: float | None, claim_tolerance: float,
+           claim_sites: int | None, claim_basis: str, overwrite: bool, cmd_verbose: int,
+           cmd_quiet: int) -> None:
+    """Find the buildings new in AFTER compared with BEFORE, measure them, check a claim.
+
+    Writes new_buildings.geojson, sites.geojson, new_buildings.gpkg, change.tif,
+    summary.json and report.html into OUTDIR (all or nothing), and prints the site
+    table with the claim verdicts on stdout.
+    """
+    from ..outputs import check_outdir, write_outputs
+    from ..pipeline import DetectOptions, run_detection
+    from ..raster import parse_bands
+    from ..report import format_table
+
+    verbosity = apply_verbosity(cmd_verbose, cmd_quiet)
+    check_claim_usage(claim_m2, claim_sites)
+    try:
+        band_list = parse_bands(bands)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bands") from None
+    check_outdir(outdir, overwrite)  # refuse before minutes of work, not after
+    options = DetectOptions(
+        bands=band_list, nir_band=nir_band, coreg=coreg, min_area_m2=min_area_m2,
+        site_gap_m=site_gap_m, aoi=aoi, claim_m2=claim_m2, claim_tolerance=claim_tolerance,
+        claim_sites=claim_sites, claim_basis=claim_basis)
+    with progress_bar(verbosity) as progress:
+        result = run_detection(before, after, options, progress=progress)
+    write_outputs(result, outdir, overwrite=overwrite)
+    click.echo(format_table(result.sites, result.claim), nl=False)
+    click.echo(f"changedet: wrote {outdir}", err=True)

@@ -1,0 +1,375 @@
+"""Writing the outputs of a detection: GeoJSON, GeoPackage, COG, summary, report.
+
+Everything goes first into a temporary folder beside OUTDIR and is renamed into place
+only when complete, so that a failed run (bad input, full disk, interruption) leaves
+OUTDIR exactly as it was. The file list is the Contract of ``design.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyogrio.raw
+import rasterio
+import rasterio.shutil
+import shapely
+from pyproj import CRS, Transformer
+from rasterio.io import MemoryFile
+
+from ._log import logger
+from .errors import OutputError
+from .raster import Grid
+
+if TYPE_CHECKING:
+    from .pipeline import DetectionResult
+
+#: Decimal places of lon/lat in GeoJSON: 1e-7 degree is about 1 cm (RFC 7946 §11.2).
+GEOJSON_DECIMALS = 7
+#: Value of ``change.tif`` outside the analysed area.
+CHANGE_NODATA = 255
+
+OUTPUT_FILES = (
+    "new_buildings.geojson",
+    "sites.geojson",
+    "new_buildings.gpkg",
+    "change.tif",
+    "summary.json",
+    "report.html",
+)
+
+Properties = Sequence[Mapping[str, Any]]
+
+
+def _plain(value: Any) -> Any:
+    """Turn numpy scalars and tuples into JSON-native values, recursively."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_wgs84(geometries: Sequence[shapely.Geometry], crs: Any) -> np.ndarray:
+    """Reproject geometries to lon/lat the RFC 7946 way.
+
+    Parameters
+    ----------
+    geometries : sequence of shapely geometries
+        In ``crs``.
+    crs : anything pyproj understands
+        Their coordinate reference system.
+
+    Returns
+    -------
+    (N,) ndarray of shapely geometries
+        In WGS84 longitude, latitude, rounded to :data:`GEOJSON_DECIMALS` and with
+        counter-clockwise exteriors and clockwise holes (oriented after rounding, so
+        that rounding cannot flip a ring).
+    """
+    geoms = np.asarray(list(geometries), dtype=object)
+    if geoms.size == 0:
+        return geoms
+    transformer = Transformer.from_crs(CRS.from_user_input(crs), CRS.from_epsg(4326),
+                                       always_xy=True)
+    lonlat = shapely.transform(geoms, lambda xy: np.column_stack(transformer.transform(
+        xy[:, 0], xy[:, 1])))
+    rounded = shapely.transform(lonlat, lambda xy: np.round(xy, GEOJSON_DECIMALS))
+    return shapely.orient_polygons(rounded, exterior_cw=False)
+
+
+def geojson_text(geometries: Sequence[shapely.Geometry], properties: Properties,
+                 crs: Any) -> str:
+    """An RFC 7946 FeatureCollection as text.
+
+    Parameters
+    ----------
+    geometries : sequence of shapely geometries
+        In ``crs``, one per feature.
+    properties : sequence of mappings
+        One per feature, JSON-serialisable after numpy scalars are made plain.
+    crs : anything pyproj understands
+        CRS of ``geometries``.
+
+    Returns
+    -------
+    str
+        Deterministic text (same input, same bytes): no ``crs`` member, WGS84
+        coordinates with at most 7 decimals, counter-clockwise exteriors.
+    """
+    if len(geometries) != len(properties):
+        raise ValueError("one properties mapping per geometry is needed")
+    features = [
+        {"type": "Feature", "properties": _plain(props),
+         "geometry": shapely.geometry.mapping(geom)}
+        for geom, props in zip(to_wgs84(geometries, crs), properties)
+    ]
+    collection = {"type": "FeatureCollection", "features": features}
+    return json.dumps(_plain(collection), ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_geojson(path: str | os.PathLike[str], geometries: Sequence[shapely.Geometry],
+                  properties: Properties, crs: Any) -> Path:
+    """Write :func:`geojson_text` to ``path`` and return the path."""
+    path = Path(path)
+    path.write_text(geojson_text(geometries, properties, crs), encoding="utf-8")
+    return path
+
+
+def _field_arrays(properties: Properties) -> tuple[list[str], list[np.ndarray]]:
+    """Columns of a list of uniform property mappings, typed for OGR."""
+    names = list(properties[0].keys()) if properties else []
+    arrays: list[np.ndarray] = []
+    for name in names:
+        values = [_plain(p.get(name)) for p in properties]
+        kinds = {type(v) for v in values if v is not None}
+        if kinds <= {int, bool} and None not in values:
+            arrays.append(np.asarray(values, dtype=np.int64))
+        elif kinds <= {int, float, bool}:
+            arrays.append(np.asarray([np.nan if v is None else v for v in values],
+                                     dtype=np.float64))
+        else:
+            arrays.append(np.asarray(["" if v is None else
+                                      (json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                                      for v in values], dtype=object))
+    return names, arrays
+
+
+def write_gpkg(path: str | os.PathLike[str],
+               layers: Mapping[str, tuple[Sequence[shapely.Geometry], Properties]],
+               crs: Any) -> Path:
+    """Write several polygon layers into one GeoPackage, in ``crs`` (metres).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.gpkg`` file; must not exist yet.
+    layers : mapping of name to (geometries, properties)
+        Written in the mapping's order; an empty layer keeps its schema only when it
+        has rows, so an empty layer gets a single ``id`` column.
+    crs : anything pyproj understands
+        Written as WKT so that any reader recovers it.
+    """
+    path = Path(path)
+    wkt = CRS.from_user_input(crs).to_wkt()
+    for i, (name, (geoms, props)) in enumerate(layers.items()):
+        geoms = list(geoms)
+        if len(geoms) != len(props):
+            raise ValueError(f"layer {name}: one properties mapping per geometry is needed")
+        fields, arrays = _field_arrays(props)
+        if not fields:
+            fields, arrays = ["id"], [np.zeros(0, dtype=np.int64)]
+        # Polygons and MultiPolygons mix in one layer only as MultiPolygon.
+        multi = [g if isinstance(g, shapely.MultiPolygon) else shapely.MultiPolygon([g])
+                 for g in geoms]
+        pyogrio.raw.write(
+            path, geometry=np.asarray(shapely.to_wkb(multi), dtype=object) if multi
+            else np.zeros(0, dtype=object),
+            field_data=arrays, fields=fields, layer=name, driver="GPKG",
+            geometry_type="MultiPolygon", crs=wkt, append=i > 0, promote_to_multi=False,
+        )
+    return path
+
+
+def write_cog(path: str | os.PathLike[str], data: np.ndarray, grid: Grid,
+              nodata: int = CHANGE_NODATA) -> Path:
+    """Write a uint8 class raster as a Cloud-Optimized GeoTIFF.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination file.
+    data : (H, W) ndarray of uint8
+        On ``grid``.
+    grid : Grid
+        Georeference of ``data``.
+    nodata : int
+        Value marking pixels outside the analysed area.
+
+    Notes
+    -----
+    GDAL's ``COG`` driver lays out the IFDs before the data and builds the
+    overviews; they use nearest-neighbour resampling because averaging class codes
+    (0, 1, 255) would invent classes.
+    """
+    if data.shape != grid.shape or data.dtype != np.uint8:
+        raise ValueError(f"expected a {grid.shape} uint8 array, got {data.shape} {data.dtype}")
+    profile = {"driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1,
+               "dtype": "uint8", "crs": grid.crs, "transform": grid.transform,
+               "nodata": nodata}
+    with MemoryFile() as mem:
+        with mem.open(**profile) as src:
+            src.write(data, 1)
+            src.update_tags(1, CLASSES="0=no new building,1=new building,255=no data")
+        with mem.open() as src:
+            rasterio.shutil.copy(
+                src, os.fspath(path), driver="COG", BLOCKSIZE=256, COMPRESS="DEFLATE",
+                PREDICTOR="NO", RESAMPLING="NEAREST", OVERVIEW_RESAMPLING="NEAREST",
+                NUM_THREADS=1,
+            )
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented, key-order-preserving JSON (no NaN)."""
+    path = Path(path)
+    path.write_text(json.dumps(_plain(obj), indent=2, ensure_ascii=False, allow_nan=False)
+                    + "\n", encoding="utf-8")
+    return path
+
+
+def _output_error(exc: OSError, where: Path) -> OutputError:
+    name = exc.filename or where
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on device"
+    return OutputError(f"{name}: cannot write ({reason}); nothing was changed in the output folder")
+
+
+def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Refuse an output folder that cannot be written, before any work is done.
+
+    Returns
+    -------
+    Path
+        ``outdir`` made absolute.
+
+    Raises
+    ------
+    OutputError
+        ``outdir`` is a file, is not empty (without ``overwrite``), or its parent
+        folder does not exist.
+    """
+    final = Path(outdir).absolute()
+    if final.exists():
+        if not final.is_dir():
+            raise OutputError(f"{outdir}: exists and is not a folder")
+        if not overwrite and any(final.iterdir()):
+            raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
+    if not final.parent.is_dir():
+        raise OutputError(f"{final.parent}: no such folder")
+    return final
+
+
+@contextlib.contextmanager
+def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``outdir`` only if the block succeeds.
+
+    Parameters
+    ----------
+    outdir : str or path-like
+        The final folder. It may not exist yet, or be empty; a non-empty one is
+        replaced only with ``overwrite``.
+    overwrite : bool
+        Allow replacing a non-empty ``outdir``. The old folder is moved aside and
+        removed only after the new one is in place.
+
+    Raises
+    ------
+    OutputError
+        ``outdir`` is a file, is non-empty without ``overwrite``, or its parent is
+        not writable; any OSError raised inside the block (full disk...) is turned
+        into an OutputError after the temporary folder is removed.
+    """
+    final = check_outdir(outdir, overwrite)
+    parent = final.parent
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.part-", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"{parent}: cannot write here ({exc.strerror or exc})") from exc
+    try:
+        try:
+            yield tmp
+        except OSError as exc:
+            raise _output_error(exc, tmp) from exc
+        # mkdtemp makes a private (0700) folder; the result is an ordinary folder.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        aside: Path | None = None
+        if final.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=parent))
+            os.rmdir(aside)  # only the unique name is wanted
+            os.replace(final, aside)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            if aside is not None:
+                os.replace(aside, final)
+            raise _output_error(exc, final) from exc
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def building_records(buildings: Sequence[Any]) -> tuple[list[shapely.Geometry], list[dict]]:
+    """Geometries and Contract properties of :class:`changedet.measure.Building` objects."""
+    return [b.polygon for b in buildings], [b.to_properties() for b in buildings]
+
+
+def site_records(sites: Sequence[Any], claimed: bool) -> tuple[list[shapely.Geometry],
+                                                              list[dict]]:
+    """Envelopes and Contract properties of :class:`changedet.measure.Site` objects.
+
+    With ``claimed`` every site has a ``verdict`` (null for sites beyond the number
+    the claim speaks of), so that all features share one schema.
+    """
+    props = []
+    for s in sites:
+        row = s.to_properties()
+        row.pop("verdict", None)
+        if claimed:
+            row["verdict"] = s.verdict
+        props.append(row)
+    return [s.envelope for s in sites], props
+
+
+def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
+                  overwrite: bool = False) -> dict[str, Path]:
+    """Write every Contract output of a detection into ``outdir``, atomically.
+
+    Parameters
+    ----------
+    result : changedet.pipeline.DetectionResult
+        What :func:`changedet.pipeline.run_detection` returned.
+    outdir : str or path-like
+        Destination folder (see :func:`atomic_folder` for the overwrite rules).
+    overwrite : bool
+        Replace a non-empty ``outdir``.
+
+    Returns
+    -------
+    dict of str to Path
+        The final path of each file in :data:`OUTPUT_FILES`.
+    """
+    from .report import render_report
+
+    crs = result.crs
+    b_geoms, b_props = building_records(result.buildings)
+    s_geoms, s_props = site_records(result.sites, claimed=result.claim is not None)
+    html = render_report(result)  # before any file is written: a failure changes nothing
+    with atomic_folder(outdir, overwrite) as tmp:
+        write_geojson(tmp / "new_buildings.geojson", b_geoms, b_props, crs)
+        write_geojson(tmp / "sites.geojson", s_geoms, s_props, crs)
+        write_gpkg(tmp / "new_buildings.gpkg",
+                   {"new_buildings": (b_geoms, b_props), "sites": (s_geoms, s_props)},
+                   crs.to_wkt())
+        write_cog(tmp / "change.tif", result.change_mask, result.grid)
+        write_json(tmp / "summary.json", result.summary)
+        (tmp / "report.html").write_text(html, encoding="utf-8")
+    logger.info("wrote %d files to %s", len(OUTPUT_FILES), outdir)
+    return {name: Path(outdir) / name for name in OUTPUT_FILES}

@@ -1,0 +1,408 @@
+"""The whole analysis, stage after stage, as one function for the CLI and notebooks.
+
+``run_detection`` chains the plain stages of the package (read, align,
+co-register, normalise, detect, vectorise, measure, group, check the claim) and
+returns everything an analyst or :mod:`changedet.outputs` needs in one
+:class:`DetectionResult`. It writes no file: writing is
+:func:`changedet.outputs.write_outputs`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import shapely
+from scipy import ndimage
+
+from . import __version__
+from ._log import logger
+from .raster import Grid, Scene
+
+#: ``progress(stage, fraction)``: called with a short stage name and the fraction
+#: (0..1) of the whole run done when the stage starts; 1.0 at the end.
+ProgressCallback = Callable[[str, float], None]
+
+# Rough share of the run time of each stage, for a progress bar that moves evenly.
+_STAGES = (
+    ("reading", 0.10),
+    ("aligning", 0.10),
+    ("co-registering", 0.25),
+    ("detecting", 0.35),
+    ("measuring", 0.15),
+    ("summarising", 0.05),
+)
+
+
+@dataclass
+class DetectionResult:
+    """Everything one run found, for files, reports and notebooks.
+
+    Attributes
+    ----------
+    buildings : list of changedet.measure.Building
+        New buildings, polygons in the analysis CRS (metres).
+    sites : list of changedet.measure.Site
+        Buildings grouped by distance.
+    claim : changedet.measure.ClaimCheck or None
+        The verdicts, when a claim was given.
+    change_mask : (H, W) ndarray of uint8
+        On ``grid``: 0 no new building, 1 new building, 255 no data / outside AOI.
+    grid : Grid
+        The analysis grid (projected, metres).
+    crs : rasterio.crs.CRS
+        CRS of the building and site polygons: the grid's, or the local UTM zone
+        when the grid's CRS is not fit for measuring areas (e.g. Web Mercator).
+    registration : dict
+        ``Registration.summary(grid)``: ``shift_px``, ``shift_m``, ``reliability``,
+        ``method``...
+    quicklooks : dict of str to (H, W, 3) ndarray of uint8
+        ``"before"`` and ``"after"`` (registered, normalised) display images on ``grid``.
+    summary : dict
+        The content of ``summary.json``.
+    timings : dict of str to float
+        Seconds per stage.
+    labels : (H, W) ndarray of int32 or None
+        Segmentation labels (0 background), kept for notebooks.
+    evidence : object or None
+        The :class:`changedet.change.Evidence` maps, kept for notebooks.
+    aoi : shapely geometry or None
+        The AOI in the analysis CRS.
+    """
+
+    buildings: list[Any]
+    sites: list[Any]
+    claim: Any | None
+    change_mask: np.ndarray
+    grid: Grid
+    crs: Any
+    registration: dict[str, Any]
+    quicklooks: dict[str, np.ndarray]
+    summary: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    evidence: Any | None = None
+    aoi: shapely.Geometry | None = None
+
+    @property
+    def footprints(self) -> list[shapely.Polygon]:
+        """The new buildings' polygons, in the analysis CRS (metres)."""
+        return [b.polygon for b in self.buildings]
+
+
+@dataclass
+class DetectOptions:
+    """Every knob of :func:`run_detection` (all optional).
+
+    Attributes
+    ----------
+    bands : tuple of int or None
+        1-based bands (same for both scenes); default the first three.
+    nir_band : int or None
+        1-based near-infrared band, when the scenes have one.
+    coreg : str
+        ``"global"``, ``"local"`` or ``"none"``.
+    min_area_m2 : float or None
+        Smallest building kept; default derived from the pixel size.
+    site_gap_m : float or None
+        Buildings closer than this belong to one site; default derived from the
+        pixel size and the buildings found.
+    aoi : str or None
+        Vector file of the area of interest.
+    claim_m2, claim_tolerance, claim_sites, claim_basis
+        The claim to check (see :func:`changedet.measure.check_claim`).
+    """
+
+    bands: tuple[int, ...] | None = None
+    nir_band: int | None = None
+    coreg: str = "global"
+    min_area_m2: float | None = None
+    site_gap_m: float | None = None
+    aoi: str | None = None
+    claim_m2: float | None = None
+    claim_tolerance: float = 0.10
+    claim_sites: int | None = None
+    claim_basis: str = "footprint"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+
+
+def quicklook(scene: Scene, limits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A display image of a scene: visible bands stretched to 8 bits.
+
+    Parameters
+    ----------
+    scene : Scene
+    limits : (3, 2) ndarray of float, optional
+        Per displayed band ``(low, high)`` values mapped to 0 and 255; default the
+        2nd and 98th percentiles over valid pixels. Passing the before scene's
+        limits for the (normalised) after scene shows both in the same colours.
+
+    Returns
+    -------
+    image : (H, W, 3) ndarray of uint8
+        A single band is shown as grey; invalid pixels are black.
+    limits : (3, 2) ndarray of float
+        The limits used.
+    """
+    vis = scene.visible[:3]
+    if vis.shape[0] < 3:
+        vis = np.repeat(vis[:1], 3, axis=0)
+    valid = scene.valid
+    if limits is None:
+        limits = (np.percentile(vis[:, valid], [2, 98], axis=1).T if valid.any()
+                  else np.tile([0.0, 1.0], (3, 1)))
+    out = np.zeros(vis.shape[1:] + (3,), dtype=np.uint8)
+    for i, (band, (lo, hi)) in enumerate(zip(vis, limits)):
+        scaled = (band - lo) / max(float(hi - lo), 1e-6)
+        out[..., i] = np.clip(scaled * 255 + 0.5, 0, 255).astype(np.uint8)
+    out[~valid] = 0
+    return out, np.asarray(limits, dtype=float)
+
+
+def default_site_gap_m(pixel_size_m: float) -> float:
+    """Largest gap between buildings of one site when none is given.
+
+    Buildings of one compound are separated by yards and roads a few tens of metres
+    wide; separate sites by more. 30 m, but never less than 10 pixels so that
+    coarse imagery does not split one building's broken outline into several sites.
+    """
+    return max(30.0, 10.0 * pixel_size_m)
+
+
+def _keep_labels_in_aoi(labels: np.ndarray, aoi_mask: np.ndarray) -> np.ndarray:
+    """Zero the labels of objects lying mostly outside the AOI (kept whole otherwise)."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return labels
+    inside = ndimage.mean(aoi_mask, labels=labels, index=ids)
+    lut = np.zeros(int(labels.max()) + 1, dtype=labels.dtype)
+    keep = ids[np.asarray(inside) >= 0.5]
+    lut[keep] = keep
+    return lut[labels]
+
+
+def run_detection(
+    before: str | os.PathLike[str],
+    after: str | os.PathLike[str],
+    options: DetectOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> DetectionResult:
+    """Find and measure the new buildings between two scenes, and check a claim.
+
+    Parameters
+    ----------
+    before, after : str or path-like
+        The two scenes (any raster GDAL reads, any CRS).
+    options : DetectOptions, optional
+        Bands, co-registration method, sizes, AOI and claim.
+    progress : callable, optional
+        ``progress(stage, fraction)``, see :data:`ProgressCallback`.
+
+    Returns
+    -------
+    DetectionResult
+
+    Raises
+    ------
+    InputError
+        Unreadable scenes or AOI.
+    ProcessingError
+        The scenes do not overlap or cannot be analysed.
+    """
+    from .change import DetectionParams, detect_new_buildings
+    from .measure import check_claim, group_sites, measure_buildings, metric_crs
+    from .raster import align_pair, read_scene
+    from .vectorize import polygons_from_labels
+
+    opts = options or DetectOptions()
+    timings: dict[str, float] = {}
+    shares = dict(_STAGES)
+    current: list[Any] = [None, time.perf_counter(), 0.0]  # stage, its start, done so far
+
+    def stage(name: str) -> None:
+        now = time.perf_counter()
+        if current[0] is not None:
+            timings[current[0]] = round(now - current[1], 3)
+            current[2] += shares.get(current[0], 0.0)
+        current[0], current[1] = name, now
+        logger.info("%s...", name)
+        if progress is not None:
+            progress(name, min(current[2], 1.0))
+
+    stage("reading")
+    scene_b = read_scene(before, bands=opts.bands, nir_band=opts.nir_band)
+    scene_a = read_scene(after, bands=opts.bands, nir_band=opts.nir_band)
+    stage("aligning")
+    pair = align_pair(scene_b, scene_a)
+    grid = pair.grid
+    aoi = None
+    if opts.aoi is not None:
+        from .aoi import read_aoi
+
+        aoi = read_aoi(opts.aoi, grid)
+    stage("co-registering")
+    pair, registration, reg_summary = _coregister(pair, opts.coreg)
+    residual = float(getattr(registration, "residual_rms_px", None) or 0.0)
+    stage("detecting")
+    params = DetectionParams(min_area_m2=opts.min_area_m2)
+    labels, evidence = detect_new_buildings(pair.before, pair.after, params)
+    if aoi is not None:
+        labels = _keep_labels_in_aoi(labels, aoi.mask)
+    stage("measuring")
+    labelled = polygons_from_labels(labels, grid)
+    scores = _label_scores(labels, evidence.score, [lab for lab, _ in labelled])
+    mcrs = metric_crs(grid.crs, grid.bounds)
+    ground_px = _ground_pixel_m(grid, mcrs)
+    buildings = measure_buildings([poly for _, poly in labelled], grid.crs, ground_px,
+                                  coreg_residual_px=residual, scores=scores)
+    gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(ground_px)
+    sites = group_sites(buildings, gap_m, pixel_size_m=ground_px, coreg_residual_px=residual)
+    claim = None
+    if opts.claim_m2 is not None:
+        claim = check_claim(sites, opts.claim_m2, tolerance=opts.claim_tolerance,
+                            n_sites=opts.claim_sites, basis=opts.claim_basis)
+    stage("summarising")
+    valid = pair.before.valid & pair.after.valid
+    if aoi is not None:
+        valid &= aoi.mask
+    change = np.where(valid, (labels > 0).astype(np.uint8), np.uint8(255)).astype(np.uint8)
+    look_before, limits = quicklook(pair.before)
+    normalised = getattr(evidence, "after_normalised", None)
+    shown_after = pair.after if normalised is None else replace(pair.after, image=normalised)
+    looks = {"before": look_before, "after": quicklook(shown_after, limits)[0]}
+    params_used = opts.as_dict() | {"site_gap_m": gap_m,
+                                    "min_area_m2_used": getattr(params, "min_area_m2", None),
+                                    "threshold": float(evidence.threshold)}
+    result = DetectionResult(
+        buildings=buildings, sites=sites, claim=claim, change_mask=change, grid=grid,
+        crs=mcrs, registration=reg_summary, quicklooks=looks, summary={}, timings=timings,
+        labels=labels, evidence=evidence, aoi=None if aoi is None else aoi.geometry)
+    inputs = {"before": _scene_info(scene_b), "after": _scene_info(scene_a),
+              "aoi": None if aoi is None else os.fspath(opts.aoi)}
+    stage("done")
+    timings.pop("done", None)
+    timings["total"] = round(sum(timings.values()), 3)
+    result.summary = build_summary(result, inputs, params_used,
+                                   overlap_fraction=pair.overlap_fraction)
+    return result
+
+
+def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
+    """Co-register the pair; the registered pair, the Registration and its summary."""
+    try:
+        from .coregister import coregister
+    except ImportError:  # pragma: no cover - only until the coregister stage is merged
+        logger.warning("co-registration is not available in this build; scenes used as aligned")
+        none = type("Registration", (), {"residual_rms_px": None})()
+        return pair, none, {"method": "unavailable", "shift_px": [0.0, 0.0],
+                            "shift_m": [0.0, 0.0], "reliability": None}
+    pair_out, registration = coregister(pair, method=method)
+    return pair_out, registration, registration.summary(pair_out.grid)
+
+
+def _ground_pixel_m(grid: Grid, metric: Any) -> float:
+    """Side in metres of a ground pixel at the grid's centre, measured in ``metric``.
+
+    Equal to the grid's pixel size on a projected grid fit for measuring; on a
+    Web-Mercator grid it removes the 1/cos(latitude) scale.
+    """
+    from .measure import reproject_geoms
+
+    col, row = grid.width / 2.0, grid.height / 2.0
+    corners = [grid.transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))]
+    pixel = shapely.Polygon(corners)
+    if metric != grid.crs:
+        pixel = reproject_geoms([pixel], grid.crs, metric)[0]
+    return float(np.sqrt(pixel.area))
+
+
+def _label_scores(labels: np.ndarray, score: np.ndarray, ids: Sequence[int]) -> list[float]:
+    """Mean evidence score inside each labelled object, in the order of ``ids``."""
+    if not ids:
+        return []
+    return [float(v) for v in ndimage.mean(score, labels=labels, index=list(ids))]
+
+
+def _scene_info(scene: Scene) -> dict[str, Any]:
+    return {"path": scene.path, "crs": scene.grid.crs.to_string(),
+            "pixel_size": list(scene.grid.pixel_size), "width": scene.grid.width,
+            "height": scene.grid.height, "bands": list(scene.bands)}
+
+
+def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: dict[str, Any],
+                  overlap_fraction: float | None = None) -> dict[str, Any]:
+    """The content of ``summary.json`` (Contract of ``design.md``).
+
+    Everything but ``timings`` depends only on the inputs and options, so two runs
+    on the same inputs give the same summary apart from ``timings``.
+    """
+    from .outputs import building_records, site_records
+
+    grid = result.grid
+    _, buildings = building_records(result.buildings)
+    _, sites = site_records(result.sites, claimed=result.claim is not None)
+    totals = {
+        "n_buildings": len(result.buildings),
+        "n_sites": len(result.sites),
+        "built_area_m2": round(sum(float(b.area_m2) for b in result.buildings), 2),
+        "built_area_m2_min": round(sum(float(b.area_m2_min) for b in result.buildings), 2),
+        "built_area_m2_max": round(sum(float(b.area_m2_max) for b in result.buildings), 2),
+    }
+    epsg = grid.crs.to_epsg()
+    return {
+        "changedet_version": __version__,
+        "inputs": inputs,
+        "analysis_crs": f"EPSG:{epsg}" if epsg else grid.crs.to_wkt(),
+        "measurement_crs": result.crs.to_string(),
+        "pixel_size_m": [round(v, 6) for v in grid.pixel_size],
+        "grid": {"width": grid.width, "height": grid.height,
+                 "transform": [round(v, 6) for v in tuple(grid.transform)[:6]]},
+        "overlap_fraction": None if overlap_fraction is None else round(overlap_fraction, 4),
+        "coregistration": result.registration,
+        "totals": totals,
+        "sites": sites,
+        "buildings": buildings,
+        "claim": None if result.claim is None else result.claim.to_dict(),
+        "parameters": parameters,
+        "timings": result.timings,
+    }
+
+
+def detect(before: str | os.PathLike[str], after: str | os.PathLike[str], *,
+           progress: ProgressCallback | None = None, **options: Any) -> DetectionResult:
+    """Notebook entry point: :func:`run_detection` with keyword options.
+
+    Parameters
+    ----------
+    before, after : str or path-like
+        The two scenes.
+    progress : callable, optional
+        ``progress(stage, fraction)``.
+    **options
+        Any field of :class:`DetectOptions` (``coreg="local"``, ``claim_m2=13000``,
+        ``aoi="aoi.gpkg"``...).
+
+    Returns
+    -------
+    DetectionResult
+        ``.footprints`` are shapely polygons in the analysis CRS, ``.summary`` the
+        ``summary.json`` dict; write files with
+        :func:`changedet.outputs.write_outputs`.
+    """
+    unknown = set(options) - set(DetectOptions.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if isinstance(options.get("bands"), list):
+        options["bands"] = tuple(options["bands"])
+    return run_detection(before, after, DetectOptions(**options), progress=progress)
+
+
+__all__ = ["DetectOptions", "DetectionResult", "ProgressCallback", "build_summary", "detect",
+           "quicklook", "run_detection"]

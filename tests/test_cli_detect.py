@@ -1,0 +1,357 @@
+"""``changedet detect`` and ``changedet demo`` through click's CliRunner."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from click.testing import CliRunner
+from pyproj import CRS, Transformer
+
+from changedet import pipeline
+from changedet.cli import main
+from changedet.outputs import OUTPUT_FILES
+from changedet.pipeline import DetectOptions
+from tests._fakes import fake_result
+from tests.test_outputs import _cog_layout_ok
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small synthetic suburb pair with new buildings (fast to analyse)."""
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    out = tmp_path_factory.mktemp("scenes")
+    params = SynthParams.for_scenario("suburb", seed=1, size=320)
+    return write_synthetic_pair(params, out / "pair")
+
+
+@pytest.fixture(scope="module")
+def detected(scenes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = CliRunner().invoke(main, ["-q", "detect", str(scenes["before"]),
+                                       str(scenes["after"]), "-o", str(out),
+                                       "--claim-m2", "1000"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _run(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_detect_writes_the_contract(detected: Path) -> None:
+    assert sorted(p.name for p in detected.iterdir()) == sorted(OUTPUT_FILES)
+    assert not [p for p in detected.parent.iterdir() if p.name.startswith(".")]
+    # GeoJSON: WGS84; its areas, measured back in UTM, match the properties.
+    meta, _, wkb, fields = pyogrio.raw.read(detected / "new_buildings.geojson")
+    assert CRS.from_user_input(meta["crs"]).to_epsg() == 4326
+    assert len(wkb) > 0
+    names = list(meta["fields"])
+    area = fields[names.index("area_m2")]
+    lo, hi = fields[names.index("area_m2_min")], fields[names.index("area_m2_max")]
+    assert np.all(lo <= area) and np.all(area <= hi)
+    to_utm = Transformer.from_crs(4326, 32651, always_xy=True)
+    utm = shapely.transform(shapely.from_wkb(wkb), lambda xy: np.column_stack(
+        to_utm.transform(xy[:, 0], xy[:, 1])))
+    np.testing.assert_allclose(shapely.area(utm), area, rtol=2e-3, atol=0.5)
+    # GPKG: both layers in the analysis CRS with the same areas.
+    assert [n for n, _ in pyogrio.list_layers(detected / "new_buildings.gpkg")] == \
+        ["new_buildings", "sites"]
+    gmeta, _, gwkb, _ = pyogrio.raw.read(detected / "new_buildings.gpkg", layer="new_buildings")
+    assert CRS.from_user_input(gmeta["crs"]).to_epsg() == 32651
+    np.testing.assert_allclose(shapely.area(shapely.from_wkb(gwkb)), area, atol=0.051)  # 0.1 m² rounding
+    smeta, _, swkb, sfields = pyogrio.raw.read(detected / "new_buildings.gpkg", layer="sites")
+    assert "verdict" in list(smeta["fields"])
+    # change.tif: a COG on the analysis grid whose 1-pixels match the buildings.
+    _cog_layout_ok(detected / "change.tif")
+    with rasterio.open(detected / "change.tif") as ds:
+        change = ds.read(1)
+        assert ds.crs.to_epsg() == 32651 and ds.nodata == 255
+        pixel_area = abs(ds.transform.determinant)
+    assert set(np.unique(change)) <= {0, 1, 255}
+    assert (change == 1).sum() * pixel_area == pytest.approx(area.sum(), rel=0.15)
+    summary = json.loads((detected / "summary.json").read_text())
+    for key in ("inputs", "analysis_crs", "pixel_size_m", "coregistration", "totals",
+                "sites", "claim", "parameters", "changedet_version", "timings"):
+        assert key in summary
+    assert summary["totals"]["n_buildings"] == len(wkb)
+    assert summary["claim"]["claim_m2"] == 1000.0
+
+
+def test_same_inputs_same_outputs(scenes: dict[str, Path], detected: Path,
+                                  tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    result = _run("-q", "detect", str(scenes["before"]), str(scenes["after"]), "-o",
+                  str(again), "--claim-m2", "1000")
+    assert result.exit_code == 0, result.output
+    for name in ("new_buildings.geojson", "sites.geojson", "change.tif"):
+        assert (again / name).read_bytes() == (detected / name).read_bytes(), name
+    one = json.loads((detected / "summary.json").read_text())
+    two = json.loads((again / "summary.json").read_text())
+    one.pop("timings"), two.pop("timings")
+    assert one == two
+
+
+def test_stdout_is_the_table(scenes: dict[str, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["detect", str(scenes["before"]), str(scenes["after"]),
+                                       "-o", str(tmp_path / "o"), "--claim-m2", "1000"])
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Claim: ") and lines[1].startswith("Site")
+    assert "wrote" in result.stderr and "wrote" not in result.stdout
+
+
+def test_refuses_non_empty_outdir(scenes: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = _run("detect", str(scenes["before"]), str(scenes["after"]), "-o", str(out))
+    assert result.exit_code == 1
+    assert "not empty" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    result = _run("-q", "detect", str(scenes["before"]), str(scenes["after"]), "-o", str(out),
+                  "--overwrite")
+    assert result.exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+
+
+def test_missing_input_one_line(tmp_path: Path) -> None:
+    result = _run("detect", str(tmp_path / "nope.tif"), str(tmp_path / "b.tif"), "-o",
+                  str(tmp_path / "o"))
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"Error: {tmp_path / 'nope.tif'}: no such file"]
+    assert not (tmp_path / "o").exists()
+    verbose = _run("-v", "detect", str(tmp_path / "nope.tif"), str(tmp_path / "b.tif"), "-o",
+                   str(tmp_path / "o"))
+    assert verbose.exit_code == 1 and verbose.exception is not None  # traceback kept
+
+
+def test_full_disk_leaves_outdir(scenes: dict[str, Path], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet import outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+
+    def full(path: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(outputs, "write_cog", full)
+    result = _run("-q", "detect", str(scenes["before"]), str(scenes["after"]), "-o", str(out),
+                  "--overwrite")
+    assert result.exit_code == 1
+    assert "no space left on device" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _aoi_file(path: Path, polygons: list[shapely.Polygon], crs: str, driver: str) -> Path:
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb(polygons), dtype=object),
+                      field_data=[np.asarray([f"<b>zone {i}</b>" for i in range(len(polygons))],
+                                             dtype=object)],
+                      fields=["name"], driver=driver, geometry_type="Polygon", crs=crs)
+    return path
+
+
+def _scene_box(path: Path, frac: tuple[float, float, float, float]) -> shapely.Polygon:
+    with rasterio.open(path) as ds:
+        left, bottom, right, top = ds.bounds
+    w, h = right - left, top - bottom
+    return shapely.box(left + frac[0] * w, bottom + frac[1] * h, left + frac[2] * w,
+                       bottom + frac[3] * h)
+
+
+def test_aoi_in_another_crs(scenes: dict[str, Path], detected: Path, tmp_path: Path) -> None:
+    # The AOI: 5 m around the first half of the buildings found without one, drawn
+    # in lon/lat. Detection does not depend on the AOI, so exactly those remain.
+    _, _, all_wkb, _ = pyogrio.raw.read(detected / "new_buildings.gpkg", layer="new_buildings")
+    every = shapely.from_wkb(all_wkb)
+    assert len(every) >= 2
+    chosen = every[: len(every) // 2]
+    zone = shapely.union_all(shapely.buffer(chosen, 5.0))
+    to_ll = Transformer.from_crs(32651, 4326, always_xy=True)
+    zone_ll = shapely.transform(zone, lambda xy: np.column_stack(
+        to_ll.transform(xy[:, 0], xy[:, 1])))
+    parts = list(getattr(zone_ll, "geoms", [zone_ll]))
+    aoi = _aoi_file(tmp_path / "aoi.gpkg", parts, "EPSG:4326", "GPKG")
+    out = tmp_path / "out"
+    result = _run("-q", "detect", str(scenes["before"]), str(scenes["after"]), "-o", str(out),
+                  "--aoi", str(aoi))
+    assert result.exit_code == 0, result.output
+    _, _, wkb, _ = pyogrio.raw.read(out / "new_buildings.gpkg", layer="new_buildings")
+    kept = shapely.from_wkb(wkb)
+    assert sorted(np.round(shapely.area(kept), 1)) == sorted(np.round(shapely.area(chosen), 1))
+    with rasterio.open(out / "change.tif") as ds:
+        change = ds.read(1)
+        rows, cols = np.nonzero(change != 255)
+        xs, ys = ds.transform @ (cols + 0.5, rows + 0.5)
+    inside = shapely.contains_xy(zone.buffer(1.0), xs, ys)
+    assert inside.all()  # analysed pixels lie in the AOI, the rest is no data
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inputs"]["aoi"] == str(aoi)
+
+
+def test_aoi_errors(scenes: dict[str, Path], tmp_path: Path) -> None:
+    far = shapely.box(100000, 100000, 100100, 100100)
+    outside = _aoi_file(tmp_path / "far.geojson", [far], "EPSG:32651", "GeoJSON")
+    text = tmp_path / "aoi.txt"
+    text.write_text("this is not vector data\n")
+    for path, message in ((outside, "outside the scenes"), (text, "not vector data"),
+                          (tmp_path / "missing.gpkg", "no such file")):
+        out = tmp_path / f"out-{path.stem}"
+        result = _run("detect", str(scenes["before"]), str(scenes["after"]), "-o", str(out),
+                      "--aoi", str(path))
+        assert result.exit_code == 1, (path, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0] and message in lines[0]
+        assert not out.exists()
+
+
+def test_aoi_invalid_geometry_is_repaired(scenes: dict[str, Path], tmp_path: Path) -> None:
+    box = _scene_box(scenes["before"], (0, 0, 1, 1))
+    x0, y0, x1, y1 = box.bounds
+    bowtie = shapely.Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])
+    assert not bowtie.is_valid
+    aoi = _aoi_file(tmp_path / "bowtie.geojson", [bowtie], "EPSG:32651", "GeoJSON")
+    result = _run("detect", str(scenes["before"]), str(scenes["after"]), "-o",
+                  str(tmp_path / "o"), "--aoi", str(aoi))
+    assert result.exit_code == 0, result.output
+    assert "repaired" in result.stderr
+
+
+def test_report_escapes_file_names(scenes: dict[str, Path], tmp_path: Path) -> None:
+    evil = tmp_path / '<script>alert(1)<script>.tif'
+    evil.write_bytes(Path(scenes["before"]).read_bytes())
+    out = tmp_path / "o"
+    result = _run("-q", "detect", str(evil), str(scenes["after"]), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    html = (out / "report.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;script&gt;.tif" in html
+
+
+@pytest.mark.parametrize("args", [
+    ["--claim-m2", "-5"], ["--claim-m2", "0"], ["--claim-m2", "1e12"], ["--claim-m2", "nan"],
+    ["--claim-m2", "100", "--claim-tolerance", "1.5"],
+    ["--claim-m2", "100", "--claim-tolerance", "-0.1"],
+    ["--claim-m2", "100", "--claim-sites", "0"], ["--claim-sites", "2"],
+    ["--claim-m2", "100", "--claim-basis", "roof"], ["--bands", "a,b"], ["--bands", "0,1"],
+    ["--coreg", "magic"], ["--min-area-m2", "-1"], ["--site-gap-m", "-3"],
+])
+def test_bad_values_are_usage_errors(args: list[str], tmp_path: Path) -> None:
+    result = _run("detect", "a.tif", "b.tif", "-o", str(tmp_path / "o"), *args)
+    assert result.exit_code == 2, result.output
+    assert not (tmp_path / "o").exists()
+
+
+class _Recorder:
+    """Stands in for run_detection: records the options, returns a known result."""
+
+    def __init__(self) -> None:
+        self.options: DetectOptions | None = None
+
+    def __call__(self, before: str, after: str, options: DetectOptions,
+                 progress: Any = None) -> Any:
+        self.options = options
+        return fake_result(options.claim_m2, n_sites=options.claim_sites,
+                           basis=options.claim_basis)
+
+
+def test_every_option_reaches_the_pipeline(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    record = _Recorder()
+    monkeypatch.setattr(pipeline, "run_detection", record)
+    aoi = tmp_path / "aoi.geojson"
+    result = _run("detect", "b.tif", "a.tif", "-o", str(tmp_path / "o"), "--bands", "3,2,1",
+                  "--nir-band", "4", "--coreg", "local", "--min-area-m2", "20",
+                  "--site-gap-m", "15", "--aoi", str(aoi), "--claim-m2", "8000",
+                  "--claim-tolerance", "0.2", "--claim-sites", "2", "--claim-basis",
+                  "envelope", "-q")
+    assert result.exit_code == 0, result.output
+    assert record.options == DetectOptions(
+        bands=(3, 2, 1), nir_band=4, coreg="local", min_area_m2=20.0, site_gap_m=15.0,
+        aoi=str(aoi), claim_m2=8000.0, claim_tolerance=0.2, claim_sites=2,
+        claim_basis="envelope")
+
+
+@pytest.mark.parametrize("claim, sites, verdicts", [
+    ("12375", "1", ["consistent", "(not claimed)"]),
+    ("8000", "2", ["larger than claimed", "consistent"]),
+    ("20000", "2", ["smaller than claimed", "smaller than claimed"]),
+    ("12375", "3", ["consistent", "smaller than claimed", "not found"]),
+])
+def test_every_verdict_on_stdout(claim: str, sites: str, verdicts: list[str], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "run_detection", _Recorder())
+    out = tmp_path / "o"
+    result = _run("detect", "b.tif", "a.tif", "-o", str(out), "--claim-m2", claim,
+                  "--claim-sites", sites)
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()[3:-1]
+    assert [next(v for v in ("(not claimed)", "consistent", "smaller than claimed",
+                             "larger than claimed", "not found") if r.endswith(v))
+            for r in rows] == verdicts
+    doc = json.loads((out / "sites.geojson").read_text())
+    claimed = [v for v in verdicts if v not in ("not found", "(not claimed)")]
+    assert [f["properties"]["verdict"] for f in doc["features"]][:len(claimed)] == claimed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [v["verdict"] for v in summary["claim"]["verdicts"]] == \
+        [v for v in verdicts if v != "(not claimed)"]
+    assert ("Consistent with the claim" in result.stdout) == \
+        all(v in ("consistent", "(not claimed)") for v in verdicts)
+
+
+def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    demo_module = sys.modules["changedet.cli.demo"]  # the package exports the command
+
+    record = _Recorder()
+    monkeypatch.setattr(pipeline, "run_detection", record)
+    monkeypatch.setattr(demo_module, "fixture_pair",
+                        lambda workdir: (Path("before.tif"), Path("after.tif")))
+    result = _run("demo", "-o", str(tmp_path / "d"))
+    assert result.exit_code == 0, result.output
+    assert record.options.claim_m2 == 13000 and record.options.claim_sites == 3
+    assert result.stdout.startswith("Claim: 3 sites of 13,000 m² each")
+    assert (tmp_path / "d" / "report.html").exists()
+
+
+def test_rio_plugin_entry_point() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    target = project["project"]["entry-points"]["rasterio.rio_plugins"]["changedet"]
+    module, name = target.split(":")
+    import importlib
+
+    group = getattr(importlib.import_module(module), name)
+    assert group is main
+    assert {"detect", "measure", "demo"} <= set(group.commands)
+
+
+def test_runs_as_rio_plugin(tmp_path: Path) -> None:
+    """``rio changedet ...``: the group works under rasterio's ``rio`` (own process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from rasterio.rio.main import main_group\n"
+            "from changedet.cli import main\n"
+            "main_group.add_command(main, 'changedet')\n"
+            "main_group(['changedet', 'measure', sys.argv[1]])\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    missing = tmp_path / "missing.gpkg"
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(missing)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"Error: {missing}: no such file"

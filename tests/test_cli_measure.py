@@ -1,0 +1,129 @@
+"""``changedet measure``: hand-traced polygons in any format and CRS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import shapely
+from click.testing import CliRunner
+from pyproj import Transformer
+
+from changedet.cli import main
+
+# Three rectangles in UTM 51N (metres): 100 x 130, 100 x 100 and 60 x 50 m.
+RECTS = [shapely.box(740800, 4328000, 740900, 4328130),
+         shapely.box(741100, 4328000, 741200, 4328100),
+         shapely.box(741400, 4328000, 741460, 4328050)]
+AREAS = [13000.0, 10000.0, 3000.0]
+
+
+def _write(path: Path, geoms: list, crs: str, driver: str, names: bool = True) -> Path:
+    kwargs = {"field_data": [], "fields": []}
+    if names:
+        kwargs = {"field_data": [np.asarray([f"R{i + 1}" for i in range(len(geoms))],
+                                            dtype=object)], "fields": ["name"]}
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb(geoms), dtype=object),
+                      driver=driver, crs=crs, **kwargs,
+                      geometry_type="Point" if shapely.get_type_id(geoms[0]) == 0 else "Polygon")
+    return path
+
+
+def _lonlat(geoms: list) -> list:
+    tr = Transformer.from_crs(32651, 4326, always_xy=True)
+    return [shapely.transform(g, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+            for g in geoms]
+
+
+@pytest.mark.parametrize("name, driver, crs, geoms", [
+    ("traced.geojson", "GeoJSON", "EPSG:4326", _lonlat(RECTS)),
+    ("traced.gpkg", "GPKG", "EPSG:32651", RECTS),
+    ("traced.shp", "ESRI Shapefile", "EPSG:32651", RECTS),
+])
+def test_areas_in_any_format_and_crs(name: str, driver: str, crs: str, geoms: list,
+                                     tmp_path: Path) -> None:
+    path = _write(tmp_path / name, geoms, crs, driver)
+    result = CliRunner().invoke(main, ["measure", str(path), "--json", "--pixel-size", "0"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [p["name"] for p in doc["polygons"]] == ["R1", "R2", "R3"]
+    got = [p["area_m2"] for p in doc["polygons"]]
+    np.testing.assert_allclose(got, AREAS, rtol=1e-4)
+    for p in doc["polygons"]:
+        assert p["geodesic_area_m2"] == pytest.approx(p["area_m2"], rel=5e-3)
+    assert [p["perimeter_m"] for p in doc["polygons"]] == pytest.approx([460, 400, 220], rel=1e-4)
+
+
+def test_uncertainty_from_pixel_size(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.gpkg", RECTS[:1], "EPSG:32651", "GPKG")
+    result = CliRunner().invoke(main, ["measure", str(path), "--json", "--pixel-size", "1"])
+    poly = json.loads(result.stdout)["polygons"][0]
+    # Each edge known to half a pixel: (100 -/+ 1) x (130 -/+ 1).
+    assert poly["area_m2_min"] == pytest.approx(99 * 129)
+    assert poly["area_m2_max"] == pytest.approx(101 * 131)
+
+
+@pytest.mark.parametrize("claim, sites, expected", [
+    ("13000", "1", ["consistent"]),
+    ("10000", "3", ["larger than claimed", "consistent", "smaller than claimed"]),
+    ("13000", "4", ["consistent", "smaller than claimed", "smaller than claimed",
+                    "not found"]),
+    ("2000", "1", ["larger than claimed"]),
+])
+def test_claim_verdicts(claim: str, sites: str, expected: list[str], tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.geojson", _lonlat(RECTS), "EPSG:4326", "GeoJSON")
+    args = ["measure", str(path), "--claim-m2", claim, "--claim-sites", sites,
+            "--site-gap-m", "20", "--pixel-size", "0.5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert f"Claim: {sites} site" in result.stdout
+    verdicts = [v["verdict"] for v in json.loads(
+        CliRunner().invoke(main, args + ["--json"]).stdout)["claim"]["verdicts"]]
+    assert verdicts == expected
+    for v in set(expected):
+        assert v in result.stdout
+
+
+def test_envelope_basis_and_tolerance(tmp_path: Path) -> None:
+    # Two 50 x 50 m buildings 10 m apart: footprint 5,000 m², envelope close to
+    # 5,500 m² (the yard between them is filled).
+    geoms = [shapely.box(0, 0, 50, 50), shapely.box(60, 0, 110, 50)]
+    path = _write(tmp_path / "pair.gpkg", geoms, "EPSG:32651", "GPKG")
+    base = ["measure", str(path), "--json", "--pixel-size", "0", "--site-gap-m", "20",
+            "--claim-m2", "5450", "--claim-tolerance", "0.01"]
+    footprint = json.loads(CliRunner().invoke(main, base).stdout)
+    envelope = json.loads(CliRunner().invoke(main, base + ["--claim-basis", "envelope"]).stdout)
+    assert footprint["claim"]["verdicts"][0]["verdict"] == "smaller than claimed"
+    assert envelope["claim"]["verdicts"][0]["verdict"] == "consistent"
+    assert 5400 < envelope["sites"][0]["envelope_area_m2"] <= 5500
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    points = _write(tmp_path / "points.geojson", [shapely.Point(1, 2)], "EPSG:4326", "GeoJSON")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    for path, message in ((points, "no polygons"), (text, "not vector data"),
+                          (tmp_path / "nope.gpkg", "no such file")):
+        result = CliRunner().invoke(main, ["measure", str(path)])
+        assert result.exit_code == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], lines
+
+
+@pytest.mark.parametrize("args", [["--claim-m2", "-1"], ["--claim-sites", "2"],
+                                  ["--pixel-size", "-1"], ["--claim-m2", "5", "--claim-tolerance", "2"]])
+def test_bad_values(args: list[str], tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.gpkg", RECTS, "EPSG:32651", "GPKG")
+    assert CliRunner().invoke(main, ["measure", str(path), *args]).exit_code == 2
+
+
+def test_table_output(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.gpkg", RECTS, "EPSG:32651", "GPKG", names=False)
+    result = CliRunner().invoke(main, ["measure", str(path), "--pixel-size", "0"])
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["Polygon", "Area"]
+    assert lines[1].split()[:2] == ["1", "13,000.0"]

@@ -1,0 +1,252 @@
+"""Writers of the Contract outputs: GeoJSON (RFC 7946), GPKG, COG, atomic folder."""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from pyproj import CRS, Transformer
+
+from tests._fakes import AREAS, GRID, fake_result
+from changedet import outputs
+from changedet.errors import OutputError
+from changedet.outputs import (OUTPUT_FILES, atomic_folder, geojson_text, write_cog,
+                               write_gpkg, write_outputs)
+
+
+def _ring_area(coords: list) -> float:
+    xy = np.asarray(coords)
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+
+
+def test_geojson_is_rfc7946() -> None:
+    res = fake_result()
+    geoms, props = outputs.building_records(res.buildings)
+    # A clockwise exterior in the input must come out counter-clockwise.
+    geoms[0] = shapely.orient_polygons(geoms[0], exterior_cw=True)
+    doc = json.loads(geojson_text(geoms, props, GRID.crs))
+    assert "crs" not in doc and doc["type"] == "FeatureCollection"
+    text = geojson_text(geoms, props, GRID.crs)
+    decimals = [len(m) for m in re.findall(r"\d\.(\d+)", text.split('"geometry"', 1)[1])]
+    assert max(decimals) <= 7
+    back = Transformer.from_crs(4326, 32651, always_xy=True)
+    for feat, geom, prop in zip(doc["features"], geoms, props):
+        rings = feat["geometry"]["coordinates"]
+        assert _ring_area(rings[0]) > 0  # counter-clockwise exterior
+        for hole in rings[1:]:
+            assert _ring_area(hole) < 0
+        lon, lat = np.asarray(rings[0]).T
+        assert 122 < lon.min() and lon.max() < 124 and 38 < lat.min() < 40
+        metres = shapely.Polygon(np.column_stack(back.transform(lon, lat)),
+                                 [np.column_stack(back.transform(*np.asarray(h).T))
+                                  for h in rings[1:]])
+        # 1e-7 degree rounding moves vertices by at most ~1 cm.
+        assert metres.area == pytest.approx(geom.area, abs=0.011 * geom.length)
+        assert feat["properties"] == prop
+    holed = doc["features"][2]["geometry"]["coordinates"]
+    assert len(holed) == 2
+
+
+def test_geojson_same_bytes_twice() -> None:
+    a = geojson_text(*outputs.building_records(fake_result().buildings), GRID.crs)
+    b = geojson_text(*outputs.building_records(fake_result().buildings), GRID.crs)
+    assert a == b
+
+
+def test_gpkg_layers_crs_and_areas(tmp_path: Path) -> None:
+    res = fake_result()
+    geoms, props = outputs.building_records(res.buildings)
+    sgeoms, sprops = outputs.site_records(res.sites, claimed=False)
+    path = write_gpkg(tmp_path / "x.gpkg", {"new_buildings": (geoms, props),
+                                            "sites": (sgeoms, sprops)}, GRID.crs.to_wkt())
+    assert [name for name, _ in pyogrio.list_layers(path)] == ["new_buildings", "sites"]
+    meta, _, wkb, fields = pyogrio.raw.read(path, layer="new_buildings")
+    assert CRS.from_user_input(meta["crs"]).to_epsg() == 32651
+    areas = shapely.area(shapely.from_wkb(wkb))
+    np.testing.assert_allclose(areas, AREAS, rtol=1e-9)
+    col = list(meta["fields"]).index("area_m2")
+    np.testing.assert_allclose(fields[col], [p["area_m2"] for p in props])
+    meta, _, wkb, _ = pyogrio.raw.read(path, layer="sites")
+    assert len(wkb) == 2 and CRS.from_user_input(meta["crs"]).to_epsg() == 32651
+
+
+def _tiff_ifds(raw: bytes) -> list[tuple[int, int, int, list[int]]]:
+    """(IFD offset, width, height, tile offsets) of each IFD of a little-endian TIFF."""
+    ifds = []
+    offset = struct.unpack_from("<I", raw, 4)[0]
+    while offset:
+        (n,) = struct.unpack_from("<H", raw, offset)
+        tags = {}
+        for k in range(n):
+            tag, typ, count, value = struct.unpack_from("<HHII", raw, offset + 2 + 12 * k)
+            if tag not in (256, 257, 324):  # width, height, tile offsets
+                continue
+            size = {3: 2, 4: 4}.get(typ, 4)
+            if count * size <= 4:
+                vals = list(struct.unpack_from("<" + ("H" if typ == 3 else "I") * count,
+                                               raw, offset + 2 + 12 * k + 8))
+            else:
+                vals = list(struct.unpack_from("<" + ("H" if typ == 3 else "I") * count,
+                                               raw, value))
+            tags[tag] = vals
+        ifds.append((offset, tags[256][0], tags[257][0], tags.get(324, [])))
+        offset = struct.unpack_from("<I", raw, offset + 2 + 12 * n)[0]
+    return ifds
+
+
+def _cog_layout_ok(path: Path) -> None:
+    """What GDAL's validate_cloud_optimized_geotiff checks, the essential part."""
+    raw = path.read_bytes()
+    assert raw[:4] == b"II*\x00"
+    assert b"LAYOUT=IFDS_BEFORE_DATA" in raw[:400]
+    with rasterio.open(path) as ds:
+        assert ds.driver == "GTiff" and ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.block_shapes[0] == (256, 256)
+        overviews = ds.overviews(1)
+    assert overviews, "no overviews"
+    ifds = _tiff_ifds(raw)
+    assert len(ifds) == 1 + len(overviews)
+    widths = [w for _, w, _, _ in ifds]
+    assert widths == sorted(widths, reverse=True)  # full resolution first, then overviews
+    assert all(t for *_, t in ifds), "not tiled"
+    first_data = min(min(t for t in tiles if t) for *_, tiles in ifds)
+    assert max(off for off, *_ in ifds) < first_data  # every IFD before any data
+    # Smallest overview's data first, full resolution last.
+    starts = [min(t for t in tiles if t) for *_, tiles in ifds]
+    assert starts == sorted(starts, reverse=True)
+
+
+def test_cog_valid_uint8_nearest(tmp_path: Path) -> None:
+    data = np.zeros(GRID.shape, dtype=np.uint8)
+    data[100:300, 200:260] = 1
+    data[:, :50] = 255
+    path = write_cog(tmp_path / "change.tif", data, GRID)
+    _cog_layout_ok(path)
+    with rasterio.open(path) as ds:
+        assert ds.dtypes == ("uint8",) and ds.nodata == 255 and ds.crs.to_epsg() == 32651
+        assert ds.transform == GRID.transform
+        np.testing.assert_array_equal(ds.read(1), data)
+        # Nearest-neighbour overviews hold only the class codes.
+        assert set(np.unique(ds.read(1, out_shape=(GRID.height // 4, GRID.width // 4)))) \
+            <= {0, 1, 255}
+    with rasterio.open(path, OVERVIEW_LEVEL=0) as ov:
+        assert set(np.unique(ov.read(1, masked=False))) <= {0, 1, 255}
+
+
+def test_write_outputs_contract(tmp_path: Path) -> None:
+    res = fake_result(8000.0)  # site 1 (12,375 m²) larger, site 2 (8,000 m²) consistent
+    out = tmp_path / "out"
+    paths = write_outputs(res, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert set(paths) == set(OUTPUT_FILES)
+    sites = json.loads((out / "sites.geojson").read_text())
+    assert [f["properties"]["verdict"] for f in sites["features"]] == \
+        ["larger than claimed", "consistent"]
+    buildings = json.loads((out / "new_buildings.geojson").read_text())
+    assert [f["properties"]["area_m2"] for f in buildings["features"]] == AREAS
+    assert [f["properties"]["site_id"] for f in buildings["features"]] == [2, 2, 1]
+    meta, _, wkb, _ = pyogrio.raw.read(out / "new_buildings.gpkg", layer="sites")
+    assert CRS.from_user_input(meta["crs"]).to_epsg() == 32651
+    np.testing.assert_allclose(shapely.area(shapely.from_wkb(wkb)),
+                               [s.envelope.area for s in res.sites])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coregistration"]["shift_m"] == [0.625, 0.25]
+    assert summary["totals"]["n_buildings"] == 3
+    assert summary["totals"]["built_area_m2"] == sum(AREAS)
+    assert [v["verdict"] for v in summary["claim"]["verdicts"]] == \
+        ["larger than claimed", "consistent"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
+    _cog_layout_ok(out / "change.tif")
+
+
+def test_no_verdict_property_without_claim(tmp_path: Path) -> None:
+    write_outputs(fake_result(), tmp_path / "o")
+    sites = json.loads((tmp_path / "o" / "sites.geojson").read_text())
+    assert all("verdict" not in f["properties"] for f in sites["features"])
+
+
+def test_refuses_non_empty_folder_without_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        write_outputs(fake_result(), out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    write_outputs(fake_result(), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_empty_existing_folder_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    write_outputs(fake_result(), tmp_path / "out")
+    assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_outdir_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        write_outputs(fake_result(), tmp_path / "f", overwrite=True)
+
+
+def test_full_disk_leaves_outdir_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "change.tif"))
+
+    monkeypatch.setattr(outputs, "write_cog", full)
+    with pytest.raises(OutputError, match="no space left on device"):
+        write_outputs(fake_result(), out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_failure_in_block_removes_temporary(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with atomic_folder(tmp_path / "new") as tmp:
+            (tmp / "a").write_text("x")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests may run as root, who can write anywhere: simulate the refusal.
+    def refuse(*args: object, **kwargs: object) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", refuse)
+    with pytest.raises(OutputError, match="cannot write here"):
+        write_outputs(fake_result(), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_parent(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="no such folder"):
+        write_outputs(fake_result(), tmp_path / "a" / "b")
+
+
+def test_no_building_found(tmp_path: Path) -> None:
+    from changedet.measure import check_claim
+
+    res = fake_result()
+    res.buildings, res.sites = [], []
+    res.claim = check_claim([], 13000.0, n_sites=3)
+    write_outputs(res, tmp_path / "o")
+    doc = json.loads((tmp_path / "o" / "new_buildings.geojson").read_text())
+    assert doc == {"type": "FeatureCollection", "features": []}
+    assert [n for n, _ in pyogrio.list_layers(tmp_path / "o" / "new_buildings.gpkg")] == \
+        ["new_buildings", "sites"]
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "3 not found" in html
