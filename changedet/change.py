@@ -7,8 +7,8 @@ visible-band green-dominance index without near-infrared, judged on each date's 
 colours), cast shadow in the after date (darkening that keeps the before colour's
 spectral direction; a self-shaded roof facet is a new colour), shadow in the before
 date (the moved shadows of old buildings) and fine texture (disturbed earth, rubble,
-cars, foliage). Buildings are found by hysteresis: the automatic (or given) threshold
-seeds them, half of it draws their extent. Candidate regions are then judged as
+cars, foliage). Buildings are the regions above the automatic (or given) threshold.
+Candidate regions are then judged as
 objects: at least a few metres wide, at least the minimum area, and casting a shadow
 on the anti-sun side; the sun azimuth is estimated from the candidates themselves
 when no metadata gives it (the shadow test is skipped when no direction stands out).
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import apply_hysteresis_threshold, threshold_otsu
+from skimage.filters import threshold_otsu
 
 from ._log import logger
 from .radiometry import RadiometricFit, fit_radiometry
@@ -473,11 +473,10 @@ def segment_new_buildings(
         0 background, 1..N one label per new building.
     """
     min_area_px = params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2
-    # Hysteresis: the threshold finds buildings, half of it draws their extent (the
-    # half-way level of a roof's contrast is where its edge lies).
-    low = max(params.min_sigma, 0.5 * evidence.threshold)
-    cand = apply_hysteresis_threshold(np.where(valid, evidence.score, 0), low,
-                                      evidence.threshold)
+    # The threshold finds the roofs; their outlines are re-drawn further down on the
+    # texture-free evidence. (Hysteresis down to half the threshold leaked along new
+    # roads and disturbed earth into blobs joining whole streets.)
+    cand = (evidence.score > evidence.threshold) & valid
     # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
     cand = ndimage.binary_closing(cand, _disk(0.5 * params.min_width_m / pixel_size_m)) & valid
     # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
