@@ -42,3 +42,6 @@ main.add_command(measure)
 from .demo import demo  # noqa: E402
 
 main.add_command(demo)
+from .coregister import coregister  # noqa: E402
+
+main.add_command(coregister)

@@ -1,0 +1,63 @@
+"""``changedet coregister``: the after scene registered onto the before scene's grid."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import click
+import numpy as np
+import rasterio
+
+from ..errors import OutputError
+from .detect import apply_verbosity, verbosity_options
+from .options import echo_json, handle_errors
+
+
+@click.command()
+@click.argument("before", type=click.Path(dir_okay=False))
+@click.argument("after", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="GeoTIFF to write: the after scene on the before scene's analysis grid.")
+@click.option("--coreg", "method", type=click.Choice(["global", "local", "none"]),
+              default="global", show_default=True, help="Co-registration model.")
+@click.option("--bands", default=None, help="1-based bands to use, e.g. 3,2,1 (default: first three).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@verbosity_options
+@handle_errors
+def coregister(before: str, after: str, output: str, method: str, bands: str | None,
+               overwrite: bool, cmd_verbose: int, cmd_quiet: int) -> None:
+    """Register AFTER onto BEFORE and print the shift as JSON on stdout."""
+    from ..coregister import coregister as run_coregister
+    from ..raster import align_pair, parse_bands, read_scene
+
+    apply_verbosity(cmd_verbose, cmd_quiet)
+    if os.path.exists(output) and not overwrite:
+        raise OutputError(f"{output} exists; use --overwrite to replace it")
+    try:
+        chosen = parse_bands(bands)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--bands") from None
+    pair = align_pair(read_scene(before, chosen), read_scene(after, chosen))
+    registered, registration = run_coregister(pair, method)
+    scene = registered.after
+    data = np.where(scene.valid, scene.image, np.nan).astype(np.float32)
+    profile = {
+        "driver": "GTiff", "height": scene.grid.height, "width": scene.grid.width,
+        "count": data.shape[0], "dtype": "float32", "crs": scene.grid.crs,
+        "transform": scene.grid.transform, "nodata": float("nan"), "tiled": True,
+        "compress": "deflate", "predictor": 3,
+    }
+    folder = os.path.dirname(os.path.abspath(output))
+    # Written beside the target and renamed: an interrupted run leaves no half file.
+    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=folder)
+    os.close(fd)
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    echo_json(registration.summary(registered.grid))

@@ -1,0 +1,389 @@
+"""Sub-pixel co-registration of the after scene onto the before scene.
+
+Matching is done on structure (gradient magnitude of the luminance), which survives
+gain, offset, gamma and haze differences between dates, in many windows spread over
+the overlap. Each window gives a phase-correlation shift with an upsampled sub-pixel
+peak and a peak height; a robust consensus over windows rejects the windows spoilt by
+new buildings, moved shadows or seasonal vegetation. A coarse pass on decimated
+images first brings large shifts (up to ~10% of the overlap) within a window's reach.
+
+Sign convention (design.md): a feature at column ``c``, row ``r`` of the before image
+appears at ``c + dx``, ``r + dy`` of the after image on the analysis grid. The
+correction handed to :func:`changedet.raster.warp_scene` maps an output pixel to the
+place where it must be sampled in the after image, so a global shift is
+``Affine.translation(dx, dy)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from scipy import fft as sfft
+from scipy import ndimage
+from skimage.measure import ransac
+from skimage.registration import phase_cross_correlation
+from skimage.transform import AffineTransform
+
+from ._log import logger
+from .raster import AlignedPair, Grid, warp_scene
+
+#: Below this reliability a shift is reported but not applied.
+MIN_RELIABILITY = 0.3
+#: Sub-pixel precision of the upsampled cross-correlation peak (1/100 px).
+UPSAMPLE = 100
+METHODS = ("global", "local", "none")
+
+
+@dataclass
+class Registration:
+    """Result of co-registration.
+
+    Attributes
+    ----------
+    method : str
+        ``"global"``, ``"local"`` or ``"none"``.
+    shift_px : tuple of float
+        ``(dx, dy)`` in analysis-grid pixels (for ``local``, the shift at the centre).
+    reliability : float or None
+        0 (no trust) to 1, from the agreement between windows and their peak
+        strength; None when no registration was attempted.
+    n_windows : int
+        Windows that agreed with the consensus (tie points kept, in local mode).
+    correction : affine.Affine
+        Pixel-space map for :func:`changedet.raster.warp_scene`; the identity when
+        nothing was applied.
+    residual_rms_px : float or None
+        RMS distance (px) of the kept windows' shifts from the fitted model.
+    low_reliability : bool
+        True when the estimate was judged unreliable and was therefore not applied.
+    windows : list of dict
+        Per window: ``centre`` (col, row), ``shift`` (dx, dy), ``peak``, ``used``.
+    n_windows_total : int
+        Windows measured (with enough valid data).
+    """
+
+    method: str
+    shift_px: tuple[float, float]
+    reliability: float | None
+    n_windows: int
+    correction: Affine = field(default_factory=Affine.identity)
+    residual_rms_px: float | None = None
+    low_reliability: bool = False
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    n_windows_total: int = 0
+
+    @property
+    def applied(self) -> bool:
+        """Whether the correction differs from the identity."""
+        return not self.correction.almost_equals(Affine.identity(), precision=1e-12)
+
+    def summary(self, grid: Grid) -> dict[str, Any]:
+        """The ``coregistration`` block of ``summary.json``.
+
+        ``shift_m`` is ``[east, north]`` in metres for the grid's transform.
+        """
+        dx, dy = self.shift_px
+        t = grid.transform
+        east = dx * t.a + dy * t.b
+        north = dx * t.d + dy * t.e
+        out: dict[str, Any] = {
+            "shift_px": [round(dx, 4), round(dy, 4)],
+            "shift_m": [round(east, 4), round(north, 4)],
+            "reliability": None if self.reliability is None else round(self.reliability, 3),
+            "method": self.method,
+            "n_windows": self.n_windows,
+            "n_windows_total": self.n_windows_total,
+            "residual_rms_px": None if self.residual_rms_px is None
+            else round(self.residual_rms_px, 4),
+            "low_reliability": self.low_reliability,
+            "applied": self.applied,
+        }
+        if self.method == "local" and self.applied:
+            c = self.correction
+            out["affine_px"] = [round(v, 8) for v in (c.a, c.b, c.c, c.d, c.e, c.f)]
+        return out
+
+
+def _luminance(image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 mean of the bands of a (B, H, W) or (H, W) array."""
+    if image.ndim == 2:
+        return image.astype(np.float32, copy=False)
+    return image.mean(axis=0, dtype=np.float32)
+
+
+def _structure(lum: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Gradient magnitude, normalised to unit median inside ``valid``.
+
+    Edges keep their place whatever the gain, offset or gamma of a date, which makes
+    this a far better thing to correlate than brightness.
+    """
+    gx = ndimage.sobel(lum, axis=1, output=np.float32)
+    gy = ndimage.sobel(lum, axis=0, output=np.float32)
+    mag = np.hypot(gx, gy)
+    # Pixels next to invalid data carry a fake edge.
+    mag[~ndimage.binary_erosion(valid, iterations=2)] = 0.0
+    scale = float(np.median(mag[mag > 0])) if np.any(mag > 0) else 1.0
+    return mag / max(scale, 1e-12)
+
+
+def _peak_height(ref: np.ndarray, mov: np.ndarray) -> float:
+    """Height of the phase-correlation peak (1 for identical images, ~5/N for noise)."""
+    f1 = sfft.rfft2(ref, workers=2)
+    f2 = sfft.rfft2(mov, workers=2)
+    cross = f1 * np.conj(f2)
+    cross /= np.maximum(np.abs(cross), 1e-12)
+    corr = sfft.irfft2(cross, s=ref.shape, workers=2)
+    return float(corr.max())
+
+
+def _window_shift(ref: np.ndarray, mov: np.ndarray) -> tuple[float, float, float]:
+    """(dx, dy, peak) of ``mov`` relative to ``ref`` (both (N, N) structure images)."""
+    taper = np.outer(np.hanning(ref.shape[0]), np.hanning(ref.shape[1])).astype(np.float32)
+    a = (ref - ref.mean()) * taper
+    b = (mov - mov.mean()) * taper
+    # Plain cross-correlation of structure images: on synthetic pairs with moved
+    # shadows it was less biased than pure phase correlation (mean error 0.03 px
+    # against 0.05 px); the phase-normalised peak is still used for reliability.
+    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=UPSAMPLE,
+                                          normalization=None)
+    # skimage gives the shift that moves `mov` onto `ref`: the feature displacement
+    # from before to after is its negative.
+    return -float(shift[1]), -float(shift[0]), _peak_height(a, b)
+
+
+def _coarse_shift(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> tuple[int, int]:
+    """Whole-pixel (dx, dy) from decimated images; handles shifts up to ~10% of size."""
+    h, w = valid.shape
+    factor = max(1, int(math.ceil(max(h, w) / 512)))
+    if factor == 1 and max(h, w) <= 512:
+        small_b, small_a, small_v = before, after, valid
+    else:
+        hh, ww = (h // factor) * factor, (w // factor) * factor
+
+        def down(x: np.ndarray) -> np.ndarray:
+            return x[:hh, :ww].reshape(hh // factor, factor, ww // factor, factor).mean(
+                axis=(1, 3), dtype=np.float32)
+
+        small_v = down(valid.astype(np.float32)) > 0.999
+        small_b, small_a = down(before), down(after)
+    sb = _structure(small_b, small_v)
+    sa = _structure(small_a, small_v)
+    dx, dy, _ = _window_shift(sb, sa)
+    return int(round(dx * factor)), int(round(dy * factor))
+
+
+def _window_size(shape: tuple[int, int]) -> int:
+    side = min(shape)
+    size = 256
+    while size > 64 and size * 2.5 > side:
+        size //= 2
+    return size
+
+
+def _measure_windows(
+    before: np.ndarray, after: np.ndarray, valid: np.ndarray, coarse: tuple[int, int],
+    n_side: int,
+) -> list[dict[str, Any]]:
+    """Phase-correlate ``n_side`` x ``n_side`` windows; shifts include the coarse one."""
+    h, w = valid.shape
+    size = _window_size((h, w))
+    pad = 3  # room for the Sobel kernel
+    cdx, cdy = coarse
+    # Window origins such that the after window (displaced by the coarse shift) fits.
+    r_lo, r_hi = max(pad, pad - cdy), min(h - size - pad, h - size - pad - cdy)
+    c_lo, c_hi = max(pad, pad - cdx), min(w - size - pad, w - size - pad - cdx)
+    if r_hi < r_lo or c_hi < c_lo:
+        return []
+    rows = np.unique(np.linspace(r_lo, r_hi, n_side).round().astype(int))
+    cols = np.unique(np.linspace(c_lo, c_hi, n_side).round().astype(int))
+    out = []
+    for r0 in rows:
+        for c0 in cols:
+            rb = slice(r0 - pad, r0 + size + pad)
+            cb = slice(c0 - pad, c0 + size + pad)
+            ra = slice(r0 - pad + cdy, r0 + size + pad + cdy)
+            ca = slice(c0 - pad + cdx, c0 + size + pad + cdx)
+            vb = valid[rb, cb]
+            va = valid[ra, ca]
+            if vb.mean() < 0.9 or va.mean() < 0.9:
+                continue
+            sb = _structure(_luminance(before[..., rb, cb]), vb)[pad:-pad, pad:-pad]
+            sa = _structure(_luminance(after[..., ra, ca]), va)[pad:-pad, pad:-pad]
+            if not np.isfinite(sb).all() or sb.std() < 1e-6 or sa.std() < 1e-6:
+                continue
+            dx, dy, peak = _window_shift(sb, sa)
+            out.append({
+                "centre": (float(c0 + size / 2), float(r0 + size / 2)),
+                "shift": (dx + cdx, dy + cdy),
+                "peak": peak,
+                "size": size,
+                "used": False,
+            })
+    return out
+
+
+def _reliability(peaks: np.ndarray, n_inliers: int, n_total: int, spread_px: float,
+                 size: int) -> float:
+    """Trust in the consensus, 0 to 1.
+
+    Combines the share of windows that agree, how far their correlation peaks rise
+    above the noise level of a window (about 5 / size for unrelated images), and how
+    tightly they agree.
+    """
+    if n_total == 0 or n_inliers < 3:
+        return 0.0
+    agree = n_inliers / n_total
+    noise_floor = 5.0 / size
+    strength = float(np.clip((np.median(peaks) / noise_floor - 1.2) / 1.5, 0.0, 1.0))
+    # What matters is the standard error of the consensus, not one window's scatter.
+    precision = math.exp(-((spread_px / math.sqrt(n_inliers) / 0.15) ** 2))
+    support = min(1.0, n_inliers / 6.0)
+    return float(np.clip(agree, 0, 1) ** 0.5 * strength * precision * support)
+
+
+def _inliers(shifts: np.ndarray) -> np.ndarray:
+    """Windows within a robust distance of the median shift."""
+    med = np.median(shifts, axis=0)
+    dist = np.hypot(*(shifts - med).T)
+    mad = 1.4826 * np.median(dist)
+    return dist <= max(0.3, 3.0 * mad)
+
+
+def estimate_shift(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> Registration:
+    """Global sub-pixel translation of the after image relative to the before image.
+
+    Parameters
+    ----------
+    before, after : (H, W) or (B, H, W) ndarray
+        On the same analysis grid.
+    valid : (H, W) ndarray of bool
+        Pixels valid in both.
+
+    Returns
+    -------
+    Registration
+        ``method="global"``; when reliability is below :data:`MIN_RELIABILITY` the
+        correction is the identity and ``low_reliability`` is set.
+    """
+    lum_b, lum_a = _luminance(before), _luminance(after)
+    coarse = _coarse_shift(lum_b, lum_a, valid)
+    windows = _measure_windows(lum_b, lum_a, valid, coarse, n_side=5)
+    if len(windows) < 3:
+        # Perhaps the coarse shift was wrong and pushed windows off the overlap.
+        windows = _measure_windows(lum_b, lum_a, valid, (0, 0), n_side=5)
+    if not windows:
+        return _unreliable("global", windows, "no window with enough valid texture")
+    shifts = np.array([w["shift"] for w in windows])
+    peaks = np.array([w["peak"] for w in windows])
+    keep = _inliers(shifts)
+    for w, k in zip(windows, keep):
+        w["used"] = bool(k)
+    weights = peaks[keep]
+    dx, dy = (shifts[keep] * weights[:, None]).sum(axis=0) / weights.sum()
+    resid = shifts[keep] - (dx, dy)
+    rms = float(np.sqrt(np.mean(np.sum(resid**2, axis=1))))
+    rel = _reliability(peaks[keep], int(keep.sum()), len(windows), rms, windows[0]["size"])
+    reg = Registration("global", (float(dx), float(dy)), rel, int(keep.sum()),
+                       Affine.translation(float(dx), float(dy)), rms, False, windows,
+                       len(windows))
+    return _guard(reg)
+
+
+def estimate_local(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> Registration:
+    """Affine co-registration from a grid of tie points with RANSAC.
+
+    For pairs with a small rotation, scale difference or smooth warp. Tie points are
+    windowed phase-correlation shifts on a 7 x 7 grid; an affine map from before
+    pixel coordinates to after pixel coordinates is fitted robustly.
+
+    Returns
+    -------
+    Registration
+        ``method="local"``; ``correction`` is the fitted pixel-space affine,
+        ``shift_px`` its displacement at the centre of the grid and
+        ``residual_rms_px`` the RMS residual of the kept tie points.
+    """
+    lum_b, lum_a = _luminance(before), _luminance(after)
+    coarse = _coarse_shift(lum_b, lum_a, valid)
+    windows = _measure_windows(lum_b, lum_a, valid, coarse, n_side=7)
+    if len(windows) < 6:
+        return _unreliable("local", windows, "fewer than 6 tie points")
+    src = np.array([w["centre"] for w in windows])
+    dst = src + np.array([w["shift"] for w in windows])
+    model, inliers = ransac((src, dst), AffineTransform, min_samples=3,
+                            residual_threshold=0.5, max_trials=500, rng=0)
+    if model is None or inliers is None or inliers.sum() < 6:
+        return _unreliable("local", windows, "no consistent affine among tie points")
+    # Refit on all inliers (least squares) for the final model.
+    model = AffineTransform.from_estimate(src[inliers], dst[inliers])
+    if not model:
+        return _unreliable("local", windows, "degenerate tie-point geometry")
+    for w, k in zip(windows, inliers):
+        w["used"] = bool(k)
+    resid = model(src[inliers]) - dst[inliers]
+    rms = float(np.sqrt(np.mean(np.sum(resid**2, axis=1))))
+    m = model.params
+    correction = Affine(m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
+    h, w = valid.shape
+    cx, cy = w / 2.0, h / 2.0
+    px, py = correction @ (cx, cy)
+    peaks = np.array([w_["peak"] for w_ in windows])[inliers]
+    rel = _reliability(peaks, int(inliers.sum()), len(windows), rms, windows[0]["size"])
+    reg = Registration("local", (float(px - cx), float(py - cy)), rel, int(inliers.sum()),
+                       correction, rms, False, windows, len(windows))
+    return _guard(reg)
+
+
+def _unreliable(method: str, windows: list[dict[str, Any]], why: str) -> Registration:
+    logger.warning("co-registration failed (%s); the after scene is used as aligned", why)
+    return Registration(method, (0.0, 0.0), 0.0, 0, Affine.identity(), None, True,
+                        windows, len(windows))
+
+
+def _guard(reg: Registration) -> Registration:
+    """Never apply an unreliable correction silently."""
+    if reg.reliability is not None and reg.reliability < MIN_RELIABILITY:
+        logger.warning(
+            "co-registration is unreliable (reliability %.2f, estimate dx=%.2f dy=%.2f px); "
+            "not applied: check the inputs or use --coreg none/local",
+            reg.reliability, *reg.shift_px)
+        return replace(reg, correction=Affine.identity(), low_reliability=True)
+    return reg
+
+
+def coregister(pair: AlignedPair, method: str = "global") -> tuple[AlignedPair, Registration]:
+    """Co-register a pair and resample the after scene once from its source pixels.
+
+    Parameters
+    ----------
+    pair : AlignedPair
+        From :func:`changedet.raster.align_pair`.
+    method : {"global", "local", "none"}
+
+    Returns
+    -------
+    (AlignedPair, Registration)
+        The registered pair (both ``valid`` masks set to the common valid mask) and
+        the registration report.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown co-registration method {method!r}; use one of {METHODS}")
+    if method == "none":
+        return pair, Registration("none", (0.0, 0.0), None, 0)
+    estimate = estimate_local if method == "local" else estimate_shift
+    reg = estimate(pair.before.image, pair.after.image, pair.before.valid)
+    logger.info("co-registration (%s): dx=%.3f dy=%.3f px, reliability %.2f, %d/%d windows",
+                reg.method, reg.shift_px[0], reg.shift_px[1], reg.reliability or 0.0,
+                reg.n_windows, reg.n_windows_total)
+    if not reg.applied:
+        return pair, reg
+    after = warp_scene(pair.after_source, pair.grid, reg.correction)
+    common = pair.before.valid & after.valid
+    before = replace(pair.before, valid=common)
+    after = replace(after, valid=common.copy())
+    after.image[:, ~common] = 0.0
+    return replace(pair, before=before, after=after), reg
