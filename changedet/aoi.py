@@ -78,6 +78,11 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
         raise InputError(path, "not vector data (no layer GDAL/OGR can read)") from exc
     except pyogrio.errors.GeometryError as exc:
         raise InputError(path, f"unreadable geometry ({exc})") from exc
+    except (pyogrio.errors.FieldError, pyogrio.errors.CRSError, UnicodeError, ValueError,
+            RuntimeError) as exc:
+        # Corrupt files also fail while decoding attributes, text or the CRS.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(path, f"not readable vector data ({first})") from exc
     if not meta.get("crs"):
         raise InputError(path, "has no coordinate reference system; save it with one")
     try:
@@ -86,7 +91,13 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
         raise InputError(path, f"has an unknown CRS ({meta['crs']})") from exc
     if wkb is None or len(wkb) == 0:
         raise InputError(path, "contains no features")
-    geoms = shapely.from_wkb(wkb)
+    # A feature GDAL reads but GEOS cannot build (a one-point ring...) is dropped like
+    # a feature without geometry, not allowed to abort the whole file.
+    geoms = shapely.from_wkb(wkb, on_invalid="ignore")
+    unreadable = shapely.is_missing(geoms) & np.asarray([w is not None for w in wkb])
+    if unreadable.any():
+        logger.warning("%s: skipped %d feature(s) whose geometry cannot be built", path,
+                       int(unreadable.sum()))
     labels = _feature_labels(list(meta["fields"]), field_data, len(geoms))
     invalid = ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
     if invalid.any():

@@ -191,6 +191,14 @@ def test_different_band_counts_without_bands(pair: dict[str, Any], outdir: Path,
     assert "--bands" in msg
 
 
+def test_different_band_counts_with_bands_work(pair: dict[str, Any], tmp_path: Path) -> None:
+    # What the error above advises: --bands picks matching bands from both scenes.
+    four = np.concatenate([pair["before_data"], pair["before_data"][:1]])
+    path = _write(tmp_path / "four.tif", four, pair)
+    summary = _ok(_detect(path, pair["after"], tmp_path / "out", "--bands", "1,2,3"))
+    assert summary["inputs"]["before"]["bands"] == [1, 2, 3]
+
+
 def test_band_out_of_range(pair: dict[str, Any], outdir: Path) -> None:
     before = _snapshot(outdir)
     msg = _assert_clean_failure(_detect(pair["before"], pair["after"], outdir, "--bands", "1,2,5"),
@@ -250,6 +258,21 @@ def test_aoi_is_a_raster(pair: dict[str, Any], outdir: Path) -> None:
         _detect(pair["before"], pair["after"], outdir, "--aoi", str(pair["before"])),
         before, outdir, str(pair["before"]))
     assert "not vector data" in msg
+
+
+def test_aoi_without_crs(pair: dict[str, Any], outdir: Path, tmp_path: Path) -> None:
+    import pyogrio.raw
+
+    before = _snapshot(outdir)
+    x0, y0 = pair["before_transform"] @ (10, 10)
+    aoi = tmp_path / "noprj.shp"
+    geometry = np.asarray([shapely.to_wkb(shapely.box(x0, y0 - 50, x0 + 50, y0))], dtype=object)
+    with pytest.warns(UserWarning, match="crs"):  # pyogrio's own warning: that is the point
+        pyogrio.raw.write(aoi, geometry=geometry, field_data=[], fields=[],
+                          driver="ESRI Shapefile", geometry_type="Polygon", crs=None)
+    msg = _assert_clean_failure(_detect(pair["before"], pair["after"], outdir, "--aoi", str(aoi)),
+                                before, outdir, str(aoi))
+    assert "coordinate reference system" in msg
 
 
 def test_aoi_missing(pair: dict[str, Any], outdir: Path, tmp_path: Path) -> None:
@@ -315,16 +338,16 @@ def test_unwritable_output_folder(pair: dict[str, Any], outdir: Path,
 def test_full_disk_while_writing(pair: dict[str, Any], outdir: Path,
                                  monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
     before = _snapshot(outdir)
-    real = getattr(outputs, victim)
 
     def half_written(path: Any, *args: Any, **kwargs: Any) -> Any:
         Path(path).write_bytes(b"\0" * 100)  # the disk fills after a first block
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(outputs, victim, half_written)
-    msg = _assert_clean_failure(_detect(pair["before"], pair["after"], outdir), before, outdir,
-                                "no space left on device")
-    assert real is not None and ".part-" not in "".join(os.listdir(outdir.parent))
+    _assert_clean_failure(_detect(pair["before"], pair["after"], outdir), before, outdir,
+                          "no space left on device")
+    # No temporary folder left beside OUTDIR (the snapshot lists OUTDIR's siblings too).
+    assert not [n for n in os.listdir(outdir.parent) if ".part-" in n]
 
 
 def test_verbose_keeps_the_traceback(pair: dict[str, Any], outdir: Path, tmp_path: Path) -> None:
