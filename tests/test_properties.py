@@ -117,7 +117,7 @@ def test_areas_do_not_change_in_another_crs(w, h, c, r, delivered) -> None:
     assert b.area_m2_min <= true_area <= b.area_m2_max, (b.area_m2, true_area)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dx=st.floats(-3.0, 3.0), dy=st.floats(-3.0, 3.0))
 def test_estimated_shift_follows_the_applied_shift(dx, dy) -> None:
     coregister = pytest.importorskip("changedet.coregister").coregister
