@@ -11,7 +11,7 @@ tiled to that size).
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/bench_detect.py [--seeds 0 1 2 3 4 5]
-        [--scenarios compound suburb none] [--timing 4096]
+        [--scenarios compound suburb none] [--timing 4096] [--detector learned]
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--timing", type=int, default=0,
                     help="also time a SIZE x SIZE pair (the compound pair tiled)")
+    ap.add_argument("--detector", choices=["handcrafted", "learned"], default="handcrafted")
     args = ap.parse_args(argv)
+    params = DetectionParams(detector=args.detector)
     print("| scenario | seed | px | true | found | missed >=100 m² | false >=100 m² "
           "| area error % per building | object F1 | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             before, after, truth = registered_pair(scenario, seed)
             t0 = time.perf_counter()
-            labels, _ = detect_new_buildings(before, after, DetectionParams())
+            labels, _ = detect_new_buildings(before, after, params)
             dt = time.perf_counter() - t0
             s = score(labels, truth, before.grid.pixel_area)
             errs = ", ".join(f"{e:+.1f}" for e in s["area_err_pct"]) or "-"
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
         b, a = tiled(before), tiled(after)
         t0 = time.perf_counter()
-        detect_new_buildings(b, a, DetectionParams())
+        detect_new_buildings(b, a, params)
         print(f"\n{n} x {n} pair: {time.perf_counter() - t0:.1f} s")
     return 0
 

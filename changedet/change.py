@@ -1,19 +1,21 @@
 """Evidence of new buildings, and their segmentation into labelled objects.
 
 A new building is built-up in the after scene and was not in the before scene. Per
-pixel we measure how much the (radiometrically normalised) colour changed, in units of
-the no-change noise, and discount what a roof is not: vegetation (NDVI, or a
+pixel we first compute hand-crafted evidence: how much the (radiometrically
+normalised) colour changed in units of the sensor noise, vegetation (NDVI, or a
 visible-band green-dominance index without near-infrared, judged on each date's own
-colours), cast shadow in the after date (darkening that keeps the before colour's
-spectral direction; a self-shaded roof facet is a new colour), shadow in the before
-date (the moved shadows of old buildings) and fine texture (disturbed earth, rubble,
-cars, foliage). Buildings are the regions above the automatic (or given) threshold.
-Candidate regions are then judged as
-objects: at least a few metres wide, at least the minimum area, and casting a shadow
-on the anti-sun side; the sun azimuth is estimated from the candidates themselves
-when no metadata gives it (the shadow test is skipped when no direction stands out).
-Outlines are finally re-drawn on the change evidence without the texture term, which
-is raised along any strong edge and would otherwise shave a rim off every roof.
+colours), shadow on each date and cast shadow (darkening that keeps the before
+colour's spectral direction), fine texture, homogeneity. These, with each date's
+chromaticity and relative brightness, a morphological building index (white and black
+top-hats at 8-20 m) and local contrast at 1-2 m, form about 30 features that mean the
+same at any pixel size and radiometry (sizes in metres, intensities in noise units or
+relative to the scene median). A small multilayer perceptron shipped in
+``changedet/models/detector.npz`` (trained on synthetic pairs by
+``benchmarks/train_detector.py``; evaluated here in plain numpy) turns them into the
+probability of new building. Buildings are the regions above probability 0.5 (or the
+given threshold), opened by the narrowest roof width, at least the minimum area and
+confidently new on average. The sun azimuth is estimated from the shadows beside the
+objects; the shadow test itself is optional (``require_shadow``).
 
 Every size is given in metres and converted with the pixel size, so the same defaults
 work at 0.3 m, 0.5 m or 2 m. Every stage can run on a window with a halo when given the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -33,6 +36,9 @@ from skimage.filters import threshold_otsu
 from ._log import logger
 from .radiometry import RadiometricFit, fit_radiometry
 from .raster import Scene
+
+#: The shipped detector (trained by ``benchmarks/train_detector.py``).
+_MODEL_PATH = Path(__file__).resolve().parent / "models" / "detector.npz"
 
 #: Directions probed for the shadow a roof casts (every 22.5 degrees).
 _N_DIRECTIONS = 16
@@ -48,10 +54,10 @@ class DetectionParams:
         Smallest new building reported. None: the larger of 20 m² and 36 pixels
         (a building must span about six pixels a side to be told from noise).
     threshold : float or None
-        Threshold on ``Evidence.score`` (change in noise standard deviations). None:
-        automatic (Otsu on the log score, never below ``min_sigma``).
+        Threshold on ``Evidence.score``. None: automatic (hand-crafted: Otsu on the
+        log score, never below ``min_sigma``; learned: probability 0.5).
     min_sigma : float
-        Floor of the automatic threshold, in noise standard deviations.
+        Floor of the automatic hand-crafted threshold, in noise standard deviations.
     min_width_m : float
         Narrowest roof part kept; thinner links (driveways, fences, slivers of moved
         shadow) are cut by an opening of this width.
@@ -62,13 +68,23 @@ class DetectionParams:
         estimated from the candidates' shadows; if no direction stands out the
         shadow test is skipped.
     require_shadow : bool
-        Drop candidates that cast no shadow when a sun direction is known or found.
+        Drop candidates that cast no shadow when a sun direction is known or found
+        (hand-crafted detector only: the learned one weighs new shadow nearby).
     refine_edges : bool
-        Re-draw each outline on the change evidence without the texture term, at
-        half the detection threshold.
+        Without a probability map only: re-draw each outline on the change evidence
+        without the texture term, at half the detection threshold.
     fit : RadiometricFit or None
         A precomputed radiometric fit (e.g. from a decimated first pass); None: fit
         on the given scenes.
+    detector : {"handcrafted", "learned"}
+        "handcrafted": threshold the discounted change score (noise units, Otsu);
+        "learned": the shipped perceptron's probability of new building (0.5).
+    min_object_probability : float
+        Learned detector: smallest mean probability of a kept object.
+    model : dict or None
+        Detector weights (as in ``detector.npz``); None: the shipped model.
+    keep_features : bool
+        Keep the (F, H, W) feature stack in ``Evidence.features`` (for training).
     """
 
     min_area_m2: float | None = None
@@ -80,6 +96,10 @@ class DetectionParams:
     require_shadow: bool = True
     refine_edges: bool = True
     fit: RadiometricFit | None = field(default=None, repr=False)
+    detector: str = "handcrafted"
+    min_object_probability: float = 0.7
+    model: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    keep_features: bool = False
 
     def resolved_min_area_m2(self, pixel_size_m: float) -> float:
         """The minimum building area in m² at this pixel size."""
@@ -104,14 +124,19 @@ class Evidence:
     shadow : (H, W) ndarray of float32
         Shadow in either date, 0..1.
     score : (H, W) ndarray of float32
-        Combined new-building evidence (change discounted by the masks), in noise
-        standard deviations.
+        Combined new-building evidence: the probability of new building, 0..1.
     threshold : float
         The threshold applied to ``score``.
     sun_azimuth_deg : float or None
         Sun azimuth used for the shadow test (given or estimated), None if none.
     after_normalised : (B, H, W) ndarray of float32 or None
         The after scene on the before scene's radiometry.
+    extent : (H, W) ndarray of float32 or None
+        Change discounted by vegetation and shadow (noise standard deviations).
+    probability : (H, W) ndarray of float32 or None
+        Probability of new building from the learned detector (same as ``score``).
+    features : (F, H, W) ndarray of float32 or None
+        The detector's input features, when ``keep_features`` was asked.
     """
 
     change: np.ndarray
@@ -129,6 +154,8 @@ class Evidence:
     diff: np.ndarray | None = field(default=None, repr=False)
     new_shadow: np.ndarray | None = field(default=None, repr=False)
     extent: np.ndarray | None = field(default=None, repr=False)
+    probability: np.ndarray | None = field(default=None, repr=False)
+    features: np.ndarray | None = field(default=None, repr=False)
 
 
 def _pixel_size_m(scene: Scene) -> float:
@@ -270,6 +297,150 @@ def _smoothness(image: np.ndarray, nir: int | None, pixel_m: float,
     return out / len(keep)
 
 
+#: Names of the per-pixel features fed to the learned detector, in order.
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_change", "log_change_2m", "log_change_4m", "log_extent", "log_context_8m",
+    "dz_r", "dz_g", "dz_b",
+    "chroma_a_r", "chroma_a_g", "chroma_a_b", "chroma_b_r", "chroma_b_g", "chroma_b_b",
+    "bright_a", "bright_b", "veg_a", "veg_b", "shadow_a", "shadow_b", "cast",
+    "new_shadow_near", "smooth_a", "smooth_b", "homog_a", "homog_b",
+    "wth_a_8m", "wth_a_20m", "bth_a_8m", "bth_a_20m", "wth_b_12m",
+    "std_a_2m", "std_b_2m", "std_a_1m",
+)
+
+
+def _top_hats(bright: np.ndarray, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """White and black top-hat of a square structuring element (separable filters).
+
+    A roof smaller than the element stands out of its surroundings; the top-hat is
+    the morphological building index at that scale.
+    """
+    size = max(3, int(size_px) | 1)
+    opened = ndimage.maximum_filter(ndimage.minimum_filter(bright, size), size)
+    closed = ndimage.minimum_filter(ndimage.maximum_filter(bright, size), size)
+    return bright - opened, closed - bright
+
+
+def _local_std(x: np.ndarray, sigma: float) -> np.ndarray:
+    m = ndimage.gaussian_filter(x, sigma)
+    m2 = ndimage.gaussian_filter(x * x, sigma)
+    return np.sqrt(np.maximum(m2 - m * m, 0.0))
+
+
+def _chroma(image: np.ndarray, nir: int | None) -> np.ndarray:
+    """Visible chromaticity (first three visible bands divided by their sum)."""
+    vis = [i for i in range(image.shape[0]) if i != nir][:3]
+    while len(vis) < 3:
+        vis.append(vis[-1])
+    rgb = np.maximum(image[vis], 0)
+    return (rgb / (rgb.sum(axis=0) + 1e-6)).astype(np.float32)
+
+
+def pixel_features(maps: dict[str, np.ndarray], before: np.ndarray, after: np.ndarray,
+                   valid: np.ndarray, nir: int | None, pixel_m: float,
+                   noise: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Per-pixel features of the learned detector, each meaning the same at any pixel
+    size and radiometry (sizes in metres, intensities in noise units or relative to
+    the scene's median brightness).
+
+    Parameters
+    ----------
+    maps : dict of (H, W) ndarray of float32
+        The hand-crafted evidence maps from :func:`new_building_evidence`
+        (``change``, ``extent``, ``veg_a``, ``veg_b``, ``sh_a``, ``sh_b``, ``cast``,
+        ``new_shadow``, ``smooth_a``, ``smooth_b``, ``homog_a``, ``homog_b``,
+        ``br_a``, ``br_b``).
+    before, after : (B, H, W) ndarray of float32
+        Before bands and the after bands normalised onto the before radiometry.
+    valid : (H, W) ndarray of bool
+    nir : int or None
+        Near-infrared layer index.
+    pixel_m : float
+        Pixel size in metres.
+    noise : tuple of two (B,) ndarray
+        Per-band noise of the before and after images.
+
+    Returns
+    -------
+    (F, H, W) ndarray of float32
+        ``F = len(FEATURE_NAMES)``.
+    """
+    def m(v: float) -> float:
+        return max(0.5, v / pixel_m)
+
+    ch = maps["change"]
+    feats: list[np.ndarray] = [
+        np.log1p(ch), np.log1p(ndimage.gaussian_filter(ch, m(2.0))),
+        np.log1p(ndimage.gaussian_filter(ch, m(4.0))), np.log1p(maps["extent"]),
+        np.log1p(ndimage.gaussian_filter(maps["extent"], m(8.0))),
+    ]
+    vis = [i for i in range(before.shape[0]) if i != nir][:3]
+    while len(vis) < 3:
+        vis.append(vis[-1])
+    sigma = np.hypot(noise[0], noise[1])
+    for i in vis:
+        d = ndimage.gaussian_filter(after[i] - before[i], m(1.0)) / np.float32(sigma[i])
+        feats.append(np.clip(d, -30, 30) / 10.0)
+    feats.extend(_chroma(after, nir))
+    feats.extend(_chroma(before, nir))
+    med = float(np.median(maps["br_b"][valid][::7])) + 1e-6
+    br_a = maps["br_a"] / np.float32(med)
+    br_b = maps["br_b"] / np.float32(med)
+    feats += [br_a, br_b, maps["veg_a"], maps["veg_b"], maps["sh_a"], maps["sh_b"],
+              maps["cast"],
+              ndimage.maximum_filter(maps["new_shadow"], int(2 * m(2.0)) | 1),
+              maps["smooth_a"], maps["smooth_b"], maps["homog_a"], maps["homog_b"]]
+    w8, b8 = _top_hats(br_a, int(m(8.0)))
+    w20, b20 = _top_hats(br_a, int(m(20.0)))
+    wb12, _ = _top_hats(br_b, int(m(12.0)))
+    feats += [w8, w20, b8, b20, wb12]
+    nb = float(np.mean(noise[0][vis])) / med
+    na = float(np.mean(noise[1][vis])) / med
+    feats += [np.log1p(_local_std(br_a, m(2.0)) / na), np.log1p(_local_std(br_b, m(2.0)) / nb),
+              np.log1p(_local_std(br_a, m(1.0)) / na)]
+    out = np.stack(feats).astype(np.float32)
+    out[:, ~valid] = 0.0
+    return out
+
+
+def _load_model(path: Path | None = None) -> dict[str, np.ndarray]:
+    p = path or _MODEL_PATH
+    with np.load(p) as z:
+        return {k: z[k] for k in z.files}
+
+
+def predict_probability(features: np.ndarray, model: dict[str, np.ndarray]) -> np.ndarray:
+    """Evaluate the shipped multilayer perceptron (ReLU hidden layers, logistic out).
+
+    Parameters
+    ----------
+    features : (F, H, W) ndarray of float32
+    model : dict
+        ``mean``, ``scale`` (F,), and ``W0, b0, W1, b1, ...`` as trained by
+        ``benchmarks/train_detector.py``.
+
+    Returns
+    -------
+    (H, W) ndarray of float32
+        Probability of new building.
+    """
+    f, h, w = features.shape
+    out = np.empty(h * w, np.float32)
+    mean = model["mean"].astype(np.float32)
+    scale = model["scale"].astype(np.float32)
+    n_layers = int(model["n_layers"])
+    flat = features.reshape(f, -1)
+    step = 1 << 18
+    for s in range(0, h * w, step):
+        x = (flat[:, s:s + step].T - mean) / scale
+        for k in range(n_layers):
+            x = x @ model[f"W{k}"].astype(np.float32) + model[f"b{k}"].astype(np.float32)
+            if k < n_layers - 1:
+                np.maximum(x, 0, out=x)
+        out[s:s + step] = 1.0 / (1.0 + np.exp(-np.clip(x[:, 0], -30, 30)))
+    return out.reshape(h, w)
+
+
 def new_building_evidence(
     before: Scene,
     after: Scene,
@@ -342,13 +513,35 @@ def new_building_evidence(
     cast = sh_a * _same_direction(a_img, b_img, after.nir)
     extent = change * (1 - veg_a) * (1 - cast) * (1 - sh_b)
     extent[~valid] = 0.0
-    score = extent * smooth_a
-    if params.threshold is not None:
-        threshold = float(params.threshold)
+    prob = None
+    features = None
+    if params.detector == "learned":
+        noise_b = _pixel_noise(b_img)
+        maps = {"change": change, "extent": extent.astype(np.float32), "veg_a": veg_a,
+                "veg_b": veg_b, "sh_a": sh_a, "sh_b": sh_b, "cast": cast,
+                "new_shadow": new_shadow, "smooth_a": smooth_a,
+                "smooth_b": _smoothness(b_img, before.nir, pixel_m, noise_b),
+                "homog_a": _homogeneity(br_a, pixel_m),
+                "homog_b": _homogeneity(br_b, pixel_m), "br_a": br_a, "br_b": br_b}
+        features = pixel_features(maps, b_img, a_img, valid, before.nir, pixel_m,
+                                  (noise_b, noise_a))
+        model = params.model if params.model is not None else _load_model()
+        prob = predict_probability(features, model)
+        # A light blur (half a metre) makes the 0.5 level a smooth outline.
+        prob = ndimage.gaussian_filter(prob, max(0.5, 0.5 / pixel_m))
+        prob[~valid] = 0.0
+        score = prob
+        threshold = 0.5 if params.threshold is None else float(params.threshold)
+    elif params.detector == "handcrafted":
+        score = extent * smooth_a
+        if params.threshold is not None:
+            threshold = float(params.threshold)
+        else:
+            threshold = _auto_threshold(score, valid, params.min_sigma)
     else:
-        threshold = _auto_threshold(score, valid, params.min_sigma)
-    logger.info("evidence: threshold %.2f sigma (vegetation index level %.3f)",
-                threshold, level)
+        raise ValueError(f"unknown detector {params.detector!r}")
+    logger.info("evidence: %s threshold %.2f (vegetation index level %.3f)",
+                params.detector, threshold, level)
     return Evidence(
         change=change,
         built_before=built_b.astype(np.float32),
@@ -365,6 +558,8 @@ def new_building_evidence(
         new_shadow=new_shadow,
         extent=extent.astype(np.float32),
         diff=diff,
+        probability=prob,
+        features=features if params.keep_features else None,
     )
 
 
@@ -476,16 +671,30 @@ def segment_new_buildings(
     # The threshold finds the roofs; their outlines are re-drawn further down on the
     # texture-free evidence. (Hysteresis down to half the threshold leaked along new
     # roads and disturbed earth into blobs joining whole streets.)
-    cand = (evidence.score > evidence.threshold) & valid
-    # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
-    cand = ndimage.binary_closing(cand, _disk(0.5 * params.min_width_m / pixel_size_m)) & valid
-    # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
-    cand = ndimage.binary_opening(cand, _disk(0.5 * params.min_width_m / pixel_size_m))
-    labels, n = ndimage.label(cand)
-    if n == 0:
-        return labels.astype(np.int32)
-    areas = np.bincount(labels.ravel(), minlength=n + 1).astype(float)
-    keep = areas >= 0.5 * min_area_px
+    learned = evidence.probability is not None
+    if learned:
+        cand = (evidence.score > evidence.threshold) & valid
+        # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
+        cand = ndimage.binary_opening(cand, _disk(0.5 * params.min_width_m / pixel_size_m))
+        labels, n = ndimage.label(cand)
+        if n == 0:
+            return labels.astype(np.int32)
+        areas = ndimage.sum_labels(np.ones_like(cand), labels, np.arange(n + 1))
+        # A roof is confidently new over most of its area; a blob that only grazes the
+        # threshold is disturbed ground or a moved shadow.
+        mean_p = ndimage.mean(evidence.score, labels, np.arange(n + 1))
+        keep = (areas >= 0.5 * min_area_px) & (mean_p >= params.min_object_probability)
+    else:
+        cand = (evidence.score > evidence.threshold) & valid
+        # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
+        cand = ndimage.binary_closing(cand, _disk(0.5 * params.min_width_m / pixel_size_m)) & valid
+        # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
+        cand = ndimage.binary_opening(cand, _disk(0.5 * params.min_width_m / pixel_size_m))
+        labels, n = ndimage.label(cand)
+        if n == 0:
+            return labels.astype(np.int32)
+        areas = np.bincount(labels.ravel(), minlength=n + 1).astype(float)
+        keep = areas >= 0.5 * min_area_px
     keep[0] = False
     labels = np.where(keep[labels], labels, 0)
     labels, n = ndimage.label(labels > 0)
@@ -496,7 +705,7 @@ def segment_new_buildings(
     keep = np.ones(n + 1, bool)
     keep[0] = False
     shadow_new = evidence.new_shadow if evidence.new_shadow is not None else evidence.shadow
-    if params.require_shadow and shadow_new is not None:
+    if shadow_new is not None:
         reach = max(1.0, params.shadow_reach_m / pixel_size_m)
         frac = _shadow_side_fractions(labels, n, shadow_new, reach)
         sun = params.sun_azimuth_deg
@@ -509,12 +718,13 @@ def segment_new_buildings(
             # beside it: accept any within 45 degrees of the anti-sun direction.
             side = frac[:, [(j + d) % _N_DIRECTIONS for d in (-2, -1, 0, 1, 2)]].max(1)
             opp = frac[:, (j + _N_DIRECTIONS // 2) % _N_DIRECTIONS]
-            keep &= (side - opp) > 0.15
+            if params.require_shadow and not learned:
+                keep &= (side - opp) > 0.15
             logger.info("segment: sun azimuth %.0f deg; %d of %d candidates cast a "
                         "shadow", sun, int(keep.sum()), n)
     labels = np.where(keep[labels], labels, 0)
     labels, n = ndimage.label(labels > 0)
-    if params.refine_edges and evidence.extent is not None:
+    if params.refine_edges and evidence.extent is not None and not learned:
         labels = _regrow_edges(labels, evidence.extent, valid, pixel_size_m,
                                max(params.min_sigma, 0.5 * evidence.threshold))
         labels, n = ndimage.label(labels > 0)
