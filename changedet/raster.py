@@ -345,10 +345,13 @@ def warp_scene(
     """
     dst_transform = grid.transform @ correction
     bands = scene.image.shape[0]
-    image = np.zeros((bands, grid.height, grid.width), dtype=np.float32)
+    # The validity mask travels as one more band through the same kernel: wherever an
+    # invalid or outside pixel contributed, the interpolated mask departs from 1.
+    source = np.concatenate([scene.image, scene.valid[None].astype(np.float32)])
+    warped = np.zeros((bands + 1, grid.height, grid.width), dtype=np.float32)
     reproject(
-        source=scene.image,
-        destination=image,
+        source=source,
+        destination=warped,
         src_transform=scene.grid.transform,
         src_crs=scene.grid.crs,
         dst_transform=dst_transform,
@@ -356,19 +359,7 @@ def warp_scene(
         resampling=resampling,
         num_threads=2,
     )
-    # The mask goes through the same kernel: wherever any invalid or outside pixel
-    # contributed, the interpolated mask departs from 1.
-    weight = np.zeros((grid.height, grid.width), dtype=np.float32)
-    reproject(
-        source=scene.valid.astype(np.float32),
-        destination=weight,
-        src_transform=scene.grid.transform,
-        src_crs=scene.grid.crs,
-        dst_transform=dst_transform,
-        dst_crs=grid.crs,
-        resampling=resampling,
-        num_threads=2,
-    )
+    image, weight = warped[:bands], warped[bands]
     valid = np.abs(weight - 1.0) < 1e-3
     image[:, ~valid] = 0.0
     return replace(scene, image=image, valid=valid, grid=grid)
