@@ -96,11 +96,14 @@ labels, evidence = detect_new_buildings(registered.before, registered.after, par
 maps = {"change": evidence.change, "built-up, after": evidence.built_after,
         "shadow": evidence.shadow, "vegetation": evidence.vegetation,
         "new-building score": evidence.score}
+units = {"change": "noise std devs", "new-building score": "score"}  # others: 0..1
 fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4))
 for ax, (name, m) in zip(axes, maps.items()):
-    ax.imshow(m, extent=extent, cmap="magma")
+    shown = ax.imshow(m, extent=extent, cmap="magma")
+    fig.colorbar(shown, ax=ax, shrink=0.7, label=units.get(name, "0..1"))
     ax.set_title(name)
-    ax.set_xlabel("m")
+    ax.set_xlabel("easting from corner (m)")
+axes[0].set_ylabel("northing from corner (m)")
 plt.tight_layout()
 
 fig, ax = plt.subplots(figsize=(7, 3))
@@ -123,6 +126,7 @@ for b in buildings:
     for ring in [b.polygon.exterior, *b.polygon.interiors]:
         x, y = ring.xy
         ax.plot(x, y, color="yellow", lw=1)
+ax.ticklabel_format(useOffset=False, style="plain")  # full UTM metres, no 1e6 offset
 ax.set_title(f"{len(buildings)} new buildings over the after scene")
 ax.set_xlabel(f"easting (m, {grid.crs.to_string()})")
 ax.set_ylabel("northing (m)")
