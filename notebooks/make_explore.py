@@ -30,6 +30,7 @@ from changedet.radiometry import fit_radiometry
 from changedet.change import DetectionParams, detect_new_buildings, segment_new_buildings
 from changedet.vectorize import polygons_from_labels
 from changedet.measure import measure_buildings, group_sites, check_claim
+from changedet.pipeline import default_site_gap_m
 from changedet.report import format_table
 
 here = Path.cwd()
@@ -117,7 +118,7 @@ ax.legend()"""),
     ("code", """polygons = polygons_from_labels(labels, grid)
 buildings = measure_buildings([p for _, p in polygons], grid.crs, px,
                               coreg_residual_px=registration.residual_rms_px or 0.0)
-sites = group_sites(buildings, 40.0, pixel_size_m=px,
+sites = group_sites(buildings, default_site_gap_m(px), pixel_size_m=px,
                     coreg_residual_px=registration.residual_rms_px or 0.0)
 
 fig, ax = plt.subplots(figsize=(8, 8))
