@@ -20,18 +20,14 @@ import argparse
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from affine import Affine
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from real_levir import object_scores, prf  # noqa: E402
-
-from changedet.change import DetectionParams, detect_new_buildings  # noqa: E402
-from changedet.raster import Scene, align_pair, warp_scene  # noqa: E402
+from changedet.change import DetectionParams, detect_new_buildings
+from changedet.evaluate import evaluate
+from changedet.raster import Grid, Scene, align_pair, warp_scene
 
 BIG_M2 = 100.0
 
@@ -51,8 +47,9 @@ def registered_pair(scenario: str, seed: int) -> tuple[Scene, Scene, np.ndarray]
     return replace(pair.before, valid=valid), replace(after, valid=valid), truth
 
 
-def score(labels: np.ndarray, truth: np.ndarray, pixel_area: float) -> dict:
+def score(labels: np.ndarray, truth: np.ndarray, grid: Grid) -> dict:
     """Per-building area errors, misses and false buildings >= 100 m², object P/R/F1."""
+    pixel_area = grid.pixel_area
     tl, nt = ndimage.label(truth)
     t_area = np.bincount(tl.ravel(), minlength=nt + 1) * pixel_area
     errors, missed = [], 0
@@ -70,10 +67,10 @@ def score(labels: np.ndarray, truth: np.ndarray, pixel_area: float) -> dict:
         m = labels == k
         if m.any() and not truth[m].any() and m.sum() * pixel_area >= BIG_M2:
             false += 1
-    matched, npred, ntrue = object_scores(labels, truth)
-    p, r, f = prf(matched, npred, ntrue)
-    return {"n_true": nt, "n_pred": int(npred), "missed": missed, "false": false,
-            "area_err_pct": errors, "obj_p": p, "obj_r": r, "obj_f1": f}
+    obj = evaluate(labels, truth, grid)
+    return {"n_true": nt, "n_pred": obj["n_pred"], "missed": missed, "false": false,
+            "area_err_pct": errors, "obj_p": obj["precision"], "obj_r": obj["recall"],
+            "obj_f1": obj["f1"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             labels, _ = detect_new_buildings(before, after, params)
             dt = time.perf_counter() - t0
-            s = score(labels, truth, before.grid.pixel_area)
+            s = score(labels, truth, before.grid)
             errs = ", ".join(f"{e:+.1f}" for e in s["area_err_pct"]) or "-"
             print(f"| {scenario} | {seed} | {before.grid.width}x{before.grid.height} "
                   f"| {s['n_true']} | {s['n_pred']} | {s['missed']} | {s['false']} "

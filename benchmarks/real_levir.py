@@ -3,9 +3,11 @@
 Each pair (A = before, B = after, label = new buildings, 256 x 256 RGB PNG at 0.5 m)
 is wrapped as georeferenced Scenes in EPSG:32614 (south Texas, the zone of LEVIR-CD)
 at an arbitrary origin, run through :func:`changedet.change.detect_new_buildings`,
-and scored per pixel (precision, recall, F1) and per object (one-to-one matching of
-connected components at IoU >= 0.5). A per-pair table goes to stdout and to a
-markdown file.
+and scored with :func:`changedet.evaluate.evaluate` (the scorer of ``changedet
+evaluate``): per pixel (precision, recall, F1) and per object (one-to-one matching at
+IoU >= 0.5, the SpaceNet rule). The "all" row scores the four pairs together: their
+masks side by side, one empty column apart, in one evaluation. A per-pair table goes
+to stdout and to a markdown file.
 
 Usage::
 
@@ -25,10 +27,10 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
-from scipy import ndimage
 from skimage import io
 
 from changedet.change import DetectionParams, detect_new_buildings
+from changedet.evaluate import evaluate
 from changedet.raster import Grid, Scene
 
 PIXEL_M = 0.5
@@ -65,39 +67,20 @@ def load_pair(root: Path, name: str) -> tuple[Scene, Scene, np.ndarray]:
     return scene(a, "A"), scene(b, "B"), lab > 127
 
 
-def object_scores(pred: np.ndarray, truth: np.ndarray, iou_min: float = 0.5) -> tuple[int, int, int]:
-    """(matched, predicted objects, true objects): greedy one-to-one at IoU >= iou_min."""
-    pl, npred = ndimage.label(pred > 0)
-    tl, ntrue = ndimage.label(truth)
-    if npred == 0 or ntrue == 0:
-        return 0, npred, ntrue
-    both = (pl > 0) & (tl > 0)
-    pairs = np.stack([pl[both], tl[both]], 1)
-    uniq, inter = np.unique(pairs, axis=0, return_counts=True)
-    pa = np.bincount(pl.ravel(), minlength=npred + 1)
-    ta = np.bincount(tl.ravel(), minlength=ntrue + 1)
-    iou = inter / (pa[uniq[:, 0]] + ta[uniq[:, 1]] - inter)
-    order = np.argsort(-iou)
-    used_p: set[int] = set()
-    used_t: set[int] = set()
-    matched = 0
-    for i in order:
-        if iou[i] < iou_min:
-            break
-        p, t = int(uniq[i, 0]), int(uniq[i, 1])
-        if p in used_p or t in used_t:
-            continue
-        used_p.add(p)
-        used_t.add(t)
-        matched += 1
-    return matched, npred, ntrue
+def _side_by_side(masks: list[np.ndarray]) -> np.ndarray:
+    """Masks of several pairs in one image, one empty column between them."""
+    h = max(m.shape[0] for m in masks)
+    cols = []
+    for m in masks:
+        pad = np.zeros((h, m.shape[1] + 1), bool)
+        pad[: m.shape[0], : m.shape[1]] = m
+        cols.append(pad)
+    return np.concatenate(cols, 1)
 
 
-def prf(tp: float, npred: float, ntrue: float) -> tuple[float, float, float]:
-    p = tp / npred if npred else 0.0
-    r = tp / ntrue if ntrue else 0.0
-    f = 2 * p * r / (p + r) if p + r else 0.0
-    return p, r, f
+def _strip_grid(width: int, height: int) -> Grid:
+    return Grid(CRS_TEXAS, Affine(PIXEL_M, 0, 600000.0, 0, -PIXEL_M, 3300000.0),
+                height, width)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,19 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     names = sorted(p.stem for p in (root / "A").glob("*.png"))
     rows = []
-    tot = np.zeros(6)
+    preds, truths = [], []
     for name in names:
         before, after, truth = load_pair(root, name)
         t0 = time.perf_counter()
         labels, _ = detect_new_buildings(before, after, DetectionParams())
         dt = time.perf_counter() - t0
         pred = labels > 0
-        tp = float((pred & truth).sum())
-        px = prf(tp, float(pred.sum()), float(truth.sum()))
-        m, npred, ntrue = object_scores(pred, truth)
-        ob = prf(m, npred, ntrue)
-        tot += [tp, pred.sum(), truth.sum(), m, npred, ntrue]
-        rows.append((name, *px, *ob, npred, ntrue, dt))
+        rows.append((name, evaluate(pred, truth, before.grid), dt))
+        preds.append(pred)
+        truths.append(truth)
         if args.save_masks:
             args.save_masks.mkdir(parents=True, exist_ok=True)
             a8 = np.moveaxis(before.image, 0, -1).astype(np.uint8)
@@ -137,19 +117,23 @@ def main(argv: list[str] | None = None) -> int:
             p8[..., 2] = truth * 255
             io.imsave(args.save_masks / f"{name}.png",
                       np.concatenate([a8, b8, t8, p8], 1), check_contrast=False)
-    px_all = prf(tot[0], tot[1], tot[2])
-    ob_all = prf(tot[3], tot[4], tot[5])
+    if not rows:
+        print(f"no pairs in {root / 'A'}", file=sys.stderr)
+        return 1
+    all_scores = evaluate(_side_by_side(preds), _side_by_side(truths),
+                          _strip_grid(sum(p.shape[1] + 1 for p in preds),
+                                      max(p.shape[0] for p in preds)))
     lines = [
         "| pair | pixel P | pixel R | pixel F1 | object P | object R | object F1 "
         "| found / true objects | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, pp, pr, pf, op, orr, of, npred, ntrue, dt in rows:
-        lines.append(f"| {name} | {pp:.3f} | {pr:.3f} | {pf:.3f} | {op:.3f} | {orr:.3f} "
-                     f"| {of:.3f} | {npred} / {ntrue} | {dt:.2f} |")
-    lines.append(f"| **all {len(rows)}** | {px_all[0]:.3f} | {px_all[1]:.3f} | "
-                 f"**{px_all[2]:.3f}** | {ob_all[0]:.3f} | {ob_all[1]:.3f} | "
-                 f"**{ob_all[2]:.3f}** | {int(tot[4])} / {int(tot[5])} | |")
+    for name, sc, dt in rows + [(f"**all {len(rows)}**", all_scores, None)]:
+        lines.append(
+            f"| {name} | {sc['pixel_precision']:.3f} | {sc['pixel_recall']:.3f} "
+            f"| {sc['pixel_f1']:.3f} | {sc['precision']:.3f} | {sc['recall']:.3f} "
+            f"| {sc['f1']:.3f} | {sc['n_pred']} / {sc['n_truth']} "
+            f"| {'' if dt is None else f'{dt:.2f}'} |")
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
