@@ -5,17 +5,24 @@ pixel we first compute hand-crafted evidence: how much the (radiometrically
 normalised) colour changed in units of the sensor noise, vegetation (NDVI, or a
 visible-band green-dominance index without near-infrared, judged on each date's own
 colours), shadow on each date and cast shadow (darkening that keeps the before
-colour's spectral direction), fine texture, homogeneity. These, with each date's
-chromaticity and relative brightness, a morphological building index (white and black
-top-hats at 8-20 m) and local contrast at 1-2 m, form about 30 features that mean the
-same at any pixel size and radiometry (sizes in metres, intensities in noise units or
-relative to the scene median). A small multilayer perceptron shipped in
-``changedet/models/detector.npz`` (trained on synthetic pairs by
-``benchmarks/train_detector.py``; evaluated here in plain numpy) turns them into the
-probability of new building. Buildings are the regions above probability 0.5 (or the
-given threshold), opened by the narrowest roof width, at least the minimum area and
-confidently new on average. The sun azimuth is estimated from the shadows beside the
-objects; the shadow test itself is optional (``require_shadow``).
+colour's spectral direction), fine texture, homogeneity.
+
+The default detector ("regions") then works on objects, not pixels. A roof and the
+ground disturbed around it (construction earth, new paving, a cleared lot) change
+together and form one blob of change; chromaticity, which ignores the shading of roof
+facets, tells them apart. Candidate pixels (discounted change above half the Otsu
+threshold) are split into regions of one colour by a watershed on the chromaticity
+edges (:func:`colour_regions`); each region is described by about twenty scale-free
+features (shape, change, texture, vegetation, brightness, outline strength, one-sided
+shadow, neighbourhood: :func:`region_features`) and a small perceptron shipped in
+``changedet/models/regions.npz`` (trained on two independent synthetic generators by
+``benchmarks/train_regions.py``; evaluated here in plain numpy) gives its probability
+of being a roof. Kept regions that touch form one building.
+
+Two older detectors remain selectable: "handcrafted" thresholds the discounted change
+score and keeps objects that cast a shadow on the anti-sun side (the sun azimuth is
+estimated from the shadows beside the objects); "learned" is a per-pixel perceptron on
+about 30 features (``changedet/models/detector.npz``).
 
 Every size is given in metres and converted with the pixel size, so the same defaults
 work at 0.3 m, 0.5 m or 2 m. Every stage can run on a window with a halo when given the
@@ -37,8 +44,10 @@ from ._log import logger
 from .radiometry import RadiometricFit, fit_radiometry
 from .raster import Scene
 
-#: The shipped detector (trained by ``benchmarks/train_detector.py``).
+#: The shipped pixel detector (trained by ``benchmarks/train_detector.py``).
 _MODEL_PATH = Path(__file__).resolve().parent / "models" / "detector.npz"
+#: The shipped region classifier (trained by ``benchmarks/train_regions.py``).
+_REGION_MODEL_PATH = Path(__file__).resolve().parent / "models" / "regions.npz"
 
 #: Directions probed for the shadow a roof casts (every 22.5 degrees).
 _N_DIRECTIONS = 16
@@ -76,13 +85,20 @@ class DetectionParams:
     fit : RadiometricFit or None
         A precomputed radiometric fit (e.g. from a decimated first pass); None: fit
         on the given scenes.
-    detector : {"handcrafted", "learned"}
-        "handcrafted": threshold the discounted change score (noise units, Otsu);
-        "learned": the shipped perceptron's probability of new building (0.5).
+    detector : {"regions", "handcrafted", "learned"}
+        "regions" (default): candidates from the discounted change score (half the
+        Otsu threshold) split into regions of one colour, each kept when the shipped
+        region classifier gives it a probability of roof of at least
+        ``region_probability``; "handcrafted": threshold the discounted change score
+        (noise units, Otsu) with a cast-shadow test; "learned": the shipped per-pixel
+        perceptron's probability of new building (0.5).
+    region_probability : float
+        Regions detector: smallest probability of roof of a kept region.
     min_object_probability : float
         Learned detector: smallest mean probability of a kept object.
     model : dict or None
-        Detector weights (as in ``detector.npz``); None: the shipped model.
+        Weights of the "learned" pixel detector (as in ``detector.npz``) or of the
+        "regions" classifier (as in ``regions.npz``); None: the shipped model.
     keep_features : bool
         Keep the (F, H, W) feature stack in ``Evidence.features`` (for training).
     """
@@ -96,7 +112,8 @@ class DetectionParams:
     require_shadow: bool = True
     refine_edges: bool = True
     fit: RadiometricFit | None = field(default=None, repr=False)
-    detector: str = "handcrafted"
+    detector: str = "regions"
+    region_probability: float = 0.5
     min_object_probability: float = 0.7
     model: dict[str, np.ndarray] | None = field(default=None, repr=False)
     keep_features: bool = False
@@ -156,6 +173,12 @@ class Evidence:
     extent: np.ndarray | None = field(default=None, repr=False)
     probability: np.ndarray | None = field(default=None, repr=False)
     features: np.ndarray | None = field(default=None, repr=False)
+    veg_before: np.ndarray | None = field(default=None, repr=False)
+    smooth_after: np.ndarray | None = field(default=None, repr=False)
+    colour_edges: np.ndarray | None = field(default=None, repr=False)
+    bright_after: np.ndarray | None = field(default=None, repr=False)
+    bright_before: np.ndarray | None = field(default=None, repr=False)
+    region_probability: np.ndarray | None = field(default=None, repr=False)
 
 
 def _pixel_size_m(scene: Scene) -> float:
@@ -257,6 +280,86 @@ def _same_direction(a: np.ndarray, b: np.ndarray, nir: int | None) -> np.ndarray
                    ).astype(np.float32)
 
 
+def chroma_edges(image: np.ndarray, nir: int | None, valid: np.ndarray) -> np.ndarray:
+    """Strength of colour (chromaticity) edges, in units of the scene's median.
+
+    Chromaticity (each visible band over their sum) ignores shading, so the facets of
+    one roof, lit differently, are one colour, while the edge between a roof and the
+    bare earth or pavement around it stands out even where their brightness is alike.
+
+    Parameters
+    ----------
+    image : (B, H, W) ndarray
+    nir : int or None
+        Near-infrared layer (left out).
+    valid : (H, W) ndarray of bool
+
+    Returns
+    -------
+    (H, W) ndarray of float32
+        Gradient magnitude of the chromaticity (1-pixel Gaussian) over its median in
+        the valid area: about 1 on uniform ground, tens on a roof outline.
+    """
+    vis = [i for i in range(image.shape[0]) if i != nir][:3]
+    smooth = np.stack([ndimage.gaussian_filter(np.maximum(image[i], 0), 1.0) for i in vis])
+    total = smooth.sum(axis=0)
+    # Chromaticity is meaningless in the dark; a floor of a twentieth of the median
+    # brightness keeps shadows from turning into a field of edges.
+    floor = 0.05 * float(np.median(total[valid][::7])) if valid.any() else 1.0
+    chroma = smooth / (total + max(floor, 1e-6))
+    grad2 = np.zeros(valid.shape, np.float32)
+    for c in chroma:
+        grad2 += ndimage.gaussian_gradient_magnitude(c, 1.0) ** 2
+    grad = np.sqrt(grad2)
+    ref = float(np.median(grad[valid][::7])) if valid.any() else 1.0
+    return (grad / max(ref, 1e-6)).astype(np.float32)
+
+
+def colour_regions(domain: np.ndarray, colour_edges: np.ndarray, pixel_m: float,
+                   edge_level: float = 2.5, neck_m: float = 2.0) -> np.ndarray:
+    """Split candidate pixels into regions of one colour along the colour edges.
+
+    The cores of the regions are the candidate pixels away from any colour edge,
+    cut at necks narrower than ``2 * neck_m`` (a faint stretch of a roof outline
+    must not join the roof to the earth beside it); the watershed of the edge map
+    then gives every candidate pixel to the core it reaches without crossing an
+    edge, so region boundaries sit on the edge ridges.
+
+    Parameters
+    ----------
+    domain : (H, W) ndarray of bool
+        Candidate pixels.
+    colour_edges : (H, W) ndarray
+        From :func:`chroma_edges`.
+    pixel_m : float
+        Pixel size in metres.
+    edge_level : float
+        Edge strength (in scene medians) that separates regions.
+    neck_m : float
+        Half-width of the narrowest link kept inside one core, in metres.
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+        0 outside ``domain``, 1..N regions.
+    """
+    from skimage.segmentation import watershed
+
+    core = domain & (colour_edges < edge_level)
+    core_labels, n_core = ndimage.label(core)
+    if n_core == 0:
+        return np.zeros(domain.shape, np.int32)
+    dist = ndimage.distance_transform_edt(core)
+    markers, n = ndimage.label(dist > max(1.0, neck_m / pixel_m))
+    # Cores narrower than the neck everywhere (a small roof) keep one marker each.
+    has_marker = np.zeros(n_core + 1, bool)
+    has_marker[np.unique(core_labels[markers > 0])] = True
+    lonely = ~has_marker[core_labels] & core
+    lonely_labels, n_lonely = ndimage.label(lonely)
+    markers = np.where(lonely, lonely_labels + n, markers)
+    return watershed(colour_edges, markers, mask=domain).astype(np.int32)
+
+
 def _pixel_noise(image: np.ndarray) -> np.ndarray:
     """Per-band noise standard deviation from the residual to the 4-neighbour mean.
 
@@ -295,6 +398,178 @@ def _smoothness(image: np.ndarray, nir: int | None, pixel_m: float,
         sd = np.sqrt(ndimage.gaussian_filter(res * res, s)) / np.float32(noise[i])
         out += np.clip((4.0 - sd) / 2.0, 0.0, 1.0)
     return out / len(keep)
+
+
+#: Names of the per-region features fed to the region classifier, in order.
+REGION_FEATURE_NAMES: tuple[str, ...] = (
+    "log_area_m2", "rectangularity", "solidity", "compactness", "elongation",
+    "log_change", "smooth_a", "veg_a", "veg_b", "log_bright_a", "log_bright_b",
+    "log_edge_inner", "log_edge_mean", "facing_land", "facing_region",
+    "shadow_contrast", "dark_contrast", "blob_share", "log_blob_regions",
+    "chroma_spread", "new_shadow",
+)
+
+
+CANDIDATE_FRACTION = 0.5
+MAX_AREA_FEATURE_M2 = 1000.0
+
+
+def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
+                      params: "DetectionParams") -> tuple[np.ndarray, int]:
+    """Candidate pixels of new building, split into regions of one colour.
+
+    Returns
+    -------
+    regions : (H, W) ndarray of int32
+        0 background, 1..n.
+    n : int
+    """
+    # The regions are classified one by one, so the candidates may be generous:
+    # half the automatic threshold keeps roofs on ground that changed as much.
+    cand = (evidence.score > max(params.min_sigma, CANDIDATE_FRACTION * evidence.threshold)) & valid
+    # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
+    cand = ndimage.binary_closing(cand, _disk(0.5 * params.min_width_m / pixel_m)) & valid
+    # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
+    cand = ndimage.binary_opening(cand, _disk(0.5 * params.min_width_m / pixel_m))
+    # The texture term misses a rim of a pixel or two along every outline: the
+    # regions may reach two metres beyond the candidates where the change itself
+    # (shadow discounted) stays above half the threshold.
+    near = ndimage.binary_dilation(cand, _disk(max(1.5, 2.0 / pixel_m)))
+    level = max(params.min_sigma, 0.5 * evidence.threshold)
+    domain = cand | (near & (evidence.extent > level) & valid)
+    regions = colour_regions(domain, evidence.colour_edges, pixel_m)
+    regions, n = _relabel(regions)
+    # Slivers smaller than a fifth of the smallest building carry no shape.
+    min_px = 0.2 * params.resolved_min_area_m2(pixel_m) / pixel_m**2
+    sizes = np.bincount(regions.ravel(), minlength=n + 1)
+    small = sizes < min_px
+    small[0] = False
+    if small.any():
+        regions = np.where(small[regions], 0, regions)
+        regions, n = _relabel(regions)
+    return regions, n
+
+
+def _label_sums(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    return np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)
+
+
+def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
+                    valid: np.ndarray, pixel_m: float) -> np.ndarray:
+    """Scale-free description of each candidate region, for the region classifier.
+
+    Shape (rectangularity from second moments, solidity, compactness, elongation),
+    content (change, smoothness, vegetation and brightness in each date), outline
+    (colour-edge strength on the region's rim), neighbourhood (how much of the rim
+    faces unchanged land or another region; the share of its blob), and the best
+    one-sided shadow beside it in any direction.
+
+    Returns
+    -------
+    (F, n + 1, 1) ndarray of float32
+        Column ``k`` for region ``k`` (row 0 unused), F = len(REGION_FEATURE_NAMES).
+    """
+    import shapely
+
+    idx = np.arange(n + 1)
+    cnt = np.maximum(np.bincount(regions.ravel(), minlength=n + 1).astype(float), 1.0)
+    rr, cc = np.indices(regions.shape, dtype=np.float64)
+    mr = _label_sums(rr, regions, n) / cnt
+    mc = _label_sums(cc, regions, n) / cnt
+    srr = _label_sums(rr * rr, regions, n) / cnt - mr * mr
+    scc = _label_sums(cc * cc, regions, n) / cnt - mc * mc
+    src = _label_sums(rr * cc, regions, n) / cnt - mr * mc
+    del rr, cc
+    tr = srr + scc
+    det = np.maximum(srr * scc - src * src, 1e-9)
+    disc = np.sqrt(np.maximum(tr * tr / 4 - det, 0.0))
+    l1 = tr / 2 + disc + 1.0 / 12
+    l2 = np.maximum(tr / 2 - disc, 0.0) + 1.0 / 12
+    rect = cnt / (12.0 * np.sqrt(l1 * l2))
+    elong = np.log(np.sqrt(l1 / l2))
+    # Perimeter: pixel edges between the region and anything else.
+    perim = np.zeros(n + 1)
+    for a, b in ((regions[1:, :], regions[:-1, :]), (regions[:, 1:], regions[:, :-1])):
+        differ = a != b
+        perim += np.bincount(a[differ], minlength=n + 1) + np.bincount(b[differ], minlength=n + 1)
+    perim += (np.bincount(regions[[0, -1], :].ravel(), minlength=n + 1)
+              + np.bincount(regions[:, [0, -1]].ravel(), minlength=n + 1))
+    compact = 4 * math.pi * cnt / np.maximum(perim, 1.0) ** 2
+    # Solidity: area over the area of the convex hull of the region's pixel corners
+    # (the corners of its edge pixels suffice), for all regions in one shapely call.
+    edge = (regions > 0) & (ndimage.grey_erosion(regions, size=3) != ndimage.grey_dilation(regions, size=3))
+    er, ec = np.nonzero(edge)
+    lab = regions[er, ec]
+    corners = np.concatenate([np.stack([ec + dx, er + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    present, pos = np.unique(np.tile(lab, 4), return_inverse=True)
+    order = np.argsort(pos, kind="stable")
+    hull_area = np.ones(n + 1)
+    if present.size:
+        hulls = shapely.convex_hull(shapely.multipoints(corners[order], indices=pos[order]))
+        hull_area[present] = shapely.area(hulls)
+    solidity = np.minimum(cnt / np.maximum(hull_area, 1.0), 1.0)
+
+    def mean(x: np.ndarray) -> np.ndarray:
+        return _label_sums(x.astype(np.float64), regions, n) / cnt
+
+    med_a = float(np.median(evidence.bright_after[valid][::7])) + 1e-6
+    med_b = float(np.median(evidence.bright_before[valid][::7])) + 1e-6
+    # Rim of each region: its pixels within reach of anything else.
+    reach = _disk(max(1.5, 1.5 / pixel_m))
+    inside = regions > 0
+    blob = ndimage.binary_fill_holes(ndimage.binary_closing(inside, reach))
+    faces_land = inside & ~ndimage.binary_erosion(blob, reach, border_value=0)
+    no_land = np.where(inside, regions, n + 1)
+    faces_other = inside & ((ndimage.grey_dilation(regions, footprint=reach) > regions)
+                            | (ndimage.grey_erosion(no_land, footprint=reach) < regions))
+    rim = faces_land | faces_other | (inside & (ndimage.grey_erosion(regions, footprint=reach) == 0))
+    rim_cnt = np.maximum(np.bincount(regions[rim], minlength=n + 1).astype(float), 1.0)
+    land = np.bincount(regions[faces_land], minlength=n + 1) / rim_cnt
+    other = np.bincount(regions[faces_other], minlength=n + 1) / rim_cnt
+    edge_rim = np.bincount(regions[rim], weights=evidence.colour_edges[rim],
+                           minlength=n + 1) / rim_cnt
+    # One-sided shadow: new darkness beside the region in its best direction, minus
+    # the opposite side (a roof casts it on one side; flat ground on none).
+    shadow_reach = max(1.0, 3.0 / pixel_m)
+    frac = _shadow_side_fractions(regions, n, evidence.new_shadow, shadow_reach)
+    contrast = (frac - np.roll(frac, _N_DIRECTIONS // 2, axis=1)).max(axis=1)
+    # The same with darkness relative to the brightest ground nearby, which finds a
+    # shadow on bright earth that the absolute shadow map misses.
+    size = max(3, int(round(15.0 / pixel_m)) | 1)
+    ref = ndimage.maximum_filter(ndimage.uniform_filter(evidence.bright_after, 3), size)
+    dark = np.clip(1.0 - evidence.bright_after / (ref + 1e-6), 0.0, 1.0)
+    dfrac = _shadow_side_fractions(regions, n, dark.astype(np.float32), shadow_reach)
+    dcontrast = (dfrac - np.roll(dfrac, _N_DIRECTIONS // 2, axis=1)).max(axis=1)
+    blobs, _ = ndimage.label(blob)
+    region_blob = np.zeros(n + 1, np.int64)
+    region_blob[regions[inside]] = blobs[inside]
+    blob_area = np.bincount(region_blob, weights=cnt, minlength=int(blobs.max()) + 1)
+    blob_regions = np.bincount(region_blob, minlength=int(blobs.max()) + 1)
+    an = evidence.after_normalised
+    vis = an[:3] if an.shape[0] >= 3 else an
+    tot = np.maximum(vis.sum(axis=0), 1e-6)
+    spread = np.zeros(n + 1)
+    for c in vis[:2]:
+        ch = c / tot
+        m1 = mean(ch)
+        spread += np.maximum(mean(ch * ch) - m1 * m1, 0.0)
+    spread = np.sqrt(spread)
+    feats = [
+        # Area is capped: above a large house, size says nothing more about a roof
+        # (and the training scenes hold few roofs larger than that).
+        np.log(np.clip(cnt * pixel_m**2, 1.0, MAX_AREA_FEATURE_M2)), rect, solidity,
+        compact, elong,
+        np.log1p(mean(evidence.change)), mean(evidence.smooth_after),
+        mean(evidence.veg_after), mean(evidence.veg_before),
+        np.log(np.maximum(mean(evidence.bright_after), 1e-3) / med_a),
+        np.log(np.maximum(mean(evidence.bright_before), 1e-3) / med_b),
+        np.log1p(edge_rim), np.log1p(mean(evidence.colour_edges)), land, other,
+        contrast, dcontrast, cnt / np.maximum(blob_area[region_blob], 1.0),
+        np.log(np.maximum(blob_regions[region_blob], 1)), np.log1p(100 * spread),
+        mean(evidence.new_shadow),
+    ]
+    del idx
+    return np.stack(feats).astype(np.float32)[:, :, None]
 
 
 #: Names of the per-pixel features fed to the learned detector, in order.
@@ -503,6 +778,10 @@ def new_building_evidence(
     # shadow (the moved shadows of old buildings fall in that class).
     # A building's own cast shadow is new darkness, on any ground (grass included).
     new_shadow = sh_a * (1 - sh_b)
+    same_direction = _same_direction(a_img, b_img, after.nir)
+    # Shadow cast on any ground, a lawn included (for the regions detector, which does
+    # not discount vegetation): darkness that keeps the before colour's direction.
+    cast_any = new_shadow * same_direction
     sh_a = sh_a * (1 - veg_a)
     sh_b = sh_b * (1 - veg_b)
     # Roofs are smooth at the metre scale; disturbed earth, rubble, cars and tree
@@ -510,9 +789,15 @@ def new_building_evidence(
     smooth_a = _smoothness(a_img, after.nir, pixel_m, noise_a)
     # A dark pixel of the after date is a cast shadow when it is the before colour
     # darkened (same spectral direction); a self-shaded roof facet is a new colour.
-    cast = sh_a * _same_direction(a_img, b_img, after.nir)
+    cast = sh_a * same_direction
     extent = change * (1 - veg_a) * (1 - cast) * (1 - sh_b)
     extent[~valid] = 0.0
+    # Green roofs look like vegetation in visible bands: the regions detector leaves
+    # vegetation to its classifier (texture, shape and shadow tell a lawn from a
+    # roof), so its evidence is not discounted by it here.
+    extent_any = change * (1 - np.maximum(cast, cast_any)) * (1 - sh_b)
+    extent_any[~valid] = 0.0
+    colour_edges = chroma_edges(a_img, after.nir, valid)
     prob = None
     features = None
     if params.detector == "learned":
@@ -532,8 +817,8 @@ def new_building_evidence(
         prob[~valid] = 0.0
         score = prob
         threshold = 0.5 if params.threshold is None else float(params.threshold)
-    elif params.detector == "handcrafted":
-        score = extent * smooth_a
+    elif params.detector in ("handcrafted", "regions"):
+        score = (extent_any if params.detector == "regions" else extent) * smooth_a
         if params.threshold is not None:
             threshold = float(params.threshold)
         else:
@@ -556,8 +841,13 @@ def new_building_evidence(
         shadow_after=sh_a,
         shadow_before=sh_b,
         new_shadow=new_shadow,
-        extent=extent.astype(np.float32),
+        extent=(extent_any if params.detector == "regions" else extent).astype(np.float32),
         diff=diff,
+        veg_before=veg_b,
+        smooth_after=smooth_a,
+        colour_edges=colour_edges,
+        bright_after=br_a,
+        bright_before=br_b,
         probability=prob,
         features=features if params.keep_features else None,
     )
@@ -668,6 +958,8 @@ def segment_new_buildings(
         0 background, 1..N one label per new building.
     """
     min_area_px = params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2
+    if params.detector == "regions":
+        return _segment_by_regions(evidence, valid, pixel_size_m, params, min_area_px)
     # The threshold finds the roofs; their outlines are re-drawn further down on the
     # texture-free evidence. (Hysteresis down to half the threshold leaked along new
     # roads and disturbed earth into blobs joining whole streets.)
@@ -737,6 +1029,78 @@ def segment_new_buildings(
     labels, n = ndimage.label(labels > 0)
     logger.info("segment: %d new building(s)", n)
     return labels.astype(np.int32)
+
+
+def _load_region_model() -> dict[str, np.ndarray]:
+    return _load_model(_REGION_MODEL_PATH)
+
+
+def classify_regions(features: np.ndarray, model: dict[str, np.ndarray] | None = None
+                     ) -> np.ndarray:
+    """Probability that each candidate region is (part of) a new roof.
+
+    Parameters
+    ----------
+    features : (F, n + 1, 1) ndarray
+        From :func:`region_features`.
+    model : dict, optional
+        Classifier weights as in ``models/regions.npz``; None: the shipped one.
+
+    Returns
+    -------
+    (n + 1,) ndarray of float32
+        Entry 0 (background) is 0.
+    """
+    model = model if model is not None else _load_region_model()
+    n_members = int(model.get("n_members", 0))
+    if n_members == 0:
+        prob = predict_probability(features, model)[:, 0]
+    else:
+        # An ensemble: the members share the feature scaling; their mean is the answer.
+        prob = np.zeros(features.shape[1], np.float32)
+        for m in range(n_members):
+            member = {"mean": model["mean"], "scale": model["scale"],
+                      "n_layers": model[f"m{m}_n_layers"]}
+            for k in range(int(member["n_layers"])):
+                member[f"W{k}"] = model[f"m{m}_W{k}"]
+                member[f"b{k}"] = model[f"m{m}_b{k}"]
+            prob += predict_probability(features, member)[:, 0]
+        prob /= n_members
+    prob[0] = 0.0
+    return prob
+
+
+def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
+                        params: DetectionParams, min_area_px: float) -> np.ndarray:
+    """Candidate regions, classified one by one; kept regions that touch are one building."""
+    regions, n = candidate_regions(evidence, valid, pixel_m, params)
+    if n == 0:
+        evidence.region_probability = np.zeros(valid.shape, np.float32)
+        return np.zeros(valid.shape, np.int32)
+    prob = classify_regions(region_features(regions, n, evidence, valid, pixel_m),
+                            params.model)
+    evidence.region_probability = prob[regions].astype(np.float32)
+    keep = prob >= params.region_probability
+    keep[0] = False
+    labels, n = ndimage.label(keep[regions])
+    # Holes smaller than a building are roof furniture or noise, not courtyards.
+    labels = _fill_small_holes(labels, min_area_px)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    big = areas >= min_area_px
+    big[0] = False
+    labels, n = ndimage.label(big[labels])
+    logger.info("segment: %d of %d candidate regions are roofs; %d new building(s)",
+                int(keep.sum()), int(prob.size - 1), n)
+    return labels.astype(np.int32)
+
+
+def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Renumber the labels present as 1..N (0 stays background)."""
+    present = np.unique(labels)
+    present = present[present > 0]
+    lut = np.zeros(int(labels.max()) + 1, np.int32)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
+    return lut[labels], int(present.size)
 
 
 def _fill_small_holes(labels: np.ndarray, max_hole_px: float) -> np.ndarray:

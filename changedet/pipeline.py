@@ -257,7 +257,11 @@ def run_detection(
         labels = _keep_labels_in_aoi(labels, aoi.mask)
     stage("measuring")
     labelled = polygons_from_labels(labels, grid)
-    scores = _label_scores(labels, evidence.score, [lab for lab, _ in labelled])
+    # A building's score: its mean probability of roof where the detector gives one,
+    # else its mean change evidence.
+    score_map = next((m for m in (evidence.region_probability, evidence.probability)
+                      if m is not None), evidence.score)
+    scores = _label_scores(labels, score_map, [lab for lab, _ in labelled])
     mcrs = metric_crs(grid.crs, grid.bounds)
     ground_px = _ground_pixel_m(grid, mcrs)
     buildings = measure_buildings([poly for _, poly in labelled], grid.crs, ground_px,

@@ -111,10 +111,12 @@ def _areas(labels: np.ndarray, pixel: float) -> list[float]:
     return sorted(float(c) * pixel * pixel for c in counts if c)
 
 
+@pytest.mark.parametrize("detector", ["regions", "handcrafted"])
 @pytest.mark.parametrize("pixel", [1.0, 0.5])
-def test_new_buildings_found_and_nothing_else(pixel: float) -> None:
+def test_new_buildings_found_and_nothing_else(pixel: float, detector: str) -> None:
     before, after, truth, boxes = _pair(pixel)
-    labels, ev = detect_new_buildings(before, after, DetectionParams(sun_azimuth_deg=45.0))
+    labels, ev = detect_new_buildings(
+        before, after, DetectionParams(sun_azimuth_deg=45.0, detector=detector))
     assert labels.dtype == np.int32
     assert labels.max() == 2, _areas(labels, pixel)
     # Each truth building is one label; nothing found on the pavement, bare ground,
@@ -131,7 +133,7 @@ def test_new_buildings_found_and_nothing_else(pixel: float) -> None:
 
 def test_sun_azimuth_estimated_from_shadows() -> None:
     before, after, truth, _ = _pair(1.0)
-    labels, ev = detect_new_buildings(before, after, DetectionParams())
+    labels, ev = detect_new_buildings(before, after, DetectionParams(detector="handcrafted"))
     assert ev.sun_azimuth_deg is not None
     # Sun from the north-east (45 degrees); a box's shadow seen along the diagonal
     # shows on two sides, so the estimate may be off by up to two probe steps.
@@ -201,3 +203,52 @@ def test_shipped_model_matches_the_features() -> None:
     model = _load_model()
     assert tuple(str(n) for n in model["feature_names"]) == FEATURE_NAMES
     assert model["W0"].shape[0] == len(FEATURE_NAMES)
+
+
+def test_shipped_region_model_matches_the_features() -> None:
+    from changedet.change import REGION_FEATURE_NAMES, _load_region_model
+
+    model = _load_region_model()
+    assert tuple(str(n) for n in model["feature_names"]) == REGION_FEATURE_NAMES
+    first = "m0_W0" if "m0_W0" in model else "W0"
+    assert model[first].shape[0] == len(REGION_FEATURE_NAMES)
+
+
+def test_colour_regions_split_along_the_colour_edge() -> None:
+    from changedet.change import chroma_edges, colour_regions
+
+    pixel = 0.5
+    img = _base(60.0, pixel, 3)
+    roof = (10.0, 10.0, 30.0, 40.0)
+    earth = (30.0, 10.0, 50.0, 40.0)
+    _paint(img, roof, ROOF_NEW, pixel)
+    _paint(img, earth, BARE, pixel)
+    scene = _scene(img, pixel, np.random.default_rng(1))
+    domain = np.zeros(scene.valid.shape, bool)
+    domain[int(10 / pixel):int(40 / pixel), int(10 / pixel):int(50 / pixel)] = True
+    regions = colour_regions(domain, chroma_edges(scene.image, None, scene.valid), pixel)
+    assert set(np.unique(regions[domain])) >= {1, 2}
+    # The biggest region inside each box covers that box and (almost) nothing else.
+    for box in (roof, earth):
+        inside = np.zeros_like(domain)
+        inside[int(box[1] / pixel):int(box[3] / pixel), int(box[0] / pixel):int(box[2] / pixel)] = True
+        ids, counts = np.unique(regions[inside], return_counts=True)
+        k = ids[np.argmax(counts)]
+        iou = (inside & (regions == k)).sum() / (inside | (regions == k)).sum()
+        assert iou > 0.93, (box, iou)
+
+
+def test_roof_told_from_the_construction_earth_around_it() -> None:
+    """A new roof on a new patch of bare earth: only the roof is a building."""
+    pixel = 0.5
+    before = _base(160.0, pixel, 4)
+    after = before.copy()
+    roof = (60.0, 50.0, 100.0, 80.0)           # 40 x 30 m = 1200 m²
+    _paint(after, (45.0, 38.0, 118.0, 96.0), BARE, pixel)
+    _shadow(after, roof, (0.7071, -0.7071), 6.0, pixel)
+    _paint(after, roof, ROOF_NEW, pixel)
+    rng = np.random.default_rng(2)
+    labels, _ = detect_new_buildings(_scene(before, pixel, rng), _scene(after, pixel, rng))
+    areas = _areas(labels, pixel)
+    assert len(areas) == 1, areas
+    assert abs(areas[0] - 1200.0) / 1200.0 < 0.03, areas

@@ -405,7 +405,7 @@ def test_nan_pixels_are_invalid_not_values(tmp_path: Path) -> None:
 
 def _polar_geographic(tmp_path: Path, lat0: float, building: shapely.Polygon | None,
                       laea: CRS, name: str) -> tuple[Path, Grid]:
-    """A textured geographic scene near ``lat0`` with an optional bright building.
+    """A textured geographic scene near ``lat0`` with an optional bright building and its shadow.
 
     The building is drawn in ``laea`` metres (an equal-area CRS centred on the scene)
     and warped into lon/lat, so its true ground area is ``building.area``.
@@ -422,6 +422,12 @@ def _polar_geographic(tmp_path: Path, lat0: float, building: shapely.Polygon | N
         from rasterio.features import geometry_mask
 
         inside = geometry_mask([building], (n, n), src_t, invert=True)
+        # Its shadow (a building has height; a bright flat patch would not be one).
+        from shapely import affinity
+
+        cast = geometry_mask([affinity.translate(building, 5.0, -5.0)], (n, n), src_t,
+                             invert=True)
+        texture[cast & ~inside] *= 0.35
         texture[inside] = 230.0
     src = np.repeat(texture[None].astype(np.float32), 3, axis=0)
     # Geographic grid covering the same ground: at 86°N one degree of longitude is
