@@ -326,6 +326,19 @@ def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (tmp_path / "d" / "report.html").exists()
 
 
+@pytest.mark.slow
+def test_demo_on_the_fixture_finds_the_three_residences(tmp_path: Path) -> None:
+    """The README's first command: three sites, each consistent with 13,000 m²."""
+    root = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
+    truth = json.loads((root / "truth.json").read_text())["buildings"]
+    result = _run("-q", "demo", "-o", str(tmp_path / "d"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert len(summary["sites"]) == len(truth) == 3
+    assert [v["verdict"] for v in summary["claim"]["verdicts"]] == ["consistent"] * 3
+    assert "Consistent with the claim: all 3 sites match" in result.stdout
+
+
 def test_rio_plugin_entry_point() -> None:
     import tomllib
 
