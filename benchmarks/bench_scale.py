@@ -39,7 +39,7 @@ FIXTURE = ROOT / "fixtures" / "compound"
 # Runs in the child: read both inputs, write change.tif, report peak RSS.
 _IO_FLOOR = """
 import resource, sys, time
-import numpy as np, rasterio
+import numpy as np
 from changedet.outputs import write_cog
 from changedet.raster import read_scene
 t0 = time.perf_counter()

@@ -139,16 +139,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained in {time.perf_counter() - t:.0f} s, "
           f"validation accuracy {clf.best_validation_score_:.3f}", file=sys.stderr)
     model: dict[str, np.ndarray] = {"mean": mean.astype(np.float32),
-                                    "scale": scale.astype(np.float32),
-                                    "n_layers": np.array(len(clf.coefs_))}
-    for k, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
-        model[f"W{k}"] = w.astype(np.float32)
-        model[f"b{k}"] = b.astype(np.float32)
-    model["feature_names"] = np.array(FEATURE_NAMES)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **model)
-    print(f"wrote {args.out}", file=sys.stderr)
+                                    "scale": scale.astype(np.float32)}
+    model.update(mlp_arrays(clf))
+    save_model(args.out, model, FEATURE_NAMES)
     return 0
+
+
+def mlp_arrays(clf, prefix: str = "") -> dict[str, np.ndarray]:
+    """A fitted scikit-learn MLPClassifier as the arrays changedet evaluates in numpy
+    (``{prefix}n_layers``, ``{prefix}W{k}``, ``{prefix}b{k}``)."""
+    out = {f"{prefix}n_layers": np.array(len(clf.coefs_))}
+    for k, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+        out[f"{prefix}W{k}"] = w.astype(np.float32)
+        out[f"{prefix}b{k}"] = b.astype(np.float32)
+    return out
+
+
+def save_model(path: Path, model: dict[str, np.ndarray], feature_names: tuple[str, ...]) -> None:
+    """Write the model with its feature names (checked by the tests) to ``path``."""
+    model = dict(model, feature_names=np.array(feature_names))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **model)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

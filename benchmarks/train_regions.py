@@ -41,6 +41,9 @@ from changedet.radiometry import fit_radiometry
 from changedet.raster import align_pair, warp_scene
 from changedet.synth import SynthParams, make_synthetic_pair
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_detector import mlp_arrays, save_model  # noqa: E402
+
 #: (scenario, seed, pixel size m) of the training pairs.
 TRAINING_PAIRS: tuple[tuple[str, int, float], ...] = (
     ("compound", 100, 1.0), ("compound", 101, 0.5), ("compound", 102, 0.7),
@@ -257,16 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                             random_state=m)
         clf.fit((x[pick] - mean) / scale, y[pick])
         votes += clf.predict_proba((x - mean) / scale)[:, 1]
-        model[f"m{m}_n_layers"] = np.array(len(clf.coefs_))
-        for k, (wk, bk) in enumerate(zip(clf.coefs_, clf.intercepts_)):
-            model[f"m{m}_W{k}"] = wk.astype(np.float32)
-            model[f"m{m}_b{k}"] = bk.astype(np.float32)
+        model.update(mlp_arrays(clf, prefix=f"m{m}_"))
     accuracy = float(((votes / N_MEMBERS > 0.5) == y).mean())
     print(f"training accuracy (all regions) {accuracy:.3f}", file=sys.stderr)
-    model["feature_names"] = np.array(REGION_FEATURE_NAMES)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, **model)
-    print(f"wrote {args.out}", file=sys.stderr)
+    save_model(args.out, model, REGION_FEATURE_NAMES)
     return 0
 
 

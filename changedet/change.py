@@ -355,7 +355,7 @@ def colour_regions(domain: np.ndarray, colour_edges: np.ndarray, pixel_m: float,
     has_marker = np.zeros(n_core + 1, bool)
     has_marker[np.unique(core_labels[markers > 0])] = True
     lonely = ~has_marker[core_labels] & core
-    lonely_labels, n_lonely = ndimage.label(lonely)
+    lonely_labels, _ = ndimage.label(lonely)
     markers = np.where(lonely, lonely_labels + n, markers)
     return watershed(colour_edges, markers, mask=domain).astype(np.int32)
 
@@ -410,7 +410,9 @@ REGION_FEATURE_NAMES: tuple[str, ...] = (
 )
 
 
+#: Regions detector: candidates above this fraction of the automatic threshold.
 CANDIDATE_FRACTION = 0.5
+#: Region area feature is capped here (m²): beyond a large house, size says nothing.
 MAX_AREA_FEATURE_M2 = 1000.0
 
 
@@ -471,7 +473,6 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     """
     import shapely
 
-    idx = np.arange(n + 1)
     cnt = np.maximum(np.bincount(regions.ravel(), minlength=n + 1).astype(float), 1.0)
     rr, cc = np.indices(regions.shape, dtype=np.float64)
     mr = _label_sums(rr, regions, n) / cnt
@@ -568,7 +569,6 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
         np.log(np.maximum(blob_regions[region_blob], 1)), np.log1p(100 * spread),
         mean(evidence.new_shadow),
     ]
-    del idx
     return np.stack(feats).astype(np.float32)[:, :, None]
 
 
@@ -779,8 +779,8 @@ def new_building_evidence(
     # A building's own cast shadow is new darkness, on any ground (grass included).
     new_shadow = sh_a * (1 - sh_b)
     same_direction = _same_direction(a_img, b_img, after.nir)
-    # Shadow cast on any ground, a lawn included (for the regions detector, which does
-    # not discount vegetation): darkness that keeps the before colour's direction.
+    # Shadow cast on any ground, a lawn included: darkness that keeps the before
+    # colour's direction.
     cast_any = new_shadow * same_direction
     sh_a = sh_a * (1 - veg_a)
     sh_b = sh_b * (1 - veg_b)
@@ -790,14 +790,17 @@ def new_building_evidence(
     # A dark pixel of the after date is a cast shadow when it is the before colour
     # darkened (same spectral direction); a self-shaded roof facet is a new colour.
     cast = sh_a * same_direction
-    extent = change * (1 - veg_a) * (1 - cast) * (1 - sh_b)
+    colour_edges = None
+    if params.detector == "regions":
+        # Green roofs look like vegetation in visible bands: the regions detector
+        # leaves vegetation to its classifier (texture, shape and shadow tell a lawn
+        # from a roof), so its evidence is not discounted by it; shadow cast on any
+        # ground is.
+        extent = change * (1 - np.maximum(cast, cast_any)) * (1 - sh_b)
+        colour_edges = chroma_edges(a_img, after.nir, valid)
+    else:
+        extent = change * (1 - veg_a) * (1 - cast) * (1 - sh_b)
     extent[~valid] = 0.0
-    # Green roofs look like vegetation in visible bands: the regions detector leaves
-    # vegetation to its classifier (texture, shape and shadow tell a lawn from a
-    # roof), so its evidence is not discounted by it here.
-    extent_any = change * (1 - np.maximum(cast, cast_any)) * (1 - sh_b)
-    extent_any[~valid] = 0.0
-    colour_edges = chroma_edges(a_img, after.nir, valid)
     prob = None
     features = None
     if params.detector == "learned":
@@ -818,7 +821,7 @@ def new_building_evidence(
         score = prob
         threshold = 0.5 if params.threshold is None else float(params.threshold)
     elif params.detector in ("handcrafted", "regions"):
-        score = (extent_any if params.detector == "regions" else extent) * smooth_a
+        score = extent * smooth_a
         if params.threshold is not None:
             threshold = float(params.threshold)
         else:
@@ -841,7 +844,7 @@ def new_building_evidence(
         shadow_after=sh_a,
         shadow_before=sh_b,
         new_shadow=new_shadow,
-        extent=(extent_any if params.detector == "regions" else extent).astype(np.float32),
+        extent=extent.astype(np.float32),
         diff=diff,
         veg_before=veg_b,
         smooth_after=smooth_a,
@@ -1044,7 +1047,8 @@ def classify_regions(features: np.ndarray, model: dict[str, np.ndarray] | None =
     features : (F, n + 1, 1) ndarray
         From :func:`region_features`.
     model : dict, optional
-        Classifier weights as in ``models/regions.npz``; None: the shipped one.
+        Ensemble weights as in ``models/regions.npz`` (``mean``, ``scale``,
+        ``n_members`` and ``m{i}_W{k}``, ``m{i}_b{k}``); None: the shipped one.
 
     Returns
     -------
@@ -1052,20 +1056,17 @@ def classify_regions(features: np.ndarray, model: dict[str, np.ndarray] | None =
         Entry 0 (background) is 0.
     """
     model = model if model is not None else _load_region_model()
-    n_members = int(model.get("n_members", 0))
-    if n_members == 0:
-        prob = predict_probability(features, model)[:, 0]
-    else:
-        # An ensemble: the members share the feature scaling; their mean is the answer.
-        prob = np.zeros(features.shape[1], np.float32)
-        for m in range(n_members):
-            member = {"mean": model["mean"], "scale": model["scale"],
-                      "n_layers": model[f"m{m}_n_layers"]}
-            for k in range(int(member["n_layers"])):
-                member[f"W{k}"] = model[f"m{m}_W{k}"]
-                member[f"b{k}"] = model[f"m{m}_b{k}"]
-            prob += predict_probability(features, member)[:, 0]
-        prob /= n_members
+    # An ensemble: the members share the feature scaling; their mean is the answer.
+    n_members = int(model["n_members"])
+    prob = np.zeros(features.shape[1], np.float32)
+    for m in range(n_members):
+        member = {"mean": model["mean"], "scale": model["scale"],
+                  "n_layers": model[f"m{m}_n_layers"]}
+        for k in range(int(member["n_layers"])):
+            member[f"W{k}"] = model[f"m{m}_W{k}"]
+            member[f"b{k}"] = model[f"m{m}_b{k}"]
+        prob += predict_probability(features, member)[:, 0]
+    prob /= n_members
     prob[0] = 0.0
     return prob
 
@@ -1096,11 +1097,10 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Renumber the labels present as 1..N (0 stays background)."""
-    present = np.unique(labels)
-    present = present[present > 0]
-    lut = np.zeros(int(labels.max()) + 1, np.int32)
-    lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
-    return lut[labels], int(present.size)
+    from skimage.segmentation import relabel_sequential
+
+    out = relabel_sequential(labels)[0].astype(np.int32)
+    return out, int(out.max())
 
 
 def _fill_small_holes(labels: np.ndarray, max_hole_px: float) -> np.ndarray:
