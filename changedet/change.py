@@ -33,6 +33,7 @@ global quantities of a first pass (``DetectionParams.threshold`` and a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +52,61 @@ _REGION_MODEL_PATH = Path(__file__).resolve().parent / "models" / "regions.npz"
 
 #: Directions probed for the shadow a roof casts (every 22.5 degrees).
 _N_DIRECTIONS = 16
+
+#: Largest pixel sample kept per statistic for pooling (a strided subsample beyond).
+_MAX_POOLED_SAMPLE = 200_000
+
+
+def _median(sample: np.ndarray) -> float:
+    return float(np.median(sample)) if sample.size else float("nan")
+
+
+class SceneStatistics:
+    """Scene-wide yardsticks of the evidence: noise, medians, levels, the threshold.
+
+    Each statistic is reduced from a pixel sample (a median, an Otsu level...). By
+    default they are measured on the arrays at hand. A windowed run measures them
+    once, on sample chips of the whole scene (``collect=True`` keeps each chip's
+    samples; :meth:`pooled` reduces them together), and gives the same values to
+    every window, so that each window is judged as the whole scene would be.
+
+    Parameters
+    ----------
+    values : dict of str to float, optional
+        Statistics already known; the others are measured when first asked for.
+    collect : bool
+        Keep the pixel sample behind each measured statistic (subsampled to at most
+        ``_MAX_POOLED_SAMPLE`` values), for :meth:`pooled`.
+    """
+
+    def __init__(self, values: dict[str, float] | None = None, collect: bool = False):
+        self.values: dict[str, float] = dict(values or {})
+        self.samples: dict[str, np.ndarray] | None = {} if collect else None
+        self._reducers: dict[str, Callable[[np.ndarray], float]] = {}
+
+    def get(self, name: str, sample: Callable[[], np.ndarray],
+            reduce: Callable[[np.ndarray], float] = _median) -> float:
+        """The statistic ``name``: given, or ``reduce(sample())`` measured now."""
+        if name in self.values:
+            return self.values[name]
+        values = np.asarray(sample(), dtype=np.float32).ravel()
+        value = float(reduce(values))
+        self.values[name] = value
+        self._reducers[name] = reduce
+        if self.samples is not None:
+            step = max(1, values.size // _MAX_POOLED_SAMPLE)
+            self.samples[name] = values[::step].copy()
+        return value
+
+    @classmethod
+    def pooled(cls, parts: Sequence["SceneStatistics"]) -> "SceneStatistics":
+        """Statistics of the union of the chips measured by ``parts`` (collected)."""
+        out = cls()
+        for name, reduce in parts[0]._reducers.items():
+            chunks = [p.samples[name] for p in parts if p.samples and name in p.samples]
+            out.values[name] = float(reduce(np.concatenate(chunks)))
+        return out
+
 
 
 @dataclass
@@ -154,6 +210,10 @@ class Evidence:
         Probability of new building from the learned detector (same as ``score``).
     features : (F, H, W) ndarray of float32 or None
         The detector's input features, when ``keep_features`` was asked.
+    regions : (H, W) ndarray of int32 or None
+        Regions detector: the candidate regions (0 background).
+    statistics : SceneStatistics or None
+        The scene-wide statistics the maps were computed with.
     """
 
     change: np.ndarray
@@ -179,6 +239,8 @@ class Evidence:
     bright_after: np.ndarray | None = field(default=None, repr=False)
     bright_before: np.ndarray | None = field(default=None, repr=False)
     region_probability: np.ndarray | None = field(default=None, repr=False)
+    regions: np.ndarray | None = field(default=None, repr=False)
+    statistics: SceneStatistics | None = field(default=None, repr=False)
 
 
 def _pixel_size_m(scene: Scene) -> float:
@@ -218,7 +280,7 @@ def vegetation_index(image: np.ndarray, nir: int | None) -> tuple[np.ndarray, bo
 
 
 def _vegetation_level(idx_before: np.ndarray, idx_after: np.ndarray, valid: np.ndarray,
-                      is_ndvi: bool) -> float:
+                      is_ndvi: bool, stats: SceneStatistics) -> float:
     """Index level that separates vegetation from the rest.
 
     Otsu on both dates together, kept within the physically sensible range for the
@@ -226,12 +288,17 @@ def _vegetation_level(idx_before: np.ndarray, idx_after: np.ndarray, valid: np.n
     so a scene without vegetation does not turn its greenest roofs into trees.
     """
     lo, hi = (0.2, 0.5) if is_ndvi else (0.02, 0.10)
-    v = np.concatenate([idx_before[valid][::7], idx_after[valid][::7]])
-    try:
-        t = float(threshold_otsu(v))
-    except ValueError:
-        t = lo
-    return float(np.clip(t, lo, hi))
+
+    def level(v: np.ndarray) -> float:
+        try:
+            t = float(threshold_otsu(v))
+        except ValueError:
+            t = lo
+        return float(np.clip(t, lo, hi))
+
+    return stats.get("vegetation_level_ndvi" if is_ndvi else "vegetation_level_visible",
+                     lambda: np.concatenate([idx_before[valid][::7], idx_after[valid][::7]]),
+                     level)
 
 
 def _soft_above(x: np.ndarray, level: float, width: float) -> np.ndarray:
@@ -244,22 +311,22 @@ def _brightness(image: np.ndarray, nir: int | None) -> np.ndarray:
     return image[keep].mean(axis=0).astype(np.float32)
 
 
-def _shadow_map(bright: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _shadow_map(bright: np.ndarray, median: float) -> np.ndarray:
     """Shadow likelihood 0..1 from brightness.
 
     A surface in shadow receives only skylight, a fraction of the sunlit irradiance;
     we call a pixel shadow when it is darker than half the scene's median brightness
-    (most of a scene is sunlit), with a soft ramp of a tenth of that median.
+    ``median`` (most of a scene is sunlit), with a soft ramp of a tenth of it.
     """
-    med = float(np.median(bright[valid][::5]))
-    return 1.0 - _soft_above(bright, 0.5 * med, 0.1 * med)
+    return 1.0 - _soft_above(bright, 0.5 * median, 0.1 * median)
 
 
-def _homogeneity(bright: np.ndarray, pixel_m: float) -> np.ndarray:
+def _homogeneity(bright: np.ndarray, pixel_m: float, stats: SceneStatistics,
+                 name: str) -> np.ndarray:
     """1 where the local gradient is low compared with the scene's typical gradient."""
     s = max(0.7, 1.0 / pixel_m)
     grad = ndimage.gaussian_gradient_magnitude(bright, s)
-    ref = float(np.median(grad)) + 1e-6
+    ref = stats.get(name, lambda: grad) + 1e-6
     return np.clip(1.5 - grad / (2 * ref), 0.0, 1.0).astype(np.float32)
 
 
@@ -280,7 +347,8 @@ def _same_direction(a: np.ndarray, b: np.ndarray, nir: int | None) -> np.ndarray
                    ).astype(np.float32)
 
 
-def chroma_edges(image: np.ndarray, nir: int | None, valid: np.ndarray) -> np.ndarray:
+def chroma_edges(image: np.ndarray, nir: int | None, valid: np.ndarray,
+                 stats: SceneStatistics | None = None) -> np.ndarray:
     """Strength of colour (chromaticity) edges, in units of the scene's median.
 
     Chromaticity (each visible band over their sum) ignores shading, so the facets of
@@ -293,6 +361,8 @@ def chroma_edges(image: np.ndarray, nir: int | None, valid: np.ndarray) -> np.nd
     nir : int or None
         Near-infrared layer (left out).
     valid : (H, W) ndarray of bool
+    stats : SceneStatistics, optional
+        Scene-wide medians (measured here when not given).
 
     Returns
     -------
@@ -305,14 +375,15 @@ def chroma_edges(image: np.ndarray, nir: int | None, valid: np.ndarray) -> np.nd
     total = smooth.sum(axis=0)
     # Chromaticity is meaningless in the dark; a floor of a twentieth of the median
     # brightness keeps shadows from turning into a field of edges.
-    floor = 0.05 * float(np.median(total[valid][::7])) if valid.any() else 1.0
-    chroma = smooth / (total + max(floor, 1e-6))
+    stats = stats if stats is not None else SceneStatistics()
+    floor = 0.05 * stats.get("median_visible_sum", lambda: total[valid][::7])
+    chroma = smooth / (total + (floor if floor > 1e-6 else 1.0))
     grad2 = np.zeros(valid.shape, np.float32)
     for c in chroma:
         grad2 += ndimage.gaussian_gradient_magnitude(c, 1.0) ** 2
     grad = np.sqrt(grad2)
-    ref = float(np.median(grad[valid][::7])) if valid.any() else 1.0
-    return (grad / max(ref, 1e-6)).astype(np.float32)
+    ref = stats.get("median_chroma_gradient", lambda: grad[valid][::7])
+    return (grad / (ref if ref > 1e-6 else 1.0)).astype(np.float32)
 
 
 def colour_regions(domain: np.ndarray, colour_edges: np.ndarray, pixel_m: float,
@@ -360,7 +431,7 @@ def colour_regions(domain: np.ndarray, colour_edges: np.ndarray, pixel_m: float,
     return watershed(colour_edges, markers, mask=domain).astype(np.int32)
 
 
-def _pixel_noise(image: np.ndarray) -> np.ndarray:
+def _pixel_noise(image: np.ndarray, stats: SceneStatistics, date: str) -> np.ndarray:
     """Per-band noise standard deviation from the residual to the 4-neighbour mean.
 
     For white noise of deviation s that residual has deviation 1.118 s; the median
@@ -369,16 +440,25 @@ def _pixel_noise(image: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     image : (B, H, W) ndarray
+    stats : SceneStatistics
+    date : {"before", "after"}
+        Names the statistics (``noise_before_0``...).
 
     Returns
     -------
     (B,) ndarray of float64
     """
+    def residual(x: np.ndarray) -> np.ndarray:
+        return np.abs(x[1:-1, 1:-1] - 0.25 * (x[:-2, 1:-1] + x[2:, 1:-1]
+                                              + x[1:-1, :-2] + x[1:-1, 2:]))
+
+    def deviation(abs_residual: np.ndarray) -> float:
+        return max(1.4826 * _median(abs_residual) / 1.118, 1e-3)
+
     out = np.empty(image.shape[0])
     for b in range(image.shape[0]):
         x = image[b, ::2, ::2] if image.shape[1] * image.shape[2] > 4_000_000 else image[b]
-        r = x[1:-1, 1:-1] - 0.25 * (x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:])
-        out[b] = max(1.4826 * float(np.median(np.abs(r))) / 1.118, 1e-3)
+        out[b] = stats.get(f"noise_{date}_{b}", lambda: residual(x), deviation)
     return out
 
 
@@ -513,8 +593,9 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     def mean(x: np.ndarray) -> np.ndarray:
         return _label_sums(x.astype(np.float64), regions, n) / cnt
 
-    med_a = float(np.median(evidence.bright_after[valid][::7])) + 1e-6
-    med_b = float(np.median(evidence.bright_before[valid][::7])) + 1e-6
+    stats = evidence.statistics if evidence.statistics is not None else SceneStatistics()
+    med_a = stats.get("median_bright_after", lambda: evidence.bright_after[valid][::5]) + 1e-6
+    med_b = stats.get("median_bright_before", lambda: evidence.bright_before[valid][::5]) + 1e-6
     # Rim of each region: its pixels within reach of anything else.
     reach = _disk(max(1.5, 1.5 / pixel_m))
     inside = regions > 0
@@ -722,6 +803,7 @@ def new_building_evidence(
     params: DetectionParams = DetectionParams(),
     *,
     after_raw: np.ndarray | None = None,
+    statistics: SceneStatistics | None = None,
 ) -> Evidence:
     """Per-pixel evidence of new building.
 
@@ -737,11 +819,15 @@ def new_building_evidence(
         The after bands before normalisation. Vegetation is judged on each date's own
         colours: mapping a scene dominated by grass onto another date bends the
         colours of rare materials (a teal roof can come out green).
+    statistics : SceneStatistics, optional
+        Scene-wide statistics (noise, medians, threshold) from a first pass over a
+        larger scene; those missing are measured here.
 
     Returns
     -------
     Evidence
     """
+    stats = statistics if statistics is not None else SceneStatistics()
     valid = before.valid & after.valid
     pixel_m = _pixel_size_m(before)
     b_img, a_img = before.image, after.image
@@ -751,8 +837,9 @@ def new_building_evidence(
     # image's own pixel-to-pixel residual. The scatter of unchanged pixels about the
     # radiometric fit is not used: where most of a scene changed (a new suburb on
     # cleared land) it is dominated by the change itself.
-    noise_a = _pixel_noise(a_img)
-    sigma = np.hypot(_pixel_noise(b_img), noise_a).astype(np.float32)
+    noise_a = _pixel_noise(a_img, stats, "after")
+    noise_b = _pixel_noise(b_img, stats, "before")
+    sigma = np.hypot(noise_b, noise_a).astype(np.float32)
     # Noise at the pixel level is reduced by a light blur (about half a metre), small
     # enough to keep the roof edges in place.
     z2 = np.zeros(valid.shape, np.float32)
@@ -764,16 +851,18 @@ def new_building_evidence(
 
     vi_b, is_ndvi = vegetation_index(b_img, before.nir)
     vi_a, _ = vegetation_index(a_img if after_raw is None else after_raw, after.nir)
-    level = _vegetation_level(vi_b, vi_a, valid, is_ndvi)
+    level = _vegetation_level(vi_b, vi_a, valid, is_ndvi, stats)
     width = 0.1 if is_ndvi else 0.02
     veg_b = _soft_above(vi_b, level, width)
     veg_a = _soft_above(vi_a, level, width)
     br_b = _brightness(b_img, before.nir)
     br_a = _brightness(a_img, after.nir)
-    sh_b = _shadow_map(br_b, valid)
-    sh_a = _shadow_map(br_a, valid)
-    built_b = (1 - veg_b) * (1 - sh_b) * _homogeneity(br_b, pixel_m)
-    built_a = (1 - veg_a) * (1 - sh_a) * _homogeneity(br_a, pixel_m)
+    sh_b = _shadow_map(br_b, stats.get("median_bright_before", lambda: br_b[valid][::5]))
+    sh_a = _shadow_map(br_a, stats.get("median_bright_after", lambda: br_a[valid][::5]))
+    homog_b = _homogeneity(br_b, pixel_m, stats, "median_gradient_before")
+    homog_a = _homogeneity(br_a, pixel_m, stats, "median_gradient_after")
+    built_b = (1 - veg_b) * (1 - sh_b) * homog_b
+    built_a = (1 - veg_a) * (1 - sh_a) * homog_a
     # Dark trees are vegetation, not shadow: only unvegetated dark pixels count as
     # shadow (the moved shadows of old buildings fall in that class).
     # A building's own cast shadow is new darkness, on any ground (grass included).
@@ -797,20 +886,18 @@ def new_building_evidence(
         # from a roof), so its evidence is not discounted by it; shadow cast on any
         # ground is.
         extent = change * (1 - np.maximum(cast, cast_any)) * (1 - sh_b)
-        colour_edges = chroma_edges(a_img, after.nir, valid)
+        colour_edges = chroma_edges(a_img, after.nir, valid, stats)
     else:
         extent = change * (1 - veg_a) * (1 - cast) * (1 - sh_b)
     extent[~valid] = 0.0
     prob = None
     features = None
     if params.detector == "learned":
-        noise_b = _pixel_noise(b_img)
         maps = {"change": change, "extent": extent.astype(np.float32), "veg_a": veg_a,
                 "veg_b": veg_b, "sh_a": sh_a, "sh_b": sh_b, "cast": cast,
                 "new_shadow": new_shadow, "smooth_a": smooth_a,
                 "smooth_b": _smoothness(b_img, before.nir, pixel_m, noise_b),
-                "homog_a": _homogeneity(br_a, pixel_m),
-                "homog_b": _homogeneity(br_b, pixel_m), "br_a": br_a, "br_b": br_b}
+                "homog_a": homog_a, "homog_b": homog_b, "br_a": br_a, "br_b": br_b}
         features = pixel_features(maps, b_img, a_img, valid, before.nir, pixel_m,
                                   (noise_b, noise_a))
         model = params.model if params.model is not None else _load_model()
@@ -825,7 +912,10 @@ def new_building_evidence(
         if params.threshold is not None:
             threshold = float(params.threshold)
         else:
-            threshold = _auto_threshold(score, valid, params.min_sigma)
+            floor = params.min_sigma
+            threshold = stats.get(
+                "threshold", lambda: score[valid & (score > floor)],
+                lambda v: _auto_threshold(v, floor))
     else:
         raise ValueError(f"unknown detector {params.detector!r}")
     logger.info("evidence: %s threshold %.2f (vegetation index level %.3f)",
@@ -853,19 +943,19 @@ def new_building_evidence(
         bright_before=br_b,
         probability=prob,
         features=features if params.keep_features else None,
+        statistics=stats,
     )
 
 
-def _auto_threshold(score: np.ndarray, valid: np.ndarray, floor: float) -> float:
-    """Otsu on the log of the scores above ``floor`` (valid pixels).
+def _auto_threshold(above_floor: np.ndarray, floor: float) -> float:
+    """Otsu on the log of the valid scores above ``floor`` (given as ``above_floor``).
 
     Below the floor lies sensor noise, whose log has a long left tail that would
     draw Otsu into splitting the noise itself. Above it lie nuisance change
     (materials lit by another sun, cars, seasonal colour) and new construction; the
     log makes their spreads comparable, as Otsu assumes.
     """
-    v = score[valid]
-    v = v[v > floor][:: max(1, v.size // 500_000)]
+    v = above_floor[:: max(1, above_floor.size // 500_000)]
     if v.size < 100:
         return floor
     try:
@@ -1077,10 +1167,12 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     regions, n = candidate_regions(evidence, valid, pixel_m, params)
     if n == 0:
         evidence.region_probability = np.zeros(valid.shape, np.float32)
+        evidence.regions = regions
         return np.zeros(valid.shape, np.int32)
     prob = classify_regions(region_features(regions, n, evidence, valid, pixel_m),
                             params.model)
     evidence.region_probability = prob[regions].astype(np.float32)
+    evidence.regions = regions
     keep = prob >= params.region_probability
     keep[0] = False
     labels, n = ndimage.label(keep[regions])
@@ -1144,7 +1236,8 @@ def _regrow_edges(labels: np.ndarray, extent: np.ndarray, valid: np.ndarray,
 
 
 def detect_new_buildings(
-    before: Scene, after: Scene, params: DetectionParams = DetectionParams()
+    before: Scene, after: Scene, params: DetectionParams = DetectionParams(),
+    statistics: SceneStatistics | None = None,
 ) -> tuple[np.ndarray, Evidence]:
     """Normalise, gather evidence and segment new buildings in one call.
 
@@ -1154,6 +1247,8 @@ def detect_new_buildings(
         Co-registered scenes on one grid (``after`` as resampled, not normalised).
     params : DetectionParams
         ``params.fit`` reuses a radiometric fit; otherwise one is fitted here.
+    statistics : SceneStatistics, optional
+        Scene-wide statistics of a larger scene this pair is a window of.
 
     Returns
     -------
@@ -1168,6 +1263,6 @@ def detect_new_buildings(
         params = replace(params, fit=fit)
     normalised = replace(after, image=fit.apply(after.image), valid=valid)
     evidence = new_building_evidence(replace(before, valid=valid), normalised, params,
-                                     after_raw=after.image)
+                                     after_raw=after.image, statistics=statistics)
     labels = segment_new_buildings(evidence, valid, _pixel_size_m(before), params)
     return labels, evidence
