@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 GEOJSON_DECIMALS = 7
 #: Value of ``change.tif`` outside the analysed area.
 CHANGE_NODATA = 255
+#: Band tags of ``change.tif``.
+CHANGE_TAGS = {"CLASSES": "0=no new building,1=new building,255=no data"}
 
 OUTPUT_FILES = (
     "new_buildings.geojson",
@@ -212,14 +214,30 @@ def write_cog(path: str | os.PathLike[str], data: np.ndarray, grid: Grid,
     with MemoryFile() as mem:
         with mem.open(**profile) as src:
             src.write(data, 1)
-            src.update_tags(1, CLASSES="0=no new building,1=new building,255=no data")
+            src.update_tags(1, **CHANGE_TAGS)
         with mem.open() as src:
-            rasterio.shutil.copy(
-                src, os.fspath(path), driver="COG", BLOCKSIZE=256, COMPRESS="DEFLATE",
-                PREDICTOR="NO", RESAMPLING="NEAREST", OVERVIEW_RESAMPLING="NEAREST",
-                NUM_THREADS=1,
-            )
+            _copy_as_cog(src, path)
     return Path(path)
+
+
+def copy_as_cog(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Copy a uint8 class raster file (e.g. a windowed run's change mask) as a COG.
+
+    GDAL streams the copy block by block, so memory stays small for any size.
+    """
+    with rasterio.open(source) as src:
+        _copy_as_cog(src, path)
+    return Path(path)
+
+
+def _copy_as_cog(src: Any, path: str | os.PathLike[str]) -> None:
+    # GDAL's COG driver lays out the IFDs before the data and builds the overviews
+    # (nearest: averaging class codes would invent classes); tags are copied.
+    rasterio.shutil.copy(
+        src, os.fspath(path), driver="COG", BLOCKSIZE=256, COMPRESS="DEFLATE",
+        PREDICTOR="NO", RESAMPLING="NEAREST", OVERVIEW_RESAMPLING="NEAREST",
+        NUM_THREADS=1,
+    )
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -368,7 +386,10 @@ def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
         write_gpkg(tmp / "new_buildings.gpkg",
                    {"new_buildings": (b_geoms, b_props), "sites": (s_geoms, s_props)},
                    crs.to_wkt())
-        write_cog(tmp / "change.tif", result.change_mask, result.grid)
+        if result.change_mask is None:
+            copy_as_cog(result.change_path, tmp / "change.tif")
+        else:
+            write_cog(tmp / "change.tif", result.change_mask, result.grid)
         write_json(tmp / "summary.json", result.summary)
         (tmp / "report.html").write_text(html, encoding="utf-8")
     logger.info("wrote %d files to %s", len(OUTPUT_FILES), outdir)

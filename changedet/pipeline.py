@@ -22,6 +22,7 @@ from scipy import ndimage
 from . import __version__
 from ._log import logger
 from .raster import Grid, Scene
+from .windowed import DEFAULT_WINDOW_PX
 
 #: ``progress(stage, fraction)``: called with a short stage name and the fraction
 #: (0..1) of the whole run done when the stage starts; 1.0 at the end.
@@ -50,8 +51,9 @@ class DetectionResult:
         Buildings grouped by distance.
     claim : changedet.measure.ClaimCheck or None
         The verdicts, when a claim was given.
-    change_mask : (H, W) ndarray of uint8
+    change_mask : (H, W) ndarray of uint8 or None
         On ``grid``: 0 no new building, 1 new building, 255 no data / outside AOI.
+        None after a windowed run, whose mask is the file ``change_path``.
     grid : Grid
         The analysis grid (projected, metres).
     crs : rasterio.crs.CRS
@@ -60,8 +62,10 @@ class DetectionResult:
     registration : dict
         ``Registration.summary(grid)``: ``shift_px``, ``shift_m``, ``reliability``,
         ``method``...
-    quicklooks : dict of str to (H, W, 3) ndarray of uint8
-        ``"before"`` and ``"after"`` (registered, normalised) display images on ``grid``.
+    quicklooks : dict of str to ndarray of uint8
+        ``"before"`` and ``"after"`` (registered, normalised) (h, w, 3) display images
+        of ``grid`` (decimated after a windowed run, with the matching (h, w)
+        ``"change"`` mask).
     summary : dict
         The content of ``summary.json``.
     timings : dict of str to float
@@ -72,6 +76,9 @@ class DetectionResult:
         The :class:`changedet.change.Evidence` maps, kept for notebooks.
     aoi : shapely geometry or None
         The AOI in the analysis CRS.
+    change_path : str or None
+        Windowed runs: a tiled GeoTIFF of the change mask, in a scratch folder that
+        lives as long as this object.
     """
 
     buildings: list[Any]
@@ -87,6 +94,17 @@ class DetectionResult:
     labels: np.ndarray | None = None
     evidence: Any | None = None
     aoi: shapely.Geometry | None = None
+    change_path: str | None = None
+    scratch: Any | None = field(default=None, repr=False)
+
+    def read_change_mask(self) -> np.ndarray:
+        """The (H, W) uint8 change mask, from memory or from ``change_path``."""
+        if self.change_mask is not None:
+            return self.change_mask
+        import rasterio
+
+        with rasterio.open(self.change_path) as ds:
+            return ds.read(1)
 
     @property
     def footprints(self) -> list[shapely.Polygon]:
@@ -115,6 +133,13 @@ class DetectOptions:
         Vector file of the area of interest.
     claim_m2, claim_tolerance, claim_sites, claim_basis
         The claim to check (see :func:`changedet.measure.check_claim`).
+    window_px : int or None
+        Core window side for scenes larger than about two windows (processed in
+        windows, in bounded memory); None: always the whole scene at once.
+    workers : int or None
+        Windows processed at once (threads); default up to 2.
+    dask_scheduler : str or None
+        Address of a dask.distributed scheduler that runs the windows.
     """
 
     bands: tuple[int, ...] | None = None
@@ -127,6 +152,9 @@ class DetectOptions:
     claim_tolerance: float = 0.10
     claim_sites: int | None = None
     claim_basis: str = "footprint"
+    window_px: int | None = DEFAULT_WINDOW_PX
+    workers: int | None = None
+    dask_scheduler: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
@@ -188,6 +216,40 @@ def _keep_labels_in_aoi(labels: np.ndarray, aoi_mask: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
+class _StageClock:
+    """Times the stages of a run and reports them to a progress callback."""
+
+    def __init__(self, progress: ProgressCallback | None):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.shares = dict(_STAGES)
+        self.current: str | None = None
+        self.start = time.perf_counter()
+        self.done = 0.0
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.timings[self.current] = round(now - self.start, 3)
+            self.done += self.shares.get(self.current, 0.0)
+        self.current, self.start = name, now
+        logger.info("%s...", name)
+        if self.progress is not None:
+            self.progress(name, min(self.done, 1.0))
+
+    def within(self, fraction: float) -> None:
+        """Report progress ``fraction`` (0..1) through the current stage."""
+        if self.progress is not None and self.current is not None:
+            share = self.shares.get(self.current, 0.0)
+            self.progress(self.current, min(self.done + share * fraction, 1.0))
+
+    def finish(self) -> dict[str, float]:
+        self("done")
+        self.timings.pop("done", None)
+        self.timings["total"] = round(sum(self.timings.values()), 3)
+        return self.timings
+
+
 def run_detection(
     before: str | os.PathLike[str],
     after: str | os.PathLike[str],
@@ -196,12 +258,16 @@ def run_detection(
 ) -> DetectionResult:
     """Find and measure the new buildings between two scenes, and check a claim.
 
+    Scenes larger than about two windows (``options.window_px``), or any scene when a
+    dask scheduler is given, are processed in windows (:mod:`changedet.windowed`):
+    memory then depends on the window size, not the scene size.
+
     Parameters
     ----------
     before, after : str or path-like
         The two scenes (any raster GDAL reads, any CRS).
     options : DetectOptions, optional
-        Bands, co-registration method, sizes, AOI and claim.
+        Bands, co-registration method, sizes, AOI, claim and windowing.
     progress : callable, optional
         ``progress(stage, fraction)``, see :data:`ProgressCallback`.
 
@@ -216,27 +282,27 @@ def run_detection(
     ProcessingError
         The scenes do not overlap or cannot be analysed.
     """
+    from .raster import analysis_grid, read_header
+
+    opts = options or DetectOptions()
+    stage = _StageClock(progress)
+    stage("reading")
+    header_b = read_header(before, bands=opts.bands, nir_band=opts.nir_band)
+    header_a = read_header(after, bands=opts.bands, nir_band=opts.nir_band)
+    grid = analysis_grid(header_b.grid)
+    if opts.dask_scheduler is not None or (
+            opts.window_px is not None and grid.height * grid.width > 2 * opts.window_px**2):
+        return _run_windowed(header_b, header_a, grid, opts, stage)
+    return _run_whole(before, after, opts, stage)
+
+
+def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
+               opts: DetectOptions, stage: _StageClock) -> DetectionResult:
+    """The whole scene in memory at once."""
     from .change import DetectionParams, detect_new_buildings
-    from .measure import check_claim, group_sites, measure_buildings, metric_crs
     from .raster import align_pair, read_scene
     from .vectorize import polygons_from_labels
 
-    opts = options or DetectOptions()
-    timings: dict[str, float] = {}
-    shares = dict(_STAGES)
-    current: list[Any] = [None, time.perf_counter(), 0.0]  # stage, its start, done so far
-
-    def stage(name: str) -> None:
-        now = time.perf_counter()
-        if current[0] is not None:
-            timings[current[0]] = round(now - current[1], 3)
-            current[2] += shares.get(current[0], 0.0)
-        current[0], current[1] = name, now
-        logger.info("%s...", name)
-        if progress is not None:
-            progress(name, min(current[2], 1.0))
-
-    stage("reading")
     scene_b = read_scene(before, bands=opts.bands, nir_band=opts.nir_band)
     scene_a = read_scene(after, bands=opts.bands, nir_band=opts.nir_band)
     stage("aligning")
@@ -262,16 +328,7 @@ def run_detection(
     score_map = next((m for m in (evidence.region_probability, evidence.probability)
                       if m is not None), evidence.score)
     scores = _label_scores(labels, score_map, [lab for lab, _ in labelled])
-    mcrs = metric_crs(grid.crs, grid.bounds)
-    ground_px = _ground_pixel_m(grid, mcrs)
-    buildings = measure_buildings([poly for _, poly in labelled], grid.crs, ground_px,
-                                  coreg_residual_px=residual, scores=scores)
-    gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(ground_px)
-    sites = group_sites(buildings, gap_m, pixel_size_m=ground_px, coreg_residual_px=residual)
-    claim = None
-    if opts.claim_m2 is not None:
-        claim = check_claim(sites, opts.claim_m2, tolerance=opts.claim_tolerance,
-                            n_sites=opts.claim_sites, basis=opts.claim_basis)
+    measured = _measure([poly for _, poly in labelled], scores, grid, residual, opts)
     stage("summarising")
     valid = pair.before.valid & pair.after.valid
     if aoi is not None:
@@ -281,21 +338,185 @@ def run_detection(
     normalised = getattr(evidence, "after_normalised", None)
     shown_after = pair.after if normalised is None else replace(pair.after, image=normalised)
     looks = {"before": look_before, "after": quicklook(shown_after, limits)[0]}
-    params_used = opts.as_dict() | {"site_gap_m": gap_m,
-                                    "min_area_m2_used": getattr(params, "min_area_m2", None),
+    params_used = opts.as_dict() | {"site_gap_m": measured["gap_m"],
+                                    "min_area_m2_used": params.min_area_m2,
                                     "threshold": float(evidence.threshold)}
     result = DetectionResult(
-        buildings=buildings, sites=sites, claim=claim, change_mask=change, grid=grid,
-        crs=mcrs, registration=reg_summary, quicklooks=looks, summary={}, timings=timings,
-        labels=labels, evidence=evidence, aoi=None if aoi is None else aoi.geometry)
+        buildings=measured["buildings"], sites=measured["sites"], claim=measured["claim"],
+        change_mask=change, grid=grid, crs=measured["crs"], registration=reg_summary,
+        quicklooks=looks, summary={}, timings=stage.timings, labels=labels,
+        evidence=evidence, aoi=None if aoi is None else aoi.geometry)
     inputs = {"before": _scene_info(scene_b), "after": _scene_info(scene_a),
               "aoi": None if aoi is None else os.fspath(opts.aoi)}
-    stage("done")
-    timings.pop("done", None)
-    timings["total"] = round(sum(timings.values()), 3)
+    stage.finish()
     result.summary = build_summary(result, inputs, params_used,
                                    overlap_fraction=pair.overlap_fraction)
     return result
+
+
+def _measure(polygons: list[shapely.Polygon], scores: list[float], grid: Grid,
+             residual_px: float, opts: DetectOptions) -> dict[str, Any]:
+    """Buildings measured, grouped into sites, and the claim checked."""
+    from .measure import check_claim, group_sites, measure_buildings, metric_crs
+
+    mcrs = metric_crs(grid.crs, grid.bounds)
+    ground_px = _ground_pixel_m(grid, mcrs)
+    buildings = measure_buildings(polygons, grid.crs, ground_px,
+                                  coreg_residual_px=residual_px, scores=scores)
+    gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(ground_px)
+    sites = group_sites(buildings, gap_m, pixel_size_m=ground_px, coreg_residual_px=residual_px)
+    claim = None
+    if opts.claim_m2 is not None:
+        claim = check_claim(sites, opts.claim_m2, tolerance=opts.claim_tolerance,
+                            n_sites=opts.claim_sites, basis=opts.claim_basis)
+    return {"buildings": buildings, "sites": sites, "claim": claim, "crs": mcrs,
+            "ground_px": ground_px, "gap_m": gap_m}
+
+
+def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]:
+    """The analysis grid cropped to the footprint the two scenes share.
+
+    Windowed runs cannot afford the whole-scene path's crop to the valid pixels; they
+    crop to the overlap of the footprints, and invalid pixels inside stay invalid.
+    """
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
+    from .errors import ProcessingError
+    from .raster import MIN_OVERLAP_PX
+
+    a_bounds = transform_bounds(after.grid.crs, grid.crs, *after.grid.bounds, densify_pts=21)
+    b_bounds = (transform_bounds(before.grid.crs, grid.crs, *before.grid.bounds, densify_pts=21)
+                if before.grid.crs != grid.crs else before.grid.bounds)
+    win = from_bounds(*a_bounds, transform=grid.transform)
+    row0 = max(0, int(np.floor(win.row_off + 1e-6)))
+    col0 = max(0, int(np.floor(win.col_off + 1e-6)))
+    row1 = min(grid.height, int(np.ceil(win.row_off + win.height - 1e-6)))
+    col1 = min(grid.width, int(np.ceil(win.col_off + win.width - 1e-6)))
+    if row1 - row0 < MIN_OVERLAP_PX or col1 - col0 < MIN_OVERLAP_PX:
+        raise ProcessingError(
+            f"{after.path} overlaps {before.path} by only {max(0, col1 - col0)} x "
+            f"{max(0, row1 - row0)} pixels; at least {MIN_OVERLAP_PX} x {MIN_OVERLAP_PX} "
+            "are needed")
+    cropped = grid.window(row0, col0, row1 - row0, col1 - col0)
+    b_area = (b_bounds[2] - b_bounds[0]) * (b_bounds[3] - b_bounds[1])
+    c = cropped.bounds
+    return cropped, float(min(1.0, (c[2] - c[0]) * (c[3] - c[1]) / max(b_area, 1e-9)))
+
+
+def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: DetectOptions,
+                  stage: _StageClock) -> DetectionResult:
+    """The scene in windows with a halo, from the statistics of a first pass."""
+    from .errors import InputError
+    from .windowed import QUICKLOOK_PX, DaskRunner, thread_runner
+
+    if header_b.image.shape[0] != header_a.image.shape[0]:
+        raise InputError(header_a.path,
+                         f"uses {header_a.image.shape[0]} band(s) but {header_b.path} uses "
+                         f"{header_b.image.shape[0]}; choose matching bands with --bands")
+    stage("aligning")
+    grid, overlap = _overlap_grid(full_grid, header_b, header_a)
+    resample_before = full_grid != header_b.grid
+    aoi = None
+    if opts.aoi is not None:
+        from .aoi import read_aoi
+
+        aoi = read_aoi(opts.aoi, _decimated(grid, QUICKLOOK_PX))
+    # Reach the cluster before minutes of work, not after.
+    runner = (DaskRunner(opts.dask_scheduler) if opts.dask_scheduler is not None
+              else thread_runner(opts.workers or min(2, os.cpu_count() or 1)))
+    try:
+        return _detect_in_windows(header_b, header_a, grid, overlap, resample_before, aoi,
+                                  runner, opts, stage)
+    finally:
+        if isinstance(runner, DaskRunner):
+            runner.close()
+
+
+def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: float,
+                       resample_before: bool, aoi: Any, runner: Any, opts: DetectOptions,
+                       stage: _StageClock) -> DetectionResult:
+    from affine import Affine
+
+    from .change import DetectionParams
+    from .raster import read_region
+    from .windowed import (QUICKLOOK_PX, WindowTask, context_px, first_pass, plan_windows,
+                           run_windows, temporary_change_path)
+
+    stage("co-registering")
+    params = DetectionParams(min_area_m2=opts.min_area_m2)
+    first = first_pass(header_b, header_a, grid, opts.coreg, resample_before, params)
+    registration = first.registration
+    reg_summary = registration.summary(grid)
+    correction = registration.correction if registration.applied else Affine.identity()
+    residual = float(getattr(registration, "residual_rms_px", None) or 0.0)
+    stage("detecting")
+    pixel_m = float(np.sqrt(grid.pixel_area))
+    params = replace(params, fit=first.fit)
+    margin, group = context_px(pixel_m, params)
+    window_px = opts.window_px or DEFAULT_WINDOW_PX
+    halo = margin + max(32, int(np.ceil(32.0 / pixel_m)))
+    windows = plan_windows(grid.shape, window_px, halo)
+    template = WindowTask(header_b, header_a, grid, windows[0], correction, resample_before,
+                          params, dict(first.statistics.values), margin, group,
+                          aoi=None if aoi is None else aoi.geometry)
+    scratch, change_path = temporary_change_path()
+    logger.info("windowed: %d window(s) of %d px, halo %d px (margin %d), %s", len(windows),
+                window_px, halo, margin, f"dask at {opts.dask_scheduler}"
+                if opts.dask_scheduler else "threads")
+    stitched = run_windows(template, windows, halo, runner, change_path,
+                           max_retry_px=3 * window_px, progress=stage.within)
+    stage("measuring")
+    measured = _measure([b.polygon for b in stitched.buildings],
+                        [b.score for b in stitched.buildings], grid, residual, opts)
+    stage("summarising")
+    qgrid = _decimated(grid, QUICKLOOK_PX)
+    scale = grid.height / qgrid.height
+    qcorr = Affine.scale(1 / scale) @ correction @ Affine.scale(scale)
+    look_b = read_region(header_b, qgrid)
+    look_a = read_region(header_a, qgrid, correction=qcorr)
+    look_before, limits = quicklook(look_b)
+    look_after = quicklook(replace(look_a, image=first.fit.apply(look_a.image)), limits)[0]
+    looks = {"before": look_before, "after": look_after,
+             "change": _decimated_change(change_path, qgrid.shape)}
+    params_used = opts.as_dict() | {
+        "site_gap_m": measured["gap_m"],
+        "min_area_m2_used": params.min_area_m2,
+        "threshold": float(first.statistics.values["threshold"]),
+        "windows": {"n": stitched.n_windows, "window_px": window_px, "halo_px": halo,
+                    "margin_px": margin, "retries": stitched.n_retries,
+                    "cut_groups": stitched.cut_groups, "sample_chips": first.n_chips}}
+    result = DetectionResult(
+        buildings=measured["buildings"], sites=measured["sites"], claim=measured["claim"],
+        change_mask=None, grid=grid, crs=measured["crs"], registration=reg_summary,
+        quicklooks=looks, summary={}, timings=stage.timings,
+        aoi=None if aoi is None else aoi.geometry, change_path=change_path, scratch=scratch)
+    inputs = {"before": _header_info(header_b), "after": _header_info(header_a),
+              "aoi": None if aoi is None else os.fspath(opts.aoi)}
+    stage.finish()
+    result.summary = build_summary(result, inputs, params_used, overlap_fraction=overlap)
+    return result
+
+
+def _decimated(grid: Grid, longest_px: int) -> Grid:
+    """``grid`` with pixels coarsened by a whole factor so its longest side fits."""
+    from affine import Affine
+
+    f = max(1, int(np.ceil(max(grid.shape) / longest_px)))
+    return Grid(grid.crs, grid.transform @ Affine.scale(f), int(np.ceil(grid.height / f)),
+                int(np.ceil(grid.width / f)))
+
+
+def _decimated_change(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """A display copy of change.tif: a coarse pixel is new building if any fine one is."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path) as ds:
+        # The average of the 0/1 codes (nodata left out) is above 0 where any is 1.
+        share = ds.read(1, out_shape=shape, resampling=Resampling.average, masked=True,
+                        out_dtype="float32")
+    return np.ma.filled((share > 0).astype(np.uint8), 255).astype(np.uint8)
 
 
 def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
@@ -338,6 +559,9 @@ def _scene_info(scene: Scene) -> dict[str, Any]:
     return {"path": scene.path, "crs": scene.grid.crs.to_string(),
             "pixel_size": list(scene.grid.pixel_size), "width": scene.grid.width,
             "height": scene.grid.height, "bands": list(scene.bands)}
+
+
+_header_info = _scene_info
 
 
 def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: dict[str, Any],

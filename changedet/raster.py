@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
+import rasterio.warp
+import rasterio.windows
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
@@ -184,6 +186,23 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str) -> Grid:
     return Grid(CRS.from_user_input(crs), transform, ds.height, ds.width)
 
 
+def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int] | None,
+                  nir_band: int | None) -> tuple[tuple[int, ...], int | None]:
+    """The 1-based bands to read and the index of the near-infrared one among them."""
+    chosen = tuple(bands) if bands else tuple(range(1, min(3, ds.count) + 1))
+    nir_index: int | None = None
+    if nir_band is not None:
+        if nir_band in chosen:
+            nir_index = chosen.index(nir_band)
+        else:
+            chosen = chosen + (nir_band,)
+            nir_index = len(chosen) - 1
+    out_of_range = [b for b in chosen if b > ds.count]
+    if out_of_range:
+        raise InputError(path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for")
+    return chosen, nir_index
+
+
 def _read_bands(
     path: str, bands: Sequence[int] | None, nir_band: int | None
 ) -> tuple[np.ndarray, np.ndarray, Grid, tuple[int, ...], int | None, dict[str, str]]:
@@ -193,19 +212,7 @@ def _read_bands(
         warnings.simplefilter("ignore", NodataShadowWarning)
         with rasterio.open(path) as ds:
             grid = _grid_of(ds, path)
-            chosen = tuple(bands) if bands else tuple(range(1, min(3, ds.count) + 1))
-            nir_index: int | None = None
-            if nir_band is not None:
-                if nir_band in chosen:
-                    nir_index = chosen.index(nir_band)
-                else:
-                    chosen = chosen + (nir_band,)
-                    nir_index = len(chosen) - 1
-            out_of_range = [b for b in chosen if b > ds.count]
-            if out_of_range:
-                raise InputError(
-                    path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for"
-                )
+            chosen, nir_index = _chosen_bands(ds, path, bands, nir_band)
             try:
                 data = ds.read(list(chosen), out_dtype="float32")
                 masks = ds.read_masks(list(chosen))
@@ -247,8 +254,7 @@ def read_scene(
         range; no valid pixel.
     """
     path = os.fspath(path)
-    if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
-        raise InputError(path, "no such file")
+    _check_path(path)
     try:
         data, masks, grid, chosen, nir_index, tags = _read_bands(path, bands, nir_band)
     except InputError:
@@ -263,6 +269,136 @@ def read_scene(
     logger.info("read %s: %d band(s), %d x %d px, %s", path, len(chosen), grid.width,
                 grid.height, grid.crs.to_string())
     return Scene(data, valid, grid, path, chosen, nir_index, tags)
+
+
+def _check_path(path: str) -> None:
+    if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
+        raise InputError(path, "no such file")
+
+
+def read_header(
+    path: str | os.PathLike[str],
+    bands: Sequence[int] | None = None,
+    nir_band: int | None = None,
+) -> Scene:
+    """Validate a scene and describe it without reading its pixels.
+
+    Returns
+    -------
+    Scene
+        With an empty ``(B, 0, 0)`` image and ``valid``; ``grid``, ``bands``,
+        ``nir`` and ``tags`` describe the file (for windowed reading of scenes too
+        large to hold in memory).
+
+    Raises
+    ------
+    InputError
+        As :func:`read_scene`, except that pixels are not checked.
+    """
+    path = os.fspath(path)
+    _check_path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as ds:
+                grid = _grid_of(ds, path)
+                chosen, nir_index = _chosen_bands(ds, path, bands, nir_band)
+                tags = {k: str(v) for k, v in ds.tags().items()}
+    except InputError:
+        raise
+    except (RasterioError, UnicodeError, ValueError, OverflowError) as exc:
+        raise InputError(path, f"not a raster GDAL can read, or corrupt ({_first_line(exc)})") from exc
+    return Scene(np.zeros((len(chosen), 0, 0), np.float32), np.zeros((0, 0), bool), grid, path,
+                 chosen, nir_index, tags)
+
+
+def read_region(
+    header: Scene,
+    grid: Grid,
+    correction: Affine = Affine.identity(),
+    resample: bool = True,
+    pad_px: int = 8,
+) -> Scene:
+    """The part of a scene that falls on ``grid``, resampled onto it.
+
+    Reads only the source pixels under ``grid`` (plus ``pad_px`` for the
+    interpolation kernel), so that any window of the analysis grid costs memory in
+    proportion to its own size. The values are those :func:`warp_scene` gives for
+    the whole scene, since each output pixel depends only on source pixels within
+    the kernel. When ``grid`` is coarser than the source, a decimated read (GDAL's
+    averaging, or the file's overviews) stands in for the full-resolution pixels.
+
+    Parameters
+    ----------
+    header : Scene
+        From :func:`read_header` (or :func:`read_scene`): path, bands, grid.
+    grid : Grid
+        The destination window of the analysis grid.
+    correction : affine.Affine
+        Pixel-space correction on ``grid`` (see :func:`warp_scene`).
+    resample : bool
+        False: ``grid`` must lie on the source's own pixel lattice (same CRS and
+        pixel size, whole-pixel offset, identity correction); pixels are copied.
+    pad_px : int
+        Source pixels read beyond the footprint of ``grid``.
+
+    Returns
+    -------
+    Scene
+        On ``grid``; pixels outside the source or touched by invalid ones are invalid.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read (truncated, corrupt).
+    """
+    src = header.grid
+    h_dst, w_dst = grid.shape
+    dst_t = grid.transform @ correction
+    corners = [dst_t @ (c, r) for c in (0, w_dst) for r in (0, h_dst)]
+    xs, ys = zip(*corners)
+    if grid.crs != src.crs:
+        xs, ys = rasterio.warp.transform(grid.crs, src.crs, list(xs), list(ys))
+    cols, rows = zip(*[~src.transform @ (x, y) for x, y in zip(xs, ys)])
+    scale = max(1.0, min(grid.pixel_size) / max(src.pixel_size)) if grid.crs == src.crs else 1.0
+    pad = pad_px * (scale if scale > 1.5 else 1.0)
+    c0 = max(0, int(math.floor(min(cols) - pad)))
+    r0 = max(0, int(math.floor(min(rows) - pad)))
+    c1 = min(src.width, int(math.ceil(max(cols) + pad)))
+    r1 = min(src.height, int(math.ceil(max(rows) + pad)))
+    nb = len(header.bands)
+    if c1 <= c0 or r1 <= r0:
+        return replace(header, image=np.zeros((nb, h_dst, w_dst), np.float32),
+                       valid=np.zeros((h_dst, w_dst), bool), grid=grid)
+    out_shape = None
+    if scale > 1.5 and resample:
+        out_shape = (nb, max(1, int(round((r1 - r0) / scale))), max(1, int(round((c1 - c0) / scale))))
+    window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            with rasterio.open(header.path) as ds:
+                kw = {} if out_shape is None else {"out_shape": out_shape,
+                                                   "resampling": Resampling.average}
+                data = ds.read(list(header.bands), window=window, out_dtype="float32", **kw)
+                masks = ds.read_masks(list(header.bands), window=window,
+                                      **({} if out_shape is None else {"out_shape": out_shape}))
+    except (RasterioError, ValueError) as exc:
+        raise InputError(header.path, f"file is truncated or corrupt ({_first_line(exc)})") from exc
+    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+    data[:, ~valid] = 0.0
+    chip_grid = src.window(r0, c0, r1 - r0, c1 - c0)
+    if out_shape is not None:
+        chip_grid = Grid(src.crs, chip_grid.transform @ Affine.scale(
+            (c1 - c0) / out_shape[2], (r1 - r0) / out_shape[1]), out_shape[1], out_shape[2])
+    chip = replace(header, image=data, valid=valid, grid=chip_grid)
+    if resample:
+        return warp_scene(chip, grid, correction)
+    row, col = int(round(r0 - min(rows))), int(round(c0 - min(cols)))
+    if grid.crs != src.crs or not correction.is_identity or row > 0 or col > 0:
+        raise ValueError("resample=False needs a window on the source's own pixel lattice")
+    return crop_scene(chip, -row, -col, h_dst, w_dst)
 
 
 def _first_line(exc: BaseException) -> str:

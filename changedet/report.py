@@ -398,7 +398,8 @@ def render_report(result: DetectionResult) -> str:
                      f'<div class="claim">No claim was given (use --claim-m2).</div></div>')
 
     images = [png_data_uri(result.quicklooks["before"]), png_data_uri(result.quicklooks["after"]),
-              png_data_uri(overlay_image(result.quicklooks["after"], result.change_mask))]
+              png_data_uri(overlay_image(result.quicklooks["after"],
+                                         result.quicklooks.get("change", result.change_mask)))]
     svg_open = (f'<svg class="ov" viewBox="0 0 {result.grid.width} {result.grid.height}" '
                 f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg" '
                 f'aria-hidden="true">')

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..windowed import DEFAULT_WINDOW_PX
 from .options import configure_logging, handle_errors
 
 
@@ -98,13 +99,23 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
 @click.option("--site-gap-m", type=click.FloatRange(0, 1e5), default=None,
               help="Buildings closer than this form one site, metres (default: 30 m or 10 px).")
 @claim_options
+@click.option("--window-px", type=click.IntRange(256, 65536), default=DEFAULT_WINDOW_PX,
+              show_default=True,
+              help="Scenes larger than about two windows this wide are processed in "
+                   "windows, in bounded memory.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Windows processed at once (default: up to 2).")
+@click.option("--dask-scheduler", default=None, metavar="ADDRESS",
+              help="Run the windows on this dask.distributed scheduler "
+                   "(e.g. tcp://10.0.0.5:8786); inputs are read by path or URL on the workers.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options
 @handle_errors
 def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | None,
            nir_band: int | None, coreg: str, min_area_m2: float | None,
            site_gap_m: float | None, claim_m2: float | None, claim_tolerance: float,
-           claim_sites: int | None, claim_basis: str, overwrite: bool, cmd_verbose: int,
+           claim_sites: int | None, claim_basis: str, window_px: int, workers: int | None,
+           dask_scheduler: str | None, overwrite: bool, cmd_verbose: int,
            cmd_quiet: int) -> None:
     """Find the buildings new in AFTER compared with BEFORE, measure them, check a claim.
 
@@ -127,7 +138,8 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
     options = DetectOptions(
         bands=band_list, nir_band=nir_band, coreg=coreg, min_area_m2=min_area_m2,
         site_gap_m=site_gap_m, aoi=aoi, claim_m2=claim_m2, claim_tolerance=claim_tolerance,
-        claim_sites=claim_sites, claim_basis=claim_basis)
+        claim_sites=claim_sites, claim_basis=claim_basis, window_px=window_px,
+        workers=workers, dask_scheduler=dask_scheduler)
     with progress_bar(verbosity) as progress:
         result = run_detection(before, after, options, progress=progress)
     write_outputs(result, outdir, overwrite=overwrite)

@@ -1,0 +1,625 @@
+"""Detection of whole scenes in windows: bounded memory, both cores, or a dask cluster.
+
+A scene too large to hold in memory is cut into core windows that tile it, each read
+with a halo (:func:`plan_windows`). Everything the evidence compares against the scene
+(radiometric fit, noise, medians, the threshold, the co-registration shift) is measured
+first on sample chips spread over the scene (:func:`scene_statistics`) and given to
+every window, so that a window is judged exactly as the whole scene would be.
+
+What makes a building depends on its neighbourhood: its candidate regions, their
+colour outline, the shadow beside them. The unit that must be seen whole is therefore
+the *group*: candidate regions joined within the reach of the region features. A
+window trusts the pixels at least ``margin`` away from its edges (where every filter
+saw the same pixels as on the whole scene); a group lying in that trusted part is
+*complete* and comes out exactly as from the whole scene. Each complete group belongs
+to the one window whose core holds its first pixel (raster order), so nothing is
+reported twice. A group that reaches into a window's untrusted rim is sent to a retry
+window around it, grown until the group is complete (:func:`run_windows`).
+
+Each window is a plain function of picklable inputs (:func:`detect_window`): threads
+run them locally, and a dask.distributed cluster runs them as tasks, reading the
+inputs by path or URL on the workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+from scipy import ndimage
+
+from ._log import logger
+from .change import DetectionParams, SceneStatistics, detect_new_buildings, new_building_evidence
+from .errors import ProcessingError
+from .outputs import CHANGE_TAGS
+from .radiometry import RadiometricFit, fit_radiometry
+from .raster import Grid, Scene, read_region
+
+#: Core window side in pixels, by default.
+DEFAULT_WINDOW_PX = 1536
+#: Side of the sample chips of the first pass, and how many of them at most.
+CHIP_PX = 1024
+MAX_CHIPS = 8
+#: Longest side of the display images of a windowed run.
+QUICKLOOK_PX = 2048
+
+
+@dataclass(frozen=True)
+class Window:
+    """A core window of the analysis grid and the padded window read around it.
+
+    All in pixels of the analysis grid: rows ``row0:row1`` and columns
+    ``col0:col1`` (end-exclusive) for the core, ``pad_*`` for the padded window.
+    """
+
+    row0: int
+    col0: int
+    row1: int
+    col1: int
+    pad_row0: int
+    pad_col0: int
+    pad_row1: int
+    pad_col1: int
+
+    @property
+    def pad_shape(self) -> tuple[int, int]:
+        return (self.pad_row1 - self.pad_row0, self.pad_col1 - self.pad_col0)
+
+
+def plan_windows(shape: tuple[int, int], window_px: int, halo_px: int) -> list[Window]:
+    """Core windows that tile a grid, each padded by ``halo_px`` (clipped to the grid).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        ``(height, width)`` of the analysis grid.
+    window_px : int
+        Largest core side; cores are made equal in size along each axis.
+    halo_px : int
+        Pixels read beyond each side of a core.
+    """
+    h, w = shape
+    ny, nx = math.ceil(h / window_px), math.ceil(w / window_px)
+    rows = np.linspace(0, h, ny + 1).round().astype(int)
+    cols = np.linspace(0, w, nx + 1).round().astype(int)
+    return [padded(int(r0), int(c0), int(r1), int(c1), shape, halo_px)
+            for r0, r1 in zip(rows[:-1], rows[1:]) for c0, c1 in zip(cols[:-1], cols[1:])]
+
+
+def padded(row0: int, col0: int, row1: int, col1: int, shape: tuple[int, int],
+           halo_px: int) -> Window:
+    """The window with core ``row0:row1, col0:col1`` and a halo clipped to ``shape``."""
+    return Window(row0, col0, row1, col1, max(0, row0 - halo_px), max(0, col0 - halo_px),
+                  min(shape[0], row1 + halo_px), min(shape[1], col1 + halo_px))
+
+
+def context_px(pixel_m: float, params: DetectionParams) -> tuple[int, int]:
+    """How far a window's pixels depend on their surroundings, in pixels.
+
+    Returns
+    -------
+    margin : int
+        Width of the untrusted rim of a window: the reach of the pixel filters (at
+        most eight Gaussian deviations: two stacked blurs of four each) plus that of
+        the candidate morphology and of the region features (shadow beside a region,
+        the brightest ground within 7.5 m around it), in metres.
+    group : int
+        Radius that joins candidate regions whose features see each other.
+    """
+    sigma = max(1.0, 0.5 / pixel_m, 0.5 * max(0.7, 1.0 / pixel_m))
+    filters = math.ceil(8 * sigma) + 1
+    features_m = max(2 * params.min_width_m + 2.0, params.shadow_reach_m + 7.5 + 1.5 + 1.0) + 3.0
+    group = math.ceil(max(1.5, 1.5 / pixel_m)) + 1
+    return filters + math.ceil(features_m / pixel_m) + group + 2, group
+
+
+@dataclass
+class WindowTask:
+    """Everything one window needs; picklable, for threads or dask workers."""
+
+    before: Scene  # header (empty image) of the before scene
+    after: Scene  # header of the after scene
+    grid: Grid  # the whole analysis grid
+    window: Window
+    correction: Affine  # co-registration on the analysis grid
+    resample_before: bool
+    params: DetectionParams  # with the radiometric fit
+    statistics: dict[str, float]
+    margin_px: int
+    group_px: int
+    aoi: Any | None = None  # shapely geometry in the grid's CRS
+    retry: bool = False
+    last_try: bool = False
+
+
+@dataclass
+class FoundBuilding:
+    """A new building found in a window, on the analysis grid.
+
+    ``first`` is its first pixel (row, col) in raster order and ``group`` that of its
+    group: the keys that make the stitching independent of the windows.
+    """
+
+    first: tuple[int, int]
+    group: tuple[int, int]
+    polygon: shapely.Polygon
+    score: float
+    row0: int = 0
+    col0: int = 0
+    mask: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class WindowResult:
+    """What a window sends back: its buildings, its core of ``change.tif`` and the
+    bounding boxes ``(row0, col0, row1, col1)`` of the groups it could not finish."""
+
+    window: Window
+    buildings: list[FoundBuilding]
+    change_block: np.ndarray | None
+    incomplete: list[tuple[int, int, int, int]]
+
+
+def _window_correction(correction: Affine, row0: int, col0: int) -> Affine:
+    """The grid's pixel-space correction seen from a window starting at (row0, col0)."""
+    return Affine.translation(-col0, -row0) @ correction @ Affine.translation(col0, row0)
+
+
+def read_pair(task_before: Scene, task_after: Scene, grid: Grid, correction: Affine,
+              resample_before: bool) -> tuple[Scene, Scene]:
+    """Both scenes on a window ``grid`` of the analysis grid.
+
+    ``correction`` is the co-registration in the window's own pixels (see
+    :func:`_window_correction`).
+    """
+    before = read_region(task_before, grid, resample=resample_before)
+    after = read_region(task_after, grid, correction=correction)
+    return before, after
+
+
+def detect_window(task: WindowTask) -> WindowResult:
+    """Detect the new buildings of one window and keep those it is responsible for.
+
+    A main-pass window reports the complete groups whose first pixel lies in its core;
+    a retry window reports every complete group touching its core (with pixel masks,
+    for ``change.tif``), the caller dropping those already reported.
+    """
+    w = task.window
+    ph, pw = w.pad_shape
+    pad_grid = task.grid.window(w.pad_row0, w.pad_col0, ph, pw)
+    correction = _window_correction(task.correction, w.pad_row0, w.pad_col0)
+    before, after = read_pair(task.before, task.after, pad_grid, correction, task.resample_before)
+    valid = before.valid & after.valid
+    core = (slice(w.row0 - w.pad_row0, w.row1 - w.pad_row0),
+            slice(w.col0 - w.pad_col0, w.col1 - w.pad_col0))
+    aoi_mask = None
+    if task.aoi is not None:
+        aoi_mask = rasterio.features.geometry_mask(
+            [shapely.geometry.mapping(task.aoi)], out_shape=(ph, pw),
+            transform=pad_grid.transform, invert=True)
+    block = np.where(valid[core] if aoi_mask is None else (valid & aoi_mask)[core],
+                     np.uint8(0), np.uint8(255))
+    if valid.sum() < 100:
+        return WindowResult(w, [], None if task.retry else block, [])
+    labels, evidence = detect_new_buildings(before, after, task.params,
+                                            SceneStatistics(task.statistics))
+    if aoi_mask is not None:
+        from .pipeline import _keep_labels_in_aoi
+
+        labels = _keep_labels_in_aoi(labels, aoi_mask)
+    support = labels > 0
+    if evidence.regions is not None:
+        support |= evidence.regions > 0
+    groups, n_groups = ndimage.label(ndimage.binary_dilation(support, _disk(task.group_px)))
+    if n_groups == 0:
+        return WindowResult(w, [], None if task.retry else block, [])
+    ids = np.arange(1, n_groups + 1)
+    # The untrusted rim: within margin of a window edge that is not the grid's edge.
+    m = task.margin_px
+    rim = np.zeros((ph, pw), bool)
+    if w.pad_row0 > 0:
+        rim[:m] = True
+    if w.pad_col0 > 0:
+        rim[:, :m] = True
+    if w.pad_row1 < task.grid.height:
+        rim[ph - m:] = True
+    if w.pad_col1 < task.grid.width:
+        rim[:, pw - m:] = True
+    complete = np.ones(n_groups + 1, bool)
+    complete[np.unique(groups[rim])] = False
+    complete[0] = False
+    in_core = np.zeros(n_groups + 1, bool)
+    in_core[np.unique(groups[core])] = True
+    in_core[0] = False
+    flat = np.arange(ph * pw, dtype=np.int64).reshape(ph, pw)
+    first = np.zeros(n_groups + 1, np.int64)
+    first[1:] = ndimage.minimum(flat, groups, ids).astype(np.int64)
+    g_row, g_col = first // pw + w.pad_row0, first % pw + w.pad_col0
+    owned = complete & in_core
+    if not task.retry:
+        owned &= ((g_row >= w.row0) & (g_row < w.row1) & (g_col >= w.col0) & (g_col < w.col1))
+    elif task.last_try:
+        # The largest retry allowed still cuts the group: report it as seen.
+        owned |= in_core & ~complete
+    incomplete = []
+    for gid, sl in enumerate(ndimage.find_objects(groups), start=1):
+        if sl is not None and in_core[gid] and not complete[gid]:
+            incomplete.append((sl[0].start + w.pad_row0, sl[1].start + w.pad_col0,
+                               sl[0].stop + w.pad_row0, sl[1].stop + w.pad_col0))
+    n_labels = int(labels.max())
+    found: list[FoundBuilding] = []
+    if n_labels:
+        lab_ids = np.arange(1, n_labels + 1)
+        lab_group = np.zeros(n_labels + 1, np.int64)
+        lab_group[1:] = ndimage.maximum(groups, labels, lab_ids).astype(np.int64)
+        keep = owned[lab_group]
+        keep[0] = False
+        # change.tif: the buildings of every complete group are exact here; those of
+        # unfinished groups come from their retry.
+        shown = complete[lab_group]
+        shown[0] = False
+        block[shown[labels][core] & (block == 0)] = 1
+        if keep.any():
+            found = _buildings(np.where(keep[labels], labels, 0), keep, lab_group, first,
+                               evidence, pad_grid, w, with_masks=task.retry)
+    return WindowResult(w, found, None if task.retry else block, incomplete)
+
+
+def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
+               group_first: np.ndarray, evidence: Any, grid: Grid, w: Window,
+               with_masks: bool) -> list[FoundBuilding]:
+    """The kept labels as FoundBuilding records (polygons on the analysis grid's CRS)."""
+    from .vectorize import polygons_from_labels
+
+    ph, pw = labels.shape
+    ids = np.flatnonzero(keep)
+    flat = np.arange(ph * pw, dtype=np.int64).reshape(ph, pw)
+    firsts = dict(zip(ids.tolist(), np.asarray(ndimage.minimum(flat, labels, ids), np.int64)))
+    score_map = evidence.region_probability if evidence.region_probability is not None \
+        else evidence.score
+    scores = dict(zip(ids.tolist(), np.asarray(ndimage.mean(score_map, labels, ids), float)))
+    slices = ndimage.find_objects(labels)
+    out = []
+    for lab, poly in polygons_from_labels(labels, grid):
+        f = int(firsts[lab])
+        g = int(group_first[lab_group[lab]])
+        rec = FoundBuilding((f // pw + w.pad_row0, f % pw + w.pad_col0),
+                            (g // pw + w.pad_row0, g % pw + w.pad_col0), poly, scores[lab])
+        if with_masks:
+            sl = slices[lab - 1]
+            rec.row0, rec.col0 = sl[0].start + w.pad_row0, sl[1].start + w.pad_col0
+            rec.mask = labels[sl] == lab
+        out.append(rec)
+    return out
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    from .change import _disk as disk
+
+    return disk(radius_px)
+
+
+# --------------------------------------------------------------------------------------
+# First pass: registration and scene-wide statistics from sample chips
+
+
+def sample_chips(shape: tuple[int, int], chip_px: int = CHIP_PX,
+                 max_chips: int = MAX_CHIPS) -> list[tuple[int, int, int, int]]:
+    """Up to ``max_chips`` chips ``(row0, col0, row1, col1)`` spread evenly over a grid.
+
+    All the chips of a regular tiling when there are few enough (the whole grid is
+    then sampled); otherwise evenly spaced ones among them.
+    """
+    h, w = shape
+    ny, nx = max(1, round(h / chip_px)), max(1, round(w / chip_px))
+    rows = np.linspace(0, h, ny + 1).round().astype(int)
+    cols = np.linspace(0, w, nx + 1).round().astype(int)
+    tiles = [(int(r0), int(c0), int(r1), int(c1)) for r0, r1 in zip(rows[:-1], rows[1:])
+             for c0, c1 in zip(cols[:-1], cols[1:])]
+    if len(tiles) <= max_chips:
+        return tiles
+    pick = np.linspace(0, len(tiles) - 1, max_chips).round().astype(int)
+    return [tiles[i] for i in pick]
+
+
+def central_chip(shape: tuple[int, int], side: int) -> tuple[int, int, int, int]:
+    """The chip of at most ``side`` pixels a side at the centre of a grid."""
+    h, w = shape
+    sh, sw = min(h, side), min(w, side)
+    r0, c0 = (h - sh) // 2, (w - sw) // 2
+    return r0, c0, r0 + sh, c0 + sw
+
+
+@dataclass
+class FirstPass:
+    """Scene-wide quantities measured before the windows run."""
+
+    registration: Any  # changedet.coregister.Registration
+    fit: RadiometricFit
+    statistics: SceneStatistics
+    n_chips: int
+
+
+def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
+               resample_before: bool, params: DetectionParams) -> FirstPass:
+    """Co-registration, radiometric fit and evidence statistics from sample chips.
+
+    Parameters
+    ----------
+    before, after : Scene
+        Headers (see :func:`changedet.raster.read_header`).
+    grid : Grid
+        The analysis grid (cropped to the overlap).
+    method : {"global", "local", "none"}
+        Co-registration; measured on a central chip of up to 2048 pixels a side.
+    resample_before : bool
+        Whether the before scene must be resampled onto ``grid``.
+    params : DetectionParams
+    """
+    from .coregister import METHODS, Registration, estimate_local, estimate_shift
+
+    if method not in METHODS:
+        raise ValueError(f"unknown co-registration method {method!r}; use one of {METHODS}")
+    if method == "none":
+        registration = Registration("none", (0.0, 0.0), None, 0)
+    else:
+        r0, c0, r1, c1 = central_chip(grid.shape, 2048)
+        cg = grid.window(r0, c0, r1 - r0, c1 - c0)
+        b, a = read_pair(before, after, cg, Affine.identity(), resample_before)
+        estimate = estimate_local if method == "local" else estimate_shift
+        registration = estimate(b.image, a.image, b.valid & a.valid)
+        del b, a
+        # The estimate is in the chip's pixels; the windows need it on the grid.
+        registration = replace(registration, correction=_window_correction(
+            registration.correction, -r0, -c0))
+        logger.info("co-registration (%s) on a %d x %d chip: dx=%.3f dy=%.3f px, "
+                    "reliability %.2f", registration.method, c1 - c0, r1 - r0,
+                    *registration.shift_px, registration.reliability or 0.0)
+    correction = registration.correction if registration.applied else Affine.identity()
+    chips = []
+    for r0, c0, r1, c1 in sample_chips(grid.shape):
+        b, a = read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
+                         _window_correction(correction, r0, c0), resample_before)
+        if (b.valid & a.valid).sum() >= 100:
+            chips.append((b, a))
+    if not chips:
+        raise ProcessingError(f"{after.path} and {before.path} share no valid pixels "
+                              "in the sample chips")
+    nb = chips[0][0].image.shape[0]
+    pooled_b = np.concatenate([b.image[:, b.valid & a.valid] for b, a in chips], axis=1)
+    pooled_a = np.concatenate([a.image[:, b.valid & a.valid] for b, a in chips], axis=1)
+    fit = fit_radiometry(pooled_b.reshape(nb, 1, -1), pooled_a.reshape(nb, 1, -1),
+                         np.ones((1, pooled_b.shape[1]), bool), keep_weight=False)
+    del pooled_a, pooled_b
+    params = replace(params, fit=fit)
+    # Two rounds: the threshold is an Otsu level of scores that depend on the other
+    # statistics, so those are pooled first.
+    base = SceneStatistics.pooled(_chip_statistics(chips, params, {}))
+    base.values.pop("threshold", None)
+    final = SceneStatistics.pooled(_chip_statistics(chips, params, base.values))
+    stats = SceneStatistics(base.values | final.values)
+    logger.info("first pass on %d chip(s): threshold %.2f", len(chips), stats.values["threshold"])
+    return FirstPass(registration, fit, stats, len(chips))
+
+
+def _chip_statistics(chips: list[tuple[Scene, Scene]], params: DetectionParams,
+                     known: dict[str, float]) -> list[SceneStatistics]:
+    out = []
+    for b, a in chips:
+        valid = b.valid & a.valid
+        stats = SceneStatistics(known, collect=True)
+        normalised = replace(a, image=params.fit.apply(a.image), valid=valid)
+        new_building_evidence(replace(b, valid=valid), normalised, params, after_raw=a.image,
+                              statistics=stats)
+        out.append(stats)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Running the windows and stitching
+
+
+Runner = Callable[[list[WindowTask]], Iterator[WindowResult]]
+
+
+def thread_runner(workers: int) -> Runner:
+    """Run window tasks on a pool of threads (results as they complete)."""
+    def run(tasks: list[WindowTask]) -> Iterator[WindowResult]:
+        if workers <= 1:
+            yield from map(detect_window, tasks)
+            return
+        from concurrent.futures import as_completed
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(detect_window, t) for t in tasks]
+            for fut in as_completed(futures):
+                yield fut.result()
+    return run
+
+
+class DaskRunner:
+    """Runs window tasks on a dask.distributed cluster (connects at once; ``close()``).
+
+    Raises
+    ------
+    ProcessingError
+        The scheduler cannot be reached.
+    """
+
+    def __init__(self, address: str, timeout_s: float = 10.0):
+        from distributed import Client
+
+        try:
+            self.client = Client(address, timeout=f"{timeout_s}s", set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise ProcessingError(
+                f"cannot reach the dask scheduler at {address} ({_first_line(exc)})") from exc
+        self.address = address
+
+    def __call__(self, tasks: list[WindowTask]) -> Iterator[WindowResult]:
+        from distributed import as_completed
+
+        with self.client.as_current():
+            futures = self.client.map(detect_window, tasks, pure=False)
+            for fut in as_completed(futures):
+                yield fut.result()
+                fut.release()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def merge_boxes(boxes: Iterable[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Union overlapping or touching boxes ``(row0, col0, row1, col1)`` until none do."""
+    out = [tuple(b) for b in boxes]
+    merged = True
+    while merged:
+        merged = False
+        result: list[tuple[int, int, int, int]] = []
+        for box in out:
+            for i, other in enumerate(result):
+                if box[0] <= other[2] and other[0] <= box[2] and box[1] <= other[3] and other[1] <= box[3]:
+                    result[i] = (min(box[0], other[0]), min(box[1], other[1]),
+                                 max(box[2], other[2]), max(box[3], other[3]))
+                    merged = True
+                    break
+            else:
+                result.append(box)
+        out = result
+    return sorted(out)
+
+
+@dataclass
+class WindowedDetection:
+    """The stitched result of a windowed run."""
+
+    buildings: list[FoundBuilding]
+    change_path: str
+    n_windows: int
+    n_retries: int
+    cut_groups: int
+
+
+def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runner: Runner,
+                change_path: str, max_retry_px: int,
+                progress: Callable[[float], None] | None = None) -> WindowedDetection:
+    """Run every window, retry the groups cut by window edges, write ``change.tif``.
+
+    Parameters
+    ----------
+    template : WindowTask
+        Everything but the window.
+    windows : list of Window
+        From :func:`plan_windows`.
+    halo_px : int
+        Halo of the retry windows (larger than the untrusted margin, so that each
+        retry sees more of a cut group than the window that cut it).
+    runner : callable
+        :func:`thread_runner` or :func:`dask_runner`.
+    change_path : str
+        A tiled GeoTIFF to create on the analysis grid (0, 1, 255 nodata).
+    max_retry_px : int
+        Largest side of a retry window; a group still cut at that size is reported as
+        seen, with a warning.
+    progress : callable, optional
+        Called with the fraction of main-pass windows done.
+    """
+    grid = template.grid
+    profile = {"driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1,
+               "dtype": "uint8", "crs": grid.crs, "transform": grid.transform,
+               "nodata": 255, "tiled": True, "blockxsize": 256, "blockysize": 256,
+               "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    found: dict[tuple[int, int], FoundBuilding] = {}
+    reported: set[tuple[int, int]] = set()
+    pending: list[tuple[int, int, int, int]] = []
+    with rasterio.open(change_path, "w+", **profile) as dst:
+        dst.update_tags(1, **CHANGE_TAGS)
+        tasks = [replace(template, window=w) for w in windows]
+        for done, res in enumerate(runner(tasks), start=1):
+            w = res.window
+            dst.write(res.change_block, 1, window=rasterio.windows.Window(
+                w.col0, w.row0, w.col1 - w.col0, w.row1 - w.row0))
+            for b in res.buildings:
+                found[b.first] = b
+                reported.add(b.group)
+            pending.extend(res.incomplete)
+            if progress is not None:
+                progress(done / len(tasks))
+        n_retries = cut = 0
+        pending = merge_boxes(pending)
+        while pending:
+            tasks = [replace(template, window=padded(*box, grid.shape, halo_px), retry=True,
+                             last_try=max(box[2] - box[0], box[3] - box[1]) + 2 * halo_px
+                             >= max_retry_px)
+                     for box in pending]
+            last = {t.window: t.last_try for t in tasks}
+            n_retries += len(tasks)
+            grown = []
+            for res in runner(tasks):
+                new_groups = {b.group for b in res.buildings} - reported
+                for b in res.buildings:
+                    _paste(dst, b)
+                    if b.group in new_groups:
+                        found[b.first] = b
+                reported |= new_groups
+                w = res.window
+                if last[w]:
+                    cut += len(res.incomplete)
+                    continue
+                # Grow the retry to the part of each cut group it saw, plus a halo.
+                grown += [(min(r0, w.row0), min(c0, w.col0), max(r1, w.row1), max(c1, w.col1))
+                          for r0, c0, r1, c1 in res.incomplete]
+            pending = merge_boxes(grown)
+    if cut:
+        logger.warning("%d group(s) of candidate regions exceed the largest retry window "
+                       "(%d px) and were measured as cut by it", cut, max_retry_px)
+    buildings = sorted(found.values(), key=lambda b: b.first)
+    for b in buildings:
+        b.mask = None
+    return WindowedDetection(buildings, change_path, len(windows), n_retries, cut)
+
+
+def _paste(dst: Any, b: FoundBuilding) -> None:
+    """Mark a building's pixels in the open ``change.tif``."""
+    if b.mask is None:
+        return
+    h, w = b.mask.shape
+    win = rasterio.windows.Window(b.col0, b.row0, w, h)
+    block = dst.read(1, window=win)
+    block[b.mask] = 1
+    dst.write(block, 1, window=win)
+
+
+class ScratchFolder:
+    """A temporary folder, removed when this object is garbage-collected or at exit."""
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="changedet-")
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        """Remove the folder now."""
+        self._finalizer()
+
+
+def temporary_change_path() -> tuple[ScratchFolder, str]:
+    """A scratch folder (removed with the returned object) and a change.tif path in it."""
+    scratch = ScratchFolder()
+    return scratch, os.path.join(scratch.path, "change.tif")

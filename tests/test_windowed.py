@@ -1,0 +1,159 @@
+"""Windowed detection: the windows tile the scene, and stitched == whole, exactly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from changedet.change import DetectionParams
+from changedet.pipeline import _overlap_grid, run_detection
+from changedet.raster import analysis_grid, read_header
+from changedet.windowed import (WindowTask, context_px, first_pass, merge_boxes, plan_windows,
+                                run_windows, sample_chips, thread_runner)
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
+
+
+def test_windows_tile_the_grid() -> None:
+    shape = (1000, 730)
+    windows = plan_windows(shape, 300, 40)
+    cover = np.zeros(shape, int)
+    for w in windows:
+        cover[w.row0:w.row1, w.col0:w.col1] += 1
+        assert w.pad_row0 == max(0, w.row0 - 40) and w.pad_col1 == min(730, w.col1 + 40)
+        assert max(w.row1 - w.row0, w.col1 - w.col0) <= 300
+    assert (cover == 1).all()
+
+
+def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
+    small = sample_chips((1500, 1200), chip_px=1024, max_chips=8)
+    cover = np.zeros((1500, 1200), int)
+    for r0, c0, r1, c1 in small:
+        cover[r0:r1, c0:c1] += 1
+    assert (cover == 1).all()
+    large = sample_chips((20000, 20000), chip_px=1024, max_chips=8)
+    assert len(large) == 8
+    rows = [r0 for r0, _, _, _ in large]
+    assert min(rows) == 0 and max(rows) > 15000
+
+
+def test_merge_boxes() -> None:
+    boxes = [(0, 0, 10, 10), (5, 5, 20, 20), (30, 30, 40, 40), (19, 19, 31, 31), (50, 0, 60, 5)]
+    assert merge_boxes(boxes) == [(0, 0, 40, 40), (50, 0, 60, 5)]
+
+
+@pytest.fixture(scope="module")
+def fixture_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The committed fixture detected as one window and as four windows whose seams
+    cut through the residences, with a halo so thin that the cut groups need retries."""
+    hb = read_header(FIXTURE / "before.tif")
+    ha = read_header(FIXTURE / "after.tif")
+    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    params = DetectionParams()
+    first = first_pass(hb, ha, grid, "global", False, params)
+    params = replace(params, fit=first.fit)
+    correction = first.registration.correction if first.registration.applied else Affine.identity()
+    margin, group = context_px(float(np.sqrt(grid.pixel_area)), params)
+    out = {}
+    for name, window_px, halo in (("whole", max(grid.shape), 0), ("windows", 600, margin + 8)):
+        windows = plan_windows(grid.shape, window_px, halo)
+        task = WindowTask(hb, ha, grid, windows[0], correction, False, params,
+                          dict(first.statistics.values), margin, group)
+        path = tmp_path_factory.mktemp(name) / "change.tif"
+        res = run_windows(task, windows, halo, thread_runner(2), str(path), 3000)
+        with rasterio.open(path) as ds:
+            out[name] = (res, ds.read(1))
+    return out
+
+
+@pytest.mark.slow
+def test_stitched_windows_equal_the_whole_scene(fixture_runs: dict) -> None:
+    whole, whole_mask = fixture_runs["whole"]
+    windowed, windowed_mask = fixture_runs["windows"]
+    assert windowed.n_windows == 4 and whole.n_windows == 1
+    assert windowed.n_retries >= 1  # the seams cut groups: stitching was exercised
+    assert windowed.cut_groups == 0
+    assert len(whole.buildings) >= 3
+    a = {b.first: b for b in whole.buildings}
+    b = {b.first: b for b in windowed.buildings}
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key].polygon.area == pytest.approx(a[key].polygon.area, rel=1e-9)
+        assert b[key].polygon.symmetric_difference(a[key].polygon).area < 1e-6
+        assert b[key].score == pytest.approx(a[key].score, rel=1e-6)
+    np.testing.assert_array_equal(windowed_mask, whole_mask)
+    assert (whole_mask == 1).any()
+
+
+def _pair(tmp_path: Path) -> dict[str, Path]:
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    return write_synthetic_pair(SynthParams.for_scenario("suburb", seed=1, size=400),
+                                tmp_path / "p")
+
+
+def test_windowed_run_writes_the_contract_outputs(tmp_path: Path) -> None:
+    from changedet.outputs import OUTPUT_FILES, write_outputs
+
+    from changedet.pipeline import DetectOptions
+
+    pair = _pair(tmp_path)
+    result = run_detection(pair["before"], pair["after"], DetectOptions(window_px=256))
+    assert result.change_mask is None and result.summary["parameters"]["windows"]["n"] == 4
+    mask = result.read_change_mask()
+    assert mask.shape == result.grid.shape
+    paths = write_outputs(result, tmp_path / "out")
+    assert sorted(p.name for p in paths.values()) == sorted(OUTPUT_FILES)
+    with rasterio.open(paths["change.tif"]) as ds:
+        assert ds.profile["nodata"] == 255 and ds.tags(1)["CLASSES"].startswith("0=")
+        written = ds.read(1)
+    np.testing.assert_array_equal(written, mask)
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["totals"]["n_buildings"] == len(result.buildings)
+    # Every building's pixels are new building in change.tif.
+    from rasterio.features import geometry_mask
+
+    for b in result.buildings:
+        inside = geometry_mask([b.polygon.buffer(-0.6)], out_shape=mask.shape,
+                               transform=result.grid.transform, invert=True)
+        assert (mask[inside] == 1).all()
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_the_same_outputs(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    from changedet.pipeline import DetectOptions
+
+    pair = _pair(tmp_path)
+    local = run_detection(pair["before"], pair["after"], DetectOptions(window_px=256))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        remote = run_detection(pair["before"], pair["after"], DetectOptions(
+            window_px=256, dask_scheduler=cluster.scheduler_address))
+    assert len(remote.buildings) == len(local.buildings)
+    for x, y in zip(local.buildings, remote.buildings):
+        assert x.area_m2 == pytest.approx(y.area_m2, rel=1e-9)
+        assert x.polygon.equals_exact(y.polygon, 1e-6)
+    np.testing.assert_array_equal(remote.read_change_mask(), local.read_change_mask())
+
+
+def test_unreachable_dask_scheduler_is_a_one_line_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from changedet.cli import main
+
+    pair = _pair(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["detect", str(pair["before"]), str(pair["after"]),
+                                       "-o", str(out), "--dask-scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dask scheduler at tcp://127.0.0.1:9" in lines[0]
+    assert "Traceback" not in result.output
+    assert not out.exists()
