@@ -1,30 +1,36 @@
 """End-to-end time, throughput and peak memory of ``changedet detect`` by scene size.
 
-For each size N (default 2048, 4096, 8192): a synthetic N x N pair (3 bands, uint8,
-tiled DEFLATE GeoTIFFs) is made by tiling the committed fixture pair, then, each in a
-fresh process so that peak resident memory is its own:
+For each size N (default 2048, 4096, 8192, 16384): a synthetic N x N pair (3 bands,
+uint8, tiled DEFLATE GeoTIFFs) is made by tiling the committed fixture pair, then,
+each in a fresh process so that peak resident memory is its own:
 
 - ``detect``: ``changedet -q detect BEFORE AFTER -o OUT`` end to end (all six
-  outputs), wall time and peak RSS;
-- ``I/O floor``: reading both inputs in full and writing ``change.tif`` (the COG
-  writer of the pipeline) for the same grid, wall time and peak RSS.
+  outputs, default options: scenes larger than two 1024 px windows are processed in
+  windows on two threads), wall time and peak RSS;
+- ``I/O floor``: reading both inputs block by block and writing ``change.tif`` (a
+  tiled GeoTIFF copied as a COG, as the windowed pipeline does), wall time and
+  peak RSS.
 
 Throughput is N² / 10⁶ / detect seconds (megapixels per second), and the ratio is
 detect time over I/O floor time.
 
+With ``--compare-up-to N`` (default 4096), sizes up to N are also run whole
+(``--window-px 65536``: the whole scene in memory at once) and the two runs'
+buildings are matched (IoU >= 0.5): the table gives how many each found, how many
+match, and the largest relative area difference among the matches.
+
 Usage::
 
-    PYTHONPATH=$PWD python benchmarks/bench_scale.py [--sizes 2048 4096 8192]
+    PYTHONPATH=$PWD python benchmarks/bench_scale.py [--sizes 2048 4096 8192 16384]
 
 A size whose run fails (out of memory, say) is reported with its exit status and
-the sizes after it are still tried. Today ``detect`` holds both scenes and about
-thirty float32 maps in memory, so peak RSS grows with the scene (issue #7 is to
-window it).
+the sizes after it are still tried.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -36,16 +42,25 @@ import rasterio
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "fixtures" / "compound"
 
-# Runs in the child: read both inputs, write change.tif, report peak RSS.
+# Runs in the child: stream both inputs, write change.tif, report peak RSS.
 _IO_FLOOR = """
 import resource, sys, time
 import numpy as np
-from changedet.outputs import write_cog
-from changedet.raster import read_scene
+import rasterio
+from rasterio.windows import Window
+from changedet.outputs import copy_as_cog
 t0 = time.perf_counter()
-b = read_scene(sys.argv[1]); a = read_scene(sys.argv[2])
-change = np.where(b.valid & a.valid, (b.image[0] > a.image[0]).astype(np.uint8), 255)
-write_cog(sys.argv[3], change.astype(np.uint8), b.grid, nodata=255)
+with rasterio.open(sys.argv[1]) as b, rasterio.open(sys.argv[2]) as a:
+    profile = {"driver": "GTiff", "height": b.height, "width": b.width, "count": 1,
+               "dtype": "uint8", "crs": b.crs, "transform": b.transform, "nodata": 255,
+               "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+               "BIGTIFF": "IF_SAFER"}
+    with rasterio.open(sys.argv[3] + ".tmp.tif", "w", **profile) as dst:
+        for row in range(0, b.height, 1024):
+            win = Window(0, row, b.width, min(1024, b.height - row))
+            x, y = b.read(window=win), a.read(window=win)
+            dst.write((x[0] > y[0]).astype(np.uint8), 1, window=win)
+copy_as_cog(sys.argv[3] + ".tmp.tif", sys.argv[3])
 print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -54,11 +69,27 @@ import resource, sys, time
 from changedet.cli import main
 t0 = time.perf_counter()
 try:
-    main(["-q", "detect", sys.argv[1], sys.argv[2], "-o", sys.argv[3]],
+    main(["-q", "detect", sys.argv[1], sys.argv[2], "-o", sys.argv[3], *sys.argv[4:]],
          standalone_mode=False)
 finally:
     print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
+
+
+def agreement(windowed: Path, whole: Path) -> tuple[int, int, int, float]:
+    """(n windowed, n whole, n matched at IoU >= 0.5, largest relative area difference)."""
+    from changedet.evaluate import match_objects
+
+    def polys(folder: Path) -> list:
+        import shapely
+
+        data = json.loads((folder / "new_buildings.geojson").read_text())
+        return [shapely.geometry.shape(f["geometry"]) for f in data["features"]]
+
+    a, b = polys(windowed), polys(whole)
+    pairs = match_objects(a, b)
+    diff = max((abs(a[i].area - b[j].area) / b[j].area for i, j, _ in pairs), default=0.0)
+    return len(a), len(b), len(pairs), diff
 
 
 def tiled_pair(size: int, folder: Path) -> tuple[Path, Path]:
@@ -95,11 +126,13 @@ def run_child(code: str, *args: str) -> tuple[int, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", nargs="+", type=int, default=[2048, 4096, 8192])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[2048, 4096, 8192, 16384])
+    ap.add_argument("--compare-up-to", type=int, default=4096)
     args = ap.parse_args(argv)
     print("| size (px) | megapixels | detect s | MP/s | peak RSS MiB | I/O floor s "
-          "| I/O floor RSS MiB | detect / I/O floor |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| I/O floor RSS MiB | detect / I/O floor | whole-scene run: s, RSS MiB, "
+          "buildings windowed / whole / matched, max area diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -108,11 +141,22 @@ def main(argv: list[str] | None = None) -> int:
                                             str(folder / "change.tif"))
             rc, det_s, det_rss = run_child(_DETECT, str(before), str(after),
                                            str(folder / "out"))
+            compare = "not run"
+            if size <= args.compare_up_to and rc == 0:
+                rc_w, whole_s, whole_rss = run_child(_DETECT, str(before), str(after),
+                                                     str(folder / "whole"), "--window-px",
+                                                     "65536")
+                if rc_w == 0:
+                    n_a, n_b, n_m, diff = agreement(folder / "out", folder / "whole")
+                    compare = (f"{whole_s:.1f} s, {whole_rss:.0f} MiB; {n_a} / {n_b} / {n_m}, "
+                               f"{100 * diff:.2f} %")
+                else:
+                    compare = f"exit {rc_w}"
             mp = size * size / 1e6
             status = "" if rc == 0 and rc_io == 0 else f" (exit {rc}/{rc_io})"
             print(f"| {size} | {mp:.1f} | {det_s:.1f}{status} | {mp / det_s:.2f} "
-                  f"| {det_rss:.0f} | {io_s:.2f} | {io_rss:.0f} | {det_s / io_s:.1f} |",
-                  flush=True)
+                  f"| {det_rss:.0f} | {io_s:.2f} | {io_rss:.0f} | {det_s / io_s:.1f} "
+                  f"| {compare} |", flush=True)
     return 0
 
 

@@ -223,9 +223,10 @@ def write_cog(path: str | os.PathLike[str], data: np.ndarray, grid: Grid,
 def copy_as_cog(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Copy a uint8 class raster file (e.g. a windowed run's change mask) as a COG.
 
-    GDAL streams the copy block by block, so memory stays small for any size.
+    GDAL streams the copy block by block; with a small block cache, memory stays
+    small for any size.
     """
-    with rasterio.open(source) as src:
+    with rasterio.Env(GDAL_CACHEMAX=128 * 2**20), rasterio.open(source) as src:
         _copy_as_cog(src, path)
     return Path(path)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import rasterio
 import shapely
 from scipy import ndimage
 
@@ -214,6 +215,10 @@ def _keep_labels_in_aoi(labels: np.ndarray, aoi_mask: np.ndarray) -> np.ndarray:
     keep = ids[np.asarray(inside) >= 0.5]
     lut[keep] = keep
     return lut[labels]
+
+
+#: GDAL block cache of windowed runs, in MiB.
+GDAL_CACHE_MB = 128
 
 
 class _StageClock:
@@ -426,8 +431,12 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
     runner = (DaskRunner(opts.dask_scheduler) if opts.dask_scheduler is not None
               else thread_runner(opts.workers or min(2, os.cpu_count() or 1)))
     try:
-        return _detect_in_windows(header_b, header_a, grid, overlap, resample_before, aoi,
-                                  runner, opts, stage)
+        # GDAL's block cache defaults to 5 % of the RAM: writing change.tif window by
+        # window would fill it in proportion to the scene. A small one keeps memory
+        # bounded by the windows.
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
+            return _detect_in_windows(header_b, header_a, grid, overlap, resample_before,
+                                      aoi, runner, opts, stage)
     finally:
         if isinstance(runner, DaskRunner):
             runner.close()
@@ -455,7 +464,9 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
     params = replace(params, fit=first.fit)
     margin, group = context_px(pixel_m, params)
     window_px = opts.window_px or DEFAULT_WINDOW_PX
-    halo = margin + max(32, int(np.ceil(32.0 / pixel_m)))
+    # Beyond the untrusted margin, a band of 40 m (at least 48 px) in which groups
+    # crossing a seam are still seen whole: most need no retry.
+    halo = margin + max(48, int(np.ceil(40.0 / pixel_m)))
     windows = plan_windows(grid.shape, window_px, halo)
     template = WindowTask(header_b, header_a, grid, windows[0], correction, resample_before,
                           params, dict(first.statistics.values), margin, group,
@@ -465,7 +476,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
                 window_px, halo, margin, f"dask at {opts.dask_scheduler}"
                 if opts.dask_scheduler else "threads")
     stitched = run_windows(template, windows, halo, runner, change_path,
-                           max_retry_px=3 * window_px, progress=stage.within)
+                           max_retry_px=window_px, progress=stage.within)
     stage("measuring")
     measured = _measure([b.polygon for b in stitched.buildings],
                         [b.score for b in stitched.buildings], grid, residual, opts)

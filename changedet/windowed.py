@@ -48,10 +48,14 @@ from .radiometry import RadiometricFit, fit_radiometry
 from .raster import Grid, Scene, read_region
 
 #: Core window side in pixels, by default.
-DEFAULT_WINDOW_PX = 1536
+DEFAULT_WINDOW_PX = 1024
 #: Side of the sample chips of the first pass, and how many of them at most.
 CHIP_PX = 1024
 MAX_CHIPS = 8
+#: Cut groups are retried when a region in them reaches this fraction of the
+#: classifier's cut (a generous margin: a region's probability moves a little when
+#: more of its group is seen).
+RETRY_PROBABILITY = 0.4
 #: Longest side of the display images of a windowed run.
 QUICKLOOK_PX = 2048
 
@@ -253,9 +257,18 @@ def detect_window(task: WindowTask) -> WindowResult:
     elif task.last_try:
         # The largest retry allowed still cuts the group: report it as seen.
         owned |= in_core & ~complete
+    # Only cut groups that may hold a roof are worth a retry: a group whose regions
+    # are all far below the classifier's cut (earth, roads, lawns) yields no building
+    # however much of it is seen.
+    plausible = np.zeros(n_groups + 1, bool)
+    if evidence.region_probability is not None:
+        plausible[1:] = np.asarray(ndimage.maximum(evidence.region_probability, groups, ids)
+                                   ) >= RETRY_PROBABILITY * task.params.region_probability
+    else:
+        plausible[:] = True
     incomplete = []
     for gid, sl in enumerate(ndimage.find_objects(groups), start=1):
-        if sl is not None and in_core[gid] and not complete[gid]:
+        if sl is not None and in_core[gid] and not complete[gid] and plausible[gid]:
             incomplete.append((sl[0].start + w.pad_row0, sl[1].start + w.pad_col0,
                                sl[0].stop + w.pad_row0, sl[1].stop + w.pad_col0))
     n_labels = int(labels.max())
@@ -404,12 +417,11 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                          np.ones((1, pooled_b.shape[1]), bool), keep_weight=False)
     del pooled_a, pooled_b
     params = replace(params, fit=fit)
-    # Two rounds: the threshold is an Otsu level of scores that depend on the other
-    # statistics, so those are pooled first.
-    base = SceneStatistics.pooled(_chip_statistics(chips, params, {}))
-    base.values.pop("threshold", None)
-    final = SceneStatistics.pooled(_chip_statistics(chips, params, base.values))
-    stats = SceneStatistics(base.values | final.values)
+    # One evidence pass per chip: each chip's scores (behind the threshold) are
+    # measured with its own noise and medians, which sample the same scene as the
+    # pooled ones; a second pass with the pooled values would double the cost for a
+    # difference within the sampling error.
+    stats = SceneStatistics.pooled(_chip_statistics(chips, params, {}))
     logger.info("first pass on %d chip(s): threshold %.2f", len(chips), stats.values["threshold"])
     return FirstPass(registration, fit, stats, len(chips))
 
@@ -486,18 +498,27 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def merge_boxes(boxes: Iterable[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """Union overlapping or touching boxes ``(row0, col0, row1, col1)`` until none do."""
-    out = [tuple(b) for b in boxes]
+def merge_boxes(boxes: Iterable[tuple[int, int, int, int]],
+                max_side: int | None = None) -> list[tuple[int, int, int, int]]:
+    """Union overlapping or touching boxes ``(row0, col0, row1, col1)`` until none do.
+
+    With ``max_side``, two boxes are merged only if their union is no wider or
+    taller than that (so that retry windows stay as small as main windows).
+    """
+    out = sorted({tuple(b) for b in boxes})
     merged = True
     while merged:
         merged = False
         result: list[tuple[int, int, int, int]] = []
         for box in out:
             for i, other in enumerate(result):
-                if box[0] <= other[2] and other[0] <= box[2] and box[1] <= other[3] and other[1] <= box[3]:
-                    result[i] = (min(box[0], other[0]), min(box[1], other[1]),
-                                 max(box[2], other[2]), max(box[3], other[3]))
+                union = (min(box[0], other[0]), min(box[1], other[1]),
+                         max(box[2], other[2]), max(box[3], other[3]))
+                touch = (box[0] <= other[2] and other[0] <= box[2]
+                         and box[1] <= other[3] and other[1] <= box[3])
+                small = max_side is None or max(union[2] - union[0], union[3] - union[1]) <= max_side
+                if touch and small:
+                    result[i] = union
                     merged = True
                     break
             else:
@@ -536,8 +557,9 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
     change_path : str
         A tiled GeoTIFF to create on the analysis grid (0, 1, 255 nodata).
     max_retry_px : int
-        Largest side of a retry window; a group still cut at that size is reported as
-        seen, with a warning.
+        Largest core side of a retry window (the main window size keeps memory
+        bounded by it); a group still cut at that size is reported as seen, with a
+        warning.
     progress : callable, optional
         Called with the fraction of main-pass windows done.
     """
@@ -563,13 +585,22 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             if progress is not None:
                 progress(done / len(tasks))
         n_retries = cut = 0
-        pending = merge_boxes(pending)
-        while pending:
-            tasks = [replace(template, window=padded(*box, grid.shape, halo_px), retry=True,
-                             last_try=max(box[2] - box[0], box[3] - box[1]) + 2 * halo_px
-                             >= max_retry_px)
-                     for box in pending]
-            last = {t.window: t.last_try for t in tasks}
+        # A cut group's extent beyond what the window saw is unknown: each retry
+        # looks a quarter window further on every side, and the last allowed one
+        # is window-sized, so that a group costs at most MAX_RETRY_ROUNDS windows.
+        grow = max(halo_px, max_retry_px // 4)
+        pending = merge_boxes((_grown(b, grow, grid.shape) for b in pending), max_retry_px)
+        for round_ in range(MAX_RETRY_ROUNDS):
+            if not pending:
+                break
+            tasks = []
+            for box in pending:
+                last = (round_ == MAX_RETRY_ROUNDS - 1
+                        or max(box[2] - box[0], box[3] - box[1]) >= max_retry_px)
+                box = _capped(box, max_retry_px) if last else box
+                tasks.append(replace(template, window=padded(*box, grid.shape, halo_px),
+                                     retry=True, last_try=last))
+            last_try = {t.window: t.last_try for t in tasks}
             n_retries += len(tasks)
             grown = []
             for res in runner(tasks):
@@ -580,13 +611,13 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
                         found[b.first] = b
                 reported |= new_groups
                 w = res.window
-                if last[w]:
+                if last_try[w]:
                     cut += len(res.incomplete)
                     continue
-                # Grow the retry to the part of each cut group it saw, plus a halo.
-                grown += [(min(r0, w.row0), min(c0, w.col0), max(r1, w.row1), max(c1, w.col1))
+                grown += [_grown((min(r0, w.row0), min(c0, w.col0), max(r1, w.row1),
+                                  max(c1, w.col1)), grow, grid.shape)
                           for r0, c0, r1, c1 in res.incomplete]
-            pending = merge_boxes(grown)
+            pending = merge_boxes(grown, max_retry_px)
     if cut:
         logger.warning("%d group(s) of candidate regions exceed the largest retry window "
                        "(%d px) and were measured as cut by it", cut, max_retry_px)
@@ -594,6 +625,28 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
     for b in buildings:
         b.mask = None
     return WindowedDetection(buildings, change_path, len(windows), n_retries, cut)
+
+
+#: Retry rounds for groups cut by window edges (the last one window-sized).
+MAX_RETRY_ROUNDS = 3
+
+
+def _grown(box: tuple[int, int, int, int], by: int, shape: tuple[int, int]
+           ) -> tuple[int, int, int, int]:
+    return (max(0, box[0] - by), max(0, box[1] - by), min(shape[0], box[2] + by),
+            min(shape[1], box[3] + by))
+
+
+def _capped(box: tuple[int, int, int, int], side: int) -> tuple[int, int, int, int]:
+    """At most ``side`` pixels a side, centred on ``box``."""
+    r0, c0, r1, c1 = box
+    if r1 - r0 > side:
+        r0 = (r0 + r1 - side) // 2
+        r1 = r0 + side
+    if c1 - c0 > side:
+        c0 = (c0 + c1 - side) // 2
+        c1 = c0 + side
+    return r0, c0, r1, c1
 
 
 def _paste(dst: Any, b: FoundBuilding) -> None:

@@ -46,6 +46,9 @@ def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
 def test_merge_boxes() -> None:
     boxes = [(0, 0, 10, 10), (5, 5, 20, 20), (30, 30, 40, 40), (19, 19, 31, 31), (50, 0, 60, 5)]
     assert merge_boxes(boxes) == [(0, 0, 40, 40), (50, 0, 60, 5)]
+    # Unions wider than a window are not made: retries stay window-sized.
+    assert merge_boxes(boxes, max_side=25) == [(0, 0, 20, 20), (19, 19, 40, 40),
+                                                (50, 0, 60, 5)]
 
 
 @pytest.fixture(scope="module")
