@@ -457,8 +457,10 @@ def _pixel_noise(image: np.ndarray, stats: SceneStatistics, date: str) -> np.nda
 
     out = np.empty(image.shape[0])
     for b in range(image.shape[0]):
-        x = image[b, ::2, ::2] if image.shape[1] * image.shape[2] > 4_000_000 else image[b]
-        out[b] = stats.get(f"noise_{date}_{b}", lambda: residual(x), deviation)
+        # Every pixel, at any scene size: a decimated image has another residual
+        # (neighbours two pixels apart), which would put a large scene's change in
+        # other units than its windows'.
+        out[b] = stats.get(f"noise_{date}_{b}", lambda: residual(image[b]), deviation)
     return out
 
 
