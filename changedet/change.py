@@ -578,17 +578,30 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     perim += (np.bincount(regions[[0, -1], :].ravel(), minlength=n + 1)
               + np.bincount(regions[:, [0, -1]].ravel(), minlength=n + 1))
     compact = 4 * math.pi * cnt / np.maximum(perim, 1.0) ** 2
-    # Solidity: area over the area of the convex hull of the region's pixel corners
-    # (the corners of its edge pixels suffice), for all regions in one shapely call.
-    edge = (regions > 0) & (ndimage.grey_erosion(regions, size=3) != ndimage.grey_dilation(regions, size=3))
-    er, ec = np.nonzero(edge)
-    lab = regions[er, ec]
-    corners = np.concatenate([np.stack([ec + dx, er + dy], 1) for dx in (0, 1) for dy in (0, 1)])
-    present, pos = np.unique(np.tile(lab, 4), return_inverse=True)
-    order = np.argsort(pos, kind="stable")
+    # Solidity: area over the area of the convex hull of the region's pixel squares.
+    # The outer corners of each region's leftmost and rightmost pixel in every row
+    # span that hull; all regions go to shapely in one call.
     hull_area = np.ones(n + 1)
-    if present.size:
-        hulls = shapely.convex_hull(shapely.multipoints(corners[order], indices=pos[order]))
+    rr_px, cc_px = np.nonzero(regions)
+    if rr_px.size:
+        lab = regions[rr_px, cc_px].astype(np.int64)
+        # np.nonzero is in raster order, so a stable sort by (region, row) keeps
+        # each row's pixels left to right.
+        order = np.argsort(lab * regions.shape[0] + rr_px, kind="stable")
+        key = (lab * regions.shape[0] + rr_px)[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = np.r_[starts[1:], key.size] - 1
+        row = rr_px[order][starts]
+        left = cc_px[order][starts]
+        right = cc_px[order][ends] + 1
+        owner = lab[order][starts]
+        xs = np.concatenate([left, left, right, right])
+        ys = np.concatenate([row, row + 1, row, row + 1])
+        ids = np.tile(owner, 4)
+        by_id = np.argsort(ids, kind="stable")
+        present, pos = np.unique(ids[by_id], return_inverse=True)
+        hulls = shapely.convex_hull(shapely.multipoints(
+            np.stack([xs[by_id], ys[by_id]], 1), indices=pos))
         hull_area[present] = shapely.area(hulls)
     solidity = np.minimum(cnt / np.maximum(hull_area, 1.0), 1.0)
 

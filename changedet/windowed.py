@@ -41,7 +41,8 @@ from affine import Affine
 from scipy import ndimage
 
 from ._log import logger
-from .change import DetectionParams, SceneStatistics, detect_new_buildings, new_building_evidence
+from .change import (DetectionParams, SceneStatistics, _disk, detect_new_buildings,
+                     new_building_evidence)
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_radiometry
@@ -163,6 +164,7 @@ class FoundBuilding:
     row0: int = 0
     col0: int = 0
     mask: np.ndarray | None = field(default=None, repr=False)
+    cut: bool = False  # its group was still cut by the largest retry window
 
 
 @dataclass
@@ -287,13 +289,17 @@ def detect_window(task: WindowTask) -> WindowResult:
         if keep.any():
             found = _buildings(np.where(keep[labels], labels, 0), keep, lab_group, first,
                                evidence, pad_grid, w, with_masks=task.retry)
+            for b, lab in found:
+                b.cut = not complete[lab_group[lab]]
+            found = [b for b, _ in found]
     return WindowResult(w, found, None if task.retry else block, incomplete)
 
 
 def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
                group_first: np.ndarray, evidence: Any, grid: Grid, w: Window,
-               with_masks: bool) -> list[FoundBuilding]:
-    """The kept labels as FoundBuilding records (polygons on the analysis grid's CRS)."""
+               with_masks: bool) -> list[tuple[FoundBuilding, int]]:
+    """The kept labels as FoundBuilding records (polygons on the analysis grid's CRS),
+    each with its label."""
     from .vectorize import polygons_from_labels
 
     ph, pw = labels.shape
@@ -314,14 +320,8 @@ def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
             sl = slices[lab - 1]
             rec.row0, rec.col0 = sl[0].start + w.pad_row0, sl[1].start + w.pad_col0
             rec.mask = labels[sl] == lab
-        out.append(rec)
+        out.append((rec, lab))
     return out
-
-
-def _disk(radius_px: float) -> np.ndarray:
-    from .change import _disk as disk
-
-    return disk(radius_px)
 
 
 # --------------------------------------------------------------------------------------
@@ -471,7 +471,11 @@ class DaskRunner:
     """
 
     def __init__(self, address: str, timeout_s: float = 10.0):
-        from distributed import Client
+        try:
+            from distributed import Client
+        except ImportError as exc:
+            raise ProcessingError("--dask-scheduler needs the 'distributed' package: "
+                                  "pip install 'changedet[dask]'") from exc
 
         try:
             self.client = Client(address, timeout=f"{timeout_s}s", set_as_default=False)
@@ -621,10 +625,32 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
     if cut:
         logger.warning("%d group(s) of candidate regions exceed the largest retry window "
                        "(%d px) and were measured as cut by it", cut, max_retry_px)
-    buildings = sorted(found.values(), key=lambda b: b.first)
+    buildings = _drop_cut_duplicates(sorted(found.values(), key=lambda b: b.first))
     for b in buildings:
         b.mask = None
     return WindowedDetection(buildings, change_path, len(windows), n_retries, cut)
+
+
+def _drop_cut_duplicates(buildings: list[FoundBuilding]) -> list[FoundBuilding]:
+    """Drop buildings of still-cut groups that mostly overlap another building.
+
+    Two last retries around one oversized group may each report its buildings as
+    they saw them, under different keys.
+    """
+    if not any(b.cut for b in buildings):
+        return buildings
+    polys = [b.polygon for b in buildings]
+    tree = shapely.STRtree(polys)
+    drop: set[int] = set()
+    for i, b in enumerate(buildings):
+        if not b.cut:
+            continue
+        for j in tree.query(b.polygon, predicate="intersects").tolist():
+            if j != i and j not in drop and (
+                    b.polygon.intersection(polys[j]).area > 0.5 * b.polygon.area):
+                drop.add(i)
+                break
+    return [b for i, b in enumerate(buildings) if i not in drop]
 
 
 #: Retry rounds for groups cut by window edges (the last one window-sized).

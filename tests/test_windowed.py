@@ -130,7 +130,7 @@ def test_windowed_run_writes_the_contract_outputs(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_outputs(tmp_path: Path) -> None:
-    distributed = pytest.importorskip("distributed")
+    import distributed
     from changedet.pipeline import DetectOptions
 
     pair = _pair(tmp_path)
@@ -160,3 +160,18 @@ def test_unreachable_dask_scheduler_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and "dask scheduler at tcp://127.0.0.1:9" in lines[0]
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_buildings_of_still_cut_groups_are_not_reported_twice() -> None:
+    import shapely
+
+    from changedet.windowed import FoundBuilding, _drop_cut_duplicates
+
+    square = shapely.box(0, 0, 10, 10)
+    whole = FoundBuilding((0, 0), (0, 0), square, 0.9)
+    seen_again = FoundBuilding((0, 1), (0, 1), shapely.box(0, 0, 10, 8), 0.8, cut=True)
+    elsewhere = FoundBuilding((50, 50), (50, 50), shapely.box(50, 50, 60, 60), 0.7, cut=True)
+    twin_a = FoundBuilding((90, 0), (90, 0), shapely.box(90, 0, 100, 10), 0.7, cut=True)
+    twin_b = FoundBuilding((90, 1), (90, 1), shapely.box(90, 1, 100, 10), 0.7, cut=True)
+    kept = _drop_cut_duplicates([whole, seen_again, elsewhere, twin_a, twin_b])
+    assert [b.first for b in kept] == [(0, 0), (50, 50), (90, 1)]
