@@ -3,8 +3,8 @@
 A scene too large to hold in memory is cut into core windows that tile it, each read
 with a halo (:func:`plan_windows`). Everything the evidence compares against the scene
 (radiometric fit, noise, medians, the threshold, the co-registration shift) is measured
-first on sample chips spread over the scene (:func:`scene_statistics`) and given to
-every window, so that a window is judged exactly as the whole scene would be.
+first on sample chips spread over the scene (:func:`first_pass`) and given to every
+window, so that a window is judged exactly as the whole scene would be.
 
 What makes a building depends on its neighbourhood: its candidate regions, their
 colour outline, the shadow beside them. The unit that must be seen whole is therefore
@@ -13,8 +13,9 @@ window trusts the pixels at least ``margin`` away from its edges (where every fi
 saw the same pixels as on the whole scene); a group lying in that trusted part is
 *complete* and comes out exactly as from the whole scene. Each complete group belongs
 to the one window whose core holds its first pixel (raster order), so nothing is
-reported twice. A group that reaches into a window's untrusted rim is sent to a retry
-window around it, grown until the group is complete (:func:`run_windows`).
+reported twice. A group that reaches into a window's untrusted rim, and may hold a
+roof, is detected again in a window grown around it (:func:`run_windows`): at most
+three rounds, the last window-sized, so that memory stays bounded by the window size.
 
 Each window is a plain function of picklable inputs (:func:`detect_window`): threads
 run them locally, and a dask.distributed cluster runs them as tasks, reading the
@@ -557,7 +558,7 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
         Halo of the retry windows (larger than the untrusted margin, so that each
         retry sees more of a cut group than the window that cut it).
     runner : callable
-        :func:`thread_runner` or :func:`dask_runner`.
+        :func:`thread_runner` or a :class:`DaskRunner`.
     change_path : str
         A tiled GeoTIFF to create on the analysis grid (0, 1, 255 nodata).
     max_retry_px : int
@@ -682,7 +683,7 @@ def _paste(dst: Any, b: FoundBuilding) -> None:
     h, w = b.mask.shape
     win = rasterio.windows.Window(b.col0, b.row0, w, h)
     block = dst.read(1, window=win)
-    block[b.mask] = 1
+    block[b.mask & (block == 0)] = 1  # nodata and outside the AOI stay 255
     dst.write(block, 1, window=win)
 
 
