@@ -11,7 +11,7 @@ tiled to that size).
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/bench_detect.py [--seeds 0 1 2 3 4 5]
-        [--scenarios compound suburb none] [--timing 4096] [--detector learned]
+        [--scenarios compound suburb none] [--timing 4096] [--detector handcrafted]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--timing", type=int, default=0,
                     help="also time a SIZE x SIZE pair (the compound pair tiled)")
-    ap.add_argument("--detector", choices=["handcrafted", "learned"], default="handcrafted")
+    ap.add_argument("--detector", choices=["regions", "handcrafted", "learned"], default="regions")
     args = ap.parse_args(argv)
     params = DetectionParams(detector=args.detector)
     print("| scenario | seed | px | true | found | missed >=100 m² | false >=100 m² "

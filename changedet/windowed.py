@@ -24,6 +24,7 @@ inputs by path or URL on the workers.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -453,12 +454,24 @@ def thread_runner(workers: int) -> Runner:
         if workers <= 1:
             yield from map(detect_window, tasks)
             return
-        from concurrent.futures import as_completed
+        from concurrent.futures import FIRST_COMPLETED, wait
 
+        # A few windows in flight at a time, and no reference kept to a result once
+        # it is handed on: memory must not grow with the number of windows.
+        todo = iter(tasks)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(detect_window, t) for t in tasks]
-            for fut in as_completed(futures):
-                yield fut.result()
+            running = {pool.submit(detect_window, t) for t in itertools.islice(todo, 2 * workers)}
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    result = fut.result()
+                    del fut
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        running.add(pool.submit(detect_window, nxt))
+                    yield result
+                    del result
+                del done
     return run
 
 
