@@ -482,7 +482,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
                         [b.score for b in stitched.buildings], grid, residual, opts)
     stage("summarising")
     qgrid = _decimated(grid, QUICKLOOK_PX)
-    scale = grid.height / qgrid.height
+    scale = qgrid.transform.a / grid.transform.a  # the whole decimation factor
     qcorr = Affine.scale(1 / scale) @ correction @ Affine.scale(scale)
     look_b = read_region(header_b, qgrid)
     look_a = read_region(header_a, qgrid, correction=qcorr)
