@@ -19,6 +19,8 @@ import shapely
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
+from scipy import ndimage
+
 from ._log import logger
 from .errors import InputError
 from .measure import reproject_geoms
@@ -189,3 +191,16 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
     logger.info("AOI %s: %d polygon(s), %.0f m², %d px", vector.path, len(geoms), union.area,
                 int(mask.sum()))
     return AOI(mask, union, vector.path)
+
+
+def keep_labels_in_aoi(labels: np.ndarray, aoi_mask: np.ndarray) -> np.ndarray:
+    """Zero the labels of objects lying mostly outside the AOI (kept whole otherwise)."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return labels
+    inside = ndimage.mean(aoi_mask, labels=labels, index=ids)
+    lut = np.zeros(int(labels.max()) + 1, dtype=labels.dtype)
+    keep = ids[np.asarray(inside) >= 0.5]
+    lut[keep] = keep
+    return lut[labels]

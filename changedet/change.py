@@ -377,13 +377,14 @@ def chroma_edges(image: np.ndarray, nir: int | None, valid: np.ndarray,
     # brightness keeps shadows from turning into a field of edges.
     stats = stats if stats is not None else SceneStatistics()
     floor = 0.05 * stats.get("median_visible_sum", lambda: total[valid][::7])
-    chroma = smooth / (total + (floor if floor > 1e-6 else 1.0))
+    # No valid pixel: no median (NaN); a unit floor then.
+    chroma = smooth / (total + (max(floor, 1e-6) if np.isfinite(floor) else 1.0))
     grad2 = np.zeros(valid.shape, np.float32)
     for c in chroma:
         grad2 += ndimage.gaussian_gradient_magnitude(c, 1.0) ** 2
     grad = np.sqrt(grad2)
     ref = stats.get("median_chroma_gradient", lambda: grad[valid][::7])
-    return (grad / (ref if ref > 1e-6 else 1.0)).astype(np.float32)
+    return (grad / (max(ref, 1e-6) if np.isfinite(ref) else 1.0)).astype(np.float32)
 
 
 def colour_regions(domain: np.ndarray, colour_edges: np.ndarray, pixel_m: float,

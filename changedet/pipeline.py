@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from . import __version__
 from ._log import logger
+from .aoi import keep_labels_in_aoi
 from .raster import Grid, Scene
 from .windowed import DEFAULT_WINDOW_PX
 
@@ -204,19 +205,6 @@ def default_site_gap_m(pixel_size_m: float) -> float:
     return max(30.0, 10.0 * pixel_size_m)
 
 
-def _keep_labels_in_aoi(labels: np.ndarray, aoi_mask: np.ndarray) -> np.ndarray:
-    """Zero the labels of objects lying mostly outside the AOI (kept whole otherwise)."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if ids.size == 0:
-        return labels
-    inside = ndimage.mean(aoi_mask, labels=labels, index=ids)
-    lut = np.zeros(int(labels.max()) + 1, dtype=labels.dtype)
-    keep = ids[np.asarray(inside) >= 0.5]
-    lut[keep] = keep
-    return lut[labels]
-
-
 #: GDAL block cache of windowed runs, in MiB.
 GDAL_CACHE_MB = 128
 
@@ -325,7 +313,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     params = DetectionParams(min_area_m2=opts.min_area_m2)
     labels, evidence = detect_new_buildings(pair.before, pair.after, params)
     if aoi is not None:
-        labels = _keep_labels_in_aoi(labels, aoi.mask)
+        labels = keep_labels_in_aoi(labels, aoi.mask)
     stage("measuring")
     labelled = polygons_from_labels(labels, grid)
     # A building's score: its mean probability of roof where the detector gives one,
@@ -412,13 +400,10 @@ def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]
 def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: DetectOptions,
                   stage: _StageClock) -> DetectionResult:
     """The scene in windows with a halo, from the statistics of a first pass."""
-    from .errors import InputError
+    from .raster import check_same_bands
     from .windowed import QUICKLOOK_PX, DaskRunner, thread_runner
 
-    if header_b.image.shape[0] != header_a.image.shape[0]:
-        raise InputError(header_a.path,
-                         f"uses {header_a.image.shape[0]} band(s) but {header_b.path} uses "
-                         f"{header_b.image.shape[0]}; choose matching bands with --bands")
+    check_same_bands(header_b, header_a)
     stage("aligning")
     grid, overlap = _overlap_grid(full_grid, header_b, header_a)
     resample_before = full_grid != header_b.grid
@@ -502,7 +487,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
         change_mask=None, grid=grid, crs=measured["crs"], registration=reg_summary,
         quicklooks=looks, summary={}, timings=stage.timings,
         aoi=None if aoi is None else aoi.geometry, change_path=change_path, scratch=scratch)
-    inputs = {"before": _header_info(header_b), "after": _header_info(header_a),
+    inputs = {"before": _scene_info(header_b), "after": _scene_info(header_a),
               "aoi": None if aoi is None else os.fspath(opts.aoi)}
     stage.finish()
     result.summary = build_summary(result, inputs, params_used, overlap_fraction=overlap)
@@ -571,8 +556,6 @@ def _scene_info(scene: Scene) -> dict[str, Any]:
             "pixel_size": list(scene.grid.pixel_size), "width": scene.grid.width,
             "height": scene.grid.height, "bands": list(scene.bands)}
 
-
-_header_info = _scene_info
 
 
 def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: dict[str, Any],

@@ -262,13 +262,19 @@ def read_scene(
     except (RasterioError, UnicodeError, ValueError, OverflowError) as exc:
         # A corrupt header can surface from GDAL or from decoding its metadata.
         raise InputError(path, f"not a raster GDAL can read, or corrupt ({_first_line(exc)})") from exc
-    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+    valid = _valid_and_zeroed(data, masks)
     if not valid.any():
         raise InputError(path, "has no valid pixels (all nodata or masked)")
-    data[:, ~valid] = 0.0
     logger.info("read %s: %d band(s), %d x %d px, %s", path, len(chosen), grid.width,
                 grid.height, grid.crs.to_string())
     return Scene(data, valid, grid, path, chosen, nir_index, tags)
+
+
+def _valid_and_zeroed(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Pixels valid in every band (dataset mask, nodata, finite); zero the others."""
+    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+    data[:, ~valid] = 0.0
+    return valid
 
 
 def _check_path(path: str) -> None:
@@ -386,8 +392,7 @@ def read_region(
                                       **({} if out_shape is None else {"out_shape": out_shape}))
     except (RasterioError, ValueError) as exc:
         raise InputError(header.path, f"file is truncated or corrupt ({_first_line(exc)})") from exc
-    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
-    data[:, ~valid] = 0.0
+    valid = _valid_and_zeroed(data, masks)
     chip_grid = src.window(r0, c0, r1 - r0, c1 - c0)
     if out_shape is not None:
         chip_grid = Grid(src.crs, chip_grid.transform @ Affine.scale(
@@ -513,6 +518,16 @@ def crop_scene(scene: Scene, row0: int, col0: int, height: int, width: int) -> S
     )
 
 
+def check_same_bands(before: Scene, after: Scene) -> None:
+    """Raise InputError when the two scenes use different numbers of bands."""
+    if before.image.shape[0] != after.image.shape[0]:
+        raise InputError(
+            after.path,
+            f"uses {after.image.shape[0]} band(s) but {before.path} uses "
+            f"{before.image.shape[0]}; choose matching bands with --bands",
+        )
+
+
 def align_pair(before: Scene, after: Scene) -> AlignedPair:
     """Put the after scene on the before scene's analysis grid and crop to the overlap.
 
@@ -534,12 +549,7 @@ def align_pair(before: Scene, after: Scene) -> AlignedPair:
     InputError
         When the two scenes have different numbers of bands.
     """
-    if before.image.shape[0] != after.image.shape[0]:
-        raise InputError(
-            after.path,
-            f"uses {after.image.shape[0]} band(s) but {before.path} uses "
-            f"{before.image.shape[0]}; choose matching bands with --bands",
-        )
+    check_same_bands(before, after)
     grid = analysis_grid(before.grid)
     before_on_grid = before if grid == before.grid else warp_scene(before, grid)
     after_on_grid = warp_scene(after, grid)

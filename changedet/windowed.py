@@ -43,6 +43,7 @@ from affine import Affine
 from scipy import ndimage
 
 from ._log import logger
+from .aoi import keep_labels_in_aoi
 from .change import (DetectionParams, SceneStatistics, _disk, detect_new_buildings,
                      new_building_evidence)
 from .errors import ProcessingError
@@ -224,9 +225,7 @@ def detect_window(task: WindowTask) -> WindowResult:
     labels, evidence = detect_new_buildings(before, after, task.params,
                                             SceneStatistics(task.statistics))
     if aoi_mask is not None:
-        from .pipeline import _keep_labels_in_aoi
-
-        labels = _keep_labels_in_aoi(labels, aoi_mask)
+        labels = keep_labels_in_aoi(labels, aoi_mask)
     support = labels > 0
     if evidence.regions is not None:
         support |= evidence.regions > 0

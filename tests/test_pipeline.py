@@ -11,7 +11,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 import changedet
-from changedet.pipeline import (DetectionResult, _ground_pixel_m, _keep_labels_in_aoi,
+from changedet.pipeline import (DetectionResult, _ground_pixel_m,
                                 default_site_gap_m, quicklook)
 from changedet.raster import Grid, Scene
 
@@ -48,19 +48,6 @@ def test_notebook_api(pair: dict[str, Path]) -> None:
 def test_unknown_option_is_a_type_error(pair: dict[str, Path]) -> None:
     with pytest.raises(TypeError, match="claim_m"):
         changedet.detect(pair["before"], pair["after"], claim_m=1.0)
-
-
-def test_keep_labels_in_aoi() -> None:
-    labels = np.zeros((10, 10), dtype=np.int32)
-    labels[0:4, 0:4] = 1  # fully inside
-    labels[0:4, 5:9] = 2  # 3/4 inside: kept whole
-    labels[6:10, 0:4] = 3  # 1/4 inside: dropped
-    aoi = np.zeros((10, 10), dtype=bool)
-    aoi[0:4, 0:8] = True
-    aoi[6:7, 0:4] = True
-    out = _keep_labels_in_aoi(labels, aoi)
-    assert set(np.unique(out)) == {0, 1, 2}
-    assert (out == 2).sum() == 16
 
 
 def test_quicklook_stretch() -> None:
