@@ -42,7 +42,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from ._log import logger
-from .radiometry import RadiometricFit, fit_radiometry
+from .radiometry import RadiometricFit, fit_patches, fit_radiometry
 from .raster import Scene
 
 #: The shipped pixel detector (trained by ``benchmarks/train_detector.py``).
@@ -1275,7 +1275,8 @@ def detect_new_buildings(
     valid = before.valid & after.valid
     fit = params.fit
     if fit is None:
-        fit = fit_radiometry(before.image, after.image, valid, keep_weight=False)
+        fit = fit_radiometry(before.image, after.image, valid, keep_weight=False,
+                             patches=fit_patches(valid.shape))
         params = replace(params, fit=fit)
     normalised = replace(after, image=fit.apply(after.image), valid=valid)
     evidence = new_building_evidence(replace(before, valid=valid), normalised, params,

@@ -9,8 +9,10 @@ not only a linear one. Which pixels are unchanged is not known beforehand, so th
 is iterated like IR-MAD: pixels whose normalised residual is improbable under a
 chi-square law with one degree of freedom per band get little weight in the next round.
 
-The fit is a small object (a few knots per band) computed once, possibly on a
-decimated copy of the scenes, and applied to any window of the after scene.
+The fit is a small object (a few knots per band) computed once and applied to any
+window of the after scene. On a large scene it is measured on patches spread over it
+(:func:`fit_patches`): a whole-scene run and a windowed one read the same patches, so
+they normalise with the same fit.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from scipy import stats
 
 from ._log import logger
 from .errors import ProcessingError
+from .raster import sample_chips
 
 #: Quantile levels paired between the dates (the ends are handled by extrapolation).
 _QUANTILES = np.linspace(0.01, 0.99, 50)
 #: Pixels used to fit; a strided sample beyond this keeps the fit fast on large scenes.
 _MAX_SAMPLES = 400_000
+#: Larger scenes are fitted on at most this many patches of this side (pixels),
+#: spread evenly over the grid: about four times the pixels the fit keeps.
+FIT_PATCH_PX = 256
+MAX_FIT_PATCHES = 24
 
 
 @dataclass
@@ -151,6 +158,19 @@ def _robust_sigma(r: np.ndarray, w: np.ndarray) -> float:
     return max(q1 / 0.3186, 1e-3 * max(1.0, float(np.abs(r).max())), 1e-6)
 
 
+def fit_patches(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Windows ``(row0, col0, row1, col1)`` of a grid whose pixels the fit is measured on.
+
+    The whole grid when it is small; otherwise :data:`MAX_FIT_PATCHES` patches of
+    :data:`FIT_PATCH_PX` pixels spread evenly over it, which a windowed run can read
+    without reading the scene.
+    """
+    h, w = shape
+    if h * w <= MAX_FIT_PATCHES * FIT_PATCH_PX**2:
+        return [(0, 0, h, w)]
+    return sample_chips(shape, FIT_PATCH_PX, MAX_FIT_PATCHES)
+
+
 def fit_radiometry(
     before: np.ndarray,
     after: np.ndarray,
@@ -158,6 +178,7 @@ def fit_radiometry(
     *,
     iterations: int = 6,
     keep_weight: bool = True,
+    patches: list[tuple[int, int, int, int]] | None = None,
 ) -> RadiometricFit:
     """Fit the after-to-before radiometric map on pixels that did not change.
 
@@ -171,6 +192,9 @@ def fit_radiometry(
         Reweighting rounds (the weights settle in 3 to 5 rounds in practice).
     keep_weight : bool
         Compute and keep the full-resolution no-change weight map.
+    patches : list of (row0, col0, row1, col1), optional
+        Windows whose valid pixels are pooled for the fit (default: the whole grid);
+        see :func:`fit_patches`.
 
     Returns
     -------
@@ -183,22 +207,36 @@ def fit_radiometry(
     """
     if before.shape != after.shape:
         raise ProcessingError(f"band shapes differ: {before.shape} vs {after.shape}")
-    idx = np.flatnonzero(valid.ravel())
-    if idx.size < 100:
-        raise ProcessingError("fewer than 100 valid pixels in common: cannot normalise")
-    if idx.size > _MAX_SAMPLES:
-        idx = idx[:: int(np.ceil(idx.size / _MAX_SAMPLES))]
     nb = before.shape[0]
-    xb = before.reshape(nb, -1)[:, idx].astype(np.float64)
-    xa = after.reshape(nb, -1)[:, idx].astype(np.float64)
-    w = np.ones(idx.size)
+    if patches is None:
+        patches = [(0, 0, *valid.shape)]
+    # Pixel indices into the patches laid end to end, in patch then raster order: the
+    # order a windowed run pools its reads of the same patches in.
+    counts = [int(valid[r0:r1, c0:c1].sum()) for r0, c0, r1, c1 in patches]
+    total = sum(counts)
+    if total < 100:
+        raise ProcessingError("fewer than 100 valid pixels in common: cannot normalise")
+    step = int(np.ceil(total / _MAX_SAMPLES)) if total > _MAX_SAMPLES else 1
+    keep = np.arange(0, total, step)
+    xb = np.empty((nb, keep.size))
+    xa = np.empty((nb, keep.size))
+    start = 0
+    for (r0, c0, r1, c1), count in zip(patches, counts):
+        mine = keep[(keep >= start) & (keep < start + count)] - start
+        if mine.size:
+            idx = np.flatnonzero(valid[r0:r1, c0:c1].ravel())[mine]
+            at = np.searchsorted(keep, start + mine[0])
+            for x, image in ((xb, before), (xa, after)):
+                x[:, at:at + mine.size] = image[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx]
+        start += count
+    w = np.ones(keep.size)
     ka: list[np.ndarray] = []
     kb: list[np.ndarray] = []
     sigma = np.ones(nb)
     done = 0
     for done in range(1, iterations + 1):
         ka, kb = [], []
-        z2 = np.zeros(idx.size)
+        z2 = np.zeros(keep.size)
         # Quantiles only over pixels that are plausibly unchanged: a changed minority
         # sits in the tails and would otherwise be matched onto the other date.
         use = w > 0.01
@@ -223,7 +261,7 @@ def fit_radiometry(
             z2 += (r / sigma[b]) ** 2
         # No-change probability, as in IR-MAD: the chi-square tail of the residual.
         new_w = stats.chi2.sf(z2, df=nb)
-        if new_w.sum() < 0.01 * idx.size:
+        if new_w.sum() < 0.01 * keep.size:
             logger.warning("radiometry: almost every pixel looks changed; keeping "
                            "the previous weights")
             break

@@ -48,8 +48,8 @@ from .change import (DetectionParams, SceneStatistics, _disk, detect_new_buildin
                      new_building_evidence)
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
-from .radiometry import RadiometricFit, fit_radiometry
-from .raster import Grid, Scene, read_region
+from .radiometry import RadiometricFit, fit_patches, fit_radiometry
+from .raster import Grid, Scene, read_region, sample_chips
 
 #: Core window side in pixels, by default.
 DEFAULT_WINDOW_PX = 1024
@@ -329,25 +329,6 @@ def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
 # First pass: registration and scene-wide statistics from sample chips
 
 
-def sample_chips(shape: tuple[int, int], chip_px: int = CHIP_PX,
-                 max_chips: int = MAX_CHIPS) -> list[tuple[int, int, int, int]]:
-    """Up to ``max_chips`` chips ``(row0, col0, row1, col1)`` spread evenly over a grid.
-
-    All the chips of a regular tiling when there are few enough (the whole grid is
-    then sampled); otherwise evenly spaced ones among them.
-    """
-    h, w = shape
-    ny, nx = max(1, round(h / chip_px)), max(1, round(w / chip_px))
-    rows = np.linspace(0, h, ny + 1).round().astype(int)
-    cols = np.linspace(0, w, nx + 1).round().astype(int)
-    tiles = [(int(r0), int(c0), int(r1), int(c1)) for r0, r1 in zip(rows[:-1], rows[1:])
-             for c0, c1 in zip(cols[:-1], cols[1:])]
-    if len(tiles) <= max_chips:
-        return tiles
-    pick = np.linspace(0, len(tiles) - 1, max_chips).round().astype(int)
-    return [tiles[i] for i in pick]
-
-
 def central_chip(shape: tuple[int, int], side: int) -> tuple[int, int, int, int]:
     """The chip of at most ``side`` pixels a side at the centre of a grid."""
     h, w = shape
@@ -403,7 +384,7 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                     *registration.shift_px, registration.reliability or 0.0)
     correction = registration.correction if registration.applied else Affine.identity()
     chips = []
-    for r0, c0, r1, c1 in sample_chips(grid.shape):
+    for r0, c0, r1, c1 in sample_chips(grid.shape, CHIP_PX, MAX_CHIPS):
         b, a = read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
                          _window_correction(correction, r0, c0), resample_before)
         if (b.valid & a.valid).sum() >= 100:
@@ -411,12 +392,20 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
     if not chips:
         raise ProcessingError(f"{after.path} and {before.path} share no valid pixels "
                               "in the sample chips")
-    nb = chips[0][0].image.shape[0]
-    pooled_b = np.concatenate([b.image[:, b.valid & a.valid] for b, a in chips], axis=1)
-    pooled_a = np.concatenate([a.image[:, b.valid & a.valid] for b, a in chips], axis=1)
-    fit = fit_radiometry(pooled_b.reshape(nb, 1, -1), pooled_a.reshape(nb, 1, -1),
-                         np.ones((1, pooled_b.shape[1]), bool), keep_weight=False)
+    # The fit is measured on the patches a whole-scene run of the same grid fits on,
+    # pooled in the same order, so that both normalise with the same fit.
+    pooled_b, pooled_a = [], []
+    for r0, c0, r1, c1 in fit_patches(grid.shape):
+        b, a = read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
+                         _window_correction(correction, r0, c0), resample_before)
+        pooled_b.append(b.image[:, b.valid & a.valid])
+        pooled_a.append(a.image[:, b.valid & a.valid])
+    nb = pooled_b[0].shape[0]
+    fit_b, fit_a = np.concatenate(pooled_b, axis=1), np.concatenate(pooled_a, axis=1)
     del pooled_a, pooled_b
+    fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
+                         np.ones((1, fit_b.shape[1]), bool), keep_weight=False)
+    del fit_a, fit_b
     params = replace(params, fit=fit)
     # One evidence pass per chip: each chip's scores (behind the threshold) are
     # measured with its own noise and medians, which sample the same scene as the

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from changedet.errors import ProcessingError
-from changedet.radiometry import fit_radiometry
+from changedet import radiometry
+from changedet.radiometry import fit_patches, fit_radiometry
 
 
 def _scene(seed: int = 0, h: int = 200, w: int = 200) -> np.ndarray:
@@ -82,3 +83,38 @@ def test_too_few_pixels() -> None:
     valid[:5, :5] = True
     with pytest.raises(ProcessingError):
         fit_radiometry(before, before, valid)
+
+
+def test_fit_on_patches_is_the_fit_on_their_pooled_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A windowed run pools the patches it reads; the same fit must come out."""
+    monkeypatch.setattr(radiometry, "_MAX_SAMPLES", 3000)  # the stride is exercised too
+    before = _scene(5, 240, 240)
+    after = _distort(before)
+    after[:, 100:160, 30:200] = 240.0
+    valid = np.ones(before.shape[1:], bool)
+    valid[:50, :70] = False
+    patches = [(0, 0, 80, 80), (0, 160, 80, 240), (160, 80, 240, 160), (100, 100, 140, 240)]
+    on_patches = fit_radiometry(before, after, valid, keep_weight=False, patches=patches)
+    pooled_b = np.concatenate([before[:, r0:r1, c0:c1][:, valid[r0:r1, c0:c1]]
+                               for r0, c0, r1, c1 in patches], axis=1)
+    pooled_a = np.concatenate([after[:, r0:r1, c0:c1][:, valid[r0:r1, c0:c1]]
+                               for r0, c0, r1, c1 in patches], axis=1)
+    pooled = fit_radiometry(pooled_b[:, None, :], pooled_a[:, None, :],
+                            np.ones((1, pooled_b.shape[1]), bool), keep_weight=False)
+    np.testing.assert_array_equal(on_patches.knots_after, pooled.knots_after)
+    np.testing.assert_array_equal(on_patches.knots_before, pooled.knots_before)
+    # And the default, the whole grid, is the one patch covering it.
+    whole = fit_radiometry(before, after, valid, keep_weight=False)
+    one = fit_radiometry(before, after, valid, keep_weight=False,
+                         patches=[(0, 0, 240, 240)])
+    np.testing.assert_array_equal(whole.knots_after, one.knots_after)
+    assert not np.array_equal(whole.knots_after, on_patches.knots_after)
+
+
+def test_large_grids_are_fitted_on_spread_patches() -> None:
+    assert fit_patches((1000, 1000)) == [(0, 0, 1000, 1000)]
+    patches = fit_patches((20000, 20000))
+    assert len(patches) == radiometry.MAX_FIT_PATCHES
+    assert all(r1 - r0 <= radiometry.FIT_PATCH_PX + 1 for r0, _, r1, _ in patches)
+    rows = [r0 for r0, _, _, _ in patches]
+    assert min(rows) == 0 and max(rows) > 15000

@@ -15,7 +15,7 @@ from changedet.change import DetectionParams
 from changedet.pipeline import _overlap_grid, run_detection
 from changedet.raster import analysis_grid, read_header
 from changedet.windowed import (WindowTask, context_px, first_pass, merge_boxes, plan_windows,
-                                run_windows, sample_chips, thread_runner)
+                                run_windows, thread_runner)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
 
@@ -31,16 +31,29 @@ def test_windows_tile_the_grid() -> None:
     assert (cover == 1).all()
 
 
-def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
-    small = sample_chips((1500, 1200), chip_px=1024, max_chips=8)
-    cover = np.zeros((1500, 1200), int)
-    for r0, c0, r1, c1 in small:
-        cover[r0:r1, c0:c1] += 1
-    assert (cover == 1).all()
-    large = sample_chips((20000, 20000), chip_px=1024, max_chips=8)
-    assert len(large) == 8
-    rows = [r0 for r0, _, _, _ in large]
-    assert min(rows) == 0 and max(rows) > 15000
+def test_first_pass_fits_the_radiometry_a_whole_run_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windowed and whole-scene runs must normalise with the same fit: patches small
+    enough that the fixture is fitted on a sample of them, read window by window."""
+    from changedet import radiometry
+    from changedet.coregister import coregister
+    from changedet.raster import align_pair, read_scene
+
+    monkeypatch.setattr(radiometry, "FIT_PATCH_PX", 128)
+    monkeypatch.setattr(radiometry, "MAX_FIT_PATCHES", 12)
+    hb = read_header(FIXTURE / "before.tif")
+    ha = read_header(FIXTURE / "after.tif")
+    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    first = first_pass(hb, ha, grid, "global", False, DetectionParams())
+    pair, _ = coregister(align_pair(read_scene(FIXTURE / "before.tif"),
+                                    read_scene(FIXTURE / "after.tif")))
+    assert pair.grid.shape == grid.shape
+    valid = pair.before.valid & pair.after.valid
+    patches = radiometry.fit_patches(valid.shape)
+    assert len(patches) == 12
+    whole = radiometry.fit_radiometry(pair.before.image, pair.after.image, valid,
+                                      keep_weight=False, patches=patches)
+    np.testing.assert_array_equal(first.fit.knots_after, whole.knots_after)
+    np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
 
 
 def test_merge_boxes() -> None:
