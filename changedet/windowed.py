@@ -232,7 +232,6 @@ def detect_window(task: WindowTask) -> WindowResult:
     groups, n_groups = ndimage.label(ndimage.binary_dilation(support, _disk(task.group_px)))
     if n_groups == 0:
         return WindowResult(w, [], None if task.retry else block, [])
-    ids = np.arange(1, n_groups + 1)
     # The untrusted rim: within margin of a window edge that is not the grid's edge.
     m = task.margin_px
     rim = np.zeros((ph, pw), bool)
@@ -250,9 +249,7 @@ def detect_window(task: WindowTask) -> WindowResult:
     in_core = np.zeros(n_groups + 1, bool)
     in_core[np.unique(groups[core])] = True
     in_core[0] = False
-    flat = np.arange(ph * pw, dtype=np.int64).reshape(ph, pw)
-    first = np.zeros(n_groups + 1, np.int64)
-    first[1:] = ndimage.minimum(flat, groups, ids).astype(np.int64)
+    first = _first_pixels(groups, n_groups)
     g_row, g_col = first // pw + w.pad_row0, first % pw + w.pad_col0
     owned = complete & in_core
     if not task.retry:
@@ -265,8 +262,8 @@ def detect_window(task: WindowTask) -> WindowResult:
     # however much of it is seen.
     plausible = np.zeros(n_groups + 1, bool)
     if evidence.region_probability is not None:
-        plausible[1:] = np.asarray(ndimage.maximum(evidence.region_probability, groups, ids)
-                                   ) >= RETRY_PROBABILITY * task.params.region_probability
+        plausible[1:] = (_label_max(evidence.region_probability, groups, n_groups)[1:]
+                         >= RETRY_PROBABILITY * task.params.region_probability)
     else:
         plausible[:] = True
     incomplete = []
@@ -277,9 +274,9 @@ def detect_window(task: WindowTask) -> WindowResult:
     n_labels = int(labels.max())
     found: list[FoundBuilding] = []
     if n_labels:
-        lab_ids = np.arange(1, n_labels + 1)
-        lab_group = np.zeros(n_labels + 1, np.int64)
-        lab_group[1:] = ndimage.maximum(groups, labels, lab_ids).astype(np.int64)
+        # Every building lies in one group (groups grow from the regions and labels).
+        lab_group = np.maximum(_label_max(groups, labels, n_labels), 0).astype(np.int64)
+        lab_group[0] = 0
         keep = owned[lab_group]
         keep[0] = False
         # change.tif: the buildings of every complete group are exact here; those of
@@ -296,6 +293,40 @@ def detect_window(task: WindowTask) -> WindowResult:
     return WindowResult(w, found, None if task.retry else block, incomplete)
 
 
+def _first_pixels(labels: np.ndarray, n: int) -> np.ndarray:
+    """Flat index of each label's first pixel in raster order.
+
+    Returns
+    -------
+    (n + 1,) ndarray of int64
+        Entry ``k`` for label ``k`` (``labels.size`` for an absent label or 0).
+    """
+    flat = labels.ravel()
+    at = np.flatnonzero(flat)
+    out = np.full(n + 1, flat.size, np.int64)
+    # ufunc.at, not ndimage.minimum: the latter sorts every pixel by label.
+    np.minimum.at(out, flat[at], at)
+    return out
+
+
+def _label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Largest of ``values`` (H, W) over each label of ``labels`` (H, W), 0..n.
+
+    Returns
+    -------
+    (n + 1,) ndarray of ``values.dtype``
+        Entry ``k`` for label ``k``; the dtype's lowest value for an absent label.
+        Entry 0 is not measured.
+    """
+    flat = labels.ravel()
+    at = np.flatnonzero(flat)
+    low = (np.finfo(values.dtype).min if np.issubdtype(values.dtype, np.floating)
+           else np.iinfo(values.dtype).min)
+    out = np.full(n + 1, low, values.dtype)
+    np.maximum.at(out, flat[at], values.ravel()[at])
+    return out
+
+
 def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
                group_first: np.ndarray, evidence: Any, grid: Grid, w: Window,
                with_masks: bool) -> list[tuple[FoundBuilding, int]]:
@@ -305,8 +336,7 @@ def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
 
     ph, pw = labels.shape
     ids = np.flatnonzero(keep)
-    flat = np.arange(ph * pw, dtype=np.int64).reshape(ph, pw)
-    firsts = dict(zip(ids.tolist(), np.asarray(ndimage.minimum(flat, labels, ids), np.int64)))
+    firsts = dict(zip(ids.tolist(), _first_pixels(labels, int(labels.max()))[ids]))
     score_map = evidence.region_probability if evidence.region_probability is not None \
         else evidence.score
     scores = dict(zip(ids.tolist(), np.asarray(ndimage.mean(score_map, labels, ids), float)))
