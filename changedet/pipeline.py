@@ -161,6 +161,10 @@ class DetectOptions:
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
 
+    def local_threads(self) -> int:
+        """Threads of a local run: ``workers``, else both cores of a laptop."""
+        return self.workers or min(2, os.cpu_count() or 1)
+
 
 def quicklook(scene: Scene, limits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A display image of a scene: visible bands stretched to 8 bits.
@@ -414,7 +418,7 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
         aoi = read_aoi(opts.aoi, _decimated(grid, QUICKLOOK_PX))
     # Reach the cluster before minutes of work, not after.
     runner = (DaskRunner(opts.dask_scheduler) if opts.dask_scheduler is not None
-              else thread_runner(opts.workers or min(2, os.cpu_count() or 1)))
+              else thread_runner(opts.local_threads()))
     try:
         # GDAL's block cache defaults to 5 % of the RAM: writing change.tif window by
         # window would fill it in proportion to the scene. A small one keeps memory
@@ -439,7 +443,8 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
 
     stage("co-registering")
     params = DetectionParams(min_area_m2=opts.min_area_m2)
-    first = first_pass(header_b, header_a, grid, opts.coreg, resample_before, params)
+    first = first_pass(header_b, header_a, grid, opts.coreg, resample_before, params,
+                       workers=opts.local_threads())
     registration = first.registration
     reg_summary = registration.summary(grid)
     correction = registration.correction if registration.applied else Affine.identity()

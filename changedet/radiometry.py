@@ -125,8 +125,12 @@ def _monotone_map(x: np.ndarray, xk: np.ndarray, yk: np.ndarray) -> np.ndarray:
     return y
 
 
-def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, q: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
+def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, q: np.ndarray,
+                        order: np.ndarray | None = None) -> np.ndarray:
+    """Quantiles ``q`` of ``values`` weighted by ``weights``; ``order``, when given, is
+    their stable argsort (values that stay fixed while the weights change)."""
+    if order is None:
+        order = np.argsort(values, kind="stable")
     v = values[order]
     cw = np.cumsum(weights[order])
     cw = (cw - 0.5 * weights[order]) / cw[-1]
@@ -230,6 +234,9 @@ def fit_radiometry(
                 x[:, at:at + mine.size] = image[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx]
         start += count
     w = np.ones(keep.size)
+    # The samples stay fixed while the weights change: sort them once.
+    order_a = [np.argsort(x, kind="stable") for x in xa]
+    order_b = [np.argsort(x, kind="stable") for x in xb]
     ka: list[np.ndarray] = []
     kb: list[np.ndarray] = []
     sigma = np.ones(nb)
@@ -250,9 +257,12 @@ def fit_radiometry(
                 xk = np.array([ma - sa, ma + sa])
                 yk = np.array([mb - sb, mb + sb])
             else:
+                # The stable order of the kept samples is the full order, filtered.
+                used_a = order_a[b][use[order_a[b]]]
+                used_b = order_b[b][use[order_b[b]]]
                 xk, yk = _strictly_increasing(
-                    _weighted_quantiles(xa[b][use], w[use], _QUANTILES),
-                    _weighted_quantiles(xb[b][use], w[use], _QUANTILES),
+                    _weighted_quantiles(xa[b], w, _QUANTILES, used_a),
+                    _weighted_quantiles(xb[b], w, _QUANTILES, used_b),
                 )
             ka.append(xk)
             kb.append(yk)

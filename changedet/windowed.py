@@ -378,7 +378,8 @@ class FirstPass:
 
 
 def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
-               resample_before: bool, params: DetectionParams) -> FirstPass:
+               resample_before: bool, params: DetectionParams,
+               workers: int = 1) -> FirstPass:
     """Co-registration, radiometric fit and evidence statistics from sample chips.
 
     Parameters
@@ -392,6 +393,8 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
     resample_before : bool
         Whether the before scene must be resampled onto ``grid``.
     params : DetectionParams
+    workers : int
+        Threads reading and measuring the patches and chips.
     """
     from .coregister import METHODS, Registration, estimate_local, estimate_shift
 
@@ -413,50 +416,51 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                     "reliability %.2f", registration.method, c1 - c0, r1 - r0,
                     *registration.shift_px, registration.reliability or 0.0)
     correction = registration.correction if registration.applied else Affine.identity()
-    chips = []
-    for r0, c0, r1, c1 in sample_chips(grid.shape, CHIP_PX, MAX_CHIPS):
-        b, a = read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
+
+    def read(box: tuple[int, int, int, int]) -> tuple[Scene, Scene]:
+        r0, c0, r1, c1 = box
+        return read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
                          _window_correction(correction, r0, c0), resample_before)
-        if (b.valid & a.valid).sum() >= 100:
-            chips.append((b, a))
-    if not chips:
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        # The fit is measured on the patches a whole-scene run of the same grid fits
+        # on, pooled in the same order, so that both normalise with the same fit.
+        pooled_b, pooled_a = [], []
+        for b, a in pool.map(read, fit_patches(grid.shape)):
+            pooled_b.append(b.image[:, b.valid & a.valid])
+            pooled_a.append(a.image[:, b.valid & a.valid])
+        nb = pooled_b[0].shape[0]
+        fit_b, fit_a = np.concatenate(pooled_b, axis=1), np.concatenate(pooled_a, axis=1)
+        del pooled_a, pooled_b
+        fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
+                             np.ones((1, fit_b.shape[1]), bool), keep_weight=False)
+        del fit_a, fit_b
+        params = replace(params, fit=fit)
+
+        # One evidence pass per chip: each chip's scores (behind the threshold) are
+        # measured with its own noise and medians, which sample the same scene as the
+        # pooled ones; a second pass with the pooled values would double the cost for
+        # a difference within the sampling error.
+        def chip_statistics(box: tuple[int, int, int, int]) -> SceneStatistics | None:
+            b, a = read(box)
+            valid = b.valid & a.valid
+            if valid.sum() < 100:
+                return None
+            stats = SceneStatistics(collect=True)
+            normalised = replace(a, image=fit.apply(a.image), valid=valid)
+            new_building_evidence(replace(b, valid=valid), normalised, params,
+                                  after_raw=a.image, statistics=stats)
+            return stats
+
+        parts = [st for st in pool.map(chip_statistics,
+                                       sample_chips(grid.shape, CHIP_PX, MAX_CHIPS))
+                 if st is not None]
+    if not parts:
         raise ProcessingError(f"{after.path} and {before.path} share no valid pixels "
                               "in the sample chips")
-    # The fit is measured on the patches a whole-scene run of the same grid fits on,
-    # pooled in the same order, so that both normalise with the same fit.
-    pooled_b, pooled_a = [], []
-    for r0, c0, r1, c1 in fit_patches(grid.shape):
-        b, a = read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
-                         _window_correction(correction, r0, c0), resample_before)
-        pooled_b.append(b.image[:, b.valid & a.valid])
-        pooled_a.append(a.image[:, b.valid & a.valid])
-    nb = pooled_b[0].shape[0]
-    fit_b, fit_a = np.concatenate(pooled_b, axis=1), np.concatenate(pooled_a, axis=1)
-    del pooled_a, pooled_b
-    fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
-                         np.ones((1, fit_b.shape[1]), bool), keep_weight=False)
-    del fit_a, fit_b
-    params = replace(params, fit=fit)
-    # One evidence pass per chip: each chip's scores (behind the threshold) are
-    # measured with its own noise and medians, which sample the same scene as the
-    # pooled ones; a second pass with the pooled values would double the cost for a
-    # difference within the sampling error.
-    stats = SceneStatistics.pooled(_chip_statistics(chips, params, {}))
-    logger.info("first pass on %d chip(s): threshold %.2f", len(chips), stats.values["threshold"])
-    return FirstPass(registration, fit, stats, len(chips))
-
-
-def _chip_statistics(chips: list[tuple[Scene, Scene]], params: DetectionParams,
-                     known: dict[str, float]) -> list[SceneStatistics]:
-    out = []
-    for b, a in chips:
-        valid = b.valid & a.valid
-        stats = SceneStatistics(known, collect=True)
-        normalised = replace(a, image=params.fit.apply(a.image), valid=valid)
-        new_building_evidence(replace(b, valid=valid), normalised, params, after_raw=a.image,
-                              statistics=stats)
-        out.append(stats)
-    return out
+    stats = SceneStatistics.pooled(parts)
+    logger.info("first pass on %d chip(s): threshold %.2f", len(parts), stats.values["threshold"])
+    return FirstPass(registration, fit, stats, len(parts))
 
 
 # --------------------------------------------------------------------------------------
