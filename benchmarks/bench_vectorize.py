@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 from scipy import ndimage

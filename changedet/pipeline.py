@@ -522,13 +522,8 @@ def _decimated_change(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
     """Co-register the pair; the registered pair, the Registration and its summary."""
-    try:
-        from .coregister import coregister
-    except ImportError:  # pragma: no cover - only until the coregister stage is merged
-        logger.warning("co-registration is not available in this build; scenes used as aligned")
-        none = type("Registration", (), {"residual_rms_px": None})()
-        return pair, none, {"method": "unavailable", "shift_px": [0.0, 0.0],
-                            "shift_m": [0.0, 0.0], "reliability": None}
+    from .coregister import coregister
+
     pair_out, registration = coregister(pair, method=method)
     return pair_out, registration, registration.summary(pair_out.grid)
 
