@@ -358,9 +358,36 @@ def estimate_local(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> 
         ``shift_px`` its displacement at the centre of the grid and
         ``residual_rms_px`` the RMS residual of the kept tie points.
     """
+    return fit_local(tie_points(before, after, valid, n_side=7), valid.shape)
+
+
+def tie_points(before: np.ndarray, after: np.ndarray, valid: np.ndarray,
+               n_side: int) -> list[dict[str, Any]]:
+    """Sub-pixel shifts of ``n_side`` x ``n_side`` windows spread over a pair.
+
+    Returns
+    -------
+    list of dict
+        One per window that could be measured: ``centre`` (col, row) in pixels,
+        ``shift`` (dx, dy) of the after scene in pixels, correlation ``peak``,
+        window ``size`` and ``used`` (set by the fit).
+    """
     lum_b, lum_a = _luminance(before), _luminance(after)
     coarse = _coarse_shift(lum_b, lum_a, valid)
-    windows = _measure_windows(lum_b, lum_a, valid, coarse, n_side=7)
+    return _measure_windows(lum_b, lum_a, valid, coarse, n_side=n_side)
+
+
+def fit_local(windows: list[dict[str, Any]], shape: tuple[int, int]) -> Registration:
+    """Affine co-registration fitted with RANSAC to tie points on a grid of ``shape``.
+
+    Parameters
+    ----------
+    windows : list of dict
+        From :func:`tie_points`, with centres in the grid's pixels (tie points of
+        several chips of one grid may be pooled).
+    shape : (int, int)
+        Height and width of the grid; the reported shift is the one at its centre.
+    """
     if len(windows) < 6:
         return _unreliable("local", windows, "fewer than 6 tie points")
     src = np.array([w["centre"] for w in windows])
@@ -379,7 +406,7 @@ def estimate_local(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> 
     rms = float(np.sqrt(np.mean(np.sum(resid**2, axis=1))))
     m = model.params
     correction = Affine(m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2])
-    h, w = valid.shape
+    h, w = shape
     cx, cy = w / 2.0, h / 2.0
     px, py = correction @ (cx, cy)
     peaks = np.array([w_["peak"] for w_ in windows])[inliers]

@@ -56,6 +56,13 @@ DEFAULT_WINDOW_PX = 1024
 #: Side of the sample chips of the first pass, and how many of them at most.
 CHIP_PX = 1024
 MAX_CHIPS = 8
+#: Co-registration is measured on a central chip of this side; local (affine)
+#: co-registration of a larger grid on a lattice of chips spread over it, with a
+#: lattice of tie points in each.
+COREG_CHIP_PX = 2048
+LOCAL_CHIP_PX = 768
+LOCAL_CHIPS_SIDE = 3
+LOCAL_POINTS_SIDE = 3
 #: Cut groups are retried when a region in them reaches this fraction of the
 #: classifier's cut (a generous margin: a region's probability moves a little when
 #: more of its group is seen).
@@ -359,6 +366,22 @@ def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
 # First pass: registration and scene-wide statistics from sample chips
 
 
+def lattice_chips(shape: tuple[int, int], side: int,
+                  per_side: int) -> list[tuple[int, int, int, int]]:
+    """``per_side`` x ``per_side`` chips of at most ``side`` pixels, corners included.
+
+    Returns
+    -------
+    list of (row0, col0, row1, col1)
+        Evenly spaced in both directions, from one edge of the grid to the other.
+    """
+    h, w = shape
+    sh, sw = min(h, side), min(w, side)
+    rows = np.unique(np.linspace(0, h - sh, per_side).round().astype(int))
+    cols = np.unique(np.linspace(0, w - sw, per_side).round().astype(int))
+    return [(int(r), int(c), int(r) + sh, int(c) + sw) for r in rows for c in cols]
+
+
 def central_chip(shape: tuple[int, int], side: int) -> tuple[int, int, int, int]:
     """The chip of at most ``side`` pixels a side at the centre of a grid."""
     h, w = shape
@@ -389,21 +412,41 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
     grid : Grid
         The analysis grid (cropped to the overlap).
     method : {"global", "local", "none"}
-        Co-registration; measured on a central chip of up to 2048 pixels a side.
+        Co-registration; measured on a central chip of up to :data:`COREG_CHIP_PX`
+        pixels a side, or for "local" on a larger grid, from tie points on chips
+        spread over it.
     resample_before : bool
         Whether the before scene must be resampled onto ``grid``.
     params : DetectionParams
     workers : int
         Threads reading and measuring the patches and chips.
     """
-    from .coregister import METHODS, Registration, estimate_local, estimate_shift
+    from .coregister import (METHODS, Registration, estimate_local, estimate_shift,
+                             fit_local, tie_points)
 
     if method not in METHODS:
         raise ValueError(f"unknown co-registration method {method!r}; use one of {METHODS}")
     if method == "none":
         registration = Registration("none", (0.0, 0.0), None, 0)
+    elif method == "local" and max(grid.shape) > COREG_CHIP_PX:
+        # An affine measured on a central chip would be extrapolated over the scene,
+        # its rotation and scale errors growing with the distance: the tie points
+        # come from chips spread over the whole grid instead.
+        points = []
+        for r0, c0, r1, c1 in lattice_chips(grid.shape, LOCAL_CHIP_PX, LOCAL_CHIPS_SIDE):
+            b, a = read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
+                             Affine.identity(), resample_before)
+            for p in tie_points(b.image, a.image, b.valid & a.valid, LOCAL_POINTS_SIDE):
+                p["centre"] = (p["centre"][0] + c0, p["centre"][1] + r0)
+                points.append(p)
+            del b, a
+        registration = fit_local(points, grid.shape)
+        logger.info("co-registration (local) from %d tie points on %d chips spread over "
+                    "the scene: dx=%.3f dy=%.3f px at its centre, reliability %.2f",
+                    len(points), LOCAL_CHIPS_SIDE**2, *registration.shift_px,
+                    registration.reliability or 0.0)
     else:
-        r0, c0, r1, c1 = central_chip(grid.shape, 2048)
+        r0, c0, r1, c1 = central_chip(grid.shape, COREG_CHIP_PX)
         cg = grid.window(r0, c0, r1 - r0, c1 - c0)
         b, a = read_pair(before, after, cg, Affine.identity(), resample_before)
         estimate = estimate_local if method == "local" else estimate_shift

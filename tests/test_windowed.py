@@ -56,6 +56,38 @@ def test_first_pass_fits_the_radiometry_a_whole_run_fits(monkeypatch: pytest.Mon
     np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
 
 
+def test_local_coregistration_of_a_large_grid_uses_tie_points_spread_over_it(
+        monkeypatch: pytest.MonkeyPatch, geotiff, textured_image) -> None:
+    """A rotated and scaled after scene: the affine from chips spread over the grid
+    must hold at its far corners, not only near the centre."""
+    import changedet.windowed as windowed
+    from scipy import ndimage
+
+    monkeypatch.setattr(windowed, "COREG_CHIP_PX", 600)
+    monkeypatch.setattr(windowed, "LOCAL_CHIP_PX", 400)
+    before = textured_image(1500, 1500, seed=3)
+    # after(q) = before(inverse(q)), with a 0.3 degree rotation, a 0.2 % scale and a
+    # shift: in (row, col) pixel coordinates, before = m @ after + offset.
+    t = np.radians(0.3)
+    m = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]) / 1.002
+    offset = np.array([2.4, -1.7])
+    after = np.stack([ndimage.affine_transform(b.astype(np.float32), m, offset, order=1,
+                                               mode="nearest") for b in before])
+    b_path = geotiff("before.tif", before)
+    a_path = geotiff("after.tif", np.clip(after, 0, 255).astype(np.uint8))
+    hb, ha = read_header(b_path), read_header(a_path)
+    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    first = first_pass(hb, ha, grid, "local", False, DetectionParams())
+    reg = first.registration
+    assert reg.method == "local" and reg.applied and len(reg.windows) >= 40
+    inverse = np.linalg.inv(m)
+    for row, col in ((0, 0), (0, 1499), (1499, 0), (1499, 1499), (750, 750)):
+        # The after pixel showing before pixel (row, col).
+        true_row, true_col = inverse @ (np.array([row, col], float) - offset)
+        x, y = reg.correction @ (col + 0.5, row + 0.5)
+        assert abs(x - 0.5 - true_col) < 0.3 and abs(y - 0.5 - true_row) < 0.3
+
+
 def test_merge_boxes() -> None:
     boxes = [(0, 0, 10, 10), (5, 5, 20, 20), (30, 30, 40, 40), (19, 19, 31, 31), (50, 0, 60, 5)]
     assert merge_boxes(boxes) == [(0, 0, 40, 40), (50, 0, 60, 5)]
