@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "fixtures" / "compound"
@@ -93,19 +94,25 @@ def agreement(windowed: Path, whole: Path) -> tuple[int, int, int, float]:
 
 
 def tiled_pair(size: int, folder: Path) -> tuple[Path, Path]:
-    """Write the fixture pair tiled to size x size (same georeference origin)."""
+    """Write the fixture pair tiled to size x size (same georeference origin).
+
+    Written one strip at a time: on Linux a child process reports the peak resident
+    memory of the process it was started from as its own when that is larger, so
+    this process must stay smaller than the runs it measures.
+    """
     paths = []
     for name in ("before", "after"):
         with rasterio.open(FIXTURE / f"{name}.tif") as src:
             data = src.read()
             profile = src.profile
-        reps = (1, -(-size // data.shape[1]), -(-size // data.shape[2]))
-        big = np.tile(data, reps)[:, :size, :size]
+        strip = np.tile(data, (1, 1, -(-size // data.shape[2])))[:, :, :size]
         profile.update(width=size, height=size, tiled=True, blockxsize=512,
                        blockysize=512, compress="deflate", BIGTIFF="IF_SAFER")
         out = folder / f"{name}_{size}.tif"
         with rasterio.open(out, "w", **profile) as dst:
-            dst.write(big)
+            for row0 in range(0, size, data.shape[1]):
+                rows = min(data.shape[1], size - row0)
+                dst.write(strip[:, :rows], window=Window(0, row0, size, rows))
         paths.append(out)
     return paths[0], paths[1]
 
