@@ -10,7 +10,7 @@ is iterated like IR-MAD: pixels whose normalised residual is improbable under a
 chi-square law with one degree of freedom per band get little weight in the next round.
 
 The fit is a small object (a few knots per band) computed once and applied to any
-window of the after scene. On a large scene it is measured on patches spread over it
+window of the after scene. On a large scene it is measured on strips spread over it
 (:func:`fit_patches`): a whole-scene run and a windowed one read the same patches, so
 they normalise with the same fit.
 """
@@ -24,16 +24,18 @@ from scipy import stats
 
 from ._log import logger
 from .errors import ProcessingError
-from .raster import sample_chips
 
 #: Quantile levels paired between the dates (the ends are handled by extrapolation).
 _QUANTILES = np.linspace(0.01, 0.99, 50)
 #: Pixels used to fit; a strided sample beyond this keeps the fit fast on large scenes.
 _MAX_SAMPLES = 400_000
-#: Larger scenes are fitted on at most this many patches of this side (pixels),
-#: spread evenly over the grid: about four times the pixels the fit keeps.
-FIT_PATCH_PX = 256
-MAX_FIT_PATCHES = 24
+#: Larger scenes are fitted on about this many pixels, in strips of FIT_STRIP_ROWS
+#: rows across the whole width spread evenly down the grid (at least
+#: MIN_FIT_STRIPS of them): a near-uniform sample, as the bright tail of the fit
+#: (roofs) needs, that a windowed run reads cheaply.
+FIT_SAMPLE_PX = 1_572_864
+FIT_STRIP_ROWS = 8
+MIN_FIT_STRIPS = 16
 
 
 @dataclass
@@ -165,14 +167,17 @@ def _robust_sigma(r: np.ndarray, w: np.ndarray) -> float:
 def fit_patches(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """Windows ``(row0, col0, row1, col1)`` of a grid whose pixels the fit is measured on.
 
-    The whole grid when it is small; otherwise :data:`MAX_FIT_PATCHES` patches of
-    :data:`FIT_PATCH_PX` pixels spread evenly over it, which a windowed run can read
-    without reading the scene.
+    The whole grid when it has at most :data:`FIT_SAMPLE_PX` pixels; otherwise strips
+    of :data:`FIT_STRIP_ROWS` rows across the grid, evenly spaced from its top to its
+    bottom, about :data:`FIT_SAMPLE_PX` pixels in all.
     """
     h, w = shape
-    if h * w <= MAX_FIT_PATCHES * FIT_PATCH_PX**2:
+    if h * w <= FIT_SAMPLE_PX:
         return [(0, 0, h, w)]
-    return sample_chips(shape, FIT_PATCH_PX, MAX_FIT_PATCHES)
+    rows = min(FIT_STRIP_ROWS, h)
+    n = max(MIN_FIT_STRIPS, FIT_SAMPLE_PX // (rows * w))
+    starts = np.unique(np.linspace(0, h - rows, n).round().astype(int))
+    return [(int(r), 0, int(r) + rows, w) for r in starts]
 
 
 def fit_radiometry(

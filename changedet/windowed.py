@@ -426,6 +426,14 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
 
     if method not in METHODS:
         raise ValueError(f"unknown co-registration method {method!r}; use one of {METHODS}")
+
+    def read(box: tuple[int, int, int, int],
+             correction: Affine = Affine.identity()) -> tuple[Scene, Scene]:
+        """The pair on a box of the grid, with a correction on the grid's pixels."""
+        r0, c0, r1, c1 = box
+        return read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
+                         _window_correction(correction, r0, c0), resample_before)
+
     if method == "none":
         registration = Registration("none", (0.0, 0.0), None, 0)
     elif method == "local" and max(grid.shape) > COREG_CHIP_PX:
@@ -434,8 +442,7 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         # come from chips spread over the whole grid instead.
         points = []
         for r0, c0, r1, c1 in lattice_chips(grid.shape, LOCAL_CHIP_PX, LOCAL_CHIPS_SIDE):
-            b, a = read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
-                             Affine.identity(), resample_before)
+            b, a = read((r0, c0, r1, c1))
             for p in tie_points(b.image, a.image, b.valid & a.valid, LOCAL_POINTS_SIDE):
                 p["centre"] = (p["centre"][0] + c0, p["centre"][1] + r0)
                 points.append(p)
@@ -447,8 +454,7 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                     registration.reliability or 0.0)
     else:
         r0, c0, r1, c1 = central_chip(grid.shape, COREG_CHIP_PX)
-        cg = grid.window(r0, c0, r1 - r0, c1 - c0)
-        b, a = read_pair(before, after, cg, Affine.identity(), resample_before)
+        b, a = read((r0, c0, r1, c1))
         estimate = estimate_local if method == "local" else estimate_shift
         registration = estimate(b.image, a.image, b.valid & a.valid)
         del b, a
@@ -460,16 +466,14 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                     *registration.shift_px, registration.reliability or 0.0)
     correction = registration.correction if registration.applied else Affine.identity()
 
-    def read(box: tuple[int, int, int, int]) -> tuple[Scene, Scene]:
-        r0, c0, r1, c1 = box
-        return read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
-                         _window_correction(correction, r0, c0), resample_before)
+    def read_registered(box: tuple[int, int, int, int]) -> tuple[Scene, Scene]:
+        return read(box, correction)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         # The fit is measured on the patches a whole-scene run of the same grid fits
         # on, pooled in the same order, so that both normalise with the same fit.
         pooled_b, pooled_a = [], []
-        for b, a in pool.map(read, fit_patches(grid.shape)):
+        for b, a in pool.map(read_registered, fit_patches(grid.shape)):
             pooled_b.append(b.image[:, b.valid & a.valid])
             pooled_a.append(a.image[:, b.valid & a.valid])
         nb = pooled_b[0].shape[0]
@@ -485,7 +489,7 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         # pooled ones; a second pass with the pooled values would double the cost for
         # a difference within the sampling error.
         def chip_statistics(box: tuple[int, int, int, int]) -> SceneStatistics | None:
-            b, a = read(box)
+            b, a = read_registered(box)
             valid = b.valid & a.valid
             if valid.sum() < 100:
                 return None

@@ -111,10 +111,14 @@ def test_fit_on_patches_is_the_fit_on_their_pooled_pixels(monkeypatch: pytest.Mo
     assert not np.array_equal(whole.knots_after, on_patches.knots_after)
 
 
-def test_large_grids_are_fitted_on_spread_patches() -> None:
+def test_large_grids_are_fitted_on_strips_spread_down_them() -> None:
     assert fit_patches((1000, 1000)) == [(0, 0, 1000, 1000)]
-    patches = fit_patches((20000, 20000))
-    assert len(patches) == radiometry.MAX_FIT_PATCHES
-    assert all(r1 - r0 <= radiometry.FIT_PATCH_PX + 1 for r0, _, r1, _ in patches)
-    rows = [r0 for r0, _, _, _ in patches]
-    assert min(rows) == 0 and max(rows) > 15000
+    strips = fit_patches((20000, 3000))
+    rows = radiometry.FIT_STRIP_ROWS
+    assert all(c0 == 0 and c1 == 3000 and r1 - r0 == rows for r0, c0, r1, c1 in strips)
+    assert len(strips) * rows * 3000 == pytest.approx(radiometry.FIT_SAMPLE_PX, rel=0.05)
+    starts = [r0 for r0, _, _, _ in strips]
+    assert starts[0] == 0 and starts[-1] == 20000 - rows
+    assert np.ptp(np.diff(starts)) <= 1  # evenly spaced
+    # A very wide grid still gets strips all the way down.
+    assert len(fit_patches((20000, 200000))) == radiometry.MIN_FIT_STRIPS

@@ -32,14 +32,13 @@ def test_windows_tile_the_grid() -> None:
 
 
 def test_first_pass_fits_the_radiometry_a_whole_run_fits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Windowed and whole-scene runs must normalise with the same fit: patches small
-    enough that the fixture is fitted on a sample of them, read window by window."""
+    """Windowed and whole-scene runs must normalise with the same fit: a sample small
+    enough that the fixture is fitted on strips of it, read window by window."""
     from changedet import radiometry
     from changedet.coregister import coregister
     from changedet.raster import align_pair, read_scene
 
-    monkeypatch.setattr(radiometry, "FIT_PATCH_PX", 128)
-    monkeypatch.setattr(radiometry, "MAX_FIT_PATCHES", 12)
+    monkeypatch.setattr(radiometry, "FIT_SAMPLE_PX", 100_000)
     hb = read_header(FIXTURE / "before.tif")
     ha = read_header(FIXTURE / "after.tif")
     grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
@@ -49,7 +48,7 @@ def test_first_pass_fits_the_radiometry_a_whole_run_fits(monkeypatch: pytest.Mon
     assert pair.grid.shape == grid.shape
     valid = pair.before.valid & pair.after.valid
     patches = radiometry.fit_patches(valid.shape)
-    assert len(patches) == 12
+    assert len(patches) == radiometry.MIN_FIT_STRIPS
     whole = radiometry.fit_radiometry(pair.before.image, pair.after.image, valid,
                                       keep_weight=False, patches=patches)
     np.testing.assert_array_equal(first.fit.knots_after, whole.knots_after)
