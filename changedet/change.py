@@ -290,11 +290,9 @@ def _vegetation_level(idx_before: np.ndarray, idx_after: np.ndarray, valid: np.n
     lo, hi = (0.2, 0.5) if is_ndvi else (0.02, 0.10)
 
     def level(v: np.ndarray) -> float:
-        try:
-            t = float(threshold_otsu(v))
-        except ValueError:
-            t = lo
-        return float(np.clip(t, lo, hi))
+        # Both indices lie in [-1, 1].
+        t = _otsu_on_fixed_bins(v, -1.0, 1.0) if v.size else None
+        return float(np.clip(lo if t is None else t, lo, hi))
 
     return stats.get("vegetation_level_ndvi" if is_ndvi else "vegetation_level_visible",
                      lambda: np.concatenate([idx_before[valid][::7], idx_after[valid][::7]]),
@@ -973,14 +971,31 @@ def _auto_threshold(above_floor: np.ndarray, floor: float) -> float:
     (materials lit by another sun, cars, seasonal colour) and new construction; the
     log makes their spreads comparable, as Otsu assumes.
     """
-    v = above_floor[:: max(1, above_floor.size // 500_000)]
-    if v.size < 100:
+    if above_floor.size < 100:
         return floor
-    try:
-        t = float(np.exp(threshold_otsu(np.log(v))))
-    except ValueError:
-        return floor
-    return max(floor, t)
+    log_floor = math.log(max(floor, 1e-6))
+    # Scores up to e^9 (8000) times the floor; any beyond fall in the last bin.
+    t = _otsu_on_fixed_bins(np.log(above_floor), log_floor, log_floor + 9.0)
+    return floor if t is None else max(floor, float(np.exp(t)))
+
+
+#: Bins of the fixed-bin Otsu thresholds.
+_OTSU_BINS = 4096
+
+
+def _otsu_on_fixed_bins(values: np.ndarray, lo: float, hi: float) -> float | None:
+    """Otsu's threshold of ``values`` on :data:`_OTSU_BINS` fixed bins over [lo, hi].
+
+    Values beyond the range fall in the end bins. Bins fitted to each sample's own
+    range would move with its extremes by a fraction of a bin (about 2 % of the
+    detection threshold with 256 bins), so that two samples of one scene (a whole
+    scene, its windowed run's chips) got thresholds that far apart; on fixed fine
+    bins they differ only as their histograms do. None when undefined.
+    """
+    counts, edges = np.histogram(np.clip(values, lo, hi), bins=_OTSU_BINS, range=(lo, hi))
+    if np.count_nonzero(counts) < 2:
+        return None
+    return float(threshold_otsu(hist=(counts, 0.5 * (edges[:-1] + edges[1:]))))
 
 
 def _disk(radius_px: float) -> np.ndarray:
