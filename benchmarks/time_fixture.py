@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     labels, ev = detect_new_buildings(before, after, DetectionParams())
     dt = time.perf_counter() - t0
-    s = score(labels, truth, before.grid.pixel_area)
+    s = score(labels, truth, before.grid)
     print(f"{root}: {before.grid.width} x {before.grid.height} px, detection {dt:.1f} s, "
           f"threshold {ev.threshold:.1f}, {s}")
     return 0
