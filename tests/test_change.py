@@ -252,3 +252,49 @@ def test_roof_told_from_the_construction_earth_around_it() -> None:
     areas = _areas(labels, pixel)
     assert len(areas) == 1, areas
     assert abs(areas[0] - 1200.0) / 1200.0 < 0.03, areas
+
+
+def test_fixed_bin_otsu_splits_two_populations_and_ignores_the_sample_extremes() -> None:
+    from changedet.change import _auto_threshold
+
+    rng = np.random.default_rng(0)
+    # Nuisance change around 3 noise units, new roofs around 30 (log-normal).
+    nuisance = np.exp(rng.normal(np.log(3.0), 0.3, 200_000))
+    roofs = np.exp(rng.normal(np.log(30.0), 0.3, 40_000))
+    sample = np.concatenate([nuisance, roofs])
+    t = _auto_threshold(sample[sample > 1.0], 1.0)
+    assert 6.0 < t < 15.0
+    # Another sample of the same scene whose extremes differ (one huge score): the
+    # bins do not move with them, so the threshold barely does.
+    other = np.concatenate([sample[::2], [1e6]])
+    # (Bins fitted to each sample's range put these two 0.8 % apart.)
+    assert _auto_threshold(other[other > 1.0], 1.0) == pytest.approx(t, rel=0.004)
+    # Too few scores above the floor: the floor.
+    assert _auto_threshold(np.array([2.0, 3.0]), 1.5) == 1.5
+
+
+def test_small_holes_take_the_label_of_the_nearest_surrounding_pixel() -> None:
+    """Filling over each hole's box gives what a distance transform of the whole image
+    gives (the nearest labelled pixel of an enclosed hole lies within one pixel of its
+    box)."""
+    from changedet.change import _fill_small_holes
+
+    rng = np.random.default_rng(4)
+    blobs = ndimage.gaussian_filter(rng.random((300, 300)), 3) > 0.5
+    labels, _ = ndimage.label(blobs)
+    labels[rng.random(labels.shape) < 0.03] = 0  # pinholes inside the objects
+    labels[100:104, 100:130] = 0  # a wider hole, if inside an object
+    max_hole = 40
+    filled = _fill_small_holes(labels, max_hole)
+    holes, n = ndimage.label(ndimage.binary_fill_holes(labels > 0) & (labels == 0))
+    sizes = np.bincount(holes.ravel(), minlength=n + 1)
+    small = (sizes < max_hole) & (np.arange(n + 1) > 0)
+    idx = ndimage.distance_transform_edt(labels == 0, return_distances=False,
+                                         return_indices=True)
+    expected = labels.copy()
+    fill = small[holes]
+    expected[fill] = labels[idx[0][fill], idx[1][fill]]
+    assert fill.sum() > 100
+    np.testing.assert_array_equal(filled, expected)
+    # Large holes stay open.
+    assert (filled[(holes > 0) & ~fill] == 0).all()
