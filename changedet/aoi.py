@@ -18,7 +18,6 @@ import rasterio.features
 import shapely
 from pyproj import CRS
 from pyproj.exceptions import CRSError
-
 from scipy import ndimage
 
 from ._log import logger

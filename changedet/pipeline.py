@@ -557,7 +557,6 @@ def _scene_info(scene: Scene) -> dict[str, Any]:
             "height": scene.grid.height, "bands": list(scene.bands)}
 
 
-
 def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: dict[str, Any],
                   overlap_fraction: float | None = None) -> dict[str, Any]:
     """The content of ``summary.json`` (Contract of ``design.md``).

@@ -226,19 +226,20 @@ def fit_radiometry(
     if total < 100:
         raise ProcessingError("fewer than 100 valid pixels in common: cannot normalise")
     step = int(np.ceil(total / _MAX_SAMPLES)) if total > _MAX_SAMPLES else 1
-    keep = np.arange(0, total, step)
-    xb = np.empty((nb, keep.size))
-    xa = np.empty((nb, keep.size))
+    # Every step-th of those pixels: in each patch, from the first whose index in the
+    # whole sequence is a multiple of step.
+    parts_b, parts_a = [], []
     start = 0
     for (r0, c0, r1, c1), count in zip(patches, counts):
-        mine = keep[(keep >= start) & (keep < start + count)] - start
-        if mine.size:
-            idx = np.flatnonzero(valid[r0:r1, c0:c1].ravel())[mine]
-            at = np.searchsorted(keep, start + mine[0])
-            for x, image in ((xb, before), (xa, after)):
-                x[:, at:at + mine.size] = image[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx]
+        idx = np.flatnonzero(valid[r0:r1, c0:c1].ravel())[(-start) % step::step]
+        parts_b.append(before[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx])
+        parts_a.append(after[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx])
         start += count
-    w = np.ones(keep.size)
+    xb = np.concatenate(parts_b, axis=1).astype(np.float64)
+    xa = np.concatenate(parts_a, axis=1).astype(np.float64)
+    del parts_a, parts_b
+    n = xb.shape[1]
+    w = np.ones(n)
     # The samples stay fixed while the weights change: sort them once.
     order_a = [np.argsort(x, kind="stable") for x in xa]
     order_b = [np.argsort(x, kind="stable") for x in xb]
@@ -248,7 +249,7 @@ def fit_radiometry(
     done = 0
     for done in range(1, iterations + 1):
         ka, kb = [], []
-        z2 = np.zeros(keep.size)
+        z2 = np.zeros(n)
         # Quantiles only over pixels that are plausibly unchanged: a changed minority
         # sits in the tails and would otherwise be matched onto the other date.
         use = w > 0.01
@@ -276,7 +277,7 @@ def fit_radiometry(
             z2 += (r / sigma[b]) ** 2
         # No-change probability, as in IR-MAD: the chi-square tail of the residual.
         new_w = stats.chi2.sf(z2, df=nb)
-        if new_w.sum() < 0.01 * keep.size:
+        if new_w.sum() < 0.01 * n:
             logger.warning("radiometry: almost every pixel looks changed; keeping "
                            "the previous weights")
             break

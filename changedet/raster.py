@@ -518,25 +518,6 @@ def crop_scene(scene: Scene, row0: int, col0: int, height: int, width: int) -> S
     )
 
 
-def sample_chips(shape: tuple[int, int], chip_px: int,
-                 max_chips: int) -> list[tuple[int, int, int, int]]:
-    """Up to ``max_chips`` chips ``(row0, col0, row1, col1)`` spread evenly over a grid.
-
-    All the chips of a regular tiling when there are few enough (the whole grid is
-    then sampled); otherwise evenly spaced ones among them.
-    """
-    h, w = shape
-    ny, nx = max(1, round(h / chip_px)), max(1, round(w / chip_px))
-    rows = np.linspace(0, h, ny + 1).round().astype(int)
-    cols = np.linspace(0, w, nx + 1).round().astype(int)
-    tiles = [(int(r0), int(c0), int(r1), int(c1)) for r0, r1 in zip(rows[:-1], rows[1:])
-             for c0, c1 in zip(cols[:-1], cols[1:])]
-    if len(tiles) <= max_chips:
-        return tiles
-    pick = np.linspace(0, len(tiles) - 1, max_chips).round().astype(int)
-    return [tiles[i] for i in pick]
-
-
 def check_same_bands(before: Scene, after: Scene) -> None:
     """Raise InputError when the two scenes use different numbers of bands."""
     if before.image.shape[0] != after.image.shape[0]:

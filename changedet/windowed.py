@@ -49,7 +49,7 @@ from .change import (DetectionParams, SceneStatistics, _disk, detect_new_buildin
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
-from .raster import Grid, Scene, read_region, sample_chips
+from .raster import Grid, Scene, read_region
 
 #: Core window side in pixels, by default.
 DEFAULT_WINDOW_PX = 1024
@@ -364,6 +364,25 @@ def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
 
 # --------------------------------------------------------------------------------------
 # First pass: registration and scene-wide statistics from sample chips
+
+
+def sample_chips(shape: tuple[int, int], chip_px: int,
+                 max_chips: int) -> list[tuple[int, int, int, int]]:
+    """Up to ``max_chips`` chips ``(row0, col0, row1, col1)`` spread evenly over a grid.
+
+    All the chips of a regular tiling when there are few enough (the whole grid is
+    then sampled); otherwise evenly spaced ones among them.
+    """
+    h, w = shape
+    ny, nx = max(1, round(h / chip_px)), max(1, round(w / chip_px))
+    rows = np.linspace(0, h, ny + 1).round().astype(int)
+    cols = np.linspace(0, w, nx + 1).round().astype(int)
+    tiles = [(int(r0), int(c0), int(r1), int(c1)) for r0, r1 in zip(rows[:-1], rows[1:])
+             for c0, c1 in zip(cols[:-1], cols[1:])]
+    if len(tiles) <= max_chips:
+        return tiles
+    pick = np.linspace(0, len(tiles) - 1, max_chips).round().astype(int)
+    return [tiles[i] for i in pick]
 
 
 def lattice_chips(shape: tuple[int, int], side: int,

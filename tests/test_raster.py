@@ -13,7 +13,6 @@ from changedet.raster import (
     analysis_grid,
     parse_bands,
     read_scene,
-    sample_chips,
 )
 
 
@@ -167,15 +166,3 @@ def test_band_count_mismatch(geotiff, textured_image):
     after = read_scene(geotiff("a.tif", textured_image(bands=3)))
     with pytest.raises(InputError, match="--bands"):
         align_pair(before, after)
-
-
-def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
-    small = sample_chips((1500, 1200), chip_px=1024, max_chips=8)
-    cover = np.zeros((1500, 1200), int)
-    for r0, c0, r1, c1 in small:
-        cover[r0:r1, c0:c1] += 1
-    assert (cover == 1).all()
-    large = sample_chips((20000, 20000), chip_px=1024, max_chips=8)
-    assert len(large) == 8
-    rows = [r0 for r0, _, _, _ in large]
-    assert min(rows) == 0 and max(rows) > 15000

@@ -15,7 +15,7 @@ from changedet.change import DetectionParams
 from changedet.pipeline import _overlap_grid, run_detection
 from changedet.raster import analysis_grid, read_header
 from changedet.windowed import (WindowTask, context_px, first_pass, merge_boxes, plan_windows,
-                                run_windows, thread_runner)
+                                run_windows, sample_chips, thread_runner)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
 
@@ -86,6 +86,17 @@ def test_local_coregistration_of_a_large_grid_uses_tie_points_spread_over_it(
         x, y = reg.correction @ (col + 0.5, row + 0.5)
         assert abs(x - 0.5 - true_col) < 0.3 and abs(y - 0.5 - true_row) < 0.3
 
+
+def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
+    small = sample_chips((1500, 1200), chip_px=1024, max_chips=8)
+    cover = np.zeros((1500, 1200), int)
+    for r0, c0, r1, c1 in small:
+        cover[r0:r1, c0:c1] += 1
+    assert (cover == 1).all()
+    large = sample_chips((20000, 20000), chip_px=1024, max_chips=8)
+    assert len(large) == 8
+    rows = [r0 for r0, _, _, _ in large]
+    assert min(rows) == 0 and max(rows) > 15000
 
 def test_merge_boxes() -> None:
     boxes = [(0, 0, 10, 10), (5, 5, 20, 20), (30, 30, 40, 40), (19, 19, 31, 31), (50, 0, 60, 5)]
