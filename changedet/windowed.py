@@ -493,8 +493,9 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         # on, pooled in the same order, so that both normalise with the same fit.
         pooled_b, pooled_a = [], []
         for b, a in pool.map(read_registered, fit_patches(grid.shape)):
-            pooled_b.append(b.image[:, b.valid & a.valid])
-            pooled_a.append(a.image[:, b.valid & a.valid])
+            valid = b.valid & a.valid
+            pooled_b.append(b.image[:, valid])
+            pooled_a.append(a.image[:, valid])
         nb = pooled_b[0].shape[0]
         fit_b, fit_a = np.concatenate(pooled_b, axis=1), np.concatenate(pooled_a, axis=1)
         del pooled_a, pooled_b
