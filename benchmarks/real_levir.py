@@ -7,7 +7,7 @@ and scored with :func:`changedet.evaluate.evaluate` (the scorer of ``changedet
 evaluate``): per pixel (precision, recall, F1) and per object (one-to-one matching at
 IoU >= 0.5, the SpaceNet rule). The "all" row scores the four pairs together: their
 masks side by side, one empty column apart, in one evaluation. A per-pair table goes
-to stdout and to a markdown file.
+to stdout (``--out`` also writes it to a markdown file; the README carries it).
 
 Usage::
 
@@ -86,7 +86,8 @@ def _strip_grid(width: int, height: int) -> Grid:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", type=Path, default=DEFAULT_DIR)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/real_levir.md"))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="also write the table to this markdown file")
     ap.add_argument("--save-masks", type=Path, default=None,
                     help="folder to write before|after|truth|prediction PNGs to")
     args = ap.parse_args(argv)
@@ -136,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {'' if dt is None else f'{dt:.2f}'} |")
     table = "\n".join(lines)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        "Real LEVIR-CD crops (0.5 m, 256 x 256), new-building detection without "
-        "trained weights; object matching one-to-one at IoU >= 0.5.\n\n" + table + "\n"
-    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            "Real LEVIR-CD crops (0.5 m, 256 x 256), new-building detection without "
+            "trained weights; object matching one-to-one at IoU >= 0.5.\n\n" + table + "\n"
+        )
     return 0
 
 
