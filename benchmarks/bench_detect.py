@@ -12,10 +12,13 @@ Usage::
 
     PYTHONPATH=$PWD python benchmarks/bench_detect.py [--seeds 0 1 2 3 4 5]
         [--other-seeds 1] [--scenarios compound suburb none] [--timing 4096]
-        [--detector handcrafted]
+        [--detector handcrafted] [--model FILE.npz] [--stages]
 
 A summary per scenario follows the table: missed and false buildings, how many area
-errors are within 3 % and 5 %, and the median error.
+errors are within 3 % and 5 %, and the median error. ``--stages`` adds where each
+true building's area went (:func:`changedet.evaluate.stage_losses`): not a
+candidate, in rejected regions, kept, and the overgrowth of the buildings found on
+it; one row per building of 1000 m² or more, one per scene for all of 100 m² or more.
 """
 
 from __future__ import annotations
@@ -24,16 +27,19 @@ import argparse
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from affine import Affine
 from scipy import ndimage
 
 from changedet.change import DetectionParams, detect_new_buildings
-from changedet.evaluate import evaluate
+from changedet.evaluate import evaluate, stage_losses
 from changedet.raster import Grid, Scene, align_pair, warp_scene
 
 BIG_M2 = 100.0
+#: Buildings this large (m²) get a row of their own in the stage table.
+RESIDENCE_M2 = 1000.0
 
 
 def registered_pair(scenario: str, seed: int) -> tuple[Scene, Scene, np.ndarray]:
@@ -77,6 +83,30 @@ def score(labels: np.ndarray, truth: np.ndarray, grid: Grid) -> dict:
             "obj_f1": obj["f1"]}
 
 
+def stage_table_rows(scenario: str, seed: int, truth: np.ndarray, regions: np.ndarray,
+                     labels: np.ndarray, pixel_area: float) -> list[str]:
+    """Rows of the stage table: each building of RESIDENCE_M2 or more, then all of
+    100 m² or more together (fractions weighted by area)."""
+    rows = []
+    losses = [b for b in stage_losses(truth, regions, labels)
+              if b["area_px"] * pixel_area >= BIG_M2]
+    for k, b in enumerate(losses, start=1):
+        if b["area_px"] * pixel_area >= RESIDENCE_M2:
+            rows.append(f"| {scenario} | {seed} | {k} | {b['area_px'] * pixel_area:.0f} "
+                        f"| {b['not_candidate']:.2f} | {b['rejected']:.2f} "
+                        f"| {b['kept']:.2f} | {b['overgrowth']:+.2f} |")
+    if losses:
+        w = np.array([b["area_px"] for b in losses])
+
+        def mean(key: str) -> float:
+            return float(np.average([b[key] for b in losses], weights=w))
+
+        rows.append(f"| {scenario} | {seed} | all {len(losses)} | {w.sum() * pixel_area:.0f} "
+                    f"| {mean('not_candidate'):.2f} | {mean('rejected'):.2f} "
+                    f"| {mean('kept'):.2f} | {mean('overgrowth'):+.2f} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", nargs="+", default=["compound", "suburb", "none"])
@@ -86,19 +116,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timing", type=int, default=0,
                     help="also time a SIZE x SIZE pair (the compound pair tiled)")
     ap.add_argument("--detector", choices=["regions", "handcrafted", "learned"], default="regions")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="score these classifier weights instead of the shipped ones "
+                         "(e.g. a model written by train_regions.py --out)")
+    ap.add_argument("--stages", action="store_true",
+                    help="also say where each true building's area went (regions "
+                         "detector): not a candidate, rejected, kept, overgrowth")
     args = ap.parse_args(argv)
-    params = DetectionParams(detector=args.detector)
+    model = None
+    if args.model is not None:
+        with np.load(args.model) as z:
+            model = {k: z[k] for k in z.files}
+    params = DetectionParams(detector=args.detector, model=model)
     print("| scenario | seed | px | true | found | missed >=100 m² | false >=100 m² "
           "| area error % per building | object F1 | seconds |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     summary: dict[str, list] = {}
+    stage_rows: list[str] = []
     for scenario in args.scenarios:
         seeds = args.seeds if scenario == "compound" else args.seeds[:args.other_seeds]
         for seed in seeds:
             before, after, truth = registered_pair(scenario, seed)
             t0 = time.perf_counter()
-            labels, _ = detect_new_buildings(before, after, params)
+            labels, evidence = detect_new_buildings(before, after, params)
             dt = time.perf_counter() - t0
+            if args.stages and evidence.regions is not None:
+                stage_rows += stage_table_rows(scenario, seed, truth, evidence.regions,
+                                               labels, before.grid.pixel_area)
             s = score(labels, truth, before.grid)
             errs = ", ".join(f"{e:+.1f}" for e in s["area_err_pct"]) or "-"
             print(f"| {scenario} | {seed} | {before.grid.width}x{before.grid.height} "
@@ -116,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"for {int((errors <= 5).sum())} of {errors.size} found; median "
                      f"|area error| {np.median(errors):.1f} %")
         print(line)
+    if stage_rows:
+        print("\n| scenario | seed | true building | area m² | not candidate | rejected "
+              "| kept | overgrowth |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("\n".join(stage_rows))
     if args.timing:
         before, after, _ = registered_pair("compound", 0)
         n = args.timing

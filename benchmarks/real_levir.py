@@ -9,9 +9,14 @@ IoU >= 0.5, the SpaceNet rule). The "all" row scores the four pairs together: th
 masks side by side, one empty column apart, in one evaluation. A per-pair table goes
 to stdout (``--out`` also writes it to a markdown file; the README carries it).
 
+``--stages`` adds a second table: where the true buildings' area went (not a
+candidate, in rejected regions, kept; :func:`changedet.evaluate.stage_losses`) and
+how many true buildings the region classifier keeps when it is handed their exact
+outlines, which separates segmentation failures from classification failures.
+
 Usage::
 
-    PYTHONPATH=$PWD python benchmarks/real_levir.py [DATA_DIR] [--out FILE.md]
+    PYTHONPATH=$PWD python benchmarks/real_levir.py [DATA_DIR] [--out FILE.md] [--stages]
 
 DATA_DIR defaults to ``../shared/data/real/levir-dev`` relative to the repository;
 any folder with the same A/ B/ label/ layout is scored the same way.
@@ -29,8 +34,12 @@ from affine import Affine
 from rasterio.crs import CRS
 from skimage import io
 
-from changedet.change import DetectionParams, detect_new_buildings
-from changedet.evaluate import evaluate
+from scipy import ndimage
+from skimage.segmentation import relabel_sequential
+
+from changedet.change import (DetectionParams, Evidence, classify_regions,
+                              detect_new_buildings, region_features)
+from changedet.evaluate import evaluate, stage_losses
 from changedet.raster import Grid, Scene
 
 PIXEL_M = 0.5
@@ -83,6 +92,41 @@ def _strip_grid(width: int, height: int) -> Grid:
                 height, width)
 
 
+def outlines_kept(truth: np.ndarray, evidence: Evidence) -> tuple[int, int]:
+    """How many true buildings the region classifier keeps when given their outlines.
+
+    The detector's candidate regions are replaced by the true buildings where those
+    lie (the other candidate regions stay, as the buildings' neighbours), so the
+    classifier judges each roof as a perfect segmentation would present it. This
+    separates what the segmentation loses from what the classifier rejects.
+
+    Returns
+    -------
+    (kept, total)
+    """
+    roofs, n_roofs = ndimage.label(truth, np.ones((3, 3), bool))
+    others = np.where(evidence.regions > 0, evidence.regions + n_roofs, 0)
+    regions, _, _ = relabel_sequential(np.where(truth, roofs, others))
+    n = int(regions.max())
+    valid = np.ones(truth.shape, bool)
+    prob = classify_regions(region_features(regions, n, evidence, valid, PIXEL_M))
+    # relabel_sequential keeps the order, so the roofs are still 1..n_roofs.
+    return int((prob[1:n_roofs + 1] >= DetectionParams().region_probability).sum()), n_roofs
+
+
+def stage_row(name: str, truth: np.ndarray, labels: np.ndarray, evidence: Evidence) -> str:
+    """A row of the stage table: area-weighted fractions over the pair's buildings."""
+    losses = stage_losses(truth, evidence.regions, labels)
+    w = np.array([b["area_px"] for b in losses])
+
+    def mean(key: str) -> float:
+        return float(np.average([b[key] for b in losses], weights=w)) if w.size else 0.0
+
+    kept, total = outlines_kept(truth, evidence)
+    return (f"| {name} | {len(losses)} | {mean('not_candidate'):.2f} | {mean('rejected'):.2f} "
+            f"| {mean('kept'):.2f} | {mean('overgrowth'):+.2f} | {kept} of {total} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", type=Path, default=DEFAULT_DIR)
@@ -90,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write the table to this markdown file")
     ap.add_argument("--save-masks", type=Path, default=None,
                     help="folder to write before|after|truth|prediction PNGs to")
+    ap.add_argument("--stages", action="store_true",
+                    help="also tabulate where the true buildings' area went and how "
+                         "the classifier judges the true outlines themselves")
     args = ap.parse_args(argv)
     root = args.data.resolve()
     if not (root / "A").is_dir():
@@ -97,14 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     names = sorted(p.stem for p in (root / "A").glob("*.png"))
     rows = []
+    stage_rows: list[str] = []
     preds, truths = [], []
     for name in names:
         before, after, truth = load_pair(root, name)
         t0 = time.perf_counter()
-        labels, _ = detect_new_buildings(before, after, DetectionParams())
+        labels, evidence = detect_new_buildings(before, after, DetectionParams())
         dt = time.perf_counter() - t0
         pred = labels > 0
         rows.append((name, evaluate(pred, truth, before.grid), dt))
+        if args.stages:
+            stage_rows.append(stage_row(name, truth, labels, evidence))
         preds.append(pred)
         truths.append(truth)
         if args.save_masks:
@@ -137,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| {'' if dt is None else f'{dt:.2f}'} |")
     table = "\n".join(lines)
     print(table)
+    if stage_rows:
+        print("\n| pair | true buildings | not candidate | rejected | kept | overgrowth "
+              "| true outlines the classifier keeps |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("\n".join(stage_rows))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(

@@ -274,3 +274,55 @@ def evaluate(
                                            if abs_errors else None),
         "per_object": per_object,
     }
+
+
+def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
+                 ) -> list[dict[str, float]]:
+    """Where each true building's area went in the region detector, stage by stage.
+
+    A building's pixels are either not candidates at all (too little change once
+    shadow is discounted), in candidate regions the classifier rejected, or in kept
+    regions; what the detected buildings that touch it cover beyond every true
+    building is its overgrowth. This tells a missing facet from a rejected roof and a
+    roof merged with the ground around it.
+
+    Parameters
+    ----------
+    truth : (H, W) ndarray of bool or int
+        True buildings (a mask, split into 8-connected objects, or a label image).
+    regions : (H, W) ndarray of int
+        Candidate regions (``Evidence.regions``), 0 where no candidate.
+    labels : (H, W) ndarray of int
+        Detected buildings, 0 background.
+
+    Returns
+    -------
+    list of dict
+        One per true building, in label order: ``area_px``, and the fractions of that
+        area ``not_candidate``, ``rejected`` and ``kept`` (summing to 1), and
+        ``overgrowth`` (pixels, as a fraction of the area; 0 when nothing was kept).
+    """
+    if truth.dtype == bool:
+        truth_labels, n = ndimage.label(truth, np.ones((3, 3), bool))
+    else:
+        truth_labels, n = truth, int(truth.max())
+    inside = truth_labels > 0
+    area = np.bincount(truth_labels.ravel(), minlength=n + 1).astype(float)
+    candidate = np.bincount(truth_labels[regions > 0], minlength=n + 1)
+    kept = np.bincount(truth_labels[labels > 0], minlength=n + 1)
+    # Detected buildings touching each true one, and their pixels outside all truth.
+    outside = np.bincount(labels[~inside], minlength=int(labels.max()) + 1)
+    out = []
+    for j in range(1, n + 1):
+        if area[j] == 0:
+            continue
+        touching = np.unique(labels[truth_labels == j])
+        touching = touching[touching > 0]
+        out.append({
+            "area_px": float(area[j]),
+            "not_candidate": (area[j] - candidate[j]) / area[j],
+            "rejected": (candidate[j] - kept[j]) / area[j],
+            "kept": kept[j] / area[j],
+            "overgrowth": float(outside[touching].sum()) / area[j],
+        })
+    return out

@@ -168,3 +168,22 @@ def test_cli_change_tif_against_truth_mask(geotiff):
     assert (out["tp"], out["fp"], out["fn"]) == (1, 1, 0)
     assert out["n_outside_valid"] == {"pred": 0, "truth": 1}
     assert out["pixel_iou"] == round(200 / 300, 4)
+
+
+def test_stage_losses_split_each_building_by_stage() -> None:
+    from changedet.evaluate import stage_losses
+
+    truth = np.zeros((40, 60), bool)
+    truth[5:15, 5:15] = True      # building 1: 100 px
+    truth[20:30, 30:50] = True    # building 2: 200 px
+    regions = np.zeros(truth.shape, np.int32)
+    regions[5:15, 5:10] = 1       # half of building 1 is a candidate (rejected)
+    regions[20:30, 30:40] = 2     # building 2: one kept region ...
+    regions[20:30, 40:50] = 3     # ... and one rejected
+    regions[20:30, 50:55] = 2     # the kept region also covers 50 px of ground
+    labels = np.where(regions == 2, 1, 0)
+    first, second = stage_losses(truth, regions, labels)
+    assert first == {"area_px": 100.0, "not_candidate": 0.5, "rejected": 0.5,
+                     "kept": 0.0, "overgrowth": 0.0}
+    assert second == {"area_px": 200.0, "not_candidate": 0.0, "rejected": 0.5,
+                      "kept": 0.5, "overgrowth": 0.25}
