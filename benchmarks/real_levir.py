@@ -17,6 +17,7 @@ outlines, which separates segmentation failures from classification failures.
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/real_levir.py [DATA_DIR] [--out FILE.md] [--stages]
+        [--model FILE.npz]
 
 DATA_DIR defaults to ``../shared/data/real/levir-dev`` relative to the repository;
 any folder with the same A/ B/ label/ layout is scored the same way.
@@ -92,7 +93,8 @@ def _strip_grid(width: int, height: int) -> Grid:
                 height, width)
 
 
-def outlines_kept(truth: np.ndarray, evidence: Evidence) -> tuple[int, int]:
+def outlines_kept(truth: np.ndarray, evidence: Evidence,
+                  params: DetectionParams) -> tuple[int, int]:
     """How many true buildings the region classifier keeps when given their outlines.
 
     The detector's candidate regions are replaced by the true buildings where those
@@ -109,12 +111,14 @@ def outlines_kept(truth: np.ndarray, evidence: Evidence) -> tuple[int, int]:
     regions, _, _ = relabel_sequential(np.where(truth, roofs, others))
     n = int(regions.max())
     valid = np.ones(truth.shape, bool)
-    prob = classify_regions(region_features(regions, n, evidence, valid, PIXEL_M))
+    prob = classify_regions(region_features(regions, n, evidence, valid, PIXEL_M),
+                            params.model)
     # relabel_sequential keeps the order, so the roofs are still 1..n_roofs.
-    return int((prob[1:n_roofs + 1] >= DetectionParams().region_probability).sum()), n_roofs
+    return int((prob[1:n_roofs + 1] >= params.region_probability).sum()), n_roofs
 
 
-def stage_row(name: str, truth: np.ndarray, labels: np.ndarray, evidence: Evidence) -> str:
+def stage_row(name: str, truth: np.ndarray, labels: np.ndarray, evidence: Evidence,
+              params: DetectionParams) -> str:
     """A row of the stage table: area-weighted fractions over the pair's buildings."""
     losses = stage_losses(truth, evidence.regions, labels)
     w = np.array([b["area_px"] for b in losses])
@@ -122,7 +126,7 @@ def stage_row(name: str, truth: np.ndarray, labels: np.ndarray, evidence: Eviden
     def mean(key: str) -> float:
         return float(np.average([b[key] for b in losses], weights=w)) if w.size else 0.0
 
-    kept, total = outlines_kept(truth, evidence)
+    kept, total = outlines_kept(truth, evidence, params)
     return (f"| {name} | {len(losses)} | {mean('not_candidate'):.2f} | {mean('rejected'):.2f} "
             f"| {mean('kept'):.2f} | {mean('overgrowth'):+.2f} | {kept} of {total} |")
 
@@ -137,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", action="store_true",
                     help="also tabulate where the true buildings' area went and how "
                          "the classifier judges the true outlines themselves")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="score these region classifier weights instead of the shipped "
+                         "ones (e.g. a model written by train_regions.py --out)")
     args = ap.parse_args(argv)
+    params = DetectionParams()
+    if args.model is not None:
+        with np.load(args.model) as z:
+            params = DetectionParams(model={k: z[k] for k in z.files})
     root = args.data.resolve()
     if not (root / "A").is_dir():
         print(f"no LEVIR data at {root}", file=sys.stderr)
@@ -149,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         before, after, truth = load_pair(root, name)
         t0 = time.perf_counter()
-        labels, evidence = detect_new_buildings(before, after, DetectionParams())
+        labels, evidence = detect_new_buildings(before, after, params)
         dt = time.perf_counter() - t0
         pred = labels > 0
         rows.append((name, evaluate(pred, truth, before.grid), dt))
         if args.stages:
-            stage_rows.append(stage_row(name, truth, labels, evidence))
+            stage_rows.append(stage_row(name, truth, labels, evidence, params))
         preds.append(pred)
         truths.append(truth)
         if args.save_masks:

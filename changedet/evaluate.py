@@ -281,8 +281,8 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
     """Where each true building's area went in the region detector, stage by stage.
 
     A building's pixels are either not candidates at all (too little change once
-    shadow is discounted), in candidate regions the classifier rejected, or in kept
-    regions; what the detected buildings that touch it cover beyond every true
+    shadow is discounted), in candidate regions the classifier rejected, or in the
+    buildings found (kept regions and their filled holes); what the detected buildings that touch it cover beyond every true
     building is its overgrowth. This tells a missing facet from a rejected roof and a
     roof merged with the ground around it.
 
@@ -307,9 +307,11 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
     else:
         truth_labels, n = truth, int(truth.max())
     inside = truth_labels > 0
+    found = labels > 0
     area = np.bincount(truth_labels.ravel(), minlength=n + 1).astype(float)
-    candidate = np.bincount(truth_labels[regions > 0], minlength=n + 1)
-    kept = np.bincount(truth_labels[labels > 0], minlength=n + 1)
+    # Kept pixels need not be candidates: small holes in a building are filled.
+    rejected = np.bincount(truth_labels[(regions > 0) & ~found], minlength=n + 1)
+    kept = np.bincount(truth_labels[found], minlength=n + 1)
     # Detected buildings touching each true one, and their pixels outside all truth.
     outside = np.bincount(labels[~inside], minlength=int(labels.max()) + 1)
     out = []
@@ -320,8 +322,8 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
         touching = touching[touching > 0]
         out.append({
             "area_px": float(area[j]),
-            "not_candidate": (area[j] - candidate[j]) / area[j],
-            "rejected": (candidate[j] - kept[j]) / area[j],
+            "not_candidate": (area[j] - rejected[j] - kept[j]) / area[j],
+            "rejected": rejected[j] / area[j],
             "kept": kept[j] / area[j],
             "overgrowth": float(outside[touching].sum()) / area[j],
         })

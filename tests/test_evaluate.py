@@ -182,6 +182,8 @@ def test_stage_losses_split_each_building_by_stage() -> None:
     regions[20:30, 40:50] = 3     # ... and one rejected
     regions[20:30, 50:55] = 2     # the kept region also covers 50 px of ground
     labels = np.where(regions == 2, 1, 0)
+    labels[24:26, 34:36] = 1      # a filled hole of building 2: kept, not a candidate
+    regions[24:26, 34:36] = 0
     first, second = stage_losses(truth, regions, labels)
     assert first == {"area_px": 100.0, "not_candidate": 0.5, "rejected": 0.5,
                      "kept": 0.0, "overgrowth": 0.0}
