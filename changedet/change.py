@@ -489,7 +489,7 @@ REGION_FEATURE_NAMES: tuple[str, ...] = (
     "log_change", "smooth_a", "veg_a", "veg_b", "log_bright_a", "log_bright_b",
     "log_edge_inner", "log_edge_mean", "facing_land", "facing_region",
     "shadow_contrast", "dark_contrast", "blob_share", "log_blob_regions",
-    "chroma_spread", "new_shadow",
+    "chroma_spread", "new_shadow", "data_edge",
 )
 
 
@@ -546,8 +546,8 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     Shape (rectangularity from second moments, solidity, compactness, elongation),
     content (change, smoothness, vegetation and brightness in each date), outline
     (colour-edge strength on the region's rim), neighbourhood (how much of the rim
-    faces unchanged land or another region; the share of its blob), and the best
-    one-sided shadow beside it in any direction.
+    faces unchanged land or another region, or lies on nodata; the share of its
+    blob), and the best one-sided shadow beside it in any direction.
 
     Returns
     -------
@@ -626,6 +626,13 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     other = np.bincount(regions[faces_other], minlength=n + 1) / rim_cnt
     edge_rim = np.bincount(regions[rim], weights=evidence.colour_edges[rim],
                            minlength=n + 1) / rim_cnt
+    # Share of the rim on nodata: there the region is cut by a line that is no
+    # outline of its own, so its shape says less (a patch of earth cut square looks
+    # like a roof's corner). The array's own border is left out: a window's border
+    # inside the scene is not the data's edge, and a windowed run must judge each
+    # region as the whole scene does.
+    beyond = ndimage.binary_dilation(~valid, reach, border_value=0)
+    data_edge = np.bincount(regions[rim & beyond], minlength=n + 1) / rim_cnt
     # One-sided shadow: new darkness beside the region in its best direction, minus
     # the opposite side (a roof casts it on one side; flat ground on none).
     shadow_reach = max(1.0, 3.0 / pixel_m)
@@ -664,7 +671,7 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
         np.log1p(edge_rim), np.log1p(mean(evidence.colour_edges)), land, other,
         contrast, dcontrast, cnt / np.maximum(blob_area[region_blob], 1.0),
         np.log(np.maximum(blob_regions[region_blob], 1)), np.log1p(100 * spread),
-        mean(evidence.new_shadow),
+        mean(evidence.new_shadow), data_edge,
     ]
     return np.stack(feats).astype(np.float32)[:, :, None]
 

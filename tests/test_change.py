@@ -298,3 +298,44 @@ def test_small_holes_take_the_label_of_the_nearest_surrounding_pixel() -> None:
     np.testing.assert_array_equal(filled, expected)
     # Large holes stay open.
     assert (filled[(holes > 0) & ~fill] == 0).all()
+
+
+def test_region_rim_on_the_edge_of_the_data_is_measured() -> None:
+    """data_edge: the share of a region's rim on nodata (not on the array's border,
+    which in a windowed run is a window's edge inside the scene)."""
+    from changedet.change import (REGION_FEATURE_NAMES, candidate_regions,
+                                  new_building_evidence, region_features)
+
+    pixel = 0.5
+    before = _base(80.0, pixel, 5)
+    after = before.copy()
+    inner = (20.0, 20.0, 40.0, 40.0)            # well inside the data
+    at_edge = (60.0, 10.0, 80.0, 30.0)          # cut by the array's right edge
+    for box in (inner, at_edge):
+        _paint(after, box, ROOF_NEW, pixel)
+    rng = np.random.default_rng(3)
+    b, a = _scene(before, pixel, rng), _scene(after, pixel, rng)
+    # Nodata along the bottom rows: a third roof cut by it.
+    nodata_cut = (20.0, 70.0, 40.0, 80.0)
+    _paint(a.image, nodata_cut, ROOF_NEW, pixel)
+    valid = np.ones(b.valid.shape, bool)
+    valid[int(76 / pixel):] = False
+    b.valid[:] = valid
+    a.valid[:] = valid
+    params = DetectionParams()
+    evidence = new_building_evidence(b, a, params, after_raw=a.image)
+    regions, n = candidate_regions(evidence, valid, pixel, params)
+    feats = region_features(regions, n, evidence, valid, pixel)
+    share = feats[REGION_FEATURE_NAMES.index("data_edge"), :, 0]
+
+    def region_of(box: tuple[float, float, float, float]) -> int:
+        x0, y0, x1, y1 = (int(v / pixel) for v in box)
+        ids, counts = np.unique(regions[y0:y1, x0:x1], return_counts=True)
+        k = int(ids[np.argmax(counts)])
+        assert k > 0, box  # the roof is a candidate region
+        return k
+
+    assert share[region_of(inner)] == 0.0
+    assert share[region_of(at_edge)] == 0.0
+    # One of the four sides of the roof cut by nodata lies on it.
+    assert 0.1 < share[region_of(nodata_cut)] < 0.5
