@@ -33,9 +33,8 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
-from skimage import io
-
 from scipy import ndimage
+from skimage import io
 from skimage.segmentation import relabel_sequential
 
 from changedet.change import (DetectionParams, Evidence, classify_regions,

@@ -282,9 +282,9 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
 
     A building's pixels are either not candidates at all (too little change once
     shadow is discounted), in candidate regions the classifier rejected, or in the
-    buildings found (kept regions and their filled holes); what the detected buildings that touch it cover beyond every true
-    building is its overgrowth. This tells a missing facet from a rejected roof and a
-    roof merged with the ground around it.
+    buildings found (kept regions and their filled holes); what the buildings found
+    on it cover beyond every true building is its overgrowth. This tells a missing
+    facet from a rejected roof and a roof merged with the ground around it.
 
     Parameters
     ----------
@@ -312,19 +312,15 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
     # Kept pixels need not be candidates: small holes in a building are filled.
     rejected = np.bincount(truth_labels[(regions > 0) & ~found], minlength=n + 1)
     kept = np.bincount(truth_labels[found], minlength=n + 1)
-    # Detected buildings touching each true one, and their pixels outside all truth.
+    # Each found building's pixels outside all truth, summed over the (true, found)
+    # pairs that overlap.
     outside = np.bincount(labels[~inside], minlength=int(labels.max()) + 1)
-    out = []
-    for j in range(1, n + 1):
-        if area[j] == 0:
-            continue
-        touching = np.unique(labels[truth_labels == j])
-        touching = touching[touching > 0]
-        out.append({
-            "area_px": float(area[j]),
-            "not_candidate": (area[j] - rejected[j] - kept[j]) / area[j],
-            "rejected": rejected[j] / area[j],
-            "kept": kept[j] / area[j],
-            "overgrowth": float(outside[touching].sum()) / area[j],
-        })
-    return out
+    both = inside & found
+    pairs = np.unique(np.stack([truth_labels[both], labels[both]]), axis=1)
+    overgrowth = np.bincount(pairs[0], weights=outside[pairs[1]], minlength=n + 1)
+    return [{"area_px": float(area[j]),
+             "not_candidate": (area[j] - rejected[j] - kept[j]) / area[j],
+             "rejected": rejected[j] / area[j],
+             "kept": kept[j] / area[j],
+             "overgrowth": overgrowth[j] / area[j]}
+            for j in range(1, n + 1) if area[j] > 0]
