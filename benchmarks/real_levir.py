@@ -45,17 +45,17 @@ from changedet.raster import Grid, Scene
 PIXEL_M = 0.5
 CRS_TEXAS = CRS.from_epsg(32614)
 
-def _default_dir() -> Path:
-    """``../shared/data/real/levir-dev`` beside the repository (or a worktree's parent)."""
+def shared_data_dir(name: str) -> Path:
+    """``../shared/data/real/NAME`` beside the repository (or a worktree's parent)."""
     here = Path(__file__).resolve()
     for up in here.parents[1:4]:
-        cand = up / ".." / "shared" / "data" / "real" / "levir-dev"
+        cand = up / ".." / "shared" / "data" / "real" / name
         if cand.is_dir():
             return cand
-    return here.parents[1] / ".." / "shared" / "data" / "real" / "levir-dev"
+    return here.parents[1] / ".." / "shared" / "data" / "real" / name
 
 
-DEFAULT_DIR = _default_dir()
+DEFAULT_DIR = shared_data_dir("levir-dev")
 
 
 def load_pair(root: Path, name: str) -> tuple[Scene, Scene, np.ndarray]:
