@@ -320,7 +320,7 @@ def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     record = _Recorder()
     monkeypatch.setattr(pipeline, "run_detection", record)
     monkeypatch.setattr(demo_module, "fixture_pair",
-                        lambda workdir: (Path("before.tif"), Path("after.tif")))
+                        lambda: (Path("before.tif"), Path("after.tif")))
     result = _run("demo", "-o", str(tmp_path / "d"))
     assert result.exit_code == 0, result.output
     assert record.options.claim_m2 == 13000 and record.options.claim_sites == 3
@@ -370,3 +370,40 @@ def test_runs_as_rio_plugin(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip() == f"Error: {missing}: no such file"
+
+
+def test_demo_fixture_found_in_an_installed_package(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed, the fixture sits inside the package (changedet/fixtures/compound);
+    without it the demo refuses rather than check the claim on another scene."""
+    import sys
+
+    from changedet.errors import InputError
+
+    demo_module = sys.modules["changedet.cli.demo"]
+    package = tmp_path / "site-packages" / "changedet"
+    (package / "cli").mkdir(parents=True)
+    monkeypatch.setattr(demo_module, "__file__", str(package / "cli" / "demo.py"))
+    with pytest.raises(InputError, match="demo fixture is missing"):
+        demo_module.fixture_pair()
+    folder = package / "fixtures" / "compound"
+    folder.mkdir(parents=True)
+    for name in ("before.tif", "after.tif"):
+        (folder / name).write_bytes(b"")
+    assert demo_module.fixture_pair() == (folder / "before.tif", folder / "after.tif")
+
+
+def test_the_wheel_carries_the_demo_fixture() -> None:
+    """pyproject maps fixtures/ into the package and its globs take every fixture file."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "changedet.fixtures" in tool["packages"]
+    assert tool["package-dir"]["changedet.fixtures"] == "fixtures"
+    globs = tool["package-data"]["changedet.fixtures"]
+    files = [p.relative_to(root / "fixtures").as_posix()
+             for p in (root / "fixtures" / "compound").iterdir()]
+    assert {"compound/before.tif", "compound/after.tif"} <= set(files)
+    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import click
 
+from ..errors import InputError
 from .detect import apply_verbosity, progress_bar, verbosity_options
 from .options import handle_errors
 
@@ -15,16 +15,21 @@ DEMO_CLAIM_M2 = 13000.0
 DEMO_CLAIM_SITES = 3
 
 
-def fixture_pair(workdir: Path) -> tuple[Path, Path]:
-    """The demo scenes: the committed fixture when present, else generated into ``workdir``."""
-    root = Path(__file__).resolve().parents[2] / "fixtures"
-    for folder in (root / "compound", root):
+def fixture_pair() -> tuple[Path, Path]:
+    """The demo scenes: the committed fixture ``fixtures/compound``.
+
+    Found beside the package in a source checkout (or an editable install), and
+    inside it, as ``changedet/fixtures``, in an installed one. Regenerating the scene
+    instead would not do: the generator has moved on since the fixture was made, and
+    its scene of the same seed is another one, with other verdicts.
+    """
+    package = Path(__file__).resolve().parents[1]
+    for root in (package.parent / "fixtures", package / "fixtures"):
+        folder = root / "compound"
         if (folder / "before.tif").exists() and (folder / "after.tif").exists():
             return folder / "before.tif", folder / "after.tif"
-    from ..synth import SynthParams, write_synthetic_pair
-
-    paths = write_synthetic_pair(SynthParams.for_scenario("compound", seed=0), workdir / "scenes")
-    return Path(paths["before"]), Path(paths["after"])
+    raise InputError(package / "fixtures" / "compound",
+                     "the demo fixture is missing from this installation; reinstall changedet")
 
 
 @click.command()
@@ -42,13 +47,12 @@ def demo(outdir: str | None, overwrite: bool, cmd_verbose: int, cmd_quiet: int) 
     verbosity = apply_verbosity(cmd_verbose, cmd_quiet)
     if outdir is not None:
         check_outdir(outdir, overwrite)
-    with tempfile.TemporaryDirectory(prefix="changedet-demo-") as tmp:
-        before, after = fixture_pair(Path(tmp))
-        click.echo(f"changedet: demo on {before.parent}", err=True)
-        options = DetectOptions(claim_m2=DEMO_CLAIM_M2, claim_sites=DEMO_CLAIM_SITES)
-        with progress_bar(verbosity) as progress:
-            result = run_detection(before, after, options, progress=progress)
-        if outdir is not None:
-            write_outputs(result, outdir, overwrite=overwrite)
-            click.echo(f"changedet: wrote {outdir} (open report.html)", err=True)
+    before, after = fixture_pair()
+    click.echo(f"changedet: demo on {before.parent}", err=True)
+    options = DetectOptions(claim_m2=DEMO_CLAIM_M2, claim_sites=DEMO_CLAIM_SITES)
+    with progress_bar(verbosity) as progress:
+        result = run_detection(before, after, options, progress=progress)
+    if outdir is not None:
+        write_outputs(result, outdir, overwrite=overwrite)
+        click.echo(f"changedet: wrote {outdir} (open report.html)", err=True)
     click.echo(format_table(result.sites, result.claim), nl=False)
