@@ -33,8 +33,8 @@ import numpy as np
 from affine import Affine
 from scipy import ndimage
 
-from changedet.change import DetectionParams, detect_new_buildings
-from changedet.evaluate import evaluate, stage_losses
+from changedet.change import DetectionParams, detect_new_buildings, load_model
+from changedet.evaluate import evaluate, pooled_stage_losses, stage_losses
 from changedet.raster import Grid, Scene, align_pair, warp_scene
 
 BIG_M2 = 100.0
@@ -96,14 +96,11 @@ def stage_table_rows(scenario: str, seed: int, truth: np.ndarray, regions: np.nd
                         f"| {b['not_candidate']:.2f} | {b['rejected']:.2f} "
                         f"| {b['kept']:.2f} | {b['overgrowth']:+.2f} |")
     if losses:
-        w = np.array([b["area_px"] for b in losses])
-
-        def mean(key: str) -> float:
-            return float(np.average([b[key] for b in losses], weights=w))
-
-        rows.append(f"| {scenario} | {seed} | all {len(losses)} | {w.sum() * pixel_area:.0f} "
-                    f"| {mean('not_candidate'):.2f} | {mean('rejected'):.2f} "
-                    f"| {mean('kept'):.2f} | {mean('overgrowth'):+.2f} |")
+        pooled = pooled_stage_losses(losses)
+        rows.append(f"| {scenario} | {seed} | all {len(losses)} "
+                    f"| {pooled['area_px'] * pixel_area:.0f} "
+                    f"| {pooled['not_candidate']:.2f} | {pooled['rejected']:.2f} "
+                    f"| {pooled['kept']:.2f} | {pooled['overgrowth']:+.2f} |")
     return rows
 
 
@@ -123,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also say where each true building's area went (regions "
                          "detector): not a candidate, rejected, kept, overgrowth")
     args = ap.parse_args(argv)
-    model = None
-    if args.model is not None:
-        with np.load(args.model) as z:
-            model = {k: z[k] for k in z.files}
+    model = load_model(args.model) if args.model is not None else None
     params = DetectionParams(detector=args.detector, model=model)
     print("| scenario | seed | px | true | found | missed >=100 m² | false >=100 m² "
           "| area error % per building | object F1 | seconds |")

@@ -1,10 +1,10 @@
 """False new buildings on real imagery of destruction: the Joplin tornado tiles.
 
-``../shared/data/real/joplin`` holds 1024 px RGB tiles of Joplin, Missouri, before
-(``pre/``, EPSG:26915, 0.6 m) and after (``post/``, EPSG:4326) the 2011 tornado. The
-change there is destruction, not construction, so every new building the detector
-reports is false. Each pre tile is paired with the post tile that overlaps it most
-(both dates are resampled onto the pre tile's grid by the pipeline), and
+The tiles are read at run time from the shared data folder (described in its own
+README; nothing of it is copied here). The change they show is destruction, not
+construction, so every new building the detector reports is false. Each ``pre/``
+tile is paired with the ``post/`` tile that overlaps it most (the pipeline puts both
+on the pre tile's grid, whatever their CRS), and
 :func:`changedet.pipeline.run_detection` runs with default options. The table gives,
 per pair, the overlap, the false new buildings (all, and those of 100 m² or more)
 with their total area, the co-registration reliability and the run time.

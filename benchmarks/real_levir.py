@@ -1,11 +1,12 @@
-"""Score the new-building detector on real LEVIR-CD crops.
+"""Score the new-building detector on the real LEVIR-CD development pairs.
 
-Each pair (A = before, B = after, label = new buildings, 256 x 256 RGB PNG at 0.5 m)
-is wrapped as georeferenced Scenes in EPSG:32614 (south Texas, the zone of LEVIR-CD)
-at an arbitrary origin, run through :func:`changedet.change.detect_new_buildings`,
-and scored with :func:`changedet.evaluate.evaluate` (the scorer of ``changedet
-evaluate``): per pixel (precision, recall, F1) and per object (one-to-one matching at
-IoU >= 0.5, the SpaceNet rule). The "all" row scores the four pairs together: their
+The pairs are read at run time from the shared data folder (described in its own
+README; nothing of it is copied here). Each pair is wrapped as georeferenced Scenes
+(``PIXEL_M`` pixels in ``CRS_TEXAS``, an arbitrary origin), run through
+:func:`changedet.change.detect_new_buildings`, and scored with
+:func:`changedet.evaluate.evaluate` (the scorer of ``changedet evaluate``): per pixel
+(precision, recall, F1) and per object (one-to-one matching at IoU >= 0.5, the
+SpaceNet rule). The "all" row scores the four pairs together: their
 masks side by side, one empty column apart, in one evaluation. A per-pair table goes
 to stdout (``--out`` also writes it to a markdown file; the README carries it).
 
@@ -38,8 +39,8 @@ from skimage import io
 from skimage.segmentation import relabel_sequential
 
 from changedet.change import (DetectionParams, Evidence, classify_regions,
-                              detect_new_buildings, region_features)
-from changedet.evaluate import evaluate, stage_losses
+                              detect_new_buildings, load_model, region_features)
+from changedet.evaluate import evaluate, pooled_stage_losses, stage_losses
 from changedet.raster import Grid, Scene
 
 PIXEL_M = 0.5
@@ -120,14 +121,10 @@ def stage_row(name: str, truth: np.ndarray, labels: np.ndarray, evidence: Eviden
               params: DetectionParams) -> str:
     """A row of the stage table: area-weighted fractions over the pair's buildings."""
     losses = stage_losses(truth, evidence.regions, labels)
-    w = np.array([b["area_px"] for b in losses])
-
-    def mean(key: str) -> float:
-        return float(np.average([b[key] for b in losses], weights=w)) if w.size else 0.0
-
+    b = pooled_stage_losses(losses)
     kept, total = outlines_kept(truth, evidence, params)
-    return (f"| {name} | {len(losses)} | {mean('not_candidate'):.2f} | {mean('rejected'):.2f} "
-            f"| {mean('kept'):.2f} | {mean('overgrowth'):+.2f} | {kept} of {total} |")
+    return (f"| {name} | {len(losses)} | {b['not_candidate']:.2f} | {b['rejected']:.2f} "
+            f"| {b['kept']:.2f} | {b['overgrowth']:+.2f} | {kept} of {total} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="score these region classifier weights instead of the shipped "
                          "ones (e.g. a model written by train_regions.py --out)")
     args = ap.parse_args(argv)
-    params = DetectionParams()
-    if args.model is not None:
-        with np.load(args.model) as z:
-            params = DetectionParams(model={k: z[k] for k in z.files})
+    params = DetectionParams(model=load_model(args.model) if args.model is not None else None)
     root = args.data.resolve()
     if not (root / "A").is_dir():
         print(f"no LEVIR data at {root}", file=sys.stderr)

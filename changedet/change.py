@@ -782,7 +782,11 @@ def pixel_features(maps: dict[str, np.ndarray], before: np.ndarray, after: np.nd
     return out
 
 
-def _load_model(path: Path | None = None) -> dict[str, np.ndarray]:
+def load_model(path: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Weights of a detector model (``.npz``) as arrays by name, for ``DetectionParams.model``.
+
+    None: the shipped per-pixel model (``models/detector.npz``).
+    """
     p = path or _MODEL_PATH
     with np.load(p) as z:
         return {k: z[k] for k in z.files}
@@ -923,7 +927,7 @@ def new_building_evidence(
                 "homog_a": homog_a, "homog_b": homog_b, "br_a": br_a, "br_b": br_b}
         features = pixel_features(maps, b_img, a_img, valid, before.nir, pixel_m,
                                   (noise_b, noise_a))
-        model = params.model if params.model is not None else _load_model()
+        model = params.model if params.model is not None else load_model()
         prob = predict_probability(features, model)
         # A light blur (half a metre) makes the 0.5 level a smooth outline.
         prob = ndimage.gaussian_filter(prob, max(0.5, 0.5 / pixel_m))
@@ -1165,7 +1169,7 @@ def segment_new_buildings(
 
 
 def _load_region_model() -> dict[str, np.ndarray]:
-    return _load_model(_REGION_MODEL_PATH)
+    return load_model(_REGION_MODEL_PATH)
 
 
 def classify_regions(features: np.ndarray, model: dict[str, np.ndarray] | None = None

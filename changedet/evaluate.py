@@ -324,3 +324,14 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
              "kept": kept[j] / area[j],
              "overgrowth": overgrowth[j] / area[j]}
             for j in range(1, n + 1) if area[j] > 0]
+
+
+def pooled_stage_losses(losses: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Several buildings' :func:`stage_losses` as one: their total area and the
+    area-weighted mean of each fraction (zeros when there are none)."""
+    area = np.array([b["area_px"] for b in losses], dtype=float)
+    keys = ("not_candidate", "rejected", "kept", "overgrowth")
+    if area.sum() == 0:
+        return {"area_px": 0.0, **{k: 0.0 for k in keys}}
+    return {"area_px": float(area.sum()),
+            **{k: float(np.average([b[k] for b in losses], weights=area)) for k in keys}}

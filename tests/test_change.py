@@ -198,9 +198,9 @@ def test_learned_detector_finds_the_new_buildings() -> None:
 
 
 def test_shipped_model_matches_the_features() -> None:
-    from changedet.change import FEATURE_NAMES, _load_model
+    from changedet.change import FEATURE_NAMES, load_model
 
-    model = _load_model()
+    model = load_model()
     assert tuple(str(n) for n in model["feature_names"]) == FEATURE_NAMES
     assert model["W0"].shape[0] == len(FEATURE_NAMES)
 

@@ -189,3 +189,16 @@ def test_stage_losses_split_each_building_by_stage() -> None:
                      "kept": 0.0, "overgrowth": 0.0}
     assert second == {"area_px": 200.0, "not_candidate": 0.0, "rejected": 0.5,
                       "kept": 0.5, "overgrowth": 0.25}
+
+
+def test_pooled_stage_losses_weigh_by_area() -> None:
+    from changedet.evaluate import pooled_stage_losses
+
+    losses = [{"area_px": 100.0, "not_candidate": 1.0, "rejected": 0.0, "kept": 0.0,
+               "overgrowth": 0.0},
+              {"area_px": 300.0, "not_candidate": 0.0, "rejected": 0.0, "kept": 1.0,
+               "overgrowth": 0.4}]
+    assert pooled_stage_losses(losses) == {"area_px": 400.0, "not_candidate": 0.25,
+                                           "rejected": 0.0, "kept": 0.75,
+                                           "overgrowth": pytest.approx(0.3)}
+    assert pooled_stage_losses([])["kept"] == 0.0
