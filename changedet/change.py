@@ -535,8 +535,15 @@ def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
     return regions, n
 
 
-def _label_sums(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    return np.bincount(labels.ravel(), weights=values.ravel(), minlength=n + 1)
+def _labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the labelled pixels (label > 0) in raster order, and their labels.
+
+    Sums over each label taken on this list (``np.bincount(lab, weights=...)``) add
+    the same values in the same (raster) order as sums over the whole array, so they
+    are bit-identical for every label > 0, at the cost of the labelled pixels only.
+    """
+    at = np.flatnonzero(labels)
+    return at, labels.ravel()[at]
 
 
 def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
@@ -556,13 +563,25 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     """
     import shapely
 
-    cnt = np.maximum(np.bincount(regions.ravel(), minlength=n + 1).astype(float), 1.0)
-    rr, cc = np.indices(regions.shape, dtype=np.float64)
-    mr = _label_sums(rr, regions, n) / cnt
-    mc = _label_sums(cc, regions, n) / cnt
-    srr = _label_sums(rr * rr, regions, n) / cnt - mr * mr
-    scc = _label_sums(cc * cc, regions, n) / cnt - mc * mc
-    src = _label_sums(rr * cc, regions, n) / cnt - mr * mc
+    # Every per-region sum runs over the list of region pixels (a fraction of the
+    # array), in raster order: the same sums as over the whole array.
+    at, lab = _labelled_pixels(regions)
+
+    def sums(values: np.ndarray) -> np.ndarray:
+        return np.bincount(lab, weights=values, minlength=n + 1)
+
+    cnt = np.bincount(lab, minlength=n + 1).astype(float)
+    # The background's count too: a region cut by the array's border can fall
+    # outside its closed blob and be pooled with the background below.
+    cnt[0] = regions.size - at.size
+    cnt = np.maximum(cnt, 1.0)
+    rr_px, cc_px = np.divmod(at, regions.shape[1])
+    rr, cc = rr_px.astype(np.float64), cc_px.astype(np.float64)
+    mr = sums(rr) / cnt
+    mc = sums(cc) / cnt
+    srr = sums(rr * rr) / cnt - mr * mr
+    scc = sums(cc * cc) / cnt - mc * mc
+    src = sums(rr * cc) / cnt - mr * mc
     del rr, cc
     tr = srr + scc
     det = np.maximum(srr * scc - src * src, 1e-9)
@@ -571,25 +590,25 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     l2 = np.maximum(tr / 2 - disc, 0.0) + 1.0 / 12
     rect = cnt / (12.0 * np.sqrt(l1 * l2))
     elong = np.log(np.sqrt(l1 / l2))
-    # Perimeter: pixel edges between the region and anything else.
+    # Perimeter: pixel edges between the region and anything else (the array's
+    # border included: the padding differs from every label).
     perim = np.zeros(n + 1)
-    for a, b in ((regions[1:, :], regions[:-1, :]), (regions[:, 1:], regions[:, :-1])):
-        differ = a != b
-        perim += np.bincount(a[differ], minlength=n + 1) + np.bincount(b[differ], minlength=n + 1)
-    perim += (np.bincount(regions[[0, -1], :].ravel(), minlength=n + 1)
-              + np.bincount(regions[:, [0, -1]].ravel(), minlength=n + 1))
+    padded = np.pad(regions, 1, constant_values=-1).ravel()
+    at_padded = at + 2 * rr_px + regions.shape[1] + 3
+    for step in (1, -1, regions.shape[1] + 2, -regions.shape[1] - 2):
+        perim += np.bincount(lab[padded[at_padded + step] != lab], minlength=n + 1)
+    del padded, at_padded
     compact = 4 * math.pi * cnt / np.maximum(perim, 1.0) ** 2
     # Solidity: area over the area of the convex hull of the region's pixel squares.
     # The outer corners of each region's leftmost and rightmost pixel in every row
     # span that hull; all regions go to shapely in one call.
     hull_area = np.ones(n + 1)
-    rr_px, cc_px = np.nonzero(regions)
-    if rr_px.size:
-        lab = regions[rr_px, cc_px].astype(np.int64)
-        # np.nonzero is in raster order, so a stable sort by (region, row) keeps
-        # each row's pixels left to right.
-        order = np.argsort(lab * regions.shape[0] + rr_px, kind="stable")
-        key = (lab * regions.shape[0] + rr_px)[order]
+    if at.size:
+        # The pixel list is in raster order, so a stable sort by (region, row)
+        # keeps each row's pixels left to right.
+        row_key = lab.astype(np.int64) * regions.shape[0] + rr_px
+        order = np.argsort(row_key, kind="stable")
+        key = row_key[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         ends = np.r_[starts[1:], key.size] - 1
         row = rr_px[order][starts]
@@ -607,7 +626,8 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     solidity = np.minimum(cnt / np.maximum(hull_area, 1.0), 1.0)
 
     def mean(x: np.ndarray) -> np.ndarray:
-        return _label_sums(x.astype(np.float64), regions, n) / cnt
+        """Mean over each region of an (H, W) map, or of its values at ``at``."""
+        return sums((x if x.ndim == 1 else x.ravel()[at]).astype(np.float64)) / cnt
 
     stats = evidence.statistics if evidence.statistics is not None else SceneStatistics()
     med_a = stats.get("median_bright_after", lambda: evidence.bright_after[valid][::5]) + 1e-6
@@ -651,7 +671,9 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     blob_area = np.bincount(region_blob, weights=cnt, minlength=int(blobs.max()) + 1)
     blob_regions = np.bincount(region_blob, minlength=int(blobs.max()) + 1)
     an = evidence.after_normalised
+    # Chromaticity at the region pixels only (a per-pixel quantity).
     vis = an[:3] if an.shape[0] >= 3 else an
+    vis = vis.reshape(vis.shape[0], -1)[:, at]
     tot = np.maximum(vis.sum(axis=0), 1e-6)
     spread = np.zeros(n + 1)
     for c in vis[:2]:
@@ -1027,24 +1049,28 @@ def _shadow_side_fractions(labels: np.ndarray, n: int, shadow: np.ndarray,
         clockwise from grid north (up).
     """
     out = np.zeros((n + 1, _N_DIRECTIONS))
-    inside = labels > 0
+    at, lab = _labelled_pixels(labels)
+    # Padded beyond the reach with a label that is no background, so that pixels
+    # moved off the array are never part of a strip, as in a shifted copy.
+    pad = int(math.ceil(reach_px)) + 1
+    padded_labels = np.pad(labels, pad, constant_values=-1).ravel()
+    padded_shadow = np.pad(shadow, pad).ravel()
+    w = labels.shape[1] + 2 * pad
+    at = at + (at // labels.shape[1]) * 2 * pad + pad * w + pad
     for j in range(_N_DIRECTIONS):
         az = math.radians(j * 360.0 / _N_DIRECTIONS)
         dc = int(round(reach_px * math.sin(az)))
         dr = int(round(-reach_px * math.cos(az)))
-        # Move every label reach_px in direction az: the moved pixels that leave
-        # their object form the strip beside it on that side.
-        shifted = np.zeros_like(labels)
-        hs = labels.shape
-        src_r = slice(max(0, -dr), hs[0] - max(0, dr))
-        dst_r = slice(max(0, dr), hs[0] - max(0, -dr))
-        src_c = slice(max(0, -dc), hs[1] - max(0, dc))
-        dst_c = slice(max(0, dc), hs[1] - max(0, -dc))
-        shifted[dst_r, dst_c] = labels[src_r, src_c]
-        ring = (shifted > 0) & ~inside
-        lab = shifted[ring]
-        tot = np.bincount(lab, minlength=n + 1)
-        sh = np.bincount(lab, weights=shadow[ring], minlength=n + 1)
+        # Move every labelled pixel reach_px in direction az: the moved pixels that
+        # leave their object form the strip beside it on that side. A shift keeps
+        # the raster order, so the sums add the same values in the same order as
+        # over a shifted copy of the whole array, at the cost of the labelled
+        # pixels only.
+        moved = at + (dr * w + dc)
+        ring = padded_labels[moved] == 0
+        ring_lab = lab[ring]
+        tot = np.bincount(ring_lab, minlength=n + 1)
+        sh = np.bincount(ring_lab, weights=padded_shadow[moved[ring]], minlength=n + 1)
         out[:, j] = sh / np.maximum(tot, 1)
     return out
 
