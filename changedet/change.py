@@ -635,7 +635,7 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     # Rim of each region: its pixels within reach of anything else.
     reach = _disk(max(1.5, 1.5 / pixel_m))
     inside = regions > 0
-    blob = ndimage.binary_fill_holes(ndimage.binary_closing(inside, reach))
+    blob = _fill_holes(ndimage.binary_closing(inside, reach))
     faces_land = inside & ~ndimage.binary_erosion(blob, reach, border_value=0)
     no_land = np.where(inside, regions, n + 1)
     faces_other = inside & ((ndimage.grey_dilation(regions, footprint=reach) > regions)
@@ -1267,9 +1267,25 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return new_ids[labels], int(new_ids[-1])
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled: ``ndimage.binary_fill_holes(mask)``, faster.
+
+    A hole is a component of the background (4-connected, as scipy's default
+    structure) that does not touch the array's border. One labelling of the
+    background finds them all at once, where scipy propagates the background
+    inwards from the border by repeated dilations.
+    """
+    background, n = ndimage.label(~mask)
+    reaches_border = np.zeros(n + 1, bool)
+    for side in (background[0], background[-1], background[:, 0], background[:, -1]):
+        reaches_border[side] = True
+    reaches_border[0] = False  # the mask's own pixels
+    return ~reaches_border[background]
+
+
 def _fill_small_holes(labels: np.ndarray, max_hole_px: float) -> np.ndarray:
     mask = labels > 0
-    holes = ndimage.binary_fill_holes(mask) & ~mask
+    holes = _fill_holes(mask) & ~mask
     hl, nh = ndimage.label(holes)
     if nh == 0:
         return labels

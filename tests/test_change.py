@@ -383,3 +383,19 @@ def test_shadow_side_fractions_equal_shifted_copies_of_the_array() -> None:
         tot = np.bincount(shifted[ring], minlength=n + 1)
         sh = np.bincount(shifted[ring], weights=shadow[ring], minlength=n + 1)
         np.testing.assert_array_equal(got[:, j], sh / np.maximum(tot, 1))
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_fill_holes_equals_scipy(seed: int) -> None:
+    """Holes found by labelling the background are scipy's, border cases included."""
+    from changedet.change import _fill_holes
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.gaussian_filter(rng.random((64, 80)), 1.0) > 0.5
+    mask[0, :] = mask[:, -1] = False  # open sides next to closed ones
+    mask[-1, :] = True
+    assert (ndimage.binary_fill_holes(mask) & ~mask).any()
+    np.testing.assert_array_equal(_fill_holes(mask), ndimage.binary_fill_holes(mask))
+    for empty_or_full in (np.zeros((5, 7), bool), np.ones((5, 7), bool)):
+        np.testing.assert_array_equal(_fill_holes(empty_or_full),
+                                      ndimage.binary_fill_holes(empty_or_full))
