@@ -1036,8 +1036,14 @@ def _otsu_on_fixed_bins(values: np.ndarray, lo: float, hi: float) -> float | Non
 
 
 def _disk(radius_px: float) -> np.ndarray:
+    """Pixels within ``radius_px`` of the centre (at least the centre itself).
+
+    The array is no larger than the disk: a ring of False around it would only make
+    scipy's filters slower (and keeps a full square, e.g. radius 1.5, from their
+    separable path).
+    """
     r = max(radius_px, 0.5)
-    n = int(math.ceil(r))
+    n = int(math.floor(math.sqrt(r * r + 1e-9)))
     yy, xx = np.mgrid[-n : n + 1, -n : n + 1]
     return (xx * xx + yy * yy) <= r * r + 1e-9
 

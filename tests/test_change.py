@@ -399,3 +399,18 @@ def test_fill_holes_equals_scipy(seed: int) -> None:
     for empty_or_full in (np.zeros((5, 7), bool), np.ones((5, 7), bool)):
         np.testing.assert_array_equal(_fill_holes(empty_or_full),
                                       ndimage.binary_fill_holes(empty_or_full))
+
+
+@pytest.mark.parametrize("radius", [0.2, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.99, 5.0, 7.5])
+def test_disk_is_no_larger_than_the_disk(radius: float) -> None:
+    """No ring of False around the disk (it would only slow the filters down)."""
+    from changedet.change import _disk
+
+    d = _disk(radius)
+    n = d.shape[0] // 2
+    yy, xx = np.mgrid[-n:n + 1, -n:n + 1]
+    r = max(radius, 0.5)
+    np.testing.assert_array_equal(d, xx * xx + yy * yy <= r * r + 1e-9)
+    assert d[0].any() and d[:, 0].any()
+    # Nothing beyond the array is within the radius.
+    assert (n + 1) ** 2 > r * r + 1e-9
