@@ -421,8 +421,7 @@ def colour_regions(domain: np.ndarray, colour_edges: np.ndarray, pixel_m: float,
         return np.zeros(domain.shape, np.int32)
     # Pixels farther than the neck from any non-core pixel: an erosion by a disk, the
     # same set as thresholding the distance transform at a fraction of its cost.
-    markers, n = ndimage.label(ndimage.binary_erosion(core, _disk(max(1.0, neck_m / pixel_m)),
-                                                      border_value=1))
+    markers, n = ndimage.label(_erode_disk(core, max(1.0, neck_m / pixel_m), border_value=1))
     # Cores narrower than the neck everywhere (a small roof) keep one marker each.
     has_marker = np.zeros(n_core + 1, bool)
     has_marker[np.unique(core_labels[markers > 0])] = True
@@ -513,13 +512,15 @@ def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
     # half the automatic threshold keeps roofs on ground that changed as much.
     cand = (evidence.score > max(params.min_sigma, CANDIDATE_FRACTION * evidence.threshold)) & valid
     # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
-    cand = ndimage.binary_closing(cand, _disk(0.5 * params.min_width_m / pixel_m)) & valid
+    # (Closing and opening by a disk, as ndimage.binary_closing/binary_opening.)
+    half_width = 0.5 * params.min_width_m / pixel_m
+    cand = _erode_disk(_dilate_disk(cand, half_width), half_width) & valid
     # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
-    cand = ndimage.binary_opening(cand, _disk(0.5 * params.min_width_m / pixel_m))
+    cand = _dilate_disk(_erode_disk(cand, half_width), half_width)
     # The texture term misses a rim of a pixel or two along every outline: the
     # regions may reach two metres beyond the candidates where the change itself
     # (shadow discounted) stays above half the threshold.
-    near = ndimage.binary_dilation(cand, _disk(max(1.5, 2.0 / pixel_m)))
+    near = _dilate_disk(cand, max(1.5, 2.0 / pixel_m))
     level = max(params.min_sigma, 0.5 * evidence.threshold)
     domain = cand | (near & (evidence.extent > level) & valid)
     regions = colour_regions(domain, evidence.colour_edges, pixel_m)
@@ -637,10 +638,12 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     med_a = stats.get("median_bright_after", lambda: evidence.bright_after[valid][::5]) + 1e-6
     med_b = stats.get("median_bright_before", lambda: evidence.bright_before[valid][::5]) + 1e-6
     # Rim of each region: its pixels within reach of anything else.
-    reach = _disk(max(1.5, 1.5 / pixel_m))
+    reach_px = max(1.5, 1.5 / pixel_m)
+    reach = _disk(reach_px)
     inside = regions > 0
-    blob = _fill_holes(ndimage.binary_closing(inside, reach))
-    faces_land = inside & ~ndimage.binary_erosion(blob, reach, border_value=0)
+    # A closing (ndimage.binary_closing) with its holes filled.
+    blob = _fill_holes(_erode_disk(_dilate_disk(inside, reach_px), reach_px))
+    faces_land = inside & ~_erode_disk(blob, reach_px)
     no_land = np.where(inside, regions, n + 1)
     faces_other = inside & ((ndimage.grey_dilation(regions, footprint=reach) > regions)
                             | (ndimage.grey_erosion(no_land, footprint=reach) < regions))
@@ -655,7 +658,7 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     # like a roof's corner). The array's own border is left out: a window's border
     # inside the scene is not the data's edge, and a windowed run must judge each
     # region as the whole scene does.
-    beyond = ndimage.binary_dilation(~valid, reach, border_value=0)
+    beyond = _dilate_disk(~valid, reach_px)
     data_edge = np.bincount(regions[rim & beyond], minlength=n + 1) / rim_cnt
     # One-sided shadow: new darkness beside the region in its best direction, minus
     # the opposite side (a roof casts it on one side; flat ground on none).
@@ -1046,6 +1049,67 @@ def _disk(radius_px: float) -> np.ndarray:
     n = int(math.floor(math.sqrt(r * r + 1e-9)))
     yy, xx = np.mgrid[-n : n + 1, -n : n + 1]
     return (xx * xx + yy * yy) <= r * r + 1e-9
+
+
+def _disk_rectangles(radius_px: float) -> list[tuple[int, int]]:
+    """Half-heights and half-widths of the rectangles whose union is ``_disk(radius_px)``.
+
+    The disk's half-width shrinks from its middle row outwards, so each rectangle
+    spans the rows up to ``dy`` from the middle at the half-width of row ``dy``;
+    those within a wider and as tall one are left out.
+    """
+    disk = _disk(radius_px)
+    n = disk.shape[0] // 2
+    half_widths = disk[n:].sum(axis=1) // 2
+    return [(dy, int(half_widths[dy])) for dy in range(n + 1)
+            if dy == n or half_widths[dy] > half_widths[dy + 1]]
+
+
+def _spread(mask: np.ndarray, k: int, axis: int, erode: bool, border_value: int) -> np.ndarray:
+    """OR (dilation) or AND (erosion) of ``mask`` shifted by -k..k along ``axis``;
+    pixels beyond the array count as False when dilating, ``border_value`` when
+    eroding."""
+    out = mask.copy()
+    if k == 0:
+        return out
+    o = np.moveaxis(out, axis, 0)
+    m = np.moveaxis(mask, axis, 0)
+    combine = np.logical_and if erode else np.logical_or
+    for s in range(1, k + 1):
+        combine(o[s:], m[:-s], out=o[s:])
+        combine(o[:-s], m[s:], out=o[:-s])
+    if erode and not border_value:
+        o[:k] = False
+        o[-k:] = False
+    return out
+
+
+def _dilate_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """``ndimage.binary_dilation(mask, _disk(radius_px))``, a few times faster.
+
+    A disk is a union of rectangles (:func:`_disk_rectangles`), and a rectangle
+    dilates row-wise then column-wise; each step is an OR of shifted slices, which
+    numpy runs on whole rows, where scipy visits every offset of the disk at every
+    pixel. Pure set operations: the result is identical.
+    """
+    mask = np.asarray(mask, bool)
+    out = None
+    for dy, dx in _disk_rectangles(radius_px):
+        part = _spread(_spread(mask, dy, 0, False, 0), dx, 1, False, 0)
+        out = part if out is None else np.logical_or(out, part, out=out)
+    return out
+
+
+def _erode_disk(mask: np.ndarray, radius_px: float, border_value: int = 0) -> np.ndarray:
+    """``ndimage.binary_erosion(mask, _disk(radius_px), border_value=border_value)``,
+    a few times faster: the erosion by a union of rectangles is the intersection
+    of the erosions by each (see :func:`_dilate_disk`)."""
+    mask = np.asarray(mask, bool)
+    out = None
+    for dy, dx in _disk_rectangles(radius_px):
+        part = _spread(_spread(mask, dy, 0, True, border_value), dx, 1, True, border_value)
+        out = part if out is None else np.logical_and(out, part, out=out)
+    return out
 
 
 def _shadow_side_fractions(labels: np.ndarray, n: int, shadow: np.ndarray,

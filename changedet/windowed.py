@@ -44,7 +44,7 @@ from scipy import ndimage
 
 from ._log import logger
 from .aoi import keep_labels_in_aoi
-from .change import (DetectionParams, SceneStatistics, _disk, detect_new_buildings,
+from .change import (DetectionParams, SceneStatistics, _dilate_disk, detect_new_buildings,
                      new_building_evidence)
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
@@ -236,7 +236,7 @@ def detect_window(task: WindowTask) -> WindowResult:
     support = labels > 0
     if evidence.regions is not None:
         support |= evidence.regions > 0
-    groups, n_groups = ndimage.label(ndimage.binary_dilation(support, _disk(task.group_px)))
+    groups, n_groups = ndimage.label(_dilate_disk(support, task.group_px))
     if n_groups == 0:
         return WindowResult(w, [], None if task.retry else block, [])
     # The untrusted rim: within margin of a window edge that is not the grid's edge.

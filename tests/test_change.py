@@ -414,3 +414,21 @@ def test_disk_is_no_larger_than_the_disk(radius: float) -> None:
     assert d[0].any() and d[:, 0].any()
     # Nothing beyond the array is within the radius.
     assert (n + 1) ** 2 > r * r + 1e-9
+
+
+@pytest.mark.parametrize("shape", [(50, 61), (7, 3), (1, 9), (30, 1)])
+@pytest.mark.parametrize("radius", [0.5, 1.5, 2.0, 3.0, 4.2, 7.5])
+def test_disk_morphology_equals_scipy(shape: tuple[int, int], radius: float) -> None:
+    """Dilation and erosion by a disk from shifted slices are scipy's, at the border too."""
+    from changedet.change import _dilate_disk, _disk, _erode_disk
+
+    rng = np.random.default_rng(7)
+    disk = _disk(radius)
+    for level in (0.3, 0.6, 0.9):
+        mask = ndimage.gaussian_filter(rng.random(shape), 1.0) > 0.5 if level == 0.6 \
+            else rng.random(shape) > level
+        np.testing.assert_array_equal(_dilate_disk(mask, radius),
+                                      ndimage.binary_dilation(mask, disk))
+        for border in (0, 1):
+            np.testing.assert_array_equal(_erode_disk(mask, radius, border),
+                                          ndimage.binary_erosion(mask, disk, border_value=border))
