@@ -662,15 +662,16 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     data_edge = np.bincount(regions[rim & beyond], minlength=n + 1) / rim_cnt
     # One-sided shadow: new darkness beside the region in its best direction, minus
     # the opposite side (a roof casts it on one side; flat ground on none).
-    shadow_reach = max(1.0, 3.0 / pixel_m)
-    frac = _shadow_side_fractions(regions, n, evidence.new_shadow, shadow_reach)
-    contrast = (frac - np.roll(frac, _N_DIRECTIONS // 2, axis=1)).max(axis=1)
     # The same with darkness relative to the brightest ground nearby, which finds a
-    # shadow on bright earth that the absolute shadow map misses.
+    # shadow on bright earth that the absolute shadow map misses. (Both maps are
+    # measured on the same strips, found once.)
+    shadow_reach = max(1.0, 3.0 / pixel_m)
     size = max(3, int(round(15.0 / pixel_m)) | 1)
     ref = ndimage.maximum_filter(ndimage.uniform_filter(evidence.bright_after, 3), size)
     dark = np.clip(1.0 - evidence.bright_after / (ref + 1e-6), 0.0, 1.0)
-    dfrac = _shadow_side_fractions(regions, n, dark.astype(np.float32), shadow_reach)
+    frac, dfrac = _shadow_side_fractions(
+        regions, n, [evidence.new_shadow, dark.astype(np.float32)], shadow_reach)
+    contrast = (frac - np.roll(frac, _N_DIRECTIONS // 2, axis=1)).max(axis=1)
     dcontrast = (dfrac - np.roll(dfrac, _N_DIRECTIONS // 2, axis=1)).max(axis=1)
     blobs, _ = ndimage.label(blob)
     region_blob = np.zeros(n + 1, np.int64)
@@ -1112,23 +1113,35 @@ def _erode_disk(mask: np.ndarray, radius_px: float, border_value: int = 0) -> np
     return out
 
 
-def _shadow_side_fractions(labels: np.ndarray, n: int, shadow: np.ndarray,
-                           reach_px: float) -> np.ndarray:
+def _shadow_side_fractions(labels: np.ndarray, n: int,
+                           shadow: np.ndarray | Sequence[np.ndarray],
+                           reach_px: float) -> np.ndarray | list[np.ndarray]:
     """Mean shadow just beyond each object's edge, in each probe direction.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+    n : int
+        Largest label.
+    shadow : (H, W) ndarray, or a sequence of them
+        Shadow map(s); several maps are measured on the same strips, found once.
+    reach_px : float
+        Distance of the strips from the edge.
 
     Returns
     -------
-    (n + 1, D) ndarray of float
+    (n + 1, D) ndarray of float, or a list of them (one per map)
         Row ``k`` for label ``k``; column ``j`` for direction ``j * 360 / D`` degrees
         clockwise from grid north (up).
     """
-    out = np.zeros((n + 1, _N_DIRECTIONS))
+    maps = [shadow] if isinstance(shadow, np.ndarray) else list(shadow)
+    out = [np.zeros((n + 1, _N_DIRECTIONS)) for _ in maps]
     at, lab = _labelled_pixels(labels)
     # Padded beyond the reach with a label that is no background, so that pixels
     # moved off the array are never part of a strip, as in a shifted copy.
     pad = int(math.ceil(reach_px)) + 1
     padded_labels = np.pad(labels, pad, constant_values=-1).ravel()
-    padded_shadow = np.pad(shadow, pad).ravel()
+    padded_maps = [np.pad(m, pad).ravel() for m in maps]
     w = labels.shape[1] + 2 * pad
     at = at + (at // labels.shape[1]) * 2 * pad + pad * w + pad
     for j in range(_N_DIRECTIONS):
@@ -1143,10 +1156,12 @@ def _shadow_side_fractions(labels: np.ndarray, n: int, shadow: np.ndarray,
         moved = at + (dr * w + dc)
         ring = padded_labels[moved] == 0
         ring_lab = lab[ring]
+        ring_at = moved[ring]
         tot = np.bincount(ring_lab, minlength=n + 1)
-        sh = np.bincount(ring_lab, weights=padded_shadow[moved[ring]], minlength=n + 1)
-        out[:, j] = sh / np.maximum(tot, 1)
-    return out
+        for o, m in zip(out, padded_maps):
+            sh = np.bincount(ring_lab, weights=m[ring_at], minlength=n + 1)
+            o[:, j] = sh / np.maximum(tot, 1)
+    return out[0] if isinstance(shadow, np.ndarray) else out
 
 
 def _estimate_sun(frac: np.ndarray, areas: np.ndarray) -> float | None:

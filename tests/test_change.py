@@ -372,6 +372,10 @@ def test_shadow_side_fractions_equal_shifted_copies_of_the_array() -> None:
     shadow = np.random.default_rng(4).random(labels.shape).astype(np.float32)
     reach = 3.0
     got = _shadow_side_fractions(labels, n, shadow, reach)
+    # Several maps at once: each as if alone.
+    pair = _shadow_side_fractions(labels, n, [shadow, 1 - shadow], reach)
+    np.testing.assert_array_equal(pair[0], got)
+    np.testing.assert_array_equal(pair[1], _shadow_side_fractions(labels, n, 1 - shadow, reach))
     h, w = labels.shape
     for j in range(_N_DIRECTIONS):
         az = math.radians(j * 360.0 / _N_DIRECTIONS)
