@@ -639,15 +639,14 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     med_b = stats.get("median_bright_before", lambda: evidence.bright_before[valid][::5]) + 1e-6
     # Rim of each region: its pixels within reach of anything else.
     reach_px = max(1.5, 1.5 / pixel_m)
-    reach = _disk(reach_px)
     inside = regions > 0
     # A closing (ndimage.binary_closing) with its holes filled.
     blob = _fill_holes(_erode_disk(_dilate_disk(inside, reach_px), reach_px))
     faces_land = inside & ~_erode_disk(blob, reach_px)
     no_land = np.where(inside, regions, n + 1)
-    faces_other = inside & ((ndimage.grey_dilation(regions, footprint=reach) > regions)
-                            | (ndimage.grey_erosion(no_land, footprint=reach) < regions))
-    rim = faces_land | faces_other | (inside & (ndimage.grey_erosion(regions, footprint=reach) == 0))
+    faces_other = inside & ((_grey_disk(regions, reach_px, np.maximum) > regions)
+                            | (_grey_disk(no_land, reach_px, np.minimum) < regions))
+    rim = faces_land | faces_other | (inside & (_grey_disk(regions, reach_px, np.minimum) == 0))
     rim_cnt = np.maximum(np.bincount(regions[rim], minlength=n + 1).astype(float), 1.0)
     land = np.bincount(regions[faces_land], minlength=n + 1) / rim_cnt
     other = np.bincount(regions[faces_other], minlength=n + 1) / rim_cnt
@@ -1066,51 +1065,65 @@ def _disk_rectangles(radius_px: float) -> list[tuple[int, int]]:
             if dy == n or half_widths[dy] > half_widths[dy + 1]]
 
 
-def _spread(mask: np.ndarray, k: int, axis: int, erode: bool, border_value: int) -> np.ndarray:
-    """OR (dilation) or AND (erosion) of ``mask`` shifted by -k..k along ``axis``;
-    pixels beyond the array count as False when dilating, ``border_value`` when
-    eroding."""
-    out = mask.copy()
+def _spread(image: np.ndarray, k: int, axis: int, combine: np.ufunc,
+            border: bool | None = None) -> np.ndarray:
+    """``combine`` (e.g. np.logical_or, np.minimum) of ``image`` shifted by -k..k
+    along ``axis``. Pixels beyond the array are left out; with ``border``, the
+    pixels within ``k`` of either end are set to it instead (a binary erosion with
+    ``border_value=0``)."""
+    out = image.copy()
     if k == 0:
         return out
     o = np.moveaxis(out, axis, 0)
-    m = np.moveaxis(mask, axis, 0)
-    combine = np.logical_and if erode else np.logical_or
+    m = np.moveaxis(image, axis, 0)
     for s in range(1, k + 1):
         combine(o[s:], m[:-s], out=o[s:])
         combine(o[:-s], m[s:], out=o[:-s])
-    if erode and not border_value:
-        o[:k] = False
-        o[-k:] = False
+    if border is not None:
+        o[:k] = border
+        o[-k:] = border
+    return out
+
+
+def _disk_filter(image: np.ndarray, radius_px: float, combine: np.ufunc,
+                 border: bool | None = None) -> np.ndarray:
+    """``combine`` of ``image`` over ``_disk(radius_px)`` around each pixel.
+
+    A disk is a union of rectangles (:func:`_disk_rectangles`), and a rectangle is
+    separable: each step combines shifted slices, which numpy runs on whole rows,
+    where scipy visits every offset of the disk at every pixel. With an OR or a
+    maximum the result over the union is that of the parts; with an AND or a
+    minimum too. Pixels beyond the array are left out (see :func:`_spread`).
+    """
+    out = None
+    for dy, dx in _disk_rectangles(radius_px):
+        part = _spread(_spread(image, dy, 0, combine, border), dx, 1, combine, border)
+        out = part if out is None else combine(out, part, out=out)
     return out
 
 
 def _dilate_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
-    """``ndimage.binary_dilation(mask, _disk(radius_px))``, a few times faster.
-
-    A disk is a union of rectangles (:func:`_disk_rectangles`), and a rectangle
-    dilates row-wise then column-wise; each step is an OR of shifted slices, which
-    numpy runs on whole rows, where scipy visits every offset of the disk at every
-    pixel. Pure set operations: the result is identical.
-    """
-    mask = np.asarray(mask, bool)
-    out = None
-    for dy, dx in _disk_rectangles(radius_px):
-        part = _spread(_spread(mask, dy, 0, False, 0), dx, 1, False, 0)
-        out = part if out is None else np.logical_or(out, part, out=out)
-    return out
+    """``ndimage.binary_dilation(mask, _disk(radius_px))``, a few times faster
+    (:func:`_disk_filter`); pure set operations, so the result is identical."""
+    return _disk_filter(np.asarray(mask, bool), radius_px, np.logical_or)
 
 
 def _erode_disk(mask: np.ndarray, radius_px: float, border_value: int = 0) -> np.ndarray:
     """``ndimage.binary_erosion(mask, _disk(radius_px), border_value=border_value)``,
-    a few times faster: the erosion by a union of rectangles is the intersection
-    of the erosions by each (see :func:`_dilate_disk`)."""
-    mask = np.asarray(mask, bool)
-    out = None
-    for dy, dx in _disk_rectangles(radius_px):
-        part = _spread(_spread(mask, dy, 0, True, border_value), dx, 1, True, border_value)
-        out = part if out is None else np.logical_and(out, part, out=out)
-    return out
+    a few times faster (:func:`_disk_filter`)."""
+    return _disk_filter(np.asarray(mask, bool), radius_px, np.logical_and,
+                        None if border_value else False)
+
+
+def _grey_disk(image: np.ndarray, radius_px: float, combine: np.ufunc) -> np.ndarray:
+    """``ndimage.grey_dilation`` (``combine=np.maximum``) or ``grey_erosion``
+    (``np.minimum``) with ``footprint=_disk(radius_px)``, a few times faster.
+
+    scipy reflects the array at its border; for a disk, which holds every offset
+    nearer the centre along each axis, the reflected pixels are among those the
+    disk already covers inside the array, so leaving the outside out is the same.
+    """
+    return _disk_filter(image, radius_px, combine)
 
 
 def _shadow_side_fractions(labels: np.ndarray, n: int,

@@ -436,3 +436,18 @@ def test_disk_morphology_equals_scipy(shape: tuple[int, int], radius: float) -> 
         for border in (0, 1):
             np.testing.assert_array_equal(_erode_disk(mask, radius, border),
                                           ndimage.binary_erosion(mask, disk, border_value=border))
+
+
+@pytest.mark.parametrize("shape", [(50, 61), (7, 3), (1, 9), (30, 1), (2, 2)])
+@pytest.mark.parametrize("radius", [0.5, 1.5, 2.0, 3.0, 4.2, 7.5])
+def test_grey_disk_filters_equal_scipy(shape: tuple[int, int], radius: float) -> None:
+    """Grey dilation and erosion by a disk, leaving the outside out, are scipy's
+    (which reflects the array at its border)."""
+    from changedet.change import _disk, _grey_disk
+
+    labels = np.random.default_rng(8).integers(0, 20, shape).astype(np.int32)
+    disk = _disk(radius)
+    np.testing.assert_array_equal(_grey_disk(labels, radius, np.maximum),
+                                  ndimage.grey_dilation(labels, footprint=disk))
+    np.testing.assert_array_equal(_grey_disk(labels, radius, np.minimum),
+                                  ndimage.grey_erosion(labels, footprint=disk))
