@@ -595,6 +595,7 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     # border included: the padding differs from every label).
     perim = np.zeros(n + 1)
     padded = np.pad(regions, 1, constant_values=-1).ravel()
+    # Pixel (r, c) is (r + 1, c + 1) in the padded array, W + 2 wide.
     at_padded = at + 2 * rr_px + regions.shape[1] + 3
     for step in (1, -1, regions.shape[1] + 2, -regions.shape[1] - 2):
         perim += np.bincount(lab[padded[at_padded + step] != lab], minlength=n + 1)
