@@ -212,6 +212,32 @@ def labelled_regions(before, after, truth) -> tuple[np.ndarray, np.ndarray, np.n
     return feats, roof / np.maximum(count, 1), count
 
 
+def fit_ensemble(x: np.ndarray, y: np.ndarray, w: np.ndarray, samples: int
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fit the perceptron ensemble on features ``x`` (n, F), labels ``y`` (n,) and
+    sampling weights ``w`` (n,); return the model arrays (as ``classify_regions``
+    takes them) and the ensemble's mean vote on ``x``."""
+    from sklearn.neural_network import MLPClassifier
+
+    mean = x.mean(0)
+    scale = x.std(0) + 1e-6
+    # An ensemble of perceptrons, each on its own weighted resample, averages away
+    # the whims of any one fit.
+    model: dict[str, np.ndarray] = {"mean": mean.astype(np.float32),
+                                    "scale": scale.astype(np.float32),
+                                    "n_members": np.array(N_MEMBERS)}
+    votes = np.zeros(len(x))
+    for m in range(N_MEMBERS):
+        rng = np.random.default_rng(m)
+        pick = rng.choice(len(x), size=samples, p=w / w.sum())
+        clf = MLPClassifier(hidden_layer_sizes=(16,), alpha=1e-2, max_iter=2000,
+                            random_state=m)
+        clf.fit((x[pick] - mean) / scale, y[pick])
+        votes += clf.predict_proba((x - mean) / scale)[:, 1]
+        model.update(mlp_arrays(clf, prefix=f"m{m}_"))
+    return model, votes / N_MEMBERS
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/changedet_train_regions"))
@@ -221,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="reuse the region features cached by an earlier run (only "
                          "when the feature code has not changed since)")
     args = ap.parse_args(argv)
-    from sklearn.neural_network import MLPClassifier
-
     xs, ys, ws = [], [], []
     tiles = [("tiles", seed, pixel) for seed, pixel in
              zip(range(N_TILES), np.resize([0.3, 0.5, 0.7, 1.0], N_TILES))]
@@ -250,23 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     x = np.concatenate(xs).astype(np.float64)
     y = np.concatenate(ys)
     w = np.concatenate(ws)
-    mean = x.mean(0)
-    scale = x.std(0) + 1e-6
-    # An ensemble of perceptrons, each on its own weighted resample, averages away
-    # the whims of any one fit.
-    model: dict[str, np.ndarray] = {"mean": mean.astype(np.float32),
-                                    "scale": scale.astype(np.float32),
-                                    "n_members": np.array(N_MEMBERS)}
-    votes = np.zeros(len(x))
-    for m in range(N_MEMBERS):
-        rng = np.random.default_rng(m)
-        pick = rng.choice(len(x), size=args.samples, p=w / w.sum())
-        clf = MLPClassifier(hidden_layer_sizes=(16,), alpha=1e-2, max_iter=2000,
-                            random_state=m)
-        clf.fit((x[pick] - mean) / scale, y[pick])
-        votes += clf.predict_proba((x - mean) / scale)[:, 1]
-        model.update(mlp_arrays(clf, prefix=f"m{m}_"))
-    accuracy = float(((votes / N_MEMBERS > 0.5) == y).mean())
+    model, votes = fit_ensemble(x, y, w, args.samples)
+    accuracy = float(((votes > 0.5) == y).mean())
     print(f"training accuracy (all regions) {accuracy:.3f}", file=sys.stderr)
     save_model(args.out, model, REGION_FEATURE_NAMES)
     return 0
