@@ -47,7 +47,7 @@ from ._log import logger
 from .errors import OutputError
 from .raster import Grid, Scene
 
-SCENARIOS = ("compound", "suburb", "none")
+SCENARIOS = ("compound", "suburb", "none", "demolition")
 
 #: Centre of the default scene: the Kumsusan Palace area, Pyongyang, in EPSG:32651.
 _DEFAULT_CENTRE = (741300.0, 4328250.0)
@@ -72,7 +72,8 @@ class SynthParams:
     Attributes
     ----------
     scenario : str
-        ``"compound"``, ``"suburb"`` or ``"none"``.
+        ``"compound"``, ``"suburb"``, ``"none"`` or ``"demolition"`` (houses of the
+        before date pulled down, nothing built: see :func:`_demolish`).
     seed : int
         Seed of every random choice.
     size : int
@@ -188,7 +189,7 @@ class SynthParams:
 
         Parameters
         ----------
-        scenario : {"compound", "suburb", "none"}
+        scenario : {"compound", "suburb", "none", "demolition"}
         seed : int
         size : int, optional
             Scene width and height in pixels (compound 2400, others 1024).
@@ -261,7 +262,7 @@ class SynthParams:
             airlight=float(rng.uniform(0.5, 0.7)),
             blur_px=(float(rng.uniform(0.4, 0.8)), float(rng.uniform(0.4, 0.8))),
             noise_dn=(float(rng.uniform(1.0, 3.0)), float(rng.uniform(1.0, 3.0))),
-            n_new=3 if scenario == "compound" else (0 if scenario == "none" else 60),
+            n_new=3 if scenario == "compound" else (60 if scenario == "suburb" else 0),
         )
         return params
 
@@ -811,11 +812,39 @@ def _layout_suburb(params: SynthParams, rng: np.random.Generator) -> World:
                        house_area=params.house_area_m2, fill=0.8, max_new=params.n_new)
     _non_building_changes(params, rng, world, scene)
     world.woodland_after = world.woodland
+    if params.scenario == "demolition":
+        # Its own random stream: the other scenarios' layouts stay as they were.
+        _demolish(world, safe, np.random.default_rng([params.seed, 7]))
     if params.scenario == "none":
         # nothing but season, sun, sensor and registration changes: parked cars stay
         for car in world.cars:
             car.dates = BOTH
     return world
+
+
+#: Demolition scenario: share of the houses pulled down, and what each leaves in the
+#: after date (material, texture, weight): its concrete slab, graded soil, rubble.
+DEMOLISHED_SHARE = 0.3
+_DEMOLITION_REMAINS = (("concrete", 0.04, 0.4), ("soil", 0.08, 0.3), ("spoil", 0.3, 0.3))
+
+
+def _demolish(world: World, within: Polygon, rng: np.random.Generator) -> None:
+    """Pull down a share of the houses standing in both dates, inside ``within``.
+
+    A demolished house is in the before date only; in the after date its footprint
+    (a metre wider: the walls' foundations and the machines' tracks) is a bare slab,
+    graded soil or rubble. None of it is a new building, so the truth stays empty:
+    whatever a detector reports there is false.
+    """
+    names = [m for m, _, _ in _DEMOLITION_REMAINS]
+    weights = np.array([w for _, _, w in _DEMOLITION_REMAINS])
+    for b in world.buildings:
+        if b.dates != BOTH or not within.contains(b.footprint) or rng.random() >= DEMOLISHED_SHARE:
+            continue
+        b.dates = BEFORE
+        k = int(rng.choice(len(names), p=weights / weights.sum()))
+        world.areas.append(Area(b.footprint.buffer(1.0, join_style="mitre"), names[k], AFTER,
+                                _DEMOLITION_REMAINS[k][1], ragged=0.5 if k else 0.0))
 
 
 def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float, h: float,

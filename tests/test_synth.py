@@ -199,6 +199,44 @@ def test_none_scenario_has_no_new_building():
     assert pair.before.image.shape == pair.after.image.shape
 
 
+def test_demolition_scenario_pulls_houses_down_and_builds_nothing():
+    from changedet.synth import AFTER, BEFORE, make_world
+
+    params = SynthParams.for_scenario("demolition", seed=1, size=384)
+    world = make_world(params)
+    gone = [b for b in world.buildings if b.dates == BEFORE]
+    assert gone and not any(b.new for b in world.buildings)
+    # Each demolished house leaves a slab, soil or rubble on its footprint after.
+    remains = [a.geom for a in world.areas if a.dates == AFTER]
+    for b in gone:
+        assert any(g.contains(b.footprint) for g in remains)
+    pair = make_synthetic_pair(params)
+    assert pair.truth_polygons == [] and not pair.truth_mask.any()
+    # The houses pulled down are in the before image only: once registered, their
+    # footprints change between the dates more than those of the houses kept.
+    aligned = align_pair(pair.before, pair.after)
+    after = warp_scene(aligned.after_source, aligned.grid, Affine.translation(*pair.shift_px))
+    diff = np.abs(pair.before.image[:3] - after.image[:3]).mean(axis=0)
+
+    def inside(buildings: list) -> np.ndarray:
+        return rasterio.features.rasterize([b.footprint.buffer(-1.0) for b in buildings],
+                                           out_shape=params.grid.shape,
+                                           transform=params.grid.transform).astype(bool)
+
+    kept = [b for b in world.buildings if b.dates != BEFORE]
+    assert diff[inside(gone)].mean() > 1.5 * diff[inside(kept)].mean()
+
+
+def test_demolition_draws_leave_the_other_scenarios_unchanged():
+    from changedet.synth import make_world
+
+    # The demolitions use their own random stream: the same seed lays out the same
+    # houses as "none", some of them pulled down.
+    kept = make_world(SynthParams.for_scenario("none", seed=1, size=384)).buildings
+    pulled = make_world(SynthParams.for_scenario("demolition", seed=1, size=384)).buildings
+    assert [b.footprint.wkt for b in kept] == [b.footprint.wkt for b in pulled]
+
+
 def test_cli_synth(tmp_path: Path):
     runner = CliRunner()
     out = tmp_path / "out"

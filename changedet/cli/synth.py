@@ -9,7 +9,7 @@ from .options import echo_json, handle_errors
 
 @click.command()
 @click.argument("outdir", type=click.Path(file_okay=False))
-@click.option("--scenario", type=click.Choice(["compound", "suburb", "none"]),
+@click.option("--scenario", type=click.Choice(["compound", "suburb", "none", "demolition"]),
               default="compound", show_default=True, help="What the scene contains.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--size", type=click.IntRange(128, 65536), default=None,
