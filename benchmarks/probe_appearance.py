@@ -10,7 +10,7 @@ date, and is not used by ``changedet`` itself:
 
 1. each date is over-segmented (Felzenszwalb's graph segmentation of the visible bands
    stretched between their 2nd and 98th percentiles; segments of 8 m² and more);
-2. each segment is described by its shape (from :func:`changedet.change.region_features`)
+2. each segment is described by its shape (as the region classifier sees it)
    and by its appearance measured in units of the date itself, not of its noise
    (:func:`appearance_features`);
 3. a classifier (the perceptron ensemble of ``train_regions.py``, or with
@@ -46,8 +46,8 @@ import rasterio.features
 from scipy import ndimage
 from skimage.segmentation import felzenszwalb
 
-from changedet.change import (_relabel, _shadow_side_fractions, classify_regions,
-                              detect_new_buildings, new_building_evidence, region_features)
+from changedet.change import (MAX_AREA_FEATURE_M2, _labelled_pixels, _region_shape, _relabel,
+                              _shadow_side_fractions, classify_regions, detect_new_buildings)
 from changedet.evaluate import evaluate
 from changedet.raster import Scene
 from changedet.synth import SynthParams, make_world
@@ -84,8 +84,8 @@ APPEARANCE_NAMES = ("log_bright", "bright_spread", "saturation", "greenness",
 def appearance_features(scene: Scene, pixel_m: float) -> tuple[np.ndarray, np.ndarray]:
     """(segments (H, W), features (F, n + 1, 1)) of one date.
 
-    The shape comes from :func:`region_features` (area, rectangularity, solidity,
-    compactness, elongation); the rest is measured in units of the date itself, not
+    The shape is that of the region classifier's features (area, rectangularity,
+    solidity, compactness, elongation); the rest is measured in units of the date itself, not
     of its noise: brightness over the scene median, the spread of brightness and the
     fine texture over the local brightness, saturation and greenness of the colour,
     the gradient along the segment's rim over the scene's median gradient, and the
@@ -94,9 +94,8 @@ def appearance_features(scene: Scene, pixel_m: float) -> tuple[np.ndarray, np.nd
     """
     segments, n = date_segments(scene, pixel_m)
     valid = scene.valid
-    shape = region_features(segments, n, new_building_evidence(scene, scene), valid,
-                            pixel_m)[:5, :, 0]
-    count = np.maximum(np.bincount(segments.ravel(), minlength=n + 1), 1)
+    count, *shape = _region_shape(segments, n, *_labelled_pixels(segments))
+    shape = [np.log(np.clip(count * pixel_m**2, 1.0, MAX_AREA_FEATURE_M2)), *shape]
 
     def mean(x: np.ndarray) -> np.ndarray:
         return np.bincount(segments.ravel(), weights=x.ravel(), minlength=n + 1) / count
@@ -126,7 +125,7 @@ def appearance_features(scene: Scene, pixel_m: float) -> tuple[np.ndarray, np.nd
         np.log(np.maximum(mean_bright, 1.0) / (np.median(bright[valid]) + 1e-6)), spread,
         mean(saturation), mean(greenness), mean(texture), np.log1p(rim_gradient),
         (sides - np.roll(sides, half, axis=1)).max(axis=1), sides.max(axis=1)])
-    feats = np.concatenate([shape, appearance]).astype(np.float32)[:, :, None]
+    feats = np.concatenate([np.stack(shape), appearance]).astype(np.float32)[:, :, None]
     return segments, feats
 
 

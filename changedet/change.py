@@ -547,33 +547,31 @@ def _labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return at, labels.ravel()[at]
 
 
-def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
-                    valid: np.ndarray, pixel_m: float) -> np.ndarray:
-    """Scale-free description of each candidate region, for the region classifier.
+def _region_shape(regions: np.ndarray, n: int, at: np.ndarray, lab: np.ndarray
+                  ) -> tuple[np.ndarray, ...]:
+    """Pixel count, rectangularity, solidity, compactness and elongation of each region.
 
-    Shape (rectangularity from second moments, solidity, compactness, elongation),
-    content (change, smoothness, vegetation and brightness in each date), outline
-    (colour-edge strength on the region's rim), neighbourhood (how much of the rim
-    faces unchanged land or another region, or lies on nodata; the share of its
-    blob), and the best one-sided shadow beside it in any direction.
+    Parameters
+    ----------
+    regions : (H, W) ndarray of int
+        0 background, 1..n regions.
+    n : int
+    at, lab : ndarray
+        The labelled pixels and their labels (:func:`_labelled_pixels`).
 
     Returns
     -------
-    (F, n + 1, 1) ndarray of float32
-        Column ``k`` for region ``k`` (row 0 unused), F = len(REGION_FEATURE_NAMES).
+    tuple of five (n + 1,) ndarrays of float
+        Entry ``k`` for region ``k``; the count of entry 0 is the background's.
     """
     import shapely
-
-    # Every per-region sum runs over the list of region pixels (a fraction of the
-    # array), in raster order: the same sums as over the whole array.
-    at, lab = _labelled_pixels(regions)
 
     def sums(values: np.ndarray) -> np.ndarray:
         return np.bincount(lab, weights=values, minlength=n + 1)
 
     cnt = np.bincount(lab, minlength=n + 1).astype(float)
     # The background's count too: a region cut by the array's border can fall
-    # outside its closed blob and be pooled with the background below.
+    # outside its closed blob, and region_features then pools it with the background.
     cnt[0] = regions.size - at.size
     cnt = np.maximum(cnt, 1.0)
     rr_px, cc_px = np.divmod(at, regions.shape[1])
@@ -630,6 +628,33 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
             np.stack([xs[by_id], ys[by_id]], 1), indices=pos))
         hull_area[present] = shapely.area(hulls)
     solidity = np.minimum(cnt / np.maximum(hull_area, 1.0), 1.0)
+
+    return cnt, rect, solidity, compact, elong
+
+
+def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
+                    valid: np.ndarray, pixel_m: float) -> np.ndarray:
+    """Scale-free description of each candidate region, for the region classifier.
+
+    Shape (rectangularity from second moments, solidity, compactness, elongation),
+    content (change, smoothness, vegetation and brightness in each date), outline
+    (colour-edge strength on the region's rim), neighbourhood (how much of the rim
+    faces unchanged land or another region, or lies on nodata; the share of its
+    blob), and the best one-sided shadow beside it in any direction.
+
+    Returns
+    -------
+    (F, n + 1, 1) ndarray of float32
+        Column ``k`` for region ``k`` (row 0 unused), F = len(REGION_FEATURE_NAMES).
+    """
+    # Every per-region sum runs over the list of region pixels (a fraction of the
+    # array), in raster order: the same sums as over the whole array.
+    at, lab = _labelled_pixels(regions)
+
+    def sums(values: np.ndarray) -> np.ndarray:
+        return np.bincount(lab, weights=values, minlength=n + 1)
+
+    cnt, rect, solidity, compact, elong = _region_shape(regions, n, at, lab)
 
     def mean(x: np.ndarray) -> np.ndarray:
         """Mean over each region of an (H, W) map, or of its values at ``at``."""
