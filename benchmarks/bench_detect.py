@@ -106,10 +106,12 @@ def stage_table_rows(scenario: str, seed: int, truth: np.ndarray, regions: np.nd
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenarios", nargs="+", default=["compound", "suburb", "none", "demolition"])
+    ap.add_argument("--scenarios", nargs="+",
+                    default=["compound", "suburb", "none", "demolition"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--other-seeds", type=int, default=1,
-                    help="suburb and none run on the first N of --seeds (default 1)")
+                    help="scenarios other than compound run on the first N of --seeds "
+                         "(default 1)")
     ap.add_argument("--timing", type=int, default=0,
                     help="also time a SIZE x SIZE pair (the compound pair tiled)")
     ap.add_argument("--detector", choices=["regions", "handcrafted", "learned"], default="regions")

@@ -1,8 +1,8 @@
 """False new buildings on real imagery of destruction: the Joplin tornado tiles.
 
 The tiles are read at run time from the shared data folder (described in its own
-README; nothing of it is copied here). The change they show is destruction, not
-construction, so every new building the detector reports is false. Each ``pre/``
+README; nothing of it is copied here). No building went up between the two dates, so
+every new building the detector reports is false. Each ``pre/``
 tile is paired with the ``post/`` tile that overlaps it most (the pipeline puts both
 on the pre tile's grid, whatever their CRS), and
 :func:`changedet.pipeline.run_detection` runs with default options. The table gives,

@@ -823,9 +823,11 @@ def _layout_suburb(params: SynthParams, rng: np.random.Generator) -> World:
 
 
 #: Demolition scenario: share of the houses pulled down, and what each leaves in the
-#: after date (material, texture, weight): its concrete slab, graded soil, rubble.
+#: after date (material, texture, ragged outline in m, weight): its concrete slab,
+#: graded soil, rubble.
 DEMOLISHED_SHARE = 0.3
-_DEMOLITION_REMAINS = (("concrete", 0.04, 0.4), ("soil", 0.08, 0.3), ("spoil", 0.3, 0.3))
+_DEMOLITION_REMAINS = (("concrete", 0.04, 0.0, 0.4), ("soil", 0.08, 0.5, 0.3),
+                       ("spoil", 0.3, 0.5, 0.3))
 
 
 def _demolish(world: World, within: Polygon, rng: np.random.Generator) -> None:
@@ -836,15 +838,15 @@ def _demolish(world: World, within: Polygon, rng: np.random.Generator) -> None:
     graded soil or rubble. None of it is a new building, so the truth stays empty:
     whatever a detector reports there is false.
     """
-    names = [m for m, _, _ in _DEMOLITION_REMAINS]
-    weights = np.array([w for _, _, w in _DEMOLITION_REMAINS])
+    weights = np.array([w for *_, w in _DEMOLITION_REMAINS])
     for b in world.buildings:
         if b.dates != BOTH or not within.contains(b.footprint) or rng.random() >= DEMOLISHED_SHARE:
             continue
         b.dates = BEFORE
-        k = int(rng.choice(len(names), p=weights / weights.sum()))
-        world.areas.append(Area(b.footprint.buffer(1.0, join_style="mitre"), names[k], AFTER,
-                                _DEMOLITION_REMAINS[k][1], ragged=0.5 if k else 0.0))
+        k = int(rng.choice(len(weights), p=weights / weights.sum()))
+        material, texture, ragged, _ = _DEMOLITION_REMAINS[k]
+        world.areas.append(Area(b.footprint.buffer(1.0, join_style="mitre"), material, AFTER,
+                                texture, ragged=ragged))
 
 
 def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float, h: float,

@@ -227,11 +227,11 @@ def test_demolition_scenario_pulls_houses_down_and_builds_nothing():
     assert diff[inside(gone)].mean() > 1.5 * diff[inside(kept)].mean()
 
 
-def test_demolition_draws_leave_the_other_scenarios_unchanged():
+def test_demolition_pulls_down_houses_of_the_none_layout():
     from changedet.synth import make_world
 
-    # The demolitions use their own random stream: the same seed lays out the same
-    # houses as "none", some of them pulled down.
+    # The demolitions draw from their own random stream, after the layout: the same
+    # seed lays out the same houses as "none", some of them then pulled down.
     kept = make_world(SynthParams.for_scenario("none", seed=1, size=384)).buildings
     pulled = make_world(SynthParams.for_scenario("demolition", seed=1, size=384)).buildings
     assert [b.footprint.wkt for b in kept] == [b.footprint.wkt for b in pulled]
