@@ -157,6 +157,10 @@ class DetectionParams:
         "regions" classifier (as in ``regions.npz``); None: the shipped model.
     keep_features : bool
         Keep the (F, H, W) feature stack in ``Evidence.features`` (for training).
+    outline_before : float or None
+        Regions detector: a building whose outline is on average at least this strong
+        an edge in the before date (in scene medians of the brightness gradient) was
+        already there, and is left out. None keeps every building.
     """
 
     min_area_m2: float | None = None
@@ -173,6 +177,7 @@ class DetectionParams:
     min_object_probability: float = 0.7
     model: dict[str, np.ndarray] | None = field(default=None, repr=False)
     keep_features: bool = False
+    outline_before: float | None = 3.0
 
     def resolved_min_area_m2(self, pixel_size_m: float) -> float:
         """The minimum building area in m² at this pixel size."""
@@ -210,8 +215,13 @@ class Evidence:
         Probability of new building from the learned detector (same as ``score``).
     features : (F, H, W) ndarray of float32 or None
         The detector's input features, when ``keep_features`` was asked.
+    edges_before : (H, W) ndarray of float32 or None
+        Brightness edge strength of the before date, in scene medians.
     regions : (H, W) ndarray of int32 or None
         Regions detector: the candidate regions (0 background).
+    outlined_before : int
+        Regions detector: buildings left out because their outline was already in
+        the before date (a demolition's remains, a re-roofed building).
     statistics : SceneStatistics or None
         The scene-wide statistics the maps were computed with.
     """
@@ -238,8 +248,10 @@ class Evidence:
     colour_edges: np.ndarray | None = field(default=None, repr=False)
     bright_after: np.ndarray | None = field(default=None, repr=False)
     bright_before: np.ndarray | None = field(default=None, repr=False)
+    edges_before: np.ndarray | None = field(default=None, repr=False)
     region_probability: np.ndarray | None = field(default=None, repr=False)
     regions: np.ndarray | None = field(default=None, repr=False)
+    outlined_before: int = 0
     statistics: SceneStatistics | None = field(default=None, repr=False)
 
 
@@ -319,13 +331,21 @@ def _shadow_map(bright: np.ndarray, median: float) -> np.ndarray:
     return 1.0 - _soft_above(bright, 0.5 * median, 0.1 * median)
 
 
-def _homogeneity(bright: np.ndarray, pixel_m: float, stats: SceneStatistics,
-                 name: str) -> np.ndarray:
-    """1 where the local gradient is low compared with the scene's typical gradient."""
+def _edge_strength(bright: np.ndarray, pixel_m: float, stats: SceneStatistics,
+                   name: str) -> np.ndarray:
+    """Brightness gradient magnitude (a one-metre Gaussian) over the scene's median.
+
+    About 1 on typical ground; several times that on an outline.
+    """
     s = max(0.7, 1.0 / pixel_m)
     grad = ndimage.gaussian_gradient_magnitude(bright, s)
     ref = stats.get(name, lambda: grad) + 1e-6
-    return np.clip(1.5 - grad / (2 * ref), 0.0, 1.0).astype(np.float32)
+    return (grad / ref).astype(np.float32)
+
+
+def _homogeneity(edge_strength: np.ndarray) -> np.ndarray:
+    """1 where the local gradient is low compared with the scene's typical gradient."""
+    return np.clip(1.5 - edge_strength / 2, 0.0, 1.0).astype(np.float32)
 
 
 def _same_direction(a: np.ndarray, b: np.ndarray, nir: int | None) -> np.ndarray:
@@ -941,8 +961,9 @@ def new_building_evidence(
     br_a = _brightness(a_img, after.nir)
     sh_b = _shadow_map(br_b, stats.get("median_bright_before", lambda: br_b[valid][::5]))
     sh_a = _shadow_map(br_a, stats.get("median_bright_after", lambda: br_a[valid][::5]))
-    homog_b = _homogeneity(br_b, pixel_m, stats, "median_gradient_before")
-    homog_a = _homogeneity(br_a, pixel_m, stats, "median_gradient_after")
+    edges_b = _edge_strength(br_b, pixel_m, stats, "median_gradient_before")
+    homog_b = _homogeneity(edges_b)
+    homog_a = _homogeneity(_edge_strength(br_a, pixel_m, stats, "median_gradient_after"))
     built_b = (1 - veg_b) * (1 - sh_b) * homog_b
     built_a = (1 - veg_a) * (1 - sh_a) * homog_a
     # Dark trees are vegetation, not shadow: only unvegetated dark pixels count as
@@ -1023,6 +1044,7 @@ def new_building_evidence(
         colour_edges=colour_edges,
         bright_after=br_a,
         bright_before=br_b,
+        edges_before=edges_b,
         probability=prob,
         features=features if params.keep_features else None,
         statistics=stats,
@@ -1380,9 +1402,56 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     big = areas >= min_area_px
     big[0] = False
     labels, n = ndimage.label(big[labels])
-    logger.info("segment: %d of %d candidate regions are roofs; %d new building(s)",
-                int(keep.sum()), int(prob.size - 1), n)
+    if params.outline_before is not None and evidence.edges_before is not None and n:
+        # What was built before is not new: where the outline was already an edge in
+        # the before date, the change is a demolition's remains (a slab or rubble in
+        # the old footprint) or an old roof re-covered. Typical ground measures about
+        # 1 here, mottled bare earth 2 to 3, the outline of a house 3 to 10.
+        strength = outline_strength(labels, n, evidence.edges_before, pixel_m)
+        standing = strength >= params.outline_before
+        standing[0] = False
+        evidence.outlined_before = int(standing.sum())
+        if evidence.outlined_before:
+            labels, n = ndimage.label((labels > 0) & ~standing[labels])
+    logger.info("segment: %d of %d candidate regions are roofs; %d new building(s) "
+                "(%d left out, their outline already in the before date)",
+                int(keep.sum()), int(prob.size - 1), n, evidence.outlined_before)
     return labels.astype(np.int32)
+
+
+def outline_strength(labels: np.ndarray, n: int, edges: np.ndarray,
+                     pixel_m: float) -> np.ndarray:
+    """Mean edge strength along each labelled object's outline.
+
+    The outline is the band within about a metre (at least 1.5 pixels) either side of
+    the object's boundary, the object's own in full even where another object is
+    near, so that each object is measured alike in any window that holds it.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, 1..n objects.
+    n : int
+    edges : (H, W) ndarray
+        An edge strength map, e.g. ``Evidence.edges_before``.
+    pixel_m : float
+
+    Returns
+    -------
+    (n + 1,) ndarray of float
+        Entry 0 unused (0).
+    """
+    reach = max(1.5, 1.0 / pixel_m)
+    pad = int(math.ceil(reach)) + 1
+    out = np.zeros(n + 1)
+    for k, box in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+        if box is None:
+            continue
+        box = tuple(slice(max(b.start - pad, 0), b.stop + pad) for b in box)
+        obj = labels[box] == k
+        band = _dilate_disk(obj, reach) & ~_erode_disk(obj, reach, border_value=1)
+        out[k] = float(edges[box][band].mean()) if band.any() else 0.0
+    return out
 
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:

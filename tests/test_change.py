@@ -8,7 +8,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from scipy import ndimage
 
-from changedet.change import DetectionParams, detect_new_buildings, vegetation_index
+from changedet.change import (DetectionParams, detect_new_buildings, outline_strength,
+                              vegetation_index)
 from changedet.raster import Grid, Scene
 
 GRASS = (70.0, 110.0, 50.0)
@@ -252,6 +253,62 @@ def test_roof_told_from_the_construction_earth_around_it() -> None:
     areas = _areas(labels, pixel)
     assert len(areas) == 1, areas
     assert abs(areas[0] - 1200.0) / 1200.0 < 0.03, areas
+
+
+SLAB = (200.0, 195.0, 185.0)
+
+
+@pytest.mark.parametrize("pixel", [1.0, 0.5])
+def test_demolished_house_is_not_a_new_building(pixel: float) -> None:
+    """A house pulled down to its slab changes as much as a new roof; its outline,
+    already an edge in the before date, tells it from one."""
+    before = _base(160.0, pixel, 7)
+    sun = (0.7071, -0.7071)
+    house = (30.0, 30.0, 60.0, 52.0)           # 30 x 22 m, before only
+    _shadow(before, house, sun, 6.0, pixel)
+    _paint(before, house, ROOF_NEW, pixel)
+    after = _base(160.0, pixel, 7)
+    _paint(after, house, SLAB, pixel)
+    new = (90.0, 90.0, 125.0, 118.0)           # 35 x 28 m = 980 m², after only
+    _shadow(after, new, sun, 6.0, pixel)
+    _paint(after, new, ROOF_OLD, pixel)
+
+    def found(params: DetectionParams) -> tuple[np.ndarray, int]:
+        rng = np.random.default_rng(3)
+        labels, ev = detect_new_buildings(_scene(before, pixel, rng),
+                                          _scene(after, pixel, rng), params)
+        return labels, ev.outlined_before
+
+    kept_all, n_left = found(DetectionParams(outline_before=None))
+    on_slab = np.zeros_like(kept_all, bool)
+    on_slab[int(30 / pixel):int(52 / pixel), int(30 / pixel):int(60 / pixel)] = True
+    # Without the test the slab is reported (else this test would prove nothing).
+    assert (kept_all[on_slab] > 0).mean() > 0.5
+    assert n_left == 0
+    labels, n_left = found(DetectionParams())
+    assert n_left == 1
+    assert not (labels[on_slab] > 0).any()
+    areas = _areas(labels, pixel)
+    assert len(areas) == 1 and abs(areas[0] - 980.0) / 980.0 < 0.05, areas
+
+
+def test_outline_strength_is_the_mean_of_the_band_around_each_object() -> None:
+    labels = np.zeros((60, 80), np.int32)
+    labels[10:30, 10:30] = 1
+    labels[10:30, 32:50] = 2                   # 2 px from object 1
+    labels[40:55, 60:75] = 3
+    ring = np.zeros(labels.shape, bool)
+    ring[8:32, 8:32] = True
+    ring[12:28, 12:28] = False
+    edges = np.where(ring, 5.0, 1.0)
+    strength = outline_strength(labels, 3, edges, 1.0)
+    assert strength[0] == 0.0
+    assert strength[1] > 3.0
+    assert strength[3] == pytest.approx(1.0)
+    # Each object is measured on its own band in full, whatever lies beside it.
+    alone = np.where(labels == 2, 1, 0)
+    assert strength[2] == pytest.approx(outline_strength(alone, 1, edges, 1.0)[1])
+    assert 1.0 < strength[2] < strength[1]
 
 
 def test_fixed_bin_otsu_splits_two_populations_and_ignores_the_sample_extremes() -> None:

@@ -29,7 +29,7 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from changedet.synth import SynthParams, write_synthetic_pair
 
     out = tmp_path_factory.mktemp("scenes")
-    params = SynthParams.for_scenario("suburb", seed=1, size=480)
+    params = SynthParams.for_scenario("suburb", seed=2, size=480)
     return write_synthetic_pair(params, out / "pair")
 
 
