@@ -222,6 +222,9 @@ class Evidence:
     outlined_before : int
         Regions detector: buildings left out because their outline was already in
         the before date (a demolition's remains, a re-roofed building).
+    standing_before : (H, W) ndarray of int32 or None
+        Regions detector: those buildings' labels (0 background), to report them
+        apart.
     statistics : SceneStatistics or None
         The scene-wide statistics the maps were computed with.
     """
@@ -252,6 +255,7 @@ class Evidence:
     region_probability: np.ndarray | None = field(default=None, repr=False)
     regions: np.ndarray | None = field(default=None, repr=False)
     outlined_before: int = 0
+    standing_before: np.ndarray | None = field(default=None, repr=False)
     statistics: SceneStatistics | None = field(default=None, repr=False)
 
 
@@ -1412,6 +1416,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
         standing[0] = False
         evidence.outlined_before = int(standing.sum())
         if evidence.outlined_before:
+            evidence.standing_before, _ = _relabel(np.where(standing[labels], labels, 0))
             labels, n = ndimage.label((labels > 0) & ~standing[labels])
     logger.info("segment: %d of %d candidate regions are roofs; %d new building(s) "
                 "(%d left out, their outline already in the before date)",

@@ -340,6 +340,19 @@ def building_records(buildings: Sequence[Any]) -> tuple[list[shapely.Geometry], 
     return [b.polygon for b in buildings], [b.to_properties() for b in buildings]
 
 
+def standing_records(buildings: Sequence[Any], crs: Any) -> list[dict]:
+    """``summary.json`` records of the buildings left out as standing before.
+
+    Each gives the measured areas and a point inside the outline in WGS84
+    (``lon``, ``lat``), enough to find and review it.
+    """
+    points = to_wgs84([shapely.point_on_surface(b.polygon) for b in buildings], crs)
+    return [{"id": b.id, "area_m2": round(float(b.area_m2), 1),
+             "area_m2_min": round(float(b.area_m2_min), 1),
+             "area_m2_max": round(float(b.area_m2_max), 1),
+             "lon": float(p.x), "lat": float(p.y)} for b, p in zip(buildings, points)]
+
+
 def site_records(sites: Sequence[Any], claimed: bool) -> tuple[list[shapely.Geometry],
                                                               list[dict]]:
     """Envelopes and Contract properties of :class:`changedet.measure.Site` objects.

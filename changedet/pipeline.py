@@ -81,6 +81,10 @@ class DetectionResult:
     change_path : str or None
         Windowed runs: a tiled GeoTIFF of the change mask, in a scratch folder that
         lives as long as this object.
+    standing_before : list of changedet.measure.Building
+        Changed areas in a building's shape whose outline was already there before
+        (a demolished house's remains, a re-covered roof): left out of ``buildings``
+        and reported apart.
     """
 
     buildings: list[Any]
@@ -98,6 +102,7 @@ class DetectionResult:
     aoi: shapely.Geometry | None = None
     change_path: str | None = None
     scratch: Any | None = field(default=None, repr=False)
+    standing_before: list[Any] = field(default_factory=list)
 
     def read_change_mask(self) -> np.ndarray:
         """The (H, W) uint8 change mask, from memory or from ``change_path``."""
@@ -316,8 +321,11 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     stage("detecting")
     params = DetectionParams(min_area_m2=opts.min_area_m2)
     labels, evidence = detect_new_buildings(pair.before, pair.after, params)
+    standing = evidence.standing_before
     if aoi is not None:
         labels = keep_labels_in_aoi(labels, aoi.mask)
+        if standing is not None:
+            standing = keep_labels_in_aoi(standing, aoi.mask)
     stage("measuring")
     labelled = polygons_from_labels(labels, grid)
     # A building's score: its mean probability of roof where the detector gives one,
@@ -326,6 +334,8 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                       if m is not None), evidence.score)
     scores = _label_scores(labels, score_map, [lab for lab, _ in labelled])
     measured = _measure([poly for _, poly in labelled], scores, grid, residual, opts)
+    standing_polygons = [] if standing is None else [
+        poly for _, poly in polygons_from_labels(standing, grid)]
     stage("summarising")
     valid = pair.before.valid & pair.after.valid
     if aoi is not None:
@@ -342,7 +352,8 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
         buildings=measured["buildings"], sites=measured["sites"], claim=measured["claim"],
         change_mask=change, grid=grid, crs=measured["crs"], registration=reg_summary,
         quicklooks=looks, summary={}, timings=stage.timings, labels=labels,
-        evidence=evidence, aoi=None if aoi is None else aoi.geometry)
+        evidence=evidence, aoi=None if aoi is None else aoi.geometry,
+        standing_before=_measure_standing(standing_polygons, grid, residual))
     inputs = {"before": _scene_info(scene_b), "after": _scene_info(scene_a),
               "aoi": None if aoi is None else os.fspath(opts.aoi)}
     stage.finish()
@@ -368,6 +379,21 @@ def _measure(polygons: list[shapely.Polygon], scores: list[float], grid: Grid,
                             n_sites=opts.claim_sites, basis=opts.claim_basis)
     return {"buildings": buildings, "sites": sites, "claim": claim, "crs": mcrs,
             "ground_px": ground_px, "gap_m": gap_m}
+
+
+def _measure_standing(polygons: list[shapely.Geometry], grid: Grid,
+                      residual_px: float) -> list[Any]:
+    """The buildings left out as standing before, measured as new ones are (no
+    sites), in the order given (raster order of their first pixels in both paths)."""
+    from .measure import measure_buildings, metric_crs
+
+    if polygons:
+        logger.info("%d changed area(s) shaped like a building left out: their outline "
+                    "was already in the before image (summary.json standing_before)",
+                    len(polygons))
+    mcrs = metric_crs(grid.crs, grid.bounds)
+    return measure_buildings(polygons, grid.crs, _ground_pixel_m(grid, mcrs),
+                             coreg_residual_px=residual_px)
 
 
 def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]:
@@ -468,8 +494,11 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
     stitched = run_windows(template, windows, halo, runner, change_path,
                            max_retry_px=window_px, progress=stage.within)
     stage("measuring")
-    measured = _measure([b.polygon for b in stitched.buildings],
-                        [b.score for b in stitched.buildings], grid, residual, opts)
+    new = [b for b in stitched.buildings if not b.standing_before]
+    measured = _measure([b.polygon for b in new], [b.score for b in new], grid, residual,
+                        opts)
+    standing = _measure_standing(
+        [b.polygon for b in stitched.buildings if b.standing_before], grid, residual)
     stage("summarising")
     qgrid = _decimated(grid, QUICKLOOK_PX)
     scale = qgrid.transform.a / grid.transform.a  # the whole decimation factor
@@ -491,7 +520,8 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
         buildings=measured["buildings"], sites=measured["sites"], claim=measured["claim"],
         change_mask=None, grid=grid, crs=measured["crs"], registration=reg_summary,
         quicklooks=looks, summary={}, timings=stage.timings,
-        aoi=None if aoi is None else aoi.geometry, change_path=change_path, scratch=scratch)
+        aoi=None if aoi is None else aoi.geometry, change_path=change_path, scratch=scratch,
+        standing_before=standing)
     inputs = {"before": _scene_info(header_b), "after": _scene_info(header_a),
               "aoi": None if aoi is None else os.fspath(opts.aoi)}
     stage.finish()
@@ -564,7 +594,7 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
     Everything but ``timings`` depends only on the inputs and options, so two runs
     on the same inputs give the same summary apart from ``timings``.
     """
-    from .outputs import building_records, site_records
+    from .outputs import building_records, site_records, standing_records
 
     grid = result.grid
     _, buildings = building_records(result.buildings)
@@ -575,6 +605,7 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
         "built_area_m2": round(sum(float(b.area_m2) for b in result.buildings), 2),
         "built_area_m2_min": round(sum(float(b.area_m2_min) for b in result.buildings), 2),
         "built_area_m2_max": round(sum(float(b.area_m2_max) for b in result.buildings), 2),
+        "n_standing_before": len(result.standing_before),
     }
     epsg = grid.crs.to_epsg()
     return {
@@ -590,6 +621,7 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
         "totals": totals,
         "sites": sites,
         "buildings": buildings,
+        "standing_before": standing_records(result.standing_before, result.crs),
         "claim": None if result.claim is None else result.claim.to_dict(),
         "parameters": parameters,
         "timings": result.timings,

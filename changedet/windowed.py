@@ -175,6 +175,9 @@ class FoundBuilding:
     col0: int = 0
     mask: np.ndarray | None = field(default=None, repr=False)
     cut: bool = False  # its group was still cut by the largest retry window
+    # Left out as standing before (its outline already in the before date): reported
+    # apart, never drawn in change.tif.
+    standing_before: bool = False
 
 
 @dataclass
@@ -231,8 +234,11 @@ def detect_window(task: WindowTask) -> WindowResult:
         return WindowResult(w, [], None if task.retry else block, [])
     labels, evidence = detect_new_buildings(before, after, task.params,
                                             SceneStatistics(task.statistics))
+    standing = evidence.standing_before
     if aoi_mask is not None:
         labels = keep_labels_in_aoi(labels, aoi_mask)
+        if standing is not None:
+            standing = keep_labels_in_aoi(standing, aoi_mask)
     support = labels > 0
     if evidence.regions is not None:
         support |= evidence.regions > 0
@@ -297,7 +303,31 @@ def detect_window(task: WindowTask) -> WindowResult:
             for b, lab in found:
                 b.cut = not complete[lab_group[lab]]
             found = [b for b, _ in found]
+    if standing is not None and standing.any():
+        found += _standing_buildings(standing, groups, n_groups, owned, complete, first,
+                                     evidence, pad_grid, w)
     return WindowResult(w, found, None if task.retry else block, incomplete)
+
+
+def _standing_buildings(standing: np.ndarray, groups: np.ndarray, n_groups: int,
+                        owned: np.ndarray, complete: np.ndarray, group_first: np.ndarray,
+                        evidence: Any, grid: Grid, w: Window) -> list[FoundBuilding]:
+    """The buildings left out as standing before that this window reports: those of
+    the groups it owns, as for new buildings (no masks: change.tif never shows them)."""
+    n = int(standing.max())
+    lab_group = np.maximum(_label_max(groups, standing, n), 0).astype(np.int64)
+    lab_group[0] = 0
+    keep = owned[lab_group]
+    keep[0] = False
+    if not keep.any():
+        return []
+    out = []
+    for b, lab in _buildings(np.where(keep[standing], standing, 0), keep, lab_group,
+                             group_first, evidence, grid, w, with_masks=False):
+        b.cut = not complete[lab_group[lab]]
+        b.standing_before = True
+        out.append(b)
+    return out
 
 
 def _first_pixels(labels: np.ndarray, n: int) -> np.ndarray:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 
 from changedet.change import DetectionParams
-from changedet.pipeline import _overlap_grid, run_detection
+from changedet.pipeline import DetectOptions, _overlap_grid, run_detection
 from changedet.raster import analysis_grid, read_header
 from changedet.windowed import (WindowTask, context_px, first_pass, merge_boxes, plan_windows,
                                 run_windows, sample_chips, thread_runner)
@@ -217,6 +218,35 @@ def test_unreachable_dask_scheduler_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and "dask scheduler at tcp://127.0.0.1:9" in lines[0]
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_buildings_left_out_as_standing_before_are_reported_alike_by_both_paths(
+        tmp_path: Path) -> None:
+    from changedet.outputs import write_outputs
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    pair = write_synthetic_pair(SynthParams.for_scenario("demolition", seed=0, size=512),
+                                tmp_path / "p")
+    whole = run_detection(pair["before"], pair["after"], DetectOptions(window_px=None))
+    windowed = run_detection(pair["before"], pair["after"], DetectOptions(window_px=256))
+    assert windowed.summary["parameters"]["windows"]["n"] == 4
+    assert whole.standing_before  # else this test proves nothing
+    assert (windowed.summary["standing_before"] == whole.summary["standing_before"])
+    assert whole.summary["totals"]["n_standing_before"] == len(whole.standing_before)
+    # Left out: neither a new building nor new in change.tif.
+    new = shapely.union_all([b.polygon for b in whole.buildings])
+    for s in whole.standing_before:
+        assert s.polygon.intersection(new).area < 1.0
+    write_outputs(windowed, tmp_path / "out")
+    with rasterio.open(tmp_path / "out" / "change.tif") as ds:
+        change = ds.read(1)
+        rows, cols = np.nonzero(change == 1)
+        xs, ys = ds.transform @ (cols + 0.5, rows + 0.5)
+    drawn = shapely.points(xs, ys)
+    for s in windowed.standing_before:
+        assert not shapely.contains(s.polygon, drawn).any()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert f"Left out: {len(whole.standing_before)} changed area" in html
 
 
 def test_buildings_of_still_cut_groups_are_not_reported_twice() -> None:
