@@ -147,6 +147,10 @@ class DetectOptions:
         Windows processed at once (threads); default up to 2.
     dask_scheduler : str or None
         Address of a dask.distributed scheduler that runs the windows.
+    keep_standing : bool
+        Report changed areas whose outline was already in the before image (a
+        rebuild on an old footprint, or a demolition's remains) as new buildings
+        instead of leaving them out (``DetectionParams.outline_before`` off).
     """
 
     bands: tuple[int, ...] | None = None
@@ -162,9 +166,17 @@ class DetectOptions:
     window_px: int | None = DEFAULT_WINDOW_PX
     workers: int | None = None
     dask_scheduler: str | None = None
+    keep_standing: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
+
+    def detection_params(self) -> Any:
+        """The :class:`changedet.change.DetectionParams` these options ask for."""
+        from .change import DetectionParams
+
+        params = DetectionParams(min_area_m2=self.min_area_m2)
+        return replace(params, outline_before=None) if self.keep_standing else params
 
     def local_threads(self) -> int:
         """Threads of a local run: ``workers``, else both cores of a laptop."""
@@ -301,7 +313,7 @@ def run_detection(
 def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                opts: DetectOptions, stage: _StageClock) -> DetectionResult:
     """The whole scene in memory at once."""
-    from .change import DetectionParams, detect_new_buildings
+    from .change import detect_new_buildings
     from .raster import align_pair, read_scene
     from .vectorize import polygons_from_labels
 
@@ -319,7 +331,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     pair, registration, reg_summary = _coregister(pair, opts.coreg)
     residual = float(getattr(registration, "residual_rms_px", None) or 0.0)
     stage("detecting")
-    params = DetectionParams(min_area_m2=opts.min_area_m2)
+    params = opts.detection_params()
     labels, evidence = detect_new_buildings(pair.before, pair.after, params)
     standing = evidence.standing_before
     if aoi is not None:
@@ -347,6 +359,8 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     looks = {"before": look_before, "after": quicklook(shown_after, limits)[0]}
     params_used = opts.as_dict() | {"site_gap_m": measured["gap_m"],
                                     "min_area_m2_used": params.min_area_m2,
+        "outline_before_level": params.outline_before,
+                                    "outline_before_level": params.outline_before,
                                     "threshold": float(evidence.threshold)}
     result = DetectionResult(
         buildings=measured["buildings"], sites=measured["sites"], claim=measured["claim"],
@@ -462,13 +476,12 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
                        stage: _StageClock) -> DetectionResult:
     from affine import Affine
 
-    from .change import DetectionParams
     from .raster import read_region
     from .windowed import (QUICKLOOK_PX, WindowTask, context_px, first_pass, plan_windows,
                            run_windows, temporary_change_path)
 
     stage("co-registering")
-    params = DetectionParams(min_area_m2=opts.min_area_m2)
+    params = opts.detection_params()
     first = first_pass(header_b, header_a, grid, opts.coreg, resample_before, params,
                        workers=opts.local_threads())
     registration = first.registration

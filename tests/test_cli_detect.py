@@ -276,13 +276,15 @@ def test_every_option_reaches_the_pipeline(tmp_path: Path,
                   "--site-gap-m", "15", "--aoi", str(aoi), "--claim-m2", "8000",
                   "--claim-tolerance", "0.2", "--claim-sites", "2", "--claim-basis",
                   "envelope", "--window-px", "1024", "--workers", "3", "--dask-scheduler",
-                  "tcp://10.0.0.5:8786", "-q")
+                  "tcp://10.0.0.5:8786", "--keep-standing", "-q")
     assert result.exit_code == 0, result.output
     assert record.options == DetectOptions(
         bands=(3, 2, 1), nir_band=4, coreg="local", min_area_m2=20.0, site_gap_m=15.0,
         aoi=str(aoi), claim_m2=8000.0, claim_tolerance=0.2, claim_sites=2,
         claim_basis="envelope", window_px=1024, workers=3,
-        dask_scheduler="tcp://10.0.0.5:8786")
+        dask_scheduler="tcp://10.0.0.5:8786", keep_standing=True)
+    assert record.options.detection_params().outline_before is None
+    assert DetectOptions().detection_params().outline_before is not None
 
 
 @pytest.mark.parametrize("claim, sites, verdicts", [

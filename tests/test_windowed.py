@@ -247,6 +247,14 @@ def test_buildings_left_out_as_standing_before_are_reported_alike_by_both_paths(
         assert not shapely.contains(s.polygon, drawn).any()
     html = (tmp_path / "out" / "report.html").read_text()
     assert f"Left out: {len(whole.standing_before)} changed area" in html
+    # Asked to keep them, both paths report them as new buildings instead.
+    for window_px in (None, 256):
+        kept = run_detection(pair["before"], pair["after"],
+                             DetectOptions(window_px=window_px, keep_standing=True))
+        assert not kept.standing_before
+        found = shapely.union_all([b.polygon for b in kept.buildings])
+        for s in whole.standing_before:
+            assert s.polygon.intersection(found).area > 0.9 * s.polygon.area
 
 
 def test_buildings_of_still_cut_groups_are_not_reported_twice() -> None:

@@ -108,6 +108,10 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
               help="Run the windows on this dask.distributed scheduler "
                    "(e.g. tcp://10.0.0.5:8786); inputs are read by path or URL on the workers.")
+@click.option("--keep-standing", is_flag=True,
+              help="Report changed areas whose outline was already in BEFORE (a rebuild "
+                   "on an old footprint, a demolition's remains) as new buildings; by "
+                   "default they are left out and listed in summary.json.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options
 @handle_errors
@@ -115,8 +119,8 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
            nir_band: int | None, coreg: str, min_area_m2: float | None,
            site_gap_m: float | None, claim_m2: float | None, claim_tolerance: float,
            claim_sites: int | None, claim_basis: str, window_px: int, workers: int | None,
-           dask_scheduler: str | None, overwrite: bool, cmd_verbose: int,
-           cmd_quiet: int) -> None:
+           dask_scheduler: str | None, keep_standing: bool, overwrite: bool,
+           cmd_verbose: int, cmd_quiet: int) -> None:
     """Find the buildings new in AFTER compared with BEFORE, measure them, check a claim.
 
     Writes new_buildings.geojson, sites.geojson, new_buildings.gpkg, change.tif,
@@ -139,7 +143,7 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
         bands=band_list, nir_band=nir_band, coreg=coreg, min_area_m2=min_area_m2,
         site_gap_m=site_gap_m, aoi=aoi, claim_m2=claim_m2, claim_tolerance=claim_tolerance,
         claim_sites=claim_sites, claim_basis=claim_basis, window_px=window_px,
-        workers=workers, dask_scheduler=dask_scheduler)
+        workers=workers, dask_scheduler=dask_scheduler, keep_standing=keep_standing)
     with progress_bar(verbosity) as progress:
         result = run_detection(before, after, options, progress=progress)
     write_outputs(result, outdir, overwrite=overwrite)
