@@ -1411,7 +1411,10 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
         # the before date, the change is a demolition's remains (a slab or rubble in
         # the old footprint) or an old roof re-covered. Typical ground measures about
         # 1 here, mottled bare earth 2 to 3, the outline of a house 3 to 10.
-        strength = outline_strength(labels, n, evidence.edges_before, pixel_m)
+        # Beside nodata the gradient is the step to the zeroed pixels: not measured.
+        near_nodata = _dilate_disk(~valid, 4.0 * max(0.7, 1.0 / pixel_m) + 1.0)
+        strength = outline_strength(labels, n, evidence.edges_before, pixel_m,
+                                    measured=~near_nodata)
         standing = strength >= params.outline_before
         standing[0] = False
         evidence.outlined_before = int(standing.sum())
@@ -1424,8 +1427,8 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     return labels.astype(np.int32)
 
 
-def outline_strength(labels: np.ndarray, n: int, edges: np.ndarray,
-                     pixel_m: float) -> np.ndarray:
+def outline_strength(labels: np.ndarray, n: int, edges: np.ndarray, pixel_m: float,
+                     measured: np.ndarray | None = None) -> np.ndarray:
     """Mean edge strength along each labelled object's outline.
 
     The outline is the band within about a metre (at least 1.5 pixels) either side of
@@ -1440,11 +1443,13 @@ def outline_strength(labels: np.ndarray, n: int, edges: np.ndarray,
     edges : (H, W) ndarray
         An edge strength map, e.g. ``Evidence.edges_before``.
     pixel_m : float
+    measured : (H, W) ndarray of bool, optional
+        Where ``edges`` may be measured (e.g. away from nodata); default everywhere.
 
     Returns
     -------
     (n + 1,) ndarray of float
-        Entry 0 unused (0).
+        Entry 0 unused; 0 for an object with no measured pixel in its band.
     """
     reach = max(1.5, 1.0 / pixel_m)
     pad = int(math.ceil(reach)) + 1
@@ -1455,6 +1460,8 @@ def outline_strength(labels: np.ndarray, n: int, edges: np.ndarray,
         box = tuple(slice(max(b.start - pad, 0), b.stop + pad) for b in box)
         obj = labels[box] == k
         band = _dilate_disk(obj, reach) & ~_erode_disk(obj, reach, border_value=1)
+        if measured is not None:
+            band &= measured[box]
         out[k] = float(edges[box][band].mean()) if band.any() else 0.0
     return out
 

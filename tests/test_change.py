@@ -292,6 +292,23 @@ def test_demolished_house_is_not_a_new_building(pixel: float) -> None:
     assert len(areas) == 1 and abs(areas[0] - 980.0) / 980.0 < 0.05, areas
 
 
+def test_new_building_beside_nodata_is_not_taken_for_one_standing_before() -> None:
+    """The step to zeroed nodata pixels is no outline of the before date."""
+    before = _base(160.0, 1.0, 7)
+    after = before.copy()
+    new = (60.0, 40.0, 100.0, 70.0)            # 40 x 30 m = 1200 m²
+    _shadow(after, new, (0.7071, -0.7071), 6.0, 1.0)
+    _paint(after, new, ROOF_OLD, 1.0)
+    rng = np.random.default_rng(3)
+    b, a = _scene(before, 1.0, rng), _scene(after, 1.0, rng)
+    b.valid[:, :59] = False                    # nodata from 1 m west of the roof
+    b.image[:, ~b.valid] = 0.0
+    labels, ev = detect_new_buildings(b, a)
+    assert ev.outlined_before == 0
+    areas = _areas(labels, 1.0)
+    assert len(areas) == 1 and abs(areas[0] - 1200.0) / 1200.0 < 0.03, areas
+
+
 def test_outline_strength_is_the_mean_of_the_band_around_each_object() -> None:
     labels = np.zeros((60, 80), np.int32)
     labels[10:30, 10:30] = 1
@@ -309,6 +326,11 @@ def test_outline_strength_is_the_mean_of_the_band_around_each_object() -> None:
     alone = np.where(labels == 2, 1, 0)
     assert strength[2] == pytest.approx(outline_strength(alone, 1, edges, 1.0)[1])
     assert 1.0 < strength[2] < strength[1]
+    # Only the measured pixels count; an object with none measures 0.
+    measured = np.ones(labels.shape, bool)
+    measured[:, :32] = False                   # object 2's band off the ring
+    partial = outline_strength(labels, 3, edges, 1.0, measured=measured)
+    assert partial[2] == pytest.approx(1.0) and partial[1] == 0.0
 
 
 def test_fixed_bin_otsu_splits_two_populations_and_ignores_the_sample_extremes() -> None:
