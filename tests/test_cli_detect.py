@@ -409,3 +409,21 @@ def test_the_wheel_carries_the_demo_fixture() -> None:
              for p in (root / "fixtures" / "compound").iterdir()]
     assert {"compound/before.tif", "compound/after.tif"} <= set(files)
     assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files
+
+
+def test_buildings_left_out_as_standing_before_are_named_on_stderr(tmp_path: Path) -> None:
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    pair = write_synthetic_pair(SynthParams.for_scenario("demolition", seed=0, size=512),
+                                tmp_path / "p")
+    result = _run("detect", str(pair["before"]), str(pair["after"]), "-o",
+                  str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    n = summary["totals"]["n_standing_before"]
+    assert n >= 1 and len(summary["standing_before"]) == n
+    assert f"changedet: {n} changed area(s)" in result.stderr
+    assert "standing" not in result.stdout  # stdout carries the table only
+    quiet = _run("-q", "detect", str(pair["before"]), str(pair["after"]), "-o",
+                 str(tmp_path / "q"))
+    assert quiet.exit_code == 0 and "changed area" not in quiet.stderr

@@ -148,4 +148,8 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
         result = run_detection(before, after, options, progress=progress)
     write_outputs(result, outdir, overwrite=overwrite)
     click.echo(format_table(result.sites, result.claim), nl=False)
+    if result.standing_before and verbosity >= 0:
+        click.echo(f"changedet: {len(result.standing_before)} changed area(s) in the shape of "
+                   "a building left out, their outline already in BEFORE (summary.json "
+                   "standing_before; --keep-standing reports them as new)", err=True)
     click.echo(f"changedet: wrote {outdir}", err=True)
