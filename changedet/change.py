@@ -216,12 +216,13 @@ class Evidence:
     features : (F, H, W) ndarray of float32 or None
         The detector's input features, when ``keep_features`` was asked.
     edges_before : (H, W) ndarray of float32 or None
-        Brightness edge strength of the before date, in scene medians.
+        Brightness gradient of the before date over its median on valid pixels.
     regions : (H, W) ndarray of int32 or None
         Regions detector: the candidate regions (0 background).
     outlined_before : int
-        Regions detector: buildings left out because their outline was already in
-        the before date (a demolition's remains, a re-roofed building).
+        Regions detector: how many buildings of these arrays were left out because
+        their outline was already in the before date (a demolition's remains, a
+        re-roofed building); for messages (a window counts those it does not report).
     standing_before : (H, W) ndarray of int32 or None
         Regions detector: those buildings' labels (0 background), to report them
         apart.
@@ -967,6 +968,13 @@ def new_building_evidence(
     sh_a = _shadow_map(br_a, stats.get("median_bright_after", lambda: br_a[valid][::5]))
     edges_b = _edge_strength(br_b, pixel_m, stats, "median_gradient_before")
     homog_b = _homogeneity(edges_b)
+    # The outline test compares edges with those of valid ground only: nodata (zero
+    # gradient) would lower the median of every pixel and inflate every edge.
+    ref_all = stats.get("median_gradient_before", lambda: edges_b) + 1e-6
+    ref_valid = stats.get("median_valid_gradient_before",
+                          lambda: (edges_b * np.float32(ref_all))[valid][::5])
+    if np.isfinite(ref_valid) and ref_valid > 0:
+        edges_b = edges_b * np.float32(ref_all / (ref_valid + 1e-6))
     homog_a = _homogeneity(_edge_strength(br_a, pixel_m, stats, "median_gradient_after"))
     built_b = (1 - veg_b) * (1 - sh_b) * homog_b
     built_a = (1 - veg_a) * (1 - sh_a) * homog_a

@@ -83,9 +83,10 @@ def metric_crs(crs: object, bounds: Sequence[float]) -> CRS:
 
 
 def to_metric(
-    geoms: Sequence[shapely.Geometry], crs: object
+    geoms: Sequence[shapely.Geometry], crs: object, metric: object | None = None
 ) -> tuple[list[shapely.Geometry], CRS]:
-    """Geometries re-projected (if needed) into :func:`metric_crs`.
+    """Geometries re-projected (if needed) into :func:`metric_crs`, or into ``metric``
+    when given (so that several sets of geometries share one CRS).
 
     Returns
     -------
@@ -104,7 +105,7 @@ def to_metric(
     bounds = shapely.total_bounds(np.asarray(geoms, dtype=object))
     if not np.all(np.isfinite(bounds)):
         raise ProcessingError("geometries are empty; nothing to measure")
-    target = metric_crs(crs, bounds)
+    target = metric_crs(crs, bounds) if metric is None else _as_crs(metric)
     if target == crs:
         return geoms, crs
     return reproject_geoms(geoms, crs, target), target
@@ -216,6 +217,7 @@ def measure_buildings(
     *,
     coreg_residual_px: float = 0.0,
     scores: Sequence[float | None] | None = None,
+    measure_crs: object | None = None,
 ) -> list[Building]:
     """Measure building outlines in m² with their uncertainty.
 
@@ -233,6 +235,9 @@ def measure_buildings(
         Co-registration residual (RMS, pixels) added to the half-pixel band.
     scores : sequence of float, optional
         One detection score per polygon.
+    measure_crs : CRS-like, optional
+        The metric CRS to measure in; default :func:`metric_crs` of the polygons'
+        extent. Give it to put several sets of outlines in one CRS.
 
     Returns
     -------
@@ -247,7 +252,7 @@ def measure_buildings(
     if scores is not None and len(scores) != len(polygons):
         raise ValueError(f"{len(scores)} scores for {len(polygons)} polygons")
     crs = _as_crs(crs)
-    metric, mcrs = to_metric([shapely.make_valid(p) for p in polygons], crs)
+    metric, mcrs = to_metric([shapely.make_valid(p) for p in polygons], crs, measure_crs)
     geodesics = _geodesic_areas(metric, mcrs)
     out = []
     for k, (geom, geodesic) in enumerate(zip(metric, geodesics)):

@@ -347,7 +347,7 @@ def standing_records(buildings: Sequence[Any], crs: Any) -> list[dict]:
     (``lon``, ``lat``), enough to find and review it.
     """
     points = to_wgs84([shapely.point_on_surface(b.polygon) for b in buildings], crs)
-    return [{"id": b.id, "area_m2": round(float(b.area_m2), 1),
+    return [{"standing_id": b.id, "area_m2": round(float(b.area_m2), 1),
              "area_m2_min": round(float(b.area_m2_min), 1),
              "area_m2_max": round(float(b.area_m2_max), 1),
              "lon": float(p.x), "lat": float(p.y)} for b, p in zip(buildings, points)]

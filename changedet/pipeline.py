@@ -359,7 +359,6 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     looks = {"before": look_before, "after": quicklook(shown_after, limits)[0]}
     params_used = opts.as_dict() | {"site_gap_m": measured["gap_m"],
                                     "min_area_m2_used": params.min_area_m2,
-        "outline_before_level": params.outline_before,
                                     "outline_before_level": params.outline_before,
                                     "threshold": float(evidence.threshold)}
     result = DetectionResult(
@@ -383,7 +382,7 @@ def _measure(polygons: list[shapely.Polygon], scores: list[float], grid: Grid,
 
     mcrs = metric_crs(grid.crs, grid.bounds)
     ground_px = _ground_pixel_m(grid, mcrs)
-    buildings = measure_buildings(polygons, grid.crs, ground_px,
+    buildings = measure_buildings(polygons, grid.crs, ground_px, measure_crs=mcrs,
                                   coreg_residual_px=residual_px, scores=scores)
     gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(ground_px)
     sites = group_sites(buildings, gap_m, pixel_size_m=ground_px, coreg_residual_px=residual_px)
@@ -407,7 +406,7 @@ def _measure_standing(polygons: list[shapely.Geometry], grid: Grid,
                     len(polygons))
     mcrs = metric_crs(grid.crs, grid.bounds)
     return measure_buildings(polygons, grid.crs, _ground_pixel_m(grid, mcrs),
-                             coreg_residual_px=residual_px)
+                             coreg_residual_px=residual_px, measure_crs=mcrs)
 
 
 def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]:
@@ -525,6 +524,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
     params_used = opts.as_dict() | {
         "site_gap_m": measured["gap_m"],
         "min_area_m2_used": params.min_area_m2,
+        "outline_before_level": params.outline_before,
         "threshold": float(first.statistics.values["threshold"]),
         "windows": {"n": stitched.n_windows, "window_px": window_px, "halo_px": halo,
                     "margin_px": margin, "retries": stitched.n_retries,

@@ -292,8 +292,12 @@ def test_demolished_house_is_not_a_new_building(pixel: float) -> None:
     assert len(areas) == 1 and abs(areas[0] - 980.0) / 980.0 < 0.05, areas
 
 
-def test_new_building_beside_nodata_is_not_taken_for_one_standing_before() -> None:
-    """The step to zeroed nodata pixels is no outline of the before date."""
+@pytest.mark.parametrize("last_row", [160, 100])
+def test_new_building_beside_nodata_is_not_taken_for_one_standing_before(last_row: int
+                                                                         ) -> None:
+    """The step to zeroed nodata pixels is no outline of the before date, and however
+    much nodata there is (60 % with last_row=100), edges are compared with valid
+    ground."""
     before = _base(160.0, 1.0, 7)
     after = before.copy()
     new = (60.0, 40.0, 100.0, 70.0)            # 40 x 30 m = 1200 m²
@@ -302,6 +306,7 @@ def test_new_building_beside_nodata_is_not_taken_for_one_standing_before() -> No
     rng = np.random.default_rng(3)
     b, a = _scene(before, 1.0, rng), _scene(after, 1.0, rng)
     b.valid[:, :59] = False                    # nodata from 1 m west of the roof
+    b.valid[last_row:] = False
     b.image[:, ~b.valid] = 0.0
     labels, ev = detect_new_buildings(b, a)
     assert ev.outlined_before == 0

@@ -65,6 +65,24 @@ def test_geographic_and_web_mercator_inputs_match_their_utm_area():
     assert wm.area_m2 == pytest.approx(utm.area_m2, rel=1e-3)
 
 
+def test_measurement_crs_can_be_imposed():
+    # A Web-Mercator building near 126°E, the boundary of UTM zones 51 and 52: on its
+    # own it is measured in zone 51; a scene centred east of 126°E measures it in 52.
+    rect = box(X0, Y0, X0 + 60, Y0 + 30)
+    ll = reproject_geoms([rect], UTM, "EPSG:4326")[0]
+    ll = translate(ll, 125.99 - ll.centroid.x, 0.0)
+    merc = reproject_geoms([ll], "EPSG:4326", "EPSG:3857")
+    zone52 = CRS.from_epsg(32652)
+    (own,) = measure_buildings(merc, "EPSG:3857", 0.5)
+    (imposed,) = measure_buildings(merc, "EPSG:3857", 0.5, measure_crs=zone52)
+    assert imposed.area_m2 == pytest.approx(own.area_m2, rel=2e-3)
+    # The outline is in the imposed CRS: back in lon/lat it lies where it was.
+    (back,) = reproject_geoms([imposed.polygon], zone52, "EPSG:4326")
+    assert back.centroid.distance(ll.centroid) < 1e-6
+    (back_own,) = reproject_geoms([own.polygon], UTM, "EPSG:4326")
+    assert back_own.centroid.distance(ll.centroid) < 1e-6
+
+
 def test_metric_crs_choices():
     assert metric_crs(UTM, (X0, Y0, X0 + 10, Y0 + 10)) == UTM
     assert metric_crs("EPSG:4326", (125.7, 39.0, 125.8, 39.1)) == CRS.from_epsg(32651)

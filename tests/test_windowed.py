@@ -228,10 +228,14 @@ def test_buildings_left_out_as_standing_before_are_reported_alike_by_both_paths(
     pair = write_synthetic_pair(SynthParams.for_scenario("demolition", seed=0, size=512),
                                 tmp_path / "p")
     whole = run_detection(pair["before"], pair["after"], DetectOptions(window_px=None))
-    windowed = run_detection(pair["before"], pair["after"], DetectOptions(window_px=256))
-    assert windowed.summary["parameters"]["windows"]["n"] == 4
     assert whole.standing_before  # else this test proves nothing
-    assert (windowed.summary["standing_before"] == whole.summary["standing_before"])
+    # Four windows, then sixteen small ones whose cut groups need retries.
+    for window_px, n_windows in ((128, 16), (256, 4)):
+        windowed = run_detection(pair["before"], pair["after"],
+                                 DetectOptions(window_px=window_px))
+        assert windowed.summary["parameters"]["windows"]["n"] == n_windows
+        assert windowed.summary["standing_before"] == whole.summary["standing_before"]
+    assert windowed.summary["parameters"]["outline_before_level"] == 3.0
     assert whole.summary["totals"]["n_standing_before"] == len(whole.standing_before)
     # Left out: neither a new building nor new in change.tif.
     new = shapely.union_all([b.polygon for b in whole.buildings])
