@@ -284,50 +284,48 @@ def detect_window(task: WindowTask) -> WindowResult:
         if sl is not None and in_core[gid] and not complete[gid] and plausible[gid]:
             incomplete.append((sl[0].start + w.pad_row0, sl[1].start + w.pad_col0,
                                sl[0].stop + w.pad_row0, sl[1].stop + w.pad_col0))
-    n_labels = int(labels.max())
     found: list[FoundBuilding] = []
-    if n_labels:
-        # Every building lies in one group (groups grow from the regions and labels).
-        lab_group = np.maximum(_label_max(groups, labels, n_labels), 0).astype(np.int64)
-        lab_group[0] = 0
-        keep = owned[lab_group]
-        keep[0] = False
+    if labels.any():
+        lab_group = _label_groups(labels, groups)
         # change.tif: the buildings of every complete group are exact here; those of
         # unfinished groups come from their retry.
         shown = complete[lab_group]
         shown[0] = False
         block[shown[labels][core] & (block == 0)] = 1
-        if keep.any():
-            found = _buildings(np.where(keep[labels], labels, 0), keep, lab_group, first,
-                               evidence, pad_grid, w, with_masks=task.retry)
-            for b, lab in found:
-                b.cut = not complete[lab_group[lab]]
-            found = [b for b, _ in found]
+        found = _owned_buildings(labels, lab_group, owned, complete, first, evidence,
+                                 pad_grid, w, with_masks=task.retry)
     if standing is not None and standing.any():
-        found += _standing_buildings(standing, groups, n_groups, owned, complete, first,
-                                     evidence, pad_grid, w)
+        # Left out as standing before: reported as new buildings are, but without
+        # masks, since change.tif never shows them.
+        for b in _owned_buildings(standing, _label_groups(standing, groups), owned,
+                                  complete, first, evidence, pad_grid, w, with_masks=False):
+            b.standing_before = True
+            found.append(b)
     return WindowResult(w, found, None if task.retry else block, incomplete)
 
 
-def _standing_buildings(standing: np.ndarray, groups: np.ndarray, n_groups: int,
-                        owned: np.ndarray, complete: np.ndarray, group_first: np.ndarray,
-                        evidence: Any, grid: Grid, w: Window) -> list[FoundBuilding]:
-    """The buildings left out as standing before that this window reports: those of
-    the groups it owns, as for new buildings (no masks: change.tif never shows them)."""
-    n = int(standing.max())
-    lab_group = np.maximum(_label_max(groups, standing, n), 0).astype(np.int64)
+def _label_groups(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The group of each label (entry 0 is 0): every labelled object lies in one group,
+    since the groups grow from the regions and labels."""
+    lab_group = np.maximum(_label_max(groups, labels, int(labels.max())), 0).astype(np.int64)
     lab_group[0] = 0
+    return lab_group
+
+
+def _owned_buildings(labels: np.ndarray, lab_group: np.ndarray, owned: np.ndarray,
+                     complete: np.ndarray, group_first: np.ndarray, evidence: Any,
+                     grid: Grid, w: Window, with_masks: bool) -> list[FoundBuilding]:
+    """The labelled objects of the groups this window owns, as FoundBuilding records,
+    each marked ``cut`` when its group was not seen whole."""
     keep = owned[lab_group]
     keep[0] = False
     if not keep.any():
         return []
-    out = []
-    for b, lab in _buildings(np.where(keep[standing], standing, 0), keep, lab_group,
-                             group_first, evidence, grid, w, with_masks=False):
+    found = _buildings(np.where(keep[labels], labels, 0), keep, lab_group, group_first,
+                       evidence, grid, w, with_masks=with_masks)
+    for b, lab in found:
         b.cut = not complete[lab_group[lab]]
-        b.standing_before = True
-        out.append(b)
-    return out
+    return [b for b, _ in found]
 
 
 def _first_pixels(labels: np.ndarray, n: int) -> np.ndarray:
