@@ -219,13 +219,10 @@ class Evidence:
         Brightness gradient of the before date over its median on valid pixels.
     regions : (H, W) ndarray of int32 or None
         Regions detector: the candidate regions (0 background).
-    outlined_before : int
-        Regions detector: how many buildings of these arrays were left out because
-        their outline was already in the before date (a demolition's remains, a
-        re-roofed building); for messages (a window counts those it does not report).
     standing_before : (H, W) ndarray of int32 or None
-        Regions detector: those buildings' labels (0 background), to report them
-        apart.
+        Regions detector: labels (0 background) of the buildings left out because
+        their outline was already in the before date (a demolition's remains, a
+        re-roofed building), to report them apart; ``outlined_before`` counts them.
     statistics : SceneStatistics or None
         The scene-wide statistics the maps were computed with.
     """
@@ -255,9 +252,13 @@ class Evidence:
     edges_before: np.ndarray | None = field(default=None, repr=False)
     region_probability: np.ndarray | None = field(default=None, repr=False)
     regions: np.ndarray | None = field(default=None, repr=False)
-    outlined_before: int = 0
     standing_before: np.ndarray | None = field(default=None, repr=False)
     statistics: SceneStatistics | None = field(default=None, repr=False)
+
+    @property
+    def outlined_before(self) -> int:
+        """How many buildings of these arrays were left out as standing before."""
+        return 0 if self.standing_before is None else int(self.standing_before.max())
 
 
 def _pixel_size_m(scene: Scene) -> float:
@@ -336,21 +337,19 @@ def _shadow_map(bright: np.ndarray, median: float) -> np.ndarray:
     return 1.0 - _soft_above(bright, 0.5 * median, 0.1 * median)
 
 
-def _edge_strength(bright: np.ndarray, pixel_m: float, stats: SceneStatistics,
-                   name: str) -> np.ndarray:
-    """Brightness gradient magnitude (a one-metre Gaussian) over the scene's median.
-
-    About 1 on typical ground; several times that on an outline.
-    """
-    s = max(0.7, 1.0 / pixel_m)
-    grad = ndimage.gaussian_gradient_magnitude(bright, s)
-    ref = stats.get(name, lambda: grad) + 1e-6
-    return (grad / ref).astype(np.float32)
+def _gradient_sigma_px(pixel_m: float) -> float:
+    """Deviation of the Gaussian of the brightness gradient: a metre, at least 0.7 px."""
+    return max(0.7, 1.0 / pixel_m)
 
 
-def _homogeneity(edge_strength: np.ndarray) -> np.ndarray:
+def _gradient(bright: np.ndarray, pixel_m: float) -> np.ndarray:
+    """(H, W) brightness gradient magnitude, Gaussian of :func:`_gradient_sigma_px`."""
+    return ndimage.gaussian_gradient_magnitude(bright, _gradient_sigma_px(pixel_m))
+
+
+def _homogeneity(grad: np.ndarray, median: float) -> np.ndarray:
     """1 where the local gradient is low compared with the scene's typical gradient."""
-    return np.clip(1.5 - edge_strength / 2, 0.0, 1.0).astype(np.float32)
+    return np.clip(1.5 - grad / (2 * (median + 1e-6)), 0.0, 1.0).astype(np.float32)
 
 
 def _same_direction(a: np.ndarray, b: np.ndarray, nir: int | None) -> np.ndarray:
@@ -966,16 +965,15 @@ def new_building_evidence(
     br_a = _brightness(a_img, after.nir)
     sh_b = _shadow_map(br_b, stats.get("median_bright_before", lambda: br_b[valid][::5]))
     sh_a = _shadow_map(br_a, stats.get("median_bright_after", lambda: br_a[valid][::5]))
-    edges_b = _edge_strength(br_b, pixel_m, stats, "median_gradient_before")
-    homog_b = _homogeneity(edges_b)
+    grad_b = _gradient(br_b, pixel_m)
+    grad_a = _gradient(br_a, pixel_m)
+    homog_b = _homogeneity(grad_b, stats.get("median_gradient_before", lambda: grad_b))
+    homog_a = _homogeneity(grad_a, stats.get("median_gradient_after", lambda: grad_a))
     # The outline test compares edges with those of valid ground only: nodata (zero
     # gradient) would lower the median of every pixel and inflate every edge.
-    ref_all = stats.get("median_gradient_before", lambda: edges_b) + 1e-6
-    ref_valid = stats.get("median_valid_gradient_before",
-                          lambda: (edges_b * np.float32(ref_all))[valid][::5])
-    if np.isfinite(ref_valid) and ref_valid > 0:
-        edges_b = edges_b * np.float32(ref_all / (ref_valid + 1e-6))
-    homog_a = _homogeneity(_edge_strength(br_a, pixel_m, stats, "median_gradient_after"))
+    ref_valid = stats.get("median_valid_gradient_before", lambda: grad_b[valid][::5])
+    edges_b = (grad_b / np.float32(ref_valid + 1e-6 if np.isfinite(ref_valid) else 1.0)
+               ).astype(np.float32)
     built_b = (1 - veg_b) * (1 - sh_b) * homog_b
     built_a = (1 - veg_a) * (1 - sh_a) * homog_a
     # Dark trees are vegetation, not shadow: only unvegetated dark pixels count as
@@ -1419,14 +1417,14 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
         # the before date, the change is a demolition's remains (a slab or rubble in
         # the old footprint) or an old roof re-covered. Typical ground measures about
         # 1 here, mottled bare earth 2 to 3, the outline of a house 3 to 10.
-        # Beside nodata the gradient is the step to the zeroed pixels: not measured.
-        near_nodata = _dilate_disk(~valid, 4.0 * max(0.7, 1.0 / pixel_m) + 1.0)
-        strength = outline_strength(labels, n, evidence.edges_before, pixel_m,
-                                    measured=~near_nodata)
+        # Beside nodata the gradient is the step to the zeroed pixels: not measured
+        # within the reach of the gradient's Gaussian.
+        measured = None if valid.all() else ~_dilate_disk(
+            ~valid, 4.0 * _gradient_sigma_px(pixel_m) + 1.0)
+        strength = outline_strength(labels, n, evidence.edges_before, pixel_m, measured)
         standing = strength >= params.outline_before
         standing[0] = False
-        evidence.outlined_before = int(standing.sum())
-        if evidence.outlined_before:
+        if standing.any():
             evidence.standing_before, _ = _relabel(np.where(standing[labels], labels, 0))
             labels, n = ndimage.label((labels > 0) & ~standing[labels])
     logger.info("segment: %d of %d candidate regions are roofs; %d new building(s) "
