@@ -366,7 +366,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
         change_mask=change, grid=grid, crs=measured["crs"], registration=reg_summary,
         quicklooks=looks, summary={}, timings=stage.timings, labels=labels,
         evidence=evidence, aoi=None if aoi is None else aoi.geometry,
-        standing_before=_measure_standing(standing_polygons, grid, residual))
+        standing_before=_measure_standing(standing_polygons, grid, residual, measured))
     inputs = {"before": _scene_info(scene_b), "after": _scene_info(scene_a),
               "aoi": None if aoi is None else os.fspath(opts.aoi)}
     stage.finish()
@@ -394,19 +394,19 @@ def _measure(polygons: list[shapely.Polygon], scores: list[float], grid: Grid,
             "ground_px": ground_px, "gap_m": gap_m}
 
 
-def _measure_standing(polygons: list[shapely.Geometry], grid: Grid,
-                      residual_px: float) -> list[Any]:
-    """The buildings left out as standing before, measured as new ones are (no
-    sites), in the order given (raster order of their first pixels in both paths)."""
-    from .measure import measure_buildings, metric_crs
+def _measure_standing(polygons: list[shapely.Geometry], grid: Grid, residual_px: float,
+                      measured: dict[str, Any]) -> list[Any]:
+    """The buildings left out as standing before, measured as the new ones were
+    (``measured`` from :func:`_measure`: same CRS and pixel size; no sites), in the
+    order given (raster order of their first pixels in both paths)."""
+    from .measure import measure_buildings
 
     if polygons:
         logger.info("%d changed area(s) shaped like a building left out: their outline "
                     "was already in the before image (summary.json standing_before)",
                     len(polygons))
-    mcrs = metric_crs(grid.crs, grid.bounds)
-    return measure_buildings(polygons, grid.crs, _ground_pixel_m(grid, mcrs),
-                             coreg_residual_px=residual_px, measure_crs=mcrs)
+    return measure_buildings(polygons, grid.crs, measured["ground_px"],
+                             coreg_residual_px=residual_px, measure_crs=measured["crs"])
 
 
 def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]:
@@ -510,7 +510,8 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
     measured = _measure([b.polygon for b in new], [b.score for b in new], grid, residual,
                         opts)
     standing = _measure_standing(
-        [b.polygon for b in stitched.buildings if b.standing_before], grid, residual)
+        [b.polygon for b in stitched.buildings if b.standing_before], grid, residual,
+        measured)
     stage("summarising")
     qgrid = _decimated(grid, QUICKLOOK_PX)
     scale = qgrid.transform.a / grid.transform.a  # the whole decimation factor
