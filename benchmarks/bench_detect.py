@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(default 1)")
     ap.add_argument("--timing", type=int, default=0,
                     help="also time a SIZE x SIZE pair (the compound pair tiled)")
-    ap.add_argument("--detector", choices=["regions", "handcrafted", "learned"], default="regions")
+    ap.add_argument("--detector", choices=["regions", "appearance", "handcrafted", "learned"], default="regions")
     ap.add_argument("--model", type=Path, default=None,
                     help="score these classifier weights instead of the shipped ones "
                          "(e.g. a model written by train_regions.py --out)")
@@ -122,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="also say where each true building's area went (regions "
                          "detector): not a candidate, rejected, kept, overgrowth")
     args = ap.parse_args(argv)
-    model = load_model(args.model) if args.model is not None else None
+    model = None
+    if args.model is not None and args.detector == "appearance":
+        from changedet.appearance import load_appearance_model
+
+        model = load_appearance_model(args.model)
+    elif args.model is not None:
+        model = load_model(args.model)
     params = DetectionParams(detector=args.detector, model=model)
     print("| scenario | seed | px | true | found | missed >=100 m² | false >=100 m² "
           "| area error % per building | object F1 | seconds |")

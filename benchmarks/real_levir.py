@@ -18,7 +18,7 @@ outlines, which separates segmentation failures from classification failures.
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/real_levir.py [DATA_DIR] [--out FILE.md] [--stages]
-        [--model FILE.npz]
+        [--model FILE.npz] [--detector regions|appearance]
 
 DATA_DIR defaults to ``../shared/data/real/levir-dev`` relative to the repository;
 any folder with the same A/ B/ label/ layout is scored the same way.
@@ -140,8 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None,
                     help="score these region classifier weights instead of the shipped "
                          "ones (e.g. a model written by train_regions.py --out)")
+    ap.add_argument("--detector", choices=("regions", "appearance"), default="regions",
+                    help="the detector scored (changedet detect --detector)")
     args = ap.parse_args(argv)
-    params = DetectionParams(model=load_model(args.model) if args.model is not None else None)
+    if args.detector == "appearance":
+        from changedet.appearance import load_appearance_model
+
+        model = load_appearance_model(args.model) if args.model is not None else None
+    else:
+        model = load_model(args.model) if args.model is not None else None
+    params = DetectionParams(model=model, detector=args.detector)
+    if args.stages and args.detector != "regions":
+        ap.error("--stages describes the regions detector's stages")
     root = args.data.resolve()
     if not (root / "A").is_dir():
         print(f"no LEVIR data at {root}", file=sys.stderr)

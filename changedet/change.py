@@ -141,24 +141,28 @@ class DetectionParams:
     fit : RadiometricFit or None
         A precomputed radiometric fit (e.g. from a decimated first pass); None: fit
         on the given scenes.
-    detector : {"regions", "handcrafted", "learned"}
+    detector : {"regions", "appearance", "handcrafted", "learned"}
         "regions" (default): candidates from the discounted change score (half the
         Otsu threshold) split into regions of one colour, each kept when the shipped
         region classifier gives it a probability of roof of at least
         ``region_probability``; "handcrafted": threshold the discounted change score
         (noise units, Otsu) with a cast-shadow test; "learned": the shipped per-pixel
-        perceptron's probability of new building (0.5).
+        perceptron's probability of new building (0.5); "appearance": segments that
+        look like roofs in the after date and did not in the before date, each date
+        judged in its own units (:mod:`changedet.appearance`; better on real imagery,
+        worse on the synthetic scenes).
     region_probability : float
         Regions detector: smallest probability of roof of a kept region.
     min_object_probability : float
         Learned detector: smallest mean probability of a kept object.
     model : dict or None
-        Weights of the "learned" pixel detector (as in ``detector.npz``) or of the
-        "regions" classifier (as in ``regions.npz``); None: the shipped model.
+        Weights of the "learned" pixel detector (as in ``detector.npz``), of the
+        "regions" classifier (as in ``regions.npz``) or of the "appearance" trees (as
+        in ``appearance.npz``); None: the shipped model.
     keep_features : bool
         Keep the (F, H, W) feature stack in ``Evidence.features`` (for training).
     outline_before : float or None
-        Regions detector: a building whose outline is on average at least this strong
+        Regions and appearance detectors: a building whose outline is on average at least this strong
         an edge in the before date (in scene medians of the brightness gradient) was
         already there, and is left out. None keeps every building.
     """
@@ -1020,7 +1024,7 @@ def new_building_evidence(
         prob[~valid] = 0.0
         score = prob
         threshold = 0.5 if params.threshold is None else float(params.threshold)
-    elif params.detector in ("handcrafted", "regions"):
+    elif params.detector in ("handcrafted", "regions", "appearance"):
         score = extent * smooth_a
         if params.threshold is not None:
             threshold = float(params.threshold)
@@ -1408,28 +1412,60 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     labels, n = ndimage.label(keep[regions])
     # Holes smaller than a building are roof furniture or noise, not courtyards.
     labels = _fill_small_holes(labels, min_area_px)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    big = areas >= min_area_px
-    big[0] = False
-    labels, n = ndimage.label(big[labels])
-    if params.outline_before is not None and evidence.edges_before is not None and n:
-        # What was built before is not new: where the outline was already an edge in
-        # the before date, the change is a demolition's remains (a slab or rubble in
-        # the old footprint) or an old roof re-covered. Typical ground measures about
-        # 1 here, mottled bare earth 2 to 3, the outline of a house 3 to 10.
-        # Beside nodata the gradient is the step to the zeroed pixels: not measured
-        # within the reach of the gradient's Gaussian.
-        measured = None if valid.all() else ~_dilate_disk(
-            ~valid, 4.0 * _gradient_sigma_px(pixel_m) + 1.0)
-        strength = outline_strength(labels, n, evidence.edges_before, pixel_m, measured)
-        standing = strength >= params.outline_before
-        standing[0] = False
-        if standing.any():
-            evidence.standing_before, _ = _relabel(np.where(standing[labels], labels, 0))
-            labels, n = ndimage.label((labels > 0) & ~standing[labels])
+    labels, n = _at_least(labels, n, min_area_px)
+    labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params)
     logger.info("segment: %d of %d candidate regions are roofs; %d new building(s) "
                 "(%d left out, their outline already in the before date)",
                 int(keep.sum()), int(prob.size - 1), n, evidence.outlined_before)
+    return labels.astype(np.int32)
+
+
+def _at_least(labels: np.ndarray, n: int, min_area_px: float) -> tuple[np.ndarray, int]:
+    """The connected objects of ``labels`` (1..n) of at least ``min_area_px`` pixels,
+    labelled anew 1..n."""
+    big = np.bincount(labels.ravel(), minlength=n + 1) >= min_area_px
+    big[0] = False
+    return ndimage.label(big[labels])
+
+
+def _leave_out_standing(labels: np.ndarray, n: int, evidence: Evidence, valid: np.ndarray,
+                        pixel_m: float, params: DetectionParams) -> tuple[np.ndarray, int]:
+    """Labels without the buildings whose outline was already an edge before (those go
+    to ``evidence.standing_before``), relabelled 1..n."""
+    if params.outline_before is None or evidence.edges_before is None or not n:
+        return labels, n
+    # What was built before is not new: where the outline was already an edge in
+    # the before date, the change is a demolition's remains (a slab or rubble in
+    # the old footprint) or an old roof re-covered. Typical ground measures about
+    # 1 here, mottled bare earth 2 to 3, the outline of a house 3 to 10.
+    # Beside nodata the gradient is the step to the zeroed pixels: not measured
+    # within the reach of the gradient's Gaussian.
+    measured = None if valid.all() else ~_dilate_disk(
+        ~valid, 4.0 * _gradient_sigma_px(pixel_m) + 1.0)
+    strength = outline_strength(labels, n, evidence.edges_before, pixel_m, measured)
+    standing = strength >= params.outline_before
+    standing[0] = False
+    if standing.any():
+        evidence.standing_before, _ = _relabel(np.where(standing[labels], labels, 0))
+        labels, n = ndimage.label((labels > 0) & ~standing[labels])
+    return labels, n
+
+
+def _segment_by_appearance(before: Scene, after: Scene, evidence: Evidence,
+                           valid: np.ndarray, pixel_m: float,
+                           params: DetectionParams) -> np.ndarray:
+    """Appearance detector: new roof segments (:mod:`changedet.appearance`) of at least
+    the minimum area, without those standing before."""
+    from .appearance import new_roof_mask
+
+    mask, prob = new_roof_mask(replace(before, valid=valid), replace(after, valid=valid),
+                               pixel_m, params.model, stats=evidence.statistics)
+    evidence.region_probability = prob
+    min_area_px = params.resolved_min_area_m2(pixel_m) / pixel_m**2
+    labels, n = _at_least(*ndimage.label(mask), min_area_px)
+    labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params)
+    logger.info("segment (appearance): %d new building(s) (%d left out, their outline "
+                "already in the before date)", n, evidence.outlined_before)
     return labels.astype(np.int32)
 
 
@@ -1571,5 +1607,10 @@ def detect_new_buildings(
     normalised = replace(after, image=fit.apply(after.image), valid=valid)
     evidence = new_building_evidence(replace(before, valid=valid), normalised, params,
                                      after_raw=after.image, statistics=statistics)
-    labels = segment_new_buildings(evidence, valid, _pixel_size_m(before), params)
+    if params.detector == "appearance":
+        # Each date is judged in its own units: the after scene as it was delivered.
+        labels = _segment_by_appearance(before, after, evidence, valid,
+                                        _pixel_size_m(before), params)
+    else:
+        labels = segment_new_buildings(evidence, valid, _pixel_size_m(before), params)
     return labels, evidence

@@ -151,6 +151,11 @@ class DetectOptions:
         Report changed areas whose outline was already in the before image (a
         rebuild on an old footprint, or a demolition's remains) as new buildings
         instead of leaving them out (``DetectionParams.outline_before`` off).
+    detector : str
+        ``"regions"`` (default: candidate regions of change judged by the shipped
+        classifier) or ``"appearance"`` (segments that look like roofs in the after
+        scene and did not in the before scene; better on real imagery, worse on the
+        synthetic scenes). See :class:`changedet.change.DetectionParams`.
     """
 
     bands: tuple[int, ...] | None = None
@@ -167,6 +172,7 @@ class DetectOptions:
     workers: int | None = None
     dask_scheduler: str | None = None
     keep_standing: bool = False
+    detector: str = "regions"
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
@@ -175,7 +181,7 @@ class DetectOptions:
         """The :class:`changedet.change.DetectionParams` these options ask for."""
         from .change import DetectionParams
 
-        params = DetectionParams(min_area_m2=self.min_area_m2)
+        params = DetectionParams(min_area_m2=self.min_area_m2, detector=self.detector)
         return replace(params, outline_before=None) if self.keep_standing else params
 
     def local_threads(self) -> int:

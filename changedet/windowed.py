@@ -545,6 +545,11 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
             normalised = replace(a, image=fit.apply(a.image), valid=valid)
             new_building_evidence(replace(b, valid=valid), normalised, params,
                                   after_raw=a.image, statistics=stats)
+            if params.detector == "appearance":
+                from .appearance import appearance_statistics
+
+                appearance_statistics(replace(b, valid=valid), replace(a, valid=valid),
+                                      float(np.sqrt(grid.pixel_area)), stats)
             return stats
 
         parts = [st for st in pool.map(chip_statistics,

@@ -112,7 +112,7 @@ def _areas(labels: np.ndarray, pixel: float) -> list[float]:
     return sorted(float(c) * pixel * pixel for c in counts if c)
 
 
-@pytest.mark.parametrize("detector", ["regions", "handcrafted"])
+@pytest.mark.parametrize("detector", ["regions", "handcrafted", "appearance"])
 @pytest.mark.parametrize("pixel", [1.0, 0.5])
 def test_new_buildings_found_and_nothing_else(pixel: float, detector: str) -> None:
     before, after, truth, boxes = _pair(pixel)

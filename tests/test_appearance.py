@@ -1,0 +1,156 @@
+"""The appearance detector: its tree evaluator, segmentation, statistics and wiring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+from click.testing import CliRunner
+from rasterio.crs import CRS
+from scipy import ndimage
+
+from changedet.appearance import (APPEARANCE_FEATURE_NAMES, appearance_features,
+                                  appearance_statistics, date_segments,
+                                  load_appearance_model, new_roof_mask,
+                                  tree_ensemble_logit)
+from changedet.change import SceneStatistics
+from changedet.raster import Grid, Scene
+
+
+def _two_trees() -> dict[str, np.ndarray]:
+    """Tree 0 splits feature 0 at 0.5 (NaN left), tree 1 feature 1 at 2.0 (NaN right)."""
+    return {
+        "baseline": np.array([0.1]),
+        "roots": np.array([0, 3]),
+        "feature": np.array([0, 0, 0, 1, 0, 0]),
+        "threshold": np.array([0.5, 0, 0, 2.0, 0, 0]),
+        "left": np.array([1, 0, 0, 4, 0, 0]),
+        "right": np.array([2, 0, 0, 5, 0, 0]),
+        "missing_left": np.array([1, 0, 0, 0, 0, 0], np.uint8),
+        "is_leaf": np.array([0, 1, 1, 0, 1, 1], np.uint8),
+        "value": np.array([0, 1.0, -1.0, 0, 0.5, 0.25]),
+    }
+
+
+def test_tree_ensemble_sums_the_leaves_reached() -> None:
+    x = np.array([[0.2, 1.0], [0.7, 3.0], [0.5, 2.0], [np.nan, np.nan]])
+    got = tree_ensemble_logit(x, _two_trees())
+    # A value equal to the threshold goes left, as in scikit-learn.
+    np.testing.assert_allclose(got, [1.6, -0.65, 1.6, 1.35])
+
+
+def test_shipped_trees_are_consistent() -> None:
+    model = load_appearance_model()
+    assert tuple(model["feature_names"]) == APPEARANCE_FEATURE_NAMES
+    n = model["value"].size
+    inner = ~model["is_leaf"].astype(bool)
+    assert (model["left"][inner] < n).all() and (model["right"][inner] < n).all()
+    assert (model["feature"][inner] < len(APPEARANCE_FEATURE_NAMES)).all()
+    assert model["roots"].size > 0 and model["baseline"].shape == (1,)
+
+
+def _scene(img: np.ndarray, valid: np.ndarray | None = None, pixel: float = 0.5) -> Scene:
+    h, w = img.shape[1:]
+    grid = Grid(CRS.from_epsg(32651), Affine(pixel, 0, 500000.0, 0, -pixel, 4300000.0), h, w)
+    return Scene(img.astype(np.float32), np.ones((h, w), bool) if valid is None else valid, grid)
+
+
+def _grass(shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    tex = ndimage.gaussian_filter(rng.normal(size=shape), 3.0)
+    tex = tex / tex.std()
+    return (np.stack([70 + 5 * tex, 110 + 7 * tex, 50 + 4 * tex])
+            + rng.normal(0, 1.5, (3,) + shape))
+
+
+def test_segments_keep_to_a_roof_outline_and_nodata_is_none() -> None:
+    img = _grass((160, 160), 0)
+    roof = np.zeros((160, 160), bool)
+    roof[50:90, 40:120] = True
+    img[:, roof] = (np.array([190.0, 90.0, 70.0])[:, None]
+                    + np.random.default_rng(1).normal(0, 1.5, (3, int(roof.sum()))))
+    valid = np.ones((160, 160), bool)
+    valid[:, :10] = False
+    segments, n = date_segments(_scene(img, valid), 0.5)
+    assert n > 1 and (segments[~valid] == 0).all() and (segments[valid] > 0).all()
+    ids, counts = np.unique(segments[roof], return_counts=True)
+    # Most of the roof is one segment; the blurred step at its outline may form thin
+    # segments of its own, but no segment straddles the outline.
+    assert counts.max() >= 0.85 * roof.sum()
+    for k, inside in zip(ids, counts):
+        total = (segments == k).sum()
+        assert inside >= 0.9 * total or inside <= 0.1 * total
+
+
+def test_first_pass_statistics_are_all_the_features_need() -> None:
+    before = _scene(_grass((120, 120), 1))
+    after = _scene(_grass((120, 120), 2))
+    stats = SceneStatistics()
+    appearance_statistics(before, after, 0.5, stats)
+    known = set(stats.values)
+    _, feats = appearance_features(after, 0.5, stats, "after")
+    appearance_features(before, 0.5, stats, "before")
+    assert set(stats.values) == known  # nothing measured on the window itself
+    assert feats.shape[1] == len(APPEARANCE_FEATURE_NAMES) and np.isfinite(feats).all()
+    # Given scene statistics, a window is stretched by them, not by its own pixels.
+    darker = SceneStatistics({k: (v * 0.5 if k.startswith("stretch") else v)
+                              for k, v in stats.values.items()})
+    assert not np.array_equal(date_segments(after, 0.5, stats, "after")[0],
+                              date_segments(after, 0.5, darker, "after")[0])
+
+
+def test_nothing_new_on_an_unchanged_pair() -> None:
+    img = _grass((160, 160), 3)
+    img[:, 80:86, 44:104] *= 0.35  # the shadow of an old roof on the grass
+    img[:, 44:86, 100:104] *= 0.35
+    img[:, 40:80, 40:100] = np.array([150.0, 150.0, 155.0])[:, None, None]  # the roof
+    rng = np.random.default_rng(4)
+    before = _scene(img + rng.normal(0, 1.5, img.shape))
+    after = _scene(img + rng.normal(0, 1.5, img.shape))
+    mask, prob = new_roof_mask(before, after, 0.5)
+    assert not mask.any()
+    assert prob[50:70, 50:90].min() >= 0.5  # the old roof is a roof in both dates
+
+
+def _synthetic_pair(tmp_path: Path) -> dict[str, Path]:
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    return write_synthetic_pair(SynthParams.for_scenario("suburb", seed=2, size=400),
+                                tmp_path / "p")
+
+
+def test_cli_detector_option_is_used_and_recorded(tmp_path: Path) -> None:
+    from changedet.cli import main
+
+    pair = _synthetic_pair(tmp_path)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["-q", "detect", str(pair["before"]), str(pair["after"]),
+                                    "-o", str(out), "--detector", "appearance"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parameters"]["detector"] == "appearance"
+    assert summary["totals"]["n_buildings"] >= 1
+    bad = CliRunner().invoke(main, ["detect", str(pair["before"]), str(pair["after"]),
+                                    "-o", str(tmp_path / "o2"), "--detector", "magic"])
+    assert bad.exit_code == 2 and "magic" in bad.output
+
+
+@pytest.mark.slow
+def test_windowed_appearance_run_finds_what_the_whole_scene_run_finds(tmp_path: Path) -> None:
+    from changedet.evaluate import match_objects
+    from changedet.pipeline import DetectOptions, run_detection
+
+    pair = _synthetic_pair(tmp_path)
+    whole = run_detection(pair["before"], pair["after"],
+                          DetectOptions(window_px=None, detector="appearance"))
+    windowed = run_detection(pair["before"], pair["after"],
+                             DetectOptions(window_px=256, detector="appearance"))
+    assert windowed.summary["parameters"]["windows"]["n"] == 4
+    a = [b.polygon for b in whole.buildings]
+    b = [b.polygon for b in windowed.buildings]
+    assert len(a) >= 3
+    # Felzenszwalb's segmentation is not local: buildings at the seams may differ.
+    assert len(match_objects(a, b)) >= 0.8 * len(a)
