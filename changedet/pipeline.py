@@ -119,6 +119,10 @@ class DetectionResult:
         return [b.polygon for b in self.buildings]
 
 
+#: Detectors an analyst may choose (``changedet detect --detector``).
+DETECTORS = ("regions", "appearance")
+
+
 @dataclass
 class DetectOptions:
     """Every knob of :func:`run_detection` (all optional).
@@ -173,6 +177,11 @@ class DetectOptions:
     dask_scheduler: str | None = None
     keep_standing: bool = False
     detector: str = "regions"
+
+    def __post_init__(self) -> None:
+        # Checked here, not minutes into a run when the evidence is computed.
+        if self.detector not in DETECTORS:
+            raise ValueError(f"unknown detector {self.detector!r}; use one of {DETECTORS}")
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}

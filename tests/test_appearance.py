@@ -154,3 +154,10 @@ def test_windowed_appearance_run_finds_what_the_whole_scene_run_finds(tmp_path: 
     assert len(a) >= 3
     # Felzenszwalb's segmentation is not local: buildings at the seams may differ.
     assert len(match_objects(a, b)) >= 0.8 * len(a)
+
+
+def test_an_unknown_detector_is_refused_before_any_work() -> None:
+    from changedet.pipeline import DetectOptions
+
+    with pytest.raises(ValueError, match="unknown detector 'magic'"):
+        DetectOptions(detector="magic")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..pipeline import DETECTORS
 from ..windowed import DEFAULT_WINDOW_PX
 from .options import configure_logging, handle_errors
 
@@ -112,7 +113,7 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
               help="Report changed areas whose outline was already in BEFORE (a rebuild "
                    "on an old footprint, a demolition's remains) as new buildings; by "
                    "default they are left out and listed in summary.json.")
-@click.option("--detector", type=click.Choice(["regions", "appearance"]), default="regions",
+@click.option("--detector", type=click.Choice(DETECTORS), default="regions",
               show_default=True,
               help="regions: changed areas judged by the shipped region classifier "
                    "(best on the synthetic benchmarks); appearance: areas that look like "
