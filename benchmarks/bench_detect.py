@@ -122,13 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also say where each true building's area went (regions "
                          "detector): not a candidate, rejected, kept, overgrowth")
     args = ap.parse_args(argv)
-    model = None
-    if args.model is not None and args.detector == "appearance":
-        from changedet.appearance import load_appearance_model
-
-        model = load_appearance_model(args.model)
-    elif args.model is not None:
-        model = load_model(args.model)
+    model = load_model(args.model) if args.model is not None else None
     params = DetectionParams(detector=args.detector, model=model)
     print("| scenario | seed | px | true | found | missed >=100 m² | false >=100 m² "
           "| area error % per building | object F1 | seconds |")

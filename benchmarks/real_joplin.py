@@ -27,7 +27,7 @@ import rasterio
 import shapely
 from rasterio.warp import transform_bounds
 
-from changedet.pipeline import DetectOptions, run_detection
+from changedet.pipeline import DETECTORS, DetectOptions, run_detection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_levir import shared_data_dir  # noqa: E402
@@ -63,7 +63,7 @@ def pairs_by_overlap(root: Path) -> list[tuple[Path, Path, float]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", type=Path, default=shared_data_dir("joplin"))
-    ap.add_argument("--detector", choices=("regions", "appearance"), default="regions",
+    ap.add_argument("--detector", choices=DETECTORS, default="regions",
                     help="the detector run (changedet detect --detector)")
     args = ap.parse_args(argv)
     root = args.data.resolve()

@@ -41,6 +41,7 @@ from skimage.segmentation import relabel_sequential
 from changedet.change import (DetectionParams, Evidence, classify_regions,
                               detect_new_buildings, load_model, region_features)
 from changedet.evaluate import evaluate, pooled_stage_losses, stage_losses
+from changedet.pipeline import DETECTORS
 from changedet.raster import Grid, Scene
 
 PIXEL_M = 0.5
@@ -138,18 +139,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="also tabulate where the true buildings' area went and how "
                          "the classifier judges the true outlines themselves")
     ap.add_argument("--model", type=Path, default=None,
-                    help="score these region classifier weights instead of the shipped "
-                         "ones (e.g. a model written by train_regions.py --out)")
-    ap.add_argument("--detector", choices=("regions", "appearance"), default="regions",
+                    help="score these classifier weights instead of the shipped ones "
+                         "(written by train_regions.py --out, or by train_appearance.py "
+                         "--out with --detector appearance)")
+    ap.add_argument("--detector", choices=DETECTORS, default="regions",
                     help="the detector scored (changedet detect --detector)")
     args = ap.parse_args(argv)
-    if args.detector == "appearance":
-        from changedet.appearance import load_appearance_model
-
-        model = load_appearance_model(args.model) if args.model is not None else None
-    else:
-        model = load_model(args.model) if args.model is not None else None
-    params = DetectionParams(model=model, detector=args.detector)
+    params = DetectionParams(model=load_model(args.model) if args.model is not None else None,
+                             detector=args.detector)
     if args.stages and args.detector != "regions":
         ap.error("--stages describes the regions detector's stages")
     root = args.data.resolve()

@@ -35,6 +35,7 @@ from scipy import ndimage
 from skimage.segmentation import felzenszwalb
 
 from .change import SceneStatistics
+from .errors import ProcessingError
 from .raster import Scene
 
 #: Smallest segment, m²: a roof facet of a small house.
@@ -49,6 +50,22 @@ APPEARANCE_FEATURE_NAMES: tuple[str, ...] = (
 _MODEL_PATH = Path(__file__).with_name("models") / "appearance.npz"
 
 
+def visible_bands(scene: Scene) -> np.ndarray:
+    """(3, H, W) float64: the first three bands that are not near-infrared, negatives
+    clipped.
+
+    Raises
+    ------
+    ProcessingError
+        The scene has fewer than three visible bands.
+    """
+    vis = [i for i in range(scene.image.shape[0]) if i != scene.nir][:3]
+    if len(vis) < 3:
+        raise ProcessingError(f"{scene.path}: the appearance detector needs three visible "
+                              f"bands, the scene has {len(vis)} (use --detector regions)")
+    return np.maximum(scene.image[vis].astype(np.float64), 0.0)
+
+
 def date_segments(scene: Scene, pixel_m: float, stats: SceneStatistics | None = None,
                   date: str = "after") -> tuple[np.ndarray, int]:
     """Over-segmentation of one date's visible bands.
@@ -56,7 +73,7 @@ def date_segments(scene: Scene, pixel_m: float, stats: SceneStatistics | None = 
     Parameters
     ----------
     scene : Scene
-        One date, (B, H, W) bands with the visible ones first.
+        One date; its first three visible bands are used (:func:`visible_bands`).
     pixel_m : float
         Ground size of a pixel, metres.
     stats : SceneStatistics, optional
@@ -76,7 +93,7 @@ def date_segments(scene: Scene, pixel_m: float, stats: SceneStatistics | None = 
     valid = scene.valid
     if not valid.any():
         return np.zeros(valid.shape, np.int32), 0
-    vis = scene.image[:3]
+    vis = visible_bands(scene)
     lo, hi = _stretch(vis, valid, stats if stats is not None else SceneStatistics(), date)
     rgb = np.clip((vis - lo[:, None, None]) / np.maximum(hi - lo, 1e-6)[:, None, None], 0, 1)
     seg = felzenszwalb(np.moveaxis(rgb, 0, -1), scale=100, sigma=max(0.5, 0.4 / pixel_m),
@@ -92,9 +109,9 @@ def _texture_sigma_px(pixel_m: float) -> float:
 
 def _brightness_and_gradient(scene: Scene, pixel_m: float
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(3, H, W) visible bands (float64, negatives clipped), their mean brightness and
-    its gradient magnitude (H, W)."""
-    rgb = np.maximum(scene.image[:3].astype(np.float64), 0.0)
+    """(3, H, W) visible bands (:func:`visible_bands`), their mean brightness and its
+    gradient magnitude (H, W)."""
+    rgb = visible_bands(scene)
     bright = rgb.mean(axis=0)
     return rgb, bright, ndimage.gaussian_gradient_magnitude(bright, _texture_sigma_px(pixel_m))
 
@@ -130,7 +147,10 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     the gradient near the segment's rim (the largest within a metre) over the scene's
     median gradient, and the
     darkness (against the brightest ground within 15 m) of a strip 2 m beyond the
-    segment on its darkest side, minus that of the opposite side.
+    segment on its darkest side (the pixels of the neighbouring segments; nodata is
+    left out), minus that of the opposite side. Ratios to brightness have a floor of
+    a thousandth of the scene's median brightness, so that the features are the same
+    for counts and reflectances.
 
     ``stats`` and ``date`` are as in :func:`date_segments` (medians of brightness and
     gradient too).
@@ -159,10 +179,14 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     total = rgb.sum(axis=0) + 1e-6
     saturation = (rgb.max(axis=0) - rgb.min(axis=0)) / (rgb.max(axis=0) + 1e-6)
     greenness = (rgb[1] - 0.5 * (rgb[0] + rgb[2])) / total
+    median_bright = _median_bright(bright, valid, stats, date)
+    # Ratios to brightness need a floor against the dark; a thousandth of the scene's
+    # median brightness, so that reflectances (0-1) and counts (0-10000) are alike.
+    floor = 1e-3 * median_bright + 1e-12
     s = _texture_sigma_px(pixel_m)
     local = ndimage.gaussian_filter(bright, s)
-    texture = np.sqrt(ndimage.gaussian_filter((bright - local) ** 2, s)) / (local + 1.0)
-    gradient /= _median_gradient(gradient, valid, stats, date) + 1e-6
+    texture = np.sqrt(ndimage.gaussian_filter((bright - local) ** 2, s)) / (local + floor)
+    gradient /= _median_gradient(gradient, valid, stats, date) + 1e-12
     rim = ((ndimage.grey_erosion(segments, size=3) != segments)
            | (ndimage.grey_dilation(segments, size=3) != segments))
     rim_count = np.maximum(np.bincount(segments[rim], minlength=n + 1), 1)
@@ -174,14 +198,16 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     rim_gradient = np.bincount(segments[rim], weights=near_edge[rim], minlength=n + 1) / rim_count
     ref = ndimage.maximum_filter(ndimage.uniform_filter(bright, 3),
                                  max(3, int(round(15.0 / pixel_m)) | 1))
-    dark = np.clip(1.0 - bright / (ref + 1e-6), 0.0, 1.0)
-    sides = _shadow_side_fractions(segments, n, dark, max(1.0, 2.0 / pixel_m))
+    dark = np.clip(1.0 - bright / np.maximum(ref, floor), 0.0, 1.0)
+    # Every valid pixel is in some segment: the strip beside a segment is made of its
+    # neighbours' pixels (nodata, label 0, is left out).
+    sides = _shadow_side_fractions(segments, n, dark, max(1.0, 2.0 / pixel_m),
+                                   among_others=True)
     half = sides.shape[1] // 2
     mean_bright = mean(bright)
-    spread = np.sqrt(np.maximum(mean(bright**2) - mean_bright**2, 0.0)) / (mean_bright + 1.0)
+    spread = np.sqrt(np.maximum(mean(bright**2) - mean_bright**2, 0.0)) / (mean_bright + floor)
     appearance = [
-        np.log(np.maximum(mean_bright, 1.0) / (_median_bright(bright, valid, stats, date)
-                                               + 1e-6)), spread,
+        np.log(np.maximum(mean_bright, floor) / (median_bright + 1e-12)), spread,
         mean(saturation), mean(greenness), mean(texture), np.log1p(rim_gradient),
         (sides - np.roll(sides, half, axis=1)).max(axis=1), sides.max(axis=1)]
     # float32 as in training, where the features were stored so.
@@ -196,8 +222,9 @@ def load_appearance_model(path: str | Path | None = None) -> dict[str, np.ndarra
     ``threshold``, ``left``, ``right`` (absolute node indices), ``missing_left``,
     ``is_leaf``, ``value``; ``roots`` (T,) the first node of each tree.
     """
-    with np.load(_MODEL_PATH if path is None else path) as z:
-        return {k: z[k] for k in z.files}
+    from .change import load_model
+
+    return load_model(_MODEL_PATH if path is None else path)
 
 
 def tree_ensemble_logit(features: np.ndarray, model: dict[str, np.ndarray]) -> np.ndarray:
@@ -268,7 +295,7 @@ def new_roof_mask(before: Scene, after: Scene, pixel_m: float,
         From :func:`load_appearance_model`; the shipped trees by default.
     level : float
         Probability of roof a segment needs (after), and must not have had (before,
-        averaged over the after segment's pixels).
+        averaged over the after segment's pixels valid in both dates).
     stats : SceneStatistics, optional
         Scene-wide statistics of both dates (see :func:`appearance_statistics`).
 
@@ -284,9 +311,11 @@ def new_roof_mask(before: Scene, after: Scene, pixel_m: float,
     segments, p_after = roof_probability(after, pixel_m, model, stats, "after")
     seg_b, p_before = roof_probability(before, pixel_m, model, stats, "before")
     n = int(segments.max())
-    count = np.maximum(np.bincount(segments.ravel(), minlength=n + 1), 1)
-    was_roof = np.bincount(segments.ravel(), weights=p_before[seg_b].ravel(),
-                           minlength=n + 1) / count
+    # Over the pixels valid in both dates: where the before date has no data, it
+    # says nothing about what stood there.
+    both = np.where(valid, segments, 0).ravel()
+    count = np.maximum(np.bincount(both, minlength=n + 1), 1)
+    was_roof = np.bincount(both, weights=p_before[seg_b].ravel(), minlength=n + 1) / count
     new = (p_after >= level) & (was_roof < level)
     new[0] = False
     mask = ndimage.binary_opening(new[segments] & valid, np.ones((3, 3), bool))
@@ -299,7 +328,7 @@ def appearance_statistics(before: Scene, after: Scene, pixel_m: float,
     features take from the whole scene, into ``stats``."""
     for date, scene in (("before", before), ("after", after)):
         valid = scene.valid
-        _stretch(scene.image[:3], valid, stats, date)
+        _stretch(visible_bands(scene), valid, stats, date)
         _, bright, gradient = _brightness_and_gradient(scene, pixel_m)
         _median_bright(bright, valid, stats, date)
         _median_gradient(gradient, valid, stats, date)

@@ -150,7 +150,9 @@ class DetectionParams:
         perceptron's probability of new building (0.5); "appearance": segments that
         look like roofs in the after date and did not in the before date, each date
         judged in its own units (:mod:`changedet.appearance`; better on real imagery,
-        worse on the synthetic scenes).
+        worse on the synthetic scenes; it keeps segments of probability 0.5 and
+        opens them by 3 x 3 pixels, whatever ``region_probability`` and
+        ``min_width_m``).
     region_probability : float
         Regions detector: smallest probability of roof of a kept region.
     min_object_probability : float
@@ -223,8 +225,11 @@ class Evidence:
         Brightness gradient of the before date over its median on valid pixels.
     regions : (H, W) ndarray of int32 or None
         Regions detector: the candidate regions (0 background).
+    region_probability : (H, W) ndarray of float32 or None
+        Regions detector: each pixel's candidate region's probability of roof;
+        appearance detector: that of its segment of the after date.
     standing_before : (H, W) ndarray of int32 or None
-        Regions detector: labels (0 background) of the buildings left out because
+        Regions and appearance detectors: labels (0 background) of the buildings left out because
         their outline was already in the before date (a demolition's remains, a
         re-roofed building), to report them apart; ``outlined_before`` counts them.
     statistics : SceneStatistics or None
@@ -1190,7 +1195,8 @@ def _grey_disk(image: np.ndarray, radius_px: float, combine: np.ufunc) -> np.nda
 
 def _shadow_side_fractions(labels: np.ndarray, n: int,
                            shadow: np.ndarray | Sequence[np.ndarray],
-                           reach_px: float) -> np.ndarray | list[np.ndarray]:
+                           reach_px: float, among_others: bool = False
+                           ) -> np.ndarray | list[np.ndarray]:
     """Mean shadow just beyond each object's edge, in each probe direction.
 
     Parameters
@@ -1202,6 +1208,11 @@ def _shadow_side_fractions(labels: np.ndarray, n: int,
         Shadow map(s); several maps are measured on the same strips, found once.
     reach_px : float
         Distance of the strips from the edge.
+    among_others : bool
+        False: the strips are the background (label 0) beside each object, as for
+        candidate regions on unlabelled ground. True: they are the pixels of the other
+        objects beside it (label 0 then being nodata), as for a segmentation that
+        labels every valid pixel.
 
     Returns
     -------
@@ -1229,7 +1240,8 @@ def _shadow_side_fractions(labels: np.ndarray, n: int,
         # over a shifted copy of the whole array, at the cost of the labelled
         # pixels only.
         moved = at + (dr * w + dc)
-        ring = padded_labels[moved] == 0
+        beside = padded_labels[moved]
+        ring = (beside > 0) & (beside != lab) if among_others else beside == 0
         ring_lab = lab[ring]
         ring_at = moved[ring]
         tot = np.bincount(ring_lab, minlength=n + 1)
@@ -1349,11 +1361,7 @@ def segment_new_buildings(
         labels, n = ndimage.label(labels > 0)
     # Holes smaller than a building are roof furniture or noise, not courtyards.
     labels = _fill_small_holes(labels, min_area_px)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    keep = areas >= min_area_px
-    keep[0] = False
-    labels = np.where(keep[labels], labels, 0)
-    labels, n = ndimage.label(labels > 0)
+    labels, n = _at_least(labels, n, min_area_px)
     logger.info("segment: %d new building(s)", n)
     return labels.astype(np.int32)
 

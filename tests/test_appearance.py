@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,10 +104,7 @@ def test_first_pass_statistics_are_all_the_features_need() -> None:
 
 
 def test_nothing_new_on_an_unchanged_pair() -> None:
-    img = _grass((160, 160), 3)
-    img[:, 80:86, 44:104] *= 0.35  # the shadow of an old roof on the grass
-    img[:, 44:86, 100:104] *= 0.35
-    img[:, 40:80, 40:100] = np.array([150.0, 150.0, 155.0])[:, None, None]  # the roof
+    img, _ = _roof_with_shadow()  # an old roof and its shadow, in both dates
     rng = np.random.default_rng(4)
     before = _scene(img + rng.normal(0, 1.5, img.shape))
     after = _scene(img + rng.normal(0, 1.5, img.shape))
@@ -122,9 +120,19 @@ def _synthetic_pair(tmp_path: Path) -> dict[str, Path]:
                                 tmp_path / "p")
 
 
-def test_cli_detector_option_is_used_and_recorded(tmp_path: Path) -> None:
+def test_cli_detector_option_is_used_and_recorded(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet import appearance
     from changedet.cli import main
 
+    calls = []
+    real = appearance.new_roof_mask
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(appearance, "new_roof_mask", counted)
     pair = _synthetic_pair(tmp_path)
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["-q", "detect", str(pair["before"]), str(pair["after"]),
@@ -133,6 +141,7 @@ def test_cli_detector_option_is_used_and_recorded(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["parameters"]["detector"] == "appearance"
     assert summary["totals"]["n_buildings"] >= 1
+    assert calls  # the appearance detector ran, not only its name was recorded
     bad = CliRunner().invoke(main, ["detect", str(pair["before"]), str(pair["after"]),
                                     "-o", str(tmp_path / "o2"), "--detector", "magic"])
     assert bad.exit_code == 2 and "magic" in bad.output
@@ -161,3 +170,88 @@ def test_an_unknown_detector_is_refused_before_any_work() -> None:
 
     with pytest.raises(ValueError, match="unknown detector 'magic'"):
         DetectOptions(detector="magic")
+
+
+def test_first_pass_gives_windows_the_appearance_statistics() -> None:
+    from changedet.change import DetectionParams
+    from changedet.pipeline import _overlap_grid
+    from changedet.raster import analysis_grid, read_header
+    from changedet.windowed import first_pass
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
+    hb, ha = read_header(fixture / "before.tif"), read_header(fixture / "after.tif")
+    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    first = first_pass(hb, ha, grid, "none", False, DetectionParams(detector="appearance"))
+    keys = set(first.statistics.values)
+    for date in ("before", "after"):
+        assert {f"stretch_low_{date}_{i}" for i in range(3)} <= keys
+        assert {f"stretch_high_{date}_{i}" for i in range(3)} <= keys
+        assert {f"appearance_median_bright_{date}",
+                f"appearance_median_gradient_{date}"} <= keys
+
+
+def _roof_with_shadow(size: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """Grass with a roof (rows 40-80, cols 40-100) whose shadow falls south and east."""
+    img = _grass((size, size), 3)
+    img[:, 80:86, 44:104] *= 0.35
+    img[:, 44:86, 100:104] *= 0.35
+    img[:, 40:80, 40:100] = np.array([150.0, 150.0, 155.0])[:, None, None]
+    roof = np.zeros((size, size), bool)
+    roof[40:80, 40:100] = True
+    return img, roof
+
+
+def test_the_dark_side_is_measured_on_the_neighbouring_segments() -> None:
+    img, roof = _roof_with_shadow()
+    segments, feats = appearance_features(_scene(img), 0.5)
+    k = np.bincount(segments[roof]).argmax()
+    dark_side = feats[k, APPEARANCE_FEATURE_NAMES.index("dark_side")]
+    contrast = feats[k, APPEARANCE_FEATURE_NAMES.index("dark_side_contrast")]
+    # The strip beside the roof crosses the thin segments of its blurred outline
+    # before the shadow, so it is only partly dark; but darker on the shadow's side.
+    assert dark_side > 0.15 and contrast > 0.05
+    # Measured where the strip is valid: nodata beside a segment is not darkness.
+    valid = np.ones(roof.shape, bool)
+    valid[86:, :] = False
+    valid[:, 104:] = False
+    seg_v, feats_v = appearance_features(_scene(img, valid), 0.5)
+    k = np.bincount(seg_v[roof]).argmax()
+    assert feats_v[k, APPEARANCE_FEATURE_NAMES.index("dark_side")] >= 0.5 * dark_side
+    beside_nodata = np.unique(seg_v[84:86, :])
+    assert (feats_v[beside_nodata[beside_nodata > 0],
+                    APPEARANCE_FEATURE_NAMES.index("dark_side")] < 0.99).all()
+
+
+def test_features_do_not_depend_on_the_units_or_on_a_near_infrared_layer() -> None:
+    img, _ = _roof_with_shadow()
+    segments, feats = appearance_features(_scene(img), 0.5)
+    # Reflectances (0-1) instead of counts.
+    seg_r, feats_r = appearance_features(_scene(img / 255.0), 0.5)
+    np.testing.assert_array_equal(seg_r, segments)
+    np.testing.assert_allclose(feats_r, feats, rtol=1e-5, atol=1e-6)
+    # A near-infrared layer first: left out.
+    with_nir = np.concatenate([np.full((1,) + img.shape[1:], 200.0), img])
+    scene = replace(_scene(with_nir), nir=0)
+    seg_n, feats_n = appearance_features(scene, 0.5)
+    np.testing.assert_array_equal(seg_n, segments)
+    np.testing.assert_allclose(feats_n, feats, rtol=1e-6)
+
+
+def test_fewer_than_three_visible_bands_is_a_clear_error() -> None:
+    from changedet.change import DetectionParams, detect_new_buildings
+    from changedet.errors import ProcessingError
+
+    two = _scene(_grass((64, 64), 5)[:2])
+    with pytest.raises(ProcessingError, match="three visible bands"):
+        detect_new_buildings(two, two, DetectionParams(detector="appearance"))
+
+
+def test_nodata_in_the_before_date_does_not_make_a_roof_new() -> None:
+    img, _ = _roof_with_shadow()
+    rng = np.random.default_rng(6)
+    valid_b = np.ones(img.shape[1:], bool)
+    valid_b[:, :70] = False  # half the roof unseen before
+    before = _scene(img + rng.normal(0, 1.5, img.shape), valid_b)
+    after = _scene(img + rng.normal(0, 1.5, img.shape))
+    mask, _ = new_roof_mask(before, after, 0.5)
+    assert not mask.any()
