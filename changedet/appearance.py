@@ -34,14 +34,14 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import felzenszwalb
 
-from .change import SceneStatistics
+# change.py imports this module only inside a function: no import cycle.
+from .change import (MAX_AREA_FEATURE_M2, SceneStatistics, _labelled_pixels, _region_shape,
+                     _relabel, _shadow_side_fractions, load_model)
 from .errors import ProcessingError
 from .raster import Scene
 
 #: Smallest segment, m²: a roof facet of a small house.
 MIN_SEGMENT_M2 = 8.0
-#: Segment area feature is capped here (m²): beyond a large house, size says nothing.
-MAX_AREA_FEATURE_M2 = 1000.0
 #: Names of the per-segment features, in the order of the model's columns.
 APPEARANCE_FEATURE_NAMES: tuple[str, ...] = (
     "log_area_m2", "rectangularity", "solidity", "compactness", "elongation",
@@ -88,13 +88,16 @@ def date_segments(scene: Scene, pixel_m: float, stats: SceneStatistics | None = 
         1..n, 0 off the valid pixels.
     n : int
     """
-    from .change import _relabel
+    return _segments(visible_bands(scene), scene.valid, pixel_m,
+                     stats if stats is not None else SceneStatistics(), date)
 
-    valid = scene.valid
+
+def _segments(vis: np.ndarray, valid: np.ndarray, pixel_m: float, stats: SceneStatistics,
+              date: str) -> tuple[np.ndarray, int]:
+    """:func:`date_segments` of the visible bands ``vis`` (3, H, W)."""
     if not valid.any():
         return np.zeros(valid.shape, np.int32), 0
-    vis = visible_bands(scene)
-    lo, hi = _stretch(vis, valid, stats if stats is not None else SceneStatistics(), date)
+    lo, hi = _stretch(vis, valid, stats, date)
     rgb = np.clip((vis - lo[:, None, None]) / np.maximum(hi - lo, 1e-6)[:, None, None], 0, 1)
     seg = felzenszwalb(np.moveaxis(rgb, 0, -1), scale=100, sigma=max(0.5, 0.4 / pixel_m),
                        min_size=int(round(MIN_SEGMENT_M2 / pixel_m**2))) + 1
@@ -107,13 +110,12 @@ def _texture_sigma_px(pixel_m: float) -> float:
     return max(0.7, 0.5 / pixel_m)
 
 
-def _brightness_and_gradient(scene: Scene, pixel_m: float
-                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(3, H, W) visible bands (:func:`visible_bands`), their mean brightness and its
-    gradient magnitude (H, W)."""
-    rgb = visible_bands(scene)
+def _brightness_and_gradient(rgb: np.ndarray, pixel_m: float
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean brightness of the visible bands ``rgb`` (3, H, W) and its gradient
+    magnitude, both (H, W)."""
     bright = rgb.mean(axis=0)
-    return rgb, bright, ndimage.gaussian_gradient_magnitude(bright, _texture_sigma_px(pixel_m))
+    return bright, ndimage.gaussian_gradient_magnitude(bright, _texture_sigma_px(pixel_m))
 
 
 def _median_gradient(gradient: np.ndarray, valid: np.ndarray, stats: SceneStatistics,
@@ -162,20 +164,19 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     features : (n + 1, F) ndarray of float64
         Row k for segment k (row 0 unused), columns :data:`APPEARANCE_FEATURE_NAMES`.
     """
-    from .change import _labelled_pixels, _region_shape, _shadow_side_fractions
-
     stats = stats if stats is not None else SceneStatistics()
-    segments, n = date_segments(scene, pixel_m, stats, date)
+    valid = scene.valid
+    rgb = visible_bands(scene)
+    segments, n = _segments(rgb, valid, pixel_m, stats, date)
     if n == 0:
         return segments, np.zeros((1, len(APPEARANCE_FEATURE_NAMES)))
-    valid = scene.valid
     count, *shape = _region_shape(segments, n, *_labelled_pixels(segments))
     shape = [np.log(np.clip(count * pixel_m**2, 1.0, MAX_AREA_FEATURE_M2)), *shape]
 
     def mean(x: np.ndarray) -> np.ndarray:
         return np.bincount(segments.ravel(), weights=x.ravel(), minlength=n + 1) / count
 
-    rgb, bright, gradient = _brightness_and_gradient(scene, pixel_m)
+    bright, gradient = _brightness_and_gradient(rgb, pixel_m)
     total = rgb.sum(axis=0) + 1e-6
     saturation = (rgb.max(axis=0) - rgb.min(axis=0)) / (rgb.max(axis=0) + 1e-6)
     greenness = (rgb[1] - 0.5 * (rgb[0] + rgb[2])) / total
@@ -210,7 +211,7 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
         np.log(np.maximum(mean_bright, floor) / (median_bright + 1e-12)), spread,
         mean(saturation), mean(greenness), mean(texture), np.log1p(rim_gradient),
         (sides - np.roll(sides, half, axis=1)).max(axis=1), sides.max(axis=1)]
-    # float32 as in training, where the features were stored so.
+    # Rounded to float32, as the features the trees were trained on were.
     feats = np.stack([*shape, *appearance], axis=1).astype(np.float32).astype(np.float64)
     return segments, feats
 
@@ -222,8 +223,6 @@ def load_appearance_model(path: str | Path | None = None) -> dict[str, np.ndarra
     ``threshold``, ``left``, ``right`` (absolute node indices), ``missing_left``,
     ``is_leaf``, ``value``; ``roots`` (T,) the first node of each tree.
     """
-    from .change import load_model
-
     return load_model(_MODEL_PATH if path is None else path)
 
 
@@ -328,7 +327,8 @@ def appearance_statistics(before: Scene, after: Scene, pixel_m: float,
     features take from the whole scene, into ``stats``."""
     for date, scene in (("before", before), ("after", after)):
         valid = scene.valid
-        _stretch(visible_bands(scene), valid, stats, date)
-        _, bright, gradient = _brightness_and_gradient(scene, pixel_m)
+        rgb = visible_bands(scene)
+        _stretch(rgb, valid, stats, date)
+        bright, gradient = _brightness_and_gradient(rgb, pixel_m)
         _median_bright(bright, valid, stats, date)
         _median_gradient(gradient, valid, stats, date)
