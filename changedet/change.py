@@ -164,9 +164,10 @@ class DetectionParams:
     keep_features : bool
         Keep the (F, H, W) feature stack in ``Evidence.features`` (for training).
     outline_before : float or None
-        Regions and appearance detectors: a building whose outline is on average at least this strong
-        an edge in the before date (in scene medians of the brightness gradient) was
-        already there, and is left out. None keeps every building.
+        Regions and appearance detectors: a building whose outline is on average at
+        least this strong an edge in the before date (in scene medians of the
+        brightness gradient) was already there, and is left out. None keeps every
+        building.
     """
 
     min_area_m2: float | None = None
@@ -229,9 +230,10 @@ class Evidence:
         Regions detector: each pixel's candidate region's probability of roof;
         appearance detector: that of its segment of the after date.
     standing_before : (H, W) ndarray of int32 or None
-        Regions and appearance detectors: labels (0 background) of the buildings left out because
-        their outline was already in the before date (a demolition's remains, a
-        re-roofed building), to report them apart; ``outlined_before`` counts them.
+        Regions and appearance detectors: labels (0 background) of the buildings left
+        out because their outline was already in the before date (a demolition's
+        remains, a re-roofed building), to report them apart; ``outlined_before``
+        counts them.
     statistics : SceneStatistics or None
         The scene-wide statistics the maps were computed with.
     """
