@@ -140,6 +140,8 @@ def test_cli_detector_option_is_used_and_recorded(tmp_path: Path,
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["parameters"]["detector"] == "appearance"
+    # The change threshold is the regions detector's; this one never used it.
+    assert summary["parameters"]["threshold"] is None
     assert summary["totals"]["n_buildings"] >= 1
     assert calls  # the appearance detector ran, not only its name was recorded
     bad = CliRunner().invoke(main, ["detect", str(pair["before"]), str(pair["after"]),
@@ -158,6 +160,7 @@ def test_windowed_appearance_run_finds_what_the_whole_scene_run_finds(tmp_path: 
     windowed = run_detection(pair["before"], pair["after"],
                              DetectOptions(window_px=256, detector="appearance"))
     assert windowed.summary["parameters"]["windows"]["n"] == 4
+    assert windowed.summary["parameters"]["threshold"] is None
     a = [b.polygon for b in whole.buildings]
     b = [b.polygon for b in windowed.buildings]
     assert len(a) >= 3

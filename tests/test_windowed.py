@@ -236,6 +236,9 @@ def test_buildings_left_out_as_standing_before_are_reported_alike_by_both_paths(
         assert windowed.summary["parameters"]["windows"]["n"] == n_windows
         assert windowed.summary["standing_before"] == whole.summary["standing_before"]
     assert windowed.summary["parameters"]["outline_before_level"] == 3.0
+    # The regions detector records the change threshold it cut at, in noise units.
+    for run in (whole, windowed):
+        assert run.summary["parameters"]["threshold"] > 0
     assert whole.summary["totals"]["n_standing_before"] == len(whole.standing_before)
     # Left out: neither a new building nor new in change.tif.
     new = shapely.union_all([b.polygon for b in whole.buildings])
