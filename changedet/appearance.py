@@ -110,11 +110,20 @@ def _texture_sigma_px(pixel_m: float) -> float:
     return max(0.7, 0.5 / pixel_m)
 
 
-def _brightness_and_gradient(rgb: np.ndarray, pixel_m: float
+def _brightness_and_gradient(rgb: np.ndarray, valid: np.ndarray, pixel_m: float
                              ) -> tuple[np.ndarray, np.ndarray]:
     """Mean brightness of the visible bands ``rgb`` (3, H, W) and its gradient
-    magnitude, both (H, W)."""
+    magnitude, both (H, W).
+
+    Nodata pixels take the brightness of the nearest valid pixel, so that the edge of
+    the data is not read as an outline (gradient), as texture or as a bright
+    neighbour by the segments along it.
+    """
     bright = rgb.mean(axis=0)
+    if valid.any() and not valid.all():
+        nearest = ndimage.distance_transform_edt(~valid, return_distances=False,
+                                                 return_indices=True)
+        bright = bright[tuple(nearest)]
     return bright, ndimage.gaussian_gradient_magnitude(bright, _texture_sigma_px(pixel_m))
 
 
@@ -176,7 +185,7 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     def mean(x: np.ndarray) -> np.ndarray:
         return np.bincount(segments.ravel(), weights=x.ravel(), minlength=n + 1) / count
 
-    bright, gradient = _brightness_and_gradient(rgb, pixel_m)
+    bright, gradient = _brightness_and_gradient(rgb, valid, pixel_m)
     total = rgb.sum(axis=0) + 1e-6
     saturation = (rgb.max(axis=0) - rgb.min(axis=0)) / (rgb.max(axis=0) + 1e-6)
     greenness = (rgb[1] - 0.5 * (rgb[0] + rgb[2])) / total
@@ -329,6 +338,6 @@ def appearance_statistics(before: Scene, after: Scene, pixel_m: float,
         valid = scene.valid
         rgb = visible_bands(scene)
         _stretch(rgb, valid, stats, date)
-        bright, gradient = _brightness_and_gradient(rgb, pixel_m)
+        bright, gradient = _brightness_and_gradient(rgb, valid, pixel_m)
         _median_bright(bright, valid, stats, date)
         _median_gradient(gradient, valid, stats, date)
