@@ -131,7 +131,13 @@ def test_missing_input_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
     verbose = _run("-v", "detect", str(tmp_path / "nope.tif"), str(tmp_path / "b.tif"), "-o",
                    str(tmp_path / "o"))
-    assert verbose.exit_code == 1 and verbose.exception is not None  # traceback kept
+    # Traceback kept: the error itself propagates (CliRunner records a plain exit as
+    # SystemExit).
+    assert verbose.exit_code == 1 and not isinstance(verbose.exception, SystemExit)
+    # -v after the command name keeps it too, as its --help says.
+    after = _run("detect", "-v", str(tmp_path / "nope.tif"), str(tmp_path / "b.tif"), "-o",
+                 str(tmp_path / "o"))
+    assert after.exit_code == 1 and not isinstance(after.exception, SystemExit)
 
 
 def test_full_disk_leaves_outdir(scenes: dict[str, Path], tmp_path: Path,

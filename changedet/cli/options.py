@@ -28,6 +28,13 @@ def configure_logging(verbosity: int) -> None:
     log.addHandler(handler)
 
 
+def _asked_verbose(ctx: click.Context) -> bool:
+    """Whether ``-v`` was given, before the command (``changedet -v detect``) or after
+    it (``changedet detect -v``), read when an error is handled."""
+    before = (ctx.find_root().obj or {}).get("verbosity", 0)
+    return before > 0 or ctx.params.get("cmd_verbose", 0) > 0
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors into one-line messages and exit status 1.
 
@@ -38,26 +45,25 @@ def handle_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
-        verbose = (ctx.find_root().obj or {}).get("verbosity", 0) > 0
         try:
             return func(*args, **kwargs)
         except (click.ClickException, click.Abort, click.exceptions.Exit):
             raise
         except ChangedetError as exc:
-            if verbose:
+            if _asked_verbose(ctx):
                 raise
             raise click.ClickException(str(exc)) from None
         except MemoryError:
-            if verbose:
+            if _asked_verbose(ctx):
                 raise
             raise click.ClickException("out of memory; try a smaller AOI") from None
         except OSError as exc:
-            if verbose:
+            if _asked_verbose(ctx):
                 raise
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from None
         except Exception as exc:  # noqa: BLE001 - last line of defence for users
-            if verbose:
+            if _asked_verbose(ctx):
                 raise
             raise click.ClickException(
                 f"internal error: {type(exc).__name__}: {exc} (rerun with -v for details)"
