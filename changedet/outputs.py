@@ -88,7 +88,13 @@ def to_wgs84(geometries: Sequence[shapely.Geometry], crs: Any) -> np.ndarray:
                                        always_xy=True)
     lonlat = shapely.transform(geoms, lambda xy: np.column_stack(transformer.transform(
         xy[:, 0], xy[:, 1])))
-    rounded = shapely.transform(lonlat, lambda xy: np.round(xy, GEOJSON_DECIMALS))
+    # Rounding each vertex on its own can make a narrow part cross itself; snapping to
+    # the grid of the decimals written keeps every geometry valid. The decimal round
+    # after it only drops the float residue of the snapped values.
+    snapped = shapely.set_precision(lonlat, 10.0**-GEOJSON_DECIMALS)
+    # A part narrower than the grid could vanish: such a geometry keeps plain rounding.
+    snapped = np.where(shapely.is_empty(snapped) & ~shapely.is_empty(lonlat), lonlat, snapped)
+    rounded = shapely.transform(snapped, lambda xy: np.round(xy, GEOJSON_DECIMALS))
     return shapely.orient_polygons(rounded, exterior_cw=False)
 
 

@@ -250,3 +250,24 @@ def test_no_building_found(tmp_path: Path) -> None:
         ["new_buildings", "sites"]
     html = (tmp_path / "o" / "report.html").read_text()
     assert "3 not found" in html
+
+
+def test_rounding_to_seven_decimals_keeps_every_geometry_valid() -> None:
+    from changedet.outputs import to_wgs84
+
+    # Irregular polygons whose vertices lie a few 1e-7 degrees apart: rounding each
+    # vertex on its own made some of them cross themselves.
+    rng = np.random.default_rng(0)
+    polygons = []
+    for _ in range(300):
+        n = int(rng.integers(5, 12))
+        angle = np.sort(rng.uniform(0, 2 * np.pi, n))
+        radius = rng.uniform(5e-7, 2e-6, n)
+        poly = shapely.Polygon(np.c_[10 + radius * np.cos(angle), 50 + radius * np.sin(angle)])
+        if poly.is_valid:
+            polygons.append(poly)
+    out = to_wgs84(polygons, "EPSG:4326")
+    assert all(g.is_valid and not g.is_empty for g in out)
+    for g in out:
+        xy = shapely.get_coordinates(g)
+        np.testing.assert_array_equal(xy, np.round(xy, 7))
