@@ -146,3 +146,14 @@ def test_joplin_extra_shift_is_recovered():
     moved = warp_scene(pair.after_source, pair.grid, Affine.translation(*(-extra)))
     reg = estimate_shift(pair.before.image, moved.image, pair.before.valid & moved.valid)
     assert np.abs(np.array(reg.shift_px) - base.shift_px - extra).max() <= 0.25
+
+
+def test_flat_scenes_give_an_unreliable_shift_and_no_library_warning() -> None:
+    import warnings
+
+    flat = np.full((3, 256, 256), 100.0, np.float32)
+    valid = np.ones((256, 256), bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        reg = estimate_shift(flat, flat.copy(), valid)
+    assert reg.reliability < 0.5
