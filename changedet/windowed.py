@@ -16,6 +16,9 @@ to the one window whose core holds its first pixel (raster order), so nothing is
 reported twice. A group that reaches into a window's untrusted rim, and may hold a
 roof, is detected again in a window grown around it (:func:`run_windows`): at most
 three rounds, the last window-sized, so that memory stays bounded by the window size.
+A group still cut then is reported as seen; of the several views last retries give of
+one of its buildings, the one farthest from its window's rim is kept, and is the one
+``change.tif`` draws (:func:`_best_views`).
 
 Each window is a plain function of picklable inputs (:func:`detect_window`): threads
 run them locally, and a dask.distributed cluster runs them as tasks, reading the
@@ -175,6 +178,9 @@ class FoundBuilding:
     col0: int = 0
     mask: np.ndarray | None = field(default=None, repr=False)
     cut: bool = False  # its group was still cut by the largest retry window
+    # For a cut building: how far (px) it lies from the untrusted rim of the window
+    # that saw it. Of several views of one cut building, the farthest is the best.
+    rim_px: int = 0
     # Left out as standing before (its outline already in the before date): reported
     # apart, never drawn in change.tif.
     standing_before: bool = False
@@ -293,12 +299,13 @@ def detect_window(task: WindowTask) -> WindowResult:
         shown[0] = False
         block[shown[labels][core] & (block == 0)] = 1
         found = _owned_buildings(labels, lab_group, owned, complete, first, evidence,
-                                 pad_grid, w, with_masks=task.retry)
+                                 pad_grid, w, task.grid.shape, with_masks=task.retry)
     if standing is not None and standing.any():
         # Left out as standing before: reported as new buildings are, but without
         # masks, since change.tif never shows them.
         for b in _owned_buildings(standing, _label_groups(standing, groups), owned,
-                                  complete, first, evidence, pad_grid, w, with_masks=False):
+                                  complete, first, evidence, pad_grid, w, task.grid.shape,
+                                  with_masks=False):
             b.standing_before = True
             found.append(b)
     return WindowResult(w, found, None if task.retry else block, incomplete)
@@ -314,18 +321,40 @@ def _label_groups(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 def _owned_buildings(labels: np.ndarray, lab_group: np.ndarray, owned: np.ndarray,
                      complete: np.ndarray, group_first: np.ndarray, evidence: Any,
-                     grid: Grid, w: Window, with_masks: bool) -> list[FoundBuilding]:
+                     grid: Grid, w: Window, grid_shape: tuple[int, int],
+                     with_masks: bool) -> list[FoundBuilding]:
     """The labelled objects of the groups this window owns, as FoundBuilding records,
-    each marked ``cut`` when its group was not seen whole."""
+    each marked ``cut`` (with its ``rim_px``) when its group was not seen whole.
+
+    ``grid`` is the window's padded grid and ``grid_shape`` the whole grid's shape.
+    """
     keep = owned[lab_group]
     keep[0] = False
     if not keep.any():
         return []
     found = _buildings(np.where(keep[labels], labels, 0), keep, lab_group, group_first,
                        evidence, grid, w, with_masks=with_masks)
-    for b, lab in found:
+    for b, lab, box in found:
         b.cut = not complete[lab_group[lab]]
-    return [b for b, _ in found]
+        if b.cut:
+            b.rim_px = _rim_distance(box, w, grid_shape)
+    return [b for b, _, _ in found]
+
+
+def _rim_distance(sl: tuple[slice, slice], w: Window, grid_shape: tuple[int, int]) -> int:
+    """Pixels between a bounding box ``sl`` (in the padded window ``w``) and the
+    nearest edge of ``w`` that is not an edge of the grid (a large number if none)."""
+    ph, pw = w.pad_shape
+    gaps = [1 << 30]
+    if w.pad_row0 > 0:
+        gaps.append(sl[0].start)
+    if w.pad_col0 > 0:
+        gaps.append(sl[1].start)
+    if w.pad_row1 < grid_shape[0]:
+        gaps.append(ph - sl[0].stop)
+    if w.pad_col1 < grid_shape[1]:
+        gaps.append(pw - sl[1].stop)
+    return int(min(gaps))
 
 
 def _first_pixels(labels: np.ndarray, n: int) -> np.ndarray:
@@ -364,9 +393,9 @@ def _label_max(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 
 def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
                group_first: np.ndarray, evidence: Any, grid: Grid, w: Window,
-               with_masks: bool) -> list[tuple[FoundBuilding, int]]:
+               with_masks: bool) -> list[tuple[FoundBuilding, int, tuple[slice, slice]]]:
     """The kept labels as FoundBuilding records (polygons on the analysis grid's CRS),
-    each with its label."""
+    each with its label and its bounding box in the padded window."""
     from .vectorize import polygons_from_labels
 
     ph, pw = labels.shape
@@ -382,11 +411,11 @@ def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
         g = int(group_first[lab_group[lab]])
         rec = FoundBuilding((f // pw + w.pad_row0, f % pw + w.pad_col0),
                             (g // pw + w.pad_row0, g % pw + w.pad_col0), poly, scores[lab])
+        sl = slices[lab - 1]
         if with_masks:
-            sl = slices[lab - 1]
             rec.row0, rec.col0 = sl[0].start + w.pad_row0, sl[1].start + w.pad_col0
             rec.mask = labels[sl] == lab
-        out.append((rec, lab))
+        out.append((rec, lab, sl))
     return out
 
 
@@ -710,6 +739,7 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
                "compress": "deflate", "BIGTIFF": "IF_SAFER"}
     found: dict[tuple[int, int], FoundBuilding] = {}
     reported: set[tuple[int, int]] = set()
+    cut_views: list[FoundBuilding] = []
     pending: list[tuple[int, int, int, int]] = []
     with rasterio.open(change_path, "w+", **profile) as dst:
         dst.update_tags(1, **CHANGE_TAGS)
@@ -744,8 +774,13 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             n_retries += len(tasks)
             grown = []
             for res in runner(tasks):
-                new_groups = {b.group for b in res.buildings} - reported
+                new_groups = {b.group for b in res.buildings if not b.cut} - reported
                 for b in res.buildings:
+                    if b.cut:
+                        # Every view of a still-cut group is kept until all are in:
+                        # the best view of each building is chosen, then drawn.
+                        cut_views.append(b)
+                        continue
                     _paste(dst, b)
                     if b.group in new_groups:
                         found[b.first] = b
@@ -758,35 +793,43 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
                                   max(c1, w.col1)), grow, grid.shape)
                           for r0, c0, r1, c1 in res.incomplete]
             pending = merge_boxes(grown, max_retry_px)
+        buildings = _best_views(list(found.values()), cut_views)
+        # change.tif draws the same view of a cut building as its polygon.
+        for b in buildings:
+            if b.cut:
+                _paste(dst, b)
     if cut:
         logger.warning("%d group(s) of candidate regions exceed the largest retry window "
                        "(%d px) and were measured as cut by it", cut, max_retry_px)
-    buildings = _drop_cut_duplicates(sorted(found.values(), key=lambda b: b.first))
     for b in buildings:
         b.mask = None
     return WindowedDetection(buildings, change_path, len(windows), n_retries, cut)
 
 
-def _drop_cut_duplicates(buildings: list[FoundBuilding]) -> list[FoundBuilding]:
-    """Drop buildings of still-cut groups that mostly overlap another building.
+def _best_views(complete: list[FoundBuilding], cut_views: list[FoundBuilding]
+                ) -> list[FoundBuilding]:
+    """The buildings of complete groups, and the best view of each building of a
+    still-cut group, in raster order of their first pixel.
 
-    Two last retries around one oversized group may each report its buildings as
-    they saw them, under different keys.
+    Last retries around one oversized group each report its buildings as they saw
+    them, under keys of their own. A cut view is kept unless it overlaps a building
+    already kept by more than half the smaller of the two; complete buildings come
+    first, then the cut views farthest from the rim of the window that saw them (the
+    rim is where a window's view of a building departs from the whole scene's).
     """
-    if not any(b.cut for b in buildings):
-        return buildings
-    polys = [b.polygon for b in buildings]
-    tree = shapely.STRtree(polys)
-    drop: set[int] = set()
-    for i, b in enumerate(buildings):
-        if not b.cut:
-            continue
-        for j in tree.query(b.polygon, predicate="intersects").tolist():
-            if j != i and j not in drop and (
-                    b.polygon.intersection(polys[j]).area > 0.5 * b.polygon.area):
-                drop.add(i)
-                break
-    return [b for i, b in enumerate(buildings) if i not in drop]
+    complete_polys = [b.polygon for b in complete]
+    tree = shapely.STRtree(complete_polys)
+
+    def overlaps(poly: shapely.Polygon, others: Iterable[shapely.Polygon]) -> bool:
+        return any(poly.intersection(o).area > 0.5 * min(poly.area, o.area) for o in others)
+
+    kept_cut: list[FoundBuilding] = []
+    for b in sorted(cut_views, key=lambda b: (-b.rim_px, b.first, -b.polygon.area)):
+        near = [complete_polys[i] for i in tree.query(b.polygon, predicate="intersects")]
+        near += [k.polygon for k in kept_cut if k.polygon.intersects(b.polygon)]
+        if not overlaps(b.polygon, near):
+            kept_cut.append(b)
+    return sorted(complete + kept_cut, key=lambda b: b.first)
 
 
 #: Retry rounds for groups cut by window edges (the last one window-sized).

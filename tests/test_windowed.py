@@ -264,19 +264,60 @@ def test_buildings_left_out_as_standing_before_are_reported_alike_by_both_paths(
             assert s.polygon.intersection(found).area > 0.9 * s.polygon.area
 
 
-def test_buildings_of_still_cut_groups_are_not_reported_twice() -> None:
+def test_each_building_of_a_still_cut_group_is_reported_once_from_its_best_view() -> None:
     import shapely
 
-    from changedet.windowed import FoundBuilding, _drop_cut_duplicates
+    from changedet.windowed import FoundBuilding, _best_views
 
     square = shapely.box(0, 0, 10, 10)
     whole = FoundBuilding((0, 0), (0, 0), square, 0.9)
-    seen_again = FoundBuilding((0, 1), (0, 1), shapely.box(0, 0, 10, 8), 0.8, cut=True)
+    # A cut view never replaces a building seen whole, however far from its rim.
+    seen_again = FoundBuilding((0, 0), (0, 1), shapely.box(0, 0, 10, 8), 0.8, cut=True,
+                               rim_px=500)
     elsewhere = FoundBuilding((50, 50), (50, 50), shapely.box(50, 50, 60, 60), 0.7, cut=True)
-    twin_a = FoundBuilding((90, 0), (90, 0), shapely.box(90, 0, 100, 10), 0.7, cut=True)
-    twin_b = FoundBuilding((90, 1), (90, 1), shapely.box(90, 1, 100, 10), 0.7, cut=True)
-    kept = _drop_cut_duplicates([whole, seen_again, elsewhere, twin_a, twin_b])
-    assert [b.first for b in kept] == [(0, 0), (50, 50), (90, 1)]
+    # Two views of one building: the one seen farther from its window's rim wins,
+    # whether it is the smaller or the larger of the two.
+    near_rim = FoundBuilding((90, 0), (90, 0), shapely.box(90, 0, 100, 10), 0.7, cut=True,
+                             rim_px=3)
+    far_from_rim = FoundBuilding((90, 1), (90, 1), shapely.box(90, 1, 100, 10), 0.7,
+                                 cut=True, rim_px=60)
+    small_far = FoundBuilding((200, 0), (200, 0), shapely.box(200, 0, 204, 10), 0.7,
+                              cut=True, rim_px=80)
+    large_near = FoundBuilding((200, 0), (190, 0), shapely.box(200, 0, 210, 10), 0.7,
+                               cut=True, rim_px=10)
+    kept = _best_views([whole], [seen_again, elsewhere, near_rim, far_from_rim,
+                                 large_near, small_far])
+    assert [b.first for b in kept] == [(0, 0), (50, 50), (90, 1), (200, 0)]
+    assert kept[0] is whole and kept[2] is far_from_rim and kept[3] is small_far
+
+
+@pytest.mark.slow
+def test_change_tif_draws_the_views_of_still_cut_buildings_that_are_reported(
+        tmp_path: Path) -> None:
+    """Windows so small that groups stay cut after the last retry: each building is
+    then seen by several retries, and change.tif must draw the view that is reported,
+    not every view."""
+    from rasterio.features import geometry_mask
+
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    pair = write_synthetic_pair(SynthParams.for_scenario("suburb", seed=3, size=512),
+                                tmp_path / "p")
+    whole = run_detection(pair["before"], pair["after"], DetectOptions(window_px=None))
+    windowed = run_detection(pair["before"], pair["after"], DetectOptions(window_px=128))
+    assert windowed.summary["parameters"]["windows"]["cut_groups"] > 0  # else moot
+    mask = windowed.read_change_mask()
+    drawn = shapely.union_all([b.polygon.buffer(1.0) for b in windowed.buildings])
+    covered = geometry_mask([drawn], out_shape=mask.shape,
+                            transform=windowed.grid.transform, invert=True)
+    assert not ((mask == 1) & ~covered).any()
+    for b in windowed.buildings:
+        inside = geometry_mask([b.polygon.buffer(-0.6)], out_shape=mask.shape,
+                               transform=windowed.grid.transform, invert=True)
+        assert (mask[inside] == 1).all()
+    # In this scene the best views are the whole-scene buildings.
+    assert sorted(round(b.area_m2, 1) for b in windowed.buildings) == \
+        sorted(round(b.area_m2, 1) for b in whole.buildings)
 
 
 def test_windowed_run_keeps_to_the_aoi(tmp_path: Path) -> None:
