@@ -37,7 +37,6 @@ from affine import Affine
 from changedet.change import (
     REGION_FEATURE_NAMES,
     DetectionParams,
-    _pixel_size_m,
     candidate_regions,
     new_building_evidence,
     region_features,
@@ -203,7 +202,7 @@ def labelled_regions(before, after, truth) -> tuple[np.ndarray, np.ndarray, np.n
     normalised = replace(after, image=fit.apply(after.image), valid=valid)
     evidence = new_building_evidence(replace(before, valid=valid), normalised, params,
                                      after_raw=after.image)
-    pixel_m = _pixel_size_m(before)
+    pixel_m = params.pixel_m(before.grid)
     regions, n = candidate_regions(evidence, valid, pixel_m, params)
     feats = region_features(regions, n, evidence, valid, pixel_m)[:, 1:, 0].T
     count = np.bincount(regions.ravel(), minlength=n + 1)[1:]

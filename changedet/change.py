@@ -43,7 +43,7 @@ from skimage.filters import threshold_otsu
 
 from ._log import logger
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
-from .raster import Scene
+from .raster import Grid, Scene
 
 #: The shipped pixel detector (trained by ``benchmarks/train_detector.py``).
 _MODEL_PATH = Path(__file__).resolve().parent / "models" / "detector.npz"
@@ -168,6 +168,10 @@ class DetectionParams:
         least this strong an edge in the before date (in scene medians of the
         brightness gradient) was already there, and is left out. None keeps every
         building.
+    ground_pixel_m : float or None
+        Ground side of a pixel, metres, behind every size in metres; None: measured
+        at the centre of the scene's grid (:func:`changedet.measure.ground_pixel_m`).
+        A run sets it once for the whole scene, so that its windows agree.
     """
 
     min_area_m2: float | None = None
@@ -185,6 +189,19 @@ class DetectionParams:
     model: dict[str, np.ndarray] | None = field(default=None, repr=False)
     keep_features: bool = False
     outline_before: float | None = 3.0
+    ground_pixel_m: float | None = None
+
+    def pixel_m(self, grid: Grid) -> float:
+        """Ground side of a pixel of ``grid``, metres: ``ground_pixel_m`` if set.
+
+        Not the grid's pixel size in its CRS units: a Web-Mercator pixel covers
+        cos(latitude) of it on the ground, and a foot-based CRS counts in feet.
+        """
+        if self.ground_pixel_m is not None:
+            return float(self.ground_pixel_m)
+        from .measure import ground_pixel_m
+
+        return ground_pixel_m(grid)
 
     def resolved_min_area_m2(self, pixel_size_m: float) -> float:
         """The minimum building area in m² at this pixel size."""
@@ -270,11 +287,6 @@ class Evidence:
     def outlined_before(self) -> int:
         """How many buildings of these arrays were left out as standing before."""
         return 0 if self.standing_before is None else int(self.standing_before.max())
-
-
-def _pixel_size_m(scene: Scene) -> float:
-    px, py = scene.grid.pixel_size
-    return math.sqrt(px * py)
 
 
 def vegetation_index(image: np.ndarray, nir: int | None) -> tuple[np.ndarray, bool]:
@@ -946,7 +958,7 @@ def new_building_evidence(
     """
     stats = statistics if statistics is not None else SceneStatistics()
     valid = before.valid & after.valid
-    pixel_m = _pixel_size_m(before)
+    pixel_m = params.pixel_m(before.grid)
     b_img, a_img = before.image, after.image
     nb = b_img.shape[0]
     diff = (a_img - b_img).astype(np.float32)
@@ -1620,7 +1632,7 @@ def detect_new_buildings(
     if params.detector == "appearance":
         # Each date is judged in its own units: the after scene as it was delivered.
         labels = _segment_by_appearance(before, after, evidence, valid,
-                                        _pixel_size_m(before), params)
+                                        params.pixel_m(before.grid), params)
     else:
-        labels = segment_new_buildings(evidence, valid, _pixel_size_m(before), params)
+        labels = segment_new_buildings(evidence, valid, params.pixel_m(before.grid), params)
     return labels, evidence

@@ -21,7 +21,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ._log import logger
 from .errors import ProcessingError
-from .raster import _local_projected_crs
+from .raster import Grid, _local_projected_crs
 
 #: Largest departure of the areal scale factor from 1 accepted in an input CRS before
 #: the polygons are re-projected to the local UTM zone (UTM itself stays below 0.3%).
@@ -109,6 +109,33 @@ def to_metric(
     if target == crs:
         return geoms, crs
     return reproject_geoms(geoms, crs, target), target
+
+
+def ground_pixel_m(grid: Grid, metric: CRS | None = None) -> float:
+    """Side in metres of a ground pixel at a grid's centre.
+
+    Parameters
+    ----------
+    grid : Grid
+    metric : CRS, optional
+        The CRS to measure in; default :func:`metric_crs` of the grid.
+
+    Returns
+    -------
+    float
+        The grid's own pixel size when ``metric`` is its CRS (a projected grid fit
+        for measuring); otherwise the pixel measured in ``metric``, which removes a
+        Web-Mercator grid's 1/cos(latitude) scale or a grid's foot units.
+    """
+    if metric is None:
+        metric = metric_crs(grid.crs, grid.bounds)
+    if metric == grid.crs:
+        return float(np.sqrt(grid.pixel_area))
+    col, row = grid.width / 2.0, grid.height / 2.0
+    corners = [grid.transform @ (col + dc, row + dr)
+               for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))]
+    pixel = reproject_geoms([shapely.Polygon(corners)], grid.crs, metric)[0]
+    return float(np.sqrt(pixel.area))
 
 
 def reproject_geoms(

@@ -186,11 +186,14 @@ class DetectOptions:
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
 
-    def detection_params(self) -> Any:
-        """The :class:`changedet.change.DetectionParams` these options ask for."""
+    def detection_params(self, grid: Grid | None = None) -> Any:
+        """The :class:`changedet.change.DetectionParams` these options ask for, with
+        the ground pixel size of the analysis ``grid`` when given."""
         from .change import DetectionParams
+        from .measure import ground_pixel_m
 
-        params = DetectionParams(min_area_m2=self.min_area_m2, detector=self.detector)
+        params = DetectionParams(min_area_m2=self.min_area_m2, detector=self.detector,
+                                 ground_pixel_m=None if grid is None else ground_pixel_m(grid))
         return replace(params, outline_before=None) if self.keep_standing else params
 
     def local_threads(self) -> int:
@@ -346,7 +349,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     pair, registration, reg_summary = _coregister(pair, opts.coreg)
     residual = float(getattr(registration, "residual_rms_px", None) or 0.0)
     stage("detecting")
-    params = opts.detection_params()
+    params = opts.detection_params(grid)
     labels, evidence = detect_new_buildings(pair.before, pair.after, params)
     standing = evidence.standing_before
     if aoi is not None:
@@ -402,10 +405,10 @@ def _parameters_used(opts: DetectOptions, params: Any, measured: dict[str, Any],
 def _measure(polygons: list[shapely.Polygon], scores: list[float], grid: Grid,
              residual_px: float, opts: DetectOptions) -> dict[str, Any]:
     """Buildings measured, grouped into sites, and the claim checked."""
-    from .measure import check_claim, group_sites, measure_buildings, metric_crs
+    from .measure import check_claim, ground_pixel_m, group_sites, measure_buildings, metric_crs
 
     mcrs = metric_crs(grid.crs, grid.bounds)
-    ground_px = _ground_pixel_m(grid, mcrs)
+    ground_px = ground_pixel_m(grid, mcrs)
     buildings = measure_buildings(polygons, grid.crs, ground_px, measure_crs=mcrs,
                                   coreg_residual_px=residual_px, scores=scores)
     gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(ground_px)
@@ -504,7 +507,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
                            run_windows, temporary_change_path)
 
     stage("co-registering")
-    params = opts.detection_params()
+    params = opts.detection_params(grid)
     first = first_pass(header_b, header_a, grid, opts.coreg, resample_before, params,
                        workers=opts.local_threads())
     registration = first.registration
@@ -512,7 +515,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
     correction = registration.correction if registration.applied else Affine.identity()
     residual = float(getattr(registration, "residual_rms_px", None) or 0.0)
     stage("detecting")
-    pixel_m = float(np.sqrt(grid.pixel_area))
+    pixel_m = params.pixel_m(grid)
     params = replace(params, fit=first.fit)
     margin, group = context_px(pixel_m, params)
     window_px = opts.window_px or DEFAULT_WINDOW_PX
@@ -593,22 +596,6 @@ def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
     return pair_out, registration, registration.summary(pair_out.grid)
 
 
-def _ground_pixel_m(grid: Grid, metric: Any) -> float:
-    """Side in metres of a ground pixel at the grid's centre, measured in ``metric``.
-
-    Equal to the grid's pixel size on a projected grid fit for measuring; on a
-    Web-Mercator grid it removes the 1/cos(latitude) scale.
-    """
-    from .measure import reproject_geoms
-
-    col, row = grid.width / 2.0, grid.height / 2.0
-    corners = [grid.transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (1, 1), (0, 1))]
-    pixel = shapely.Polygon(corners)
-    if metric != grid.crs:
-        pixel = reproject_geoms([pixel], grid.crs, metric)[0]
-    return float(np.sqrt(pixel.area))
-
-
 def _label_scores(labels: np.ndarray, score: np.ndarray, ids: Sequence[int]) -> list[float]:
     """Mean evidence score inside each labelled object, in the order of ``ids``."""
     if not ids:
@@ -643,12 +630,16 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
         "n_standing_before": len(result.standing_before),
     }
     epsg = grid.crs.to_epsg()
+    # On the ground, which a Web-Mercator or foot-based grid's own units are not.
+    from .measure import ground_pixel_m
+
+    to_ground = ground_pixel_m(grid, result.crs) / float(np.sqrt(grid.pixel_area))
     return {
         "changedet_version": __version__,
         "inputs": inputs,
         "analysis_crs": f"EPSG:{epsg}" if epsg else grid.crs.to_wkt(),
         "measurement_crs": result.crs.to_string(),
-        "pixel_size_m": [round(v, 6) for v in grid.pixel_size],
+        "pixel_size_m": [round(v * to_ground, 6) for v in grid.pixel_size],
         "grid": {"width": grid.width, "height": grid.height,
                  "transform": [round(v, 6) for v in tuple(grid.transform)[:6]]},
         "overlap_fraction": None if overlap_fraction is None else round(overlap_fraction, 4),

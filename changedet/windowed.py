@@ -578,7 +578,7 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                 from .appearance import appearance_statistics
 
                 appearance_statistics(replace(b, valid=valid), replace(a, valid=valid),
-                                      float(np.sqrt(grid.pixel_area)), stats)
+                                      params.pixel_m(grid), stats)
             return stats
 
         parts = [st for st in pool.map(chip_statistics,

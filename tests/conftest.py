@@ -1,4 +1,5 @@
-"""Shared fixtures: a factory of small synthetic GeoTIFFs for unit tests."""
+"""Shared fixtures: a factory of small synthetic GeoTIFFs for unit tests, and a warp
+into another CRS."""
 
 from __future__ import annotations
 
@@ -37,6 +38,27 @@ def write_geotiff(
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
+
+
+def warp_geotiff(src: Path, dst: Path, crs: str) -> Path:
+    """Resample a GeoTIFF into another CRS (bilinear, at its own ground resolution
+    as GDAL chooses it), as an archive delivers a scene; nodata 0 outside it."""
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    import warnings
+
+    with rasterio.open(src) as s:
+        with warnings.catch_warnings():  # rasterio's own use of affine's `*`
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            transform, width, height = calculate_default_transform(
+                s.crs, crs, s.width, s.height, *s.bounds)
+        profile = {"driver": "GTiff", "height": height, "width": width, "count": s.count,
+                   "dtype": s.dtypes[0], "crs": crs, "transform": transform, "nodata": 0}
+        with rasterio.open(dst, "w", **profile) as d:
+            for band in range(1, s.count + 1):
+                reproject(rasterio.band(s, band), rasterio.band(d, band),
+                          resampling=Resampling.bilinear)
+    return dst
 
 
 @pytest.fixture

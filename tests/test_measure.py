@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from rasterio.crs import CRS
 from shapely.affinity import translate
@@ -14,6 +15,7 @@ from changedet.measure import (
     CONSISTENT,
     area_bounds,
     check_claim,
+    ground_pixel_m,
     group_sites,
     measure_buildings,
     metric_crs,
@@ -170,3 +172,20 @@ def test_multipolygon_and_holes_are_measured():
                     [[(10, 10), (20, 10), (20, 20), (10, 20)]])
     (b,) = measure_buildings(at(court), UTM, 0.0)
     assert b.area_m2 == pytest.approx(800.0) and b.perimeter_m == pytest.approx(160.0)
+
+
+def test_ground_pixel_is_in_metres_on_the_ground() -> None:
+    from affine import Affine
+
+    from changedet.raster import Grid
+
+    utm = Grid(CRS.from_epsg(32651), Affine(0.5, 0, 740000, 0, -0.5, 4328000), 100, 100)
+    assert ground_pixel_m(utm) == 0.5  # a grid fit for measuring: its own pixel, exactly
+    # Web Mercator at 39° N: 1 m of map is cos(39°) m of ground.
+    y = 4_723_000.0
+    merc = Grid(CRS.from_epsg(3857), Affine(1.0, 0, 13_950_000, 0, -1.0, y), 100, 100)
+    lat = np.degrees(2 * np.arctan(np.exp(y / 6378137.0)) - np.pi / 2)
+    assert ground_pixel_m(merc) == pytest.approx(np.cos(np.radians(lat)), rel=2e-3)
+    # Texas South Central in US survey feet: a 2 ft pixel is 0.61 m.
+    feet = Grid(CRS.from_epsg(2278), Affine(2.0, 0, 3.0e6, 0, -2.0, 1.37e7), 100, 100)
+    assert ground_pixel_m(feet) == pytest.approx(2 * 1200 / 3937, rel=2e-3)

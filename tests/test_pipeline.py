@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
 import changedet
-from changedet.pipeline import (DetectionResult, _ground_pixel_m,
-                                default_site_gap_m, quicklook)
+from changedet.pipeline import DetectionResult, default_site_gap_m, quicklook
 from changedet.raster import Grid, Scene
 
 
@@ -65,15 +65,34 @@ def test_quicklook_stretch() -> None:
     np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
 
 
-def test_site_gap_and_ground_pixel() -> None:
+def test_default_site_gap() -> None:
     assert default_site_gap_m(0.5) == 30.0 and default_site_gap_m(10.0) == 100.0
-    utm = Grid(CRS.from_epsg(32651), Affine(0.5, 0, 740000, 0, -0.5, 4328000), 100, 100)
-    assert _ground_pixel_m(utm, utm.crs) == pytest.approx(0.5)
-    # Web Mercator at 39° N: 1 m of map is cos(39°) m of ground.
-    y = 4_723_000.0
-    merc = Grid(CRS.from_epsg(3857), Affine(1.0, 0, 13_950_000, 0, -1.0, y), 100, 100)
-    from changedet.measure import metric_crs
 
-    lat = np.degrees(2 * np.arctan(np.exp(y / 6378137.0)) - np.pi / 2)
-    ground = _ground_pixel_m(merc, metric_crs(merc.crs, merc.bounds))
-    assert ground == pytest.approx(np.cos(np.radians(lat)), rel=2e-3)
+
+def test_sizes_in_metres_are_ground_metres_on_a_web_mercator_pair(tmp_path: Path) -> None:
+    """A Web-Mercator pixel at 39° N covers 0.78 of its side on the ground: the
+    minimum area, the morphology and summary.json's pixel size are in ground metres."""
+    from changedet.pipeline import DetectOptions, run_detection
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    from .conftest import warp_geotiff
+
+    pair = write_synthetic_pair(SynthParams.for_scenario("suburb", seed=0, size=400),
+                                tmp_path / "utm")
+    merc = {k: warp_geotiff(pair[k], tmp_path / f"{k}_3857.tif", "EPSG:3857")
+            for k in ("before", "after")}
+    with rasterio.open(merc["before"]) as ds:
+        nominal = ds.res[0]
+        centre_lat = ds.lnglat()[1]
+    ground = nominal * np.cos(np.radians(centre_lat))
+    min_area = 100.0
+    result = run_detection(merc["before"], merc["after"],
+                           DetectOptions(min_area_m2=min_area, window_px=None))
+    assert result.summary["pixel_size_m"] == pytest.approx([ground, ground], rel=2e-3)
+    assert result.summary["measurement_crs"].startswith("EPSG:326")
+    areas = [b.area_m2 for b in result.buildings]
+    assert areas  # else this test proves nothing
+    # The minimum counts pixels, the area is of the simplified outline: a pixel's
+    # band of slack, not the 1/cos²(39°) = 1.66 times a Mercator pixel count gives.
+    assert min(areas) > 0.9 * min_area
+

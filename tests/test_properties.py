@@ -21,8 +21,7 @@ from rasterio.crs import CRS
 from rasterio.warp import Resampling, reproject
 from scipy import ndimage
 
-from changedet.measure import measure_buildings, metric_crs
-from changedet.pipeline import _ground_pixel_m
+from changedet.measure import ground_pixel_m, measure_buildings, metric_crs
 from changedet.raster import Grid, Scene, align_pair, analysis_grid, warp_scene
 from changedet.vectorize import polygons_from_labels
 
@@ -112,7 +111,7 @@ def test_areas_do_not_change_in_another_crs(w, h, c, r, delivered) -> None:
                                                             resampling=Resampling.bilinear)
     labels, _ = ndimage.label(on_grid.image[0] > 0.5)
     polys = [p for _, p in polygons_from_labels(labels, target)]
-    ground_px = _ground_pixel_m(target, metric_crs(target.crs, target.bounds))
+    ground_px = ground_pixel_m(target, metric_crs(target.crs, target.bounds))
     (b,) = measure_buildings(polys, target.crs, ground_px)
     assert b.area_m2_min <= true_area <= b.area_m2_max, (b.area_m2, true_area)
 
