@@ -573,6 +573,7 @@ def align_pair(before: Scene, after: Scene) -> AlignedPair:
     a = crop_scene(after_on_grid, row0, col0, h, w)
     common = b.valid & a.valid
     b.valid, a.valid = common, common.copy()
+    a.image[:, ~common] = 0.0  # as every path gives the after scene (see read_pair)
     fraction = float(both.sum()) / max(n_before, 1)
     logger.info("analysis grid %s, %.3g m pixels, %d x %d px; overlap %.1f%% of before",
                 grid.crs.to_string(), grid.pixel_size[0], w, h, 100 * fraction)

@@ -211,6 +211,9 @@ def read_pair(task_before: Scene, task_after: Scene, grid: Grid, correction: Aff
     """
     before = read_region(task_before, grid, resample=resample_before)
     after = read_region(task_after, grid, correction=correction)
+    # The after scene is zero wherever the before scene is not valid, as on the
+    # whole-scene path: the evidence filters see the same pixels near nodata.
+    after.image[:, ~before.valid] = 0.0
     return before, after
 
 

@@ -365,3 +365,26 @@ def test_windowed_run_reprojects_a_geographic_after_scene(tmp_path: Path) -> Non
     # buildings, up to a marginal one.
     assert len(match_objects(a, b)) >= len(b) - 1
     assert abs(len(a) - len(b)) <= 1
+
+
+@pytest.mark.slow
+def test_windows_equal_the_whole_scene_where_the_before_scene_has_nodata(
+        tmp_path: Path) -> None:
+    """Delivered in Web Mercator, both dates have nodata fringes that differ after
+    co-registration: the after scene must be blanked alike on both paths, or the
+    evidence filters see other pixels near the fringe."""
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    from .conftest import warp_geotiff
+
+    pair = write_synthetic_pair(SynthParams.for_scenario("suburb", seed=0, size=400),
+                                tmp_path / "utm")
+    merc = {k: warp_geotiff(pair[k], tmp_path / f"{k}_3857.tif", "EPSG:3857")
+            for k in ("before", "after")}
+    whole = run_detection(merc["before"], merc["after"], DetectOptions(window_px=None))
+    windowed = run_detection(merc["before"], merc["after"], DetectOptions(window_px=256))
+    assert whole.registration["applied"] and windowed.summary["parameters"]["windows"]["n"] == 4
+    assert windowed.summary["parameters"]["threshold"] == whole.summary["parameters"]["threshold"]
+    assert len(whole.buildings) >= 2
+    assert sorted(round(b.area_m2, 3) for b in windowed.buildings) == \
+        sorted(round(b.area_m2, 3) for b in whole.buildings)
