@@ -3,6 +3,7 @@ into another CRS."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -44,8 +45,6 @@ def warp_geotiff(src: Path, dst: Path, crs: str) -> Path:
     """Resample a GeoTIFF into another CRS (bilinear, at its own ground resolution
     as GDAL chooses it), as an archive delivers a scene; nodata 0 outside it."""
     from rasterio.warp import Resampling, calculate_default_transform, reproject
-
-    import warnings
 
     with rasterio.open(src) as s:
         with warnings.catch_warnings():  # rasterio's own use of affine's `*`
