@@ -740,6 +740,10 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
                "dtype": "uint8", "crs": grid.crs, "transform": grid.transform,
                "nodata": 255, "tiled": True, "blockxsize": 256, "blockysize": 256,
                "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    # A cut group's extent beyond what a window saw is unknown: each retry looks a
+    # quarter window further where the group went on, and the last allowed one is
+    # window-sized, so that a group costs at most MAX_RETRY_ROUNDS windows.
+    grow = max(halo_px, max_retry_px // 4)
     found: dict[tuple[int, int], FoundBuilding] = {}
     reported: set[tuple[int, int]] = set()
     cut_views: list[FoundBuilding] = []
@@ -754,15 +758,12 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             for b in res.buildings:
                 found[b.first] = b
                 reported.add(b.group)
-            pending.extend(res.incomplete)
+            pending.extend(_next_try(box, w, grow, max_retry_px, template.margin_px,
+                                     grid.shape) for box in res.incomplete)
             if progress is not None:
                 progress(done / len(tasks))
         n_retries = cut = 0
-        # A cut group's extent beyond what the window saw is unknown: each retry
-        # looks a quarter window further on every side, and the last allowed one
-        # is window-sized, so that a group costs at most MAX_RETRY_ROUNDS windows.
-        grow = max(halo_px, max_retry_px // 4)
-        pending = merge_boxes((_grown(b, grow, grid.shape) for b in pending), max_retry_px)
+        pending = merge_boxes(pending, max_retry_px)
         for round_ in range(MAX_RETRY_ROUNDS):
             if not pending:
                 break
@@ -792,9 +793,8 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
                 if last_try[w]:
                     cut += len(res.incomplete)
                     continue
-                grown += [_grown((min(r0, w.row0), min(c0, w.col0), max(r1, w.row1),
-                                  max(c1, w.col1)), grow, grid.shape)
-                          for r0, c0, r1, c1 in res.incomplete]
+                grown += [_next_try(box, w, grow, max_retry_px, template.margin_px,
+                                    grid.shape) for box in res.incomplete]
             pending = merge_boxes(grown, max_retry_px)
         buildings = _best_views(list(found.values()), cut_views)
         # change.tif draws the same view of a cut building as its polygon.
@@ -839,10 +839,28 @@ def _best_views(complete: list[FoundBuilding], cut_views: list[FoundBuilding]
 MAX_RETRY_ROUNDS = 3
 
 
-def _grown(box: tuple[int, int, int, int], by: int, shape: tuple[int, int]
-           ) -> tuple[int, int, int, int]:
-    return (max(0, box[0] - by), max(0, box[1] - by), min(shape[0], box[2] + by),
-            min(shape[1], box[3] + by))
+def _next_try(seen: tuple[int, int, int, int], window: Window, grow: int, cap: int,
+              margin: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The core box of the next retry of a group a window could not finish.
+
+    The group goes on beyond the sides where what the window saw of it (``seen``,
+    ``(row0, col0, row1, col1)``) reaches the window's untrusted rim, and ends on the
+    others. The box grows by ``grow`` on the former only, and no further than
+    ``cap`` a side: a box grown on every side and then cut back to ``cap`` about its
+    centre could leave out the far end of a group that fits in ``cap``.
+    """
+    def axis(lo: int, hi: int, pad_lo: int, pad_hi: int, size: int) -> tuple[int, int]:
+        on_lo = pad_lo > 0 and lo < pad_lo + margin
+        on_hi = pad_hi < size and hi > pad_hi - margin
+        room = max(0, cap - (hi - lo))
+        if on_lo and on_hi:
+            room //= 2
+        return (max(0, lo - min(grow, room)) if on_lo else lo,
+                min(size, hi + min(grow, room)) if on_hi else hi)
+
+    r0, r1 = axis(seen[0], seen[2], window.pad_row0, window.pad_row1, shape[0])
+    c0, c1 = axis(seen[1], seen[3], window.pad_col0, window.pad_col1, shape[1])
+    return r0, c0, r1, c1
 
 
 def _capped(box: tuple[int, int, int, int], side: int) -> tuple[int, int, int, int]:

@@ -388,3 +388,44 @@ def test_windows_equal_the_whole_scene_where_the_before_scene_has_nodata(
     assert len(whole.buildings) >= 2
     assert sorted(round(b.area_m2, 3) for b in windowed.buildings) == \
         sorted(round(b.area_m2, 3) for b in whole.buildings)
+
+
+@pytest.mark.parametrize("group", [(400, 700, 640, 1660), (1500, 980, 1760, 1300),
+                                   (900, 100, 1880, 400), (2000, 1100, 3000, 2100)])
+def test_a_group_that_fits_in_a_window_is_finished_by_the_retries(
+        tmp_path: Path, group: tuple[int, int, int, int]) -> None:
+    """Retries grow where the cut group goes on, up to a window's size: a retry
+    grown on every side and then cut back to a window about its centre could leave
+    out the far end of a group that fits in one window."""
+    from rasterio.crs import CRS
+
+    from changedet.raster import Grid, Scene
+    from changedet.windowed import WindowResult, run_windows
+
+    shape, window_px, halo, margin = (4096, 4096), 1024, 78, 30
+    grid = Grid(CRS.from_epsg(32651), Affine(1, 0, 500000, 0, -1, 4300000), *shape)
+    header = Scene(np.zeros((3, 0, 0), np.float32), np.zeros((0, 0), bool), grid)
+    windows = plan_windows(shape, window_px, halo)
+    template = WindowTask(header, header, grid, windows[0], Affine.identity(), False,
+                          DetectionParams(), {}, margin, 0)
+
+    def runner(tasks: list[WindowTask]):
+        # One group of candidate change of extent ``group``: a window sees the part
+        # inside its padded extent, and cannot finish it if it reaches the rim.
+        for t in tasks:
+            w = t.window
+            seen = (max(group[0], w.pad_row0), max(group[1], w.pad_col0),
+                    min(group[2], w.pad_row1), min(group[3], w.pad_col1))
+            in_core = (seen[0] < w.row1 and seen[2] > w.row0 and seen[1] < w.col1
+                       and seen[3] > w.col0)
+            on_rim = ((w.pad_row0 > 0 and seen[0] < w.pad_row0 + margin)
+                      or (w.pad_col0 > 0 and seen[1] < w.pad_col0 + margin)
+                      or (w.pad_row1 < shape[0] and seen[2] > w.pad_row1 - margin)
+                      or (w.pad_col1 < shape[1] and seen[3] > w.pad_col1 - margin))
+            block = None if t.retry else np.zeros((w.row1 - w.row0, w.col1 - w.col0),
+                                                  np.uint8)
+            yield WindowResult(w, [], block, [seen] if in_core and on_rim else [])
+
+    result = run_windows(template, windows, halo, runner, str(tmp_path / "change.tif"),
+                         window_px)
+    assert result.cut_groups == 0
