@@ -191,6 +191,11 @@ class Building:
         Detection evidence (mean score inside the building), when given.
     site_id : int or None
         Set by :func:`group_sites`.
+    partial : bool
+        The outline may not be the whole building: it reaches the edge of the
+        imagery (the scene's border, or pixels either date does not cover), or a
+        windowed run saw it only as cut by its largest window. The building may go
+        on beyond the outline, and its area and bounds then cover only what was seen.
     """
 
     id: int
@@ -202,6 +207,7 @@ class Building:
     geodesic_area_m2: float
     score: float | None = None
     site_id: int | None = None
+    partial: bool = False
 
     def to_properties(self) -> dict[str, Any]:
         """The ``new_buildings.geojson`` properties (areas rounded to 0.1 m²)."""
@@ -214,6 +220,7 @@ class Building:
             "geodesic_area_m2": _r1(self.geodesic_area_m2),
             "site_id": self.site_id,
             "score": None if self.score is None else float(round(self.score, 3)),
+            "partial": self.partial,
         }
 
 
@@ -244,6 +251,7 @@ def measure_buildings(
     *,
     coreg_residual_px: float = 0.0,
     scores: Sequence[float | None] | None = None,
+    partial: Sequence[bool] | None = None,
     measure_crs: object | None = None,
 ) -> list[Building]:
     """Measure building outlines in m² with their uncertainty.
@@ -262,6 +270,9 @@ def measure_buildings(
         Co-registration residual (RMS, pixels) added to the half-pixel band.
     scores : sequence of float, optional
         One detection score per polygon.
+    partial : sequence of bool, optional
+        One per polygon: whether it may be only part of its building
+        (:attr:`Building.partial`); default all False.
     measure_crs : CRS-like, optional
         The metric CRS to measure in; default :func:`metric_crs` of the polygons'
         extent. Give it to put several sets of outlines in one CRS.
@@ -278,6 +289,8 @@ def measure_buildings(
         return []
     if scores is not None and len(scores) != len(polygons):
         raise ValueError(f"{len(scores)} scores for {len(polygons)} polygons")
+    if partial is not None and len(partial) != len(polygons):
+        raise ValueError(f"{len(partial)} partial flags for {len(polygons)} polygons")
     crs = _as_crs(crs)
     metric, mcrs = to_metric([shapely.make_valid(p) for p in polygons], crs, measure_crs)
     geodesics = _geodesic_areas(metric, mcrs)
@@ -290,7 +303,8 @@ def measure_buildings(
                            k + 1, area, geodesic)
         score = None if scores is None or scores[k] is None else float(scores[k])
         out.append(Building(k + 1, geom, area, min(lo, area), max(hi, area),
-                            float(geom.length), geodesic, score))
+                            float(geom.length), geodesic, score,
+                            partial=bool(partial[k]) if partial is not None else False))
     return out
 
 

@@ -333,7 +333,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     """The whole scene in memory at once."""
     from .change import detect_new_buildings
     from .raster import align_pair, read_scene
-    from .vectorize import polygons_from_labels
+    from .vectorize import labels_at_edge, polygons_from_labels
 
     scene_b = read_scene(before, bands=opts.bands, nir_band=opts.nir_band)
     scene_a = read_scene(after, bands=opts.bands, nir_band=opts.nir_band)
@@ -363,7 +363,9 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     score_map = next((m for m in (evidence.region_probability, evidence.probability)
                       if m is not None), evidence.score)
     scores = _label_scores(labels, score_map, [lab for lab, _ in labelled])
-    measured = _measure([poly for _, poly in labelled], scores, grid, residual, opts)
+    at_edge = labels_at_edge(labels, pair.before.valid & pair.after.valid)
+    measured = _measure([poly for _, poly in labelled], scores,
+                        [bool(at_edge[lab]) for lab, _ in labelled], grid, residual, opts)
     standing_polygons = [] if standing is None else [
         poly for _, poly in polygons_from_labels(standing, grid)]
     stage("summarising")
@@ -402,15 +404,16 @@ def _parameters_used(opts: DetectOptions, params: Any, measured: dict[str, Any],
         "threshold": float(threshold) if opts.detector == "regions" else None}
 
 
-def _measure(polygons: list[shapely.Polygon], scores: list[float], grid: Grid,
-             residual_px: float, opts: DetectOptions) -> dict[str, Any]:
+def _measure(polygons: list[shapely.Polygon], scores: list[float], partial: list[bool],
+             grid: Grid, residual_px: float, opts: DetectOptions) -> dict[str, Any]:
     """Buildings measured, grouped into sites, and the claim checked."""
     from .measure import check_claim, ground_pixel_m, group_sites, measure_buildings, metric_crs
 
     mcrs = metric_crs(grid.crs, grid.bounds)
     ground_px = ground_pixel_m(grid, mcrs)
     buildings = measure_buildings(polygons, grid.crs, ground_px, measure_crs=mcrs,
-                                  coreg_residual_px=residual_px, scores=scores)
+                                  coreg_residual_px=residual_px, scores=scores,
+                                  partial=partial)
     gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(ground_px)
     sites = group_sites(buildings, gap_m, pixel_size_m=ground_px, coreg_residual_px=residual_px)
     claim = None
@@ -534,8 +537,8 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
                            max_retry_px=window_px, progress=stage.within)
     stage("measuring")
     new = [b for b in stitched.buildings if not b.standing_before]
-    measured = _measure([b.polygon for b in new], [b.score for b in new], grid, residual,
-                        opts)
+    measured = _measure([b.polygon for b in new], [b.score for b in new],
+                        [b.cut or b.at_edge for b in new], grid, residual, opts)
     standing = _measure_standing(
         [b.polygon for b in stitched.buildings if b.standing_before], grid, residual,
         measured)
@@ -628,6 +631,7 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
         "built_area_m2_min": round(sum(float(b.area_m2_min) for b in result.buildings), 2),
         "built_area_m2_max": round(sum(float(b.area_m2_max) for b in result.buildings), 2),
         "n_standing_before": len(result.standing_before),
+        "n_partial": sum(b.partial for b in result.buildings),
     }
     epsg = grid.crs.to_epsg()
     # On the ground, which a Web-Mercator or foot-based grid's own units are not.

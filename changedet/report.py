@@ -450,11 +450,20 @@ def render_report(result: DetectionResult) -> str:
                _e(f"{float(b.area_m2):,.0f} ± {(float(b.area_m2_max) - float(b.area_m2_min)) / 2:,.0f}"),
                _e(f"{float(b.area_m2_min):,.0f} – {float(b.area_m2_max):,.0f}"),
                _e(f"{float(b.perimeter_m):,.1f}"), _e(f"{float(b.geodesic_area_m2):,.0f}"),
-               _e("-" if b.score is None else f"{float(b.score):.2f}")] for b in result.buildings]
+               _e("-" if b.score is None else f"{float(b.score):.2f}"),
+               _e("partial" if b.partial else "whole")]
+              for b in result.buildings]
     if b_rows:
         parts.append(_table([("No.", False), ("Site", False), ("Area (m²)", True),
                              ("Range (m²)", True), ("Perimeter (m)", True),
-                             ("Geodesic area (m²)", True), ("Score", True)], b_rows))
+                             ("Geodesic area (m²)", True), ("Score", True),
+                             ("Outline", False)], b_rows))
+        n_partial = sum(b.partial for b in result.buildings)
+        if n_partial:
+            parts.append(f'<p class="note">{n_partial} outline(s) marked partial reach the '
+                         f'edge of the imagery (or were cut by a processing window): the '
+                         f'building may go on beyond it, and its area covers only what '
+                         f'was seen.</p>')
     else:
         parts.append('<p class="note">None.</p>')
     standing = summary.get("standing_before") or []

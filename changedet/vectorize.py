@@ -17,6 +17,7 @@ import math
 import numpy as np
 import rasterio.features
 import shapely
+from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, shape
 
 from ._log import logger
@@ -205,6 +206,43 @@ def regularise_polygon(
     if shapely.hausdorff_distance(best, reference) > 1.5 * pixel_size:
         return poly
     return best
+
+
+def labels_at_edge(labels: np.ndarray, valid: np.ndarray,
+                   sides: tuple[bool, bool, bool, bool] = (True, True, True, True)
+                   ) -> np.ndarray:
+    """Which buildings reach the edge of the imagery and may go on beyond it.
+
+    A label reaches it when one of its pixels is 4-adjacent to an invalid pixel
+    (nodata, outside either date) or lies on a side of the array that is the
+    imagery's edge.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, 1..N buildings.
+    valid : (H, W) ndarray of bool
+        Pixels both dates cover.
+    sides : (top, left, bottom, right) of bool
+        Whether each side of the array is the edge of the imagery (False for a side
+        of a window inside a larger grid).
+
+    Returns
+    -------
+    (N + 1,) ndarray of bool
+        Entry ``k`` for label ``k``; entry 0 is False.
+    """
+    n = int(labels.max()) if labels.size else 0
+    edge = ndimage.binary_dilation(~valid)
+    top, left, bottom, right = sides
+    edge[0] |= top
+    edge[:, 0] |= left
+    edge[-1] |= bottom
+    edge[:, -1] |= right
+    out = np.zeros(n + 1, bool)
+    out[labels[edge]] = True
+    out[0] = False
+    return out
 
 
 def polygons_from_labels(

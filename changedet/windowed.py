@@ -53,6 +53,7 @@ from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
 from .raster import Grid, Scene, read_region
+from .vectorize import labels_at_edge
 
 #: Core window side in pixels, by default.
 DEFAULT_WINDOW_PX = 1024
@@ -178,6 +179,7 @@ class FoundBuilding:
     col0: int = 0
     mask: np.ndarray | None = field(default=None, repr=False)
     cut: bool = False  # its group was still cut by the largest retry window
+    at_edge: bool = False  # it reaches the imagery's edge (vectorize.labels_at_edge)
     # For a cut building: how far (px) it lies from the untrusted rim of the window
     # that saw it. Of several views of one cut building, the farthest is the best.
     rim_px: int = 0
@@ -294,6 +296,9 @@ def detect_window(task: WindowTask) -> WindowResult:
             incomplete.append((sl[0].start + w.pad_row0, sl[1].start + w.pad_col0,
                                sl[0].stop + w.pad_row0, sl[1].stop + w.pad_col0))
     found: list[FoundBuilding] = []
+    # Sides of the window that are the grid's: the imagery's edge there.
+    sides = (w.pad_row0 == 0, w.pad_col0 == 0, w.pad_row1 == task.grid.height,
+             w.pad_col1 == task.grid.width)
     if labels.any():
         lab_group = _label_groups(labels, groups)
         # change.tif: the buildings of every complete group are exact here; those of
@@ -302,7 +307,8 @@ def detect_window(task: WindowTask) -> WindowResult:
         shown[0] = False
         block[shown[labels][core] & (block == 0)] = 1
         found = _owned_buildings(labels, lab_group, owned, complete, first, evidence,
-                                 pad_grid, w, task.grid.shape, with_masks=task.retry)
+                                 pad_grid, w, task.grid.shape, with_masks=task.retry,
+                                 at_edge=labels_at_edge(labels, valid, sides))
     if standing is not None and standing.any():
         # Left out as standing before: reported as new buildings are, but without
         # masks, since change.tif never shows them.
@@ -325,11 +331,14 @@ def _label_groups(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
 def _owned_buildings(labels: np.ndarray, lab_group: np.ndarray, owned: np.ndarray,
                      complete: np.ndarray, group_first: np.ndarray, evidence: Any,
                      grid: Grid, w: Window, grid_shape: tuple[int, int],
-                     with_masks: bool) -> list[FoundBuilding]:
+                     with_masks: bool, at_edge: np.ndarray | None = None
+                     ) -> list[FoundBuilding]:
     """The labelled objects of the groups this window owns, as FoundBuilding records,
     each marked ``cut`` (with its ``rim_px``) when its group was not seen whole.
 
-    ``grid`` is the window's padded grid and ``grid_shape`` the whole grid's shape.
+    ``grid`` is the window's padded grid and ``grid_shape`` the whole grid's shape;
+    ``at_edge`` (one entry per label, :func:`changedet.vectorize.labels_at_edge`)
+    marks the records ``at_edge``.
     """
     keep = owned[lab_group]
     keep[0] = False
@@ -339,6 +348,7 @@ def _owned_buildings(labels: np.ndarray, lab_group: np.ndarray, owned: np.ndarra
                        evidence, grid, w, with_masks=with_masks)
     for b, lab, box in found:
         b.cut = not complete[lab_group[lab]]
+        b.at_edge = at_edge is not None and bool(at_edge[lab])
         if b.cut:
             b.rim_px = _rim_distance(box, w, grid_shape)
     return [b for b, _, _ in found]

@@ -45,7 +45,15 @@ def test_rectangle_area_bounds_and_perimeter_are_exact():
     assert props == {"id": 1, "area_m2": 1000.0, "area_m2_min": 967.8,
                      "area_m2_max": 1032.8, "perimeter_m": 130.0,
                      "geodesic_area_m2": round(b.geodesic_area_m2, 1),
-                     "site_id": None, "score": None}
+                     "site_id": None, "score": None, "partial": False}
+
+
+def test_partial_flags_follow_their_polygons():
+    rects = [box(X0, Y0, X0 + 10, Y0 + 10), box(X0 + 50, Y0, X0 + 60, Y0 + 10)]
+    measured = measure_buildings(rects, UTM, pixel_size_m=0.5, partial=[False, True])
+    assert [b.to_properties()["partial"] for b in measured] == [False, True]
+    with pytest.raises(ValueError, match="1 partial flags for 2 polygons"):
+        measure_buildings(rects, UTM, pixel_size_m=0.5, partial=[True])
 
 
 def test_coregistration_residual_widens_the_band():

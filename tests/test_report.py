@@ -78,6 +78,15 @@ def test_report_content() -> None:
     assert text.count('<use href="#outlines"/>') == 3 and text.count('id="outlines"') == 1
 
 
+def test_report_marks_partial_outlines() -> None:
+    res = fake_result(13000.0, n_sites=3)
+    assert "marked partial" not in " ".join(_parse(render_report(res)).text)
+    res.buildings[1].partial = True
+    visible = " ".join(_parse(render_report(res)).text)
+    assert "1 outline(s) marked partial" in visible
+    assert visible.count("partial") == 2  # the building's row and the note
+
+
 def test_report_without_claim() -> None:
     text = render_report(fake_result())
     assert "No claim was given" in text and "Verdict" not in text

@@ -14,7 +14,7 @@ from shapely import affinity
 from shapely.geometry import Polygon, box
 
 from changedet.raster import Grid
-from changedet.vectorize import polygons_from_labels, regularise_polygon
+from changedet.vectorize import labels_at_edge, polygons_from_labels, regularise_polygon
 
 GRID = Grid(CRS.from_epsg(32651), Affine(0.5, 0, 500000.0, 0, -0.5, 4320100.0), 200, 200)
 ORIGIN = (500050.0, 4320050.0)
@@ -111,3 +111,21 @@ def test_default_polygons_are_valid_and_keep_the_pixel_count_area(mask):
         assert poly.is_valid and poly.geom_type == "Polygon"
         assert poly.area == pytest.approx((labels == value).sum() * grid.pixel_area, rel=1e-4)
         assert poly.intersection(raw[value]).area / poly.union(raw[value]).area > 0.5
+
+
+def test_labels_at_edge_are_those_touching_nodata_or_the_imagery_border():
+    labels = np.zeros((20, 30), np.int32)
+    labels[0:4, 5:9] = 1  # on the top row
+    labels[8:12, 8:12] = 2  # inside, one pixel from the nodata hole
+    labels[8:12, 14:18] = 3  # next to the hole (4-adjacent)
+    labels[15:19, 25:29] = 4  # a pixel short of the bottom and right sides
+    labels[5:7, 26:30] = 5  # on the right side
+    valid = np.ones(labels.shape, bool)
+    valid[9:11, 13] = False
+    valid[12, 12] = False  # diagonal to label 2's corner only: not adjacent
+    at_edge = labels_at_edge(labels, valid)
+    assert at_edge.tolist() == [False, True, False, True, False, True]
+    # A window's side inside a larger grid is not the imagery's edge.
+    inside = labels_at_edge(labels, valid, sides=(False, True, True, False))
+    assert inside.tolist() == [False, False, False, True, False, False]
+    assert labels_at_edge(np.zeros((5, 5), np.int32), valid[:5, :5]).tolist() == [False]

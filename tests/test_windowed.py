@@ -429,3 +429,44 @@ def test_a_group_that_fits_in_a_window_is_finished_by_the_retries(
     result = run_windows(template, windows, halo, runner, str(tmp_path / "change.tif"),
                          window_px)
     assert result.cut_groups == 0
+
+
+@pytest.mark.slow
+def test_a_building_cut_by_the_scene_edge_is_marked_partial_by_both_paths(
+        tmp_path: Path) -> None:
+    """The fixture cropped through its residence 2: the outline that stops at the
+    crop is partial, the residence seen whole is not, windows or not."""
+    from rasterio.windows import Window
+
+    from changedet.outputs import to_wgs84
+
+    crop = Window(0, 0, 700, 1200)  # residence 2 spans columns 544-713
+    paths = {}
+    for date in ("before", "after"):
+        with rasterio.open(FIXTURE / f"{date}.tif") as src:
+            profile = src.profile | {"width": crop.width, "height": crop.height,
+                                     "transform": src.transform}  # the crop starts at 0, 0
+            paths[date] = tmp_path / f"{date}.tif"
+            with rasterio.open(paths[date], "w", **profile) as dst:
+                dst.write(src.read(window=crop))
+    truth = json.loads((FIXTURE / "truth.geojson").read_text())["features"]
+    flags = {}
+    for name, window_px in (("whole", None), ("windows", 256)):
+        result = run_detection(paths["before"], paths["after"],
+                               DetectOptions(window_px=window_px))
+        if window_px:
+            assert result.summary["parameters"]["windows"]["n"] > 1
+        records = {r["id"]: r for r in result.summary["buildings"]}
+        wgs84 = [shapely.geometry.shape(f["geometry"]) for f in truth]
+        outlines = to_wgs84([b.polygon for b in result.buildings], result.crs)
+        on = {t["properties"]["id"]: [records[b.id]["partial"]
+                                      for b, o in zip(result.buildings, outlines)
+                                      if o.intersection(w).area > 0.5 * o.area]
+              for t, w in zip(truth, wgs84)}
+        assert on[1] == [False]  # seen whole, far from the crop
+        assert on[2] and all(on[2])  # cut by the crop
+        assert result.summary["totals"]["n_partial"] == sum(
+            r["partial"] for r in records.values())
+        flags[name] = sorted((round(b.area_m2, 1), records[b.id]["partial"])
+                             for b in result.buildings)
+    assert flags["windows"] == flags["whole"]
