@@ -478,15 +478,20 @@ def colour_regions(domain: np.ndarray, colour_edges: np.ndarray, pixel_m: float,
     return watershed(colour_edges, markers, mask=domain).astype(np.int32)
 
 
-def _pixel_noise(image: np.ndarray, stats: SceneStatistics, date: str) -> np.ndarray:
+def _pixel_noise(image: np.ndarray, valid: np.ndarray, stats: SceneStatistics,
+                 date: str) -> np.ndarray:
     """Per-band noise standard deviation from the residual to the 4-neighbour mean.
 
     For white noise of deviation s that residual has deviation 1.118 s; the median
-    absolute residual is robust to edges and texture, which touch few pixels.
+    absolute residual is robust to edges and texture, which touch few pixels. Only
+    pixels that are valid with their four neighbours count: nodata is flat, and a
+    scene with a nodata collar would otherwise read as less noisy than it is (with
+    half of it nodata, as noiseless, and every change as infinitely significant).
 
     Parameters
     ----------
     image : (B, H, W) ndarray
+    valid : (H, W) ndarray of bool
     stats : SceneStatistics
     date : {"before", "after"}
         Names the statistics (``noise_before_0``...).
@@ -495,9 +500,15 @@ def _pixel_noise(image: np.ndarray, stats: SceneStatistics, date: str) -> np.nda
     -------
     (B,) ndarray of float64
     """
+    inner = (valid[1:-1, 1:-1] & valid[:-2, 1:-1] & valid[2:, 1:-1]
+             & valid[1:-1, :-2] & valid[1:-1, 2:])
+    # (Too few such pixels to measure anything: every pixel, as a last resort.)
+    everywhere = bool(inner.all()) or int(inner.sum()) < 100
+
     def residual(x: np.ndarray) -> np.ndarray:
-        return np.abs(x[1:-1, 1:-1] - 0.25 * (x[:-2, 1:-1] + x[2:, 1:-1]
-                                              + x[1:-1, :-2] + x[1:-1, 2:]))
+        r = np.abs(x[1:-1, 1:-1] - 0.25 * (x[:-2, 1:-1] + x[2:, 1:-1]
+                                           + x[1:-1, :-2] + x[1:-1, 2:]))
+        return r if everywhere else r[inner]
 
     def deviation(abs_residual: np.ndarray) -> float:
         return max(1.4826 * _median(abs_residual) / 1.118, 1e-3)
@@ -966,8 +977,8 @@ def new_building_evidence(
     # image's own pixel-to-pixel residual. The scatter of unchanged pixels about the
     # radiometric fit is not used: where most of a scene changed (a new suburb on
     # cleared land) it is dominated by the change itself.
-    noise_a = _pixel_noise(a_img, stats, "after")
-    noise_b = _pixel_noise(b_img, stats, "before")
+    noise_a = _pixel_noise(a_img, valid, stats, "after")
+    noise_b = _pixel_noise(b_img, valid, stats, "before")
     sigma = np.hypot(noise_b, noise_a).astype(np.float32)
     # Noise at the pixel level is reduced by a light blur (about half a metre), small
     # enough to keep the roof edges in place.
@@ -990,10 +1001,11 @@ def new_building_evidence(
     sh_a = _shadow_map(br_a, stats.get("median_bright_after", lambda: br_a[valid][::5]))
     grad_b = _gradient(br_b, pixel_m)
     grad_a = _gradient(br_a, pixel_m)
-    homog_b = _homogeneity(grad_b, stats.get("median_gradient_before", lambda: grad_b))
-    homog_a = _homogeneity(grad_a, stats.get("median_gradient_after", lambda: grad_a))
-    # The outline test compares edges with those of valid ground only: nodata (zero
-    # gradient) would lower the median of every pixel and inflate every edge.
+    # Valid pixels only: nodata (zero gradient) would lower the medians and inflate
+    # every edge, the more so the larger the scene's nodata collar.
+    homog_b = _homogeneity(grad_b, stats.get("median_gradient_before", lambda: grad_b[valid]))
+    homog_a = _homogeneity(grad_a, stats.get("median_gradient_after", lambda: grad_a[valid]))
+    # The outline test compares edges with those of valid ground only.
     ref_valid = stats.get("median_valid_gradient_before", lambda: grad_b[valid][::5])
     edges_b = (grad_b / np.float32(ref_valid + 1e-6 if np.isfinite(ref_valid) else 1.0)
                ).astype(np.float32)

@@ -8,8 +8,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from scipy import ndimage
 
-from changedet.change import (DetectionParams, detect_new_buildings, outline_strength,
-                              vegetation_index)
+from changedet.change import (DetectionParams, SceneStatistics, detect_new_buildings,
+                              outline_strength, vegetation_index)
 from changedet.raster import Grid, Scene
 
 GRASS = (70.0, 110.0, 50.0)
@@ -130,6 +130,36 @@ def test_new_buildings_found_and_nothing_else(pixel: float, detector: str) -> No
     assert (pred & (truth > 0.5)).sum() / max(pred.sum(), 1) > 0.9
     assert ev.score.shape == truth.shape
     assert ev.threshold > 0
+
+
+def test_a_nodata_collar_changes_neither_the_noise_nor_the_buildings() -> None:
+    """A scene delivered with nodata around its footprint (here 60 % of the array)
+    must be judged as the footprint alone: nodata is flat, and counted as pixels it
+    read as a noiseless sensor, every change as hugely significant."""
+    before, after, _, _ = _pair(1.0)
+    n = before.image.shape[1]
+
+    def collared(scene: Scene) -> Scene:
+        image = np.zeros((3, n, int(2.5 * n)), np.float32)
+        image[:, :, :n] = scene.image
+        valid = np.zeros(image.shape[1:], bool)
+        valid[:, :n] = scene.valid
+        grid = Grid(scene.grid.crs, scene.grid.transform, image.shape[2], n)
+        return Scene(image, valid, grid)
+
+    stats_alone, stats_collared = SceneStatistics(), SceneStatistics()
+    params = DetectionParams(sun_azimuth_deg=45.0)
+    alone, _ = detect_new_buildings(before, after, params, stats_alone)
+    with_collar, _ = detect_new_buildings(collared(before), collared(after), params,
+                                          stats_collared)
+    for name, value in stats_alone.values.items():
+        if name.startswith("noise_"):  # the same pixels: exact
+            assert stats_collared.values[name] == pytest.approx(value, rel=1e-6), name
+        elif name.startswith("median_gradient_"):
+            # The footprint's last column sees the step down to nodata.
+            assert stats_collared.values[name] == pytest.approx(value, rel=0.02), name
+    assert alone.max() == 2
+    assert _areas(with_collar, 1.0) == _areas(alone, 1.0)
 
 
 def test_sun_azimuth_estimated_from_shadows() -> None:
