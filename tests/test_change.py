@@ -162,6 +162,26 @@ def test_a_nodata_collar_changes_neither_the_noise_nor_the_buildings() -> None:
     assert _areas(with_collar, 1.0) == _areas(alone, 1.0)
 
 
+def test_the_noise_median_of_integer_pixels_moves_smoothly_with_the_noise() -> None:
+    """Residuals of integer pixels lie on multiples of 0.25: the plain median jumps a
+    whole step (a tenth of a typical noise) where the grouped median follows the
+    continuous one."""
+    from changedet.change import _lattice_median
+
+    rng = np.random.default_rng(0)
+    worst_plain = worst_grouped = 0.0
+    for scale in np.linspace(1.0, 1.5, 21):
+        continuous = np.abs(rng.normal(0.0, scale, 200_000))
+        on_lattice = np.round(continuous / 0.25) * 0.25
+        truth = float(np.median(continuous))
+        worst_plain = max(worst_plain, abs(float(np.median(on_lattice)) - truth))
+        worst_grouped = max(worst_grouped, abs(_lattice_median(on_lattice, 0.25) - truth))
+    assert worst_grouped < 0.01 < 0.08 < worst_plain
+    off_lattice = np.array([0.1, 0.3, 0.7])
+    assert _lattice_median(off_lattice, 0.25) == pytest.approx(0.3)
+    assert np.isnan(_lattice_median(np.array([]), 0.25))
+
+
 def test_sun_azimuth_estimated_from_shadows() -> None:
     before, after, truth, _ = _pair(1.0)
     labels, ev = detect_new_buildings(before, after, DetectionParams(detector="handcrafted"))
