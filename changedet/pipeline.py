@@ -363,15 +363,15 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     score_map = next((m for m in (evidence.region_probability, evidence.probability)
                       if m is not None), evidence.score)
     scores = _label_scores(labels, score_map, [lab for lab, _ in labelled])
-    at_edge = labels_at_edge(labels, pair.before.valid & pair.after.valid)
+    valid = pair.before.valid & pair.after.valid
+    at_edge = labels_at_edge(labels, valid)
     measured = _measure([poly for _, poly in labelled], scores,
                         [bool(at_edge[lab]) for lab, _ in labelled], grid, residual, opts)
     standing_polygons = [] if standing is None else [
         poly for _, poly in polygons_from_labels(standing, grid)]
     stage("summarising")
-    valid = pair.before.valid & pair.after.valid
     if aoi is not None:
-        valid &= aoi.mask
+        valid &= aoi.mask  # after the edge test: the AOI's boundary is not the imagery's
     change = np.where(valid, (labels > 0).astype(np.uint8), np.uint8(255)).astype(np.uint8)
     look_before, limits = quicklook(pair.before)
     normalised = getattr(evidence, "after_normalised", None)
