@@ -505,9 +505,8 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
                        stage: _StageClock) -> DetectionResult:
     from affine import Affine
 
-    from .raster import read_region
-    from .windowed import (QUICKLOOK_PX, WindowTask, context_px, first_pass, plan_windows,
-                           run_windows, temporary_change_path)
+    from .windowed import (QUICKLOOK_PX, CellMeans, WindowTask, context_px, first_pass,
+                           plan_windows, run_windows, temporary_change_path)
 
     stage("co-registering")
     params = opts.detection_params(grid)
@@ -529,12 +528,18 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
     template = WindowTask(header_b, header_a, grid, windows[0], correction, resample_before,
                           params, dict(first.statistics.values), margin, group,
                           aoi=None if aoi is None else aoi.geometry)
+    # The report's images are summed from the windows' own pixels as they pass:
+    # reading the scene again for them would cost as much as the I/O floor.
+    qgrid = _decimated(grid, QUICKLOOK_PX)
+    factor = int(round(qgrid.transform.a / grid.transform.a))
+    template = replace(template, quicklook_factor=factor)
+    looks_sum = CellMeans(qgrid.shape, len(header_b.bands))
     scratch, change_path = temporary_change_path()
     logger.info("windowed: %d window(s) of %d px, halo %d px (margin %d), %s", len(windows),
                 window_px, halo, margin, f"dask at {opts.dask_scheduler}"
                 if opts.dask_scheduler else "threads")
     stitched = run_windows(template, windows, halo, runner, change_path,
-                           max_retry_px=window_px, progress=stage.within)
+                           max_retry_px=window_px, progress=stage.within, quicklook=looks_sum)
     stage("measuring")
     new = [b for b in stitched.buildings if not b.standing_before]
     measured = _measure([b.polygon for b in new], [b.score for b in new],
@@ -543,11 +548,11 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
         [b.polygon for b in stitched.buildings if b.standing_before], grid, residual,
         measured)
     stage("summarising")
-    qgrid = _decimated(grid, QUICKLOOK_PX)
-    scale = qgrid.transform.a / grid.transform.a  # the whole decimation factor
-    qcorr = Affine.scale(1 / scale) @ correction @ Affine.scale(scale)
-    look_b = read_region(header_b, qgrid)
-    look_a = read_region(header_a, qgrid, correction=qcorr)
+    image_b, valid_b = looks_sum.date(0)
+    image_a, valid_a = looks_sum.date(1)
+    del looks_sum
+    look_b = replace(header_b, image=image_b, valid=valid_b, grid=qgrid)
+    look_a = replace(header_a, image=image_a, valid=valid_a, grid=qgrid)
     look_before, limits = quicklook(look_b)
     look_after = quicklook(replace(look_a, image=first.fit.apply(look_a.image)), limits)[0]
     looks = {"before": look_before, "after": look_after,

@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -161,6 +161,10 @@ class WindowTask:
     aoi: Any | None = None  # shapely geometry in the grid's CRS
     retry: bool = False
     last_try: bool = False
+    # Main-pass windows also send their core's pixels summed over the cells of the
+    # display grid (this many pixels a side), so that the report's images need no
+    # second read of the scene; 0: none.
+    quicklook_factor: int = 0
 
 
 @dataclass
@@ -197,6 +201,80 @@ class WindowResult:
     buildings: list[FoundBuilding]
     change_block: np.ndarray | None
     incomplete: list[tuple[int, int, int, int]]
+    quicklook: CellSums | None = None
+
+
+@dataclass
+class CellSums:
+    """Pixel sums of both dates over the cells of a coarser grid that a block covers.
+
+    Cell ``(i, j)`` of the coarse grid covers rows ``i*f:(i+1)*f`` and columns
+    ``j*f:(j+1)*f`` of the fine one; a block's first and last cells may be partly
+    outside it (their other pixels belong to neighbouring blocks).
+    """
+
+    row0: int  # first cell row
+    col0: int  # first cell column
+    sums: np.ndarray  # (2, B, h, w) float32: before, after; valid pixels only
+    counts: np.ndarray  # (2, h, w) int32: valid pixels in each cell
+
+
+def cell_sums(images: Sequence[np.ndarray], valids: Sequence[np.ndarray], row0: int,
+              col0: int, factor: int) -> CellSums:
+    """Sum the valid pixels of a block over the cells of a grid ``factor`` times coarser.
+
+    Parameters
+    ----------
+    images : sequence of (B, H, W) ndarray
+        One per date, the block at rows ``row0:row0+H`` and columns ``col0:col0+W``
+        of the fine grid.
+    valids : sequence of (H, W) ndarray of bool
+    row0, col0 : int
+        The block's origin on the fine grid.
+    factor : int
+        Fine pixels per cell side.
+    """
+    nb, h, w = images[0].shape
+    r_off, c_off = row0 % factor, col0 % factor
+    nr, nc = -(-(r_off + h) // factor), -(-(c_off + w) // factor)
+    sums = np.zeros((len(images), nb, nr, nc), np.float32)
+    counts = np.zeros((len(images), nr, nc), np.int32)
+    for k, (image, valid) in enumerate(zip(images, valids)):
+        # Aligned on the cells by zero padding, then summed cell by cell.
+        pixels = np.zeros((nb, nr * factor, nc * factor), np.float32)
+        pixels[:, r_off:r_off + h, c_off:c_off + w] = np.where(valid, image, 0.0)
+        sums[k] = pixels.reshape(nb, nr, factor, nc, factor).sum(axis=(2, 4))
+        mask = np.zeros((nr * factor, nc * factor), np.int32)
+        mask[r_off:r_off + h, c_off:c_off + w] = valid
+        counts[k] = mask.reshape(nr, factor, nc, factor).sum(axis=(1, 3))
+    return CellSums(row0 // factor, col0 // factor, sums, counts)
+
+
+class CellMeans:
+    """Collects :class:`CellSums` of blocks tiling a grid into per-cell means.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        The coarse grid's ``(height, width)``.
+    n_bands : int
+    """
+
+    def __init__(self, shape: tuple[int, int], n_bands: int):
+        self.sums = np.zeros((2, n_bands) + tuple(shape), np.float32)
+        self.counts = np.zeros((2,) + tuple(shape), np.int32)
+
+    def add(self, part: CellSums) -> None:
+        _, _, h, w = part.sums.shape
+        rows, cols = slice(part.row0, part.row0 + h), slice(part.col0, part.col0 + w)
+        self.sums[:, :, rows, cols] += part.sums
+        self.counts[:, rows, cols] += part.counts
+
+    def date(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean of the valid pixels of date ``k`` (0 before, 1 after) in each cell,
+        ``(B, h, w)`` float32 (0 where none), and where there was one, ``(h, w)`` bool."""
+        n = self.counts[k]
+        return (self.sums[k] / np.maximum(n, 1)).astype(np.float32), n > 0
 
 
 def _window_correction(correction: Affine, row0: int, col0: int) -> Affine:
@@ -234,6 +312,11 @@ def detect_window(task: WindowTask) -> WindowResult:
     valid = before.valid & after.valid
     core = (slice(w.row0 - w.pad_row0, w.row1 - w.pad_row0),
             slice(w.col0 - w.pad_col0, w.col1 - w.pad_col0))
+    look = None
+    if task.quicklook_factor and not task.retry:
+        # Both dates are shown on their common valid pixels, as on the whole-scene path.
+        look = cell_sums([before.image[(slice(None),) + core], after.image[(slice(None),) + core]],
+                         [valid[core], valid[core]], w.row0, w.col0, task.quicklook_factor)
     aoi_mask = None
     if task.aoi is not None:
         aoi_mask = rasterio.features.geometry_mask(
@@ -242,7 +325,7 @@ def detect_window(task: WindowTask) -> WindowResult:
     block = np.where(valid[core] if aoi_mask is None else (valid & aoi_mask)[core],
                      np.uint8(0), np.uint8(255))
     if valid.sum() < 100:
-        return WindowResult(w, [], None if task.retry else block, [])
+        return WindowResult(w, [], None if task.retry else block, [], look)
     labels, evidence = detect_new_buildings(before, after, task.params,
                                             SceneStatistics(task.statistics))
     standing = evidence.standing_before
@@ -255,7 +338,7 @@ def detect_window(task: WindowTask) -> WindowResult:
         support |= evidence.regions > 0
     groups, n_groups = ndimage.label(_dilate_disk(support, task.group_px))
     if n_groups == 0:
-        return WindowResult(w, [], None if task.retry else block, [])
+        return WindowResult(w, [], None if task.retry else block, [], look)
     # The untrusted rim: within margin of a window edge that is not the grid's edge.
     m = task.margin_px
     rim = np.zeros((ph, pw), bool)
@@ -317,7 +400,7 @@ def detect_window(task: WindowTask) -> WindowResult:
                                   with_masks=False):
             b.standing_before = True
             found.append(b)
-    return WindowResult(w, found, None if task.retry else block, incomplete)
+    return WindowResult(w, found, None if task.retry else block, incomplete, look)
 
 
 def _label_groups(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -722,7 +805,8 @@ class WindowedDetection:
 
 def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runner: Runner,
                 change_path: str, max_retry_px: int,
-                progress: Callable[[float], None] | None = None) -> WindowedDetection:
+                progress: Callable[[float], None] | None = None,
+                quicklook: CellMeans | None = None) -> WindowedDetection:
     """Run every window, retry the groups cut by window edges, write ``change.tif``.
 
     Parameters
@@ -744,6 +828,9 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
         warning.
     progress : callable, optional
         Called with the fraction of main-pass windows done.
+    quicklook : CellMeans, optional
+        Collects the display images from the main-pass windows (whose template has
+        a ``quicklook_factor``).
     """
     grid = template.grid
     profile = {"driver": "GTiff", "height": grid.height, "width": grid.width, "count": 1,
@@ -768,6 +855,8 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             for b in res.buildings:
                 found[b.first] = b
                 reported.add(b.group)
+            if quicklook is not None and res.quicklook is not None:
+                quicklook.add(res.quicklook)
             pending.extend(_next_try(box, w, grow, max_retry_px, template.margin_px,
                                      grid.shape) for box in res.incomplete)
             if progress is not None:

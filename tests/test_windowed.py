@@ -15,8 +15,9 @@ from affine import Affine
 from changedet.change import DetectionParams
 from changedet.pipeline import DetectOptions, _overlap_grid, run_detection
 from changedet.raster import analysis_grid, read_header
-from changedet.windowed import (WindowTask, context_px, first_pass, merge_boxes, plan_windows,
-                                run_windows, sample_chips, thread_runner)
+from changedet.windowed import (CellMeans, WindowTask, cell_sums, context_px, first_pass,
+                                merge_boxes, plan_windows, run_windows, sample_chips,
+                                thread_runner)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
 
@@ -30,6 +31,33 @@ def test_windows_tile_the_grid() -> None:
         assert w.pad_row0 == max(0, w.row0 - 40) and w.pad_col1 == min(730, w.col1 + 40)
         assert max(w.row1 - w.row0, w.col1 - w.col0) <= 300
     assert (cover == 1).all()
+
+
+def test_cell_means_of_blocks_equal_the_block_means_of_the_whole_image() -> None:
+    """The display images of a windowed run are summed window by window: blocks whose
+    edges cut the display cells must add up to the means of the whole image."""
+    rng = np.random.default_rng(4)
+    shape, factor = (100, 73), 3
+    images = [rng.uniform(0, 255, (2,) + shape).astype(np.float32) for _ in range(2)]
+    valids = [rng.uniform(size=shape) > 0.3, np.ones(shape, bool)]
+    valids[1][:, :7] = False  # whole cells without a valid pixel
+    means = CellMeans((34, 25), 2)
+    for w in plan_windows(shape, 40, 0):
+        core = (slice(w.row0, w.row1), slice(w.col0, w.col1))
+        means.add(cell_sums([im[(slice(None),) + core] for im in images],
+                            [v[core] for v in valids], w.row0, w.col0, factor))
+    for k in range(2):
+        mean, valid = means.date(k)
+        for i in range(34):
+            for j in range(25):
+                cell = (slice(i * factor, (i + 1) * factor), slice(j * factor, (j + 1) * factor))
+                inside = valids[k][cell]
+                assert valid[i, j] == inside.any()
+                if inside.any():
+                    np.testing.assert_allclose(mean[:, i, j], images[k][:, cell[0], cell[1]][:, inside]
+                                               .mean(axis=1), rtol=1e-5)
+                else:
+                    assert (mean[:, i, j] == 0).all()
 
 
 def test_first_pass_fits_the_radiometry_a_whole_run_fits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,6 +204,12 @@ def test_windowed_run_writes_the_contract_outputs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(written, mask)
     summary = json.loads(paths["summary.json"].read_text())
     assert summary["totals"]["n_buildings"] == len(result.buildings)
+    # The display images, summed from the windows at full resolution (a scene this
+    # small is not decimated), are those of the whole-scene run.
+    whole = run_detection(pair["before"], pair["after"], DetectOptions(window_px=4096))
+    assert whole.change_mask is not None
+    for date in ("before", "after"):
+        np.testing.assert_array_equal(result.quicklooks[date], whole.quicklooks[date])
     # Every building's pixels are new building in change.tif.
     from rasterio.features import geometry_mask
 
