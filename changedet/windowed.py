@@ -237,17 +237,33 @@ def cell_sums(images: Sequence[np.ndarray], valids: Sequence[np.ndarray], row0: 
     nb, h, w = images[0].shape
     r_off, c_off = row0 % factor, col0 % factor
     nr, nc = -(-(r_off + h) // factor), -(-(c_off + w) // factor)
-    sums = np.zeros((len(images), nb, nr, nc), np.float32)
-    counts = np.zeros((len(images), nr, nc), np.int32)
+    sums = np.empty((len(images), nb, nr, nc), np.float32)
+    counts = np.empty((len(images), nr, nc), np.int32)
     for k, (image, valid) in enumerate(zip(images, valids)):
-        # Aligned on the cells by zero padding, then summed cell by cell.
-        pixels = np.zeros((nb, nr * factor, nc * factor), np.float32)
-        pixels[:, r_off:r_off + h, c_off:c_off + w] = np.where(valid, image, 0.0)
-        sums[k] = pixels.reshape(nb, nr, factor, nc, factor).sum(axis=(2, 4))
-        mask = np.zeros((nr * factor, nc * factor), np.int32)
-        mask[r_off:r_off + h, c_off:c_off + w] = valid
-        counts[k] = mask.reshape(nr, factor, nc, factor).sum(axis=(1, 3))
+        # Aligned on the cells by zero padding, the valid mask as one more layer.
+        layers = np.zeros((nb + 1, nr * factor, nc * factor), np.float32)
+        np.copyto(layers[:nb, r_off:r_off + h, c_off:c_off + w], image, where=valid)
+        layers[nb, r_off:r_off + h, c_off:c_off + w] = valid
+        cells = _cell_totals(layers, factor)
+        sums[k], counts[k] = cells[:nb], cells[nb]
     return CellSums(row0 // factor, col0 // factor, sums, counts)
+
+
+def _cell_totals(layers: np.ndarray, factor: int) -> np.ndarray:
+    """``(L, R*f, C*f)`` -> ``(L, R, C)``: the sum over each ``f`` x ``f`` cell.
+
+    Strided slices added row offset by row offset, then column by column: a
+    reduction over a reshaped axis of length ``f`` is several times slower.
+    """
+    if factor == 1:
+        return layers
+    rows = layers[:, 0::factor].copy()
+    for i in range(1, factor):
+        rows += layers[:, i::factor]
+    out = rows[:, :, 0::factor].copy()
+    for j in range(1, factor):
+        out += rows[:, :, j::factor]
+    return out
 
 
 class CellMeans:
