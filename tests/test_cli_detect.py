@@ -252,6 +252,9 @@ def test_report_escapes_file_names(scenes: dict[str, Path], tmp_path: Path) -> N
     ["--claim-m2", "100", "--claim-sites", "0"], ["--claim-sites", "2"],
     ["--claim-m2", "100", "--claim-basis", "roof"], ["--bands", "a,b"], ["--bands", "0,1"],
     ["--coreg", "magic"], ["--min-area-m2", "-1"], ["--site-gap-m", "-3"],
+    # NaN passes every comparison, so a range check alone lets it through.
+    ["--min-area-m2", "nan"], ["--site-gap-m", "nan"],
+    ["--claim-m2", "100", "--claim-tolerance", "nan"],
 ])
 def test_bad_values_are_usage_errors(args: list[str], tmp_path: Path) -> None:
     result = _run("detect", "a.tif", "b.tif", "-o", str(tmp_path / "o"), *args)

@@ -11,7 +11,7 @@ import click
 
 from ..pipeline import DETECTORS
 from ..windowed import DEFAULT_WINDOW_PX
-from .options import configure_logging, handle_errors
+from .options import FiniteFloatRange, configure_logging, handle_errors
 
 
 def verbosity_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,7 +44,7 @@ def claim_options(func: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--claim-m2", type=float, default=None, callback=_positive,
                      metavar="AREA", help="Claimed area of each site, m²."),
-        click.option("--claim-tolerance", type=click.FloatRange(0, 1, max_open=True),
+        click.option("--claim-tolerance", type=FiniteFloatRange(0, 1, max_open=True),
                      default=0.10, show_default=True, metavar="FRACTION",
                      help="Relative tolerance of the claim."),
         click.option("--claim-sites", type=click.IntRange(1, 10000), default=None,
@@ -95,9 +95,9 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
               help="1-based near-infrared band, if the scenes have one.")
 @click.option("--coreg", type=click.Choice(["global", "local", "none"]), default="global",
               show_default=True, help="Co-registration of the after scene.")
-@click.option("--min-area-m2", type=click.FloatRange(0, 1e7, min_open=True), default=None,
+@click.option("--min-area-m2", type=FiniteFloatRange(0, 1e7, min_open=True), default=None,
               help="Smallest building kept, m² (default: from the pixel size).")
-@click.option("--site-gap-m", type=click.FloatRange(0, 1e5), default=None,
+@click.option("--site-gap-m", type=FiniteFloatRange(0, 1e5), default=None,
               help="Buildings closer than this form one site, metres (default: 30 m or 10 px).")
 @claim_options
 @click.option("--window-px", type=click.IntRange(256, 65536), default=DEFAULT_WINDOW_PX,

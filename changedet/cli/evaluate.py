@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .options import echo_json, handle_errors
+from .options import FiniteFloatRange, echo_json, handle_errors
 
 _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
 
@@ -175,7 +175,7 @@ def _table(result: dict[str, Any]) -> str:
 @click.command()
 @click.argument("pred", type=click.Path(dir_okay=False))
 @click.argument("truth", type=click.Path(dir_okay=False))
-@click.option("--iou", "iou_threshold", type=click.FloatRange(0.0, 1.0, min_open=True),
+@click.option("--iou", "iou_threshold", type=FiniteFloatRange(0.0, 1.0, min_open=True),
               default=0.5, show_default=True, help="Object matching threshold (SpaceNet: 0.5).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @handle_errors

@@ -5,15 +5,15 @@ from __future__ import annotations
 import click
 
 from .detect import apply_verbosity, check_claim_usage, claim_options, verbosity_options
-from .options import echo_json, handle_errors
+from .options import FiniteFloatRange, echo_json, handle_errors
 
 
 @click.command()
 @click.argument("polygons", type=click.Path(dir_okay=False))
-@click.option("--pixel-size", type=click.FloatRange(0, 1000), default=0.5, show_default=True,
+@click.option("--pixel-size", type=FiniteFloatRange(0, 1000), default=0.5, show_default=True,
               help="Ground pixel size (m) of the imagery the outlines were traced on: "
                    "each edge is known to half of it. 0 for surveyed outlines.")
-@click.option("--site-gap-m", type=click.FloatRange(0, 1e5), default=30.0, show_default=True,
+@click.option("--site-gap-m", type=FiniteFloatRange(0, 1e5), default=30.0, show_default=True,
               help="Polygons closer than this form one site, metres.")
 @claim_options
 @click.option("--json", "as_json", is_flag=True,

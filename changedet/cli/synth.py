@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import echo_json, handle_errors
+from .options import FiniteFloatRange, echo_json, handle_errors
 
 
 @click.command()
@@ -14,13 +14,13 @@ from .options import echo_json, handle_errors
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--size", type=click.IntRange(128, 65536), default=None,
               help="Scene width and height in pixels (default: the scenario's).")
-@click.option("--pixel-size", type=click.FloatRange(0.05, 30.0), default=None,
+@click.option("--pixel-size", type=FiniteFloatRange(0.05, 30.0), default=None,
               help="Pixel size in metres (default: the scenario's).")
-@click.option("--shift", nargs=2, type=float, default=None, metavar="DX DY",
+@click.option("--shift", nargs=2, type=FiniteFloatRange(), default=None, metavar="DX DY",
               help="Misregistration of the after scene in pixels (default: random, a few px).")
 @click.option("--after-crs", default=None,
               help="Deliver the after scene in this CRS (e.g. EPSG:4326).")
-@click.option("--after-pixel-size", type=click.FloatRange(0.05, 30.0), default=None,
+@click.option("--after-pixel-size", type=FiniteFloatRange(0.05, 30.0), default=None,
               help="Ground size in metres of the delivered after pixel with --after-crs "
                    "(default 1.1 x --pixel-size).")
 @click.option("--nir/--no-nir", default=False, help="Add a near-infrared band.")
