@@ -436,3 +436,31 @@ def test_buildings_left_out_as_standing_before_are_named_on_stderr(tmp_path: Pat
     quiet = _run("-q", "detect", str(pair["before"]), str(pair["after"]), "-o",
                  str(tmp_path / "q"))
     assert quiet.exit_code == 0 and "changed area" not in quiet.stderr
+
+
+def test_rasterio_georeferencing_warnings_from_window_threads_stay_off_stderr(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rasterio warns NotGeoreferencedWarning about the in-memory arrays it warps; the
+    windows' threads could not scope it with warnings.catch_warnings, and it reached
+    the analyst's stderr now and then."""
+    import threading
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    record = _Recorder()
+
+    def warning_run(*args: Any, **kwargs: Any) -> Any:
+        t = threading.Thread(target=warnings.warn,
+                             args=("Dataset has no geotransform", NotGeoreferencedWarning))
+        t.start()
+        t.join()
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_detection", warning_run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _run("detect", "b.tif", "a.tif", "-o", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert record.options is not None
+    assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from .options import configure_logging
+from .options import configure_logging, silence_georeferencing_warnings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +24,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbosity"] = verbosity
     configure_logging(verbosity)
+    silence_georeferencing_warnings()
 
 
 # One line per command module; each module defines a plain @click.command.

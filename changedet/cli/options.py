@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import sys
+import warnings
 from typing import Any, Callable, TypeVar
 
 import click
@@ -26,6 +27,20 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return rv
+
+
+def silence_georeferencing_warnings() -> None:
+    """Ignore rasterio's NotGeoreferencedWarning for the rest of the process.
+
+    Inputs without georeferencing are refused with a message of our own; rasterio
+    also issues this warning about the in-memory arrays it warps, and the library's
+    ``warnings.catch_warnings`` around those calls cannot scope it when windows run
+    on threads (the context manager swaps process-wide state), so that it leaked to
+    stderr now and then in windowed runs.
+    """
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
 def configure_logging(verbosity: int) -> None:
