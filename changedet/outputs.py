@@ -263,33 +263,55 @@ def _output_error(exc: OSError, where: Path) -> OutputError:
     return OutputError(f"{name}: cannot write ({reason}); nothing was changed in the output folder")
 
 
-def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
+                 inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Path:
     """Refuse an output folder that cannot be written, before any work is done.
+
+    Parameters
+    ----------
+    outdir : str or path-like
+    overwrite : bool
+        A non-empty ``outdir`` will be replaced.
+    inputs : sequence of path-like, optional
+        The run's input files: replacing a folder that holds one would delete it.
 
     Returns
     -------
     Path
-        ``outdir`` made absolute.
+        ``outdir`` made absolute, through any symbolic link (the link stays, and the
+        folder it points to receives the outputs).
 
     Raises
     ------
     OutputError
-        ``outdir`` is a file, is not empty (without ``overwrite``), or its parent
-        folder does not exist.
+        ``outdir`` is a file, is not empty (without ``overwrite``), holds an input
+        (with ``overwrite``), or its parent folder does not exist or cannot be
+        written.
     """
     final = Path(outdir).absolute()
+    if final.is_symlink():
+        final = final.resolve()
     if final.exists():
         if not final.is_dir():
             raise OutputError(f"{outdir}: exists and is not a folder")
         if not overwrite and any(final.iterdir()):
             raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
+        for path in inputs:
+            if path is not None and final in Path(path).resolve().parents:
+                raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
+                                  "would delete; write to another folder")
     if not final.parent.is_dir():
         raise OutputError(f"{final.parent}: no such folder")
+    try:  # the parent must take the temporary folder the outputs are written into
+        os.rmdir(tempfile.mkdtemp(prefix=f".{final.name}.check-", dir=final.parent))
+    except OSError as exc:
+        raise OutputError(f"{final.parent}: cannot write here ({exc.strerror or exc})") from exc
     return final
 
 
 @contextlib.contextmanager
-def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
+                  inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``outdir`` only if the block succeeds.
 
     Parameters
@@ -300,6 +322,8 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False) -> It
     overwrite : bool
         Allow replacing a non-empty ``outdir``. The old folder is moved aside and
         removed only after the new one is in place.
+    inputs : sequence of path-like, optional
+        Files that must survive: an ``outdir`` holding one is refused.
 
     Raises
     ------
@@ -308,7 +332,7 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False) -> It
         not writable; any OSError raised inside the block (full disk...) is turned
         into an OutputError after the temporary folder is removed.
     """
-    final = check_outdir(outdir, overwrite)
+    final = check_outdir(outdir, overwrite, inputs)
     parent = final.parent
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.part-", dir=parent))
@@ -400,7 +424,10 @@ def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
     b_geoms, b_props = building_records(result.buildings)
     s_geoms, s_props = site_records(result.sites, claimed=result.claim is not None)
     html = render_report(result)  # before any file is written: a failure changes nothing
-    with atomic_folder(outdir, overwrite) as tmp:
+    # summary.json's inputs: the scenes' records (with their paths) and the AOI's path.
+    inputs = [v.get("path") if isinstance(v, dict) else v
+              for v in (result.summary.get("inputs") or {}).values()]
+    with atomic_folder(outdir, overwrite, [p for p in inputs if isinstance(p, str)]) as tmp:
         write_geojson(tmp / "new_buildings.geojson", b_geoms, b_props, crs)
         write_geojson(tmp / "sites.geojson", s_geoms, s_props, crs)
         write_gpkg(tmp / "new_buildings.gpkg",

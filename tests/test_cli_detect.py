@@ -464,3 +464,27 @@ def test_rasterio_georeferencing_warnings_from_window_threads_stay_off_stderr(
     assert result.exit_code == 0, result.output
     assert record.options is not None
     assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
+
+
+def test_outdir_problems_are_refused_before_any_work(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet import outputs
+
+    record = _Recorder()
+    monkeypatch.setattr(pipeline, "run_detection", record)
+    # --overwrite on the folder that holds an input scene would delete it.
+    folder = tmp_path / "job"
+    folder.mkdir()
+    scene = folder / "b.tif"
+    scene.write_bytes(b"pixels")
+    result = _run("detect", str(scene), "a.tif", "-o", str(folder), "--overwrite")
+    assert result.exit_code == 1 and "holds the input" in result.output
+    assert scene.read_bytes() == b"pixels"
+    # A parent folder that cannot be written (simulated: tests may run as root).
+    def refuse(*args: object, **kwargs: object) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", refuse)
+    result = _run("detect", "b.tif", "a.tif", "-o", str(tmp_path / "new"))
+    assert result.exit_code == 1 and "cannot write here" in result.output
+    assert record.options is None  # neither reached the detection

@@ -271,3 +271,30 @@ def test_rounding_to_seven_decimals_keeps_every_geometry_valid() -> None:
     for g in out:
         xy = shapely.get_coordinates(g)
         np.testing.assert_array_equal(xy, np.round(xy, 7))
+
+
+def test_overwrite_never_deletes_the_inputs(tmp_path: Path) -> None:
+    """An analyst keeping the scenes in the output folder must not lose them."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    scene = folder / "after.tif"
+    scene.write_bytes(b"pixels")
+    result = fake_result()
+    result.summary = {"inputs": {"before": {"path": str(tmp_path / "b.tif")},
+                                 "after": {"path": str(scene)}, "aoi": None}}
+    with pytest.raises(OutputError, match="holds the input"):
+        write_outputs(result, folder, overwrite=True)
+    assert scene.read_bytes() == b"pixels"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]
+
+
+def test_a_symlinked_outdir_receives_the_outputs_and_stays_a_link(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    paths = write_outputs(fake_result(), link)
+    assert link.is_symlink() and link.resolve() == real
+    assert sorted(p.name for p in real.iterdir()) == sorted(OUTPUT_FILES)
+    assert all(p.exists() for p in paths.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

@@ -145,7 +145,7 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
         band_list = parse_bands(bands)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bands") from None
-    check_outdir(outdir, overwrite)  # refuse before minutes of work, not after
+    check_outdir(outdir, overwrite, (before, after, aoi))  # before minutes of work
     options = DetectOptions(
         bands=band_list, nir_band=nir_band, coreg=coreg, min_area_m2=min_area_m2,
         site_gap_m=site_gap_m, aoi=aoi, claim_m2=claim_m2, claim_tolerance=claim_tolerance,
