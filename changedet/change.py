@@ -235,7 +235,20 @@ class DetectionParams:
         """The minimum building area in m² at this pixel size."""
         if self.min_area_m2 is not None:
             return float(self.min_area_m2)
-        return max(20.0, 36.0 * pixel_size_m**2)
+        return _default_min_area_m2(pixel_size_m)
+
+    def piece_scale_m2(self, pixel_size_m: float) -> float:
+        """Area in m² that sizes the segmentation's steps on pieces of buildings
+        (slivers left out, holes filled): the default minimum building area, or the
+        user's when smaller. A larger ``min_area_m2`` filters the buildings reported,
+        not the facets they are made of, which would drop buildings larger than it."""
+        return min(self.resolved_min_area_m2(pixel_size_m),
+                   _default_min_area_m2(pixel_size_m))
+
+
+def _default_min_area_m2(pixel_size_m: float) -> float:
+    """Default minimum building area: 36 pixels, and at least 20 m²."""
+    return max(20.0, 36.0 * pixel_size_m**2)
 
 
 @dataclass
@@ -615,7 +628,7 @@ def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
     regions = colour_regions(domain, evidence.colour_edges, pixel_m)
     regions, n = _relabel(regions)
     # Slivers smaller than a fifth of the smallest building carry no shape.
-    min_px = 0.2 * params.resolved_min_area_m2(pixel_m) / pixel_m**2
+    min_px = 0.2 * params.piece_scale_m2(pixel_m) / pixel_m**2
     sizes = np.bincount(regions.ravel(), minlength=n + 1)
     small = sizes < min_px
     small[0] = False
@@ -1417,7 +1430,7 @@ def segment_new_buildings(
                                max(params.min_sigma, 0.5 * evidence.threshold))
         labels, n = ndimage.label(labels > 0)
     # Holes smaller than a building are roof furniture or noise, not courtyards.
-    labels = _fill_small_holes(labels, min_area_px)
+    labels = _fill_small_holes(labels, params.piece_scale_m2(pixel_size_m) / pixel_size_m**2)
     labels, n = _at_least(labels, n, min_area_px)
     logger.info("segment: %d new building(s)", n)
     return labels.astype(np.int32)
@@ -1476,7 +1489,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     keep[0] = False
     labels, n = ndimage.label(keep[regions])
     # Holes smaller than a building are roof furniture or noise, not courtyards.
-    labels = _fill_small_holes(labels, min_area_px)
+    labels = _fill_small_holes(labels, params.piece_scale_m2(pixel_m) / pixel_m**2)
     labels, n = _at_least(labels, n, min_area_px)
     labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params)
     logger.info("segment: %d of %d candidate regions are roofs; %d new building(s) "

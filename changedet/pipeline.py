@@ -377,7 +377,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     normalised = getattr(evidence, "after_normalised", None)
     shown_after = pair.after if normalised is None else replace(pair.after, image=normalised)
     looks = {"before": look_before, "after": quicklook(shown_after, limits)[0]}
-    params_used = _parameters_used(opts, params, measured, evidence.threshold)
+    params_used = _parameters_used(opts, params, measured, evidence.threshold, grid)
     result = DetectionResult(
         buildings=measured["buildings"], sites=measured["sites"], claim=measured["claim"],
         change_mask=change, grid=grid, crs=measured["crs"], registration=reg_summary,
@@ -393,13 +393,13 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
 
 
 def _parameters_used(opts: DetectOptions, params: Any, measured: dict[str, Any],
-                     threshold: float) -> dict[str, Any]:
+                     threshold: float, grid: Grid) -> dict[str, Any]:
     """The options as asked and the values the run derived from the data, for
     ``summary.json`` ``parameters``. ``threshold`` (of the change evidence) is None
     for the appearance detector, which does not use it."""
     return opts.as_dict() | {
         "site_gap_m": measured["gap_m"],
-        "min_area_m2_used": params.min_area_m2,
+        "min_area_m2_used": params.resolved_min_area_m2(params.pixel_m(grid)),
         "outline_before_level": params.outline_before,
         "threshold": float(threshold) if opts.detector == "regions" else None}
 
@@ -558,7 +558,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
     looks = {"before": look_before, "after": look_after,
              "change": _decimated_change(change_path, qgrid.shape)}
     params_used = _parameters_used(opts, params, measured,
-                                   first.statistics.values["threshold"]) | {
+                                   first.statistics.values["threshold"], grid) | {
         "windows": {"n": stitched.n_windows, "window_px": window_px, "halo_px": halo,
                     "margin_px": margin, "retries": stitched.n_retries,
                     "cut_groups": stitched.cut_groups, "sample_chips": first.n_chips}}

@@ -96,3 +96,23 @@ def test_sizes_in_metres_are_ground_metres_on_a_web_mercator_pair(tmp_path: Path
     # band of slack, not the 1/cos²(39°) = 1.66 times a Mercator pixel count gives.
     assert min(areas) > 0.9 * min_area
 
+
+
+@pytest.mark.slow
+def test_a_larger_minimum_area_drops_only_the_smaller_buildings() -> None:
+    """--min-area-m2 filters the buildings reported: it must not drop the facets a
+    larger building is made of (5000 m² used to lose a 13,324 m² residence, and
+    14000 m² the 14,443 m² one)."""
+    from changedet.pipeline import DetectOptions, run_detection
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
+    pair = (fixture / "before.tif", fixture / "after.tif")
+    base = run_detection(*pair, DetectOptions())
+    assert base.summary["parameters"]["min_area_m2_used"] == 36.0  # 36 px of 1 m
+    areas = sorted(b.area_m2 for b in base.buildings)
+    assert len(areas) == 3
+    for min_area in (5000.0, 14000.0):
+        run = run_detection(*pair, DetectOptions(min_area_m2=min_area))
+        assert sorted(b.area_m2 for b in run.buildings) == \
+            pytest.approx([a for a in areas if a >= min_area], rel=1e-9)
+        assert run.summary["parameters"]["min_area_m2_used"] == min_area
