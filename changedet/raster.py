@@ -200,6 +200,10 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     out_of_range = [b for b in chosen if b > ds.count]
     if out_of_range:
         raise InputError(path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for")
+    if len(chosen) == 1 and nir_index == 0:
+        # Brightness, colour and the vegetation index all need a visible band.
+        raise InputError(path, f"band {chosen[0]} is the near-infrared and no visible band "
+                               "is left; choose visible bands with --bands")
     return chosen, nir_index
 
 

@@ -12,6 +12,7 @@ from changedet.raster import (
     align_pair,
     analysis_grid,
     parse_bands,
+    read_header,
     read_scene,
 )
 
@@ -83,6 +84,18 @@ def test_band_out_of_range(geotiff, textured_image):
     path = geotiff("a.tif", textured_image(bands=3))
     with pytest.raises(InputError, match="band 5"):
         read_scene(path, bands=(1, 5))
+
+
+def test_near_infrared_alone_is_refused(geotiff, textured_image):
+    """No visible band: nothing to measure brightness or colour on (the detection
+    used to fail at its vegetation index with an IndexError)."""
+    single = geotiff("pan.tif", textured_image(bands=1))
+    with pytest.raises(InputError, match="no visible band"):
+        read_header(single, nir_band=1)
+    four = geotiff("rgbn.tif", textured_image(bands=4))
+    with pytest.raises(InputError, match="no visible band"):
+        read_scene(four, bands=(4,), nir_band=4)
+    assert read_scene(four, bands=(1,), nir_band=4).nir == 1
 
 
 def test_parse_bands():
