@@ -275,8 +275,16 @@ def read_scene(
 
 
 def _valid_and_zeroed(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Pixels valid in every band (dataset mask, nodata, finite); zero the others."""
-    valid = np.all(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
+    """Pixels valid in some band's mask and finite in every band; zero the others.
+
+    A nodata value is per band in GDAL: a pixel is nodata only where every band
+    holds it (rasterio's ``dataset_mask`` rule). One band at the value is a
+    saturated or black band of a real pixel: with nodata=255 on 8-bit imagery,
+    requiring every band valid punched holes in bright roofs and made the
+    buildings around them "partial". Alpha bands and internal masks are one mask
+    for all bands, so this changes nothing for them.
+    """
+    valid = np.any(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
     data[:, ~valid] = 0.0
     return valid
 

@@ -86,6 +86,19 @@ def test_band_out_of_range(geotiff, textured_image):
         read_scene(path, bands=(1, 5))
 
 
+def test_a_pixel_is_nodata_only_where_every_band_holds_the_value(geotiff, textured_image):
+    """nodata=255 on 8-bit imagery: a roof saturated in one band is a real pixel."""
+    data = textured_image(bands=3)
+    data[:, :5, :] = 255  # the collar: every band at nodata
+    data[0, 20, 30] = 255  # saturated red
+    data[np.arange(3), 40, [10, 11, 12]] = 255  # one band each at nodata
+    scene = read_scene(geotiff("a.tif", data, nodata=255))
+    assert not scene.valid[:5].any()
+    assert scene.valid[20, 30] and scene.valid[40, 10:13].all()
+    assert scene.valid[5:].all()
+    assert scene.image[0, 20, 30] == 255
+
+
 def test_near_infrared_alone_is_refused(geotiff, textured_image):
     """No visible band: nothing to measure brightness or colour on (the detection
     used to fail at its vegetation index with an IndexError)."""
