@@ -1813,6 +1813,10 @@ def _write_tif(path: Path, data: np.ndarray, grid: Grid, nodata: float | None,
     }
     if nodata is not None:
         profile["nodata"] = nodata
+    if data.shape[0] == 4:
+        # GeoTIFF takes the fourth band of an RGB file for alpha by default, and GDAL
+        # would then mask every pixel where the near-infrared is 0.
+        profile["alpha"] = "UNSPECIFIED"
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         # fixed metadata keeps the files byte-identical for one seed

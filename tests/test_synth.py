@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
 import rasterio.features
 import shapely
 from affine import Affine
@@ -146,6 +147,9 @@ def test_nodata_margin_and_nir(tmp_path: Path):
     with rasterio.open(paths["after"]) as ds:
         assert ds.nodata == 0 and ds.count == 4 and ds.dtypes[0] == "uint8"
         assert ds.profile["compress"].lower() == "deflate" and ds.profile["tiled"]
+        # The near-infrared is a band of data, not an alpha mask.
+        assert ds.colorinterp[3] != ColorInterp.alpha
+        assert all(MaskFlags.alpha not in flags for flags in ds.mask_flag_enums)
     truth = json.loads(paths["truth_json"].read_text())
     px = params.pixel_size
     grid = params.grid
