@@ -255,12 +255,15 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return path
 
 
-def _output_error(exc: OSError, where: Path) -> OutputError:
-    name = exc.filename or where
+def _output_error(exc: OSError, outdir: Path) -> OutputError:
+    """The error named after the output folder (the file that failed lay in a
+    temporary folder the user never sees, and which is gone by now)."""
+    what = f" {Path(exc.filename).name}" if exc.filename else ""
     reason = exc.strerror or str(exc)
     if exc.errno == errno.ENOSPC:
         reason = "no space left on device"
-    return OutputError(f"{name}: cannot write ({reason}); nothing was changed in the output folder")
+    return OutputError(f"{outdir}: cannot write{what} ({reason}); nothing was changed "
+                       "in the output folder")
 
 
 def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
@@ -342,7 +345,7 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
         try:
             yield tmp
         except OSError as exc:
-            raise _output_error(exc, tmp) from exc
+            raise _output_error(exc, final) from exc
         # mkdtemp makes a private (0700) folder; the result is an ordinary folder.
         umask = os.umask(0)
         os.umask(umask)

@@ -419,6 +419,10 @@ def read_region(
 
 
 def _first_line(exc: BaseException) -> str:
+    # rasterio's read errors say only "Read failed. See previous exception for
+    # details.": the GDAL error chained to them says what is wrong with the file.
+    while "previous exception" in str(exc) and (exc.__cause__ or exc.__context__):
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

@@ -207,8 +207,10 @@ def test_full_disk_leaves_outdir_as_it_was(tmp_path: Path, monkeypatch: pytest.M
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "change.tif"))
 
     monkeypatch.setattr(outputs, "write_cog", full)
-    with pytest.raises(OutputError, match="no space left on device"):
+    with pytest.raises(OutputError, match="no space left on device") as caught:
         write_outputs(fake_result(), out, overwrite=True)
+    # Named after the output folder, not the temporary one it was written into.
+    assert str(caught.value).startswith(f"{out}: cannot write change.tif")
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

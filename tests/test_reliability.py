@@ -126,7 +126,23 @@ def test_truncated_geotiff(pair: dict[str, Any], outdir: Path, tmp_path: Path,
     raw = Path(pair["after"]).read_bytes()
     cut = tmp_path / "cut.tif"
     cut.write_bytes(raw[: int(len(raw) * keep)])
-    _assert_clean_failure(_detect(pair["before"], cut, outdir), before, outdir, str(cut))
+    msg = _assert_clean_failure(_detect(pair["before"], cut, outdir), before, outdir, str(cut))
+    # GDAL's own reason, not rasterio's "See previous exception for details".
+    assert "previous exception" not in msg
+
+
+def test_a_cog_cut_in_its_tiles_names_the_failed_read(pair: dict[str, Any], outdir: Path,
+                                                      tmp_path: Path) -> None:
+    """A COG keeps its header at the start: cut short, it opens and fails in a tile."""
+    import rasterio.shutil
+
+    before = _snapshot(outdir)
+    cog = tmp_path / "cog.tif"
+    rasterio.shutil.copy(pair["after"], cog, driver="COG", blocksize=64)
+    cut = tmp_path / "cut_cog.tif"
+    cut.write_bytes(cog.read_bytes()[: int(cog.stat().st_size * 0.6)])
+    msg = _assert_clean_failure(_detect(pair["before"], cut, outdir), before, outdir, str(cut))
+    assert "truncated or corrupt" in msg and "previous exception" not in msg
 
 
 def test_no_crs(pair: dict[str, Any], outdir: Path, tmp_path: Path) -> None:
