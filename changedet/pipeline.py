@@ -332,11 +332,13 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                opts: DetectOptions, stage: _StageClock) -> DetectionResult:
     """The whole scene in memory at once."""
     from .change import detect_new_buildings
-    from .raster import align_pair, read_scene
+    from .raster import align_pair, check_not_blank, read_scene
     from .vectorize import labels_at_edge, polygons_from_labels
 
     scene_b = read_scene(before, bands=opts.bands, nir_band=opts.nir_band)
     scene_a = read_scene(after, bands=opts.bands, nir_band=opts.nir_band)
+    for scene in (scene_b, scene_a):
+        check_not_blank(scene)
     stage("aligning")
     pair = align_pair(scene_b, scene_a)
     grid = pair.grid

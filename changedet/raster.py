@@ -289,6 +289,19 @@ def _valid_and_zeroed(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return valid
 
 
+def check_not_blank(scene: Scene) -> None:
+    """Raise InputError when every valid pixel of a scene has the same values.
+
+    A blank image (a failed export, an all-black tile without nodata) has no noise
+    to measure change against: every difference from it would be significant.
+    """
+    values = scene.image[:, scene.valid]
+    if values.size and (values.max(axis=1) == values.min(axis=1)).all():
+        value = ", ".join(f"{v:g}" for v in values[:, 0])
+        raise InputError(scene.path, f"is blank: every valid pixel is ({value}); declare "
+                                     "its nodata value if that is what it is")
+
+
 def _check_path(path: str) -> None:
     if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
         raise InputError(path, "no such file")

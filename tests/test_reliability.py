@@ -145,6 +145,18 @@ def test_a_cog_cut_in_its_tiles_names_the_failed_read(pair: dict[str, Any], outd
     assert "truncated or corrupt" in msg and "previous exception" not in msg
 
 
+def test_a_blank_scene_is_refused(pair: dict[str, Any], outdir: Path, tmp_path: Path) -> None:
+    """An all-black tile without nodata has no noise to measure change against: it
+    used to give 'new buildings' (190 and 50 m² on the fixture)."""
+    before = _snapshot(outdir)
+    with rasterio.open(pair["after"]) as src:
+        shape = (src.count, src.height, src.width)
+    blank = _write(tmp_path / "black.tif", np.zeros(shape, np.uint8), pair, key="after")
+    msg = _assert_clean_failure(_detect(pair["before"], blank, outdir), before, outdir,
+                                str(blank))
+    assert "is blank: every valid pixel is (0, 0, 0)" in msg
+
+
 def test_no_crs(pair: dict[str, Any], outdir: Path, tmp_path: Path) -> None:
     before = _snapshot(outdir)
     path = _write(tmp_path / "nocrs.tif", pair["after_data"], pair, "after", crs=None)
