@@ -52,7 +52,7 @@ from .change import (DetectionParams, SceneStatistics, _dilate_disk, detect_new_
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
-from .raster import Grid, Scene, read_region
+from .raster import Grid, Scene, check_not_blank, read_region
 from .vectorize import labels_at_edge
 
 #: Core window side in pixels, by default.
@@ -668,6 +668,10 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         nb = pooled_b[0].shape[0]
         fit_b, fit_a = np.concatenate(pooled_b, axis=1), np.concatenate(pooled_a, axis=1)
         del pooled_a, pooled_b
+        # The strips run across the whole grid: a scene blank on all of them is blank.
+        everywhere = np.ones((1, fit_b.shape[1]), bool)
+        for header, values in ((before, fit_b), (after, fit_a)):
+            check_not_blank(replace(header, image=values[:, None, :], valid=everywhere))
         fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
                              np.ones((1, fit_b.shape[1]), bool), keep_weight=False)
         del fit_a, fit_b

@@ -145,15 +145,22 @@ def test_a_cog_cut_in_its_tiles_names_the_failed_read(pair: dict[str, Any], outd
     assert "truncated or corrupt" in msg and "previous exception" not in msg
 
 
-def test_a_blank_scene_is_refused(pair: dict[str, Any], outdir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("windows", [[], ["--window-px", "256"]], ids=["whole", "windowed"])
+def test_a_blank_scene_is_refused(pair: dict[str, Any], outdir: Path, tmp_path: Path,
+                                  windows: list[str]) -> None:
     """An all-black tile without nodata has no noise to measure change against: it
     used to give 'new buildings' (190 and 50 m² on the fixture)."""
+    # The committed fixture (1200 px): large enough to be read in 256 px windows.
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
     before = _snapshot(outdir)
-    with rasterio.open(pair["after"]) as src:
-        shape = (src.count, src.height, src.width)
-    blank = _write(tmp_path / "black.tif", np.zeros(shape, np.uint8), pair, key="after")
-    msg = _assert_clean_failure(_detect(pair["before"], blank, outdir), before, outdir,
-                                str(blank))
+    with rasterio.open(fixture / "after.tif") as src:
+        profile = src.profile
+        blank_pixels = np.zeros((src.count, src.height, src.width), np.uint8)
+    blank = tmp_path / "black.tif"
+    with rasterio.open(blank, "w", **profile) as dst:
+        dst.write(blank_pixels)
+    msg = _assert_clean_failure(_detect(fixture / "before.tif", blank, outdir, *windows),
+                                before, outdir, str(blank))
     assert "is blank: every valid pixel is (0, 0, 0)" in msg
 
 
