@@ -547,6 +547,16 @@ def crop_scene(scene: Scene, row0: int, col0: int, height: int, width: int) -> S
     )
 
 
+def valid_box(valid: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(row0, col0, row1, col1)`` of the True pixels of ``valid``
+    (H, W), or None when there is none."""
+    rows = np.flatnonzero(valid.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(valid.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
 def check_same_bands(before: Scene, after: Scene) -> None:
     """Raise InputError when the two scenes use different numbers of bands."""
     if before.image.shape[0] != after.image.shape[0]:
@@ -584,14 +594,12 @@ def align_pair(before: Scene, after: Scene) -> AlignedPair:
     after_on_grid = warp_scene(after, grid)
     both = before_on_grid.valid & after_on_grid.valid
     n_before = int(before_on_grid.valid.sum())
-    if not both.any():
+    box = valid_box(both)
+    if box is None:
         raise ProcessingError(
             f"{after.path} does not overlap {before.path} (no valid pixel in common)"
         )
-    rows = np.flatnonzero(both.any(axis=1))
-    cols = np.flatnonzero(both.any(axis=0))
-    row0, row1 = int(rows[0]), int(rows[-1]) + 1
-    col0, col1 = int(cols[0]), int(cols[-1]) + 1
+    row0, col0, row1, col1 = box
     if row1 - row0 < MIN_OVERLAP_PX or col1 - col0 < MIN_OVERLAP_PX:
         raise ProcessingError(
             f"{after.path} overlaps {before.path} by only {col1 - col0} x {row1 - row0} "

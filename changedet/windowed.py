@@ -52,7 +52,7 @@ from .change import (DetectionParams, SceneStatistics, _dilate_disk, detect_new_
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
-from .raster import Grid, Scene, check_not_blank, read_region
+from .raster import Grid, Scene, check_not_blank, crop_scene, read_region, valid_box
 from .vectorize import labels_at_edge
 
 #: Core window side in pixels, by default.
@@ -643,6 +643,16 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
     else:
         r0, c0, r1, c1 = central_chip(grid.shape, COREG_CHIP_PX)
         b, a = read((r0, c0, r1, c1))
+        # Measured on the chip's valid pixels' bounding box, as the whole-scene path
+        # measures on the valid overlap: a nodata collar inside the chip (a scene
+        # warped from another CRS) would move the measuring windows and reject those
+        # it touches, and the two paths would register the same pair differently.
+        box = valid_box(b.valid & a.valid)
+        if box is not None and box != (0, 0) + b.valid.shape:
+            vr0, vc0, vr1, vc1 = box
+            b = crop_scene(b, vr0, vc0, vr1 - vr0, vc1 - vc0)
+            a = crop_scene(a, vr0, vc0, vr1 - vr0, vc1 - vc0)
+            r0, c0, r1, c1 = r0 + vr0, c0 + vc0, r0 + vr1, c0 + vc1
         estimate = estimate_local if method == "local" else estimate_shift
         registration = estimate(b.image, a.image, b.valid & a.valid)
         del b, a

@@ -84,6 +84,37 @@ def test_first_pass_fits_the_radiometry_a_whole_run_fits(monkeypatch: pytest.Mon
     np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
 
 
+def test_first_pass_registers_a_pair_with_a_nodata_collar_as_a_whole_run_does(
+        tmp_path: Path) -> None:
+    """The windowed grid keeps a nodata collar that the whole-scene path crops away:
+    the shift must still be measured on the same pixels, not on windows moved and
+    rejected by the collar (0.08 px apart on a pair reprojected from EPSG:4326)."""
+    from changedet.coregister import coregister
+    from changedet.raster import align_pair, read_scene
+
+    from .conftest import write_geotiff
+
+    paths = {}
+    for name in ("before", "after"):
+        with rasterio.open(FIXTURE / f"{name}.tif") as src:
+            data, transform, crs = src.read(), src.transform, src.crs.to_string()
+        data[:, :, :170] = 0
+        data[:, :130, :] = 0
+        paths[name] = write_geotiff(tmp_path / f"{name}.tif", data, crs, transform, nodata=0)
+    hb, ha = read_header(paths["before"]), read_header(paths["after"])
+    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    first = first_pass(hb, ha, grid, "global", False, DetectionParams())
+    pair, whole = coregister(align_pair(read_scene(paths["before"]),
+                                        read_scene(paths["after"])))
+    assert grid.shape != pair.grid.shape  # the collar is in the windowed grid only
+    assert first.registration.shift_px == whole.shift_px
+    assert first.registration.reliability == whole.reliability
+    # The correction, on each path's own grid, moves the same ground the same way.
+    x0, y0 = first.registration.correction @ (170.0, 130.0)
+    x1, y1 = whole.correction @ (0.0, 0.0)
+    assert (x0 - 170.0, y0 - 130.0) == pytest.approx((x1, y1), abs=1e-9)
+
+
 def test_local_coregistration_of_a_large_grid_uses_tie_points_spread_over_it(
         monkeypatch: pytest.MonkeyPatch, geotiff, textured_image) -> None:
     """A rotated and scaled after scene: the affine from chips spread over the grid
