@@ -266,6 +266,24 @@ def _output_error(exc: OSError, outdir: Path) -> OutputError:
                        "in the output folder")
 
 
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    """``path`` with links and ".." resolved; a GDAL archive path (``/vsizip/...``) as
+    the archive file it reads from."""
+    text = os.fspath(path)
+    for prefix in ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/"):
+        if text.startswith(prefix):
+            rest = Path(text[len(prefix):])
+            # The archive is the longest leading part of the path that is a file.
+            for candidate in [rest, *rest.parents]:
+                if candidate.is_file():
+                    text = os.fspath(candidate)
+                    break
+    try:
+        return Path(text).resolve()
+    except (OSError, RuntimeError):
+        return Path(text).absolute()
+
+
 def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
                  inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Path:
     """Refuse an output folder that cannot be written, before any work is done.
@@ -291,16 +309,19 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
         (with ``overwrite``), or its parent folder does not exist or cannot be
         written.
     """
-    final = Path(outdir).absolute()
-    if final.is_symlink():
-        final = final.resolve()
+    try:
+        # Every link followed and every ".." collapsed, as the inputs' paths are: a
+        # symlinked parent folder must not hide that OUTDIR holds an input.
+        final = Path(outdir).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop
+        raise OutputError(f"{outdir}: cannot be resolved ({exc})") from exc
     if final.exists():
         if not final.is_dir():
             raise OutputError(f"{outdir}: exists and is not a folder")
         if not overwrite and any(final.iterdir()):
             raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
         for path in inputs:
-            if path is not None and final in Path(path).resolve().parents:
+            if path is not None and final in _resolved(path).parents:
                 raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
                                   "would delete; write to another folder")
     if not final.parent.is_dir():

@@ -300,3 +300,34 @@ def test_a_symlinked_outdir_receives_the_outputs_and_stays_a_link(tmp_path: Path
     assert sorted(p.name for p in real.iterdir()) == sorted(OUTPUT_FILES)
     assert all(p.exists() for p in paths.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+@pytest.mark.parametrize("spelling", ["link/job", "x/../real/job", "archive"])
+def test_overwrite_never_deletes_inputs_reached_through_links_dots_or_archives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str) -> None:
+    """OUTDIR and the input spelt through a symlinked parent folder, with "..", or
+    the input read from a zip inside OUTDIR: the guard must still see it."""
+    from changedet.outputs import check_outdir
+
+    job = tmp_path / "real" / "job"
+    job.mkdir(parents=True)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (job / "b.tif").write_bytes(b"pixels")
+    (job / "scenes.zip").write_bytes(b"zip")
+    monkeypatch.chdir(tmp_path)
+    outdir = "real/job" if spelling == "archive" else spelling
+    scene = ("/vsizip/real/job/scenes.zip/b.tif" if spelling == "archive"
+             else f"{spelling}/b.tif")
+    with pytest.raises(OutputError, match="holds the input"):
+        check_outdir(outdir, overwrite=True, inputs=(scene,))
+    assert (job / "b.tif").read_bytes() == b"pixels"
+
+
+def test_an_outdir_in_a_symlink_loop_is_a_one_line_error(tmp_path: Path) -> None:
+    from changedet.outputs import check_outdir
+
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    with pytest.raises(OutputError, match="loop1"):
+        check_outdir(tmp_path / "loop1")
