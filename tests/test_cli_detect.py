@@ -460,7 +460,10 @@ def test_rasterio_georeferencing_warnings_from_window_threads_stay_off_stderr(
     monkeypatch.setattr(pipeline, "run_detection", warning_run)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        filters = list(warnings.filters)
         result = _run("detect", "b.tif", "a.tif", "-o", str(tmp_path / "o"))
+        # Scoped to the command: a notebook calling the CLI keeps its own filters.
+        assert warnings.filters == filters
     assert result.exit_code == 0, result.output
     assert record.options is not None
     assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]

@@ -24,7 +24,7 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbosity"] = verbosity
     configure_logging(verbosity)
-    silence_georeferencing_warnings()
+    silence_georeferencing_warnings(ctx)
 
 
 # One line per command module; each module defines a plain @click.command.

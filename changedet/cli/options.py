@@ -29,17 +29,20 @@ class FiniteFloatRange(click.FloatRange):
         return rv
 
 
-def silence_georeferencing_warnings() -> None:
-    """Ignore rasterio's NotGeoreferencedWarning for the rest of the process.
+def silence_georeferencing_warnings(ctx: click.Context) -> None:
+    """Ignore rasterio's NotGeoreferencedWarning until the command ``ctx`` ends.
 
     Inputs without georeferencing are refused with a message of our own; rasterio
     also issues this warning about the in-memory arrays it warps, and the library's
     ``warnings.catch_warnings`` around those calls cannot scope it when windows run
     on threads (the context manager swaps process-wide state), so that it leaked to
-    stderr now and then in windowed runs.
+    stderr now and then in windowed runs. A filter installed before any of them
+    survives their restores; it is removed when the command ends, so that a
+    notebook calling the CLI keeps its own warnings.
     """
     from rasterio.errors import NotGeoreferencedWarning
 
+    ctx.with_resource(warnings.catch_warnings())
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
