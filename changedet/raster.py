@@ -219,7 +219,7 @@ def _read_bands(
             chosen, nir_index = _chosen_bands(ds, path, bands, nir_band)
             try:
                 data = ds.read(list(chosen), out_dtype="float32")
-                masks = ds.read_masks(list(chosen))
+                masks = _pixel_rule(ds, chosen, ds.read_masks(list(chosen)))
             except RasterioIOError as exc:
                 raise InputError(
                     path, f"file is truncated or corrupt ({_first_line(exc)})"
@@ -274,16 +274,34 @@ def read_scene(
     return Scene(data, valid, grid, path, chosen, nir_index, tags)
 
 
-def _valid_and_zeroed(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Pixels valid in some band's mask and finite in every band; zero the others.
+def _pixel_rule(ds: rasterio.io.DatasetReader, bands: Sequence[int],
+                masks: np.ndarray) -> np.ndarray:
+    """Band masks (B, H, W) as :func:`_valid_and_zeroed` combines them: any band.
 
-    A nodata value is per band in GDAL: a pixel is nodata only where every band
-    holds it (rasterio's ``dataset_mask`` rule). One band at the value is a
-    saturated or black band of a real pixel: with nodata=255 on 8-bit imagery,
-    requiring every band valid punched holes in bright roofs and made the
-    buildings around them "partial". Alpha bands and internal masks are one mask
-    for all bands, so this changes nothing for them.
+    A nodata value at the top of an integer type's range (255 on 8-bit imagery)
+    is also what a saturated band of a real pixel holds: requiring every band valid
+    punched holes in bright roofs. Such a value marks a pixel nodata only where
+    every band holds it (rasterio's ``dataset_mask`` rule), and the masks are
+    returned as they are. Any other nodata value (0, -9999) in one band makes the
+    pixel nodata: bands whose nodata edges differ leave a fringe where one band
+    holds it, and taken as data it skewed the noise and the threshold so far that
+    a scene lost every building. All masks then become their minimum.
     """
+    saturating = True
+    for b in bands:
+        nodata, dtype = ds.nodatavals[b - 1], np.dtype(ds.dtypes[b - 1])
+        if nodata is not None and not (np.issubdtype(dtype, np.integer)
+                                       and nodata == np.iinfo(dtype).max):
+            saturating = False
+    if saturating:
+        return masks
+    return np.broadcast_to(masks.min(axis=0), masks.shape)
+
+
+def _valid_and_zeroed(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Pixels valid in some band's mask (see :func:`_pixel_rule`) and finite in
+    every band; zero the others. Alpha bands and internal masks are one mask for
+    all bands."""
     valid = np.any(masks > 0, axis=0) & np.all(np.isfinite(data), axis=0)
     data[:, ~valid] = 0.0
     return valid
@@ -413,8 +431,9 @@ def read_region(
                 kw = {} if out_shape is None else {"out_shape": out_shape,
                                                    "resampling": Resampling.average}
                 data = ds.read(list(header.bands), window=window, out_dtype="float32", **kw)
-                masks = ds.read_masks(list(header.bands), window=window,
-                                      **({} if out_shape is None else {"out_shape": out_shape}))
+                masks = _pixel_rule(ds, header.bands, ds.read_masks(
+                    list(header.bands), window=window,
+                    **({} if out_shape is None else {"out_shape": out_shape})))
     except (RasterioError, ValueError) as exc:
         raise InputError(header.path, f"file is truncated or corrupt ({_first_line(exc)})") from exc
     valid = _valid_and_zeroed(data, masks)

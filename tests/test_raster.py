@@ -99,6 +99,20 @@ def test_a_pixel_is_nodata_only_where_every_band_holds_the_value(geotiff, textur
     assert scene.image[0, 20, 30] == 255
 
 
+@pytest.mark.parametrize("dtype, nodata", [("float32", -9999.0), ("uint8", 0)])
+def test_any_band_at_a_nodata_value_below_the_top_of_the_range_is_nodata(
+        geotiff, textured_image, dtype, nodata):
+    """Bands whose nodata edges differ: the fringe where one band holds -9999 (or 0)
+    is not data; taken as data it skewed the noise and threshold of a whole scene."""
+    data = np.maximum(textured_image(bands=3), 1).astype(dtype)
+    data[:, :, :10] = nodata  # the collar of every band
+    data[0, :, 10:25] = nodata  # band 1's collar is wider
+    scene = read_scene(geotiff("a.tif", data, nodata=nodata))
+    assert not scene.valid[:, :25].any()
+    assert scene.valid[:, 25:].all()
+    assert (scene.image[:, :, :25] == 0).all()
+
+
 def test_near_infrared_alone_is_refused(geotiff, textured_image):
     """No visible band: nothing to measure brightness or colour on (the detection
     used to fail at its vegetation index with an IndexError)."""
@@ -192,3 +206,4 @@ def test_band_count_mismatch(geotiff, textured_image):
     after = read_scene(geotiff("a.tif", textured_image(bands=3)))
     with pytest.raises(InputError, match="--bands"):
         align_pair(before, after)
+
