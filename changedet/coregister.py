@@ -466,7 +466,11 @@ def coregister(pair: AlignedPair, method: str = "global") -> tuple[AlignedPair, 
     if not reg.applied:
         return pair, reg
     after = warp_scene(pair.after_source, pair.grid, reg.correction)
-    common = pair.before.valid & after.valid
+    # The before scene's own mask, not the common one of the uncorrected pair: a strip
+    # as wide as the shift along the after scene's edge is valid once corrected (as
+    # the windows, which read the corrected after scene only, see it).
+    own = pair.before.valid if pair.before_valid is None else pair.before_valid
+    common = own & after.valid
     before = replace(pair.before, valid=common)
     after = replace(after, valid=common.copy())
     after.image[:, ~common] = 0.0

@@ -133,12 +133,16 @@ class AlignedPair:
         from here so that the after pixels are interpolated only once.
     overlap_fraction : float
         Share of the before scene's valid pixels that the after scene also covers.
+    before_valid : (H, W) ndarray of bool, optional
+        The before scene's own valid pixels: once the after scene is resampled with
+        a correction, the common mask is these and the corrected after scene's.
     """
 
     before: Scene
     after: Scene
     after_source: Scene
     overlap_fraction: float
+    before_valid: np.ndarray | None = None
 
     @property
     def grid(self) -> Grid:
@@ -627,10 +631,11 @@ def align_pair(before: Scene, after: Scene) -> AlignedPair:
     h, w = row1 - row0, col1 - col0
     b = crop_scene(before_on_grid, row0, col0, h, w)
     a = crop_scene(after_on_grid, row0, col0, h, w)
+    before_valid = b.valid.copy()
     common = b.valid & a.valid
     b.valid, a.valid = common, common.copy()
     a.image[:, ~common] = 0.0  # as every path gives the after scene (see read_pair)
     fraction = float(both.sum()) / max(n_before, 1)
     logger.info("analysis grid %s, %.3g m pixels, %d x %d px; overlap %.1f%% of before",
                 grid.crs.to_string(), grid.pixel_size[0], w, h, 100 * fraction)
-    return AlignedPair(b, a, after, fraction)
+    return AlignedPair(b, a, after, fraction, before_valid)

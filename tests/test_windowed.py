@@ -84,6 +84,31 @@ def test_first_pass_fits_the_radiometry_a_whole_run_fits(monkeypatch: pytest.Mon
     np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
 
 
+def test_first_pass_fits_a_reprojected_pair_on_the_pixels_a_whole_run_fits(
+        tmp_path: Path) -> None:
+    """An after scene delivered in EPSG:4326: once corrected by the shift, a strip
+    along its collar is valid. The whole-scene path also required validity before
+    the correction, so it fitted fewer pixels and another radiometric map."""
+    from changedet import radiometry
+    from changedet.coregister import coregister
+    from changedet.raster import align_pair, read_scene
+
+    from .conftest import warp_geotiff
+
+    after = warp_geotiff(FIXTURE / "after.tif", tmp_path / "after_4326.tif", "EPSG:4326")
+    hb, ha = read_header(FIXTURE / "before.tif"), read_header(after)
+    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    first = first_pass(hb, ha, grid, "global", False, DetectionParams())
+    pair, reg = coregister(align_pair(read_scene(FIXTURE / "before.tif"), read_scene(after)))
+    assert reg.applied and pair.grid == grid
+    valid = pair.before.valid & pair.after.valid
+    whole = radiometry.fit_radiometry(pair.before.image, pair.after.image, valid,
+                                      keep_weight=False,
+                                      patches=radiometry.fit_patches(valid.shape))
+    np.testing.assert_array_equal(first.fit.knots_after, whole.knots_after)
+    np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
+
+
 def test_first_pass_registers_a_pair_with_a_nodata_collar_as_a_whole_run_does(
         tmp_path: Path) -> None:
     """The windowed grid keeps a nodata collar that the whole-scene path crops away:
