@@ -129,6 +129,10 @@ class SceneStatistics:
     @classmethod
     def pooled(cls, parts: Sequence["SceneStatistics"]) -> "SceneStatistics":
         """Statistics of the union of the chips measured by ``parts`` (collected)."""
+        if len(parts) == 1:
+            # One chip (a small grid, read whole): its values, measured on every
+            # pixel, as a whole-scene run measures them, not on the subsample kept.
+            return cls(dict(parts[0].values))
         out = cls()
         for name, reduce in parts[0]._reducers.items():
             chunks = [p.samples[name] for p in parts if p.samples and name in p.samples]

@@ -585,3 +585,15 @@ def test_grey_disk_filters_equal_scipy(shape: tuple[int, int], radius: float) ->
                                   ndimage.grey_dilation(labels, footprint=disk))
     np.testing.assert_array_equal(_grey_disk(labels, radius, np.minimum),
                                   ndimage.grey_erosion(labels, footprint=disk))
+
+
+def test_pooled_statistics_of_a_single_chip_are_measured_on_all_its_pixels() -> None:
+    """A small grid is one chip: its statistics must be those of every pixel, as a
+    whole-scene run measures them, not of the subsample kept for pooling."""
+    from changedet.change import SceneStatistics
+
+    values = np.random.default_rng(0).gamma(2.0, size=1_000_003)
+    chip = SceneStatistics(collect=True)
+    measured = chip.get("noise", lambda: values)
+    assert measured == pytest.approx(float(np.median(values.astype(np.float32))))
+    assert SceneStatistics.pooled([chip]).values["noise"] == measured
