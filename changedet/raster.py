@@ -27,6 +27,8 @@ from rasterio.errors import (
     RasterioError,
     RasterioIOError,
 )
+from rasterio.io import MemoryFile
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import Resampling, reproject, transform_bounds
 
 from ._log import logger
@@ -538,24 +540,93 @@ def warp_scene(
     """
     dst_transform = grid.transform @ correction
     bands = scene.image.shape[0]
+    x_scale, y_scale = kernel_scale(scene.grid, grid.crs, dst_transform)
     # The validity mask travels as one more band through the same kernel: wherever an
     # invalid or outside pixel contributed, the interpolated mask departs from 1.
     source = np.concatenate([scene.image, scene.valid[None].astype(np.float32)])
-    warped = np.zeros((bands + 1, grid.height, grid.width), dtype=np.float32)
-    reproject(
-        source=source,
-        destination=warped,
-        src_transform=scene.grid.transform,
-        src_crs=scene.grid.crs,
-        dst_transform=dst_transform,
-        dst_crs=grid.crs,
-        resampling=resampling,
-        num_threads=2,
-    )
+    if scene.grid.crs == grid.crs:
+        warped = np.zeros((bands + 1, grid.height, grid.width), dtype=np.float32)
+        reproject(
+            source=source,
+            destination=warped,
+            src_transform=scene.grid.transform,
+            src_crs=scene.grid.crs,
+            dst_transform=dst_transform,
+            dst_crs=grid.crs,
+            resampling=resampling,
+            num_threads=2,
+            # GDAL otherwise estimates the kernel's scale for each chunk from the
+            # source window it needs, which depends on the extent warped: two windows
+            # of one grid, or a window and the whole grid, would interpolate the same
+            # pixel with kernels of other widths.
+            XSCALE=x_scale,
+            YSCALE=y_scale,
+        )
+    else:
+        warped = _warp_across_crs(source, scene.grid, grid, dst_transform, resampling,
+                                  x_scale, y_scale)
     image, weight = warped[:bands], warped[bands]
     valid = np.abs(weight - 1.0) < 1e-3
     image[:, ~valid] = 0.0
     return replace(scene, image=image, valid=valid, grid=grid)
+
+
+def _warp_across_crs(source: np.ndarray, src: Grid, grid: Grid, dst_transform: Affine,
+                     resampling: Resampling, x_scale: float, y_scale: float) -> np.ndarray:
+    """Warp ``source`` (B, H, W) float32 on ``src`` onto ``grid`` in another CRS.
+
+    ``rasterio.warp.reproject`` maps the pixels through GDAL's approximate
+    transformer (errors up to 1/8 pixel, interpolated along each row of the extent
+    warped), so a window and the whole grid would sample the same pixel at other
+    places (0.5 grey levels apart, enough to move the scene's threshold by 2 %). A
+    warped VRT takes a tolerance: 1e-4 pixel is exact for every purpose here.
+    """
+    profile = {"driver": "GTiff", "width": src.width, "height": src.height,
+               "count": source.shape[0], "dtype": "float32", "crs": src.crs,
+               "transform": src.transform, "BIGTIFF": "IF_SAFER"}
+    with MemoryFile() as mem:
+        with mem.open(**profile) as ds:
+            ds.write(source)
+        with mem.open() as ds, WarpedVRT(
+                ds, crs=grid.crs, transform=dst_transform, width=grid.width,
+                height=grid.height, resampling=resampling, tolerance=1e-4,
+                src_nodata=None, nodata=None, init_dest_nodata=False,
+                XSCALE=x_scale, YSCALE=y_scale) as vrt:
+            return vrt.read(out_dtype="float32")
+
+
+def kernel_scale(src: Grid, dst_crs: CRS, dst_transform: Affine) -> tuple[float, float]:
+    """Destination pixels per source pixel along the destination's two axes.
+
+    Measured at the centre of the source grid from the linear part of
+    ``dst_transform`` only, so that every window of one destination grid gets the
+    same values (GDAL's ``XSCALE`` and ``YSCALE`` warp options: below 1, the
+    interpolation kernel is widened to average the source pixels it covers).
+
+    Parameters
+    ----------
+    src : Grid
+        The source scene's grid.
+    dst_crs : CRS
+    dst_transform : affine.Affine
+        Destination pixel to ``dst_crs`` coordinates (translation ignored).
+
+    Returns
+    -------
+    (float, float)
+        Scale along the destination columns and rows.
+    """
+    col, row = src.width / 2.0, src.height / 2.0
+    xs, ys = zip(*(src.transform @ p for p in ((col, row), (col + 1, row), (col, row + 1))))
+    if src.crs != dst_crs:
+        xs, ys = rasterio.warp.transform(src.crs, dst_crs, list(xs), list(ys))
+    linear = np.array([[dst_transform.a, dst_transform.b], [dst_transform.d, dst_transform.e]])
+    # Source pixel steps in destination pixels (columns of the Jacobian), inverted:
+    # source pixels per destination pixel step along each destination axis.
+    src_to_dst = np.linalg.solve(linear, np.array([[xs[1] - xs[0], xs[2] - xs[0]],
+                                                   [ys[1] - ys[0], ys[2] - ys[0]]]))
+    dst_to_src = np.linalg.inv(src_to_dst)
+    return tuple(float(f"{1.0 / np.hypot(*dst_to_src[:, k]):.9g}") for k in (0, 1))
 
 
 def crop_scene(scene: Scene, row0: int, col0: int, height: int, width: int) -> Scene:

@@ -207,3 +207,33 @@ def test_band_count_mismatch(geotiff, textured_image):
     with pytest.raises(InputError, match="--bands"):
         align_pair(before, after)
 
+
+@pytest.mark.parametrize("after_crs", ["EPSG:4326", "EPSG:32651"])
+def test_a_window_of_the_grid_is_resampled_as_the_whole_grid_is(
+        tmp_path, textured_image, after_crs):
+    """Each pixel must come out the same whatever extent is warped: GDAL's
+    approximate transformer and its per-chunk kernel scale made a window of a pair
+    reprojected from EPSG:4326 up to 4 grey levels unlike the whole grid."""
+    from changedet.raster import read_region, warp_scene
+
+    from .conftest import warp_geotiff, write_geotiff
+
+    # 0.7 m pixels onto a 1 m grid: the kernel widens to average them.
+    src = write_geotiff(tmp_path / "a.tif", textured_image(700, 700, seed=5),
+                        transform=Affine(0.7, 0, 500000.0, 0, -0.7, 4320000.0))
+    after = read_scene(warp_geotiff(src, tmp_path / "a_warped.tif", after_crs)
+                       if after_crs != "EPSG:32651" else src)
+    grid = analysis_grid(read_scene(write_geotiff(
+        tmp_path / "b.tif", textured_image(480, 480, seed=6),
+        transform=Affine(1.0, 0, 500005.0, 0, -1.0, 4319995.0))).grid)
+    shift = Affine.translation(0.37, -0.21)
+    whole = warp_scene(after, grid, shift)
+    for row0, col0, h, w in ((0, 0, 200, 480), (137, 61, 190, 230), (300, 300, 180, 180)):
+        part = read_region(after, grid.window(row0, col0, h, w), correction=Affine.translation(
+            col0, row0).__invert__() @ shift @ Affine.translation(col0, row0))
+        inside = whole.valid[row0:row0 + h, col0:col0 + w]
+        np.testing.assert_array_equal(part.valid, inside)
+        assert inside.mean() > 0.5
+        np.testing.assert_allclose(part.image[:, part.valid],
+                                   whole.image[:, row0:row0 + h, col0:col0 + w][:, inside],
+                                   atol=0.05)
