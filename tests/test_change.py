@@ -597,3 +597,47 @@ def test_pooled_statistics_of_a_single_chip_are_measured_on_all_its_pixels() -> 
     measured = chip.get("noise", lambda: values)
     assert measured == pytest.approx(float(np.median(values.astype(np.float32))))
     assert SceneStatistics.pooled([chip]).values["noise"] == measured
+
+
+def test_a_marginal_region_is_split_along_fainter_edges_and_its_parts_judged_anew(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A roof joined to the ground beside it through a faint edge (2.2 medians: below
+    the first split's 2.5) is kept at a marginal probability; split at 2.0, each part
+    is judged on its own, confident regions keep theirs and no pixel is lost."""
+    from types import SimpleNamespace
+
+    import changedet.change as change
+
+    regions = np.zeros((60, 90), np.int32)
+    regions[10:50, 5:85] = 1  # the roof (columns 5-44) and the ground (45-84)
+    regions[52:58, 5:30] = 2  # a confident roof
+    edges = np.ones(regions.shape, np.float32)
+    edges[:, 44:46] = 2.2
+    judged = []
+
+    def features(labels, n, evidence, valid, pixel_m):
+        cols = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
+        mean_col = np.bincount(labels.ravel(), cols.ravel(), n + 1) / np.maximum(
+            np.bincount(labels.ravel(), minlength=n + 1), 1)
+        judged.append(n)
+        return mean_col[None, :, None]
+
+    def classify(feats, model=None):
+        return np.where(feats[0, :, 0] < 45, 0.95, 0.05)
+
+    monkeypatch.setattr(change, "region_features", features)
+    monkeypatch.setattr(change, "classify_regions", classify)
+    prob = np.array([0.0, 0.6, 0.9])
+    new, n, new_prob = change._split_marginal_regions(
+        regions, 2, prob, SimpleNamespace(colour_edges=edges), np.ones(regions.shape, bool),
+        1.0, DetectionParams())
+    assert judged == [n] and n == 3
+    np.testing.assert_array_equal(new > 0, regions > 0)
+    roof = new_prob[new] >= 0.5
+    assert roof[10:50, 5:44].all() and not roof[10:50, 46:85].any()
+    assert (new_prob[new[52:58, 5:30]] == 0.9).all()
+    # Nothing marginal: nothing judged again.
+    judged.clear()
+    same = change._split_marginal_regions(regions, 2, np.array([0.0, 0.9, 0.2]), None,
+                                          np.ones(regions.shape, bool), 1.0, DetectionParams())
+    assert same[0] is regions and judged == []
