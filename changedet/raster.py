@@ -7,8 +7,10 @@ validity mask and a :class:`Grid` (CRS, affine transform, shape).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Sequence
@@ -367,12 +369,51 @@ def read_header(
                  chosen, nir_index, tags)
 
 
+class OpenDatasets:
+    """Datasets kept open for many reads, one handle per path and thread.
+
+    Opening a file for each small read discards GDAL's cache of its decoded blocks,
+    so that reads of neighbouring strips decode the same compressed tiles again. A
+    rasterio dataset must not be read from two threads at once: each thread gets its
+    own. Use as a context manager; every handle is closed on exit.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._opened: list[rasterio.io.DatasetReader] = []
+
+    def get(self, path: str) -> rasterio.io.DatasetReader:
+        """This thread's open dataset for ``path``."""
+        handles = self._local.__dict__.setdefault("handles", {})
+        ds = handles.get(path)
+        if ds is None:
+            ds = rasterio.open(path)
+            handles[path] = ds
+            with self._lock:
+                self._opened.append(ds)
+        return ds
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._opened:
+                ds.close()
+            self._opened.clear()
+
+    def __enter__(self) -> "OpenDatasets":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def read_region(
     header: Scene,
     grid: Grid,
     correction: Affine = Affine.identity(),
     resample: bool = True,
     pad_px: int = 8,
+    datasets: OpenDatasets | None = None,
 ) -> Scene:
     """The part of a scene that falls on ``grid``, resampled onto it.
 
@@ -396,6 +437,9 @@ def read_region(
         pixel size, whole-pixel offset, identity correction); pixels are copied.
     pad_px : int
         Source pixels read beyond the footprint of ``grid``.
+    datasets : OpenDatasets, optional
+        Where to take the open file from, for many reads of one file (default: the
+        file is opened for this read and closed after it).
 
     Returns
     -------
@@ -433,7 +477,9 @@ def read_region(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             warnings.simplefilter("ignore", NodataShadowWarning)
-            with rasterio.open(header.path) as ds:
+            opened = (contextlib.nullcontext(datasets.get(header.path)) if datasets is not None
+                      else rasterio.open(header.path))
+            with opened as ds:
                 kw = {} if out_shape is None else {"out_shape": out_shape,
                                                    "resampling": Resampling.average}
                 data = ds.read(list(header.bands), window=window, out_dtype="float32", **kw)

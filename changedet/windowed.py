@@ -52,7 +52,8 @@ from .change import (DetectionParams, SceneStatistics, _dilate_disk, detect_new_
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
-from .raster import Grid, Scene, check_not_blank, crop_scene, read_region, valid_box
+from .raster import (Grid, OpenDatasets, Scene, check_not_blank, crop_scene, read_region,
+                     valid_box)
 from .vectorize import labels_at_edge
 
 #: Core window side in pixels, by default.
@@ -299,14 +300,15 @@ def _window_correction(correction: Affine, row0: int, col0: int) -> Affine:
 
 
 def read_pair(task_before: Scene, task_after: Scene, grid: Grid, correction: Affine,
-              resample_before: bool) -> tuple[Scene, Scene]:
+              resample_before: bool, datasets: OpenDatasets | None = None
+              ) -> tuple[Scene, Scene]:
     """Both scenes on a window ``grid`` of the analysis grid.
 
     ``correction`` is the co-registration in the window's own pixels (see
-    :func:`_window_correction`).
+    :func:`_window_correction`); ``datasets``, files kept open for many reads.
     """
-    before = read_region(task_before, grid, resample=resample_before)
-    after = read_region(task_after, grid, correction=correction)
+    before = read_region(task_before, grid, resample=resample_before, datasets=datasets)
+    after = read_region(task_after, grid, correction=correction, datasets=datasets)
     # The after scene is zero wherever the before scene is not valid, as on the
     # whole-scene path: the evidence filters see the same pixels near nodata.
     after.image[:, ~before.valid] = 0.0
@@ -609,18 +611,29 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
     workers : int
         Threads reading and measuring the patches and chips.
     """
-    from .coregister import (METHODS, Registration, estimate_local, estimate_shift,
-                             fit_local, tie_points)
+    from .coregister import METHODS
 
     if method not in METHODS:
         raise ValueError(f"unknown co-registration method {method!r}; use one of {METHODS}")
+    # The strips and chips are read from files kept open: the fit's strips, a few
+    # rows each, share the files' compressed blocks.
+    with OpenDatasets() as datasets:
+        return _first_pass(before, after, grid, method, resample_before, params, workers,
+                           datasets)
+
+
+def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
+                resample_before: bool, params: DetectionParams, workers: int,
+                datasets: OpenDatasets) -> FirstPass:
+    """:func:`first_pass`, reading through ``datasets``."""
+    from .coregister import Registration, estimate_local, estimate_shift, fit_local, tie_points
 
     def read(box: tuple[int, int, int, int],
              correction: Affine = Affine.identity()) -> tuple[Scene, Scene]:
         """The pair on a box of the grid, with a correction on the grid's pixels."""
         r0, c0, r1, c1 = box
         return read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
-                         _window_correction(correction, r0, c0), resample_before)
+                         _window_correction(correction, r0, c0), resample_before, datasets)
 
     if method == "none":
         registration = Registration("none", (0.0, 0.0), None, 0)
@@ -683,7 +696,8 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         for header, values in ((before, fit_b), (after, fit_a)):
             check_not_blank(replace(header, image=values[:, None, :], valid=everywhere))
         fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
-                             np.ones((1, fit_b.shape[1]), bool), keep_weight=False)
+                             np.ones((1, fit_b.shape[1]), bool), keep_weight=False,
+                             workers=workers)
         del fit_a, fit_b
         params = replace(params, fit=fit)
 

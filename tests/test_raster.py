@@ -237,3 +237,31 @@ def test_a_window_of_the_grid_is_resampled_as_the_whole_grid_is(
         np.testing.assert_allclose(part.image[:, part.valid],
                                    whole.image[:, row0:row0 + h, col0:col0 + w][:, inside],
                                    atol=0.05)
+
+
+def test_reads_through_open_datasets_equal_fresh_reads(geotiff, textured_image):
+    """Files kept open for many reads give the same pixels, one handle per thread,
+    all closed on exit."""
+    import threading
+
+    from changedet.raster import OpenDatasets, read_header, read_region
+
+    header = read_header(geotiff("a.tif", textured_image(300, 300, seed=3)))
+    grid = analysis_grid(header.grid)
+    shift = Affine.translation(0.4, -0.3)
+    boxes = [(r, 0, 8, 300) for r in range(0, 300, 37)]
+    fresh = [read_region(header, grid.window(*b), correction=shift) for b in boxes]
+    with OpenDatasets() as datasets:
+        kept = [read_region(header, grid.window(*b), correction=shift, datasets=datasets)
+                for b in boxes]
+        mine = datasets.get(header.path)
+        assert datasets.get(header.path) is mine
+        other = []
+        worker = threading.Thread(target=lambda: other.append(datasets.get(header.path)))
+        worker.start()
+        worker.join()
+        assert other[0] is not mine
+    assert mine.closed and other[0].closed
+    for f, k in zip(fresh, kept):
+        np.testing.assert_array_equal(f.image, k.image)
+        np.testing.assert_array_equal(f.valid, k.valid)
