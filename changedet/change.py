@@ -1735,7 +1735,7 @@ def _regrow_edges(labels: np.ndarray, extent: np.ndarray, valid: np.ndarray,
 
 def detect_new_buildings(
     before: Scene, after: Scene, params: DetectionParams = DetectionParams(),
-    statistics: SceneStatistics | None = None,
+    statistics: SceneStatistics | None = None, workers: int = 1,
 ) -> tuple[np.ndarray, Evidence]:
     """Normalise, gather evidence and segment new buildings in one call.
 
@@ -1747,6 +1747,8 @@ def detect_new_buildings(
         ``params.fit`` reuses a radiometric fit; otherwise one is fitted here.
     statistics : SceneStatistics, optional
         Scene-wide statistics of a larger scene this pair is a window of.
+    workers : int
+        Threads for the radiometric fit when one is made here.
 
     Returns
     -------
@@ -1758,7 +1760,7 @@ def detect_new_buildings(
     fit = params.fit
     if fit is None:
         fit = fit_radiometry(before.image, after.image, valid, keep_weight=False,
-                             patches=fit_patches(valid.shape))
+                             patches=fit_patches(valid.shape), workers=workers)
         params = replace(params, fit=fit)
     normalised = replace(after, image=fit.apply(after.image), valid=valid)
     evidence = new_building_evidence(replace(before, valid=valid), normalised, params,

@@ -352,7 +352,8 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     residual = float(getattr(registration, "residual_rms_px", None) or 0.0)
     stage("detecting")
     params = opts.detection_params(grid)
-    labels, evidence = detect_new_buildings(pair.before, pair.after, params)
+    labels, evidence = detect_new_buildings(pair.before, pair.after, params,
+                                            workers=opts.local_threads())
     standing = evidence.standing_before
     if aoi is not None:
         labels = keep_labels_in_aoi(labels, aoi.mask)

@@ -17,6 +17,8 @@ they normalise with the same fit.
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,6 +190,7 @@ def fit_radiometry(
     iterations: int = 6,
     keep_weight: bool = True,
     patches: list[tuple[int, int, int, int]] | None = None,
+    workers: int = 1,
 ) -> RadiometricFit:
     """Fit the after-to-before radiometric map on pixels that did not change.
 
@@ -204,6 +207,8 @@ def fit_radiometry(
     patches : list of (row0, col0, row1, col1), optional
         Windows whose valid pixels are pooled for the fit (default: the whole grid);
         see :func:`fit_patches`.
+    workers : int
+        Threads fitting the bands (the result is the same for any number).
 
     Returns
     -------
@@ -240,51 +245,60 @@ def fit_radiometry(
     del parts_a, parts_b
     n = xb.shape[1]
     w = np.ones(n)
-    # The samples stay fixed while the weights change: sort them once.
-    order_a = [np.argsort(x, kind="stable") for x in xa]
-    order_b = [np.argsort(x, kind="stable") for x in xb]
-    ka: list[np.ndarray] = []
-    kb: list[np.ndarray] = []
-    sigma = np.ones(nb)
-    done = 0
-    for done in range(1, iterations + 1):
-        ka, kb = [], []
-        z2 = np.zeros(n)
-        # Quantiles only over pixels that are plausibly unchanged: a changed minority
-        # sits in the tails and would otherwise be matched onto the other date.
-        use = w > 0.01
-        for b in range(nb):
-            if done == 1:
-                # First round: robust location/scale matching (median, MAD), which a
-                # changed minority hardly moves, to get first no-change weights.
-                ma, mb = np.median(xa[b]), np.median(xb[b])
-                sa = max(1.4826 * np.median(np.abs(xa[b] - ma)), 1e-6)
-                sb = 1.4826 * np.median(np.abs(xb[b] - mb))
-                xk = np.array([ma - sa, ma + sa])
-                yk = np.array([mb - sb, mb + sb])
-            else:
-                # The stable order of the kept samples is the full order, filtered.
-                used_a = order_a[b][use[order_a[b]]]
-                used_b = order_b[b][use[order_b[b]]]
-                xk, yk = _strictly_increasing(
-                    _weighted_quantiles(xa[b], w, _QUANTILES, used_a),
-                    _weighted_quantiles(xb[b], w, _QUANTILES, used_b),
-                )
-            ka.append(xk)
-            kb.append(yk)
-            r = _monotone_map(xa[b], xk, yk) - xb[b]
-            sigma[b] = _robust_sigma(r, w)
-            z2 += (r / sigma[b]) ** 2
-        # No-change probability, as in IR-MAD: the chi-square tail of the residual.
-        new_w = stats.chi2.sf(z2, df=nb)
-        if new_w.sum() < 0.01 * n:
-            logger.warning("radiometry: almost every pixel looks changed; keeping "
-                           "the previous weights")
-            break
-        shift = float(np.abs(new_w - w).mean())
-        w = new_w
-        if shift < 1e-3:
-            break
+    with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        run_bands = map if pool is None else pool.map
+        # The samples stay fixed while the weights change: sort them once.
+        order_a = list(run_bands(lambda x: np.argsort(x, kind="stable"), xa))
+        order_b = list(run_bands(lambda x: np.argsort(x, kind="stable"), xb))
+        ka: list[np.ndarray] = []
+        kb: list[np.ndarray] = []
+        sigma = np.ones(nb)
+        done = 0
+        for done in range(1, iterations + 1):
+            ka, kb = [], []
+            z2 = np.zeros(n)
+            # Quantiles only over pixels that are plausibly unchanged: a changed
+            # minority sits in the tails and would otherwise be matched onto the other
+            # date.
+            use = w > 0.01
+
+            def fit_band(b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+                if done == 1:
+                    # First round: robust location/scale matching (median, MAD), which a
+                    # changed minority hardly moves, to get first no-change weights.
+                    ma, mb = np.median(xa[b]), np.median(xb[b])
+                    sa = max(1.4826 * np.median(np.abs(xa[b] - ma)), 1e-6)
+                    sb = 1.4826 * np.median(np.abs(xb[b] - mb))
+                    xk = np.array([ma - sa, ma + sa])
+                    yk = np.array([mb - sb, mb + sb])
+                else:
+                    # The stable order of the kept samples is the full order, filtered.
+                    used_a = order_a[b][use[order_a[b]]]
+                    used_b = order_b[b][use[order_b[b]]]
+                    xk, yk = _strictly_increasing(
+                        _weighted_quantiles(xa[b], w, _QUANTILES, used_a),
+                        _weighted_quantiles(xb[b], w, _QUANTILES, used_b),
+                    )
+                r = _monotone_map(xa[b], xk, yk) - xb[b]
+                return xk, yk, r, _robust_sigma(r, w)
+
+            # Bands are fitted independently (on threads: numpy's sorts release the GIL)
+            # and summed in band order, so the result does not depend on ``workers``.
+            for b, (xk, yk, r, sigma_b) in enumerate(run_bands(fit_band, range(nb))):
+                ka.append(xk)
+                kb.append(yk)
+                sigma[b] = sigma_b
+                z2 += (r / sigma_b) ** 2
+            # No-change probability, as in IR-MAD: the chi-square tail of the residual.
+            new_w = stats.chi2.sf(z2, df=nb)
+            if new_w.sum() < 0.01 * n:
+                logger.warning("radiometry: almost every pixel looks changed; keeping "
+                               "the previous weights")
+                break
+            shift = float(np.abs(new_w - w).mean())
+            w = new_w
+            if shift < 1e-3:
+                break
     # Pad the knot arrays with NaN to a rectangle so the fit is two plain arrays.
     k = max(x.size for x in ka)
     knots_a = np.stack([np.pad(x, (0, k - x.size), constant_values=np.nan) for x in ka])

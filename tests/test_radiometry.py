@@ -122,3 +122,16 @@ def test_large_grids_are_fitted_on_strips_spread_down_them() -> None:
     assert np.ptp(np.diff(starts)) <= 1  # evenly spaced
     # A very wide grid still gets strips all the way down.
     assert len(fit_patches((20000, 200000))) == radiometry.MIN_FIT_STRIPS
+
+
+def test_fit_is_the_same_on_any_number_of_threads() -> None:
+    before = _scene(4)
+    after = _distort(before)
+    after[:, 30:80, 30:80] = 240.0
+    valid = np.ones(before.shape[1:], bool)
+    one = fit_radiometry(before, after, valid, keep_weight=False)
+    two = fit_radiometry(before, after, valid, keep_weight=False, workers=2)
+    assert one.iterations == two.iterations > 1
+    np.testing.assert_array_equal(one.knots_after, two.knots_after)
+    np.testing.assert_array_equal(one.knots_before, two.knots_before)
+    np.testing.assert_array_equal(one.sigma, two.sigma)
