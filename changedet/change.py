@@ -738,8 +738,18 @@ def _region_shape(regions: np.ndarray, n: int, at: np.ndarray, lab: np.ndarray
     return cnt, rect, solidity, compact, elong
 
 
+def darkness_beside(bright_after: np.ndarray, pixel_m: float) -> np.ndarray:
+    """(H, W) darkness of each pixel relative to the brightest ground within 15 m
+    (0 as bright, 1 black), for the shadow beside a region (:func:`region_features`);
+    it finds a shadow on bright earth that the absolute shadow map misses."""
+    size = max(3, int(round(15.0 / pixel_m)) | 1)
+    ref = ndimage.maximum_filter(ndimage.uniform_filter(bright_after, 3), size)
+    return np.clip(1.0 - bright_after / (ref + 1e-6), 0.0, 1.0).astype(np.float32)
+
+
 def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
-                    valid: np.ndarray, pixel_m: float) -> np.ndarray:
+                    valid: np.ndarray, pixel_m: float, dark: np.ndarray | None = None,
+                    only: np.ndarray | None = None) -> np.ndarray:
     """Scale-free description of each candidate region, for the region classifier.
 
     Shape (rectangularity from second moments, solidity, compactness, elongation),
@@ -748,6 +758,14 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     faces unchanged land or another region, or lies on nodata; the share of its
     blob), and the best one-sided shadow beside it in any direction.
 
+    Parameters
+    ----------
+    dark : (H, W) ndarray, optional
+        :func:`darkness_beside` of ``evidence.bright_after``, when already computed.
+    only : (n + 1,) ndarray of bool, optional
+        The regions to describe (default all); the others' columns are zero. Each
+        described region's features are those it has when all are described.
+
     Returns
     -------
     (F, n + 1, 1) ndarray of float32
@@ -755,12 +773,20 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     """
     # Every per-region sum runs over the list of region pixels (a fraction of the
     # array), in raster order: the same sums as over the whole array.
-    at, lab = _labelled_pixels(regions)
+    at_all, lab_all = _labelled_pixels(regions)
+    if only is None:
+        at, lab = at_all, lab_all
+    else:
+        chosen = np.asarray(only, bool)[lab_all]
+        at, lab = at_all[chosen], lab_all[chosen]
 
     def sums(values: np.ndarray) -> np.ndarray:
         return np.bincount(lab, weights=values, minlength=n + 1)
 
     cnt, rect, solidity, compact, elong = _region_shape(regions, n, at, lab)
+    # Every region's pixel count, for the blobs' areas (as _region_shape counts them).
+    cnt_all = cnt if only is None else np.maximum(np.r_[
+        regions.size - at_all.size, np.bincount(lab_all, minlength=n + 1)[1:]], 1.0)
 
     def mean(x: np.ndarray) -> np.ndarray:
         """Mean over each region of an (H, W) map, or of its values at ``at``."""
@@ -772,42 +798,48 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     # Rim of each region: its pixels within reach of anything else.
     reach_px = max(1.5, 1.5 / pixel_m)
     inside = regions > 0
-    # A closing (ndimage.binary_closing) with its holes filled.
+    # A closing (ndimage.binary_closing) with its holes filled: over the whole array,
+    # since a hole is only known as one from all around it.
     blob = _fill_holes(_erode_disk(_dilate_disk(inside, reach_px), reach_px))
-    faces_land = inside & ~_erode_disk(blob, reach_px)
-    no_land = np.where(inside, regions, n + 1)
-    faces_other = inside & ((_grey_disk(regions, reach_px, np.maximum) > regions)
-                            | (_grey_disk(no_land, reach_px, np.minimum) < regions))
-    rim = faces_land | faces_other | (inside & (_grey_disk(regions, reach_px, np.minimum) == 0))
-    rim_cnt = np.maximum(np.bincount(regions[rim], minlength=n + 1).astype(float), 1.0)
-    land = np.bincount(regions[faces_land], minlength=n + 1) / rim_cnt
-    other = np.bincount(regions[faces_other], minlength=n + 1) / rim_cnt
-    edge_rim = np.bincount(regions[rim], weights=evidence.colour_edges[rim],
+    # The rim is found within reach of each region: with ``only``, on the box of the
+    # chosen regions and a margin beyond the reach, where the disk filters see all
+    # they see on the whole array (the box's own border is farther than the reach).
+    box = _margin_box(at, regions.shape, int(math.ceil(reach_px)) + 2)
+    region_box, inside_box = regions[box], inside[box]
+    faces_land = inside_box & ~_erode_disk(blob[box], reach_px)
+    no_land = np.where(inside_box, region_box, n + 1)
+    faces_other = inside_box & ((_grey_disk(region_box, reach_px, np.maximum) > region_box)
+                                | (_grey_disk(no_land, reach_px, np.minimum) < region_box))
+    rim = faces_land | faces_other | (inside_box & (_grey_disk(region_box, reach_px,
+                                                               np.minimum) == 0))
+    rim_cnt = np.maximum(np.bincount(region_box[rim], minlength=n + 1).astype(float), 1.0)
+    land = np.bincount(region_box[faces_land], minlength=n + 1) / rim_cnt
+    other = np.bincount(region_box[faces_other], minlength=n + 1) / rim_cnt
+    edge_rim = np.bincount(region_box[rim], weights=evidence.colour_edges[box][rim],
                            minlength=n + 1) / rim_cnt
     # Share of the rim on nodata: there the region is cut by a line that is no
     # outline of its own, so its shape says less (a patch of earth cut square looks
     # like a roof's corner). The array's own border is left out: a window's border
     # inside the scene is not the data's edge, and a windowed run must judge each
     # region as the whole scene does.
-    beyond = _dilate_disk(~valid, reach_px)
-    data_edge = np.bincount(regions[rim & beyond], minlength=n + 1) / rim_cnt
+    beyond = _dilate_disk(~valid[box], reach_px)
+    data_edge = np.bincount(region_box[rim & beyond], minlength=n + 1) / rim_cnt
     # One-sided shadow: new darkness beside the region in its best direction, minus
     # the opposite side (a roof casts it on one side; flat ground on none).
     # The same with darkness relative to the brightest ground nearby, which finds a
     # shadow on bright earth that the absolute shadow map misses. (Both maps are
     # measured on the same strips, found once.)
     shadow_reach = max(1.0, 3.0 / pixel_m)
-    size = max(3, int(round(15.0 / pixel_m)) | 1)
-    ref = ndimage.maximum_filter(ndimage.uniform_filter(evidence.bright_after, 3), size)
-    dark = np.clip(1.0 - evidence.bright_after / (ref + 1e-6), 0.0, 1.0)
+    if dark is None:
+        dark = darkness_beside(evidence.bright_after, pixel_m)
     frac, dfrac = _shadow_side_fractions(
-        regions, n, [evidence.new_shadow, dark.astype(np.float32)], shadow_reach)
+        regions, n, [evidence.new_shadow, dark], shadow_reach, only=only)
     contrast = (frac - np.roll(frac, _N_DIRECTIONS // 2, axis=1)).max(axis=1)
     dcontrast = (dfrac - np.roll(dfrac, _N_DIRECTIONS // 2, axis=1)).max(axis=1)
     blobs, _ = ndimage.label(blob)
     region_blob = np.zeros(n + 1, np.int64)
     region_blob[regions[inside]] = blobs[inside]
-    blob_area = np.bincount(region_blob, weights=cnt, minlength=int(blobs.max()) + 1)
+    blob_area = np.bincount(region_blob, weights=cnt_all, minlength=int(blobs.max()) + 1)
     blob_regions = np.bincount(region_blob, minlength=int(blobs.max()) + 1)
     an = evidence.after_normalised
     # Chromaticity at the region pixels only (a per-pixel quantity).
@@ -834,7 +866,21 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
         np.log(np.maximum(blob_regions[region_blob], 1)), np.log1p(100 * spread),
         mean(evidence.new_shadow), data_edge,
     ]
-    return np.stack(feats).astype(np.float32)[:, :, None]
+    out = np.stack(feats).astype(np.float32)[:, :, None]
+    if only is not None:
+        out[:, ~np.asarray(only, bool)] = 0.0
+    return out
+
+
+def _margin_box(at: np.ndarray, shape: tuple[int, int], margin: int
+                ) -> tuple[slice, slice]:
+    """Slices of the bounding box of flat pixel indices ``at`` grown by ``margin``,
+    within an array of ``shape`` (the whole array when ``at`` is empty)."""
+    if at.size == 0:
+        return slice(None), slice(None)
+    rows, cols = np.divmod(at, shape[1])
+    return (slice(max(0, int(rows.min()) - margin), int(rows.max()) + margin + 1),
+            slice(max(0, int(cols.min()) - margin), int(cols.max()) + margin + 1))
 
 
 #: Names of the per-pixel features fed to the learned detector, in order.
@@ -1269,7 +1315,8 @@ def _grey_disk(image: np.ndarray, radius_px: float, combine: np.ufunc) -> np.nda
 
 def _shadow_side_fractions(labels: np.ndarray, n: int,
                            shadow: np.ndarray | Sequence[np.ndarray],
-                           reach_px: float, among_others: bool = False
+                           reach_px: float, among_others: bool = False,
+                           only: np.ndarray | None = None
                            ) -> np.ndarray | list[np.ndarray]:
     """Mean shadow just beyond each object's edge, in each probe direction.
 
@@ -1287,6 +1334,8 @@ def _shadow_side_fractions(labels: np.ndarray, n: int,
         candidate regions on unlabelled ground. True: they are the pixels of the other
         objects beside it (label 0 then being nodata), as for a segmentation that
         labels every valid pixel.
+    only : (n + 1,) ndarray of bool, optional
+        The objects to measure (default all); the others' rows are zero.
 
     Returns
     -------
@@ -1297,6 +1346,9 @@ def _shadow_side_fractions(labels: np.ndarray, n: int,
     maps = [shadow] if isinstance(shadow, np.ndarray) else list(shadow)
     out = [np.zeros((n + 1, _N_DIRECTIONS)) for _ in maps]
     at, lab = _labelled_pixels(labels)
+    if only is not None:
+        chosen = np.asarray(only, bool)[lab]
+        at, lab = at[chosen], lab[chosen]
     # Padded beyond the reach with a label that is no background, so that pixels
     # moved off the array are never part of a strip, as in a shifted copy.
     pad = int(math.ceil(reach_px)) + 1
@@ -1485,10 +1537,11 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
         evidence.region_probability = np.zeros(valid.shape, np.float32)
         evidence.regions = regions
         return np.zeros(valid.shape, np.int32)
-    prob = classify_regions(region_features(regions, n, evidence, valid, pixel_m),
+    dark = darkness_beside(evidence.bright_after, pixel_m)
+    prob = classify_regions(region_features(regions, n, evidence, valid, pixel_m, dark),
                             params.model)
     regions, n, prob = _split_marginal_regions(regions, n, prob, evidence, valid, pixel_m,
-                                               params)
+                                               params, dark)
     evidence.region_probability = prob[regions].astype(np.float32)
     evidence.regions = regions
     keep = prob >= params.region_probability
@@ -1513,7 +1566,7 @@ MARGINAL_EDGE_LEVEL = 2.0
 
 def _split_marginal_regions(regions: np.ndarray, n: int, prob: np.ndarray,
                             evidence: Evidence, valid: np.ndarray, pixel_m: float,
-                            params: DetectionParams
+                            params: DetectionParams, dark: np.ndarray | None = None
                             ) -> tuple[np.ndarray, int, np.ndarray]:
     """Regions kept as roofs with little confidence, split along fainter colour edges
     and judged part by part.
@@ -1531,6 +1584,8 @@ def _split_marginal_regions(regions: np.ndarray, n: int, prob: np.ndarray,
         0 background, 1..n.
     prob : (n + 1,) ndarray
         Roof probability of each region (entry 0 unused).
+    dark : (H, W) ndarray, optional
+        :func:`darkness_beside`, when already computed.
 
     Returns
     -------
@@ -1562,13 +1617,14 @@ def _split_marginal_regions(regions: np.ndarray, n: int, prob: np.ndarray,
     new = regions.astype(np.int64).copy()
     new.ravel()[at[from_split]] = n + 1 + part_of[from_split]
     new, n_new = _relabel(new)
-    probs = classify_regions(region_features(new, n_new, evidence, valid, pixel_m),
-                             params.model)
     # The region each new label comes from, and whether it is a part of a split one.
     source = np.zeros(n_new + 1, np.int64)
     source[new.ravel()] = regions.ravel()
     is_part = split[source]
     is_part[0] = False
+    # Only the parts are judged anew, and only they are described.
+    probs = classify_regions(region_features(new, n_new, evidence, valid, pixel_m, dark,
+                                             only=is_part), params.model)
     out = np.where(is_part, probs, prob[source])
     out[0] = 0.0
     logger.info("segment: %d marginal region(s) split into parts, judged anew",

@@ -614,13 +614,15 @@ def test_a_marginal_region_is_split_along_fainter_edges_and_its_parts_judged_ane
     edges = np.ones(regions.shape, np.float32)
     edges[:, 44:46] = 2.2
     judged = []
+    described = []
 
-    def features(labels, n, evidence, valid, pixel_m):
+    def features(labels, n, evidence, valid, pixel_m, dark=None, only=None):
         cols = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
         mean_col = np.bincount(labels.ravel(), cols.ravel(), n + 1) / np.maximum(
             np.bincount(labels.ravel(), minlength=n + 1), 1)
         judged.append(n)
-        return mean_col[None, :, None]
+        described.append(only)
+        return np.where(only, mean_col, 0.0)[None, :, None]
 
     def classify(feats, model=None):
         return np.where(feats[0, :, 0] < 45, 0.95, 0.05)
@@ -632,6 +634,9 @@ def test_a_marginal_region_is_split_along_fainter_edges_and_its_parts_judged_ane
         regions, 2, prob, SimpleNamespace(colour_edges=edges), np.ones(regions.shape, bool),
         1.0, DetectionParams())
     assert judged == [n] and n == 3
+    # Only the two parts are described; the confident roof keeps its probability.
+    parts = np.unique(new[regions == 1])
+    np.testing.assert_array_equal(np.flatnonzero(described[0]), parts)
     np.testing.assert_array_equal(new > 0, regions > 0)
     roof = new_prob[new] >= 0.5
     assert roof[10:50, 5:44].all() and not roof[10:50, 46:85].any()
@@ -641,3 +646,29 @@ def test_a_marginal_region_is_split_along_fainter_edges_and_its_parts_judged_ane
     same = change._split_marginal_regions(regions, 2, np.array([0.0, 0.9, 0.2]), None,
                                           np.ones(regions.shape, bool), 1.0, DetectionParams())
     assert same[0] is regions and judged == []
+
+
+def test_features_of_some_regions_are_those_they_have_among_all() -> None:
+    """``region_features(only=...)`` (the parts of split regions are described on
+    the box around them) gives the chosen regions' columns bit for bit."""
+    from changedet.change import candidate_regions, new_building_evidence, region_features
+    from changedet.raster import align_pair
+    from changedet.synth import SynthParams, make_synthetic_pair
+
+    sp = make_synthetic_pair(SynthParams.for_scenario("suburb", seed=4, size=400))
+    pair = align_pair(sp.before, sp.after)
+    valid = pair.before.valid & pair.after.valid
+    pixel = pair.grid.pixel_size[0]
+    params = DetectionParams()
+    evidence = new_building_evidence(pair.before, pair.after, params,
+                                     after_raw=pair.after.image)
+    regions, n = candidate_regions(evidence, valid, pixel, params)
+    assert n > 20
+    every = region_features(regions, n, evidence, valid, pixel)
+    rng = np.random.default_rng(0)
+    for share in (0.05, 0.5):
+        only = rng.random(n + 1) < share
+        only[0] = False
+        some = region_features(regions, n, evidence, valid, pixel, only=only)
+        np.testing.assert_array_equal(some[:, only], every[:, only])
+        assert not some[:, ~only].any()
