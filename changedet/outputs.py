@@ -266,16 +266,42 @@ def _output_error(exc: OSError, outdir: Path) -> OutputError:
                        "in the output folder")
 
 
-def _resolved(path: str | os.PathLike[str]) -> Path:
-    """``path`` with links and ".." resolved; a GDAL archive path (``/vsizip/...``) as
-    the archive file it reads from."""
+# GDAL's archive readers, and the URI schemes rasterio maps onto local files: an input
+# spelt any of these ways may still be a file inside OUTDIR.
+_ARCHIVE_PREFIXES = ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/")
+_LOCAL_SCHEMES = frozenset({"file", "zip", "tar", "gzip", "zip+file", "tar+file",
+                            "gzip+file"})
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path | None:
+    """The local file ``path`` reads from, with links and ".." resolved.
+
+    A GDAL archive path (``/vsizip/a.zip/x.tif``, ``/vsizip/{a.zip}/x.tif``) or a
+    rasterio URI (``zip:///a.zip!x.tif``, ``file:///x.tif``) gives the archive or file
+    itself; a remote URI (``s3://``, ``https://``) gives None: it cannot lie in a
+    local folder.
+    """
     text = os.fspath(path)
-    for prefix in ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/"):
-        if text.startswith(prefix):
-            rest = Path(text[len(prefix):])
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme and "/" not in scheme:
+        if scheme.lower() not in _LOCAL_SCHEMES:
+            return None
+        # rasterio's spelling: the archive comes before "!", the member after it.
+        text = rest.split("!", 1)[0]
+    elif text.startswith(_ARCHIVE_PREFIXES):
+        while text.startswith(_ARCHIVE_PREFIXES):  # chains: /vsitar//vsigzip/a.tar.gz
+            text = text[text.index("/", 1) + 1:]
+        if text.startswith("{") and "}" in text:  # GDAL's braces around the archive
+            text = text[1:text.index("}")]
+        else:
+            rest_path = Path(text)
             # The archive is the longest leading part of the path that is a file.
-            for candidate in [rest, *rest.parents]:
-                if candidate.is_file():
+            for candidate in [rest_path, *rest_path.parents]:
+                try:
+                    is_file = candidate.is_file()
+                except OSError:  # e.g. a folder on the way that cannot be read
+                    is_file = False
+                if is_file:
                     text = os.fspath(candidate)
                     break
     try:
@@ -321,7 +347,8 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
         if not overwrite and any(final.iterdir()):
             raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
         for path in inputs:
-            if path is not None and final in _resolved(path).parents:
+            source = None if path is None else _resolved(path)
+            if source is not None and final in source.parents:
                 raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
                                   "would delete; write to another folder")
     if not final.parent.is_dir():

@@ -324,6 +324,49 @@ def test_overwrite_never_deletes_inputs_reached_through_links_dots_or_archives(
     assert (job / "b.tif").read_bytes() == b"pixels"
 
 
+@pytest.mark.parametrize("scene", [
+    "zip://real/job/scenes.zip!b.tif",
+    "zip+file://{root}/real/job/scenes.zip!/inner/b.tif",
+    "tar://{root}/real/job/scenes.zip!b.tif",
+    "file://{root}/real/job/b.tif",
+    "/vsizip/{{real/job/scenes.zip}}/b.tif",
+    "/vsizip/{{{root}/real/job/scenes.zip}}/inner/b.tif",
+    "/vsitar//vsigzip/{root}/real/job/scenes.zip/b.tif",
+])
+def test_overwrite_never_deletes_inputs_spelt_as_uris_or_braced_archives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scene: str) -> None:
+    """rasterio's URIs (archive before "!") and GDAL's braces name a file in OUTDIR
+    as surely as a plain path does."""
+    from changedet.outputs import check_outdir
+
+    job = tmp_path / "real" / "job"
+    job.mkdir(parents=True)
+    (job / "b.tif").write_bytes(b"pixels")
+    (job / "scenes.zip").write_bytes(b"zip")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match="holds the input"):
+        check_outdir("real/job", overwrite=True, inputs=(scene.format(root=tmp_path),))
+
+
+def test_remote_inputs_and_unreadable_folders_do_not_stop_an_overwrite(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scene on S3 or over HTTP cannot lie in OUTDIR; a folder on an archive path
+    that cannot be read is no reason for a traceback."""
+    from changedet.outputs import check_outdir
+
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "old.txt").write_text("x")
+
+    def unreadable(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", unreadable)
+    inputs = ("s3://bucket/job/b.tif", "https://example.org/job/b.tif",
+              "/vsicurl/https://example.org/job/b.tif", "/vsizip/locked/a.zip/b.tif")
+    assert check_outdir(job, overwrite=True, inputs=inputs) == job.resolve()
+
+
 def test_an_outdir_in_a_symlink_loop_is_a_one_line_error(tmp_path: Path) -> None:
     from changedet.outputs import check_outdir
 
