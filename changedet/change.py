@@ -61,14 +61,54 @@ def _median(sample: np.ndarray) -> float:
     return float(np.median(sample)) if sample.size else float("nan")
 
 
-def _lattice_median(sample: np.ndarray, step: float) -> float:
+def _lattice_step(sample: np.ndarray) -> float | None:
+    """The spacing of the lattice every value of ``sample`` lies on, or None.
+
+    Residuals to the 4-neighbour mean of quantised pixels lie on multiples of a
+    quarter of the quantum: 0.25 for counts, 1.0 for counts stretched by 4 into
+    16 bits, 0.25/255 for 8-bit counts rescaled to reflectance. The smallest value
+    clearly above zero is that spacing (zero residuals computed in floating point
+    can come out a rounding error above it).
+
+    Parameters
+    ----------
+    sample : (N,) ndarray of non-negative values
+
+    Returns
+    -------
+    float or None
+        None for continuous values (or an empty sample).
+    """
+    # Every 16th value finds the spacing (it occurs a thousand times in a sample of
+    # a megapixel); :func:`_lattice_median` checks it on them all.
+    sample = sample[::16]
+    positive = sample[sample > 0]
+    if not positive.size:
+        return None
+    positive = positive[positive > 1e-3 * float(np.median(positive))]
+    step = float(positive.min())
+    cells = np.rint(sample / step)
+    if np.array_equal(cells * step, sample):  # counts: exact
+        return step
+    # Values computed from rescaled counts: the smallest carries its own rounding
+    # error, which the far cells multiply; the spacing fitted to every value
+    # (least squares) does not.
+    step = float(np.dot(cells, sample.astype(np.float64)) / max(np.dot(cells, cells), 1.0))
+    cells = np.rint(sample / step)
+    if float(np.max(np.abs(cells * step - sample))) > 1e-3 * step:
+        return None
+    return step
+
+
+def _lattice_median(sample: np.ndarray, step: float | None) -> float:
     """Median of ``sample``, interpolated within its lattice cell when every value lies
     on multiples of ``step`` (the grouped-data median); the plain median otherwise.
 
     Parameters
     ----------
     sample : (N,) ndarray
-    step : float
+    step : float or None
+        The lattice's spacing (:func:`_lattice_step`); None: the plain median.
 
     Returns
     -------
@@ -77,16 +117,20 @@ def _lattice_median(sample: np.ndarray, step: float) -> float:
     """
     if not sample.size:
         return float("nan")
-    cells = sample / step
-    if not np.array_equal(cells, np.round(cells)):
+    if step is None:
+        return float(np.median(sample))
+    cells = np.rint(sample / step)
+    # (Within a thousandth of a step: values computed in floating point from
+    # rescaled counts are near the lattice, not on it.)
+    if float(np.max(np.abs(cells * step - sample))) > 1e-3 * step:
         return float(np.median(sample))
     k = (sample.size - 1) // 2
-    m = float(np.partition(sample, k)[k])  # a lattice value, unlike a mean of two
-    # The median's cell is [m - step/2, m + step/2); the sample's half-way point is
-    # placed in it as if the values in the cell were spread evenly across it.
-    below = int(np.count_nonzero(sample < m))
-    at = int(np.count_nonzero(sample == m))
-    return m - 0.5 * step + (0.5 * sample.size - below) / max(at, 1) * step
+    m = float(np.partition(cells, k)[k])  # a lattice cell, unlike a mean of two
+    # The median's cell is [m - 1/2, m + 1/2); the sample's half-way point is placed
+    # in it as if the values in the cell were spread evenly across it.
+    below = int(np.count_nonzero(cells < m))
+    at = int(np.count_nonzero(cells == m))
+    return (m - 0.5 + (0.5 * sample.size - below) / max(at, 1)) * step
 
 
 class SceneStatistics:
@@ -431,7 +475,9 @@ def _same_direction(a: np.ndarray, b: np.ndarray, nir: int | None) -> np.ndarray
         dot += a[i] * b[i]
         na += a[i] * a[i]
         nb += b[i] * b[i]
-    cos = dot / np.sqrt(na * nb + 1e-6)
+    # (A floor far below any colour, in any units: a fixed 1e-6 outweighed the
+    # product of two reflectance vectors' squared norms.)
+    cos = dot / np.sqrt(np.maximum(na * nb, np.float32(1e-30)))
     return np.clip((cos - math.cos(math.radians(10))) /
                    (math.cos(math.radians(5)) - math.cos(math.radians(10))), 0, 1
                    ).astype(np.float32)
@@ -556,10 +602,16 @@ def _pixel_noise(image: np.ndarray, valid: np.ndarray, stats: SceneStatistics,
         return r if everywhere else r[inner]
 
     def deviation(abs_residual: np.ndarray) -> float:
-        # Integer pixels give residuals on a lattice of 0.25, where the plain median
-        # jumps by a whole step (10 % of a typical noise) between two samples of one
-        # scene: the grouped-data median interpolates within the step.
-        return max(1.4826 * _lattice_median(abs_residual, 0.25) / 1.118, 1e-3)
+        # Quantised pixels give residuals on a lattice (0.25 for integer counts),
+        # where the plain median jumps by a whole step (10 % of a typical noise on
+        # 8-bit counts) between two samples of one scene: the grouped-data median
+        # interpolates within the step. The step is the data's own, so that counts
+        # stretched into 16 bits or rescaled to reflectance measure the same noise.
+        # The floor (a noiseless synthetic image) is in the data's own units: a fixed
+        # 1e-3 was a thousandth of a count but the whole noise of reflectances.
+        floor = max(1e-3 * float(np.mean(abs_residual)) if abs_residual.size else 0.0, 1e-9)
+        return max(1.4826 * _lattice_median(abs_residual, _lattice_step(abs_residual))
+                   / 1.118, floor)
 
     out = np.empty(image.shape[0])
     for b in range(image.shape[0]):
@@ -859,8 +911,8 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
         compact, elong,
         np.log1p(mean(evidence.change)), mean(evidence.smooth_after),
         mean(evidence.veg_after), mean(evidence.veg_before),
-        np.log(np.maximum(mean(evidence.bright_after), 1e-3) / med_a),
-        np.log(np.maximum(mean(evidence.bright_before), 1e-3) / med_b),
+        np.log(np.maximum(mean(evidence.bright_after), 1e-5 * med_a) / med_a),
+        np.log(np.maximum(mean(evidence.bright_before), 1e-5 * med_b) / med_b),
         np.log1p(edge_rim), np.log1p(mean(evidence.colour_edges)), land, other,
         contrast, dcontrast, cnt / np.maximum(blob_area[region_blob], 1.0),
         np.log(np.maximum(blob_regions[region_blob], 1)), np.log1p(100 * spread),

@@ -163,7 +163,9 @@ def _robust_sigma(r: np.ndarray, w: np.ndarray) -> float:
     """
     med = _weighted_quantiles(r, w, np.array([0.5]))[0]
     q1 = float(np.quantile(np.abs(r - med), 0.25))
-    return max(q1 / 0.3186, 1e-3 * max(1.0, float(np.abs(r).max())), 1e-6)
+    # (The floor scales with the residuals: a floor of 1e-3 was far below the noise
+    # of counts but above that of reflectances, whose fit it loosened.)
+    return max(q1 / 0.3186, 1e-3 * float(np.abs(r).max()), 1e-12)
 
 
 def fit_patches(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:

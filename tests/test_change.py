@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from affine import Affine
@@ -180,6 +182,56 @@ def test_the_noise_median_of_integer_pixels_moves_smoothly_with_the_noise() -> N
     off_lattice = np.array([0.1, 0.3, 0.7])
     assert _lattice_median(off_lattice, 0.25) == pytest.approx(0.3)
     assert np.isnan(_lattice_median(np.array([]), 0.25))
+
+
+def test_the_lattice_step_is_the_datas_own() -> None:
+    """Residuals of counts lie on multiples of 0.25, of counts stretched by 4 on
+    multiples of 1, of counts rescaled to reflectance near multiples of 0.25/255;
+    continuous values lie on no lattice."""
+    from changedet.change import _lattice_step
+
+    rng = np.random.default_rng(1)
+    counts = np.round(rng.normal(100.0, 3.0, (3, 200, 200)))
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
+        return np.abs(x[:, 1:-1, 1:-1] - 0.25 * (x[:, :-2, 1:-1] + x[:, 2:, 1:-1]
+                                                 + x[:, 1:-1, :-2] + x[:, 1:-1, 2:])).ravel()
+
+    assert _lattice_step(residual(counts)) == 0.25
+    assert _lattice_step(residual(4 * counts)) == 1.0
+    assert _lattice_step(residual(counts / 255)) == pytest.approx(0.25 / 255, rel=1e-5)
+    assert _lattice_step(residual(rng.normal(100.0, 3.0, (3, 200, 200)))) is None
+    assert _lattice_step(np.zeros(10, np.float32)) is None
+
+
+@pytest.mark.parametrize("scale", [4.0, 1 / 255, 1 / 25500])
+def test_counts_stretched_or_rescaled_measure_the_same_noise_and_buildings(
+        scale: float) -> None:
+    """One 8-bit scene delivered as counts times 4 in 16 bits, as reflectance (counts
+    / 255), or as a dim reflectance (noise about 6e-5): the same noise in its own
+    units, and the same buildings as the counts. (With the lattice fixed at 0.25 the
+    reflectance's noise was the plain median's, some per cent off; with floors fixed
+    at 1e-3, the dim one's noise and radiometric fit were the floors'.)"""
+    before, after, _, _ = _pair(1.0)
+
+    def run(scale: float) -> tuple[dict[str, float], list[float]]:
+        def delivered(scene: Scene) -> Scene:
+            counts = np.clip(np.round(scene.image), 0, 255)
+            return replace(scene, image=(counts * scale).astype(np.float32))
+
+        stats = SceneStatistics()
+        labels, _ = detect_new_buildings(delivered(before), delivered(after),
+                                         DetectionParams(sun_azimuth_deg=45.0), stats)
+        noise = {k: v / scale for k, v in stats.values.items() if k.startswith("noise_")}
+        return noise, _areas(labels, 1.0)
+
+    counts_noise, counts_areas = run(1.0)
+    noise, areas = run(scale)
+    assert len(counts_areas) == 2
+    for name, value in counts_noise.items():
+        assert noise[name] == pytest.approx(value, rel=1e-5), name
+    assert areas == pytest.approx(counts_areas, rel=1e-3)
 
 
 def test_sun_azimuth_estimated_from_shadows() -> None:
