@@ -269,44 +269,49 @@ def _output_error(exc: OSError, outdir: Path) -> OutputError:
 # GDAL's archive readers, and the URI schemes rasterio maps onto local files: an input
 # spelt any of these ways may still be a file inside OUTDIR.
 _ARCHIVE_PREFIXES = ("/vsizip/", "/vsitar/", "/vsigzip/", "/vsi7z/", "/vsirar/")
-_LOCAL_SCHEMES = frozenset({"file", "zip", "tar", "gzip", "zip+file", "tar+file",
-                            "gzip+file"})
+_ARCHIVE_SCHEMES = frozenset({"zip", "tar", "gzip"})
+# rasterio's remote schemes (``rasterio._path.REMOTESCHEMES``), last part of "zip+s3".
+_REMOTE_SCHEMES = frozenset({"http", "https", "ftp", "s3", "gs", "az", "oss"})
 
 
 def _resolved(path: str | os.PathLike[str]) -> Path | None:
     """The local file ``path`` reads from, with links and ".." resolved.
 
     A GDAL archive path (``/vsizip/a.zip/x.tif``, ``/vsizip/{a.zip}/x.tif``) or a
-    rasterio URI (``zip:///a.zip!x.tif``, ``file:///x.tif``) gives the archive or file
-    itself; a remote URI (``s3://``, ``https://``) gives None: it cannot lie in a
-    local folder.
+    rasterio URI (``zip:///a.zip!x.tif``, ``file:///x.tif``, ``vrt:///x.tif?bands=1``)
+    gives the archive or file itself; a remote URI (``s3://``, ``https://``) gives
+    None: it cannot lie in a local folder.
     """
     text = os.fspath(path)
     scheme, sep, rest = text.partition("://")
-    if sep and scheme and "/" not in scheme:
-        if scheme.lower() not in _LOCAL_SCHEMES:
+    if sep and len(scheme) > 1 and "/" not in scheme and "\\" not in scheme:
+        parts = scheme.lower().split("+")
+        if parts[-1] in _REMOTE_SCHEMES:
             return None
-        # rasterio's spelling: the archive comes before "!", the member after it.
-        text = rest.split("!", 1)[0]
+        if parts[0] == "vrt":  # GDAL's vrt:// connection string: options after "?"
+            return _resolved(rest.split("?", 1)[0])
+        # rasterio's archive spelling: the archive before "!", the member after it.
+        text = rest.split("!", 1)[0] if parts[0] in _ARCHIVE_SCHEMES else rest
+    elif text.startswith("/vsisubfile/"):  # /vsisubfile/offset_size,path
+        return _resolved(text.split(",", 1)[1]) if "," in text else None
     elif text.startswith(_ARCHIVE_PREFIXES):
         while text.startswith(_ARCHIVE_PREFIXES):  # chains: /vsitar//vsigzip/a.tar.gz
             text = text[text.index("/", 1) + 1:]
         if text.startswith("{") and "}" in text:  # GDAL's braces around the archive
-            text = text[1:text.index("}")]
-        else:
-            rest_path = Path(text)
-            # The archive is the longest leading part of the path that is a file.
-            for candidate in [rest_path, *rest_path.parents]:
-                try:
-                    is_file = candidate.is_file()
-                except OSError:  # e.g. a folder on the way that cannot be read
-                    is_file = False
-                if is_file:
-                    text = os.fspath(candidate)
-                    break
+            return _resolved(text[1:text.index("}")])
+        rest_path = Path(text)
+        # The archive is the longest leading part of the path that is a file.
+        for candidate in [rest_path, *rest_path.parents]:
+            try:
+                is_file = candidate.is_file()
+            except OSError:  # e.g. a folder on the way that cannot be read
+                is_file = False
+            if is_file:
+                text = os.fspath(candidate)
+                break
     try:
         return Path(text).resolve()
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):  # ValueError: an embedded NUL
         return Path(text).absolute()
 
 
@@ -347,8 +352,15 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
         if not overwrite and any(final.iterdir()):
             raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
         for path in inputs:
-            source = None if path is None else _resolved(path)
-            if source is not None and final in source.parents:
+            if path is None:
+                continue
+            source = _resolved(path)
+            # (And as a last resort, OUTDIR spelt out inside a GDAL or URI wrapper
+            # that _resolved does not know.)
+            text = os.fspath(path)
+            wrapped = text.startswith("/vsi") or "://" in text
+            if ((source is not None and final in source.parents)
+                    or (wrapped and f"{final}{os.sep}" in text)):
                 raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
                                   "would delete; write to another folder")
     if not final.parent.is_dir():

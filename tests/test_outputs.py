@@ -332,6 +332,11 @@ def test_overwrite_never_deletes_inputs_reached_through_links_dots_or_archives(
     "/vsizip/{{real/job/scenes.zip}}/b.tif",
     "/vsizip/{{{root}/real/job/scenes.zip}}/inner/b.tif",
     "/vsitar//vsigzip/{root}/real/job/scenes.zip/b.tif",
+    "/vsitar/{{/vsigzip/{root}/real/job/scenes.zip}}/b.tif",
+    "vrt://{root}/real/job/b.tif?bands=1",
+    "/vsisubfile/0_100,{root}/real/job/b.tif",
+    "/vsicrypt/key=x,file={root}/real/job/b.tif",
+    "file://{root}/real/job/a!b/b.tif",
 ])
 def test_overwrite_never_deletes_inputs_spelt_as_uris_or_braced_archives(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scene: str) -> None:
@@ -343,6 +348,7 @@ def test_overwrite_never_deletes_inputs_spelt_as_uris_or_braced_archives(
     job.mkdir(parents=True)
     (job / "b.tif").write_bytes(b"pixels")
     (job / "scenes.zip").write_bytes(b"zip")
+    (job / "a!b").mkdir()
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OutputError, match="holds the input"):
         check_outdir("real/job", overwrite=True, inputs=(scene.format(root=tmp_path),))
@@ -363,8 +369,24 @@ def test_remote_inputs_and_unreadable_folders_do_not_stop_an_overwrite(
 
     monkeypatch.setattr(Path, "is_file", unreadable)
     inputs = ("s3://bucket/job/b.tif", "https://example.org/job/b.tif",
-              "/vsicurl/https://example.org/job/b.tif", "/vsizip/locked/a.zip/b.tif")
+              "zip+https://example.org/job/a.zip!b.tif",
+              "/vsicurl/https://example.org/job/b.tif", "/vsizip/locked/a.zip/b.tif",
+              "C://elsewhere/b.tif")
     assert check_outdir(job, overwrite=True, inputs=inputs) == job.resolve()
+
+
+def test_a_drive_letter_is_not_a_scheme(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``C://data/job/b.tif`` (a Windows path) is local, not a remote URI: resolved
+    here as the relative path it is on Linux, inside the folder "C:"."""
+    from changedet.outputs import check_outdir
+
+    job = tmp_path / "C:" / "data" / "job"
+    job.mkdir(parents=True)
+    (job / "b.tif").write_bytes(b"pixels")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match="holds the input"):
+        check_outdir(job, overwrite=True, inputs=("C://data/job/b.tif",))
 
 
 def test_an_outdir_in_a_symlink_loop_is_a_one_line_error(tmp_path: Path) -> None:
