@@ -62,7 +62,7 @@ def _median(sample: np.ndarray) -> float:
 
 
 def _lattice_step(sample: np.ndarray) -> float | None:
-    """The spacing of the lattice every value of ``sample`` lies on, or None.
+    """The spacing of the lattice the values of ``sample`` lie on, or None.
 
     Residuals to the 4-neighbour mean of quantised pixels lie on multiples of a
     quarter of the quantum: 0.25 for counts, 1.0 for counts stretched by 4 into
@@ -77,31 +77,39 @@ def _lattice_step(sample: np.ndarray) -> float | None:
     Returns
     -------
     float or None
-        None for continuous values (or an empty sample).
+        None for continuous values (or no positive finite value).
     """
-    # Every 16th value finds the spacing (it occurs a thousand times in a sample of
-    # a megapixel); :func:`_lattice_median` checks it on them all.
-    sample = sample[::16]
-    positive = sample[sample > 0]
+    positive = sample[(sample > 0) & np.isfinite(sample)]
     if not positive.size:
         return None
-    positive = positive[positive > 1e-3 * float(np.median(positive))]
+    # (The median only scales "clearly above zero": every 16th value will do.)
+    positive = positive[positive > 1e-3 * float(np.median(positive[::16]))]
     step = float(positive.min())
     cells = np.rint(sample / step)
     if np.array_equal(cells * step, sample):  # counts: exact
         return step
     # Values computed from rescaled counts: the smallest carries its own rounding
-    # error, which the far cells multiply; the spacing fitted to every value
-    # (least squares) does not.
-    step = float(np.dot(cells, sample.astype(np.float64)) / max(np.dot(cells, cells), 1.0))
-    cells = np.rint(sample / step)
-    if float(np.max(np.abs(cells * step - sample))) > 1e-3 * step:
-        return None
-    return step
+    # error, which the far cells multiply. Each value over its cell estimates the
+    # spacing; their median ignores the few values off the lattice.
+    on = cells > 0
+    step = float(np.median(sample[on] / cells[on]))
+    return step if _on_lattice(sample, step) else None
+
+
+def _on_lattice(sample: np.ndarray, step: float) -> bool:
+    """Whether 99 % of ``sample`` lies within a twentieth of a step of the lattice.
+
+    Some slack: a few pixels off the lattice (a saturated value that is not a
+    multiple of a stretch) and the rounding of floating point (rescaled 16-bit
+    counts) must not hide it; continuous values lie within a twentieth of a step
+    only a tenth of the time.
+    """
+    dev = np.abs(np.rint(sample / step) * step - sample)
+    return int(np.count_nonzero(dev <= 0.05 * step)) >= 0.99 * sample.size
 
 
 def _lattice_median(sample: np.ndarray, step: float | None) -> float:
-    """Median of ``sample``, interpolated within its lattice cell when every value lies
+    """Median of ``sample``, interpolated within its lattice cell when its values lie
     on multiples of ``step`` (the grouped-data median); the plain median otherwise.
 
     Parameters
@@ -117,13 +125,9 @@ def _lattice_median(sample: np.ndarray, step: float | None) -> float:
     """
     if not sample.size:
         return float("nan")
-    if step is None:
+    if step is None or not _on_lattice(sample, step):
         return float(np.median(sample))
     cells = np.rint(sample / step)
-    # (Within a thousandth of a step: values computed in floating point from
-    # rescaled counts are near the lattice, not on it.)
-    if float(np.max(np.abs(cells * step - sample))) > 1e-3 * step:
-        return float(np.median(sample))
     k = (sample.size - 1) // 2
     m = float(np.partition(cells, k)[k])  # a lattice cell, unlike a mean of two
     # The median's cell is [m - 1/2, m + 1/2); the sample's half-way point is placed
@@ -609,7 +613,10 @@ def _pixel_noise(image: np.ndarray, valid: np.ndarray, stats: SceneStatistics,
         # stretched into 16 bits or rescaled to reflectance measure the same noise.
         # The floor (a noiseless synthetic image) is in the data's own units: a fixed
         # 1e-3 was a thousandth of a count but the whole noise of reflectances.
-        floor = max(1e-3 * float(np.mean(abs_residual)) if abs_residual.size else 0.0, 1e-9)
+        # A thousandth of the typical non-zero residual: a few wild pixels (an
+        # unflagged -9999) do not raise it, as they would a mean.
+        positive = abs_residual[abs_residual > 0]
+        floor = max(1e-3 * float(np.median(positive[::16])) if positive.size else 0.0, 1e-30)
         return max(1.4826 * _lattice_median(abs_residual, _lattice_step(abs_residual))
                    / 1.118, floor)
 

@@ -203,6 +203,15 @@ def test_the_lattice_step_is_the_datas_own() -> None:
     assert _lattice_step(residual(counts / 255)) == pytest.approx(0.25 / 255, rel=1e-5)
     assert _lattice_step(residual(rng.normal(100.0, 3.0, (3, 200, 200)))) is None
     assert _lattice_step(np.zeros(10, np.float32)) is None
+    assert _lattice_step(np.array([np.inf, np.nan, 0.0], np.float32)) is None
+    # A few saturated pixels that are no multiple of the stretch (65535 among counts
+    # times 4), and 12-bit counts rescaled (float32 rounding near the lattice).
+    stretched = 4 * counts
+    stretched.ravel()[::1000] = 65535
+    assert _lattice_step(residual(stretched)) == 1.0
+    twelve_bit = np.round(rng.normal(2000.0, 6.0, (3, 200, 200)))
+    assert _lattice_step(residual(twelve_bit / 10000)) == pytest.approx(0.25 / 10000,
+                                                                        rel=1e-4)
 
 
 @pytest.mark.parametrize("scale", [4.0, 1 / 255, 1 / 25500])
