@@ -611,10 +611,10 @@ def _pixel_noise(image: np.ndarray, valid: np.ndarray, stats: SceneStatistics,
         # 8-bit counts) between two samples of one scene: the grouped-data median
         # interpolates within the step. The step is the data's own, so that counts
         # stretched into 16 bits or rescaled to reflectance measure the same noise.
-        # The floor (a noiseless synthetic image) is in the data's own units: a fixed
-        # 1e-3 was a thousandth of a count but the whole noise of reflectances.
-        # A thousandth of the typical non-zero residual: a few wild pixels (an
-        # unflagged -9999) do not raise it, as they would a mean.
+        # The floor (a noiseless synthetic image) is in the data's own units, a
+        # thousandth of the typical non-zero residual: a fixed 1e-3 was a thousandth
+        # of a count but the whole noise of reflectances, and a mean would let a few
+        # wild pixels (an unflagged -9999) raise it.
         positive = abs_residual[abs_residual > 0]
         floor = max(1e-3 * float(np.median(positive[::16])) if positive.size else 0.0, 1e-30)
         return max(1.4826 * _lattice_median(abs_residual, _lattice_step(abs_residual))
