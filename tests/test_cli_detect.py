@@ -483,6 +483,16 @@ def test_outdir_problems_are_refused_before_any_work(tmp_path: Path,
     result = _run("detect", str(scene), "a.tif", "-o", str(folder), "--overwrite")
     assert result.exit_code == 1 and "holds the input" in result.output
     assert scene.read_bytes() == b"pixels"
+    # So would it when the scenes are read from a zip in that folder, spelt as
+    # rasterio or GDAL spell it.
+    archive = folder / "scenes.zip"
+    archive.write_bytes(b"zip")
+    for before, after in ((f"zip://{archive}!b.tif", "a.tif"),
+                          ("b.tif", f"/vsizip/{{{archive}}}/a.tif")):
+        result = _run("detect", before, after, "-o", str(folder), "--overwrite")
+        assert result.exit_code == 1 and "holds the input" in result.output
+        assert "Traceback" not in result.output
+    assert archive.read_bytes() == b"zip"
     # A parent folder that cannot be written (simulated: tests may run as root).
     def refuse(*args: object, **kwargs: object) -> str:
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
