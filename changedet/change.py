@@ -93,19 +93,21 @@ def _lattice_step(sample: np.ndarray) -> float | None:
     # spacing; their median ignores the few values off the lattice.
     on = cells > 0
     step = float(np.median(sample[on] / cells[on]))
-    return step if _on_lattice(sample, step) else None
+    return step if _lattice_cells(sample, step) is not None else None
 
 
-def _on_lattice(sample: np.ndarray, step: float) -> bool:
-    """Whether 99 % of ``sample`` lies within a twentieth of a step of the lattice.
+def _lattice_cells(sample: np.ndarray, step: float) -> np.ndarray | None:
+    """``sample`` in whole steps, when 99 % of it lies within a twentieth of a step of
+    the lattice; None otherwise.
 
     Some slack: a few pixels off the lattice (a saturated value that is not a
     multiple of a stretch) and the rounding of floating point (rescaled 16-bit
     counts) must not hide it; continuous values lie within a twentieth of a step
     only a tenth of the time.
     """
-    dev = np.abs(np.rint(sample / step) * step - sample)
-    return int(np.count_nonzero(dev <= 0.05 * step)) >= 0.99 * sample.size
+    cells = np.rint(sample / step)
+    near = np.abs(cells * step - sample) <= 0.05 * step
+    return cells if int(np.count_nonzero(near)) >= 0.99 * sample.size else None
 
 
 def _lattice_median(sample: np.ndarray, step: float | None) -> float:
@@ -125,9 +127,9 @@ def _lattice_median(sample: np.ndarray, step: float | None) -> float:
     """
     if not sample.size:
         return float("nan")
-    if step is None or not _on_lattice(sample, step):
+    cells = None if step is None else _lattice_cells(sample, step)
+    if cells is None:
         return float(np.median(sample))
-    cells = np.rint(sample / step)
     k = (sample.size - 1) // 2
     m = float(np.partition(cells, k)[k])  # a lattice cell, unlike a mean of two
     # The median's cell is [m - 1/2, m + 1/2); the sample's half-way point is placed
