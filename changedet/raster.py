@@ -23,6 +23,7 @@ from affine import Affine
 from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.errors import (
     NodataShadowWarning,
     NotGeoreferencedWarning,
@@ -196,8 +197,21 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str) -> Grid:
 
 def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int] | None,
                   nir_band: int | None) -> tuple[tuple[int, ...], int | None]:
-    """The 1-based bands to read and the index of the near-infrared one among them."""
-    chosen = tuple(bands) if bands else tuple(range(1, min(3, ds.count) + 1))
+    """The 1-based bands to read and the index of the near-infrared one among them.
+
+    An alpha band is the file's mask, not data: the default takes the first three
+    bands that are not alpha (a grey + alpha file gives its grey band). A band asked
+    for by number is read even if tagged alpha, with a warning: GDAL tags the fourth
+    band of a four-band RGB GeoTIFF alpha unless told otherwise, and that band is
+    often a near-infrared one.
+    """
+    alpha = {k + 1 for k, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha}
+    if bands:
+        chosen = tuple(bands)
+    else:
+        chosen = tuple([b for b in range(1, ds.count + 1) if b not in alpha][:3])
+        if not chosen:
+            raise InputError(path, "has only an alpha band (a mask), no data band")
     nir_index: int | None = None
     if nir_band is not None:
         if nir_band in chosen:
@@ -208,6 +222,10 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     out_of_range = [b for b in chosen if b > ds.count]
     if out_of_range:
         raise InputError(path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for")
+    for b in chosen:
+        if b in alpha:
+            logger.warning("%s: band %d is tagged alpha (a mask, not data) but was asked "
+                           "for, so it is used as data", path, b)
     if len(chosen) == 1 and nir_index == 0:
         # Brightness, colour and the vegetation index all need a visible band.
         raise InputError(path, f"band {chosen[0]} is the near-infrared and no visible band "
@@ -248,8 +266,8 @@ def read_scene(
     path : str or path-like
         Anything GDAL opens (GeoTIFF, JP2, VRT, ``/vsicurl/`` URLs...).
     bands : sequence of int, optional
-        1-based bands to use, in order. Default: the first three (or fewer if the file
-        has fewer).
+        1-based bands to use, in order. Default: the first three that are not alpha
+        (or fewer if the file has fewer).
     nir_band : int, optional
         1-based near-infrared band; appended to ``bands`` when not already in them.
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
+import rasterio
 from affine import Affine
 
 from changedet.errors import InputError, ProcessingError
@@ -123,6 +126,29 @@ def test_near_infrared_alone_is_refused(geotiff, textured_image):
     with pytest.raises(InputError, match="no visible band"):
         read_scene(four, bands=(4,), nir_band=4)
     assert read_scene(four, bands=(1,), nir_band=4).nir == 1
+
+
+def test_an_alpha_band_is_not_taken_for_data_by_default(tmp_path, textured_image, caplog):
+    """A grey + alpha file is one band of data: the alpha band (0 or 255) read as a
+    second colour band would make every edge of the mask a change of colour."""
+    grey = textured_image(bands=1)[0]
+    alpha = np.where(np.arange(256)[None, :] < 200, 255, 0).astype(np.uint8) * np.ones(
+        (256, 1), np.uint8)
+    path = tmp_path / "grey_alpha.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=256, width=256, count=2,
+                       dtype="uint8", crs="EPSG:32651", alpha="YES",
+                       transform=Affine(0.5, 0, 500000.0, 0, -0.5, 4320000.0)) as dst:
+        dst.write(np.stack([grey, alpha]))
+    scene = read_scene(path)
+    assert scene.bands == (1,)
+    assert read_header(path).bands == (1,)
+    assert not scene.valid[:, 200:].any() and scene.valid[:, :200].all()
+    assert not any("alpha" in r.getMessage() for r in caplog.records)
+    # Asked for by number, it is read (GDAL tags the fourth band of an RGB GeoTIFF
+    # alpha by default, and that is often a near-infrared band), with a warning.
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        assert read_scene(path, bands=(1, 2)).bands == (1, 2)
+    assert any("band 2 is tagged alpha" in r.getMessage() for r in caplog.records)
 
 
 def test_parse_bands():
