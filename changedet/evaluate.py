@@ -18,6 +18,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 
 from .errors import ProcessingError
+from .measure import metric_crs, reproject_geoms
 from .raster import Grid
 from .vectorize import polygons_from_labels
 
@@ -133,13 +134,32 @@ def _mostly_valid(geoms: Sequence[shapely.Geometry], grid: Grid,
     """
     if not geoms:
         return []
+    extent = shapely.box(*grid.bounds)
     labels = rasterio.features.rasterize(
         [(g, i + 1) for i, g in enumerate(geoms)], out_shape=grid.shape,
         transform=grid.transform, fill=0, dtype="int32")
     index = np.arange(1, len(geoms) + 1)
     counts = ndimage.sum_labels(np.ones(grid.shape), labels, index)
     good = ndimage.sum_labels(np.asarray(valid, bool), labels, index)
-    return [i for i in range(len(geoms)) if counts[i] == 0 or good[i] >= 0.5 * counts[i]]
+    return [i for i in range(len(geoms))
+            if (counts[i] == 0 and extent.intersects(geoms[i])) or
+            (counts[i] > 0 and good[i] >= 0.5 * counts[i])]
+
+
+def _areas_m2(geoms: Sequence[shapely.Geometry], grid: Grid | None) -> np.ndarray:
+    """Areas (m²) of polygons in ``grid.crs`` (or, without a grid, in a metric CRS).
+
+    A Web-Mercator grid's units are not metres on the ground (its areas are
+    1/cos²(latitude) too large): there the polygons are measured in
+    :func:`changedet.measure.metric_crs`, as ``detect`` measures its buildings.
+    """
+    if not geoms:
+        return np.zeros(0)
+    if grid is not None:
+        metric = metric_crs(grid.crs, grid.bounds)
+        if metric != grid.crs:
+            geoms = reproject_geoms(geoms, grid.crs, metric)
+    return shapely.area(np.asarray(geoms, dtype=object)).astype(float)
 
 
 def evaluate(
@@ -155,8 +175,10 @@ def evaluate(
     Parameters
     ----------
     pred, truth : sequence of shapely geometries, sequence of (id, geometry), or (H, W) ndarray
-        Polygons in ``grid.crs`` (a metric CRS), or a raster on ``grid``: a bool / 0-1
-        mask (objects are its 4-connected components) or an int label image.
+        Polygons in ``grid.crs`` (projected; on a Mercator grid the areas are
+        measured in the local metric CRS, as ``detect`` measures them), or a raster
+        on ``grid``: a bool / 0-1 mask (objects are its 4-connected components) or an
+        int label image. Without a grid, polygons in a metric CRS.
     grid : Grid, optional
         Needed when either side is a raster; then pixel scores are counted on it.
         When both sides are polygons and ``grid`` is None, the pixel scores are the
@@ -164,7 +186,7 @@ def evaluate(
     valid : (H, W) ndarray of bool, optional
         Pixels that count (e.g. excluding no data); default all. Objects with less
         than half of their pixels valid are left out of the object scores too
-        (counted in ``n_outside_valid``).
+        (counted in ``n_outside_valid``, as are those outside the grid).
     iou_threshold : float
         Object matching threshold (0.5, SpaceNet).
 
@@ -201,10 +223,11 @@ def evaluate(
     precision = _ratio(tp, tp + fp)
     recall = _ratio(tp, tp + fn)
 
+    p_area, t_area = _areas_m2(p_geoms, grid), _areas_m2(t_geoms, grid)
     per_object: list[dict[str, Any]] = []
     abs_errors = []
     for p, t, iou in sorted(matches, key=lambda m: m[1]):
-        pa, ta = p_geoms[p].area, t_geoms[t].area
+        pa, ta = p_area[p], t_area[t]
         err_pct = 100.0 * _ratio(pa - ta, ta)
         abs_errors.append(abs(err_pct))
         per_object.append({
@@ -218,14 +241,14 @@ def evaluate(
     for p in range(len(p_geoms)):
         if p not in matched_p:
             per_object.append({"status": "fp", "pred_id": p_ids[p], "truth_id": None,
-                               "iou": None, "pred_area_m2": _round(p_geoms[p].area, 1),
+                               "iou": None, "pred_area_m2": _round(p_area[p], 1),
                                "truth_area_m2": None, "area_error_m2": None,
                                "area_error_pct": None})
     for t in range(len(t_geoms)):
         if t not in matched_t:
             per_object.append({"status": "fn", "pred_id": None, "truth_id": t_ids[t],
                                "iou": None, "pred_area_m2": None,
-                               "truth_area_m2": _round(t_geoms[t].area, 1),
+                               "truth_area_m2": _round(t_area[t], 1),
                                "area_error_m2": None, "area_error_pct": None})
 
     if grid is None and p_mask is None and t_mask is None:
@@ -246,8 +269,8 @@ def evaluate(
         basis = "pixels"
     # Total areas are those of the objects (as an analyst would sum them); for a
     # raster they equal the pixel counts, since its polygons follow pixel edges.
-    pred_area = float(sum(g.area for g in p_geoms))
-    truth_area = float(sum(g.area for g in t_geoms))
+    pred_area = float(p_area.sum())
+    truth_area = float(t_area.sum())
     pixel_precision = _ratio(inter, inter + p_only)
     pixel_recall = _ratio(inter, inter + t_only)
     return {

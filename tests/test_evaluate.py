@@ -202,3 +202,84 @@ def test_pooled_stage_losses_weigh_by_area() -> None:
                                            "rejected": 0.0, "kept": 0.75,
                                            "overgrowth": pytest.approx(0.3)}
     assert pooled_stage_losses([])["kept"] == 0.0
+
+
+def test_a_web_mercator_mask_is_measured_in_ground_metres(geotiff):
+    """Web-Mercator units are 1/cos(latitude) ground metres: at 50° N a 100 m square
+    spans 2.42 times its area in grid units. Areas are measured as detect measures
+    them, in the local metric CRS."""
+    from changedet.measure import reproject_geoms
+
+    utm = CRS.from_epsg(32633)                       # 15° E, 50° N
+    square = box(500000, 5538000, 500100, 5538100)   # 10,000 m² on the ground
+    merc = CRS.from_epsg(3857)
+    (square_m,) = reproject_geoms([square], utm, merc)
+    x0, y0, x1, y1 = square_m.bounds
+    step = 0.5                                       # Mercator units, about 0.32 m
+    transform = Affine(step, 0, x0 - 20 * step, 0, -step, y1 + 20 * step)
+    h, w = int((y1 - y0) / step) + 40, int((x1 - x0) / step) + 40
+    grid = Grid(merc, transform, h, w)
+    import rasterio.features
+    mask = rasterio.features.rasterize([(square_m, 1)], out_shape=(h, w),
+                                       transform=transform, dtype="uint8")
+    r = evaluate(mask, [square_m], grid)
+    assert r["tp"] == 1
+    assert r["truth_area_m2"] == pytest.approx(10_000, rel=1e-3)
+    # The mask's outline follows pixel edges: within a pixel row around it.
+    assert r["pred_area_m2"] == pytest.approx(10_000, rel=0.02)
+    path = geotiff("merc_mask.tif", mask, crs="EPSG:3857", transform=transform)
+    res = CliRunner().invoke(main, ["evaluate", str(path), str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["truth_area_m2"] == pytest.approx(10_000, rel=0.02)
+
+
+def test_predictions_off_the_grid_are_outside_not_false(tmp_path):
+    """A polygon that covers no pixel centre of the grid because it lies beyond it
+    was not seen: counted outside, not as a false building."""
+    truth = np.zeros((100, 100), bool)
+    truth[10:20, 10:30] = True
+    off = shapely.affinity.translate(pixbox(10, 10, 30, 20), xoff=1000.0)
+    r = evaluate([pixbox(10, 10, 30, 20), off], truth, GRID,
+                 valid=np.ones((100, 100), bool))
+    assert (r["tp"], r["fp"], r["n_outside_valid"]["pred"]) == (1, 0, 1)
+    # A sliver between pixel centres inside the grid is still scored.
+    sliver = box(*(T @ (50, 50)), *(T @ (50.3, 50.3)))
+    r = evaluate([pixbox(10, 10, 30, 20), sliver], truth, GRID,
+                 valid=np.ones((100, 100), bool))
+    assert (r["tp"], r["fp"], r["n_outside_valid"]["pred"]) == (1, 1, 0)
+
+
+def test_cli_refuses_sides_that_do_not_meet_and_images_as_masks(tmp_path, geotiff,
+                                                                textured_image):
+    truth = np.zeros((100, 100), dtype=np.uint8)
+    truth[10:20, 10:30] = 1
+    truth_path = geotiff("truth.tif", truth)
+    far = _write_geojson(tmp_path / "far.geojson",
+                         [shapely.affinity.translate(pixbox(10, 10, 30, 20), xoff=5000.0)],
+                         "EPSG:32651")
+    res = CliRunner().invoke(main, ["evaluate", str(far), str(truth_path), "--json"])
+    assert res.exit_code == 1
+    assert "far.geojson: no polygon lies within" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    moved = geotiff("moved.tif", truth, transform=Affine(0.5, 0, 510000.0, 0, -0.5, 4320000.0))
+    res = CliRunner().invoke(main, ["evaluate", str(moved), str(truth_path)])
+    assert res.exit_code == 1 and "truth.tif: does not overlap" in res.output
+    image = geotiff("image.tif", textured_image(100, 100, bands=3))
+    res = CliRunner().invoke(main, ["evaluate", str(far), str(image)])
+    assert res.exit_code == 1 and "image.tif: has 3 bands" in res.output
+
+
+def test_cli_reads_the_buildings_layer_of_a_geopackage(tmp_path):
+    gpkg = tmp_path / "out.gpkg"
+    for layer, polys in (("sites", [box(500000, 4320000, 500100, 4320100)]),
+                         ("new_buildings", [box(500000, 4320000, 500010, 4320010)])):
+        pyogrio.raw.write(gpkg, shapely.to_wkb(np.asarray(polys, dtype=object)),
+                          [np.arange(len(polys), dtype=np.int64)], fields=["id"],
+                          geometry_type="Polygon", crs="EPSG:32651", driver="GPKG",
+                          layer=layer)
+    truth = _write_geojson(tmp_path / "t.geojson", [box(500000, 4320000, 500010, 4320010)],
+                           "EPSG:32651")
+    res = CliRunner().invoke(main, ["evaluate", str(gpkg), str(truth), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["tp"] == 1 and out["pred_area_m2"] == 100.0

@@ -23,7 +23,11 @@ def _read_vector(path: str) -> tuple[list[Any], Any]:
     from ..errors import InputError
 
     try:
-        meta, _fids, geometry, field_data = pyogrio.raw.read(path)
+        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+        # A file of several layers (detect's GeoPackage holds new_buildings and
+        # sites): the buildings' layer when there is one, else the first.
+        layer = "new_buildings" if "new_buildings" in layers else (layers or [None])[0]
+        meta, _fids, geometry, field_data = pyogrio.raw.read(path, layer=layer)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         raise InputError(path, f"not a vector file GDAL can read ({exc})") from exc
     if geometry is None:
@@ -61,6 +65,9 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
             with rasterio.open(path) as ds:
                 if ds.crs is None:
                     raise InputError(path, "has no CRS")
+                if ds.count != 1:
+                    raise InputError(path, f"has {ds.count} bands; a mask or label raster "
+                                           "has one (is this an image?)")
                 data = ds.read(1)
                 valid = ds.read_masks(1) > 0
                 grid = Grid(ds.crs, ds.transform, ds.height, ds.width)
@@ -82,7 +89,8 @@ def _is_raster(path: str) -> bool:
 def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
     """Both sides in one metric frame: (pred, truth, grid or None, valid or None)."""
     import numpy as np
-    from rasterio.warp import Resampling, reproject
+    import shapely
+    from rasterio.warp import Resampling, reproject, transform_bounds
 
     from ..errors import InputError
     from ..measure import metric_crs, reproject_geoms
@@ -101,6 +109,25 @@ def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
         grid = analysis_grid(grid0)
     else:
         grid = None
+    # A raster side has an extent: the other side must reach into it, or there is
+    # nothing to compare (every score would be 0 or undefined without saying why).
+    if grid is not None:
+        first = pred if sides[0][0] == "raster" else truth
+        extent = shapely.box(*grid.bounds)
+        for path, side in zip((pred, truth), sides):
+            if path == first and side[0] == "raster":
+                continue
+            if side[0] == "raster":
+                g = side[3]
+                bounds = transform_bounds(g.crs, grid.crs, *g.bounds, densify_pts=21)
+                if not extent.intersects(shapely.box(*bounds)):
+                    raise InputError(path, f"does not overlap {first}")
+            elif side[1]:
+                geoms = [g for _, g in side[1]]
+                if side[2] != grid.crs:
+                    geoms = reproject_geoms(geoms, side[2], grid.crs)
+                if not any(extent.intersects(g) for g in geoms):
+                    raise InputError(path, f"no polygon lies within {first}")
     out: list[Any] = []
     valid = None
     for side in sides:
@@ -125,8 +152,6 @@ def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
     if grid is not None:
         target = grid.crs
     else:
-        import shapely
-
         t_items, t_crs = sides[1][1], sides[1][2]
         geoms = [g for _, g in t_items] or [g for _, g in sides[0][1]]
         if not geoms:
