@@ -501,3 +501,34 @@ def test_outdir_problems_are_refused_before_any_work(tmp_path: Path,
     result = _run("detect", "b.tif", "a.tif", "-o", str(tmp_path / "new"))
     assert result.exit_code == 1 and "cannot write here" in result.output
     assert record.options is None  # neither reached the detection
+
+
+def test_a_terminated_windowed_run_leaves_no_scratch_and_no_output(
+        scenes: dict[str, Path], tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's or ``kill``'s stop) unwinds as Ctrl-C does: killed
+    outright, a windowed run left its scratch change.tif in TMPDIR."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from changedet.cli import main; main()", "detect",
+         str(scenes["before"]), str(scenes["after"]), "-o", str(out), "--window-px", "256"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(scratch)})
+    # Stop it once its windows have started (their scratch folder exists).
+    deadline = time.monotonic() + 120
+    while (not any(p.name.startswith("changedet-") for p in scratch.iterdir())
+           and proc.poll() is None and time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == "Aborted!" and "Traceback" not in err
+    assert list(scratch.iterdir()) == [] and not out.exists()

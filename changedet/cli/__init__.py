@@ -7,6 +7,9 @@ stderr so that stdout carries only results.
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import click
 
 from .. import __version__
@@ -25,6 +28,20 @@ def main(ctx: click.Context, verbose: int, quiet: int) -> None:
     ctx.obj["verbosity"] = verbosity
     configure_logging(verbosity)
     silence_georeferencing_warnings(ctx)
+    _terminate_as_interrupt(ctx)
+
+
+def _terminate_as_interrupt(ctx: click.Context) -> None:
+    """Make SIGTERM (a job scheduler's or ``kill``'s stop) unwind as Ctrl-C does.
+
+    Killed outright, a run would leave its scratch files behind; raised as
+    KeyboardInterrupt, every clean-up runs and click reports "Aborted!" (status 1).
+    The previous handler comes back when the command ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 # One line per command module; each module defines a plain @click.command.
