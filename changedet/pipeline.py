@@ -23,6 +23,7 @@ from scipy import ndimage
 from . import __version__
 from ._log import logger
 from .aoi import keep_labels_in_aoi
+from .errors import InputError
 from .raster import Grid, Scene
 from .windowed import DEFAULT_WINDOW_PX
 
@@ -321,11 +322,26 @@ def run_detection(
     stage("reading")
     header_b = read_header(before, bands=opts.bands, nir_band=opts.nir_band)
     header_a = read_header(after, bands=opts.bands, nir_band=opts.nir_band)
+    if _same_local_file(before, after):
+        # Not an empty result: "no new building" would read as a refuted claim.
+        raise InputError(os.fspath(after), f"is the same file as {os.fspath(before)}; "
+                                           "give the scene of the other date")
     grid = analysis_grid(header_b.grid)
     if opts.dask_scheduler is not None or (
             opts.window_px is not None and grid.height * grid.width > 2 * opts.window_px**2):
         return _run_windowed(header_b, header_a, grid, opts, stage)
     return _run_whole(before, after, opts, stage)
+
+
+def _same_local_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two plain local paths name one file (GDAL and URI paths: False)."""
+    texts = (os.fspath(a), os.fspath(b))
+    if any("://" in t or t.startswith("/vsi") for t in texts):
+        return False
+    try:
+        return os.path.samefile(*texts)
+    except (OSError, ValueError):
+        return False
 
 
 def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],

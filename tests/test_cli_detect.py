@@ -140,6 +140,21 @@ def test_missing_input_one_line(tmp_path: Path) -> None:
     assert after.exit_code == 1 and not isinstance(after.exception, SystemExit)
 
 
+def test_the_same_file_twice_is_refused(scenes: dict[str, Path], tmp_path: Path) -> None:
+    """One scene given as both dates found nothing new, which reads as a refuted
+    claim; a link to it is the same file too."""
+    link = tmp_path / "link.tif"
+    link.symlink_to(scenes["before"])
+    for after in (scenes["before"], link):
+        result = _run("-q", "detect", str(scenes["before"]), str(after), "-o",
+                      str(tmp_path / "o"), "--claim-m2", "1000")
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines() == [
+            f"Error: {after}: is the same file as {scenes['before']}; "
+            "give the scene of the other date"]
+        assert not (tmp_path / "o").exists()
+
+
 def test_full_disk_leaves_outdir(scenes: dict[str, Path], tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from changedet import outputs
