@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyogrio.errors
@@ -18,6 +19,7 @@ import rasterio.features
 import shapely
 from pyproj import CRS
 from pyproj.exceptions import CRSError
+from rasterio.warp import transform_bounds
 from scipy import ndimage
 
 from ._log import logger
@@ -114,6 +116,13 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
             names.append(label if len(parts) == 1 else f"{label}.{k + 1}")
     if not polygons:
         raise InputError(path, "contains no polygons (points or lines cannot bound an area)")
+    if crs.is_geographic:
+        # Projected coordinates labelled lon/lat (a common slip) fail deep in PROJ.
+        minx, miny, maxx, maxy = shapely.total_bounds(np.asarray(polygons, dtype=object))
+        if not (-90.0 <= miny and maxy <= 90.0 and -540.0 <= minx and maxx <= 540.0):
+            raise InputError(path, f"has coordinates out of range for its geographic CRS "
+                                   f"(x {minx:.6g} to {maxx:.6g}, y {miny:.6g} to {maxy:.6g}): "
+                                   "is its CRS right?")
     return VectorPolygons(polygons, crs, names, path)
 
 
@@ -177,8 +186,11 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
         of the scenes.
     """
     vector = read_polygons(path)
+    polygons = _near_the_grid(vector.polygons, vector.crs, grid)
+    if not polygons:
+        raise InputError(vector.path, "lies outside the scenes (the AOI covers no pixel of the overlap)")
     try:
-        geoms = reproject_geoms(vector.polygons, vector.crs.to_wkt(), grid.crs)
+        geoms = reproject_geoms(polygons, vector.crs.to_wkt(), grid.crs)
     except Exception as exc:  # pyproj raises several types for impossible transforms
         raise InputError(vector.path, f"cannot be reprojected to the scenes' CRS ({exc})") from exc
     union = shapely.union_all(shapely.make_valid(np.asarray(geoms, dtype=object)))
@@ -190,6 +202,37 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
     logger.info("AOI %s: %d polygon(s), %.0f m², %d px", vector.path, len(geoms), union.area,
                 int(mask.sum()))
     return AOI(mask, union, vector.path)
+
+
+def _near_the_grid(polygons: list[shapely.Polygon], crs: Any,
+                   grid: Grid) -> list[shapely.Polygon]:
+    """The polygons clipped, in their own CRS, to the grid's extent and as much again
+    on every side.
+
+    An AOI far larger than the scenes (a country, the whole world in lon/lat) has
+    vertices the grid's projection cannot reach: reprojected whole, a world box came
+    out empty and was refused as lying outside the scenes. Clipped first, only its
+    part around the scenes is reprojected; the margin keeps the cut far from every
+    pixel. Unclipped when the grid's extent cannot be expressed in ``crs``.
+    """
+    left, bottom, right, top = grid.bounds
+    dx, dy = right - left, top - bottom
+    try:
+        box = transform_bounds(grid.crs, crs, left - dx, bottom - dy, right + dx, top + dy,
+                               densify_pts=21)
+    except Exception:  # noqa: BLE001 - pyproj/GDAL raise several types
+        return polygons
+    if not all(np.isfinite(box)) or box[0] >= box[2] or box[1] >= box[3]:
+        return polygons
+    # Clip only what reaches beyond the box: the rest keeps its vertices as given.
+    clip = shapely.box(*box)
+    out = []
+    for p in polygons:
+        if clip.contains(p):
+            out.append(p)
+        else:
+            out.extend(q for q in _polygon_parts(shapely.intersection(p, clip)) if q.area > 0)
+    return out
 
 
 def keep_labels_in_aoi(labels: np.ndarray, aoi_mask: np.ndarray) -> np.ndarray:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from changedet.aoi import keep_labels_in_aoi
+import numpy as np
+import pyogrio.raw
+import pytest
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+
+from changedet.aoi import keep_labels_in_aoi, read_aoi
+from changedet.errors import InputError
+from changedet.raster import Grid
 
 
 def test_keep_labels_in_aoi() -> None:
@@ -18,3 +27,47 @@ def test_keep_labels_in_aoi() -> None:
     out = keep_labels_in_aoi(labels, aoi)
     assert set(np.unique(out)) == {0, 1, 2}
     assert (out == 2).sum() == 16
+
+
+@pytest.mark.parametrize("lonlat_box", [(-180, -90, 180, 90), (0, 0, 170, 80),
+                                        (125, 38.5, 126.5, 39.5)])
+def test_an_aoi_larger_than_the_scene_covers_all_of_it(tmp_path: Path,
+                                                       lonlat_box: tuple) -> None:
+    """A world or hemisphere box in lon/lat has vertices UTM cannot reach: reprojected
+    whole it came out empty and was refused as lying outside the scenes."""
+    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0),
+                128, 128)
+    path = tmp_path / "aoi.geojson"
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([shapely.box(*lonlat_box)]),
+                                                dtype=object),
+                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
+                      crs="EPSG:4326")
+    aoi = read_aoi(path, grid)
+    assert aoi.mask.all()
+    # Its geometry (drawn in the report) still holds the whole grid.
+    assert aoi.geometry.contains(shapely.box(*grid.bounds))
+
+
+def test_an_aoi_beside_the_scene_is_still_refused(tmp_path: Path) -> None:
+    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0),
+                128, 128)
+    path = tmp_path / "far.geojson"
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([shapely.box(10, 10, 11, 11)]),
+                                                dtype=object),
+                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
+                      crs="EPSG:4326")
+    with pytest.raises(InputError, match="lies outside the scenes"):
+        read_aoi(path, grid)
+
+
+def test_projected_coordinates_labelled_lon_lat_are_named(tmp_path: Path) -> None:
+    """UTM metres in a file that says EPSG:4326 failed deep in PROJ ("internal
+    error: CRSError: Invalid projection: +proj=laea +lat_0=…")."""
+    from changedet.aoi import read_polygons
+
+    path = tmp_path / "utm_as_lonlat.geojson"
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb(
+        [shapely.box(741_000, 4_327_900, 741_100, 4_328_000)]), dtype=object),
+        field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon", crs="EPSG:4326")
+    with pytest.raises(InputError, match="out of range for its geographic CRS"):
+        read_polygons(path)
