@@ -9,6 +9,7 @@ returns everything an analyst or :mod:`changedet.outputs` needs in one
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -122,6 +123,26 @@ class DetectionResult:
 
 #: Detectors an analyst may choose (``changedet detect --detector``).
 DETECTORS = ("regions", "appearance")
+CLAIM_BASES = ("footprint", "envelope")
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None, *,
+                  low_open: bool = False, high_open: bool = False,
+                  integer: bool = False) -> None:
+    """Raise ValueError unless ``value`` is None or a number within the range."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if integer and not float(value).is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    v = float(value)
+    above = v > low if low_open else v >= low
+    below = high is None or (v < high if high_open else v <= high)
+    if not (math.isfinite(v) and above and below):
+        lo = "(" if low_open else "["
+        hi = "inf)" if high is None else (f"{high:g})" if high_open else f"{high:g}]")
+        raise ValueError(f"{name} must be a finite number in {lo}{low:g}, {hi}, got {value!r}")
 
 
 @dataclass
@@ -146,8 +167,10 @@ class DetectOptions:
     claim_m2, claim_tolerance, claim_sites, claim_basis
         The claim to check (see :func:`changedet.measure.check_claim`).
     window_px : int or None
-        Core window side for scenes larger than about two windows (processed in
-        windows, in bounded memory); None: always the whole scene at once.
+        Core window side (64 to 65,536 px) for scenes larger than about two windows
+        (processed in windows, in bounded memory); None: always the whole scene at
+        once. Every option is checked against the command line's range when the
+        options are made (ValueError).
     workers : int or None
         Windows processed at once (threads); default up to 2.
     dask_scheduler : str or None
@@ -180,9 +203,31 @@ class DetectOptions:
     detector: str = "regions"
 
     def __post_init__(self) -> None:
-        # Checked here, not minutes into a run when the evidence is computed.
+        # Checked here, not minutes into a run, with the command line's ranges: NaN
+        # passes every comparison and a NaN area reached summary.json's writer.
+        from .coregister import METHODS
+
         if self.detector not in DETECTORS:
             raise ValueError(f"unknown detector {self.detector!r}; use one of {DETECTORS}")
+        if self.coreg not in METHODS:
+            raise ValueError(f"unknown co-registration {self.coreg!r}; use one of {METHODS}")
+        if self.claim_basis not in CLAIM_BASES:
+            raise ValueError(f"unknown claim basis {self.claim_basis!r}; "
+                             f"use one of {CLAIM_BASES}")
+        _check_number("min_area_m2", self.min_area_m2, 0.0, 1e7, low_open=True)
+        _check_number("site_gap_m", self.site_gap_m, 0.0, 1e5)
+        _check_number("claim_m2", self.claim_m2, 0.0, 1e9, low_open=True, high_open=True)
+        _check_number("claim_tolerance", self.claim_tolerance, 0.0, 1.0, high_open=True)
+        _check_number("claim_sites", self.claim_sites, 1, 10_000, integer=True)
+        # Smaller windows than the command line allows (256) serve tests of seams.
+        _check_number("window_px", self.window_px, 64, 65_536, integer=True)
+        _check_number("workers", self.workers, 1, 256, integer=True)
+        _check_number("nir_band", self.nir_band, 1, None, integer=True)
+        for b in self.bands or ():
+            _check_number("bands", b, 1, None, integer=True)
+        if self.claim_sites is not None and self.claim_m2 is None:
+            raise ValueError("claim_sites needs claim_m2: the number of sites is part of "
+                             "a claim of their area")
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}

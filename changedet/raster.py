@@ -219,7 +219,7 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
         else:
             chosen = chosen + (nir_band,)
             nir_index = len(chosen) - 1
-    out_of_range = [b for b in chosen if b > ds.count]
+    out_of_range = [b for b in chosen if not 1 <= b <= ds.count]
     if out_of_range:
         raise InputError(path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for")
     for b in chosen:

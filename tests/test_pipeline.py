@@ -51,6 +51,35 @@ def test_unknown_option_is_a_type_error(pair: dict[str, Path]) -> None:
         changedet.detect(pair["before"], pair["after"], claim_m=1.0)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"min_area_m2": float("nan")}, "min_area_m2 must be a finite number"),
+    ({"min_area_m2": -1.0}, "min_area_m2"),
+    ({"site_gap_m": float("nan")}, "site_gap_m"),
+    ({"site_gap_m": -1.0}, "site_gap_m"),
+    ({"workers": 0}, "workers"),
+    ({"workers": 1.5}, "whole number"),
+    ({"window_px": 10}, "window_px"),
+    ({"claim_m2": -5.0}, "claim_m2"),
+    ({"claim_m2": float("nan")}, "claim_m2"),
+    ({"claim_m2": "13000"}, "claim_m2 must be a number"),
+    ({"claim_m2": 13000.0, "claim_tolerance": 1.0}, "claim_tolerance"),
+    ({"claim_sites": 3}, "claim_sites needs claim_m2"),
+    ({"bands": (0, 1, 2)}, "bands"),
+    ({"nir_band": 0}, "nir_band"),
+    ({"coreg": "affine"}, "unknown co-registration"),
+    ({"claim_basis": "roof"}, "unknown claim basis"),
+])
+def test_option_values_the_command_line_refuses_are_refused_at_once(
+        options: dict, message: str) -> None:
+    """The API took NaN areas (0 buildings, then a NaN that summary.json could not
+    hold), negative sizes, 0 workers and a 10 px window (3,600 windows) silently,
+    and a bad claim only after the whole detection had run."""
+    with pytest.raises(ValueError, match=message):
+        changedet.DetectOptions(**options)
+    with pytest.raises(ValueError, match=message):
+        changedet.detect("never-read-before.tif", "never-read-after.tif", **options)
+
+
 def test_quicklook_stretch() -> None:
     grid = Grid(CRS.from_epsg(32651), Affine(0.5, 0, 0, 0, -0.5, 0), 20, 30)
     image = np.stack([np.tile(np.arange(30, dtype=np.float32), (20, 1))] * 3) * 10

@@ -87,6 +87,11 @@ def test_band_out_of_range(geotiff, textured_image):
     path = geotiff("a.tif", textured_image(bands=3))
     with pytest.raises(InputError, match="band 5"):
         read_scene(path, bands=(1, 5))
+    # Band numbers are 1-based: 0 reached rasterio as a bare IndexError.
+    with pytest.raises(InputError, match="band 0 was asked for"):
+        read_scene(path, bands=(0, 1))
+    with pytest.raises(InputError, match="band 0 was asked for"):
+        read_header(path, nir_band=0)
 
 
 def test_a_pixel_is_nodata_only_where_every_band_holds_the_value(geotiff, textured_image):
