@@ -61,6 +61,13 @@ _DN_PER_REFLECTANCE = 300.0
 # ----------------------------------------------------------------------------------
 
 
+#: Pixel sizes (m) the generator renders faithfully.
+PIXEL_SIZE_M = (0.1, 10.0)
+#: Largest ground extent (m): the layout's time grows with the area (about a minute
+#: at 5 km, unbounded in practice at 15 km).
+MAX_EXTENT_M = 6000.0
+
+
 @dataclass
 class SynthParams:
     """Every knob of the generator; :meth:`for_scenario` fills scenario defaults.
@@ -215,6 +222,12 @@ class SynthParams:
             raise ValueError(f"unknown scenario {scenario!r}; choose one of {SCENARIOS}")
         rng = np.random.default_rng([seed, 1])
         px = float(pixel_size) if pixel_size else 0.5
+        for name, value in (("pixel size", px), ("after pixel size", after_pixel_size)):
+            # Below 0.1 m the texture fields have no power left (NaN pixels); above
+            # 10 m a house is less than a pixel and the compound's layout fails.
+            if value is not None and not PIXEL_SIZE_M[0] <= value <= PIXEL_SIZE_M[1]:
+                raise ValueError(f"{name} must be {PIXEL_SIZE_M[0]:g} to "
+                                 f"{PIXEL_SIZE_M[1]:g} m, got {value:g}")
         if size is None:
             extent = 1200.0 if scenario == "compound" else 512.0
             size = int(round(extent / px))
@@ -229,6 +242,15 @@ class SynthParams:
                 after_crs = CRS.from_user_input(after_crs).to_string()
             except Exception as exc:  # rasterio raises CRSError, a ValueError only in part
                 raise ValueError(f"after CRS {after_crs!r} is not a CRS: {exc}") from None
+        extent = size * px
+        if extent > MAX_EXTENT_M:
+            raise ValueError(
+                f"a scene of {size} px of {px:g} m covers {extent:,.0f} m; at most "
+                f"{MAX_EXTENT_M:,.0f} m can be laid out in reasonable time (make --size or "
+                "--pixel-size smaller)")
+        if not all(abs(s) <= size / 4 for s in shift):
+            raise ValueError(f"shift {shift[0]:g}, {shift[1]:g} px is more than a quarter "
+                             f"of the scene's {size} px")
         if nodata_margin * 4 >= size:
             raise ValueError(f"nodata margin {nodata_margin} px leaves too little of {size} px")
         az_b = rng.uniform(125.0, 215.0)
@@ -531,6 +553,8 @@ def _neighbourhood(
     the land is bare or grass before; houses outside ``allowed_new`` are skipped.
     Returns the new buildings added.
     """
+    if region.is_empty:
+        return []  # a scene the compound fills: no city around it
     cx, cy = region.centroid.x, region.centroid.y
     frame = _Frame(cx, cy, angle)
     r = math.sqrt((region.bounds[2] - region.bounds[0]) ** 2
@@ -862,6 +886,8 @@ def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float
         list(footprints) + list(trees)
         + [a.geom for a in world.areas if a.material != "lawn" or a.geom.area < 5e4]
         + [g for g in (world.woodland, world.woodland_after) if g is not None and not g.is_empty])
+    if within.is_empty:
+        return None  # a scene too small to leave room inside its edge
     x0, y0, x1, y1 = within.bounds
     for _ in range(tries):
         x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
@@ -1890,10 +1916,25 @@ def write_synthetic_pair(params: SynthParams, outdir: str | os.PathLike[str],
     existing = [p for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise OutputError(f"{existing[0]} exists; use --overwrite to replace it")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}") from exc
+    try:
+        return _write_pair(params, out, paths)
+    except BaseException:
+        # A failed or interrupted run leaves no folder it made (empty) behind.
+        if created:
+            try:
+                out.rmdir()  # only if still empty
+            except OSError:
+                pass
+        raise
+
+
+def _write_pair(params: SynthParams, out: Path, paths: dict[str, Path]) -> dict[str, Path]:
+    """Make the pair and move its files into ``out`` (which exists)."""
     pair = make_synthetic_pair(params)
     tags = {"CHANGEDET_SYNTH": f"{params.scenario} seed={params.seed}"}
     # write into a scratch folder beside the outputs, then move the files into place:

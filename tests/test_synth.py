@@ -286,3 +286,45 @@ def test_cli_synth_rejects_bad_values(tmp_path: Path):
                                       "--nodata-margin", "60"])
     assert bad_margin.exit_code == 2 and "margin" in bad_margin.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # A shift beyond the scene ended as "out of memory; try a smaller AOI"; a 15 km
+    # scene's layout ran for hours.
+    far = runner.invoke(main, ["synth", str(tmp_path / "c"), "--size", "192",
+                               "--shift", "1e9", "0"])
+    assert far.exit_code == 2 and "more than a quarter" in far.output
+    huge = runner.invoke(main, ["synth", str(tmp_path / "d"), "--size", "1024",
+                                "--pixel-size", "10"])
+    assert huge.exit_code == 2 and "at most 6,000 m" in huge.output
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("size, pixel_size", [(128, 0.5), (256, 0.1), (128, 10.0)])
+def test_a_small_compound_scene_is_drawn(tmp_path: Path, size: int,
+                                         pixel_size: float) -> None:
+    """A compound that fills the whole scene (no city around it) crashed in GEOS
+    ("getX called on empty Point"), and one with no room inside its edge for the
+    new paved lot crashed in numpy, each leaving an empty OUTDIR behind."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # NaN textures warned only
+        pair = make_synthetic_pair(SynthParams.for_scenario(
+            "compound", seed=1, size=size, pixel_size=pixel_size))
+    assert pair.before.image.shape == (3, size, size)
+    assert np.isfinite(pair.before.image).all() and pair.after.image.min() >= 1
+
+
+def test_a_failed_synth_leaves_no_folder_it_made(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet import synth
+
+    def fail(params: SynthParams) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(synth, "make_synthetic_pair", fail)
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "new" / "out"), "--size", "192"])
+    assert result.exit_code == 1
+    assert not (tmp_path / "new" / "out").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert CliRunner().invoke(main, ["synth", str(kept), "--size", "192"]).exit_code == 1
+    assert kept.is_dir()  # a folder the user made stays
