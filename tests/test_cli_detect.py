@@ -547,3 +547,13 @@ def test_a_terminated_windowed_run_leaves_no_scratch_and_no_output(
     assert proc.returncode == 1
     assert err.strip().splitlines()[-1] == "Aborted!" and "Traceback" not in err
     assert list(scratch.iterdir()) == [] and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["detect", "measure", "coregister", "evaluate", "synth",
+                                     "demo"])
+def test_every_command_takes_v_and_q_after_its_name(command: str) -> None:
+    """The README says every command takes -v and -q; synth and evaluate refused them
+    after the command's name ("No such option '-v'")."""
+    for flag in ("-v", "-q"):
+        result = _run(command, flag, "--help")
+        assert result.exit_code == 0, result.output

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .detect import apply_verbosity, verbosity_options
 from .options import FiniteFloatRange, echo_json, handle_errors
 
 _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
@@ -203,8 +204,10 @@ def _table(result: dict[str, Any]) -> str:
 @click.option("--iou", "iou_threshold", type=FiniteFloatRange(0.0, 1.0, min_open=True),
               default=0.5, show_default=True, help="Object matching threshold (SpaceNet: 0.5).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@verbosity_options
 @handle_errors
-def evaluate(pred: str, truth: str, iou_threshold: float, as_json: bool) -> None:
+def evaluate(pred: str, truth: str, iou_threshold: float, as_json: bool, cmd_verbose: int,
+             cmd_quiet: int) -> None:
     """Score PRED (polygons or a mask raster such as change.tif) against TRUTH.
 
     Vectors may be in any CRS; they are compared in the raster's grid when either side
@@ -212,6 +215,8 @@ def evaluate(pred: str, truth: str, iou_threshold: float, as_json: bool) -> None
     (the truth's if projected, otherwise its local UTM zone).
     """
     from ..evaluate import evaluate as run_evaluate
+
+    apply_verbosity(cmd_verbose, cmd_quiet)
 
     p, t, grid, valid = _load(pred, truth)
     result = run_evaluate(p, t, grid, valid=valid, iou_threshold=iou_threshold)
