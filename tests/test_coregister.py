@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,22 @@ def test_cli_coregister(tmp_path):
     bad = runner.invoke(main, ["coregister", str(tmp_path / "nope.tif"), str(paths["after"]),
                                "-o", str(tmp_path / "x.tif")])
     assert bad.exit_code == 1 and "nope.tif" in bad.output and "Traceback" not in bad.output
+    # The output has the mode of any new file, not mkstemp's private 0600.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    # A missing folder is refused before the work, naming the output (it named the
+    # temporary file after the whole registration); another format than GeoTIFF is a
+    # usage error.
+    missing = runner.invoke(main, ["coregister", str(paths["before"]), str(paths["after"]),
+                                   "-o", str(tmp_path / "nodir" / "r.tif")])
+    assert missing.exit_code == 1
+    assert missing.output.strip() == f"Error: {tmp_path / 'nodir' / 'r.tif'}: no folder " \
+                                     f"{tmp_path / 'nodir'}"
+    wrong = runner.invoke(main, ["coregister", str(paths["before"]), str(paths["after"]),
+                                 "-o", str(tmp_path / "r.geojson")])
+    assert wrong.exit_code == 2 and "GeoTIFF" in wrong.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pair", "registered.tif"]
 
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "joplin"

@@ -32,8 +32,17 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
     from ..raster import align_pair, parse_bands, read_scene
 
     apply_verbosity(cmd_verbose, cmd_quiet)
+    if os.path.splitext(output)[1].lower() not in (".tif", ".tiff"):
+        raise click.BadParameter(f"{output}: the registered scene is written as a GeoTIFF; "
+                                 "name it .tif", param_hint="-o/--output")
     if os.path.exists(output) and not overwrite:
         raise OutputError(f"{output} exists; use --overwrite to replace it")
+    folder = os.path.dirname(os.path.abspath(output))
+    # Checked before the work, not after it.
+    if not os.path.isdir(folder):
+        raise OutputError(f"{output}: no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{output}: cannot write in {folder}")
     try:
         chosen = parse_bands(bands)
     except ValueError as exc:
@@ -48,16 +57,21 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
         "transform": scene.grid.transform, "nodata": float("nan"), "tiled": True,
         "compress": "deflate", "predictor": 3,
     }
-    folder = os.path.dirname(os.path.abspath(output))
     # Written beside the target and renamed: an interrupted run leaves no half file.
-    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=folder)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(suffix=".tif", dir=folder)
+        os.close(fd)
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
+        # mkstemp makes the file private (0600); give it the mode of any new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot write ({exc.strerror or exc})") from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
     echo_json(registration.summary(registered.grid))
