@@ -1873,6 +1873,11 @@ def detect_new_buildings(
         0 background, 1..N new buildings.
     evidence : Evidence
     """
+    if before.grid != after.grid or before.image.shape != after.image.shape:
+        # Scenes off one another's grid gave buildings all the same.
+        raise ValueError("before and after must be on one grid with the same bands "
+                         f"(use raster.align_pair): {before.image.shape} on {before.grid} "
+                         f"against {after.image.shape} on {after.grid}")
     valid = before.valid & after.valid
     fit = params.fit
     if fit is None:

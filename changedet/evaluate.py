@@ -36,7 +36,9 @@ def _objects(
     A raster with values in {0, 1} (or bool) is a mask: its 4-connected components are
     the objects. Any other integer raster is a label image: one object per value.
     """
-    if isinstance(data, np.ndarray) and data.ndim == 2:
+    if isinstance(data, np.ndarray) and data.ndim != 2:
+        raise ValueError(f"{name} raster must be 2-D (H, W), got shape {data.shape}")
+    if isinstance(data, np.ndarray):
         if grid is None:
             raise ProcessingError(f"{name} is a raster: a grid is needed to evaluate it")
         if data.shape != grid.shape:

@@ -221,8 +221,13 @@ def fit_radiometry(
     ProcessingError
         When fewer than 100 valid pixels are available.
     """
+    if before.ndim != 3:
+        raise ValueError(f"before must be (B, H, W), got shape {before.shape}")
     if before.shape != after.shape:
         raise ProcessingError(f"band shapes differ: {before.shape} vs {after.shape}")
+    if valid.shape != before.shape[1:]:
+        raise ValueError(f"valid of shape {valid.shape} does not match the bands "
+                         f"{before.shape[1:]}")
     nb = before.shape[0]
     if patches is None:
         patches = [(0, 0, *valid.shape)]

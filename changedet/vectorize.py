@@ -281,6 +281,9 @@ def polygons_from_labels(
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
+    if labels.shape != grid.shape:
+        raise ValueError(f"labels of shape {labels.shape} are not on the grid of shape "
+                         f"{grid.shape}")
     if labels.dtype == bool:
         labels = labels.astype(np.int32)
     if not np.any(labels > 0):

@@ -733,3 +733,15 @@ def test_features_of_some_regions_are_those_they_have_among_all() -> None:
         some = region_features(regions, n, evidence, valid, pixel, only=only)
         np.testing.assert_array_equal(some[:, only], every[:, only])
         assert not some[:, ~only].any()
+
+
+def test_scenes_off_one_grid_are_refused() -> None:
+    """An after scene on another grid of the same shape (5 km away, or in another CRS)
+    gave buildings as if the two lay on one another."""
+    before, after, _, _ = _pair(1.0, seed=3)
+    moved = replace(after, grid=replace(after.grid, transform=Affine.translation(5000, 0)
+                                        @ after.grid.transform))
+    with pytest.raises(ValueError, match="one grid"):
+        detect_new_buildings(before, moved, DetectionParams())
+    with pytest.raises(ValueError, match="one grid"):
+        detect_new_buildings(before, replace(after, image=after.image[:2]), DetectionParams())

@@ -283,3 +283,8 @@ def test_cli_reads_the_buildings_layer_of_a_geopackage(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["tp"] == 1 and out["pred_area_m2"] == 100.0
+
+
+def test_a_mask_of_more_than_two_dimensions_is_named() -> None:
+    with pytest.raises(ValueError, match="must be 2-D"):
+        evaluate(np.zeros((1, 100, 100), np.uint8), np.zeros((100, 100), np.uint8), GRID)

@@ -135,3 +135,14 @@ def test_fit_is_the_same_on_any_number_of_threads() -> None:
     np.testing.assert_array_equal(one.knots_after, two.knots_after)
     np.testing.assert_array_equal(one.knots_before, two.knots_before)
     np.testing.assert_array_equal(one.sigma, two.sigma)
+
+
+def test_arrays_of_the_wrong_shape_are_named() -> None:
+    """A 2-D band or a mask of another shape failed as a bare IndexError."""
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0, 255, (3, 32, 32)).astype(np.float32)
+    valid = np.ones((32, 32), bool)
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        fit_radiometry(before[0], before[0], valid)
+    with pytest.raises(ValueError, match="valid of shape"):
+        fit_radiometry(before, before, valid[:16])

@@ -129,3 +129,16 @@ def test_labels_at_edge_are_those_touching_nodata_or_the_imagery_border():
     inside = labels_at_edge(labels, valid, sides=(False, True, True, False))
     assert inside.tolist() == [False, False, False, True, False, False]
     assert labels_at_edge(np.zeros((5, 5), np.int32), valid[:5, :5]).tolist() == [False]
+
+
+def test_labels_off_the_grid_are_refused() -> None:
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from changedet.raster import Grid
+
+    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 500000.0, 0, -1.0, 4320000.0), 50, 50)
+    labels = np.zeros((40, 50), np.int32)
+    labels[5:10, 5:10] = 1
+    with pytest.raises(ValueError, match="not on the grid"):
+        polygons_from_labels(labels, grid)
