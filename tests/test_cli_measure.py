@@ -127,3 +127,22 @@ def test_table_output(tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split()[:2] == ["Polygon", "Area"]
     assert lines[1].split()[:2] == ["1", "13,000.0"]
+
+
+def test_a_closed_stdout_ends_quietly(capsys: "pytest.CaptureFixture[str]") -> None:
+    """``changedet measure FILE | head -1`` printed "Error: Broken pipe": the broken
+    pipe is left to click, which ends quietly with status 1."""
+    import click
+    import pytest
+
+    from changedet.cli.options import handle_errors
+
+    @click.command()
+    @handle_errors
+    def table() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(SystemExit) as stop:
+        table.main([])
+    assert stop.value.code == 1
+    assert "Error" not in capsys.readouterr().err

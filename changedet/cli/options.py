@@ -80,6 +80,9 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (click.ClickException, click.Abort, click.exceptions.Exit):
             raise
+        except BrokenPipeError:
+            # The reader of stdout left (``| head``): click ends quietly, status 1.
+            raise
         except ChangedetError as exc:
             if _asked_verbose(ctx):
                 raise
@@ -87,7 +90,7 @@ def handle_errors(func: F) -> F:
         except MemoryError:
             if _asked_verbose(ctx):
                 raise
-            raise click.ClickException("out of memory; try a smaller AOI") from None
+            raise click.ClickException("out of memory; try a smaller scene or AOI") from None
         except OSError as exc:
             if _asked_verbose(ctx):
                 raise
