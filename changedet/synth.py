@@ -239,7 +239,9 @@ class SynthParams:
             shift = (float(mag[0] * sign[0]), float(mag[1] * sign[1]))
         if after_crs is not None:
             try:
-                after_crs = CRS.from_user_input(after_crs).to_string()
+                # Inside an Env, GDAL's complaint goes to the exception, not to stderr.
+                with rasterio.Env():
+                    after_crs = CRS.from_user_input(after_crs).to_string()
             except Exception as exc:  # rasterio raises CRSError, a ValueError only in part
                 raise ValueError(f"after CRS {after_crs!r} is not a CRS: {exc}") from None
         extent = size * px

@@ -328,3 +328,10 @@ def test_a_failed_synth_leaves_no_folder_it_made(tmp_path: Path,
     kept.mkdir()
     assert CliRunner().invoke(main, ["synth", str(kept), "--size", "192"]).exit_code == 1
     assert kept.is_dir()  # a folder the user made stays
+
+
+def test_an_unknown_after_crs_is_one_message(capfd: pytest.CaptureFixture[str]) -> None:
+    """GDAL printed its own "ERROR 1: PROJ: …" line on stderr before the usage error."""
+    with pytest.raises(ValueError, match="is not a CRS"):
+        SynthParams.for_scenario("suburb", seed=0, size=128, after_crs="EPSG:99999")
+    assert "ERROR 1" not in capfd.readouterr().err
