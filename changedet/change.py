@@ -1873,7 +1873,7 @@ def detect_new_buildings(
         0 background, 1..N new buildings.
     evidence : Evidence
     """
-    if before.grid != after.grid or before.image.shape != after.image.shape:
+    if not before.grid.coincides(after.grid) or before.image.shape != after.image.shape:
         # Scenes off one another's grid gave buildings all the same.
         raise ValueError("before and after must be on one grid with the same bands "
                          f"(use raster.align_pair): {before.image.shape} on {before.grid} "

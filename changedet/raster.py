@@ -83,6 +83,16 @@ class Grid:
         right, bottom = self.transform @ (self.width, self.height)
         return (min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
+    def coincides(self, other: Grid, tolerance_px: float = 1e-6) -> bool:
+        """Whether ``other`` puts every pixel where this grid does, to within
+        ``tolerance_px`` of a pixel: a window's grid built by another chain of
+        translations differs from this one in the last bits of its origin."""
+        if self.shape != other.shape or self.crs != other.crs:
+            return False
+        scale = max(self.pixel_size)
+        return all(abs(p - q) <= tolerance_px * scale
+                   for p, q in zip(self.transform[:6], other.transform[:6]))
+
     def window(self, row0: int, col0: int, height: int, width: int) -> Grid:
         """The sub-grid starting at pixel ``(row0, col0)`` with the given shape."""
         return Grid(self.crs, self.transform @ Affine.translation(col0, row0), height, width)
