@@ -186,22 +186,44 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
         of the scenes.
     """
     vector = read_polygons(path)
-    polygons = _near_the_grid(vector.polygons, vector.crs, grid)
-    if not polygons:
+    failure: Exception | None = None
+    union, mask = None, np.zeros(grid.shape, bool)
+    # Reprojected whole first; if that reaches no pixel (vertices the grid's
+    # projection cannot reach, as a world box in lon/lat has, come out infinite),
+    # again with only the part of the AOI around the scenes.
+    for polygons in (vector.polygons, None):
+        if polygons is None:
+            polygons = _near_the_grid(vector.polygons, vector.crs, grid)
+            if not polygons:
+                break
+        try:
+            union, mask = _on_grid(polygons, vector.crs, grid)
+        except Exception as exc:  # noqa: BLE001 - pyproj raises several types
+            failure = exc
+            continue
+        if mask.any():
+            break
+    if not mask.any():
+        if failure is not None and union is None:
+            raise InputError(vector.path, f"cannot be reprojected to the scenes' CRS "
+                                          f"({failure})") from failure
         raise InputError(vector.path, "lies outside the scenes (the AOI covers no pixel of the overlap)")
-    try:
-        geoms = reproject_geoms(polygons, vector.crs.to_wkt(), grid.crs)
-    except Exception as exc:  # pyproj raises several types for impossible transforms
-        raise InputError(vector.path, f"cannot be reprojected to the scenes' CRS ({exc})") from exc
+    logger.info("AOI %s: %d polygon(s), %.0f m², %d px", vector.path, len(vector.polygons),
+                union.area, int(mask.sum()))
+    return AOI(mask, union, vector.path)
+
+
+def _on_grid(polygons: list[shapely.Polygon], crs: Any,
+             grid: Grid) -> tuple[shapely.Geometry, np.ndarray]:
+    """The polygons' union in the grid's CRS and its (H, W) mask of pixel centres."""
+    geoms = reproject_geoms(polygons, crs.to_wkt(), grid.crs)
     union = shapely.union_all(shapely.make_valid(np.asarray(geoms, dtype=object)))
+    if union.is_empty or not np.all(np.isfinite(union.bounds)):
+        return union, np.zeros(grid.shape, bool)
     mask = rasterio.features.geometry_mask(
         [shapely.geometry.mapping(union)], out_shape=grid.shape, transform=grid.transform,
         invert=True)
-    if not mask.any():
-        raise InputError(vector.path, "lies outside the scenes (the AOI covers no pixel of the overlap)")
-    logger.info("AOI %s: %d polygon(s), %.0f m², %d px", vector.path, len(geoms), union.area,
-                int(mask.sum()))
-    return AOI(mask, union, vector.path)
+    return union, mask
 
 
 def _near_the_grid(polygons: list[shapely.Polygon], crs: Any,
@@ -209,11 +231,10 @@ def _near_the_grid(polygons: list[shapely.Polygon], crs: Any,
     """The polygons clipped, in their own CRS, to the grid's extent and as much again
     on every side.
 
-    An AOI far larger than the scenes (a country, the whole world in lon/lat) has
-    vertices the grid's projection cannot reach: reprojected whole, a world box came
-    out empty and was refused as lying outside the scenes. Clipped first, only its
-    part around the scenes is reprojected; the margin keeps the cut far from every
-    pixel. Unclipped when the grid's extent cannot be expressed in ``crs``.
+    For an AOI far larger than the scenes (a country, the whole world in lon/lat)
+    whose far vertices the grid's projection cannot reach: clipped, only its part
+    around the scenes is reprojected; the margin keeps the cut far from every pixel.
+    Unclipped when the grid's extent cannot be expressed in ``crs``.
     """
     left, bottom, right, top = grid.bounds
     dx, dy = right - left, top - bottom

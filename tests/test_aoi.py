@@ -71,3 +71,16 @@ def test_projected_coordinates_labelled_lon_lat_are_named(tmp_path: Path) -> Non
         field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon", crs="EPSG:4326")
     with pytest.raises(InputError, match="out of range for its geographic CRS"):
         read_polygons(path)
+
+
+def test_an_aoi_in_0_to_360_longitudes_still_covers_its_scene(tmp_path: Path) -> None:
+    """Longitude 261 is -99: PROJ wraps it, and clipping to the scene's extent in
+    -180..180 (tried first in a draft) would have thrown it away."""
+    grid = Grid(CRS.from_epsg(32614), Affine(1.0, 0, 500_000.0, 0, -1.0, 3_500_000.0),
+                128, 128)                                  # about 99° W, 31.6° N
+    path = tmp_path / "aoi360.geojson"
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([shapely.box(260, 31, 262, 32)]),
+                                                dtype=object),
+                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
+                      crs="EPSG:4326")
+    assert read_aoi(path, grid).mask.all()
