@@ -396,8 +396,9 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     from .raster import align_pair, check_not_blank, read_scene
     from .vectorize import labels_at_edge, polygons_from_labels
 
-    scene_b = read_scene(before, bands=opts.bands, nir_band=opts.nir_band)
-    scene_a = read_scene(after, bands=opts.bands, nir_band=opts.nir_band)
+    # run_detection read the headers, and warned about their bands, already.
+    scene_b = read_scene(before, bands=opts.bands, nir_band=opts.nir_band, warn=False)
+    scene_a = read_scene(after, bands=opts.bands, nir_band=opts.nir_band, warn=False)
     for scene in (scene_b, scene_a):
         check_not_blank(scene)
     stage("aligning")

@@ -206,7 +206,7 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str) -> Grid:
 
 
 def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int] | None,
-                  nir_band: int | None) -> tuple[tuple[int, ...], int | None]:
+                  nir_band: int | None, warn: bool = True) -> tuple[tuple[int, ...], int | None]:
     """The 1-based bands to read and the index of the near-infrared one among them.
 
     An alpha band is the file's mask, not data: the default takes the first three
@@ -233,7 +233,7 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     if out_of_range:
         raise InputError(path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for")
     for b in chosen:
-        if b in alpha:
+        if b in alpha and warn:
             logger.warning("%s: band %d is tagged alpha (a mask, not data) but was asked "
                            "for, so it is used as data", path, b)
     if len(chosen) == 1 and nir_index == 0:
@@ -244,7 +244,7 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
 
 
 def _read_bands(
-    path: str, bands: Sequence[int] | None, nir_band: int | None
+    path: str, bands: Sequence[int] | None, nir_band: int | None, warn: bool = True
 ) -> tuple[np.ndarray, np.ndarray, Grid, tuple[int, ...], int | None, dict[str, str]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -252,7 +252,7 @@ def _read_bands(
         warnings.simplefilter("ignore", NodataShadowWarning)
         with rasterio.open(path) as ds:
             grid = _grid_of(ds, path)
-            chosen, nir_index = _chosen_bands(ds, path, bands, nir_band)
+            chosen, nir_index = _chosen_bands(ds, path, bands, nir_band, warn)
             try:
                 data = ds.read(list(chosen), out_dtype="float32")
                 masks = _pixel_rule(ds, chosen, ds.read_masks(list(chosen)))
@@ -268,6 +268,8 @@ def read_scene(
     path: str | os.PathLike[str],
     bands: Sequence[int] | None = None,
     nir_band: int | None = None,
+    *,
+    warn: bool = True,
 ) -> Scene:
     """Read and validate one georeferenced scene.
 
@@ -280,6 +282,9 @@ def read_scene(
         (or fewer if the file has fewer).
     nir_band : int, optional
         1-based near-infrared band; appended to ``bands`` when not already in them.
+    warn : bool
+        Log a warning when a band asked for is tagged alpha (off when the file's
+        header was read, and warned about, already).
 
     Returns
     -------
@@ -296,7 +301,7 @@ def read_scene(
     path = os.fspath(path)
     _check_path(path)
     try:
-        data, masks, grid, chosen, nir_index, tags = _read_bands(path, bands, nir_band)
+        data, masks, grid, chosen, nir_index, tags = _read_bands(path, bands, nir_band, warn)
     except InputError:
         raise
     except (RasterioError, UnicodeError, ValueError, OverflowError) as exc:

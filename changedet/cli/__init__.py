@@ -41,7 +41,9 @@ def _terminate_as_interrupt(ctx: click.Context) -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be set from the main thread
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+    # None: a handler set from C, which Python cannot put back; the default then.
+    ctx.call_on_close(lambda: signal.signal(
+        signal.SIGTERM, previous if previous is not None else signal.SIG_DFL))
 
 
 # One line per command module; each module defines a plain @click.command.
