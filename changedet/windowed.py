@@ -203,6 +203,9 @@ class WindowResult:
     change_block: np.ndarray | None
     incomplete: list[tuple[int, int, int, int]]
     quicklook: CellSums | None = None
+    # Buildings of groups this window saw whole but does not own (their first pixel
+    # lies in another window's core): used only if no window reports their group.
+    spares: list[FoundBuilding] = field(default_factory=list)
 
 
 @dataclass
@@ -397,6 +400,11 @@ def detect_window(task: WindowTask) -> WindowResult:
             incomplete.append((sl[0].start + w.pad_row0, sl[1].start + w.pad_col0,
                                sl[0].stop + w.pad_row0, sl[1].stop + w.pad_col0))
     found: list[FoundBuilding] = []
+    spares: list[FoundBuilding] = []
+    # The owner of a group may see it cut by its rim and, judging the strip it sees
+    # implausible, not retry it, while this window saw it whole: such groups come
+    # back as spares (main pass only; a retry owns every complete group it sees).
+    spare = complete & ~owned if not task.retry else np.zeros_like(owned)
     # Sides of the window that are the grid's: the imagery's edge there.
     sides = (w.pad_row0 == 0, w.pad_col0 == 0, w.pad_row1 == task.grid.height,
              w.pad_col1 == task.grid.width)
@@ -407,18 +415,25 @@ def detect_window(task: WindowTask) -> WindowResult:
         shown = complete[lab_group]
         shown[0] = False
         block[shown[labels][core] & (block == 0)] = 1
+        at_edge = labels_at_edge(labels, valid, sides)
         found = _owned_buildings(labels, lab_group, owned, complete, first, evidence,
                                  pad_grid, w, task.grid.shape, with_masks=task.retry,
-                                 at_edge=labels_at_edge(labels, valid, sides))
+                                 at_edge=at_edge)
+        # With masks: a spare that is used is drawn where its owner did not draw it.
+        spares = _owned_buildings(labels, lab_group, spare, complete, first, evidence,
+                                  pad_grid, w, task.grid.shape, with_masks=True,
+                                  at_edge=at_edge)
     if standing is not None and standing.any():
         # Left out as standing before: reported as new buildings are, but without
         # masks, since change.tif never shows them.
-        for b in _owned_buildings(standing, _label_groups(standing, groups), owned,
-                                  complete, first, evidence, pad_grid, w, task.grid.shape,
-                                  with_masks=False):
-            b.standing_before = True
-            found.append(b)
-    return WindowResult(w, found, None if task.retry else block, incomplete, look)
+        standing_groups = _label_groups(standing, groups)
+        for keep, out in ((owned, found), (spare, spares)):
+            for b in _owned_buildings(standing, standing_groups, keep, complete, first,
+                                      evidence, pad_grid, w, task.grid.shape,
+                                      with_masks=False):
+                b.standing_before = True
+                out.append(b)
+    return WindowResult(w, found, None if task.retry else block, incomplete, look, spares)
 
 
 def _label_groups(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -887,6 +902,8 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
     grow = max(halo_px, max_retry_px // 4)
     found: dict[tuple[int, int], FoundBuilding] = {}
     reported: set[tuple[int, int]] = set()
+    # group -> the buildings of the first window that saw it whole without owning it
+    spares: dict[tuple[int, int], list[FoundBuilding]] = {}
     cut_views: list[FoundBuilding] = []
     pending: list[tuple[int, int, int, int]] = []
     with rasterio.open(change_path, "w+", **profile) as dst:
@@ -899,6 +916,11 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             for b in res.buildings:
                 found[b.first] = b
                 reported.add(b.group)
+            offered: dict[tuple[int, int], list[FoundBuilding]] = {}
+            for b in res.spares:
+                offered.setdefault(b.group, []).append(b)
+            for group, views in offered.items():
+                spares.setdefault(group, views)
             if quicklook is not None and res.quicklook is not None:
                 quicklook.add(res.quicklook)
             pending.extend(_next_try(box, w, grow, max_retry_px, template.margin_px,
@@ -939,6 +961,20 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
                 grown += [_next_try(box, w, grow, max_retry_px, template.margin_px,
                                     grid.shape) for box in res.incomplete]
             pending = merge_boxes(grown, max_retry_px)
+        # A group no window reported, though one saw it whole (its owner judged the
+        # strip it saw too unlike a roof to retry): that whole view, already drawn in
+        # change.tif, is the whole scene's.
+        n_spared = 0
+        for group, views in spares.items():
+            if group not in reported:
+                for b in views:
+                    found[b.first] = b
+                    _paste(dst, b)
+                reported.add(group)
+                n_spared += 1
+        if n_spared:
+            logger.debug("%d group(s) taken from a window that saw them whole but did "
+                         "not own them", n_spared)
         buildings = _best_views(list(found.values()), cut_views)
         # change.tif draws the same view of a cut building as its polygon.
         for b in buildings:
