@@ -902,8 +902,11 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
     grow = max(halo_px, max_retry_px // 4)
     found: dict[tuple[int, int], FoundBuilding] = {}
     reported: set[tuple[int, int]] = set()
-    # group -> the buildings of the first window that saw it whole without owning it
-    spares: dict[tuple[int, int], list[FoundBuilding]] = {}
+    # group -> (window, its buildings) of the windows that saw it whole without owning
+    # it: the first window in raster order, so that the choice does not depend on
+    # which thread finished first (the views agree, their coordinates to the last bit
+    # need not).
+    spares: dict[tuple[int, int], tuple[tuple[int, int], list[FoundBuilding]]] = {}
     cut_views: list[FoundBuilding] = []
     pending: list[tuple[int, int, int, int]] = []
     with rasterio.open(change_path, "w+", **profile) as dst:
@@ -920,7 +923,8 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             for b in res.spares:
                 offered.setdefault(b.group, []).append(b)
             for group, views in offered.items():
-                spares.setdefault(group, views)
+                if group not in spares or (w.row0, w.col0) < spares[group][0]:
+                    spares[group] = ((w.row0, w.col0), views)
             if quicklook is not None and res.quicklook is not None:
                 quicklook.add(res.quicklook)
             pending.extend(_next_try(box, w, grow, max_retry_px, template.margin_px,
@@ -965,7 +969,7 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
         # strip it saw too unlike a roof to retry): that whole view, already drawn in
         # change.tif, is the whole scene's.
         n_spared = 0
-        for group, views in spares.items():
+        for group, (_, views) in spares.items():
             if group not in reported:
                 for b in views:
                     found[b.first] = b
