@@ -124,6 +124,14 @@ class DetectionResult:
 #: Detectors an analyst may choose (``changedet detect --detector``).
 DETECTORS = ("regions", "appearance")
 CLAIM_BASES = ("footprint", "envelope")
+#: Ranges of the numeric options, (low, high), checked by :class:`DetectOptions` and
+#: used by the command line's option types, so that the two cannot drift apart.
+MIN_AREA_M2_RANGE = (0, 1e7)          # low end open
+SITE_GAP_M_RANGE = (0, 1e5)
+CLAIM_M2_RANGE = (0, 1e9)             # both ends open
+CLAIM_SITES_RANGE = (1, 10_000)
+WORKERS_RANGE = (1, 256)
+WINDOW_PX_RANGE = (64, 65_536)        # the command line starts at 256 (smaller: tests)
 
 
 def _check_number(name: str, value: Any, low: float, high: float | None, *,
@@ -214,14 +222,14 @@ class DetectOptions:
         if self.claim_basis not in CLAIM_BASES:
             raise ValueError(f"unknown claim basis {self.claim_basis!r}; "
                              f"use one of {CLAIM_BASES}")
-        _check_number("min_area_m2", self.min_area_m2, 0.0, 1e7, low_open=True)
-        _check_number("site_gap_m", self.site_gap_m, 0.0, 1e5)
-        _check_number("claim_m2", self.claim_m2, 0.0, 1e9, low_open=True, high_open=True)
+        _check_number("min_area_m2", self.min_area_m2, *MIN_AREA_M2_RANGE, low_open=True)
+        _check_number("site_gap_m", self.site_gap_m, *SITE_GAP_M_RANGE)
+        _check_number("claim_m2", self.claim_m2, *CLAIM_M2_RANGE, low_open=True,
+                      high_open=True)
         _check_number("claim_tolerance", self.claim_tolerance, 0.0, 1.0, high_open=True)
-        _check_number("claim_sites", self.claim_sites, 1, 10_000, integer=True)
-        # Smaller windows than the command line allows (256) serve tests of seams.
-        _check_number("window_px", self.window_px, 64, 65_536, integer=True)
-        _check_number("workers", self.workers, 1, 256, integer=True)
+        _check_number("claim_sites", self.claim_sites, *CLAIM_SITES_RANGE, integer=True)
+        _check_number("window_px", self.window_px, *WINDOW_PX_RANGE, integer=True)
+        _check_number("workers", self.workers, *WORKERS_RANGE, integer=True)
         _check_number("nir_band", self.nir_band, 1, None, integer=True)
         for b in self.bands or ():
             _check_number("bands", b, 1, None, integer=True)

@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
-from ..pipeline import DETECTORS
+from ..pipeline import (CLAIM_BASES, CLAIM_M2_RANGE, CLAIM_SITES_RANGE, DETECTORS,
+                        MIN_AREA_M2_RANGE, SITE_GAP_M_RANGE, WINDOW_PX_RANGE,
+                        WORKERS_RANGE)
 from ..windowed import DEFAULT_WINDOW_PX
 from .options import FiniteFloatRange, configure_logging, handle_errors
 
@@ -34,7 +36,8 @@ def apply_verbosity(cmd_verbose: int, cmd_quiet: int) -> int:
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not (0 < value < 1e9):
+    low, high = CLAIM_M2_RANGE
+    if value is not None and not (low < value < high):
         raise click.BadParameter("must be a positive area in m² below 10⁹", ctx, param)
     return value
 
@@ -47,9 +50,9 @@ def claim_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--claim-tolerance", type=FiniteFloatRange(0, 1, max_open=True),
                      default=0.10, show_default=True, metavar="FRACTION",
                      help="Relative tolerance of the claim."),
-        click.option("--claim-sites", type=click.IntRange(1, 10000), default=None,
+        click.option("--claim-sites", type=click.IntRange(*CLAIM_SITES_RANGE), default=None,
                      metavar="N", help="Number of sites claimed (default: the sites found)."),
-        click.option("--claim-basis", type=click.Choice(["footprint", "envelope"]),
+        click.option("--claim-basis", type=click.Choice(CLAIM_BASES),
                      default="footprint", show_default=True,
                      help="Compare the claim with built footprints or site envelopes."),
     ]
@@ -95,16 +98,17 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
               help="1-based near-infrared band, if the scenes have one.")
 @click.option("--coreg", type=click.Choice(["global", "local", "none"]), default="global",
               show_default=True, help="Co-registration of the after scene.")
-@click.option("--min-area-m2", type=FiniteFloatRange(0, 1e7, min_open=True), default=None,
+@click.option("--min-area-m2", type=FiniteFloatRange(*MIN_AREA_M2_RANGE, min_open=True),
+              default=None,
               help="Smallest building kept, m² (default: from the pixel size).")
-@click.option("--site-gap-m", type=FiniteFloatRange(0, 1e5), default=None,
+@click.option("--site-gap-m", type=FiniteFloatRange(*SITE_GAP_M_RANGE), default=None,
               help="Buildings closer than this form one site, metres (default: 30 m or 10 px).")
 @claim_options
-@click.option("--window-px", type=click.IntRange(256, 65536), default=DEFAULT_WINDOW_PX,
-              show_default=True,
+@click.option("--window-px", type=click.IntRange(256, WINDOW_PX_RANGE[1]),
+              default=DEFAULT_WINDOW_PX, show_default=True,
               help="Scenes larger than about two windows this wide are processed in "
                    "windows, in bounded memory.")
-@click.option("--workers", type=click.IntRange(1, 256), default=None,
+@click.option("--workers", type=click.IntRange(*WORKERS_RANGE), default=None,
               help="Windows processed at once (default: up to 2).")
 @click.option("--dask-scheduler", default=None, metavar="ADDRESS",
               help="Run the windows on this dask.distributed scheduler "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..pipeline import SITE_GAP_M_RANGE
 from .detect import apply_verbosity, check_claim_usage, claim_options, verbosity_options
 from .options import FiniteFloatRange, echo_json, handle_errors
 
@@ -13,8 +14,8 @@ from .options import FiniteFloatRange, echo_json, handle_errors
 @click.option("--pixel-size", type=FiniteFloatRange(0, 1000), default=0.5, show_default=True,
               help="Ground pixel size (m) of the imagery the outlines were traced on: "
                    "each edge is known to half of it. 0 for surveyed outlines.")
-@click.option("--site-gap-m", type=FiniteFloatRange(0, 1e5), default=30.0, show_default=True,
-              help="Polygons closer than this form one site, metres.")
+@click.option("--site-gap-m", type=FiniteFloatRange(*SITE_GAP_M_RANGE), default=30.0,
+              show_default=True, help="Polygons closer than this form one site, metres.")
 @claim_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print buildings, sites and verdicts as JSON instead of tables.")
