@@ -87,11 +87,9 @@ class Grid:
         """Whether ``other`` puts every pixel where this grid does, to within
         ``tolerance_px`` of a pixel: a window's grid built by another chain of
         translations differs from this one in the last bits of its origin."""
-        if self.shape != other.shape or self.crs != other.crs:
-            return False
-        scale = max(self.pixel_size)
-        return all(abs(p - q) <= tolerance_px * scale
-                   for p, q in zip(self.transform[:6], other.transform[:6]))
+        return (self.shape == other.shape and self.crs == other.crs
+                and self.transform.almost_equals(other.transform,
+                                                 tolerance_px * max(self.pixel_size)))
 
     def window(self, row0: int, col0: int, height: int, width: int) -> Grid:
         """The sub-grid starting at pixel ``(row0, col0)`` with the given shape."""
