@@ -512,35 +512,64 @@ def _measure_standing(polygons: list[shapely.Geometry], grid: Grid, residual_px:
                              coreg_residual_px=residual_px, measure_crs=measured["crs"])
 
 
+def _footprint_px(source: Grid, grid: Grid, points_per_side: int = 21) -> shapely.Geometry:
+    """The outline of ``source``'s pixels in ``grid``'s pixel coordinates (col, row).
+
+    Each side is densified, so that a footprint from another CRS keeps its curved
+    sides; either grid may be rotated or south-up (their corners, not their bounds,
+    are carried over).
+    """
+    from rasterio.warp import transform
+
+    t = np.linspace(0.0, 1.0, points_per_side)
+    w, h = float(source.width), float(source.height)
+    cols = np.concatenate([t * w, np.full_like(t, w), (1 - t) * w, np.zeros_like(t)])
+    rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
+    xs, ys = source.transform @ (cols, rows)
+    if source.crs != grid.crs:
+        xs, ys = (np.asarray(v) for v in transform(source.crs, grid.crs, xs, ys))
+    c, r = ~grid.transform @ (np.asarray(xs), np.asarray(ys))
+    ok = np.isfinite(c) & np.isfinite(r)  # points beyond the target CRS's domain
+    if ok.sum() < 3:
+        return shapely.Polygon()
+    return shapely.make_valid(shapely.Polygon(np.column_stack([c[ok], r[ok]])))
+
+
 def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]:
     """The analysis grid cropped to the footprint the two scenes share.
 
     Windowed runs cannot afford the whole-scene path's crop to the valid pixels; they
-    crop to the overlap of the footprints, and invalid pixels inside stay invalid.
-    """
-    from rasterio.warp import transform_bounds
-    from rasterio.windows import from_bounds
+    crop to the box, in the grid's pixels, of the overlap of the two footprints, and
+    invalid pixels inside stay invalid. The footprints are carried into the grid's
+    pixels corner by corner, so that rotated and south-up grids crop as north-up ones.
 
+    Returns
+    -------
+    Grid
+        The cropped grid.
+    float
+        The share of the before scene's footprint that the after scene covers.
+    """
     from .errors import ProcessingError
     from .raster import MIN_OVERLAP_PX
 
-    a_bounds = transform_bounds(after.grid.crs, grid.crs, *after.grid.bounds, densify_pts=21)
-    b_bounds = (transform_bounds(before.grid.crs, grid.crs, *before.grid.bounds, densify_pts=21)
-                if before.grid.crs != grid.crs else before.grid.bounds)
-    win = from_bounds(*a_bounds, transform=grid.transform)
-    row0 = max(0, int(np.floor(win.row_off + 1e-6)))
-    col0 = max(0, int(np.floor(win.col_off + 1e-6)))
-    row1 = min(grid.height, int(np.ceil(win.row_off + win.height - 1e-6)))
-    col1 = min(grid.width, int(np.ceil(win.col_off + win.width - 1e-6)))
+    whole = shapely.box(0, 0, grid.width, grid.height)
+    before_px = _footprint_px(before.grid, grid).intersection(whole)
+    shared = _footprint_px(after.grid, grid).intersection(before_px)
+    row0 = col0 = row1 = col1 = 0
+    if not shared.is_empty:
+        c0, r0, c1, r1 = shared.bounds
+        row0 = max(0, int(np.floor(r0 + 1e-6)))
+        col0 = max(0, int(np.floor(c0 + 1e-6)))
+        row1 = min(grid.height, int(np.ceil(r1 - 1e-6)))
+        col1 = min(grid.width, int(np.ceil(c1 - 1e-6)))
     if row1 - row0 < MIN_OVERLAP_PX or col1 - col0 < MIN_OVERLAP_PX:
         raise ProcessingError(
             f"{after.path} overlaps {before.path} by only {max(0, col1 - col0)} x "
             f"{max(0, row1 - row0)} pixels; at least {MIN_OVERLAP_PX} x {MIN_OVERLAP_PX} "
             "are needed")
     cropped = grid.window(row0, col0, row1 - row0, col1 - col0)
-    b_area = (b_bounds[2] - b_bounds[0]) * (b_bounds[3] - b_bounds[1])
-    c = cropped.bounds
-    return cropped, float(min(1.0, (c[2] - c[0]) * (c[3] - c[1]) / max(b_area, 1e-9)))
+    return cropped, float(min(1.0, shared.area / max(before_px.area, 1e-9)))
 
 
 def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: DetectOptions,

@@ -607,3 +607,54 @@ def test_a_group_whose_owner_sees_only_a_strip_of_it_is_not_lost() -> None:
     assert sorted(b.area_m2 for b in windowed.buildings) == \
         sorted(b.area_m2 for b in whole.buildings)
     np.testing.assert_array_equal(windowed.read_change_mask(), whole.change_mask)
+
+
+def test_overlap_grid_crops_rotated_and_south_up_grids_by_their_footprints(
+        tmp_path: Path) -> None:
+    """The windowed path crops the analysis grid to the footprints' overlap. Taken
+    from two corners as bounds, a rotated after grid gave a strip of the true box and
+    a south-up before grid failed inside rasterio ("internal error")."""
+    from .conftest import write_geotiff
+
+    empty = np.zeros((1, 600, 600), np.uint8)
+    before = write_geotiff(tmp_path / "before.tif", np.zeros((1, 1000, 1000), np.uint8),
+                           transform=Affine(1, 0, 500000, 0, -1, 4001000))
+    # 600 x 600 px turned 45 degrees about the before scene's centre: a diamond whose
+    # half-diagonal is 300 * sqrt(2) = 424.3 px.
+    turned = (Affine.translation(500500, 4000500) @ Affine.rotation(45)
+              @ Affine.translation(-300, 300) @ Affine.scale(1, -1))
+    after = write_geotiff(tmp_path / "after.tif", empty, transform=turned)
+    hb, ha = read_header(before), read_header(after)
+    grid, overlap = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    half = 300 * np.sqrt(2)
+    assert grid.shape == (850, 850)  # rows and columns 75 .. 925 (500 -+ 424.3)
+    assert grid.transform.c == 500000 + np.floor(500 - half)
+    assert overlap == pytest.approx(0.36)
+
+    # A south-up before grid (positive row step), the after scene its western half.
+    before_up = write_geotiff(tmp_path / "before_up.tif", np.zeros((1, 1000, 1000), np.uint8),
+                              transform=Affine(1, 0, 500000, 0, 1, 4000000))
+    after_west = write_geotiff(tmp_path / "after_west.tif", np.zeros((1, 1000, 500), np.uint8),
+                               transform=Affine(1, 0, 500000, 0, -1, 4001000))
+    hb, ha = read_header(before_up), read_header(after_west)
+    grid, overlap = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    assert grid.shape == (1000, 500)
+    assert grid.transform == hb.grid.transform  # the same corner, still south-up
+    assert overlap == pytest.approx(0.5)
+
+
+def test_windowed_run_of_a_south_up_before_scene_equals_the_whole_run(
+        tmp_path: Path) -> None:
+    from .conftest import write_geotiff
+
+    with rasterio.open(FIXTURE / "before.tif") as src:
+        data, t, crs = src.read(), src.transform, src.crs.to_string()
+    flipped = write_geotiff(tmp_path / "before_up.tif", data[:, ::-1].copy(), crs,
+                            Affine(t.a, 0, t.c, 0, -t.e, t.f + t.e * src.height))
+    after = FIXTURE / "after.tif"
+    whole = run_detection(flipped, after, DetectOptions(window_px=None))
+    windowed = run_detection(flipped, after, DetectOptions(window_px=512))
+    assert windowed.summary["parameters"]["windows"]["n"] == 9
+    assert len(whole.buildings) == 3
+    assert sorted(round(b.area_m2) for b in windowed.buildings) == \
+        sorted(round(b.area_m2) for b in whole.buildings)
