@@ -181,7 +181,12 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     return bands
 
 
-def _grid_of(ds: rasterio.io.DatasetReader, path: str) -> Grid:
+#: Ground control points that an affine misses by more than this (pixels) are named.
+GCP_AFFINE_TOLERANCE_PX = 1.0
+
+
+def _grid_of(ds: rasterio.io.DatasetReader, path: str, warn: bool = True) -> Grid:
+    """The scene's grid: its geotransform, or an affine fitted to its GCPs."""
     transform = ds.transform
     crs = ds.crs
     if transform.is_identity or transform.determinant == 0:
@@ -189,6 +194,21 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str) -> Grid:
         if gcps and gcp_crs is not None:
             transform = rasterio.transform.from_gcps(gcps)
             crs = gcp_crs
+            to_px = ~transform
+            miss = max(math.hypot(*(np.subtract(to_px @ (g.x, g.y), (g.col, g.row))))
+                       for g in gcps)
+            if warn and miss > GCP_AFFINE_TOLERANCE_PX:
+                logger.warning(
+                    "%s: its %d ground control points are read as one affine transform, "
+                    "which misses some by %.1f px; for accurate positions and areas "
+                    "warp it first, e.g. `gdalwarp -tps -t_srs EPSG:XXXX in.tif out.tif`",
+                    path, len(gcps), miss)
+        elif ds.rpcs is not None:
+            raise InputError(
+                path,
+                "has RPCs but no geotransform; orthorectify it first, e.g. "
+                "`gdalwarp -rpc -to RPC_DEM=dem.tif -t_srs EPSG:XXXX in.tif out.tif`",
+            )
         else:
             raise InputError(
                 path,
@@ -249,7 +269,7 @@ def _read_bands(
         # A nodata value wins over an alpha band: that is the mask we want.
         warnings.simplefilter("ignore", NodataShadowWarning)
         with rasterio.open(path) as ds:
-            grid = _grid_of(ds, path)
+            grid = _grid_of(ds, path, warn)
             chosen, nir_index = _chosen_bands(ds, path, bands, nir_band, warn)
             try:
                 data = ds.read(list(chosen), out_dtype="float32")

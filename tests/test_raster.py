@@ -60,6 +60,44 @@ def test_refuses_ungeoreferenced(geotiff, textured_image, kwargs, message):
     assert str(path) in str(info.value)
 
 
+def test_rpc_only_scene_is_told_to_be_orthorectified(geotiff, textured_image):
+    """RPCs are a camera model, not a georeference: the advice to set corner
+    coordinates would mislead."""
+    from rasterio.rpc import RPC
+
+    path = geotiff("rpc.tif", textured_image(), crs=None, transform=None)
+    with rasterio.open(path, "r+") as ds:
+        ds.rpcs = RPC(height_off=0, height_scale=100, lat_off=39.07, lat_scale=0.006,
+                      line_den_coeff=[1] + [0] * 19, line_num_coeff=[0, 0, -1] + [0] * 17,
+                      line_off=100, line_scale=100, long_off=125.79, long_scale=0.007,
+                      samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18,
+                      samp_off=100, samp_scale=100)
+    with pytest.raises(InputError, match="has RPCs but no geotransform; orthorectify"):
+        read_scene(path)
+
+
+def test_ground_control_points_that_no_affine_fits_are_named(geotiff, textured_image,
+                                                               caplog):
+    from rasterio.control import GroundControlPoint
+
+    def with_gcps(name, bend):
+        path = geotiff(name, textured_image(), crs=None, transform=None)
+        points = [GroundControlPoint(row=r, col=c, x=500000 + 0.5 * c + bend * (r / 200) ** 2,
+                                     y=4320000 - 0.5 * r)
+                  for r in (0, 100, 200) for c in (0, 100, 200)]
+        with rasterio.open(path, "r+") as ds:
+            ds.gcps = (points, rasterio.crs.CRS.from_epsg(32651))
+        return path
+
+    caplog.set_level("WARNING", logger="changedet")
+    flat = read_scene(with_gcps("flat.tif", 0.0))
+    assert flat.grid.pixel_size == pytest.approx((0.5, 0.5))
+    assert not caplog.records
+    read_scene(with_gcps("bent.tif", 4.0))  # 8 px off at the bottom row
+    assert len(caplog.records) == 1 and "bent.tif" in caplog.text
+    assert "9 ground control points are read as one affine" in caplog.text
+
+
 def test_refuses_missing_and_non_raster(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         read_scene(tmp_path / "missing.tif")
