@@ -420,6 +420,13 @@ def read_header(
                  chosen, nir_index, tags)
 
 
+def _open_for_windows(path: str) -> rasterio.io.DatasetReader:
+    """Open ``path`` for :func:`read_region`, its overviews hidden: a decimated read
+    must average the file's own pixels, whatever resampling its overviews were built
+    with (cubic overviews made two windows see one building differently)."""
+    return rasterio.open(path, OVERVIEW_LEVEL="NONE")
+
+
 class OpenDatasets:
     """Datasets kept open for many reads, one handle per path and thread.
 
@@ -439,7 +446,7 @@ class OpenDatasets:
         handles = self._local.__dict__.setdefault("handles", {})
         ds = handles.get(path)
         if ds is None:
-            ds = rasterio.open(path)
+            ds = _open_for_windows(path)
             handles[path] = ds
             with self._lock:
                 self._opened.append(ds)
@@ -472,8 +479,9 @@ def read_region(
     interpolation kernel), so that any window of the analysis grid costs memory in
     proportion to its own size. The values are those :func:`warp_scene` gives for
     the whole scene, since each output pixel depends only on source pixels within
-    the kernel. When ``grid`` is coarser than the source, a decimated read (GDAL's
-    averaging, or the file's overviews) stands in for the full-resolution pixels.
+    the kernel. When ``grid`` is much coarser than the source, the source's pixels
+    averaged over whole blocks (one lattice of blocks for the scene; never the file's
+    overviews) stand in for them.
 
     Parameters
     ----------
@@ -516,20 +524,29 @@ def read_region(
     r0 = max(0, int(math.floor(min(rows) - pad)))
     c1 = min(src.width, int(math.ceil(max(cols) + pad)))
     r1 = min(src.height, int(math.ceil(max(rows) + pad)))
+    # A source much finer than the grid is read averaged over blocks of ``factor``
+    # pixels a side, on one lattice of blocks for the whole scene: every window that
+    # reads a block gets the same average, as the windows must see the same pixels
+    # where they overlap. (A partial block at the source's far edge is left out.)
+    factor = int(math.floor(scale)) if scale > 1.5 and resample else 1
+    if factor > 1:
+        c0, r0 = c0 // factor * factor, r0 // factor * factor
+        c1 = min(-(-c1 // factor) * factor, src.width // factor * factor)
+        r1 = min(-(-r1 // factor) * factor, src.height // factor * factor)
     nb = len(header.bands)
     if c1 <= c0 or r1 <= r0:
         return replace(header, image=np.zeros((nb, h_dst, w_dst), np.float32),
                        valid=np.zeros((h_dst, w_dst), bool), grid=grid)
     out_shape = None
-    if scale > 1.5 and resample:
-        out_shape = (nb, max(1, int(round((r1 - r0) / scale))), max(1, int(round((c1 - c0) / scale))))
+    if factor > 1:
+        out_shape = (nb, (r1 - r0) // factor, (c1 - c0) // factor)
     window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             warnings.simplefilter("ignore", NodataShadowWarning)
             opened = (contextlib.nullcontext(datasets.get(header.path)) if datasets is not None
-                      else rasterio.open(header.path))
+                      else _open_for_windows(header.path))
             with opened as ds:
                 kw = {} if out_shape is None else {"out_shape": out_shape,
                                                    "resampling": Resampling.average}
@@ -542,8 +559,8 @@ def read_region(
     valid = _valid_and_zeroed(data, masks)
     chip_grid = src.window(r0, c0, r1 - r0, c1 - c0)
     if out_shape is not None:
-        chip_grid = Grid(src.crs, chip_grid.transform @ Affine.scale(
-            (c1 - c0) / out_shape[2], (r1 - r0) / out_shape[1]), out_shape[1], out_shape[2])
+        chip_grid = Grid(src.crs, chip_grid.transform @ Affine.scale(factor),
+                         out_shape[1], out_shape[2])
     chip = replace(header, image=data, valid=valid, grid=chip_grid)
     if resample:
         return warp_scene(chip, grid, correction)

@@ -658,3 +658,43 @@ def test_windowed_run_of_a_south_up_before_scene_equals_the_whole_run(
     assert len(whole.buildings) == 3
     assert sorted(round(b.area_m2) for b in windowed.buildings) == \
         sorted(round(b.area_m2) for b in whole.buildings)
+
+
+def test_a_finer_after_scene_reads_the_same_in_every_window_whatever_its_overviews(
+        tmp_path: Path) -> None:
+    """An after scene at half the before scene's pixel is read decimated. Windows
+    read it with ratios a little apart, so that GDAL took its cubic overviews for some
+    and averaged the full pixels for others: one residence came out twice, 99 %
+    overlapping (27,380 m² for a site of 13,700)."""
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    from .conftest import write_geotiff
+
+    with rasterio.open(FIXTURE / "before.tif") as src:
+        before, t, crs = src.read(), src.transform, src.crs.to_string()
+    with rasterio.open(FIXTURE / "after.tif") as src:
+        after = src.read()
+    crop_t = t @ Affine.translation(200, 150)
+    before_path = write_geotiff(tmp_path / "before.tif", before[:, 150:550, 200:800].copy(),
+                                crs, crop_t)
+    fine_t = Affine(0.5, 0, crop_t.c - 20, 0, -0.5, crop_t.f + 20)
+    fine = np.zeros((3, 880, 1280), np.uint8)
+    reproject(after, fine, src_transform=t, src_crs=crs, dst_transform=fine_t, dst_crs=crs,
+              resampling=Resampling.cubic)
+    plain = write_geotiff(tmp_path / "after.tif", fine, crs, fine_t)
+    with_overviews = write_geotiff(tmp_path / "after_ovr.tif", fine, crs, fine_t)
+    with rasterio.open(with_overviews, "r+") as ds:
+        ds.build_overviews([2, 4], Resampling.cubic)
+
+    def areas(after_path: Path, window_px: int | None) -> list[int]:
+        result = run_detection(before_path, after_path, DetectOptions(window_px=window_px))
+        return sorted(round(b.area_m2) for b in result.buildings)
+
+    windowed = areas(with_overviews, 256)
+    assert windowed == areas(plain, 256)
+    whole = areas(plain, None)
+    assert len(whole) == 2 and len(windowed) == 2
+    # The whole-scene path warps the full pixels, the windows their block averages:
+    # the same buildings, within 0.2 % (0.1 % measured).
+    assert windowed == pytest.approx(whole, rel=2e-3)
