@@ -401,7 +401,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                opts: DetectOptions, stage: _StageClock) -> DetectionResult:
     """The whole scene in memory at once."""
     from .change import detect_new_buildings
-    from .raster import align_pair, check_not_blank, read_scene
+    from .raster import align_pair, check_not_blank, check_not_identical, read_scene
     from .vectorize import labels_at_edge, polygons_from_labels
 
     # run_detection read the headers, and warned about their bands, already.
@@ -411,6 +411,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
         check_not_blank(scene)
     stage("aligning")
     pair = align_pair(scene_b, scene_a)
+    check_not_identical(pair.before, pair.after)
     grid = pair.grid
     aoi = None
     if opts.aoi is not None:

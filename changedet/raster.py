@@ -379,6 +379,25 @@ def check_not_blank(scene: Scene) -> None:
                                      "its nodata value if that is what it is")
 
 
+def check_not_identical(before: Scene, after: Scene) -> None:
+    """Raise InputError when two scenes on one grid hold the same values on every
+    pixel valid in both.
+
+    One scene given as both dates (through a VRT, a ``vrt://`` path or a copy, which
+    no comparison of paths catches) would find nothing new, and "no new building"
+    reads as a refuted claim.
+
+    Parameters
+    ----------
+    before, after : Scene
+        On one grid: ``image`` (B, H, W), ``valid`` (H, W).
+    """
+    common = before.valid & after.valid
+    if common.any() and np.array_equal(before.image[:, common], after.image[:, common]):
+        raise InputError(after.path, f"holds the same pixels as {before.path} wherever "
+                                     "both have data: give the scene of the other date")
+
+
 def _check_path(path: str) -> None:
     if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
         raise InputError(path, "no such file")

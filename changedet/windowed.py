@@ -52,8 +52,8 @@ from .change import (DetectionParams, SceneStatistics, _dilate_disk, detect_new_
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
-from .raster import (Grid, OpenDatasets, Scene, check_not_blank, crop_scene, read_region,
-                     valid_box)
+from .raster import (Grid, OpenDatasets, Scene, check_not_blank, check_not_identical,
+                     crop_scene, read_region, valid_box)
 from .vectorize import labels_at_edge
 
 #: Core window side in pixels, by default.
@@ -710,6 +710,8 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         everywhere = np.ones((1, fit_b.shape[1]), bool)
         for header, values in ((before, fit_b), (after, fit_a)):
             check_not_blank(replace(header, image=values[:, None, :], valid=everywhere))
+        check_not_identical(replace(before, image=fit_b[:, None, :], valid=everywhere),
+                            replace(after, image=fit_a[:, None, :], valid=everywhere))
         fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
                              np.ones((1, fit_b.shape[1]), bool), keep_weight=False,
                              workers=workers)

@@ -155,6 +155,28 @@ def test_the_same_file_twice_is_refused(scenes: dict[str, Path], tmp_path: Path)
         assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("window_px", ["65536", "256"])
+def test_a_copy_of_one_scene_as_the_other_date_is_refused(
+        scenes: dict[str, Path], tmp_path: Path, window_px: str) -> None:
+    """A VRT, a vrt:// path or a copy of the before scene is no other path's file,
+    but it holds the same pixels: refused in whole-scene and windowed runs."""
+    import shutil
+
+    import rasterio.shutil
+
+    vrt = tmp_path / "before.vrt"
+    rasterio.shutil.copy(scenes["before"], vrt, driver="VRT")
+    copy = shutil.copy(scenes["before"], tmp_path / "copy.tif")
+    for after in (str(vrt), f"vrt://{scenes['before']}", str(copy)):
+        result = _run("-q", "detect", str(scenes["before"]), after, "-o",
+                      str(tmp_path / "o"), "--window-px", window_px)
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines() == [
+            f"Error: {after}: holds the same pixels as {scenes['before']} wherever both "
+            "have data: give the scene of the other date"]
+        assert not (tmp_path / "o").exists()
+
+
 def test_full_disk_leaves_outdir(scenes: dict[str, Path], tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from changedet import outputs
