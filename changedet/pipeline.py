@@ -397,6 +397,20 @@ def _same_local_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bo
         return False
 
 
+#: Below this share of the before scene covered by the after scene, the run says so.
+PARTIAL_OVERLAP = 0.9
+
+
+def _warn_partial_overlap(before: str | os.PathLike[str], after: str | os.PathLike[str],
+                          fraction: float) -> None:
+    """Warn that buildings beyond the overlap cannot be found: a claimed site there
+    is reported "not found", which is no evidence against the claim."""
+    if fraction < PARTIAL_OVERLAP:
+        logger.warning("%s covers only %.0f %% of %s: buildings outside the overlap cannot "
+                       "be found, and a claimed site there is reported as not found",
+                       os.fspath(after), 100 * fraction, os.fspath(before))
+
+
 def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                opts: DetectOptions, stage: _StageClock) -> DetectionResult:
     """The whole scene in memory at once."""
@@ -412,6 +426,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     stage("aligning")
     pair = align_pair(scene_b, scene_a)
     check_not_identical(pair.before, pair.after)
+    _warn_partial_overlap(before, after, pair.overlap_fraction)
     grid = pair.grid
     aoi = None
     if opts.aoi is not None:
@@ -582,6 +597,7 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
     check_same_bands(header_b, header_a)
     stage("aligning")
     grid, overlap = _overlap_grid(full_grid, header_b, header_a)
+    _warn_partial_overlap(header_b.path, header_a.path, overlap)
     resample_before = full_grid != header_b.grid
     aoi = None
     if opts.aoi is not None:

@@ -177,6 +177,31 @@ def test_a_copy_of_one_scene_as_the_other_date_is_refused(
         assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("window_px", ["65536", "256"])
+def test_an_after_scene_covering_part_of_the_before_scene_is_named(
+        scenes: dict[str, Path], tmp_path: Path, window_px: str) -> None:
+    """A claimed site outside the after scene is "not found", which is no evidence
+    against the claim: the run says how much of the before scene was looked at."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(scenes["after"]) as src:
+        part = Window(0, 0, int(src.width * 0.4), src.height)
+        profile = src.profile | {"width": part.width}  # the same corner
+        data = src.read(window=part)
+    after = tmp_path / "after_west.tif"
+    with rasterio.open(after, "w", **profile) as dst:
+        dst.write(data)
+    result = _run("detect", str(scenes["before"]), str(after), "-o", str(tmp_path / "o"),
+                  "--window-px", window_px)
+    assert result.exit_code == 0, result.output
+    assert (f"changedet: {after} covers only 40 % of {scenes['before']}: buildings outside "
+            "the overlap cannot be found") in result.stderr
+    whole = _run("detect", str(scenes["before"]), str(scenes["after"]), "-o",
+                 str(tmp_path / "o2"), "--window-px", window_px)
+    assert "covers only" not in whole.stderr
+
+
 def test_full_disk_leaves_outdir(scenes: dict[str, Path], tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from changedet import outputs
