@@ -160,7 +160,8 @@ class DetectOptions:
     Attributes
     ----------
     bands : tuple of int or None
-        1-based bands (same for both scenes); default the first three.
+        1-based bands (same for both scenes); default: those tagged red, green, blue,
+        else the first three that are not alpha.
     nir_band : int or None
         1-based near-infrared band, when the scenes have one.
     coreg : str

@@ -227,15 +227,21 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
                   nir_band: int | None, warn: bool = True) -> tuple[tuple[int, ...], int | None]:
     """The 1-based bands to read and the index of the near-infrared one among them.
 
-    An alpha band is the file's mask, not data: the default takes the first three
-    bands that are not alpha (a grey + alpha file gives its grey band). A band asked
+    By default, the bands tagged red, green and blue, in that order, when the file
+    tags each once (a BGR or BGRN delivery is then read as RGB, as the other date
+    may be); otherwise the first three bands that are not alpha: an alpha band is the
+    file's mask, not data (a grey + alpha file gives its grey band). A band asked
     for by number is read even if tagged alpha, with a warning: GDAL tags the fourth
     band of a four-band RGB GeoTIFF alpha unless told otherwise, and that band is
     often a near-infrared one.
     """
-    alpha = {k + 1 for k, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha}
+    colours = list(ds.colorinterp)
+    alpha = {k + 1 for k, ci in enumerate(colours) if ci == ColorInterp.alpha}
+    rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
     if bands:
         chosen = tuple(bands)
+    elif all(colours.count(ci) == 1 for ci in rgb):
+        chosen = tuple(colours.index(ci) + 1 for ci in rgb)
     else:
         chosen = tuple([b for b in range(1, ds.count + 1) if b not in alpha][:3])
         if not chosen:
@@ -296,7 +302,8 @@ def read_scene(
     path : str or path-like
         Anything GDAL opens (GeoTIFF, JP2, VRT, ``/vsicurl/`` URLs...).
     bands : sequence of int, optional
-        1-based bands to use, in order. Default: the first three that are not alpha
+        1-based bands to use, in order. Default: the bands tagged red, green and blue
+        when the file tags each once; otherwise the first three that are not alpha
         (or fewer if the file has fewer).
     nir_band : int, optional
         1-based near-infrared band; appended to ``bands`` when not already in them.

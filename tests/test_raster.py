@@ -194,6 +194,22 @@ def test_an_alpha_band_is_not_taken_for_data_by_default(tmp_path, textured_image
     assert any("band 2 is tagged alpha" in r.getMessage() for r in caplog.records)
 
 
+def test_bands_tagged_blue_green_red_are_read_as_red_green_blue(geotiff):
+    """A BGRN delivery paired with an RGB one compared blue with red by default."""
+    from rasterio.enums import ColorInterp as C
+
+    planes = np.stack([np.full((64, 64), v, np.uint8) for v in (10, 20, 30, 40)])
+    tagged = geotiff("bgrn.tif", planes)
+    with rasterio.open(tagged, "r+") as ds:
+        ds.colorinterp = [C.blue, C.green, C.red, C.undefined]
+    scene = read_scene(tagged)
+    assert scene.bands == (3, 2, 1) and read_header(tagged).bands == (3, 2, 1)
+    assert scene.image[:, 0, 0].tolist() == [30, 20, 10]
+    # Untagged bands, and bands named on the command line, are read as numbered.
+    assert read_scene(geotiff("plain.tif", planes)).bands == (1, 2, 3)
+    assert read_scene(tagged, bands=(1, 2, 3)).bands == (1, 2, 3)
+
+
 def test_parse_bands():
     assert parse_bands("3,2,1") == (3, 2, 1)
     assert parse_bands(None) is None

@@ -21,7 +21,9 @@ from .options import echo_json, handle_errors
               help="GeoTIFF to write: the after scene on the before scene's analysis grid.")
 @click.option("--coreg", "method", type=click.Choice(["global", "local", "none"]),
               default="global", show_default=True, help="Co-registration model.")
-@click.option("--bands", default=None, help="1-based bands to use, e.g. 3,2,1 (default: the first three not alpha).")
+@click.option("--bands", default=None,
+              help="1-based bands to use, e.g. 3,2,1 (default: those tagged red, green, "
+                   "blue, else the first three not alpha).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @verbosity_options
 @handle_errors

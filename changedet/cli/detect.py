@@ -93,7 +93,8 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
 @click.option("--aoi", type=click.Path(dir_okay=False), default=None,
               help="Analyse only inside these polygons (any vector format, any CRS).")
 @click.option("--bands", default=None, metavar="LIST",
-              help="1-based bands to use, e.g. 3,2,1 (default: the first three not alpha).")
+              help="1-based bands to use, e.g. 3,2,1, for both dates (default: those tagged red, "
+                   "green, blue, else the first three not alpha).")
 @click.option("--nir-band", type=click.IntRange(1, None), default=None,
               help="1-based near-infrared band, if the scenes have one.")
 @click.option("--coreg", type=click.Choice(["global", "local", "none"]), default="global",
