@@ -13,7 +13,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import rasterio
@@ -185,6 +185,24 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 GCP_AFFINE_TOLERANCE_PX = 1.0
 
 
+def _affine_from_gcps(gcps: Sequence[Any]) -> Affine | None:
+    """The least-squares affine from pixel (col, row) to (x, y) through ground control
+    points, or None when they do not span an area (fewer than three, or on a line).
+
+    (rasterio's ``from_gcps`` returns uninitialised memory when GDAL's fit fails.)
+    """
+    px = np.array([[g.col, g.row, 1.0] for g in gcps], float)
+    xy = np.array([[g.x, g.y] for g in gcps], float)
+    if len(gcps) < 3 or not (np.isfinite(px).all() and np.isfinite(xy).all()):
+        return None
+    # Rank from the centred pixel coordinates: three points on a line are rank 1.
+    if np.linalg.matrix_rank(px[:, :2] - px[:, :2].mean(axis=0)) < 2:
+        return None
+    coef = np.linalg.lstsq(px, xy, rcond=None)[0]
+    transform = Affine(*coef[:, 0], *coef[:, 1])
+    return transform if transform.determinant != 0 else None
+
+
 def _grid_of(ds: rasterio.io.DatasetReader, path: str, warn: bool = True) -> Grid:
     """The scene's grid: its geotransform, or an affine fitted to its GCPs."""
     transform = ds.transform
@@ -192,8 +210,11 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str, warn: bool = True) -> Gri
     if transform.is_identity or transform.determinant == 0:
         gcps, gcp_crs = ds.gcps
         if gcps and gcp_crs is not None:
-            transform = rasterio.transform.from_gcps(gcps)
+            transform = _affine_from_gcps(gcps)
             crs = gcp_crs
+            if transform is None:
+                raise InputError(path, f"its {len(gcps)} ground control points do not "
+                                       "span an area; georeference it another way")
             to_px = ~transform
             miss = max(math.hypot(*(np.subtract(to_px @ (g.x, g.y), (g.col, g.row))))
                        for g in gcps)

@@ -93,9 +93,17 @@ def test_ground_control_points_that_no_affine_fits_are_named(geotiff, textured_i
     flat = read_scene(with_gcps("flat.tif", 0.0))
     assert flat.grid.pixel_size == pytest.approx((0.5, 0.5))
     assert not caplog.records
-    read_scene(with_gcps("bent.tif", 4.0))  # 8 px off at the bottom row
+    read_scene(with_gcps("bent.tif", 4.0))  # 8 px bent; the best affine misses 1.3
     assert len(caplog.records) == 1 and "bent.tif" in caplog.text
     assert "9 ground control points are read as one affine" in caplog.text
+
+    # Points on one line span no area: no affine, and no traceback either.
+    line = geotiff("line.tif", textured_image(), crs=None, transform=None)
+    with rasterio.open(line, "r+") as ds:
+        ds.gcps = ([GroundControlPoint(row=k, col=k, x=500000 + k, y=4320000 - k)
+                    for k in (0, 50, 100)], rasterio.crs.CRS.from_epsg(32651))
+    with pytest.raises(InputError, match="ground control points do not span an area"):
+        read_scene(line)
 
 
 def test_refuses_missing_and_non_raster(tmp_path):
