@@ -202,6 +202,24 @@ def test_an_after_scene_covering_part_of_the_before_scene_is_named(
     assert "covers only" not in whole.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+@pytest.mark.parametrize("command", ["detect", "demo", "synth"])
+def test_an_outdir_that_is_a_file_or_a_device_is_a_usage_error(
+        scenes: dict[str, Path], tmp_path: Path, command: str) -> None:
+    """A regular file was a usage error (status 2) but /dev/null went on to fail
+    with status 1; the README promises 2 for both."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("mine")
+    for outdir in (str(plain), "/dev/null"):
+        args = {"detect": ["detect", str(scenes["before"]), str(scenes["after"]), "-o", outdir],
+                "demo": ["demo", "-o", outdir],
+                "synth": ["synth", outdir, "--scenario", "none"]}[command]
+        result = _run(*args)
+        assert result.exit_code == 2, result.output
+        assert "not a folder" in result.stderr or "is a file" in result.stderr
+    assert plain.read_text() == "mine"
+
+
 def test_full_disk_leaves_outdir(scenes: dict[str, Path], tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from changedet import outputs

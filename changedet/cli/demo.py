@@ -8,7 +8,7 @@ import click
 
 from ..errors import InputError
 from .detect import apply_verbosity, progress_bar, verbosity_options
-from .options import handle_errors
+from .options import FolderPath, handle_errors
 
 #: The fixture's claim: "three new residences of about 13,000 m² each".
 DEMO_CLAIM_M2 = 13000.0
@@ -33,7 +33,7 @@ def fixture_pair() -> tuple[Path, Path]:
 
 
 @click.command()
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--output", "outdir", type=FolderPath(), default=None,
               help="Keep the outputs in this folder (default: a temporary one, removed).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options

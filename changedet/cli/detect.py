@@ -13,7 +13,7 @@ from ..pipeline import (CLAIM_BASES, CLAIM_M2_RANGE, CLAIM_SITES_RANGE, DETECTOR
                         MIN_AREA_M2_RANGE, SITE_GAP_M_RANGE, WINDOW_PX_RANGE,
                         WORKERS_RANGE)
 from ..windowed import DEFAULT_WINDOW_PX
-from .options import FiniteFloatRange, configure_logging, handle_errors
+from .options import FiniteFloatRange, FolderPath, configure_logging, handle_errors
 
 
 def verbosity_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,7 +88,7 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
 @click.command()
 @click.argument("before", type=click.Path(dir_okay=False))
 @click.argument("after", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--output", "outdir", required=True, type=FolderPath(),
               help="Output folder (created; refused if not empty without --overwrite).")
 @click.option("--aoi", type=click.Path(dir_okay=False), default=None,
               help="Analyse only inside these polygons (any vector format, any CRS).")

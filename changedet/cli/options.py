@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from typing import Any, Callable, TypeVar
@@ -26,6 +27,22 @@ class FiniteFloatRange(click.FloatRange):
         rv = super().convert(value, param, ctx)
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+class FolderPath(click.Path):
+    """``click.Path`` for an output folder: anything that exists and is not a folder
+    is a usage error. (``click.Path(file_okay=False)`` refuses regular files only; a
+    device such as ``/dev/null`` or a FIFO went on to fail later with status 1.)"""
+
+    def __init__(self) -> None:
+        super().__init__(file_okay=False)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if os.path.exists(rv) and not os.path.isdir(rv):
+            self.fail(f"{click.format_filename(rv)!r} exists and is not a folder.", param, ctx)
         return rv
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from .detect import apply_verbosity, verbosity_options
-from .options import FiniteFloatRange, echo_json, handle_errors
+from .options import FiniteFloatRange, FolderPath, echo_json, handle_errors
 
 
 @click.command()
-@click.argument("outdir", type=click.Path(file_okay=False))
+@click.argument("outdir", type=FolderPath())
 @click.option("--scenario", type=click.Choice(["compound", "suburb", "none", "demolition"]),
               default="compound", show_default=True, help="What the scene contains.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
