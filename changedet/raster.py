@@ -467,13 +467,6 @@ def read_header(
                  chosen, nir_index, tags)
 
 
-def _open_for_windows(path: str) -> rasterio.io.DatasetReader:
-    """Open ``path`` for :func:`read_region`, its overviews hidden: a decimated read
-    must average the file's own pixels, whatever resampling its overviews were built
-    with (cubic overviews made two windows see one building differently)."""
-    return rasterio.open(path, OVERVIEW_LEVEL="NONE")
-
-
 class OpenDatasets:
     """Datasets kept open for many reads, one handle per path and thread.
 
@@ -493,7 +486,7 @@ class OpenDatasets:
         handles = self._local.__dict__.setdefault("handles", {})
         ds = handles.get(path)
         if ds is None:
-            ds = _open_for_windows(path)
+            ds = rasterio.open(path)
             handles[path] = ds
             with self._lock:
                 self._opened.append(ds)
@@ -584,30 +577,27 @@ def read_region(
     if c1 <= c0 or r1 <= r0:
         return replace(header, image=np.zeros((nb, h_dst, w_dst), np.float32),
                        valid=np.zeros((h_dst, w_dst), bool), grid=grid)
-    out_shape = None
-    if factor > 1:
-        out_shape = (nb, (r1 - r0) // factor, (c1 - c0) // factor)
     window = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             warnings.simplefilter("ignore", NodataShadowWarning)
             opened = (contextlib.nullcontext(datasets.get(header.path)) if datasets is not None
-                      else _open_for_windows(header.path))
+                      else rasterio.open(header.path))
             with opened as ds:
-                kw = {} if out_shape is None else {"out_shape": out_shape,
-                                                   "resampling": Resampling.average}
-                data = ds.read(list(header.bands), window=window, out_dtype="float32", **kw)
-                masks = _pixel_rule(ds, header.bands, ds.read_masks(
-                    list(header.bands), window=window,
-                    **({} if out_shape is None else {"out_shape": out_shape})))
+                if factor == 1:
+                    data = ds.read(list(header.bands), window=window, out_dtype="float32")
+                    masks = _pixel_rule(ds, header.bands,
+                                        ds.read_masks(list(header.bands), window=window))
+                    valid = _valid_and_zeroed(data, masks)
+                else:
+                    data, valid = _block_means(ds, header.bands, window, factor)
     except (RasterioError, ValueError) as exc:
         raise InputError(header.path, f"file is truncated or corrupt ({_first_line(exc)})") from exc
-    valid = _valid_and_zeroed(data, masks)
     chip_grid = src.window(r0, c0, r1 - r0, c1 - c0)
-    if out_shape is not None:
+    if factor > 1:
         chip_grid = Grid(src.crs, chip_grid.transform @ Affine.scale(factor),
-                         out_shape[1], out_shape[2])
+                         data.shape[1], data.shape[2])
     chip = replace(header, image=data, valid=valid, grid=chip_grid)
     if resample:
         return warp_scene(chip, grid, correction)
@@ -615,6 +605,44 @@ def read_region(
     if grid.crs != src.crs or not correction.is_identity or row > 0 or col > 0:
         raise ValueError("resample=False needs a window on the source's own pixel lattice")
     return crop_scene(chip, -row, -col, h_dst, w_dst)
+
+
+#: Rows of block means computed per read in :func:`_block_means` (bounds the memory
+#: of a read of a source many times finer than the grid).
+BLOCK_ROWS = 128
+
+
+def _block_means(ds: rasterio.io.DatasetReader, bands: Sequence[int],
+                 window: rasterio.windows.Window, factor: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Means of ``factor`` x ``factor`` blocks of the file's own pixels over ``window``.
+
+    Computed here rather than by GDAL's decimated read, which may take the file's
+    overviews (or a VRT source's) for some reads and not others, and whose
+    choice then made two windows see one building differently. A block is valid
+    only when all its pixels are.
+
+    Returns
+    -------
+    (B, H // factor, W // factor) ndarray of float32, and its (H', W') valid mask
+    """
+    h, w = int(window.height) // factor, int(window.width) // factor
+    data = np.zeros((len(bands), h, w), np.float32)
+    valid = np.zeros((h, w), bool)
+    for i0 in range(0, h, BLOCK_ROWS):
+        i1 = min(h, i0 + BLOCK_ROWS)
+        part = rasterio.windows.Window(window.col_off, window.row_off + i0 * factor,
+                                       w * factor, (i1 - i0) * factor)
+        block = ds.read(list(bands), window=part, out_dtype="float32")
+        ok = _valid_and_zeroed(block, _pixel_rule(ds, bands,
+                                                  ds.read_masks(list(bands), window=part)))
+        shape = (i1 - i0, factor, w, factor)
+        v = ok.reshape(shape).all(axis=(1, 3))
+        d = block.reshape((len(bands),) + shape).mean(axis=(2, 4), dtype=np.float64)
+        d[:, ~v] = 0.0
+        data[:, i0:i1] = d
+        valid[i0:i1] = v
+    return data, valid
 
 
 def _first_line(exc: BaseException) -> str:

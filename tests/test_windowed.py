@@ -693,6 +693,13 @@ def test_a_finer_after_scene_reads_the_same_in_every_window_whatever_its_overvie
 
     windowed = areas(with_overviews, 256)
     assert windowed == areas(plain, 256)
+    # Through a VRT, GDAL's decimated reads took the source's overviews even with
+    # the VRT's own hidden.
+    from rasterio.shutil import copy as copy_dataset
+
+    vrt = tmp_path / "after_ovr.vrt"
+    copy_dataset(with_overviews, vrt, driver="VRT")
+    assert areas(vrt, 256) == windowed
     whole = areas(plain, None)
     assert len(whole) == 2 and len(windowed) == 2
     # The whole-scene path warps the full pixels, the windows their block averages:
