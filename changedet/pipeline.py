@@ -529,12 +529,14 @@ def _measure_standing(polygons: list[shapely.Geometry], grid: Grid, residual_px:
                              coreg_residual_px=residual_px, measure_crs=measured["crs"])
 
 
-def _footprint_px(source: Grid, grid: Grid, points_per_side: int = 21) -> shapely.Geometry:
+def _footprint_px(source: Grid, grid: Grid, points_per_side: int = 21,
+                  coarse: bool = False) -> shapely.Geometry:
     """The outline of ``source``'s pixels in ``grid``'s pixel coordinates (col, row).
 
     Each side is densified, so that a footprint from another CRS keeps its curved
     sides; either grid may be rotated or south-up (their corners, not their bounds,
-    are carried over).
+    are carried over). ``coarse``: the box of GDAL's bounds instead, for footprints
+    that reach beyond the target CRS's domain (a continent in lon/lat over a UTM grid).
     """
     from rasterio.warp import transform
 
@@ -544,7 +546,18 @@ def _footprint_px(source: Grid, grid: Grid, points_per_side: int = 21) -> shapel
     rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
     xs, ys = source.transform @ (cols, rows)
     if source.crs != grid.crs:
-        xs, ys = (np.asarray(v) for v in transform(source.crs, grid.crs, xs, ys))
+        try:
+            if coarse:
+                raise ValueError("the bounds asked for")
+            xs, ys = (np.asarray(v) for v in transform(source.crs, grid.crs, xs, ys))
+        except Exception:  # noqa: BLE001 - PROJ refuses points beyond the target's domain
+            # GDAL's bounds, which skip such points: an outline coarser but safe.
+            from rasterio.warp import transform_bounds
+
+            left, bottom, right, top = transform_bounds(source.crs, grid.crs,
+                                                        *source.bounds, densify_pts=21)
+            xs = np.array([left, right, right, left])
+            ys = np.array([top, top, bottom, bottom])
     c, r = ~grid.transform @ (np.asarray(xs), np.asarray(ys))
     ok = np.isfinite(c) & np.isfinite(r)  # points beyond the target CRS's domain
     if ok.sum() < 3:
@@ -573,6 +586,9 @@ def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]
     whole = shapely.box(0, 0, grid.width, grid.height)
     before_px = _footprint_px(before.grid, grid).intersection(whole)
     shared = _footprint_px(after.grid, grid).intersection(before_px)
+    if shared.area < MIN_OVERLAP_PX**2 and after.grid.crs != grid.crs:
+        # An outline wrapped or cut by the target CRS's domain: GDAL's bounds instead.
+        shared = _footprint_px(after.grid, grid, coarse=True).intersection(before_px)
     row0 = col0 = row1 = col1 = 0
     if not shared.is_empty:
         c0, r0, c1, r1 = shared.bounds

@@ -705,3 +705,25 @@ def test_a_finer_after_scene_reads_the_same_in_every_window_whatever_its_overvie
     # The whole-scene path warps the full pixels, the windows their block averages:
     # the same buildings, within 0.2 % (0.1 % measured).
     assert windowed == pytest.approx(whole, rel=2e-3)
+
+
+@pytest.mark.parametrize("lons", [(-80.0, 100.0), (-180.0, 180.0)])
+def test_overlap_grid_of_an_after_scene_beyond_the_utm_domain(lons) -> None:
+    """A lon/lat after scene spanning half the world or all of it over a UTM before
+    scene: PROJ refuses or wraps the outline's far points ("internal error", or no
+    overlap at all); GDAL's bounds stand in."""
+    from types import SimpleNamespace
+
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    from changedet.raster import Grid
+
+    x, y = transform("EPSG:4326", "EPSG:32632", [9.0], [45.0])
+    before = SimpleNamespace(path="b.tif", grid=Grid(CRS.from_epsg(32632),
+                                                     Affine(1, 0, x[0], 0, -1, y[0]), 1000, 1000))
+    lon0, lon1 = lons
+    after = SimpleNamespace(path="a.tif", grid=Grid(CRS.from_epsg(4326), Affine(
+        (lon1 - lon0) / 1000, 0, lon0, 0, -0.1, 80), 1000, 1000))
+    grid, overlap = _overlap_grid(analysis_grid(before.grid), before, after)
+    assert grid.shape == (1000, 1000) and overlap == pytest.approx(1.0)
