@@ -420,10 +420,22 @@ def check_not_identical(before: Scene, after: Scene) -> None:
     before, after : Scene
         On one grid: ``image`` (B, H, W), ``valid`` (H, W).
     """
+    if same_pixels(before, after):
+        raise identical_scenes_error(before.path, after.path)
+
+
+def same_pixels(before: Scene, after: Scene) -> bool:
+    """Whether two scenes on one grid share a valid pixel, and hold the same values
+    on every pixel valid in both."""
     common = before.valid & after.valid
-    if common.any() and np.array_equal(before.image[:, common], after.image[:, common]):
-        raise InputError(after.path, f"holds the same pixels as {before.path} wherever "
-                                     "both have data: give the scene of the other date")
+    return bool(common.any()) and np.array_equal(before.image[:, common],
+                                                 after.image[:, common])
+
+
+def identical_scenes_error(before_path: str, after_path: str) -> InputError:
+    """The error for an after scene that holds the before scene's pixels."""
+    return InputError(after_path, f"holds the same pixels as {before_path} wherever "
+                                  "both have data: give the scene of the other date")
 
 
 def _check_path(path: str) -> None:

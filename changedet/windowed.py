@@ -52,8 +52,8 @@ from .change import (DetectionParams, SceneStatistics, _dilate_disk, detect_new_
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
-from .raster import (Grid, OpenDatasets, Scene, check_not_blank, check_not_identical,
-                     crop_scene, read_region, valid_box)
+from .raster import (Grid, OpenDatasets, Scene, check_not_blank, crop_scene,
+                     identical_scenes_error, read_region, same_pixels, valid_box)
 from .vectorize import labels_at_edge
 
 #: Core window side in pixels, by default.
@@ -637,6 +637,32 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                            datasets)
 
 
+def _check_not_identical(before: Scene, after: Scene, grid: Grid,
+                         read: Callable[[tuple[int, int, int, int]], tuple[Scene, Scene]],
+                         pool: ThreadPoolExecutor) -> None:
+    """:func:`changedet.raster.check_not_identical` over the whole grid, as read
+    before any co-registration (as the whole-scene path checks it).
+
+    The fit's strips are compared first; only when they hold the same pixels is the
+    rest of the grid read, tile by tile, until a tile differs.
+    """
+    def verdict(box: tuple[int, int, int, int]) -> bool | None:
+        """True: the tile's common pixels differ; False: the same; None: none."""
+        b, a = read(box)
+        return not same_pixels(b, a) if (b.valid & a.valid).any() else None
+
+    if any(list(pool.map(verdict, fit_patches(grid.shape)))):
+        return
+    seen_same = False
+    for box in sample_chips(grid.shape, CHIP_PX, grid.shape[0] * grid.shape[1]):
+        v = verdict(box)
+        if v:
+            return
+        seen_same |= v is False
+    if seen_same:
+        raise identical_scenes_error(before.path, after.path)
+
+
 def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                 resample_before: bool, params: DetectionParams, workers: int,
                 datasets: OpenDatasets) -> FirstPass:
@@ -710,8 +736,7 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         everywhere = np.ones((1, fit_b.shape[1]), bool)
         for header, values in ((before, fit_b), (after, fit_a)):
             check_not_blank(replace(header, image=values[:, None, :], valid=everywhere))
-        check_not_identical(replace(before, image=fit_b[:, None, :], valid=everywhere),
-                            replace(after, image=fit_a[:, None, :], valid=everywhere))
+        _check_not_identical(before, after, grid, read, pool)
         fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
                              np.ones((1, fit_b.shape[1]), bool), keep_weight=False,
                              workers=workers)

@@ -177,6 +177,33 @@ def test_a_copy_of_one_scene_as_the_other_date_is_refused(
         assert not (tmp_path / "o").exists()
 
 
+def test_an_after_scene_equal_to_the_before_scene_on_the_fit_strips_is_analysed(
+        scenes: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windowed runs first compare the radiometric fit's strips; equal there (a
+    mosaic refreshed in part), the scenes still differ elsewhere, and the whole-scene
+    path analyses them: so must the windowed one."""
+    import rasterio
+
+    from changedet import radiometry
+
+    monkeypatch.setattr(radiometry, "FIT_SAMPLE_PX", 20_000)  # strips, as on a large scene
+    with rasterio.open(scenes["before"]) as src:
+        before, profile = src.read(), src.profile
+        strips = radiometry.fit_patches((src.height, src.width))
+    with rasterio.open(scenes["after"]) as src:
+        after = src.read()
+    assert len(strips) == radiometry.MIN_FIT_STRIPS
+    for r0, _, r1, _ in strips:
+        after[:, r0:r1] = before[:, r0:r1]
+    mixed = tmp_path / "after_mixed.tif"
+    with rasterio.open(mixed, "w", **profile) as dst:
+        dst.write(after)
+    result = _run("-q", "detect", str(scenes["before"]), str(mixed), "-o",
+                  str(tmp_path / "o"), "--window-px", "256", "--coreg", "none")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "summary.json").exists()
+
+
 @pytest.mark.parametrize("window_px", ["65536", "256"])
 def test_an_after_scene_covering_part_of_the_before_scene_is_named(
         scenes: dict[str, Path], tmp_path: Path, window_px: str) -> None:
