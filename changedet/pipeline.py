@@ -605,6 +605,32 @@ def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]
     return cropped, float(min(1.0, shared.area / max(before_px.area, 1e-9)))
 
 
+def _windowed_overlap(full_grid: Grid, grid: Grid, before: Scene, resample_before: bool,
+                      both_valid_px: int) -> float:
+    """The share of the before scene's valid pixels that the after scene covers, as
+    the whole-scene path measures it, estimated on strips for a windowed run.
+
+    The pixels valid in both come from the fit's strips over the cropped ``grid``
+    (``both_valid_px``); the before scene's valid pixels from strips read alike over
+    the whole analysis grid ``full_grid``, beyond the crop included.
+    """
+    from .radiometry import fit_patches
+    from .raster import OpenDatasets, read_region
+
+    before_px = strip_px = 0
+    with OpenDatasets() as datasets:
+        for r0, c0, r1, c1 in fit_patches(full_grid.shape):
+            strip = read_region(before, full_grid.window(r0, c0, r1 - r0, c1 - c0),
+                                resample=resample_before, datasets=datasets)
+            before_px += int(strip.valid.sum())
+            strip_px += strip.valid.size
+    if before_px == 0:
+        return 0.0
+    crop_px = sum((r1 - r0) * (c1 - c0) for r0, c0, r1, c1 in fit_patches(grid.shape))
+    both = both_valid_px / max(crop_px, 1) * grid.height * grid.width
+    return float(min(1.0, both / (before_px / strip_px * full_grid.height * full_grid.width)))
+
+
 def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: DetectOptions,
                   stage: _StageClock) -> DetectionResult:
     """The scene in windows with a halo, from the statistics of a first pass."""
@@ -613,8 +639,7 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
 
     check_same_bands(header_b, header_a)
     stage("aligning")
-    grid, overlap = _overlap_grid(full_grid, header_b, header_a)
-    _warn_partial_overlap(header_b.path, header_a.path, overlap)
+    grid, _ = _overlap_grid(full_grid, header_b, header_a)
     resample_before = full_grid != header_b.grid
     aoi = None
     if opts.aoi is not None:
@@ -629,14 +654,14 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
         # window would fill it in proportion to the scene. A small one keeps memory
         # bounded by the windows.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
-            return _detect_in_windows(header_b, header_a, grid, overlap, resample_before,
+            return _detect_in_windows(header_b, header_a, full_grid, grid, resample_before,
                                       aoi, runner, opts, stage)
     finally:
         if isinstance(runner, DaskRunner):
             runner.close()
 
 
-def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: float,
+def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: Grid,
                        resample_before: bool, aoi: Any, runner: Any, opts: DetectOptions,
                        stage: _StageClock) -> DetectionResult:
     from affine import Affine
@@ -648,6 +673,9 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, grid: Grid, overlap: fl
     params = opts.detection_params(grid)
     first = first_pass(header_b, header_a, grid, opts.coreg, resample_before, params,
                        workers=opts.local_threads())
+    overlap = _windowed_overlap(full_grid, grid, header_b, resample_before,
+                                first.both_valid_px)
+    _warn_partial_overlap(header_b.path, header_a.path, overlap)
     registration = first.registration
     reg_summary = registration.summary(grid)
     correction = registration.correction if registration.applied else Affine.identity()

@@ -603,6 +603,8 @@ class FirstPass:
     fit: RadiometricFit
     statistics: SceneStatistics
     n_chips: int
+    # Pixels valid in both scenes on the fit's strips.
+    both_valid_px: int = 0
 
 
 def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
@@ -725,8 +727,10 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         # The fit is measured on the patches a whole-scene run of the same grid fits
         # on, pooled in the same order, so that both normalise with the same fit.
         pooled_b, pooled_a = [], []
+        both_valid_px = 0
         for b, a in pool.map(read_registered, fit_patches(grid.shape)):
             valid = b.valid & a.valid
+            both_valid_px += int(valid.sum())
             pooled_b.append(b.image[:, valid])
             pooled_a.append(a.image[:, valid])
         nb = pooled_b[0].shape[0]
@@ -771,7 +775,7 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                               "in the sample chips")
     stats = SceneStatistics.pooled(parts)
     logger.info("first pass on %d chip(s): threshold %.2f", len(parts), stats.values["threshold"])
-    return FirstPass(registration, fit, stats, len(parts))
+    return FirstPass(registration, fit, stats, len(parts), both_valid_px)
 
 
 # --------------------------------------------------------------------------------------
