@@ -560,9 +560,14 @@ def _footprint_px(source: Grid, grid: Grid, points_per_side: int = 21,
             ys = np.array([top, top, bottom, bottom])
     c, r = ~grid.transform @ (np.asarray(xs), np.asarray(ys))
     ok = np.isfinite(c) & np.isfinite(r)  # points beyond the target CRS's domain
-    if ok.sum() < 3:
-        return shapely.Polygon()
-    return shapely.make_valid(shapely.Polygon(np.column_stack([c[ok], r[ok]])))
+    outline = shapely.Polygon(np.column_stack([c[ok], r[ok]])) if ok.sum() >= 3 else None
+    if outline is None or not outline.is_valid:
+        if not coarse and source.crs != grid.crs:
+            # An outline cut or wrapped by the target CRS's domain (a self-crossing
+            # ring): GDAL's bounds instead.
+            return _footprint_px(source, grid, points_per_side, coarse=True)
+        return shapely.make_valid(outline) if outline is not None else shapely.Polygon()
+    return outline
 
 
 def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]:
@@ -586,9 +591,6 @@ def _overlap_grid(grid: Grid, before: Scene, after: Scene) -> tuple[Grid, float]
     whole = shapely.box(0, 0, grid.width, grid.height)
     before_px = _footprint_px(before.grid, grid).intersection(whole)
     shared = _footprint_px(after.grid, grid).intersection(before_px)
-    if shared.area < MIN_OVERLAP_PX**2 and after.grid.crs != grid.crs:
-        # An outline wrapped or cut by the target CRS's domain: GDAL's bounds instead.
-        shared = _footprint_px(after.grid, grid, coarse=True).intersection(before_px)
     row0 = col0 = row1 = col1 = 0
     if not shared.is_empty:
         c0, r0, c1, r1 = shared.bounds

@@ -727,3 +727,25 @@ def test_overlap_grid_of_an_after_scene_beyond_the_utm_domain(lons) -> None:
         (lon1 - lon0) / 1000, 0, lon0, 0, -0.1, 80), 1000, 1000))
     grid, overlap = _overlap_grid(analysis_grid(before.grid), before, after)
     assert grid.shape == (1000, 1000) and overlap == pytest.approx(1.0)
+
+
+def test_overlap_grid_refuses_a_neighbour_in_the_next_utm_zone() -> None:
+    """GDAL's bounds (a box around a turned outline) are a fallback for outlines PROJ
+    cannot draw, not for pairs that merely do not meet: a scene beside the before
+    scene, in the next UTM zone, is refused as the whole-scene path refuses it."""
+    from types import SimpleNamespace
+
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    from changedet.errors import ProcessingError
+    from changedet.raster import Grid
+
+    x, y = transform("EPSG:4326", "EPSG:32651", [125.0], [60.0])
+    xs, ys = transform("EPSG:32651", "EPSG:32652", [x[0]], [y[0]])
+    before = SimpleNamespace(path="b.tif", grid=Grid(CRS.from_epsg(32651), Affine(
+        10, 0, x[0], 0, -10, y[0]), 1000, 1000))
+    after = SimpleNamespace(path="a.tif", grid=Grid(CRS.from_epsg(32652), Affine(
+        10, 0, xs[0] - 11000, 0, -10, ys[0] - 8500), 1000, 1000))
+    with pytest.raises(ProcessingError, match="overlaps b.tif by only 0 x 0 pixels"):
+        _overlap_grid(analysis_grid(before.grid), before, after)
