@@ -545,19 +545,18 @@ def _footprint_px(source: Grid, grid: Grid, points_per_side: int = 21,
     cols = np.concatenate([t * w, np.full_like(t, w), (1 - t) * w, np.zeros_like(t)])
     rows = np.concatenate([np.zeros_like(t), t * h, np.full_like(t, h), (1 - t) * h])
     xs, ys = source.transform @ (cols, rows)
-    if source.crs != grid.crs:
+    if source.crs != grid.crs and coarse:
+        # GDAL's bounds, which skip points beyond the domain: coarser but safe.
+        from rasterio.warp import transform_bounds
+
+        left, bottom, right, top = transform_bounds(source.crs, grid.crs, *source.bounds,
+                                                    densify_pts=21)
+        xs, ys = np.array([left, right, right, left]), np.array([top, top, bottom, bottom])
+    elif source.crs != grid.crs:
         try:
-            if coarse:
-                raise ValueError("the bounds asked for")
             xs, ys = (np.asarray(v) for v in transform(source.crs, grid.crs, xs, ys))
         except Exception:  # noqa: BLE001 - PROJ refuses points beyond the target's domain
-            # GDAL's bounds, which skip such points: an outline coarser but safe.
-            from rasterio.warp import transform_bounds
-
-            left, bottom, right, top = transform_bounds(source.crs, grid.crs,
-                                                        *source.bounds, densify_pts=21)
-            xs = np.array([left, right, right, left])
-            ys = np.array([top, top, bottom, bottom])
+            return _footprint_px(source, grid, points_per_side, coarse=True)
     c, r = ~grid.transform @ (np.asarray(xs), np.asarray(ys))
     ok = np.isfinite(c) & np.isfinite(r)  # points beyond the target CRS's domain
     outline = shapely.Polygon(np.column_stack([c[ok], r[ok]])) if ok.sum() >= 3 else None
