@@ -337,8 +337,8 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
     ------
     OutputError
         ``outdir`` is a file, is not empty (without ``overwrite``), holds an input
-        (with ``overwrite``), or its parent folder does not exist or cannot be
-        written.
+        (with ``overwrite``), cannot be written, or its parent folder does not
+        exist or cannot be written (unless ``outdir`` exists and can be).
     """
     try:
         # Every link followed and every ".." collapsed, as the inputs' paths are: a
@@ -363,13 +363,75 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
                     or (wrapped and f"{final}{os.sep}" in text)):
                 raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
                                   "would delete; write to another folder")
+        # The folder is normally replaced as a whole, but one that cannot be moved
+        # (a mounted volume) is filled in place; one that refuses writing (read-only
+        # or immutable) would fail only after the whole run.
+        if not os.access(final, os.W_OK | os.X_OK):
+            raise OutputError(f"{outdir}: folder cannot be written")
     if not final.parent.is_dir():
         raise OutputError(f"{final.parent}: no such folder")
-    try:  # the parent must take the temporary folder the outputs are written into
-        os.rmdir(tempfile.mkdtemp(prefix=f".{final.name}.check-", dir=final.parent))
-    except OSError as exc:
-        raise OutputError(f"{final.parent}: cannot write here ({exc.strerror or exc})") from exc
+    _staging_parent(final)
     return final
+
+
+def _staging_parent(final: Path) -> Path:
+    """The folder that takes the temporary folder the outputs are written into.
+
+    Beside ``final``, so that the finished folder replaces it in one rename; inside
+    an existing ``final`` when that is a mount point (a container's volume, which
+    cannot be renamed and whose parent is often not writable) or when only ``final``
+    itself can be written.
+
+    Raises
+    ------
+    OutputError
+        Neither can be written.
+    """
+    places = [final.parent]
+    if final.is_dir():
+        places = [final] if os.path.ismount(final) else [final.parent, final]
+    error: OSError | None = None
+    for place in places:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=f".{final.name}.check-", dir=place))
+            return place
+        except OSError as exc:
+            error = exc if error is None else error
+    assert error is not None
+    raise OutputError(f"{places[0]}: cannot write here ({error.strerror or error})") from error
+
+
+def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Put the files of ``tmp`` into the existing folder ``final``, which cannot be
+    replaced as a whole.
+
+    Each file is first moved (copied, across file systems) beside its final name and
+    renamed over it, so that no output is ever half-written; the old contents (with ``overwrite``) are removed
+    only once every new file is in place. Errors become an OutputError naming
+    ``final``.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        old = [path for path in final.iterdir() if path != tmp]
+        if old and not overwrite:
+            raise OutputError(f"{final}: folder is not empty; use --overwrite to replace it")
+        for src in sorted(tmp.iterdir()):
+            part = final / f".{src.name}.part"
+            shutil.move(src, part)  # a rename when on the same file system
+            staged.append((part, final / src.name))
+        names = {dst.name for _, dst in staged}
+        for path in old:
+            if path.name not in names:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        for part, dst in staged:
+            os.replace(part, dst)
+    except OSError as exc:
+        for part, _ in staged:
+            part.unlink(missing_ok=True)
+        raise _output_error(exc, final) from exc
 
 
 @contextlib.contextmanager
@@ -396,7 +458,7 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
         into an OutputError after the temporary folder is removed.
     """
     final = check_outdir(outdir, overwrite, inputs)
-    parent = final.parent
+    parent = _staging_parent(final)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.part-", dir=parent))
     except OSError as exc:
@@ -410,11 +472,20 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
+        if parent == final:
+            _fill_in_place(tmp, final, overwrite)
+            return
         aside: Path | None = None
         if final.exists():
             aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=parent))
             os.rmdir(aside)  # only the unique name is wanted
-            os.replace(final, aside)
+            try:
+                os.replace(final, aside)
+            except OSError:
+                # A folder that cannot be moved (a container's mounted volume: EBUSY;
+                # or on another file system than its parent) still takes the files.
+                _fill_in_place(tmp, final, overwrite)
+                return
         try:
             os.replace(tmp, final)
         except OSError as exc:

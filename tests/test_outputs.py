@@ -396,3 +396,54 @@ def test_an_outdir_in_a_symlink_loop_is_a_one_line_error(tmp_path: Path) -> None
     (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
     with pytest.raises(OutputError, match="loop1"):
         check_outdir(tmp_path / "loop1")
+
+
+def test_a_mounted_outdir_is_filled_in_place(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # A container's volume (``docker run -v ...:/out``) cannot be renamed, and its
+    # parent is often not writable: the outputs are staged inside it.
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    real_mkdtemp = outputs.tempfile.mkdtemp
+
+    def parent_refuses(*args: object, dir: object = None, **kwargs: object) -> str:
+        if Path(str(dir)) == tmp_path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(outputs.os.path, "ismount", lambda p: Path(p) == out)
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", parent_refuses)
+    with pytest.raises(OutputError, match="not empty"):
+        write_outputs(fake_result(), out)
+    paths = write_outputs(fake_result(), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert all(p.exists() and p.parent == out for p in paths.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_outdir_that_cannot_be_renamed_still_gets_the_outputs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    real_replace = outputs.os.replace
+
+    def busy(src: object, dst: object) -> None:
+        if Path(str(src)) == out:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", busy)
+    write_outputs(fake_result(), out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_unwritable_outdir_is_refused_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests may run as root, for whom permission bits (but not chattr +i) give way.
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(outputs.os, "access", lambda p, mode: Path(p) != out)
+    with pytest.raises(OutputError, match="out: folder cannot be written"):
+        outputs.check_outdir(out)
