@@ -197,7 +197,8 @@ def evaluate(
     dict
         ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``, ``n_pred``,
         ``n_truth``; ``pixel_precision``, ``pixel_recall``, ``pixel_iou``,
-        ``pixel_f1``; ``pred_area_m2``, ``truth_area_m2`` (summed object areas),
+        ``pixel_f1`` (all 1.0 when both sides are empty; 0.0 when one is);
+        ``pred_area_m2``, ``truth_area_m2`` (summed object areas),
         ``total_area_error_pct`` (signed, (pred - truth) / truth);
         ``mean_abs_object_area_error_pct`` over
         matches; ``per_object``: one row per match (``status`` "tp") and per
@@ -222,8 +223,12 @@ def evaluate(
     tp = len(matches)
     fp = len(p_geoms) - tp
     fn = len(t_geoms) - tp
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
+    # Nothing to find and nothing found is perfect agreement, not a score of 0 (a
+    # scene without change, correctly left empty, would otherwise pull a benchmark's
+    # mean down); either side empty alone still scores 0.
+    both_empty = not p_geoms and not t_geoms
+    precision = 1.0 if both_empty else _ratio(tp, tp + fp)
+    recall = 1.0 if both_empty else _ratio(tp, tp + fn)
 
     p_area, t_area = _areas_m2(p_geoms, grid), _areas_m2(t_geoms, grid)
     per_object: list[dict[str, Any]] = []
@@ -273,8 +278,9 @@ def evaluate(
     # raster they equal the pixel counts, since its polygons follow pixel edges.
     pred_area = float(p_area.sum())
     truth_area = float(t_area.sum())
-    pixel_precision = _ratio(inter, inter + p_only)
-    pixel_recall = _ratio(inter, inter + t_only)
+    pixels_empty = inter + p_only + t_only == 0
+    pixel_precision = 1.0 if pixels_empty else _ratio(inter, inter + p_only)
+    pixel_recall = 1.0 if pixels_empty else _ratio(inter, inter + t_only)
     return {
         "iou_threshold": iou_threshold,
         "n_pred": len(p_geoms),
@@ -289,7 +295,8 @@ def evaluate(
         "pixel_basis": basis,
         "pixel_precision": _round(pixel_precision, 4),
         "pixel_recall": _round(pixel_recall, 4),
-        "pixel_iou": _round(_ratio(inter, inter + p_only + t_only), 4),
+        "pixel_iou": _round(1.0 if pixels_empty else _ratio(inter, inter + p_only + t_only),
+                            4),
         "pixel_f1": _round(_f1(pixel_precision, pixel_recall), 4),
         "pred_area_m2": _round(pred_area, 1),
         "truth_area_m2": _round(truth_area, 1),

@@ -288,3 +288,14 @@ def test_cli_reads_the_buildings_layer_of_a_geopackage(tmp_path):
 def test_a_mask_of_more_than_two_dimensions_is_named() -> None:
     with pytest.raises(ValueError, match="must be 2-D"):
         evaluate(np.zeros((1, 100, 100), np.uint8), np.zeros((100, 100), np.uint8), GRID)
+
+
+def test_nothing_to_find_and_nothing_found_is_perfect():
+    for g in (None, GRID):
+        r = evaluate([], [], grid=g)
+        assert (r["precision"], r["recall"], r["f1"]) == (1.0, 1.0, 1.0)
+        assert (r["pixel_precision"], r["pixel_recall"], r["pixel_f1"], r["pixel_iou"]) == (
+            1.0, 1.0, 1.0, 1.0)
+        # One side empty is still a complete miss.
+        r = evaluate([box(500000, 4319995, 500005, 4320000)], [], grid=g)
+        assert (r["precision"], r["recall"], r["f1"], r["pixel_f1"]) == (0.0, 0.0, 0.0, 0.0)
