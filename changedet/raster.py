@@ -619,9 +619,10 @@ def read_region(
     return crop_scene(chip, -row, -col, h_dst, w_dst)
 
 
-#: Rows of block means computed per read in :func:`_block_means` (bounds the memory
-#: of a read of a source many times finer than the grid).
-BLOCK_ROWS = 128
+#: Source pixels (times bands) read at once in :func:`_block_means`: bounds the
+#: memory of a read of a source many times finer than the grid (about 5 bytes each:
+#: the float32 value and its mask), whatever the factor.
+SOURCE_VALUES_PER_READ = 1 << 22
 
 
 def _block_means(ds: rasterio.io.DatasetReader, bands: Sequence[int],
@@ -632,28 +633,36 @@ def _block_means(ds: rasterio.io.DatasetReader, bands: Sequence[int],
     Computed here rather than by GDAL's decimated read, which may take the file's
     overviews (or a VRT source's) for some reads and not others, and whose
     choice then made two windows see one building differently. A block is valid
-    only when all its pixels are.
+    only when all its pixels are. Read in pieces of whole blocks of at most
+    :data:`SOURCE_VALUES_PER_READ` values.
 
     Returns
     -------
     (B, H // factor, W // factor) ndarray of float32, and its (H', W') valid mask
     """
     h, w = int(window.height) // factor, int(window.width) // factor
-    data = np.zeros((len(bands), h, w), np.float32)
+    nb = len(bands)
+    data = np.zeros((nb, h, w), np.float32)
     valid = np.zeros((h, w), bool)
-    for i0 in range(0, h, BLOCK_ROWS):
-        i1 = min(h, i0 + BLOCK_ROWS)
-        part = rasterio.windows.Window(window.col_off, window.row_off + i0 * factor,
-                                       w * factor, (i1 - i0) * factor)
-        block = ds.read(list(bands), window=part, out_dtype="float32")
-        ok = _valid_and_zeroed(block, _pixel_rule(ds, bands,
-                                                  ds.read_masks(list(bands), window=part)))
-        shape = (i1 - i0, factor, w, factor)
-        v = ok.reshape(shape).all(axis=(1, 3))
-        d = block.reshape((len(bands),) + shape).mean(axis=(2, 4), dtype=np.float64)
-        d[:, ~v] = 0.0
-        data[:, i0:i1] = d
-        valid[i0:i1] = v
+    per_block = nb * factor * factor
+    cols = max(1, min(w, SOURCE_VALUES_PER_READ // per_block))
+    rows = max(1, min(h, SOURCE_VALUES_PER_READ // (per_block * cols)))
+    for i0 in range(0, h, rows):
+        i1 = min(h, i0 + rows)
+        for j0 in range(0, w, cols):
+            j1 = min(w, j0 + cols)
+            part = rasterio.windows.Window(window.col_off + j0 * factor,
+                                           window.row_off + i0 * factor,
+                                           (j1 - j0) * factor, (i1 - i0) * factor)
+            block = ds.read(list(bands), window=part, out_dtype="float32")
+            ok = _valid_and_zeroed(block, _pixel_rule(ds, bands,
+                                                      ds.read_masks(list(bands), window=part)))
+            shape = (i1 - i0, factor, j1 - j0, factor)
+            v = ok.reshape(shape).all(axis=(1, 3))
+            d = block.reshape((nb,) + shape).mean(axis=(2, 4), dtype=np.float64)
+            d[:, ~v] = 0.0
+            data[:, i0:i1, j0:j1] = d
+            valid[i0:i1, j0:j1] = v
     return data, valid
 
 

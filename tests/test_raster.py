@@ -358,3 +358,40 @@ def test_reads_through_open_datasets_equal_fresh_reads(geotiff, textured_image):
     for f, k in zip(fresh, kept):
         np.testing.assert_array_equal(f.image, k.image)
         np.testing.assert_array_equal(f.valid, k.valid)
+
+
+def test_a_much_finer_source_is_averaged_in_bounded_pieces(tmp_path, monkeypatch):
+    """Block means of a source 16 times finer than the grid: the same whatever the
+    size of the pieces read, and the memory of a read bounded by the piece, not by
+    the factor squared (128 block rows at once held 3 x 2048 x 2048 float32 values
+    here)."""
+    import tracemalloc
+
+    from changedet import raster
+    from changedet.raster import Grid, read_region
+
+    from .conftest import write_geotiff
+
+    rng = np.random.default_rng(4)
+    fine = rng.integers(0, 255, (3, 2048, 2048), dtype=np.uint8)
+    fine[:, 100:140, 300:1000] = 0  # nodata: blocks touching it are invalid
+    src = write_geotiff(tmp_path / "fine.tif", fine, nodata=0,
+                        transform=Affine(0.1, 0, 500000.0, 0, -0.1, 4320000.0))
+    header = read_header(src)
+    grid = Grid(header.grid.crs, Affine(1.6, 0, 500000.0, 0, -1.6, 4320000.0), 128, 128)
+    tracemalloc.start()
+    whole = read_region(header, grid)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # About 8 bytes per value read (the float32 value, its mask, validity); the
+    # whole source in float32 alone is 50 MB.
+    assert peak < 10 * raster.SOURCE_VALUES_PER_READ < fine.size * 4, peak
+    means = fine.reshape(3, 128, 16, 128, 16).astype(float).mean(axis=(2, 4))
+    ok = (fine != 0).all(axis=0).reshape(128, 16, 128, 16).all(axis=(1, 3))
+    np.testing.assert_array_equal(whole.valid[ok], True)
+    assert whole.valid[~ok].sum() == 0
+    np.testing.assert_allclose(whole.image[:, ok], means[:, ok], atol=1e-3)
+    monkeypatch.setattr(raster, "SOURCE_VALUES_PER_READ", 3 * 16 * 16 * 5)  # 5 blocks
+    small = read_region(header, grid)
+    np.testing.assert_array_equal(small.image, whole.image)
+    np.testing.assert_array_equal(small.valid, whole.valid)
