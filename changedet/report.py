@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
+from affine import Affine
 from PIL import Image
 
 from . import __version__
@@ -226,9 +227,39 @@ def overlay_image(after: np.ndarray, change: np.ndarray) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def _display_flips(grid: Grid) -> tuple[bool, bool]:
+    """(rows, columns) to flip so that a grid's image is shown north up, east right.
+
+    A south-up grid (rows running north) or one whose columns run west is shown
+    flipped; a rotated grid is shown as its rows and columns run.
+    """
+    t = grid.transform
+    if t.b != 0 or t.d != 0:
+        return False, False
+    return t.e > 0, t.a < 0
+
+
+def _to_display(grid: Grid) -> Affine:
+    """Map coordinates of ``grid``'s CRS to pixels of its image as displayed."""
+    flip_rows, flip_cols = _display_flips(grid)
+    flip = Affine(-1.0 if flip_cols else 1.0, 0.0, grid.width if flip_cols else 0.0,
+                  0.0, -1.0 if flip_rows else 1.0, grid.height if flip_rows else 0.0)
+    return flip @ ~grid.transform
+
+
+def display_image(image: np.ndarray, grid: Grid) -> np.ndarray:
+    """``image`` ((H, W, ...) on ``grid``) flipped as :func:`_display_flips` says."""
+    flip_rows, flip_cols = _display_flips(grid)
+    if flip_rows:
+        image = image[::-1]
+    if flip_cols:
+        image = image[:, ::-1]
+    return image
+
+
 def _svg_path(geom: shapely.Geometry, grid: Grid) -> str:
-    """SVG path data of a polygon in pixel coordinates of ``grid``."""
-    inverse = ~grid.transform
+    """SVG path data of a polygon in pixel coordinates of ``grid``'s displayed image."""
+    inverse = _to_display(grid)
     pixel = shapely.transform(geom, lambda xy: np.column_stack(
         [inverse.a * xy[:, 0] + inverse.b * xy[:, 1] + inverse.c,
          inverse.d * xy[:, 0] + inverse.e * xy[:, 1] + inverse.f]))
@@ -243,7 +274,7 @@ def _svg_path(geom: shapely.Geometry, grid: Grid) -> str:
 
 def _svg_point(geom: shapely.Geometry, grid: Grid) -> tuple[float, float]:
     point = shapely.point_on_surface(geom)
-    col, row = ~grid.transform @ (point.x, point.y)
+    col, row = _to_display(grid) @ (point.x, point.y)
     return col, row
 
 
@@ -267,8 +298,9 @@ def _overlay_svg(result: DetectionResult) -> str:
     for site, envelope in zip(result.sites, envelopes):
         items.append(f'<path d="{_svg_path(envelope, grid)}" class="site" '
                      f'stroke="{colour[site.site_id]}"/>')
-        left, _, _, top = envelope.bounds
-        col, row = ~grid.transform @ (left, top)
+        # The envelope's top left corner as displayed.
+        corners = [_to_display(grid) @ tuple(xy) for xy in shapely.get_coordinates(envelope)]
+        col, row = min(c for c, _ in corners), min(r for _, r in corners)
         items.append(f'<text x="{col:.1f}" y="{max(row - font * 0.3, font):.1f}" '
                      f'font-size="{font:.1f}" class="lbl site-lbl">S{int(site.site_id)}</text>')
     for b, polygon in zip(result.buildings, buildings):
@@ -397,9 +429,10 @@ def render_report(result: DetectionResult) -> str:
                      f'{_e(_num(totals.get("built_area_m2")))} m² built</div>'
                      f'<div class="claim">No claim was given (use --claim-m2).</div></div>')
 
-    images = [png_data_uri(result.quicklooks["before"]), png_data_uri(result.quicklooks["after"]),
-              png_data_uri(overlay_image(result.quicklooks["after"],
-                                         result.quicklooks.get("change", result.change_mask)))]
+    looks = [result.quicklooks["before"], result.quicklooks["after"],
+             overlay_image(result.quicklooks["after"],
+                           result.quicklooks.get("change", result.change_mask))]
+    images = [png_data_uri(display_image(look, result.grid)) for look in looks]
     svg_open = (f'<svg class="ov" viewBox="0 0 {result.grid.width} {result.grid.height}" '
                 f'preserveAspectRatio="none" xmlns="http://www.w3.org/2000/svg" '
                 f'aria-hidden="true">')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -191,3 +192,33 @@ def test_report_in_headless_chromium(tmp_path: Path) -> None:
     red = (pixels[..., 0] > 170) & (pixels[..., 1] < 90) & (pixels[..., 2] < 100)
     yellow = (pixels[..., 0] > 220) & (pixels[..., 1] > 180) & (pixels[..., 2] < 100)
     assert red.sum() > 5000 and yellow.sum() > 500
+
+
+def _images_and_first_outline(text: str) -> tuple[list[np.ndarray], np.ndarray]:
+    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', text)
+    images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(u))).convert("RGB"), float)
+              for u in uris]
+    path = re.search(r'<path d="([^"]+)" class="bld"', text).group(1)
+    xy = np.array([[float(v) for v in p.split()] for p in re.findall(r"[-\d.]+ [-\d.]+", path)])
+    return images, xy
+
+
+def test_a_south_up_scene_is_shown_north_up() -> None:
+    """A before scene whose rows run north (positive y pixel size) is analysed on its
+    own grid; its report shows it north up, outlines and images alike."""
+    from affine import Affine
+
+    from tests._fakes import GRID
+    from changedet.raster import Grid
+
+    south_up = Grid(GRID.crs, Affine(0.5, 0, 500000.0, 0, 0.5, 4320000.0 - 300.0),
+                    GRID.height, GRID.width)
+    north, north_box = _images_and_first_outline(render_report(fake_result(grid=GRID)))
+    south, south_box = _images_and_first_outline(render_report(fake_result(grid=south_up)))
+    # Building 1 covers pixel rows 40-160 of the grid: row 0 of a south-up grid is
+    # its southern edge, so it is shown 440-560 rows down from the top.
+    assert (north_box[:, 1].min(), north_box[:, 1].max()) == (40.0, 160.0)
+    assert (south_box[:, 1].min(), south_box[:, 1].max()) == (440.0, 560.0)
+    np.testing.assert_array_equal(np.sort(south_box[:, 0]), np.sort(north_box[:, 0]))
+    for n, s in zip(north, south, strict=True):
+        assert np.abs(s - n[::-1]).mean() < 1.0 < np.abs(s - n).mean()
