@@ -26,7 +26,7 @@ from ._log import logger
 from .aoi import keep_labels_in_aoi
 from .errors import InputError
 from .raster import Grid, Scene
-from .windowed import DEFAULT_WINDOW_PX
+from .windowed import DEFAULT_WINDOW_PX, StripSurvey
 
 #: ``progress(stage, fraction)``: called with a short stage name and the fraction
 #: (0..1) of the whole run done when the stage starts; 1.0 at the end.
@@ -636,12 +636,20 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
                   stage: _StageClock) -> DetectionResult:
     """The scene in windows with a halo, from the statistics of a first pass."""
     from .raster import check_same_bands
-    from .windowed import QUICKLOOK_PX, DaskRunner, thread_runner
+    from .windowed import QUICKLOOK_PX, DaskRunner, data_island, survey_strips, thread_runner
 
     check_same_bands(header_b, header_a)
     stage("aligning")
     grid, _ = _overlap_grid(full_grid, header_b, header_a)
     resample_before = full_grid != header_b.grid
+    survey = survey_strips(header_b, header_a, grid, resample_before, opts.local_threads())
+    box = (data_island(header_b, header_a, grid, resample_before, opts.local_threads())
+           if survey.sparse else None)
+    if box is not None:
+        r0, c0, r1, c1 = box
+        logger.info("data valid in both scenes only within rows %d-%d, columns %d-%d of "
+                    "%d x %d: the run is cropped to them", r0, r1, c0, c1, *grid.shape)
+        grid, survey = grid.window(r0, c0, r1 - r0, c1 - c0), None
     aoi = None
     if opts.aoi is not None:
         from .aoi import read_aoi
@@ -656,7 +664,7 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
         # bounded by the windows.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
             return _detect_in_windows(header_b, header_a, full_grid, grid, resample_before,
-                                      aoi, runner, opts, stage)
+                                      aoi, runner, opts, stage, survey)
     finally:
         if isinstance(runner, DaskRunner):
             runner.close()
@@ -664,7 +672,8 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
 
 def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: Grid,
                        resample_before: bool, aoi: Any, runner: Any, opts: DetectOptions,
-                       stage: _StageClock) -> DetectionResult:
+                       stage: _StageClock, survey: StripSurvey | None = None
+                       ) -> DetectionResult:
     from affine import Affine
 
     from .windowed import (QUICKLOOK_PX, CellMeans, WindowTask, context_px, first_pass,
@@ -673,7 +682,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
     stage("co-registering")
     params = opts.detection_params(grid)
     first = first_pass(header_b, header_a, grid, opts.coreg, resample_before, params,
-                       workers=opts.local_threads())
+                       workers=opts.local_threads(), survey=survey)
     overlap = _windowed_overlap(full_grid, grid, header_b, resample_before,
                                 first.both_valid_px)
     _warn_partial_overlap(header_b.path, header_a.path, overlap)

@@ -74,6 +74,14 @@ LOCAL_POINTS_SIDE = 3
 RETRY_PROBABILITY = 0.4
 #: Longest side of the display images of a windowed run.
 QUICKLOOK_PX = 2048
+#: When fewer than this share of the fit's strips hold data in both scenes, the grid
+#: is scanned for where they do and cropped to it (a scene clipped to a polygon but
+#: kept at its full extent): the central co-registration chip and the sample chips
+#: would otherwise fall on nodata.
+SPARSE_VALID_SHARE = 0.25
+#: Pixels kept around the data found valid in both scenes before co-registration
+#: (which moves the after scene by a few pixels).
+VALID_CROP_PAD_PX = 64
 
 
 @dataclass(frozen=True)
@@ -607,9 +615,90 @@ class FirstPass:
     both_valid_px: int = 0
 
 
+@dataclass(frozen=True)
+class StripSurvey:
+    """The fit's strips of a grid as read before co-registration.
+
+    ``both_valid_px`` of their ``strip_px`` pixels are valid in both scenes;
+    ``differ`` holds, per strip, whether those pixels differ between the scenes
+    (None: the strip has none).
+    """
+
+    both_valid_px: int
+    strip_px: int
+    differ: tuple[bool | None, ...]
+
+    @property
+    def sparse(self) -> bool:
+        """Fewer than :data:`SPARSE_VALID_SHARE` of the strips' pixels valid in both."""
+        return self.both_valid_px < SPARSE_VALID_SHARE * self.strip_px
+
+
+def _read_unregistered(before: Scene, after: Scene, grid: Grid, resample_before: bool,
+                       datasets: OpenDatasets
+                       ) -> Callable[[tuple[int, int, int, int]], tuple[Scene, Scene]]:
+    def read(box: tuple[int, int, int, int]) -> tuple[Scene, Scene]:
+        r0, c0, r1, c1 = box
+        return read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
+                         Affine.identity(), resample_before, datasets)
+    return read
+
+
+def survey_strips(before: Scene, after: Scene, grid: Grid, resample_before: bool,
+                  workers: int = 1) -> StripSurvey:
+    """Read the fit's strips of ``grid`` (no co-registration): see :class:`StripSurvey`."""
+    def survey(box: tuple[int, int, int, int]) -> tuple[int, bool | None]:
+        b, a = read(box)
+        both = b.valid & a.valid
+        return int(both.sum()), (not same_pixels(b, a) if both.any() else None)
+
+    strips = fit_patches(grid.shape)
+    with OpenDatasets() as datasets, ThreadPoolExecutor(max(1, workers)) as pool:
+        read = _read_unregistered(before, after, grid, resample_before, datasets)
+        found = list(pool.map(survey, strips))
+    return StripSurvey(sum(n for n, _ in found),
+                       sum((r1 - r0) * (c1 - c0) for r0, c0, r1, c1 in strips),
+                       tuple(d for _, d in found))
+
+
+def data_island(before: Scene, after: Scene, grid: Grid, resample_before: bool,
+                workers: int = 1) -> tuple[int, int, int, int] | None:
+    """The box of ``grid`` where both scenes hold data, read chip by chip.
+
+    For a grid whose strips are sparse (:attr:`StripSurvey.sparse`): a scene clipped
+    to a polygon but kept at its full extent, where the central co-registration chip
+    and the sample chips of the first pass would fall on nodata.
+
+    Returns
+    -------
+    (row0, col0, row1, col1) or None
+        The bounding box of the pixels valid in both, padded by
+        :data:`VALID_CROP_PAD_PX` and clipped to ``grid``; None when there is no such
+        pixel (the first pass then says what is wrong) or the box is the whole grid.
+    """
+    def box_in(chip: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+        b, a = read(chip)
+        box = valid_box(b.valid & a.valid)
+        if box is None:
+            return None
+        return box[0] + chip[0], box[1] + chip[1], box[2] + chip[0], box[3] + chip[1]
+
+    chips = sample_chips(grid.shape, CHIP_PX, grid.shape[0] * grid.shape[1])
+    with OpenDatasets() as datasets, ThreadPoolExecutor(max(1, workers)) as pool:
+        read = _read_unregistered(before, after, grid, resample_before, datasets)
+        boxes = [box for box in pool.map(box_in, chips) if box is not None]
+    if not boxes:
+        return None
+    pad = VALID_CROP_PAD_PX
+    found = (max(0, min(b[0] for b in boxes) - pad), max(0, min(b[1] for b in boxes) - pad),
+             min(grid.height, max(b[2] for b in boxes) + pad),
+             min(grid.width, max(b[3] for b in boxes) + pad))
+    return None if found == (0, 0) + grid.shape else found
+
+
 def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                resample_before: bool, params: DetectionParams,
-               workers: int = 1) -> FirstPass:
+               workers: int = 1, survey: StripSurvey | None = None) -> FirstPass:
     """Co-registration, radiometric fit and evidence statistics from sample chips.
 
     Parameters
@@ -627,6 +716,9 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
     params : DetectionParams
     workers : int
         Threads reading and measuring the patches and chips.
+    survey : StripSurvey, optional
+        The strips of ``grid`` as already read by :func:`survey_strips` (read here
+        otherwise).
     """
     from .coregister import METHODS
 
@@ -636,24 +728,24 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
     # rows each, share the files' compressed blocks.
     with OpenDatasets() as datasets:
         return _first_pass(before, after, grid, method, resample_before, params, workers,
-                           datasets)
+                           datasets, survey)
 
 
 def _check_not_identical(before: Scene, after: Scene, grid: Grid,
                          read: Callable[[tuple[int, int, int, int]], tuple[Scene, Scene]],
-                         pool: ThreadPoolExecutor) -> None:
+                         survey: StripSurvey) -> None:
     """:func:`changedet.raster.check_not_identical` over the whole grid, as read
     before any co-registration (as the whole-scene path checks it).
 
-    The fit's strips are compared first; only when they hold the same pixels is the
-    rest of the grid read, tile by tile, until a tile differs.
+    The fit's strips are compared first (``survey``); only when they hold the same
+    pixels is the rest of the grid read, tile by tile, until a tile differs.
     """
     def verdict(box: tuple[int, int, int, int]) -> bool | None:
         """True: the tile's common pixels differ; False: the same; None: none."""
         b, a = read(box)
         return not same_pixels(b, a) if (b.valid & a.valid).any() else None
 
-    if any(list(pool.map(verdict, fit_patches(grid.shape)))):
+    if any(survey.differ):
         return
     seen_same = False
     for box in sample_chips(grid.shape, CHIP_PX, grid.shape[0] * grid.shape[1]):
@@ -667,7 +759,7 @@ def _check_not_identical(before: Scene, after: Scene, grid: Grid,
 
 def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                 resample_before: bool, params: DetectionParams, workers: int,
-                datasets: OpenDatasets) -> FirstPass:
+                datasets: OpenDatasets, survey: StripSurvey | None) -> FirstPass:
     """:func:`first_pass`, reading through ``datasets``."""
     from .coregister import Registration, estimate_local, estimate_shift, fit_local, tie_points
 
@@ -740,7 +832,9 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         everywhere = np.ones((1, fit_b.shape[1]), bool)
         for header, values in ((before, fit_b), (after, fit_a)):
             check_not_blank(replace(header, image=values[:, None, :], valid=everywhere))
-        _check_not_identical(before, after, grid, read, pool)
+        if survey is None:
+            survey = survey_strips(before, after, grid, resample_before, workers)
+        _check_not_identical(before, after, grid, read, survey)
         fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
                              np.ones((1, fit_b.shape[1]), bool), keep_weight=False,
                              workers=workers)

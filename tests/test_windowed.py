@@ -749,3 +749,55 @@ def test_overlap_grid_refuses_a_neighbour_in_the_next_utm_zone() -> None:
         10, 0, xs[0] - 11000, 0, -10, ys[0] - 8500), 1000, 1000))
     with pytest.raises(ProcessingError, match="overlaps b.tif by only 0 x 0 pixels"):
         _overlap_grid(analysis_grid(before.grid), before, after)
+
+
+def test_strips_tell_an_island_of_data_in_a_large_frame_which_the_chips_find(tmp_path: Path) -> None:
+    from changedet.windowed import VALID_CROP_PAD_PX, data_island, survey_strips
+
+    from .conftest import write_geotiff
+
+    data = np.zeros((3, 2000, 1800), np.uint8)
+    data[:, 900:1300, 1500:1790] = 100
+    island = read_header(write_geotiff(tmp_path / "island.tif", data, nodata=0))
+    data[:] = 100
+    full = read_header(write_geotiff(tmp_path / "full.tif", data, nodata=0))
+    grid = analysis_grid(full.grid)
+    pad = VALID_CROP_PAD_PX
+    assert survey_strips(full, island, grid, False, workers=2).sparse
+    assert data_island(full, island, grid, False, workers=2) == (
+        900 - pad, 1500 - pad, 1300 + pad, 1800)
+    dense = survey_strips(full, full, grid, False)
+    assert not dense.sparse and dense.both_valid_px == dense.strip_px
+    assert dense.differ == (False,) * len(dense.differ)
+
+
+@pytest.mark.slow
+def test_a_scene_clipped_to_a_polygon_at_its_full_extent_is_cropped_to_its_data(
+        tmp_path: Path) -> None:
+    """The fixture pair inside a 6144 px frame of nodata (as a GIS clips a raster to a
+    polygon without cropping it): the central co-registration chip and every sample
+    chip of the first pass fell on nodata, and the run failed."""
+    from rasterio.windows import Window
+
+    paths = []
+    for name in ("before", "after"):
+        with rasterio.open(FIXTURE / f"{name}.tif") as src:
+            data, profile = src.read(), src.profile
+        profile.update(width=6144, height=6144, nodata=0, tiled=True, blockxsize=512,
+                       blockysize=512, compress="deflate")
+        paths.append(tmp_path / f"{name}.tif")
+        with rasterio.open(paths[-1], "w", **profile) as dst:
+            dst.write(data, window=Window(4300, 2300, data.shape[2], data.shape[1]))
+    windowed = run_detection(*paths, DetectOptions())
+    whole = run_detection(FIXTURE / "before.tif", FIXTURE / "after.tif", DetectOptions())
+    assert windowed.summary["parameters"]["windows"]["n"] >= 2
+    assert len(whole.buildings) == 3
+    # The fixture's pixels are 1 m: the frame puts them 4300 m east, 2300 m south.
+    # The same buildings, areas within a percent (the
+    # windowed run's statistics come from sample chips).
+    assert len(windowed.buildings) == 3
+    for w in windowed.buildings:
+        moved = shapely.affinity.translate(w.polygon, -4300.0, 2300.0)
+        match = max(whole.buildings, key=lambda b: b.polygon.intersection(moved).area)
+        assert match.polygon.intersection(moved).area > 0.9 * match.polygon.area
+        assert w.area_m2 == pytest.approx(match.area_m2, rel=0.01)
