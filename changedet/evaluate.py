@@ -33,8 +33,9 @@ def _objects(
 ) -> tuple[list[Any], list[shapely.Geometry], np.ndarray | None]:
     """Ids, polygons and (if given as a raster) the (H, W) bool mask of one side.
 
-    A raster with values in {0, 1} (or bool) is a mask: its 4-connected components are
-    the objects. Any other integer raster is a label image: one object per value.
+    A raster with one non-zero value (0/1, bool, or 0/255 as LEVIR-CD's masks) is a
+    mask: its 4-connected components are the objects. Any other integer raster is a
+    label image: one object per value.
     """
     if isinstance(data, np.ndarray) and data.ndim != 2:
         raise ValueError(f"{name} raster must be 2-D (H, W), got shape {data.shape}")
@@ -45,7 +46,8 @@ def _objects(
             raise ProcessingError(
                 f"{name} raster has shape {data.shape}, the grid {grid.shape}")
         mask = data > 0
-        if data.dtype == bool or data.max(initial=0) <= 1:
+        values = data[mask]
+        if data.dtype == bool or values.size == 0 or values.min() == values.max():
             labels, _ = ndimage.label(mask)
         else:
             labels = np.where(mask, data, 0)

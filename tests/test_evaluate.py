@@ -299,3 +299,72 @@ def test_nothing_to_find_and_nothing_found_is_perfect():
         # One side empty is still a complete miss.
         r = evaluate([box(500000, 4319995, 500005, 4320000)], [], grid=g)
         assert (r["precision"], r["recall"], r["f1"], r["pixel_f1"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_cli_reads_a_0_255_mask_as_buildings_at_255(tmp_path, geotiff):
+    """LEVIR-CD's masks (and most exports) are 0/255 without a nodata tag: 255 is
+    building, each connected part an object. They were read as change.tif (255 = no
+    data), so that any two such masks scored 1.0."""
+    truth = np.zeros((100, 100), dtype=np.uint8)
+    truth[10:20, 10:30] = 255
+    truth[50:60, 50:60] = 255
+    pred = np.zeros_like(truth)
+    pred[10:20, 10:30] = 255
+    t = geotiff("truth_0_255.tif", truth)
+    p = geotiff("pred_0_255.tif", pred)
+    out = json.loads(CliRunner().invoke(main, ["evaluate", str(p), str(t), "--json"]).output)
+    assert (out["tp"], out["fp"], out["fn"]) == (1, 0, 1)
+    assert out["pixel_recall"] == round(200 / 300, 4)
+    # Polygons against it, too.
+    poly = _write_geojson(tmp_path / "p.geojson", [pixbox(10, 10, 30, 20)], "EPSG:32651")
+    out = json.loads(CliRunner().invoke(main, ["evaluate", str(poly), str(t), "--json"]).output)
+    assert (out["n_truth"], out["tp"]) == (2, 1)
+
+
+def test_cli_reads_nodata_0_of_a_mask_as_background(geotiff):
+    truth = np.zeros((100, 100), dtype=np.uint8)
+    truth[10:20, 10:30] = 1
+    pred = truth.copy()
+    pred[50:60, 50:60] = 1  # a false building on the background
+    t = geotiff("truth.tif", truth, nodata=0)
+    p = geotiff("pred.tif", pred, nodata=0)
+    res = CliRunner().invoke(main, ["evaluate", str(p), str(t), "--json"])
+    out = json.loads(res.stdout)
+    assert (out["tp"], out["fp"], out["fn"]) == (1, 1, 0)
+    assert "read as background" in res.stderr
+
+
+def test_cli_two_vector_files_one_or_both_empty(tmp_path):
+    """The `none` scenario's CI case: empty truth (its CRS lon/lat) against empty or
+    non-empty predictions in UTM."""
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    pred = _write_geojson(tmp_path / "p.geojson", [box(500000, 4320000, 500010, 4320010)],
+                          "EPSG:32651")
+    out = json.loads(CliRunner().invoke(main, ["evaluate", str(empty), str(empty),
+                                               "--json"]).output)
+    assert (out["precision"], out["recall"], out["f1"]) == (1.0, 1.0, 1.0)
+    res = CliRunner().invoke(main, ["evaluate", str(pred), str(empty), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert (out["fp"], out["f1"]) == (1, 0.0) and out["pred_area_m2"] == pytest.approx(100, 1e-3)
+    res = CliRunner().invoke(main, ["evaluate", str(empty), str(pred), "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["fn"] == 1
+
+
+def test_cli_refuses_points_and_warns_of_polygons_elsewhere(tmp_path):
+    import pyogrio.raw
+    import shapely
+
+    points = tmp_path / "points.geojson"
+    geometry = shapely.to_wkb(np.asarray([shapely.Point(500005, 4320005)], dtype=object))
+    pyogrio.raw.write(points, geometry, [np.arange(1)], fields=["id"],
+                      geometry_type="Point", crs="EPSG:32651", driver="GeoJSON")
+    here = _write_geojson(tmp_path / "a.geojson", [box(500000, 4320000, 500010, 4320010)],
+                          "EPSG:32651")
+    far = _write_geojson(tmp_path / "b.geojson", [box(600000, 4320000, 600010, 4320010)],
+                         "EPSG:32651")
+    res = CliRunner().invoke(main, ["evaluate", str(here), str(points)])
+    assert res.exit_code == 1 and "points.geojson: contains no polygons" in res.output
+    res = CliRunner().invoke(main, ["evaluate", str(far), str(here), "--json"])
+    assert res.exit_code == 0 and "same place" in res.stderr

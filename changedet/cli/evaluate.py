@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .._log import logger
 from .detect import apply_verbosity, verbosity_options
 from .options import FiniteFloatRange, echo_json, handle_errors
 
@@ -40,12 +41,20 @@ def _read_vector(path: str) -> tuple[list[Any], Any]:
     fields = list(meta.get("fields", []))
     id_col = next((i for i, f in enumerate(fields) if f in ("id", "ID", "fid")), None)
     out = []
+    others = 0
     for k, g in enumerate(geoms):
-        if g is None or g.is_empty or g.geom_type not in ("Polygon", "MultiPolygon"):
+        if g is None or g.is_empty:
+            continue
+        if g.geom_type not in ("Polygon", "MultiPolygon"):
+            others += 1
             continue
         ident = field_data[id_col][k] if id_col is not None else k
         ident = ident.item() if hasattr(ident, "item") else ident
         out.append((ident, g))
+    if others and not out:
+        # Points or lines are no footprints: scoring them as "nothing" would read as
+        # a detector that found nothing.
+        raise InputError(path, "contains no polygons (only points or lines)")
     return out, crs
 
 
@@ -70,13 +79,24 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
                     raise InputError(path, f"has {ds.count} bands; a mask or label raster "
                                            "has one (is this an image?)")
                 data = ds.read(1)
-                valid = ds.read_masks(1) > 0
+                if ds.nodata == 0:
+                    # In a mask, 0 is the background: a nodata tag of 0 (as GIS
+                    # rasterisers often write) would leave nothing but buildings to score.
+                    logger.warning("%s: nodata value 0 read as background, not no data", path)
+                    valid = np.ones(data.shape, bool)
+                else:
+                    valid = ds.read_masks(1) > 0
+                is_change_tif = "CLASSES" in ds.tags(1)
                 grid = Grid(ds.crs, ds.transform, ds.height, ds.width)
     except RasterioIOError as exc:
         raise InputError(path, f"not a raster GDAL can read ({exc})") from exc
-    if data.dtype == np.uint8 and set(np.unique(data).tolist()) <= {0, 1, 255}:
-        # change.tif's convention even when the nodata tag was lost on the way.
-        valid &= data != 255
+    if data.dtype == np.uint8:
+        values = set(np.unique(data).tolist())
+        # change.tif's convention (0, 1, 255 = no data) even when the nodata tag was
+        # lost on the way; but a plain 0/255 mask (LEVIR-CD's, and most exports) has
+        # its buildings at 255.
+        if values <= {0, 1, 255} and (is_change_tif or 1 in values):
+            valid &= data != 255
     if not np.issubdtype(data.dtype, np.integer):
         data = np.rint(np.nan_to_num(data)).astype(np.int64)
     data = np.where(valid, data, 0)
@@ -153,18 +173,26 @@ def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
     if grid is not None:
         target = grid.crs
     else:
-        t_items, t_crs = sides[1][1], sides[1][2]
-        geoms = [g for _, g in t_items] or [g for _, g in sides[0][1]]
-        if not geoms:
-            raise InputError(truth, "has no polygon")
-        bounds = shapely.total_bounds(np.asarray(geoms, dtype=object))
-        target = metric_crs(t_crs, bounds)
+        # The truth's polygons choose the frame; the prediction's when there are none.
+        items, crs = next(((s[1], s[2]) for s in (sides[1], sides[0]) if s[1]),
+                          ([], None))
+        if not items:  # nothing on either side: nothing to measure
+            return [], [], None, None
+        geoms = [g for _, g in items]
+        target = metric_crs(crs, shapely.total_bounds(np.asarray(geoms, dtype=object)))
     for k, side in enumerate(out):
         if isinstance(side, tuple):
             _, items, crs = side
             geoms = reproject_geoms([g for _, g in items], crs, target) if crs != target \
                 else [g for _, g in items]
             out[k] = [(i, g) for (i, _), g in zip(items, geoms)]
+    if grid is None and out[0] and out[1]:
+        extent = [shapely.box(*shapely.total_bounds(np.asarray([g for _, g in side],
+                                                                dtype=object)))
+                  for side in out]
+        if not extent[0].intersects(extent[1]):
+            logger.warning("%s: no polygon lies within the extent of %s; are they of "
+                           "the same place?", pred, truth)
     return out[0], out[1], grid, valid
 
 
