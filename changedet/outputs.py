@@ -274,7 +274,7 @@ _ARCHIVE_SCHEMES = frozenset({"zip", "tar", "gzip"})
 _REMOTE_SCHEMES = frozenset({"http", "https", "ftp", "s3", "gs", "az", "oss"})
 
 
-def _resolved(path: str | os.PathLike[str]) -> Path | None:
+def resolved_path(path: str | os.PathLike[str]) -> Path | None:
     """The local file ``path`` reads from, with links and ".." resolved.
 
     A GDAL archive path (``/vsizip/a.zip/x.tif``, ``/vsizip/{a.zip}/x.tif``) or a
@@ -289,16 +289,16 @@ def _resolved(path: str | os.PathLike[str]) -> Path | None:
         if parts[-1] in _REMOTE_SCHEMES:
             return None
         if parts[0] == "vrt":  # GDAL's vrt:// connection string: options after "?"
-            return _resolved(rest.split("?", 1)[0])
+            return resolved_path(rest.split("?", 1)[0])
         # rasterio's archive spelling: the archive before "!", the member after it.
         text = rest.split("!", 1)[0] if parts[0] in _ARCHIVE_SCHEMES else rest
     elif text.startswith("/vsisubfile/"):  # /vsisubfile/offset_size,path
-        return _resolved(text.split(",", 1)[1]) if "," in text else None
+        return resolved_path(text.split(",", 1)[1]) if "," in text else None
     elif text.startswith(_ARCHIVE_PREFIXES):
         while text.startswith(_ARCHIVE_PREFIXES):  # chains: /vsitar//vsigzip/a.tar.gz
             text = text[text.index("/", 1) + 1:]
         if text.startswith("{") and "}" in text:  # GDAL's braces around the archive
-            return _resolved(text[1:text.index("}")])
+            return resolved_path(text[1:text.index("}")])
         rest_path = Path(text)
         # The archive is the longest leading part of the path that is a file.
         for candidate in [rest_path, *rest_path.parents]:
@@ -354,9 +354,9 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
         for path in inputs:
             if path is None:
                 continue
-            source = _resolved(path)
+            source = resolved_path(path)
             # (And as a last resort, OUTDIR spelt out inside a GDAL or URI wrapper
-            # that _resolved does not know.)
+            # that resolved_path does not know.)
             text = os.fspath(path)
             wrapped = text.startswith("/vsi") or "://" in text
             if ((source is not None and final in source.parents)

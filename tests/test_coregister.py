@@ -148,6 +148,15 @@ def test_cli_coregister(tmp_path):
                                  "-o", str(tmp_path / "r.geojson")])
     assert wrong.exit_code == 2 and "GeoTIFF" in wrong.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pair", "registered.tif"]
+    # --overwrite never replaces an input, however it is spelt.
+    link = tmp_path / "link.tif"
+    link.symlink_to(paths["after"])
+    kept = paths["after"].read_bytes()
+    for spelling in (paths["after"], link, tmp_path / "pair" / ".." / "pair" / "before.tif"):
+        own = runner.invoke(main, ["coregister", str(paths["before"]), str(paths["after"]),
+                                   "-o", str(spelling), "--overwrite"])
+        assert own.exit_code == 1 and "is the input" in own.output, own.output
+    assert paths["after"].read_bytes() == kept
 
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "joplin"

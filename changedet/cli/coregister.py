@@ -10,6 +10,7 @@ import numpy as np
 import rasterio
 
 from ..errors import OutputError
+from ..outputs import resolved_path
 from .detect import apply_verbosity, verbosity_options
 from .options import echo_json, handle_errors
 
@@ -39,6 +40,12 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
                                  "name it .tif", param_hint="-o/--output")
     if os.path.exists(output) and not overwrite:
         raise OutputError(f"{output} exists; use --overwrite to replace it")
+    # However they are spelt (links, "..", archives): replacing an input loses it.
+    target = resolved_path(output)
+    for path in (before, after):
+        if target is not None and resolved_path(path) == target:
+            raise OutputError(f"{output}: is the input {path}, which --overwrite would "
+                              "replace; write to another file")
     folder = os.path.dirname(os.path.abspath(output))
     # Checked before the work, not after it.
     if not os.path.isdir(folder):
