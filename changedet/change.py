@@ -293,11 +293,12 @@ class DetectionParams:
 
     def piece_scale_m2(self, pixel_size_m: float) -> float:
         """Area in m² that sizes the segmentation's steps on pieces of buildings
-        (slivers left out, holes filled): the default minimum building area, or the
-        user's when smaller. A larger ``min_area_m2`` filters the buildings reported,
-        not the facets they are made of, which would drop buildings larger than it."""
-        return min(self.resolved_min_area_m2(pixel_size_m),
-                   _default_min_area_m2(pixel_size_m))
+        (slivers left out, holes filled): the default minimum building area, whatever
+        ``min_area_m2``, which only filters the buildings reported. A larger one
+        applied to the facets would drop buildings larger than it; a smaller one
+        changed the regions and with them other buildings' outlines (a 176 m² house
+        lost at 0.0001 m²)."""
+        return _default_min_area_m2(pixel_size_m)
 
 
 def _default_min_area_m2(pixel_size_m: float) -> float:
