@@ -234,6 +234,10 @@ class DetectOptions:
         _check_number("nir_band", self.nir_band, 1, None, integer=True)
         for b in self.bands or ():
             _check_number("bands", b, 1, None, integer=True)
+        if self.bands:
+            from .raster import check_distinct_bands
+
+            check_distinct_bands(self.bands)
         if self.claim_sites is not None and self.claim_m2 is None:
             raise ValueError("claim_sites needs claim_m2: the number of sites is part of "
                              "a claim of their area")

@@ -178,7 +178,16 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
         raise ValueError(f"bands must be comma-separated band numbers, got {text!r}") from None
     if any(b < 1 for b in bands):
         raise ValueError(f"band numbers start at 1, got {text!r}")
+    check_distinct_bands(bands)
     return bands
+
+
+def check_distinct_bands(bands: Sequence[int]) -> None:
+    """Raise ValueError when a band is named twice (``1,1,1`` reads one band as
+    three colours: a grey image whose every colour edge and chromaticity is zero)."""
+    twice = sorted({b for b in bands if list(bands).count(b) > 1})
+    if twice:
+        raise ValueError(f"band {twice[0]} is given more than once; name each band once")
 
 
 #: Ground control points that an affine misses by more than this (pixels) are named.

@@ -371,6 +371,7 @@ def test_report_escapes_file_names(scenes: dict[str, Path], tmp_path: Path) -> N
     ["--claim-m2", "100", "--claim-tolerance", "-0.1"],
     ["--claim-m2", "100", "--claim-sites", "0"], ["--claim-sites", "2"],
     ["--claim-m2", "100", "--claim-basis", "roof"], ["--bands", "a,b"], ["--bands", "0,1"],
+    ["--bands", "1,1,1"], ["--bands", "3,2,3"],
     ["--coreg", "magic"], ["--min-area-m2", "-1"], ["--site-gap-m", "-3"],
     # NaN passes every comparison, so a range check alone lets it through.
     ["--min-area-m2", "nan"], ["--site-gap-m", "nan"],

@@ -225,6 +225,12 @@ def test_parse_bands():
         parse_bands("0,1")
     with pytest.raises(ValueError):
         parse_bands("red")
+    with pytest.raises(ValueError, match="band 1 is given more than once"):
+        parse_bands("1,2,1")
+    from changedet.pipeline import DetectOptions
+
+    with pytest.raises(ValueError, match="band 2 is given more than once"):
+        DetectOptions(bands=(2, 2, 3))
 
 
 def test_geographic_grid_becomes_local_utm():
