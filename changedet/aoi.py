@@ -25,7 +25,7 @@ from scipy import ndimage
 from ._log import logger
 from .errors import InputError
 from .measure import reproject_geoms
-from .raster import Grid
+from .raster import Grid, check_path
 
 
 @dataclass
@@ -51,8 +51,21 @@ class VectorPolygons:
     path: str
 
 
+def _polygon_layer(path: str) -> str | int:
+    """The first layer of a vector source whose geometry type is polygonal, else the
+    first (a GeoPackage may hold points before its areas; a folder, shapefiles)."""
+    try:
+        layers = pyogrio.list_layers(path)
+    except Exception:  # noqa: BLE001 - the read that follows names what is wrong
+        return 0
+    for name, geometry_type in layers:
+        if geometry_type is not None and "polygon" in str(geometry_type).lower():
+            return str(name)
+    return 0
+
+
 def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
-    """Read the polygons of the first layer of any vector file pyogrio can open.
+    """Read the polygons of the first polygon layer of any vector source pyogrio opens.
 
     Parameters
     ----------
@@ -71,12 +84,11 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
         Missing file, not vector data, no CRS, or no polygon at all.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(path, "no such file")
+    check_path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # GDAL chatter on odd files; errors still raise
-            meta, _, wkb, field_data = pyogrio.raw.read(path)
+            meta, _, wkb, field_data = pyogrio.raw.read(path, layer=_polygon_layer(path))
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         raise InputError(path, "not vector data (no layer GDAL/OGR can read)") from exc
     except pyogrio.errors.GeometryError as exc:

@@ -354,7 +354,7 @@ def read_scene(
         range; no valid pixel.
     """
     path = os.fspath(path)
-    _check_path(path)
+    check_path(path)
     try:
         data, masks, grid, chosen, nir_index, tags = _read_bands(path, bands, nir_band, warn)
     except InputError:
@@ -447,7 +447,10 @@ def identical_scenes_error(before_path: str, after_path: str) -> InputError:
                                   "both have data: give the scene of the other date")
 
 
-def _check_path(path: str) -> None:
+def check_path(path: str) -> None:
+    """Raise InputError "no such file" for a local path that does not exist; GDAL's
+    virtual paths (``/vsizip/...``) and URIs (``zip://...!x``, ``s3://``) are left to
+    GDAL to open."""
     if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
         raise InputError(path, "no such file")
 
@@ -472,7 +475,7 @@ def read_header(
         As :func:`read_scene`, except that pixels are not checked.
     """
     path = os.fspath(path)
-    _check_path(path)
+    check_path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -84,3 +84,37 @@ def test_an_aoi_in_0_to_360_longitudes_still_covers_its_scene(tmp_path: Path) ->
                       field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
                       crs="EPSG:4326")
     assert read_aoi(path, grid).mask.all()
+
+
+def test_an_aoi_in_an_archive_or_after_a_point_layer_is_read(tmp_path: Path) -> None:
+    """GDAL's spellings of a file in a zip (as the scenes may be given) were refused as
+    "no such file", and a GeoPackage whose first layer is points as "no polygons"."""
+    import zipfile
+
+    from changedet.aoi import read_polygons
+
+    square = shapely.box(741_010.0, 4_327_900.0, 741_050.0, 4_327_950.0)
+    shp = tmp_path / "aoi.shp"
+    pyogrio.raw.write(shp, geometry=np.asarray(shapely.to_wkb([square]), dtype=object),
+                      field_data=[], fields=[], driver="ESRI Shapefile",
+                      geometry_type="Polygon", crs="EPSG:32651")
+    archive = tmp_path / "aoi.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for part in tmp_path.glob("aoi.*"):
+            if part != archive:
+                zf.write(part, part.name)
+    gpkg = tmp_path / "two.gpkg"
+    point = shapely.Point(741_000.0, 4_327_000.0)
+    pyogrio.raw.write(gpkg, geometry=np.asarray(shapely.to_wkb([point]), dtype=object),
+                      field_data=[], fields=[], driver="GPKG", geometry_type="Point",
+                      crs="EPSG:32651", layer="pts")
+    pyogrio.raw.write(gpkg, geometry=np.asarray(shapely.to_wkb([square]), dtype=object),
+                      field_data=[], fields=[], driver="GPKG", geometry_type="Polygon",
+                      crs="EPSG:32651", layer="area", append=True)
+    for spelling in (f"/vsizip/{archive}/aoi.shp", f"zip://{archive}!aoi.shp", str(gpkg),
+                     str(tmp_path)):
+        vector = read_polygons(spelling)
+        assert len(vector.polygons) == 1
+        assert vector.polygons[0].normalize().equals_exact(square.normalize(), 1e-6), spelling
+    with pytest.raises(InputError, match="no such file"):
+        read_polygons(tmp_path / "missing.geojson")

@@ -90,8 +90,9 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
 @click.argument("after", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "outdir", required=True, type=FolderPath(),
               help="Output folder (created; refused if not empty without --overwrite).")
-@click.option("--aoi", type=click.Path(dir_okay=False), default=None,
-              help="Analyse only inside these polygons (any vector format, any CRS).")
+@click.option("--aoi", type=click.Path(), default=None,
+              help="Analyse only inside these polygons (any vector format or folder of "
+                   "shapefiles GDAL reads, any CRS; the first polygon layer).")
 @click.option("--bands", default=None, metavar="LIST",
               help="1-based bands to use, e.g. 3,2,1, for both dates (default: those tagged red, "
                    "green, blue, else the first three not alpha).")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +114,10 @@ def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
 
     from ..errors import InputError
     from ..measure import metric_crs, reproject_geoms
-    from ..raster import analysis_grid
+    from ..raster import analysis_grid, check_path
 
     for path in (pred, truth):
-        if not os.path.exists(path):
-            raise InputError(path, "no such file")
+        check_path(path)
     sides: list[Any] = []
     for path in (pred, truth):
         sides.append(("raster", *_read_mask(path)) if _is_raster(path)
