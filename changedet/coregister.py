@@ -433,8 +433,8 @@ def _guard(reg: Registration) -> Registration:
     if reg.reliability is not None and reg.reliability < MIN_RELIABILITY:
         logger.warning(
             "co-registration is unreliable (reliability %.2f, estimate dx=%.2f dy=%.2f px); "
-            "not applied: check the inputs or use --coreg none/local",
-            reg.reliability, *reg.shift_px)
+            "not applied: check the inputs or use --coreg %s", reg.reliability,
+            *reg.shift_px, "none" if reg.method == "local" else "none/local")
         return replace(reg, correction=Affine.identity(), low_reliability=True)
     return reg
 

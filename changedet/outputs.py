@@ -143,7 +143,9 @@ def _field_arrays(properties: Properties) -> tuple[list[str], list[np.ndarray]]:
     for name in names:
         values = [_plain(p.get(name)) for p in properties]
         kinds = {type(v) for v in values if v is not None}
-        if kinds <= {int, bool} and None not in values:
+        if kinds == {bool} and None not in values:
+            arrays.append(np.asarray(values, dtype=bool))  # OGR's boolean subtype
+        elif kinds <= {int, bool} and None not in values:
             arrays.append(np.asarray(values, dtype=np.int64))
         elif kinds <= {int, float, bool}:
             arrays.append(np.asarray([np.nan if v is None else v for v in values],

@@ -117,8 +117,9 @@ def overall_verdict(rows: Sequence[VerdictRow]) -> tuple[str, str]:
     """A one-line conclusion and its colour key from the verdict rows."""
     verdicts = [r.verdict for r in rows if r.verdict is not None]  # sites the claim is about
     if verdicts and all(v == "consistent" for v in verdicts):
-        return (f"Consistent with the claim: all {len(verdicts)} site"
-                f"{'s' if len(verdicts) != 1 else ''} match", "consistent")
+        return ("Consistent with the claim: the site matches" if len(verdicts) == 1
+                else f"Consistent with the claim: all {len(verdicts)} sites match",
+                "consistent")
     counts = {v: verdicts.count(v) for v in VERDICT_COLOURS if verdicts.count(v)}
     detail = ", ".join(f"{n} {v}" for v, n in counts.items()) or "no site found"
     worst = "not found" if not verdicts else next(

@@ -75,6 +75,9 @@ def test_gpkg_layers_crs_and_areas(tmp_path: Path) -> None:
     np.testing.assert_allclose(areas, AREAS, rtol=1e-9)
     col = list(meta["fields"]).index("area_m2")
     np.testing.assert_allclose(fields[col], [p["area_m2"] for p in props])
+    # A yes/no field is OGR's boolean subtype (QGIS shows true/false), not 0/1.
+    partial = fields[list(meta["fields"]).index("partial")]
+    assert partial.dtype == bool and partial.tolist() == [p["partial"] for p in props]
     meta, _, wkb, _ = pyogrio.raw.read(path, layer="sites")
     assert len(wkb) == 2 and CRS.from_user_input(meta["crs"]).to_epsg() == 32651
 

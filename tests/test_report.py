@@ -127,7 +127,7 @@ def test_unclaimed_sites_in_table() -> None:
     res = fake_result(12375.0, n_sites=1)
     lines = format_table(res.sites, res.claim).splitlines()
     assert lines[3].endswith("consistent") and lines[4].endswith("(not claimed)")
-    assert lines[-1] == "Consistent with the claim: all 1 site match"
+    assert lines[-1] == "Consistent with the claim: the site matches"
 
 
 def test_all_consistent_headline() -> None:
