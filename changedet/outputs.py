@@ -361,7 +361,8 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
             # that resolved_path does not know.)
             text = os.fspath(path)
             wrapped = text.startswith("/vsi") or "://" in text
-            if ((source is not None and final in source.parents)
+            # (OUTDIR itself is an input when the AOI is given as a folder.)
+            if ((source is not None and (source == final or final in source.parents))
                     or (wrapped and f"{final}{os.sep}" in text)):
                 raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
                                   "would delete; write to another folder")
@@ -407,33 +408,41 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
     """Put the files of ``tmp`` into the existing folder ``final``, which cannot be
     replaced as a whole.
 
-    Each file is first moved (copied, across file systems) beside its final name and
-    renamed over it, so that no output is ever half-written; the old contents (with ``overwrite``) are removed
-    only once every new file is in place. Errors become an OutputError naming
-    ``final``.
+    Every new file is first moved (copied, across file systems) into ``final`` under
+    a unique hidden name; only then is the old content (with ``overwrite``) removed
+    and each new file renamed to its own name. A failure while staging leaves
+    ``final`` as it was; one after it (rare: a folder where an output goes) says
+    that the folder may hold old and new files together.
     """
     staged: list[tuple[Path, Path]] = []
+    committing = False
     try:
         old = [path for path in final.iterdir() if path != tmp]
         if old and not overwrite:
             raise OutputError(f"{final}: folder is not empty; use --overwrite to replace it")
         for src in sorted(tmp.iterdir()):
-            part = final / f".{src.name}.part"
+            fd, part = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".part", dir=final)
+            os.close(fd)
+            staged.append((Path(part), final / src.name))
             shutil.move(src, part)  # a rename when on the same file system
-            staged.append((part, final / src.name))
-        names = {dst.name for _, dst in staged}
+        committing = True
         for path in old:
-            if path.name not in names:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         for part, dst in staged:
             os.replace(part, dst)
+        staged = []
     except OSError as exc:
-        for part, _ in staged:
+        if not committing:
+            raise _output_error(exc, final) from exc
+        what = f" {Path(exc.filename).name}" if exc.filename else ""
+        raise OutputError(f"{final}: cannot write{what} ({exc.strerror or exc}); the folder "
+                          "may now hold old and new files together") from exc
+    finally:
+        for part, _ in staged:  # also on Ctrl-C
             part.unlink(missing_ok=True)
-        raise _output_error(exc, final) from exc
 
 
 @contextlib.contextmanager

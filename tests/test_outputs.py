@@ -450,3 +450,29 @@ def test_an_unwritable_outdir_is_refused_before_any_work(
     monkeypatch.setattr(outputs.os, "access", lambda p, mode: Path(p) != out)
     with pytest.raises(OutputError, match="out: folder cannot be written"):
         outputs.check_outdir(out)
+
+
+def test_a_mounted_outdir_with_leftovers_and_a_folder_in_the_way_is_replaced_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed run's hidden part file and a folder named like an output: the staged
+    files took the part file's name and were then deleted with the old content, and
+    the folder stopped the renames half way, leaving old and new files mixed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".summary.json.part").write_text("left by a killed run")
+    (out / "report.html").mkdir()
+    (out / "notes.txt").write_text("old")
+    monkeypatch.setattr(outputs.os.path, "ismount", lambda p: Path(p) == out)
+    write_outputs(fake_result(), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert (out / "report.html").is_file()
+    assert json.loads((out / "summary.json").read_text())["buildings"]
+
+
+def test_overwrite_refuses_an_outdir_that_is_the_aoi_folder(tmp_path: Path) -> None:
+    aoi = tmp_path / "aoi"
+    aoi.mkdir()
+    (aoi / "aoi.shp").write_bytes(b"")
+    with pytest.raises(OutputError, match="holds the input"):
+        outputs.check_outdir(aoi, overwrite=True, inputs=[str(aoi)])
+    assert (aoi / "aoi.shp").exists()
