@@ -51,7 +51,7 @@ class VectorPolygons:
     path: str
 
 
-def _polygon_layer(path: str) -> str | int:
+def polygon_layer(path: str) -> str | int:
     """The first layer of a vector source whose geometry type is polygonal, else the
     first (a GeoPackage may hold points before its areas; a folder, shapefiles)."""
     try:
@@ -59,7 +59,8 @@ def _polygon_layer(path: str) -> str | int:
     except Exception:  # noqa: BLE001 - the read that follows names what is wrong
         return 0
     for name, geometry_type in layers:
-        if geometry_type is not None and "polygon" in str(geometry_type).lower():
+        kind = str(geometry_type).lower() if geometry_type is not None else ""
+        if "polygon" in kind or "surface" in kind:  # curved and polyhedral ones too
             return str(name)
     return 0
 
@@ -88,7 +89,7 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # GDAL chatter on odd files; errors still raise
-            meta, _, wkb, field_data = pyogrio.raw.read(path, layer=_polygon_layer(path))
+            meta, _, wkb, field_data = pyogrio.raw.read(path, layer=polygon_layer(path))
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         raise InputError(path, "not vector data (no layer GDAL/OGR can read)") from exc
     except pyogrio.errors.GeometryError as exc:

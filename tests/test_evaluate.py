@@ -368,3 +368,36 @@ def test_cli_refuses_points_and_warns_of_polygons_elsewhere(tmp_path):
     assert res.exit_code == 1 and "points.geojson: contains no polygons" in res.output
     res = CliRunner().invoke(main, ["evaluate", str(far), str(here), "--json"])
     assert res.exit_code == 0 and "same place" in res.stderr
+
+
+@pytest.mark.parametrize("value", [1, 255])
+def test_cli_a_nodata_tag_on_the_buildings_value_does_not_hide_them(geotiff, value):
+    """A 0/1 mask tagged nodata 1 (or 0/255 tagged 255): the tag named the buildings,
+    all of them vanished, and an empty-against-empty score of 1.0 followed."""
+    pred = np.zeros((100, 100), dtype=np.uint8)
+    pred[10:20, 10:30] = value
+    pred[40:50, 40:50] = value
+    pred[70:80, 70:80] = value
+    truth = np.zeros_like(pred)
+    truth[10:20, 10:30] = 1
+    p = geotiff("pred.tif", pred, nodata=value)
+    t = geotiff("truth.tif", truth)
+    res = CliRunner().invoke(main, ["evaluate", str(p), str(t), "--json"])
+    out = json.loads(res.stdout)
+    assert (out["n_pred"], out["tp"], out["fp"]) == (3, 1, 2)
+    assert "read as building" in res.stderr
+
+
+def test_cli_reads_the_polygon_layer_after_a_point_layer(tmp_path):
+    gpkg = tmp_path / "two.gpkg"
+    square = box(500000, 4320000, 500010, 4320010)
+    for layer, geom, kind in (("pts", shapely.Point(500005, 4320005), "Point"),
+                              ("area", square, "Polygon")):
+        pyogrio.raw.write(gpkg, shapely.to_wkb(np.asarray([geom], dtype=object)),
+                          [np.arange(1)], fields=["id"], geometry_type=kind,
+                          crs="EPSG:32651", driver="GPKG", layer=layer,
+                          append=layer == "area")
+    same = _write_geojson(tmp_path / "a.geojson", [square], "EPSG:32651")
+    res = CliRunner().invoke(main, ["evaluate", str(gpkg), str(same), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["tp"] == 1

@@ -21,13 +21,14 @@ def _read_vector(path: str) -> tuple[list[Any], Any]:
     import shapely
     from rasterio.crs import CRS
 
+    from ..aoi import polygon_layer
     from ..errors import InputError
 
     try:
         layers = [str(name) for name, _ in pyogrio.list_layers(path)]
         # A file of several layers (detect's GeoPackage holds new_buildings and
-        # sites): the buildings' layer when there is one, else the first.
-        layer = "new_buildings" if "new_buildings" in layers else (layers or [None])[0]
+        # sites): the buildings' layer when there is one, else the first polygon one.
+        layer = "new_buildings" if "new_buildings" in layers else polygon_layer(path)
         meta, _fids, geometry, field_data = pyogrio.raw.read(path, layer=layer)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         raise InputError(path, f"not a vector file GDAL can read ({exc})") from exc
@@ -78,14 +79,23 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
                     raise InputError(path, f"has {ds.count} bands; a mask or label raster "
                                            "has one (is this an image?)")
                 data = ds.read(1)
-                if ds.nodata == 0:
+                is_change_tif = "CLASSES" in ds.tags(1)
+                nodata = ds.nodata
+                foreground = np.unique(data[data != 0]) if nodata is not None else None
+                if nodata == 0:
                     # In a mask, 0 is the background: a nodata tag of 0 (as GIS
                     # rasterisers often write) would leave nothing but buildings to score.
                     logger.warning("%s: nodata value 0 read as background, not no data", path)
                     valid = np.ones(data.shape, bool)
+                elif (not is_change_tif and foreground is not None and foreground.size == 1
+                      and foreground[0] == nodata):
+                    # A 0/1 mask tagged nodata 1, a 0/255 one tagged 255: the tag names
+                    # the buildings themselves, which would all vanish.
+                    logger.warning("%s: nodata value %g is the mask's only non-zero value: "
+                                   "read as building, not no data", path, nodata)
+                    valid = np.ones(data.shape, bool)
                 else:
                     valid = ds.read_masks(1) > 0
-                is_change_tif = "CLASSES" in ds.tags(1)
                 grid = Grid(ds.crs, ds.transform, ds.height, ds.width)
     except RasterioIOError as exc:
         raise InputError(path, f"not a raster GDAL can read ({exc})") from exc
