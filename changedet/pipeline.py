@@ -646,19 +646,6 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
     stage("aligning")
     grid, _ = _overlap_grid(full_grid, header_b, header_a)
     resample_before = full_grid != header_b.grid
-    survey = survey_strips(header_b, header_a, grid, resample_before, opts.local_threads())
-    box = (data_island(header_b, header_a, grid, resample_before, opts.local_threads())
-           if survey.sparse else None)
-    if box is not None:
-        r0, c0, r1, c1 = box
-        logger.info("data valid in both scenes only within rows %d-%d, columns %d-%d of "
-                    "%d x %d: the run is cropped to them", r0, r1, c0, c1, *grid.shape)
-        grid, survey = grid.window(r0, c0, r1 - r0, c1 - c0), None
-    aoi = None
-    if opts.aoi is not None:
-        from .aoi import read_aoi
-
-        aoi = read_aoi(opts.aoi, _decimated(grid, QUICKLOOK_PX))
     # Reach the cluster before minutes of work, not after.
     runner = (DaskRunner(opts.dask_scheduler) if opts.dask_scheduler is not None
               else thread_runner(opts.local_threads()))
@@ -667,8 +654,29 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
         # window would fill it in proportion to the scene. A small one keeps memory
         # bounded by the windows.
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
+            survey: StripSurvey | None = survey_strips(header_b, header_a, grid,
+                                                       resample_before, opts.local_threads())
+            overlap = None
+            if survey is not None and survey.sparse:
+                # Scanned over the before scene's whole grid: the share of it the after
+                # scene covers comes out exact, where the strips would miss the island.
+                island = data_island(header_b, header_a, full_grid, resample_before,
+                                     opts.local_threads())
+                if island.before_valid_px:
+                    overlap = island.both_valid_px / island.before_valid_px
+                if island.box is not None:
+                    r0, c0, r1, c1 = island.box
+                    logger.info("data valid in both scenes only within rows %d-%d, columns "
+                                "%d-%d of %d x %d: the run is cropped to them", r0, r1, c0,
+                                c1, *full_grid.shape)
+                    grid, survey = full_grid.window(r0, c0, r1 - r0, c1 - c0), None
+            aoi = None
+            if opts.aoi is not None:
+                from .aoi import read_aoi
+
+                aoi = read_aoi(opts.aoi, _decimated(grid, QUICKLOOK_PX))
             return _detect_in_windows(header_b, header_a, full_grid, grid, resample_before,
-                                      aoi, runner, opts, stage, survey)
+                                      aoi, runner, opts, stage, survey, overlap)
     finally:
         if isinstance(runner, DaskRunner):
             runner.close()
@@ -676,8 +684,8 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
 
 def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: Grid,
                        resample_before: bool, aoi: Any, runner: Any, opts: DetectOptions,
-                       stage: _StageClock, survey: StripSurvey | None = None
-                       ) -> DetectionResult:
+                       stage: _StageClock, survey: StripSurvey | None = None,
+                       overlap: float | None = None) -> DetectionResult:
     from affine import Affine
 
     from .windowed import (QUICKLOOK_PX, CellMeans, WindowTask, context_px, first_pass,
@@ -687,8 +695,9 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
     params = opts.detection_params(grid)
     first = first_pass(header_b, header_a, grid, opts.coreg, resample_before, params,
                        workers=opts.local_threads(), survey=survey)
-    overlap = _windowed_overlap(full_grid, grid, header_b, resample_before,
-                                first.both_valid_px)
+    if overlap is None:
+        overlap = _windowed_overlap(full_grid, grid, header_b, resample_before,
+                                    first.both_valid_px)
     _warn_partial_overlap(header_b.path, header_a.path, overlap)
     registration = first.registration
     reg_summary = registration.summary(grid)

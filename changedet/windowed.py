@@ -80,8 +80,9 @@ QUICKLOOK_PX = 2048
 #: would otherwise fall on nodata.
 SPARSE_VALID_SHARE = 0.25
 #: Pixels kept around the data found valid in both scenes before co-registration
-#: (which moves the after scene by a few pixels).
-VALID_CROP_PAD_PX = 64
+#: (which moves the after scene: its coarse search reaches a tenth of the central
+#: chip, about 200 px).
+VALID_CROP_PAD_PX = 256
 
 
 @dataclass(frozen=True)
@@ -661,39 +662,54 @@ def survey_strips(before: Scene, after: Scene, grid: Grid, resample_before: bool
                        tuple(d for _, d in found))
 
 
+@dataclass(frozen=True)
+class DataIsland:
+    """Where both scenes hold data on a grid, from a scan of all of it.
+
+    ``box`` is ``(row0, col0, row1, col1)`` of the pixels valid in both, padded by
+    :data:`VALID_CROP_PAD_PX` and clipped to the grid (None when there is no such
+    pixel, or the box is the whole grid); ``before_valid_px`` and ``both_valid_px``
+    count the grid's pixels valid in the before scene and in both (before
+    co-registration).
+    """
+
+    box: tuple[int, int, int, int] | None
+    before_valid_px: int
+    both_valid_px: int
+
+
 def data_island(before: Scene, after: Scene, grid: Grid, resample_before: bool,
-                workers: int = 1) -> tuple[int, int, int, int] | None:
-    """The box of ``grid`` where both scenes hold data, read chip by chip.
+                workers: int = 1) -> DataIsland:
+    """Scan ``grid`` chip by chip for where both scenes hold data.
 
     For a grid whose strips are sparse (:attr:`StripSurvey.sparse`): a scene clipped
     to a polygon but kept at its full extent, where the central co-registration chip
-    and the sample chips of the first pass would fall on nodata.
-
-    Returns
-    -------
-    (row0, col0, row1, col1) or None
-        The bounding box of the pixels valid in both, padded by
-        :data:`VALID_CROP_PAD_PX` and clipped to ``grid``; None when there is no such
-        pixel (the first pass then says what is wrong) or the box is the whole grid.
+    and the sample chips of the first pass would fall on nodata, and where the strips
+    would misjudge how much of the before scene the after scene covers.
     """
-    def box_in(chip: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    def scan(chip: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int] | None,
+                                                       int, int]:
         b, a = read(chip)
-        box = valid_box(b.valid & a.valid)
-        if box is None:
-            return None
-        return box[0] + chip[0], box[1] + chip[1], box[2] + chip[0], box[3] + chip[1]
+        both = b.valid & a.valid
+        box = valid_box(both)
+        if box is not None:
+            box = (box[0] + chip[0], box[1] + chip[1], box[2] + chip[0], box[3] + chip[1])
+        return box, int(b.valid.sum()), int(both.sum())
 
     chips = sample_chips(grid.shape, CHIP_PX, grid.shape[0] * grid.shape[1])
     with OpenDatasets() as datasets, ThreadPoolExecutor(max(1, workers)) as pool:
         read = _read_unregistered(before, after, grid, resample_before, datasets)
-        boxes = [box for box in pool.map(box_in, chips) if box is not None]
+        found = list(pool.map(scan, chips))
+    boxes = [box for box, _, _ in found if box is not None]
+    before_px = sum(n for _, n, _ in found)
+    both_px = sum(n for _, _, n in found)
     if not boxes:
-        return None
+        return DataIsland(None, before_px, both_px)
     pad = VALID_CROP_PAD_PX
-    found = (max(0, min(b[0] for b in boxes) - pad), max(0, min(b[1] for b in boxes) - pad),
-             min(grid.height, max(b[2] for b in boxes) + pad),
-             min(grid.width, max(b[3] for b in boxes) + pad))
-    return None if found == (0, 0) + grid.shape else found
+    box = (max(0, min(b[0] for b in boxes) - pad), max(0, min(b[1] for b in boxes) - pad),
+           min(grid.height, max(b[2] for b in boxes) + pad),
+           min(grid.width, max(b[3] for b in boxes) + pad))
+    return DataIsland(None if box == (0, 0) + grid.shape else box, before_px, both_px)
 
 
 def first_pass(before: Scene, after: Scene, grid: Grid, method: str,

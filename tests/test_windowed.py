@@ -764,8 +764,10 @@ def test_strips_tell_an_island_of_data_in_a_large_frame_which_the_chips_find(tmp
     grid = analysis_grid(full.grid)
     pad = VALID_CROP_PAD_PX
     assert survey_strips(full, island, grid, False, workers=2).sparse
-    assert data_island(full, island, grid, False, workers=2) == (
-        900 - pad, 1500 - pad, 1300 + pad, 1800)
+    found = data_island(full, island, grid, False, workers=2)
+    assert found.box == (900 - pad, 1500 - pad, 1300 + pad, 1800)
+    assert (found.before_valid_px, found.both_valid_px) == (2000 * 1800, 400 * 290)
+    assert data_island(full, full, grid, False).box is None  # the whole grid
     dense = survey_strips(full, full, grid, False)
     assert not dense.sparse and dense.both_valid_px == dense.strip_px
     assert dense.differ == (False,) * len(dense.differ)
@@ -791,6 +793,10 @@ def test_a_scene_clipped_to_a_polygon_at_its_full_extent_is_cropped_to_its_data(
     windowed = run_detection(*paths, DetectOptions())
     whole = run_detection(FIXTURE / "before.tif", FIXTURE / "after.tif", DetectOptions())
     assert windowed.summary["parameters"]["windows"]["n"] >= 2
+    # The after scene covers all of the before scene's data (the strips, which miss
+    # most islands, gave 0.0 to 0.8 here).
+    assert windowed.summary["overlap_fraction"] == pytest.approx(
+        whole.summary["overlap_fraction"], abs=0.01)
     assert len(whole.buildings) == 3
     # The fixture's pixels are 1 m: the frame puts them 4300 m east, 2300 m south.
     # The same buildings, areas within a percent (the
