@@ -280,6 +280,12 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     if nir_band is not None:
         if nir_band in chosen:
             nir_index = chosen.index(nir_band)
+            if bands and len(chosen) - 1 < min(3, ds.count - 1) and warn:
+                # (--bands 1,2,3 --nir-band 3 reads blue as near-infrared: a slip, or
+                # a false-colour file; either way the colours are fewer than asked.)
+                logger.warning("%s: band %d is named in --bands and as --nir-band: it is "
+                               "read as near-infrared, leaving %d visible band(s)", path,
+                               nir_band, len(chosen) - 1)
         else:
             chosen = chosen + (nir_band,)
             nir_index = len(chosen) - 1

@@ -179,6 +179,18 @@ def test_near_infrared_alone_is_refused(geotiff, textured_image):
     assert read_scene(four, bands=(1,), nir_band=4).nir == 1
 
 
+def test_a_visible_band_named_as_near_infrared_is_warned_of(geotiff, textured_image, caplog):
+    """--bands 1,2,3 --nir-band 3 reads blue as near-infrared (a review lost two of the
+    fixture's three residences so): allowed, as a false-colour file needs it, but said."""
+    four = geotiff("rgbn.tif", textured_image(bands=4))
+    with caplog.at_level(logging.WARNING):
+        assert read_scene(four, bands=(1, 2, 3, 4), nir_band=4).nir == 3
+    assert "near-infrared" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        assert read_scene(four, bands=(1, 2, 3), nir_band=3).nir == 2
+    assert "band 3 is named in --bands and as --nir-band" in caplog.text
+
+
 def test_an_alpha_band_is_not_taken_for_data_by_default(tmp_path, textured_image, caplog):
     """A grey + alpha file is one band of data: the alpha band (0 or 255) read as a
     second colour band would make every edge of the mask a change of colour."""
