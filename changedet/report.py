@@ -235,7 +235,9 @@ def _display_flips(grid: Grid) -> tuple[bool, bool]:
     flipped; a rotated grid is shown as its rows and columns run.
     """
     t = grid.transform
-    if t.b != 0 or t.d != 0:
+    # (Rotation terms within rounding of zero, as an affine fitted to GCPs has them,
+    # are no rotation.)
+    if abs(t.b) > 1e-9 * abs(t.a) or abs(t.d) > 1e-9 * abs(t.e):
         return False, False
     return t.e > 0, t.a < 0
 

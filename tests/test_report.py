@@ -222,3 +222,8 @@ def test_a_south_up_scene_is_shown_north_up() -> None:
     np.testing.assert_array_equal(np.sort(south_box[:, 0]), np.sort(north_box[:, 0]))
     for n, s in zip(north, south, strict=True):
         assert np.abs(s - n[::-1]).mean() < 1.0 < np.abs(s - n).mean()
+    # An affine fitted to GCPs has rotation terms within rounding of zero.
+    fitted = Grid(GRID.crs, Affine(0.5, 1e-13, 500000.0, -2e-13, 0.5, 4320000.0 - 300.0),
+                  GRID.height, GRID.width)
+    _, fitted_box = _images_and_first_outline(render_report(fake_result(grid=fitted)))
+    assert (fitted_box[:, 1].min(), fitted_box[:, 1].max()) == (440.0, 560.0)
