@@ -118,3 +118,15 @@ def test_an_aoi_in_an_archive_or_after_a_point_layer_is_read(tmp_path: Path) -> 
         assert vector.polygons[0].normalize().equals_exact(square.normalize(), 1e-6), spelling
     with pytest.raises(InputError, match="no such file"):
         read_polygons(tmp_path / "missing.geojson")
+
+
+def test_an_aoi_smaller_than_a_pixel_is_not_said_to_lie_outside(tmp_path: Path) -> None:
+    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0),
+                128, 128)
+    path = tmp_path / "tiny.geojson"
+    tiny = shapely.box(741_010.1, 4_327_950.1, 741_010.3, 4_327_950.3)
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([tiny]), dtype=object),
+                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
+                      crs="EPSG:32651")
+    with pytest.raises(InputError, match="smaller than a pixel"):
+        read_aoi(path, grid)
