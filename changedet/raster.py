@@ -273,19 +273,24 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     elif all(colours.count(ci) == 1 for ci in rgb):
         chosen = tuple(colours.index(ci) + 1 for ci in rgb)
     else:
-        chosen = tuple([b for b in range(1, ds.count + 1) if b not in alpha][:3])
-        if not chosen:
+        # (The near-infrared band is no colour: --nir-band 3 on a four-band file gives
+        # bands 1, 2 and 4 as colours, not blue as near-infrared.)
+        data_bands = [b for b in range(1, ds.count + 1) if b not in alpha]
+        if not data_bands:
             raise InputError(path, "has only an alpha band (a mask), no data band")
+        chosen = tuple([b for b in data_bands if b != nir_band][:3])
     nir_index: int | None = None
     if nir_band is not None:
         if nir_band in chosen:
             nir_index = chosen.index(nir_band)
-            if bands and len(chosen) - 1 < min(3, ds.count - 1) and warn:
-                # (--bands 1,2,3 --nir-band 3 reads blue as near-infrared: a slip, or
-                # a false-colour file; either way the colours are fewer than asked.)
-                logger.warning("%s: band %d is named in --bands and as --nir-band: it is "
-                               "read as near-infrared, leaving %d visible band(s)", path,
-                               nir_band, len(chosen) - 1)
+            if len(chosen) - 1 < min(3, ds.count - 1) and warn:
+                # (--bands 1,2,3 --nir-band 3, or a band tagged red, green or blue
+                # named near-infrared: a slip, or a false-colour file; either way the
+                # colours are fewer than the file has.)
+                logger.warning("%s: band %d, given as near-infrared, is also one of the "
+                               "colour bands %s: it is read as near-infrared, leaving %d "
+                               "visible band(s)", path, nir_band,
+                               ",".join(str(b) for b in chosen), len(chosen) - 1)
         else:
             chosen = chosen + (nir_band,)
             nir_index = len(chosen) - 1

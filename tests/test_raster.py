@@ -188,7 +188,17 @@ def test_a_visible_band_named_as_near_infrared_is_warned_of(geotiff, textured_im
     assert "near-infrared" not in caplog.text
     with caplog.at_level(logging.WARNING):
         assert read_scene(four, bands=(1, 2, 3), nir_band=3).nir == 2
-    assert "band 3 is named in --bands and as --nir-band" in caplog.text
+    assert "band 3, given as near-infrared, is also one of the colour bands 1,2,3" in caplog.text
+    # Untagged, by default: the colours are the first three other bands.
+    from rasterio.enums import ColorInterp
+
+    with rasterio.open(four, "r+") as ds:
+        ds.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * 3
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        scene = read_scene(four, nir_band=3)
+    assert (scene.bands, scene.nir) == ((1, 2, 4, 3), 3)
+    assert "near-infrared" not in caplog.text
 
 
 def test_an_alpha_band_is_not_taken_for_data_by_default(tmp_path, textured_image, caplog):
