@@ -146,3 +146,16 @@ def test_a_closed_stdout_ends_quietly(capsys: "pytest.CaptureFixture[str]") -> N
         table.main([])
     assert stop.value.code == 1
     assert "Error" not in capsys.readouterr().err
+
+
+def test_overlapping_polygons_are_warned_of(tmp_path: Path) -> None:
+    """A roof traced twice counts twice in its site's built area: said, with the
+    overlap, so that a verdict of 'larger than claimed' is not taken at face value."""
+    square = shapely.box(500000, 4320000, 500090, 4320090)
+    path = _write(tmp_path / "dup.gpkg", [square, square, shapely.box(501000, 4320000,
+                                                                       501010, 4320010)],
+                  "EPSG:32651", "GPKG")
+    result = CliRunner().invoke(main, ["measure", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "overlap by 8100.0 m²" in result.stderr
+    assert result.stderr.count("overlap") == 1

@@ -39,6 +39,7 @@ def measure(polygons: str, pixel_size: float, site_gap_m: float, claim_m2: float
     check_claim_usage(claim_m2, claim_sites)
     vector = read_polygons(polygons)
     buildings = measure_buildings(vector.polygons, vector.crs.to_wkt(), pixel_size)
+    _warn_of_overlaps(vector.names, [b.polygon for b in buildings])
     sites = group_sites(buildings, site_gap_m, pixel_size_m=pixel_size)
     claim = None
     if claim_m2 is not None:
@@ -64,3 +65,20 @@ def measure(polygons: str, pixel_size: float, site_gap_m: float, claim_m2: float
                    f"{b.perimeter_m:>11,.1f}  {b.geodesic_area_m2:>11,.1f}  {b.site_id}")
     click.echo("")
     click.echo(format_table(sites, claim), nl=False)
+
+
+def _warn_of_overlaps(names: list[str], polygons: list) -> None:
+    """Warn of polygons that overlap (a roof traced twice): a site's built area sums
+    its polygons, so an overlap counts twice in it and in the claim's verdict."""
+    import shapely
+
+    from .._log import logger
+
+    tree = shapely.STRtree(polygons)
+    pairs = tree.query(polygons, predicate="intersects")
+    for i, j in zip(*pairs):
+        if i < j:
+            shared = polygons[i].intersection(polygons[j]).area
+            if shared > 1e-6 * min(polygons[i].area, polygons[j].area):
+                logger.warning("polygons %s and %s overlap by %.1f m², which counts twice in "
+                               "their site's built area", names[i], names[j], shared)
