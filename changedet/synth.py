@@ -222,6 +222,9 @@ class SynthParams:
             raise ValueError(f"unknown scenario {scenario!r}; choose one of {SCENARIOS}")
         rng = np.random.default_rng([seed, 1])
         px = float(pixel_size) if pixel_size else 0.5
+        if after_pixel_size is not None and not after_crs:
+            # The after scene is delivered on the before scene's grid otherwise.
+            raise ValueError("the after pixel size needs an after CRS (--after-crs)")
         for name, value in (("pixel size", px), ("after pixel size", after_pixel_size)):
             # Below 0.1 m the texture fields have no power left (NaN pixels); above
             # 10 m a house is less than a pixel and the compound's layout fails.
@@ -1824,6 +1827,14 @@ def make_synthetic_pair(params: SynthParams) -> SynthPair:
                 "n_parts": len(b.parts)} for i, b in enumerate(new)]
     logger.info("synth %s seed %d: %d new building(s), shift (%.3f, %.3f) px",
                 params.scenario, params.seed, len(new), dx, dy)
+    # A scene too small for its scenario places fewer buildings, or none: a benchmark
+    # or a demo on it would measure something else than it says.
+    wanted = {"compound": params.n_new, "suburb": 1}.get(params.scenario, 0)
+    if len(new) < wanted:
+        logger.warning("synth %s: only %d of the %s new building(s) fit in %d px at %g m "
+                       "pixels (%.0f m across); use a larger --size", params.scenario,
+                       len(new), params.n_new if params.scenario == "compound" else "some",
+                       params.size, params.pixel_size, params.size * params.pixel_size)
     return SynthPair(before, after, truth, mask, (dx, dy), params, records)
 
 

@@ -313,6 +313,16 @@ def test_a_small_compound_scene_is_drawn(tmp_path: Path, size: int,
     assert np.isfinite(pair.before.image).all() and pair.after.image.min() >= 1
 
 
+def test_a_scene_too_small_for_its_residences_says_so(caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        pair = make_synthetic_pair(SynthParams.for_scenario("compound", seed=1, size=800))
+    assert len(pair.buildings) < 3
+    assert f"only {len(pair.buildings)} of the 3 new building(s) fit" in caplog.text
+
+
 def test_a_failed_synth_leaves_no_folder_it_made(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from changedet import synth
@@ -335,3 +345,16 @@ def test_an_unknown_after_crs_is_one_message(capfd: pytest.CaptureFixture[str]) 
     with pytest.raises(ValueError, match="is not a CRS"):
         SynthParams.for_scenario("suburb", seed=0, size=128, after_crs="EPSG:99999")
     assert "ERROR 1" not in capfd.readouterr().err
+
+
+def test_cli_synth_option_mistakes_are_named(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from changedet.cli import main
+
+    seed = CliRunner().invoke(main, ["synth", str(tmp_path / "a"), "--seed", "-5"])
+    assert seed.exit_code == 2 and "'--seed'" in seed.output
+    alone = CliRunner().invoke(main, ["synth", str(tmp_path / "b"), "--after-pixel-size", "2"])
+    assert alone.exit_code == 2 and "needs an after CRS" in alone.output
+    assert "[x<=None]" not in CliRunner().invoke(main, ["synth", "--help"]).output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -29,6 +29,11 @@ class FiniteFloatRange(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return rv
 
+    def _describe_range(self) -> str:
+        # Unbounded: no "[x<=None]" in the help.
+        return "any finite number" if self.min is None and self.max is None else \
+            super()._describe_range()
+
 
 class FolderPath(click.Path):
     """``click.Path`` for an output folder: anything that exists and is not a folder

@@ -12,7 +12,8 @@ from .options import FiniteFloatRange, FolderPath, echo_json, handle_errors
 @click.argument("outdir", type=FolderPath())
 @click.option("--scenario", type=click.Choice(["compound", "suburb", "none", "demolition"]),
               default="compound", show_default=True, help="What the scene contains.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True,
+              help="Random seed.")
 @click.option("--size", type=click.IntRange(128, 65536), default=None,
               help="Scene width and height in pixels (default: the scenario's).")
 @click.option("--pixel-size", type=FiniteFloatRange(0.1, 10.0), default=None,
@@ -22,8 +23,10 @@ from .options import FiniteFloatRange, FolderPath, echo_json, handle_errors
 @click.option("--after-crs", default=None,
               help="Deliver the after scene in this CRS (e.g. EPSG:4326).")
 @click.option("--after-pixel-size", type=FiniteFloatRange(0.1, 10.0), default=None,
-              help="Ground size in metres of the delivered after pixel with --after-crs "
-                   "(default 1.1 x --pixel-size).")
+              help="Size of the delivered after pixel with --after-crs (default 1.1 x "
+                   "--pixel-size): metres on the ground for a geographic CRS (converted to "
+                   "degrees), the CRS's own units for a projected one (Web Mercator's "
+                   "metres shrink on the ground away from the equator).")
 @click.option("--nir/--no-nir", default=False, help="Add a near-infrared band.")
 @click.option("--nodata-margin", type=click.IntRange(0, None), default=0,
               help="Width in pixels of a nodata margin on the after scene.")
