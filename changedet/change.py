@@ -43,7 +43,7 @@ from skimage.filters import threshold_otsu
 
 from ._log import logger
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
-from .raster import Grid, Scene
+from .raster import Grid, Scene, check_scene
 
 #: The shipped pixel detector (trained by ``benchmarks/train_detector.py``).
 _MODEL_PATH = Path(__file__).resolve().parent / "models" / "detector.npz"
@@ -1874,6 +1874,8 @@ def detect_new_buildings(
         0 background, 1..N new buildings.
     evidence : Evidence
     """
+    check_scene(before, "before")
+    check_scene(after, "after")
     if not before.grid.coincides(after.grid) or before.image.shape != after.image.shape:
         # Scenes off one another's grid gave buildings all the same.
         raise ValueError("before and after must be on one grid with the same bands "

@@ -30,7 +30,7 @@ from skimage.registration import phase_cross_correlation
 from skimage.transform import AffineTransform
 
 from ._log import logger
-from .raster import AlignedPair, Grid, warp_scene
+from .raster import AlignedPair, Grid, check_scene, warp_scene
 
 #: Below this reliability a shift is reported but not applied.
 MIN_RELIABILITY = 0.3
@@ -456,6 +456,12 @@ def coregister(pair: AlignedPair, method: str = "global") -> tuple[AlignedPair, 
     """
     if method not in METHODS:
         raise ValueError(f"unknown co-registration method {method!r}; use one of {METHODS}")
+    check_scene(pair.before, "pair.before")
+    check_scene(pair.after, "pair.after")
+    check_scene(pair.after_source, "pair.after_source")
+    if not (pair.before.grid.coincides(pair.grid) and pair.after.grid.coincides(pair.grid)):
+        raise ValueError(f"pair.before and pair.after must lie on pair.grid {pair.grid} "
+                         "(use raster.align_pair)")
     if method == "none":
         return pair, Registration("none", (0.0, 0.0), None, 0)
     estimate = estimate_local if method == "local" else estimate_shift

@@ -41,9 +41,9 @@ def _objects(
         raise ValueError(f"{name} raster must be 2-D (H, W), got shape {data.shape}")
     if isinstance(data, np.ndarray):
         if grid is None:
-            raise ProcessingError(f"{name} is a raster: a grid is needed to evaluate it")
+            raise ValueError(f"{name} is a raster: a grid is needed to evaluate it")
         if data.shape != grid.shape:
-            raise ProcessingError(
+            raise ValueError(
                 f"{name} raster has shape {data.shape}, the grid {grid.shape}")
         mask = data > 0
         values = data[mask]
@@ -209,6 +209,9 @@ def evaluate(
     """
     if grid is not None and grid.crs.is_geographic:
         raise ProcessingError("evaluation needs a projected grid (areas in m²)")
+    if valid is not None and (grid is None or np.shape(valid) != grid.shape):
+        raise ValueError(f"valid of shape {np.shape(valid)} does not fit the grid "
+                         f"{None if grid is None else grid.shape}")
     p_ids, p_geoms, p_mask = _objects(pred, grid, "prediction")
     t_ids, t_geoms, t_mask = _objects(truth, grid, "truth")
     n_dropped = {"pred": 0, "truth": 0}

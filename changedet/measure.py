@@ -244,6 +244,14 @@ def area_bounds(
     return float(shrink.area), float(grow.area)
 
 
+def _check_length_m(name: str, value: float) -> None:
+    """Raise ValueError unless ``value`` is a finite number >= 0 (NaN passes every
+    comparison, and a negative size turned an area's range inside out)."""
+    if not isinstance(value, (int, float, np.integer, np.floating)) or \
+            not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
 def measure_buildings(
     polygons: Sequence[shapely.Geometry],
     crs: object,
@@ -285,6 +293,8 @@ def measure_buildings(
         ``geodesic_area_m2`` on the WGS84 ellipsoid (a warning is logged when the two
         differ by more than 0.5 %).
     """
+    _check_length_m("pixel_size_m", pixel_size_m)
+    _check_length_m("coreg_residual_px", coreg_residual_px)
     if not len(polygons):
         return []
     if scores is not None and len(scores) != len(polygons):
@@ -399,6 +409,9 @@ def group_sites(
         Ordered and numbered 1.. by descending built area; each building's
         ``site_id`` is set.
     """
+    for name, value in (("gap_m", gap_m), ("pixel_size_m", pixel_size_m),
+                        ("coreg_residual_px", coreg_residual_px)):
+        _check_length_m(name, value)
     if not buildings:
         return []
     geoms = np.asarray([b.polygon for b in buildings], dtype=object)

@@ -224,7 +224,9 @@ def fit_radiometry(
     if before.ndim != 3:
         raise ValueError(f"before must be (B, H, W), got shape {before.shape}")
     if before.shape != after.shape:
-        raise ProcessingError(f"band shapes differ: {before.shape} vs {after.shape}")
+        raise ValueError(f"band shapes differ: {before.shape} vs {after.shape}")
+    if np.asarray(valid).dtype != bool:
+        raise ValueError(f"valid must be a bool array, got {np.asarray(valid).dtype}")
     if valid.shape != before.shape[1:]:
         raise ValueError(f"valid of shape {valid.shape} does not match the bands "
                          f"{before.shape[1:]}")

@@ -133,6 +133,20 @@ class Scene:
         return self.image[keep]
 
 
+def check_scene(scene: Scene, name: str) -> None:
+    """Raise ValueError, naming ``name``, when a scene's arrays do not fit its grid:
+    ``image`` (B, H, W) with B >= 1, ``valid`` (H, W) of bool, ``grid`` H x W."""
+    image, valid, grid = np.asarray(scene.image), np.asarray(scene.valid), scene.grid
+    if image.ndim != 3 or image.shape[0] < 1:
+        raise ValueError(f"{name}.image must be (bands, rows, columns), got shape "
+                         f"{image.shape}")
+    if valid.dtype != bool:
+        raise ValueError(f"{name}.valid must be a bool array, got {valid.dtype}")
+    if not (image.shape[1:] == valid.shape == grid.shape):
+        raise ValueError(f"{name}: image {image.shape[1:]}, valid {valid.shape} and grid "
+                         f"{grid.shape} must be the same rows x columns")
+
+
 @dataclass
 class AlignedPair:
     """Two scenes on one analysis grid, cropped to the overlap of their valid data.
@@ -915,6 +929,8 @@ def align_pair(before: Scene, after: Scene) -> AlignedPair:
     InputError
         When the two scenes have different numbers of bands.
     """
+    check_scene(before, "before")
+    check_scene(after, "after")
     check_same_bands(before, after)
     grid = analysis_grid(before.grid)
     before_on_grid = before if grid == before.grid else warp_scene(before, grid)

@@ -146,7 +146,7 @@ def test_a_nodata_collar_changes_neither_the_noise_nor_the_buildings() -> None:
         image[:, :, :n] = scene.image
         valid = np.zeros(image.shape[1:], bool)
         valid[:, :n] = scene.valid
-        grid = Grid(scene.grid.crs, scene.grid.transform, image.shape[2], n)
+        grid = Grid(scene.grid.crs, scene.grid.transform, n, image.shape[2])
         return Scene(image, valid, grid)
 
     stats_alone, stats_collared = SceneStatistics(), SceneStatistics()
@@ -745,6 +745,11 @@ def test_scenes_off_one_grid_are_refused() -> None:
         detect_new_buildings(before, moved, DetectionParams())
     with pytest.raises(ValueError, match="one grid"):
         detect_new_buildings(before, replace(after, image=after.image[:2]), DetectionParams())
+    # Both on one grid of other rows and columns than their arrays: passed.
+    small = before.grid.window(0, 0, before.grid.height - 10, before.grid.width)
+    with pytest.raises(ValueError, match="must be the same rows x columns"):
+        detect_new_buildings(replace(before, grid=small), replace(after, grid=small),
+                             DetectionParams())
 
 
 def test_a_smaller_minimum_area_only_adds_buildings() -> None:

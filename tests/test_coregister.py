@@ -184,3 +184,13 @@ def test_flat_scenes_give_an_unreliable_shift_and_no_library_warning() -> None:
         warnings.simplefilter("error")  # any warning fails the test
         reg = estimate_shift(flat, flat.copy(), valid)
     assert reg.reliability < 0.5
+
+
+def test_coregister_refuses_a_pair_off_its_grid():
+    from dataclasses import replace
+
+    sp = make_synthetic_pair(SynthParams.for_scenario("suburb", seed=28, size=256))
+    pair = align_pair(sp.before, sp.after)
+    moved = replace(pair.after, grid=pair.grid.window(10, 0, *pair.grid.shape))
+    with pytest.raises(ValueError, match="must lie on pair.grid"):
+        coregister(replace(pair, after=moved))

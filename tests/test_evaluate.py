@@ -401,3 +401,10 @@ def test_cli_reads_the_polygon_layer_after_a_point_layer(tmp_path):
     res = CliRunner().invoke(main, ["evaluate", str(gpkg), str(same), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["tp"] == 1
+
+
+def test_a_valid_mask_off_the_grid_is_a_value_error():
+    with pytest.raises(ValueError, match="does not fit the grid"):
+        evaluate([], [], GRID, valid=np.ones((10, 10), bool))
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(np.zeros((10, 10), np.uint8), [], GRID)

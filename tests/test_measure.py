@@ -197,3 +197,19 @@ def test_ground_pixel_is_in_metres_on_the_ground() -> None:
     # Texas South Central in US survey feet: a 2 ft pixel is 0.61 m.
     feet = Grid(CRS.from_epsg(2278), Affine(2.0, 0, 3.0e6, 0, -2.0, 1.37e7), 100, 100)
     assert ground_pixel_m(feet) == pytest.approx(2 * 1200 / 3937, rel=2e-3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf")])
+def test_sizes_must_be_finite_and_not_negative(bad: float) -> None:
+    """NaN passed every comparison and failed later on a None geometry; -1 turned the
+    area range inside out."""
+    from shapely.geometry import box
+
+    from changedet.measure import group_sites, measure_buildings
+
+    square = [box(500000, 4320000, 500010, 4320010)]
+    with pytest.raises(ValueError, match="pixel_size_m must be a finite number >= 0"):
+        measure_buildings(square, "EPSG:32651", bad)
+    buildings = measure_buildings(square, "EPSG:32651", 0.5)
+    with pytest.raises(ValueError, match="gap_m must be a finite number >= 0"):
+        group_sites(buildings, bad)

@@ -146,3 +146,11 @@ def test_arrays_of_the_wrong_shape_are_named() -> None:
         fit_radiometry(before[0], before[0], valid)
     with pytest.raises(ValueError, match="valid of shape"):
         fit_radiometry(before, before, valid[:16])
+
+
+def test_shapes_and_mask_type_are_value_errors() -> None:
+    before = _scene(3, 20, 20)
+    with pytest.raises(ValueError, match="band shapes differ"):
+        fit_radiometry(before, before[:2], np.ones((20, 20), bool))
+    with pytest.raises(ValueError, match="bool"):
+        fit_radiometry(before, before, np.ones((20, 20)))

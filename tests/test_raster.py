@@ -423,3 +423,22 @@ def test_a_much_finer_source_is_averaged_in_bounded_pieces(tmp_path, monkeypatch
     small = read_region(header, grid)
     np.testing.assert_array_equal(small.image, whole.image)
     np.testing.assert_array_equal(small.valid, whole.valid)
+
+
+def test_stage_functions_name_arrays_that_do_not_fit_their_grid(geotiff, textured_image):
+    """The README promises a ValueError naming what does not fit: a 2-D image, a
+    float mask or a grid of other rows and columns came out as numpy's broadcast
+    errors (or passed)."""
+    from dataclasses import replace
+
+    from changedet.raster import check_scene
+
+    scene = read_scene(geotiff("a.tif", textured_image(60, 50)))
+    check_scene(scene, "ok")
+    for bad, what in ((replace(scene, image=scene.image[0]), "bands, rows, columns"),
+                      (replace(scene, valid=scene.valid.astype(float)), "bool"),
+                      (replace(scene, grid=scene.grid.window(0, 0, 50, 60)), "same rows")):
+        with pytest.raises(ValueError, match=what):
+            align_pair(bad, scene)
+        with pytest.raises(ValueError, match="before"):
+            align_pair(bad, scene)
