@@ -221,9 +221,9 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
             raise InputError(vector.path, f"cannot be reprojected to the scenes' CRS "
                                           f"({failure})") from failure
         if (union is not None and not union.is_empty and np.all(np.isfinite(union.bounds))
-                and union.intersects(shapely.box(*grid.bounds))):
-            raise InputError(vector.path, "covers no pixel centre of the scenes: it is "
-                                          "smaller than a pixel, or too thin")
+                and union.intersection(shapely.box(*grid.bounds)).area > 0):
+            raise InputError(vector.path, "covers no pixel centre of the scenes: what lies "
+                                          "within them is smaller than a pixel, or too thin")
         raise InputError(vector.path, "lies outside the scenes (the AOI covers no pixel of the overlap)")
     logger.info("AOI %s: %d polygon(s), %.0f m², %d px", vector.path, len(vector.polygons),
                 union.area, int(mask.sum()))

@@ -415,7 +415,9 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
     that the folder may hold old and new files together.
     """
     staged: list[tuple[Path, Path]] = []
-    committing = False
+    # What a failure leaves: "staging" nothing changed; "clearing" part of the old
+    # content gone and nothing new; "placing" part of the new outputs in place.
+    phase = "staging"
     try:
         old = [path for path in final.iterdir() if path != tmp]
         if old and not overwrite:
@@ -425,21 +427,25 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
             os.close(fd)
             staged.append((Path(part), final / src.name))
             shutil.move(src, part)  # a rename when on the same file system
-        committing = True
+        phase = "clearing"
         for path in old:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink()
-        for part, dst in staged:
+        phase = "placing"
+        while staged:
+            part, dst = staged[0]
             os.replace(part, dst)
-        staged = []
+            staged.pop(0)
     except OSError as exc:
-        if not committing:
+        if phase == "staging":
             raise _output_error(exc, final) from exc
         what = f" {Path(exc.filename).name}" if exc.filename else ""
-        raise OutputError(f"{final}: cannot write{what} ({exc.strerror or exc}); the folder "
-                          "may now hold old and new files together") from exc
+        left = ("some of its old content was removed and none of the new outputs written"
+                if phase == "clearing" else "it holds only part of the new outputs")
+        raise OutputError(f"{final}: cannot replace{what} ({exc.strerror or exc}); "
+                          f"{left}") from exc
     finally:
         for part, _ in staged:  # also on Ctrl-C
             part.unlink(missing_ok=True)

@@ -1831,9 +1831,9 @@ def make_synthetic_pair(params: SynthParams) -> SynthPair:
     # or a demo on it would measure something else than it says.
     wanted = {"compound": params.n_new, "suburb": 1}.get(params.scenario, 0)
     if len(new) < wanted:
-        logger.warning("synth %s: only %d of the %s new building(s) fit in %d px at %g m "
-                       "pixels (%.0f m across); use a larger --size", params.scenario,
-                       len(new), params.n_new if params.scenario == "compound" else "some",
+        of = f" of the {params.n_new}" if params.scenario == "compound" else ""
+        logger.warning("synth %s: only %d%s new building(s) fit in %d px at %g m pixels "
+                       "(%.0f m across); use a larger --size", params.scenario, len(new), of,
                        params.size, params.pixel_size, params.size * params.pixel_size)
     return SynthPair(before, after, truth, mask, (dx, dy), params, records)
 

@@ -130,3 +130,15 @@ def test_an_aoi_smaller_than_a_pixel_is_not_said_to_lie_outside(tmp_path: Path) 
                       crs="EPSG:32651")
     with pytest.raises(InputError, match="smaller than a pixel"):
         read_aoi(path, grid)
+
+
+def test_an_aoi_that_only_touches_the_scenes_lies_outside(tmp_path: Path) -> None:
+    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0),
+                128, 128)
+    path = tmp_path / "beside.geojson"
+    beside = shapely.box(741_128.0, 4_327_900.0, 742_128.0, 4_328_000.0)  # shares an edge
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([beside]), dtype=object),
+                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
+                      crs="EPSG:32651")
+    with pytest.raises(InputError, match="lies outside the scenes"):
+        read_aoi(path, grid)

@@ -371,21 +371,20 @@ def test_cli_refuses_points_and_warns_of_polygons_elsewhere(tmp_path):
 
 
 @pytest.mark.parametrize("value", [1, 255])
-def test_cli_a_nodata_tag_on_the_buildings_value_does_not_hide_them(geotiff, value):
-    """A 0/1 mask tagged nodata 1 (or 0/255 tagged 255): the tag named the buildings,
-    all of them vanished, and an empty-against-empty score of 1.0 followed."""
+def test_cli_a_nodata_tag_on_a_masks_only_value_is_followed_and_said(geotiff, value):
+    """A 0/1 mask tagged nodata 1 (or 0/255 tagged 255) may be buildings wrongly
+    tagged, or an empty prediction with a nodata margin: the file cannot tell. The tag
+    is followed (as GDAL reads it), with a warning saying how to read it otherwise."""
     pred = np.zeros((100, 100), dtype=np.uint8)
-    pred[10:20, 10:30] = value
-    pred[40:50, 40:50] = value
-    pred[70:80, 70:80] = value
+    pred[:, 90:] = value  # a margin, or a building
     truth = np.zeros_like(pred)
     truth[10:20, 10:30] = 1
     p = geotiff("pred.tif", pred, nodata=value)
     t = geotiff("truth.tif", truth)
     res = CliRunner().invoke(main, ["evaluate", str(p), str(t), "--json"])
     out = json.loads(res.stdout)
-    assert (out["n_pred"], out["tp"], out["fp"]) == (3, 1, 2)
-    assert "read as building" in res.stderr
+    assert (out["n_pred"], out["fn"]) == (0, 1)
+    assert "read as no data (no building)" in res.stderr and "-unsetnodata" in res.stderr
 
 
 def test_cli_reads_the_polygon_layer_after_a_point_layer(tmp_path):

@@ -476,3 +476,23 @@ def test_overwrite_refuses_an_outdir_that_is_the_aoi_folder(tmp_path: Path) -> N
     with pytest.raises(OutputError, match="holds the input"):
         outputs.check_outdir(aoi, overwrite=True, inputs=[str(aoi)])
     assert (aoi / "aoi.shp").exists()
+
+
+def test_a_failure_while_clearing_a_mounted_outdir_says_what_it_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").mkdir()
+
+    real_rmtree = outputs.shutil.rmtree
+
+    def refuse(path: object, *args: object, **kwargs: object) -> None:
+        if Path(str(path)).name == "old":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(outputs.os.path, "ismount", lambda p: Path(p) == out)
+    monkeypatch.setattr(outputs.shutil, "rmtree", refuse)
+    with pytest.raises(OutputError, match="none of the new outputs written"):
+        write_outputs(fake_result(), out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["old"]  # no staged file left behind

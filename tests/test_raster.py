@@ -199,6 +199,12 @@ def test_a_visible_band_named_as_near_infrared_is_warned_of(geotiff, textured_im
         scene = read_scene(four, nir_band=3)
     assert (scene.bands, scene.nir) == ((1, 2, 4, 3), 3)
     assert "near-infrared" not in caplog.text
+    # A three-band RGB file: its blue band given as near-infrared is said too.
+    three = geotiff("rgb.tif", textured_image(bands=3))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert read_scene(three, nir_band=3).nir == 2
+    assert "leaving 2 visible band(s)" in caplog.text
 
 
 def test_an_alpha_band_is_not_taken_for_data_by_default(tmp_path, textured_image, caplog):

@@ -87,15 +87,17 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
                     # rasterisers often write) would leave nothing but buildings to score.
                     logger.warning("%s: nodata value 0 read as background, not no data", path)
                     valid = np.ones(data.shape, bool)
-                elif (not is_change_tif and foreground is not None and foreground.size == 1
-                      and foreground[0] == nodata):
-                    # A 0/1 mask tagged nodata 1, a 0/255 one tagged 255: the tag names
-                    # the buildings themselves, which would all vanish.
-                    logger.warning("%s: nodata value %g is the mask's only non-zero value: "
-                                   "read as building, not no data", path, nodata)
-                    valid = np.ones(data.shape, bool)
                 else:
                     valid = ds.read_masks(1) > 0
+                    if (not is_change_tif and foreground is not None
+                            and foreground.size == 1 and foreground[0] == nodata):
+                        # An empty prediction with a nodata margin, or a 0/255 mask
+                        # wrongly tagged 255 (its buildings then all vanish): the file
+                        # cannot tell; its tag is followed, and the choice said.
+                        logger.warning(
+                            "%s: its only non-zero value is its nodata value %g, read as "
+                            "no data (no building); if those pixels are buildings, remove "
+                            "the tag (gdal_edit.py -unsetnodata)", path, nodata)
                 grid = Grid(ds.crs, ds.transform, ds.height, ds.width)
     except RasterioIOError as exc:
         raise InputError(path, f"not a raster GDAL can read ({exc})") from exc
