@@ -144,6 +144,10 @@ def _feature_labels(fields: list[str], data: list[np.ndarray], n: int) -> list[s
     for key in ("name", "label", "id", "site", "fid"):
         if key in lower:
             column = data[lower.index(key)]
+            if key == "fid" and [str(v) for v in column] == [str(i) for i in range(n)]:
+                # GDAL's own 0-based FID of a shapefile without fields: not a name,
+                # and off by one from the numbers the messages and tables use.
+                break
             return [str(v) if v is not None and str(v) != "" else str(i + 1)
                     for i, v in enumerate(column)]
     return [str(i + 1) for i in range(n)]

@@ -142,3 +142,15 @@ def test_an_aoi_that_only_touches_the_scenes_lies_outside(tmp_path: Path) -> Non
                       crs="EPSG:32651")
     with pytest.raises(InputError, match="lies outside the scenes"):
         read_aoi(path, grid)
+
+
+def test_a_field_less_shapefile_is_numbered_from_one(tmp_path: Path) -> None:
+    from changedet.aoi import read_polygons
+
+    shp = tmp_path / "bare.shp"
+    boxes = [shapely.box(741_000.0 + 20 * k, 4_327_900.0, 741_010.0 + 20 * k, 4_327_910.0)
+             for k in range(3)]
+    pyogrio.raw.write(shp, geometry=np.asarray(shapely.to_wkb(boxes), dtype=object),
+                      field_data=[], fields=[], driver="ESRI Shapefile",
+                      geometry_type="Polygon", crs="EPSG:32651")
+    assert read_polygons(shp).names == ["1", "2", "3"]
