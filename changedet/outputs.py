@@ -181,9 +181,12 @@ def write_gpkg(path: str | os.PathLike[str],
         fields, arrays = _field_arrays(props)
         if not fields:
             fields, arrays = ["id"], [np.zeros(0, dtype=np.int64)]
-        # Polygons and MultiPolygons mix in one layer only as MultiPolygon.
+        # Polygons and MultiPolygons mix in one layer only as MultiPolygon; rings
+        # counter-clockwise outside, clockwise in holes, as in the GeoJSON (a convex
+        # hull's envelope came out clockwise).
         multi = [g if isinstance(g, shapely.MultiPolygon) else shapely.MultiPolygon([g])
-                 for g in geoms]
+                 for g in shapely.orient_polygons(np.asarray(geoms, dtype=object),
+                                                  exterior_cw=False)] if geoms else []
         pyogrio.raw.write(
             path, geometry=np.asarray(shapely.to_wkb(multi), dtype=object) if multi
             else np.zeros(0, dtype=object),

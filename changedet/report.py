@@ -383,6 +383,9 @@ def _dl(items: Sequence[tuple[str, Any]]) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
+        if value != 0 and abs(value) < 0.01:
+            # (A geographic scene's pixel in degrees: three decimals made it "0".)
+            return f"{value:.3g}"
         return f"{value:,.3f}".rstrip("0").rstrip(".")
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value)

@@ -80,6 +80,11 @@ def test_gpkg_layers_crs_and_areas(tmp_path: Path) -> None:
     assert partial.dtype == bool and partial.tolist() == [p["partial"] for p in props]
     meta, _, wkb, _ = pyogrio.raw.read(path, layer="sites")
     assert len(wkb) == 2 and CRS.from_user_input(meta["crs"]).to_epsg() == 32651
+    # Rings as in the GeoJSON: exteriors counter-clockwise in both layers.
+    for layer in ("new_buildings", "sites"):
+        for g in shapely.from_wkb(pyogrio.raw.read(path, layer=layer)[2]):
+            for part in g.geoms:
+                assert part.exterior.is_ccw and not any(r.is_ccw for r in part.interiors)
 
 
 def _tiff_ifds(raw: bytes) -> list[tuple[int, int, int, list[int]]]:

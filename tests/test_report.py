@@ -227,3 +227,11 @@ def test_a_south_up_scene_is_shown_north_up() -> None:
                   GRID.height, GRID.width)
     _, fitted_box = _images_and_first_outline(render_report(fake_result(grid=fitted)))
     assert (fitted_box[:, 1].min(), fitted_box[:, 1].max()) == (440.0, 560.0)
+
+
+def test_a_pixel_size_in_degrees_is_not_shown_as_zero() -> None:
+    from changedet.report import _fmt
+
+    assert _fmt([6.3638e-06, 4.9407e-06]) == "6.36e-06, 4.94e-06"
+    assert _fmt(0.5) == "0.5" and _fmt(13000.0) == "13,000" and _fmt(0.0) == "0"
+
