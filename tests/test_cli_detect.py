@@ -663,3 +663,20 @@ def test_every_command_takes_v_and_q_after_its_name(command: str) -> None:
     for flag in ("-v", "-q"):
         result = _run(command, flag, "--help")
         assert result.exit_code == 0, result.output
+
+
+def test_runs_as_python_dash_m(tmp_path: Path) -> None:
+    """``python -m changedet`` (no console script on the PATH, or another venv's)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "changedet", "measure",
+                           str(tmp_path / "missing.gpkg")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"Error: {tmp_path / 'missing.gpkg'}: no such file"
+    usage = subprocess.run([sys.executable, "-m", "changedet", "--help"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert usage.returncode == 0 and usage.stdout.startswith("Usage: changedet ")
