@@ -1,8 +1,8 @@
 """Writing the outputs of a detection: GeoJSON, GeoPackage, COG, summary, report.
 
-Everything goes first into a temporary folder beside OUTDIR and is renamed into place
-only when complete, so that a failed run (bad input, full disk, interruption) leaves
-OUTDIR exactly as it was. The file list is the Contract of ``design.md``.
+Everything goes first into a temporary folder beside OUTDIR and takes its place only
+when complete (a new OUTDIR renamed whole; an existing one filled with staged files),
+so that a failed run (bad input, full disk, interruption) leaves OUTDIR as it was. The file list is the Contract of ``design.md``.
 """
 
 from __future__ import annotations
@@ -465,8 +465,9 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
         The final folder. It may not exist yet, or be empty; a non-empty one is
         replaced only with ``overwrite``.
     overwrite : bool
-        Allow replacing a non-empty ``outdir``. The old folder is moved aside and
-        removed only after the new one is in place.
+        Allow replacing a non-empty ``outdir``: its old content is removed only once
+        every new file is staged inside it (an existing folder keeps its mode,
+        group and inode; a new one is renamed into place whole).
     inputs : sequence of path-like, optional
         Files that must survive: an ``outdir`` holding one is refused.
 
@@ -492,28 +493,19 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
-        if parent == final:
+        if final.exists():
+            # An existing folder keeps its identity (mode, group, ACLs, inode: a
+            # shell inside it) and takes the files; without --overwrite it must still
+            # be empty (another run may have filled it meanwhile).
             _fill_in_place(tmp, final, overwrite)
             return
-        aside: Path | None = None
-        if final.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=parent))
-            os.rmdir(aside)  # only the unique name is wanted
-            try:
-                os.replace(final, aside)
-            except OSError:
-                # A folder that cannot be moved (a container's mounted volume: EBUSY;
-                # or on another file system than its parent) still takes the files.
-                _fill_in_place(tmp, final, overwrite)
-                return
         try:
-            os.replace(tmp, final)
+            os.replace(tmp, final)  # atomic; replaces an empty folder made meanwhile
         except OSError as exc:
-            if aside is not None:
-                os.replace(aside, final)
-            raise _output_error(exc, final) from exc
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            if not final.is_dir():
+                raise _output_error(exc, final) from exc
+            # Another run made and filled it in the meantime: refused, or replaced.
+            _fill_in_place(tmp, final, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

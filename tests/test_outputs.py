@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
+import stat
 import struct
 from pathlib import Path
 
@@ -501,3 +503,32 @@ def test_a_failure_while_clearing_a_mounted_outdir_says_what_it_left(
     with pytest.raises(OutputError, match="none of the new outputs written"):
         write_outputs(fake_result(), out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["old"]  # no staged file left behind
+
+
+def test_an_existing_outdir_keeps_its_mode_and_inode(tmp_path: Path) -> None:
+    """It was swapped for a new folder: a private (0750) OUTDIR came back 0755, and a
+    shell inside it was left in a deleted folder."""
+    out = tmp_path / "out"
+    out.mkdir(mode=0o750)
+    os.chmod(out, 0o750)
+    inode = out.stat().st_ino
+    write_outputs(fake_result(), out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750 and out.stat().st_ino == inode
+    (out / "mine.txt").write_text("x")
+    write_outputs(fake_result(), out, overwrite=True)
+    assert out.stat().st_ino == inode
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_run_that_finds_its_new_outdir_filled_meanwhile_is_refused(tmp_path: Path) -> None:
+    """Two runs into one new OUTDIR: the second moved the first's folder aside and
+    both 'succeeded' without --overwrite."""
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="not empty"):
+        with atomic_folder(out) as tmp:
+            (tmp / "mine.txt").write_text("second run")
+            out.mkdir()  # the first run lands meanwhile
+            (out / "theirs.txt").write_text("first run")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
