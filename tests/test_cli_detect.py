@@ -680,3 +680,38 @@ def test_runs_as_python_dash_m(tmp_path: Path) -> None:
     usage = subprocess.run([sys.executable, "-m", "changedet", "--help"],
                            capture_output=True, text=True, env=env, timeout=120)
     assert usage.returncode == 0 and usage.stdout.startswith("Usage: changedet ")
+
+
+def test_a_run_with_stderr_closed_writes_its_outputs(tmp_path: Path) -> None:
+    """``2>&-`` (a cron job): the progress bar asked a closed stderr if it was a
+    terminal, and the run failed without a word and without outputs."""
+    import os
+    import subprocess
+    import sys
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    code = ("import sys\nsys.stderr = None\nfrom changedet.cli import main\n"
+            "main(['detect', sys.argv[1], sys.argv[2], '-o', sys.argv[3]])\n")
+    done = subprocess.run([sys.executable, "-c", code, str(fixture / "before.tif"),
+                           str(fixture / "after.tif"), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
+
+
+def test_the_cli_gives_a_notebook_its_logging_back(tmp_path: Path) -> None:
+    import logging
+
+    log = logging.getLogger("changedet")
+    mine = logging.NullHandler()
+    level, handlers = log.level, list(log.handlers)
+    try:
+        log.handlers[:] = [mine]
+        log.setLevel(logging.INFO)
+        result = CliRunner().invoke(main, ["-q", "measure", str(tmp_path / "no.gpkg")])
+        assert result.exit_code == 1
+        assert log.level == logging.INFO and log.handlers == [mine]
+    finally:
+        log.setLevel(level)
+        log.handlers[:] = handlers

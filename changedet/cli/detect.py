@@ -69,11 +69,13 @@ def check_claim_usage(claim_m2: float | None, claim_sites: int | None) -> None:
 @contextmanager
 def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None]:
     """A progress callback drawing a bar on stderr, or None when quiet or not a terminal."""
-    if verbosity < 0 or not sys.stderr.isatty():
+    # (stderr may be closed: a cron job's 2>&-.)
+    if verbosity < 0 or sys.stderr is None or not sys.stderr.isatty():
         yield None
         return
+    # width=0: as wide as the terminal (a fixed bar wrapped on narrow ones).
     with click.progressbar(length=1000, label="changedet", file=sys.stderr,
-                           show_eta=False) as bar:
+                           show_eta=False, width=0) as bar:
         state = {"done": 0}
 
         def update(stage: str, fraction: float) -> None:

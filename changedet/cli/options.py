@@ -69,12 +69,32 @@ def silence_georeferencing_warnings(ctx: click.Context) -> None:
 
 
 def configure_logging(verbosity: int) -> None:
+    """The ``changedet`` logger at the level ``verbosity`` asks for, on stderr.
+
+    Within a click command, the logger's level and handlers come back as they were
+    when the command ends: a notebook that calls the CLI keeps its own logging.
+    """
     level = max(logging.DEBUG, logging.WARNING - 10 * verbosity)
     log = logging.getLogger("changedet")
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        root = ctx.find_root()
+        root.ensure_object(dict)
+        if "logging_before" not in root.obj:
+            root.obj["logging_before"] = (log.level, list(log.handlers))
+
+            def restore() -> None:
+                old_level, old_handlers = root.obj.pop("logging_before")
+                log.setLevel(old_level)
+                log.handlers[:] = old_handlers
+
+            root.call_on_close(restore)
     log.setLevel(level)
     for handler in list(log.handlers):
         if getattr(handler, "_changedet_cli", False):
             log.removeHandler(handler)
+    if sys.stderr is None:  # closed (2>&-): nowhere to say anything
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("changedet: %(message)s"))
     handler._changedet_cli = True  # type: ignore[attr-defined]
