@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyogrio.errors
 import pyogrio.raw
 import rasterio
 import rasterio.shutil
@@ -187,12 +188,17 @@ def write_gpkg(path: str | os.PathLike[str],
         multi = [g if isinstance(g, shapely.MultiPolygon) else shapely.MultiPolygon([g])
                  for g in shapely.orient_polygons(np.asarray(geoms, dtype=object),
                                                   exterior_cw=False)] if geoms else []
-        pyogrio.raw.write(
-            path, geometry=np.asarray(shapely.to_wkb(multi), dtype=object) if multi
-            else np.zeros(0, dtype=object),
-            field_data=arrays, fields=fields, layer=name, driver="GPKG",
-            geometry_type="MultiPolygon", crs=wkt, append=i > 0, promote_to_multi=False,
-        )
+        try:
+            pyogrio.raw.write(
+                path, geometry=np.asarray(shapely.to_wkb(multi), dtype=object) if multi
+                else np.zeros(0, dtype=object),
+                field_data=arrays, fields=fields, layer=name, driver="GPKG",
+                geometry_type="MultiPolygon", crs=wkt, append=i > 0, promote_to_multi=False,
+            )
+        except pyogrio.errors.DataSourceError as exc:
+            # (SQLite's own limits, such as a path too long for it, surface here.)
+            raise OSError(errno.EIO, str(exc).splitlines()[0] if str(exc) else "GDAL error",
+                          str(path)) from exc
     return path
 
 
@@ -399,10 +405,20 @@ def _staging_parent(final: Path) -> Path:
     error: OSError | None = None
     for place in places:
         try:
-            os.rmdir(tempfile.mkdtemp(prefix=f".{final.name}.check-", dir=place))
-            return place
+            probe = Path(tempfile.mkdtemp(prefix=f".{final.name}.check-", dir=place))
         except OSError as exc:
             error = exc if error is None else error
+            continue
+        try:
+            # The GeoPackage goes through SQLite, whose path limit is shorter than the
+            # system's: found out here, not after the whole run.
+            write_gpkg(probe / "new_buildings.gpkg", {"probe": ([], [])}, "EPSG:4326")
+        except OSError as exc:
+            raise OutputError(f"{final}: cannot write a GeoPackage there "
+                              f"({exc.strerror or exc}); is the path too long?") from exc
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+        return place
     assert error is not None
     raise OutputError(f"{places[0]}: cannot write here ({error.strerror or error})") from error
 

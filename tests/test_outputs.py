@@ -532,3 +532,15 @@ def test_a_run_that_finds_its_new_outdir_filled_meanwhile_is_refused(tmp_path: P
             (out / "theirs.txt").write_text("first run")
     assert [p.name for p in out.iterdir()] == ["theirs.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_path_too_long_for_the_geopackage_is_refused_before_any_work(tmp_path: Path
+                                                                      ) -> None:
+    """SQLite's path limit is shorter than the system's: at about 2,000 characters
+    the run did all its work and then failed as an 'internal error'."""
+    deep = tmp_path.joinpath(*["d" * 200] * 10)
+    deep.mkdir(parents=True)
+    with pytest.raises(OutputError, match="cannot write a GeoPackage there"):
+        outputs.check_outdir(deep / "out")
+    assert list(deep.iterdir()) == []
+    outputs.check_outdir(tmp_path / "out")  # a plain path passes
