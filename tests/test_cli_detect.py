@@ -715,3 +715,22 @@ def test_the_cli_gives_a_notebook_its_logging_back(tmp_path: Path) -> None:
     finally:
         log.setLevel(level)
         log.handlers[:] = handlers
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_stdout_on_a_full_device_says_the_outputs_were_written(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "changedet", "-q", "detect",
+                               str(fixture / "before.tif"), str(fixture / "after.tif"),
+                               "-o", str(tmp_path / "out")],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=300)
+    assert done.returncode == 1
+    assert "the outputs are in" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)

@@ -163,7 +163,14 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
     with progress_bar(verbosity) as progress:
         result = run_detection(before, after, options, progress=progress)
     write_outputs(result, outdir, overwrite=overwrite)
-    click.echo(format_table(result.sites, result.claim), nl=False)
+    try:
+        click.echo(format_table(result.sites, result.claim), nl=False)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # stdout on a full device: the work itself is done
+        raise click.ClickException(f"cannot print the site table on stdout "
+                                   f"({exc.strerror or exc}); the outputs are in {outdir}"
+                                   ) from None
     if result.standing_before and verbosity >= 0:
         click.echo(f"changedet: {len(result.standing_before)} changed area(s) in the shape of "
                    "a building left out, their outline already in BEFORE (summary.json "
