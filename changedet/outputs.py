@@ -195,7 +195,8 @@ def write_gpkg(path: str | os.PathLike[str],
                 field_data=arrays, fields=fields, layer=name, driver="GPKG",
                 geometry_type="MultiPolygon", crs=wkt, append=i > 0, promote_to_multi=False,
             )
-        except pyogrio.errors.DataSourceError as exc:
+        except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
+                pyogrio.errors.FeatureError, pyogrio.errors.FieldError) as exc:
             # (SQLite's own limits, such as a path too long for it, surface here.)
             raise OSError(errno.EIO, str(exc).splitlines()[0] if str(exc) else "GDAL error",
                           str(path)) from exc
@@ -326,6 +327,18 @@ def resolved_path(path: str | os.PathLike[str]) -> Path | None:
         return Path(text).absolute()
 
 
+def _same_folder_on_the_way(source: Path, folder: os.stat_result) -> bool:
+    """Whether ``source`` or a folder above it is the folder ``folder`` (by device and
+    inode: a bind mount shows one folder at two paths)."""
+    for path in (source, *source.parents):
+        try:
+            if os.path.samestat(path.stat(), folder):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
                  inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Path:
     """Refuse an output folder that cannot be written, before any work is done.
@@ -360,8 +373,14 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
     if final.exists():
         if not final.is_dir():
             raise OutputError(f"{outdir}: exists and is not a folder")
-        if not overwrite and any(final.iterdir()):
+        try:
+            non_empty = any(final.iterdir())
+        except OSError as exc:  # e.g. mode 0333
+            raise OutputError(f"{outdir}: folder cannot be read ({exc.strerror or exc})"
+                              ) from exc
+        if not overwrite and non_empty:
             raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
+        final_stat = final.stat()
         for path in inputs:
             if path is None:
                 continue
@@ -370,8 +389,10 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
             # that resolved_path does not know.)
             text = os.fspath(path)
             wrapped = text.startswith("/vsi") or "://" in text
-            # (OUTDIR itself is an input when the AOI is given as a folder.)
-            if ((source is not None and (source == final or final in source.parents))
+            # (OUTDIR itself is an input when the AOI is given as a folder; and one
+            # folder may be mounted at two paths, which only the inodes tell.)
+            if ((source is not None and (source == final or final in source.parents
+                                         or _same_folder_on_the_way(source, final_stat)))
                     or (wrapped and f"{final}{os.sep}" in text)):
                 raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
                                   "would delete; write to another folder")
@@ -405,7 +426,7 @@ def _staging_parent(final: Path) -> Path:
     error: OSError | None = None
     for place in places:
         try:
-            probe = Path(tempfile.mkdtemp(prefix=f".{final.name}.check-", dir=place))
+            probe = Path(tempfile.mkdtemp(prefix=_hidden_prefix(final, "check"), dir=place))
         except OSError as exc:
             error = exc if error is None else error
             continue
@@ -414,8 +435,9 @@ def _staging_parent(final: Path) -> Path:
             # system's: found out here, not after the whole run.
             write_gpkg(probe / "new_buildings.gpkg", {"probe": ([], [])}, "EPSG:4326")
         except OSError as exc:
+            hint = "; is the path too long?" if len(str(final)) > 1000 else ""
             raise OutputError(f"{final}: cannot write a GeoPackage there "
-                              f"({exc.strerror or exc}); is the path too long?") from exc
+                              f"({exc.strerror or exc}){hint}") from exc
         finally:
             shutil.rmtree(probe, ignore_errors=True)
         return place
@@ -423,51 +445,65 @@ def _staging_parent(final: Path) -> Path:
     raise OutputError(f"{places[0]}: cannot write here ({error.strerror or error})") from error
 
 
+def _hidden_prefix(final: Path, kind: str) -> str:
+    """Prefix of the hidden temporary names made beside or inside ``final``: its name
+    cut short, so that a name near the system's 255-byte limit still leaves room."""
+    return f".{final.name[:64]}.{kind}-"
+
+
 def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Put the files of ``tmp`` into the existing folder ``final``, which cannot be
-    replaced as a whole.
+    """Put the files of ``tmp`` into the existing folder ``final``, keeping the folder.
 
     Every new file is first moved (copied, across file systems) into ``final`` under
-    a unique hidden name; only then is the old content (with ``overwrite``) removed
-    and each new file renamed to its own name. A failure while staging leaves
-    ``final`` as it was; one after it (rare: a folder where an output goes) says
-    that the folder may hold old and new files together.
+    a unique hidden name. Then, all by renames within ``final``: the old content
+    (only with ``overwrite``) goes into a hidden folder, the new files take their
+    names, and the hidden folder is deleted. A failure or an interruption before
+    that last step puts everything back: ``final`` is left as it was.
     """
     staged: list[tuple[Path, Path]] = []
-    # What a failure leaves: "staging" nothing changed; "clearing" part of the old
-    # content gone and nothing new; "placing" part of the new outputs in place.
-    phase = "staging"
+    moved: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    aside: Path | None = None
+    done = False
     try:
-        old = [path for path in final.iterdir() if path != tmp]
-        if old and not overwrite:
-            raise OutputError(f"{final}: folder is not empty; use --overwrite to replace it")
         for src in sorted(tmp.iterdir()):
             fd, part = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".part", dir=final)
             os.close(fd)
             staged.append((Path(part), final / src.name))
             shutil.move(src, part)  # a rename when on the same file system
-        phase = "clearing"
-        for path in old:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        phase = "placing"
-        while staged:
-            part, dst = staged[0]
+        # Listed now, after the long copy: another run that filled the folder
+        # meanwhile is seen.
+        ours = {tmp} | {part for part, _ in staged}
+        old = [path for path in final.iterdir() if path not in ours]
+        if old and not overwrite:
+            raise OutputError(f"{final}: folder is not empty; use --overwrite to replace it")
+        if old:
+            aside = Path(tempfile.mkdtemp(prefix=_hidden_prefix(final, "old"), dir=final))
+            for path in old:
+                target = aside / path.name
+                os.rename(path, target)
+                moved.append((path, target))
+        for part, dst in staged:
             os.replace(part, dst)
-            staged.pop(0)
+            placed.append(dst)
+        done = True
     except OSError as exc:
-        if phase == "staging":
-            raise _output_error(exc, final) from exc
-        what = f" {Path(exc.filename).name}" if exc.filename else ""
-        left = ("some of its old content was removed and none of the new outputs written"
-                if phase == "clearing" else "it holds only part of the new outputs")
-        raise OutputError(f"{final}: cannot replace{what} ({exc.strerror or exc}); "
-                          f"{left}") from exc
+        raise _output_error(exc, final) from exc
     finally:
-        for part, _ in staged:  # also on Ctrl-C
-            part.unlink(missing_ok=True)
+        if not done:  # also on Ctrl-C: put the folder back as it was
+            try:
+                for dst in placed:
+                    dst.unlink(missing_ok=True)
+                for path, target in reversed(moved):
+                    os.rename(target, path)
+                for part, _ in staged:
+                    part.unlink(missing_ok=True)
+            except OSError as undo:
+                # Nothing deleted yet: the old content waits in the hidden folder.
+                raise OutputError(f"{final}: could not put its old content back "
+                                  f"({undo.strerror or undo}); it is in {aside}") from undo
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -497,7 +533,7 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
     final = check_outdir(outdir, overwrite, inputs)
     parent = _staging_parent(final)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.part-", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_hidden_prefix(final, "part"), dir=parent))
     except OSError as exc:
         raise OutputError(f"{parent}: cannot write here ({exc.strerror or exc})") from exc
     try:

@@ -485,24 +485,46 @@ def test_overwrite_refuses_an_outdir_that_is_the_aoi_folder(tmp_path: Path) -> N
     assert (aoi / "aoi.shp").exists()
 
 
-def test_a_failure_while_clearing_a_mounted_outdir_says_what_it_left(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("when", ["aside", "placing"])
+@pytest.mark.parametrize("error", [PermissionError, KeyboardInterrupt])
+def test_an_overwrite_stopped_half_way_puts_the_old_content_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str, error: type) -> None:
+    """The old content was deleted entry by entry before the new files took their
+    names: a failure (a read-only subfolder) or a Ctrl-C in between left OUTDIR with
+    part of the old content and none or some of the new outputs."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "old").mkdir()
+    for name in ("a.txt", "b.txt", "summary.json"):
+        (out / name).write_text(name)
+    (out / "sub").mkdir()
+    (out / "sub" / "c.txt").write_text("c")
+    real_rename, real_replace = outputs.os.rename, outputs.os.replace
+    calls = {"n": 0}
 
-    real_rmtree = outputs.shutil.rmtree
+    def rename(src: object, dst: object) -> None:
+        # The third of the old entries moved aside (staging also renames, and
+        # shutil.move falls back to copying on an OSError).
+        aside = Path(str(dst)).parent.name.startswith(".out.old-")
+        calls["n"] += aside
+        if when == "aside" and aside and calls["n"] == 3:
+            raise error(errno.EACCES, "Permission denied", str(src)) \
+                if error is PermissionError else error()
+        real_rename(src, dst)
 
-    def refuse(path: object, *args: object, **kwargs: object) -> None:
-        if Path(str(path)).name == "old":
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        real_rmtree(path, *args, **kwargs)
+    def replace(src: object, dst: object) -> None:
+        if when == "placing" and Path(str(dst)).name == "report.html":
+            raise error(errno.EACCES, "Permission denied", str(dst)) \
+                if error is PermissionError else error()
+        real_replace(src, dst)
 
-    monkeypatch.setattr(outputs.os.path, "ismount", lambda p: Path(p) == out)
-    monkeypatch.setattr(outputs.shutil, "rmtree", refuse)
-    with pytest.raises(OutputError, match="none of the new outputs written"):
+    monkeypatch.setattr(outputs.os, "rename", rename)
+    monkeypatch.setattr(outputs.os, "replace", replace)
+    with pytest.raises(OutputError if error is PermissionError else KeyboardInterrupt):
         write_outputs(fake_result(), out, overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["old"]  # no staged file left behind
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt", "sub", "summary.json"]
+    assert (out / "summary.json").read_text() == "summary.json"
+    assert (out / "sub" / "c.txt").read_text() == "c"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_an_existing_outdir_keeps_its_mode_and_inode(tmp_path: Path) -> None:
@@ -544,3 +566,50 @@ def test_a_path_too_long_for_the_geopackage_is_refused_before_any_work(tmp_path:
         outputs.check_outdir(deep / "out")
     assert list(deep.iterdir()) == []
     outputs.check_outdir(tmp_path / "out")  # a plain path passes
+
+
+def test_overwrite_refuses_an_outdir_that_is_the_inputs_folder_mounted_elsewhere(
+        tmp_path: Path) -> None:
+    """A bind mount shows one folder at two paths (a container given the host folder
+    twice): the paths differ, the inputs were deleted. The inodes tell."""
+    import subprocess
+
+    data, view = tmp_path / "data", tmp_path / "view"
+    data.mkdir()
+    view.mkdir()
+    (data / "before.tif").write_bytes(b"scene")
+    if subprocess.run(["mount", "--bind", str(data), str(view)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("bind mounts need privileges")
+    try:
+        with pytest.raises(OutputError, match="holds the input"):
+            outputs.check_outdir(view, overwrite=True, inputs=[str(data / "before.tif")])
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+    assert (data / "before.tif").read_bytes() == b"scene"
+
+
+def test_an_outdir_that_cannot_be_read_is_one_line(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    real_iterdir = Path.iterdir
+
+    def refuse(self: Path):  # mode 0333, for a user who is not root
+        if self == out:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(OutputError, match="folder cannot be read"):
+        outputs.check_outdir(out)
+
+
+def test_an_outdir_name_near_the_limit_is_written(tmp_path: Path) -> None:
+    """The hidden temporary names added 16 characters to OUTDIR's: a name of 240 to
+    255 characters was refused as 'cannot write here (File name too long)'."""
+    out = tmp_path / ("n" * 250)
+    write_outputs(fake_result(), out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    write_outputs(fake_result(), out, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
