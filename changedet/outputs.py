@@ -436,8 +436,10 @@ def _staging_parent(final: Path) -> Path:
             write_gpkg(probe / "new_buildings.gpkg", {"probe": ([], [])}, "EPSG:4326")
         except OSError as exc:
             hint = "; is the path too long?" if len(str(final)) > 1000 else ""
-            raise OutputError(f"{final}: cannot write a GeoPackage there "
-                              f"({exc.strerror or exc}){hint}") from exc
+            reason = ("no space left on device" if exc.errno == errno.ENOSPC
+                      else exc.strerror or str(exc))
+            raise OutputError(f"{final}: cannot write a GeoPackage there ({reason}){hint}"
+                              ) from exc
         finally:
             shutil.rmtree(probe, ignore_errors=True)
         return place
