@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -462,6 +463,8 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
     names, and the hidden folder is deleted. A failure or an interruption before
     that last step puts everything back: ``final`` is left as it was.
     """
+    # Every step is recorded before it is taken (a Ctrl-C lands between a call and
+    # the next statement), and undone only where it took effect.
     staged: list[tuple[Path, Path]] = []
     moved: list[tuple[Path, Path]] = []
     placed: list[Path] = []
@@ -469,9 +472,8 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
     done = False
     try:
         for src in sorted(tmp.iterdir()):
-            fd, part = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".part", dir=final)
-            os.close(fd)
-            staged.append((Path(part), final / src.name))
+            part = final / f".{src.name}.{secrets.token_hex(6)}.part"
+            staged.append((part, final / src.name))
             shutil.move(src, part)  # a rename when on the same file system
         # Listed now, after the long copy: another run that filled the folder
         # meanwhile is seen.
@@ -480,14 +482,14 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
         if old and not overwrite:
             raise OutputError(f"{final}: folder is not empty; use --overwrite to replace it")
         if old:
-            aside = Path(tempfile.mkdtemp(prefix=_hidden_prefix(final, "old"), dir=final))
+            aside = final / f"{_hidden_prefix(final, 'old')}{secrets.token_hex(6)}"
+            aside.mkdir()
             for path in old:
-                target = aside / path.name
-                os.rename(path, target)
-                moved.append((path, target))
+                moved.append((path, aside / path.name))
+                os.rename(path, aside / path.name)
         for part, dst in staged:
-            os.replace(part, dst)
             placed.append(dst)
+            os.replace(part, dst)
         done = True
     except OSError as exc:
         raise _output_error(exc, final) from exc
@@ -495,17 +497,22 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
         if not done:  # also on Ctrl-C: put the folder back as it was
             try:
                 for dst in placed:
-                    dst.unlink(missing_ok=True)
+                    if os.path.lexists(dst):
+                        dst.unlink()
                 for path, target in reversed(moved):
-                    os.rename(target, path)
+                    if os.path.lexists(target):
+                        os.rename(target, path)
                 for part, _ in staged:
                     part.unlink(missing_ok=True)
             except OSError as undo:
                 # Nothing deleted yet: the old content waits in the hidden folder.
                 raise OutputError(f"{final}: could not put its old content back "
                                   f"({undo.strerror or undo}); it is in {aside}") from undo
-        if aside is not None:
+        if aside is not None and aside.exists():
             shutil.rmtree(aside, ignore_errors=True)
+            if aside.exists():
+                logger.warning("%s: part of its old content could not be deleted; it is in "
+                               "%s", final, aside.name)
 
 
 @contextlib.contextmanager

@@ -613,3 +613,42 @@ def test_an_outdir_name_near_the_limit_is_written(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
     write_outputs(fake_result(), out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+@pytest.mark.parametrize("step", range(10))  # 4 old entries aside, 6 outputs placed
+def test_a_ctrl_c_just_after_any_step_of_an_overwrite_leaves_outdir_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """A signal is raised when the call it interrupted returns: a step taken but not
+    yet recorded was not undone (an old entry then deleted with the hidden folder, or
+    a new file left behind)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("old report")
+    (out / "mine.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "a").write_text("a")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep")
+    (out / "link").symlink_to(elsewhere)
+    real_rename, real_replace = outputs.os.rename, outputs.os.replace
+    calls = {"n": -1}
+
+    def after(real):  # take the step, then be interrupted
+        def call(src: object, dst: object) -> None:
+            real(src, dst)
+            if Path(str(dst)).parent.name.startswith(".out.old-") or \
+                    Path(str(src)).name.endswith(".part"):
+                calls["n"] += 1
+                if calls["n"] == step:
+                    raise KeyboardInterrupt
+        return call
+
+    monkeypatch.setattr(outputs.os, "rename", after(real_rename))
+    monkeypatch.setattr(outputs.os, "replace", after(real_replace))
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(fake_result(), out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["link", "mine.txt", "report.html", "sub"]
+    assert (out / "report.html").read_text() == "old report"
+    assert (out / "sub" / "a").read_text() == "a" and (elsewhere / "keep").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "out"]
