@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -491,6 +492,13 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
             placed.append(dst)
             os.replace(part, dst)
         done = True
+        folder = final.stat()
+        if folder.st_mode & stat.S_ISGID:
+            # Made beside the folder and moved in, the files did not take its group
+            # as files made in a setgid folder do.
+            for dst in placed:
+                with contextlib.suppress(OSError):  # not a member of the group
+                    os.chown(dst, -1, folder.st_gid)
     except OSError as exc:
         raise _output_error(exc, final) from exc
     finally:

@@ -652,3 +652,15 @@ def test_a_ctrl_c_just_after_any_step_of_an_overwrite_leaves_outdir_as_it_was(
     assert (out / "report.html").read_text() == "old report"
     assert (out / "sub" / "a").read_text() == "a" and (elsewhere / "keep").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "out"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a folder's group needs root here")
+def test_the_outputs_take_the_group_of_a_setgid_outdir(tmp_path: Path) -> None:
+    """Files made in a setgid folder take its group; the outputs, made beside it and
+    moved in, kept the creator's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, -1, 100)
+    os.chmod(out, 0o2770)
+    write_outputs(fake_result(), out)
+    assert {p.stat().st_gid for p in out.iterdir()} == {100}
