@@ -492,13 +492,6 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
             placed.append(dst)
             os.replace(part, dst)
         done = True
-        folder = final.stat()
-        if folder.st_mode & stat.S_ISGID:
-            # Made beside the folder and moved in, the files did not take its group
-            # as files made in a setgid folder do.
-            for dst in placed:
-                with contextlib.suppress(OSError):  # not a member of the group
-                    os.chown(dst, -1, folder.st_gid)
     except OSError as exc:
         raise _output_error(exc, final) from exc
     finally:
@@ -521,6 +514,14 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
             if aside.exists():
                 logger.warning("%s: part of its old content could not be deleted; it is in "
                                "%s", final, aside.name)
+    # Made beside the folder and moved in, the files did not take its group as files
+    # made in a setgid folder do. (After the outputs are in place: nothing here may
+    # undo them.)
+    with contextlib.suppress(OSError):  # e.g. not a member of the group
+        folder = final.stat()
+        if folder.st_mode & stat.S_ISGID:
+            for dst in placed:
+                os.chown(dst, -1, folder.st_gid)
 
 
 @contextlib.contextmanager
