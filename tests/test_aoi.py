@@ -15,6 +15,19 @@ from changedet.aoi import keep_labels_in_aoi, read_aoi
 from changedet.errors import InputError
 from changedet.raster import Grid
 
+#: A 128 m square of UTM 51N, 1 m pixels.
+GRID = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0), 128, 128)
+
+
+def _write(path: Path, geoms: list, crs: str, driver: str = "GeoJSON",
+           **kwargs: object) -> Path:
+    """Write geometries, one feature each and no fields, as a vector file."""
+    kind = geoms[0].geom_type if geoms else "Polygon"
+    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb(geoms), dtype=object),
+                      field_data=[], fields=[], driver=driver, geometry_type=kind, crs=crs,
+                      **kwargs)
+    return path
+
 
 def test_keep_labels_in_aoi() -> None:
     labels = np.zeros((10, 10), dtype=np.int32)
@@ -35,29 +48,17 @@ def test_an_aoi_larger_than_the_scene_covers_all_of_it(tmp_path: Path,
                                                        lonlat_box: tuple) -> None:
     """A world or hemisphere box in lon/lat has vertices UTM cannot reach: reprojected
     whole it came out empty and was refused as lying outside the scenes."""
-    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0),
-                128, 128)
-    path = tmp_path / "aoi.geojson"
-    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([shapely.box(*lonlat_box)]),
-                                                dtype=object),
-                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
-                      crs="EPSG:4326")
-    aoi = read_aoi(path, grid)
+    path = _write(tmp_path / "aoi.geojson", [shapely.box(*lonlat_box)], "EPSG:4326")
+    aoi = read_aoi(path, GRID)
     assert aoi.mask.all()
     # Its geometry (drawn in the report) still holds the whole grid.
-    assert aoi.geometry.contains(shapely.box(*grid.bounds))
+    assert aoi.geometry.contains(shapely.box(*GRID.bounds))
 
 
 def test_an_aoi_beside_the_scene_is_still_refused(tmp_path: Path) -> None:
-    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0),
-                128, 128)
-    path = tmp_path / "far.geojson"
-    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([shapely.box(10, 10, 11, 11)]),
-                                                dtype=object),
-                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
-                      crs="EPSG:4326")
+    path = _write(tmp_path / "far.geojson", [shapely.box(10, 10, 11, 11)], "EPSG:4326")
     with pytest.raises(InputError, match="lies outside the scenes"):
-        read_aoi(path, grid)
+        read_aoi(path, GRID)
 
 
 def test_projected_coordinates_labelled_lon_lat_are_named(tmp_path: Path) -> None:
@@ -65,10 +66,8 @@ def test_projected_coordinates_labelled_lon_lat_are_named(tmp_path: Path) -> Non
     error: CRSError: Invalid projection: +proj=laea +lat_0=…")."""
     from changedet.aoi import read_polygons
 
-    path = tmp_path / "utm_as_lonlat.geojson"
-    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb(
-        [shapely.box(741_000, 4_327_900, 741_100, 4_328_000)]), dtype=object),
-        field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon", crs="EPSG:4326")
+    path = _write(tmp_path / "utm_as_lonlat.geojson",
+                  [shapely.box(741_000, 4_327_900, 741_100, 4_328_000)], "EPSG:4326")
     with pytest.raises(InputError, match="out of range for its geographic CRS"):
         read_polygons(path)
 
@@ -78,11 +77,7 @@ def test_an_aoi_in_0_to_360_longitudes_still_covers_its_scene(tmp_path: Path) ->
     -180..180 (tried first in a draft) would have thrown it away."""
     grid = Grid(CRS.from_epsg(32614), Affine(1.0, 0, 500_000.0, 0, -1.0, 3_500_000.0),
                 128, 128)                                  # about 99° W, 31.6° N
-    path = tmp_path / "aoi360.geojson"
-    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([shapely.box(260, 31, 262, 32)]),
-                                                dtype=object),
-                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
-                      crs="EPSG:4326")
+    path = _write(tmp_path / "aoi360.geojson", [shapely.box(260, 31, 262, 32)], "EPSG:4326")
     assert read_aoi(path, grid).mask.all()
 
 
@@ -94,23 +89,15 @@ def test_an_aoi_in_an_archive_or_after_a_point_layer_is_read(tmp_path: Path) -> 
     from changedet.aoi import read_polygons
 
     square = shapely.box(741_010.0, 4_327_900.0, 741_050.0, 4_327_950.0)
-    shp = tmp_path / "aoi.shp"
-    pyogrio.raw.write(shp, geometry=np.asarray(shapely.to_wkb([square]), dtype=object),
-                      field_data=[], fields=[], driver="ESRI Shapefile",
-                      geometry_type="Polygon", crs="EPSG:32651")
+    _write(tmp_path / "aoi.shp", [square], "EPSG:32651", "ESRI Shapefile")
     archive = tmp_path / "aoi.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for part in tmp_path.glob("aoi.*"):
             if part != archive:
                 zf.write(part, part.name)
-    gpkg = tmp_path / "two.gpkg"
-    point = shapely.Point(741_000.0, 4_327_000.0)
-    pyogrio.raw.write(gpkg, geometry=np.asarray(shapely.to_wkb([point]), dtype=object),
-                      field_data=[], fields=[], driver="GPKG", geometry_type="Point",
-                      crs="EPSG:32651", layer="pts")
-    pyogrio.raw.write(gpkg, geometry=np.asarray(shapely.to_wkb([square]), dtype=object),
-                      field_data=[], fields=[], driver="GPKG", geometry_type="Polygon",
-                      crs="EPSG:32651", layer="area", append=True)
+    gpkg = _write(tmp_path / "two.gpkg", [shapely.Point(741_000.0, 4_327_000.0)],
+                  "EPSG:32651", "GPKG", layer="pts")
+    _write(gpkg, [square], "EPSG:32651", "GPKG", layer="area", append=True)
     for spelling in (f"/vsizip/{archive}/aoi.shp", f"zip://{archive}!aoi.shp", str(gpkg),
                      str(tmp_path)):
         vector = read_polygons(spelling)
@@ -121,36 +108,23 @@ def test_an_aoi_in_an_archive_or_after_a_point_layer_is_read(tmp_path: Path) -> 
 
 
 def test_an_aoi_smaller_than_a_pixel_is_not_said_to_lie_outside(tmp_path: Path) -> None:
-    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0),
-                128, 128)
-    path = tmp_path / "tiny.geojson"
     tiny = shapely.box(741_010.1, 4_327_950.1, 741_010.3, 4_327_950.3)
-    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([tiny]), dtype=object),
-                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
-                      crs="EPSG:32651")
+    path = _write(tmp_path / "tiny.geojson", [tiny], "EPSG:32651")
     with pytest.raises(InputError, match="smaller than a pixel"):
-        read_aoi(path, grid)
+        read_aoi(path, GRID)
 
 
 def test_an_aoi_that_only_touches_the_scenes_lies_outside(tmp_path: Path) -> None:
-    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 741_000.0, 0, -1.0, 4_328_000.0),
-                128, 128)
-    path = tmp_path / "beside.geojson"
     beside = shapely.box(741_128.0, 4_327_900.0, 742_128.0, 4_328_000.0)  # shares an edge
-    pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([beside]), dtype=object),
-                      field_data=[], fields=[], driver="GeoJSON", geometry_type="Polygon",
-                      crs="EPSG:32651")
+    path = _write(tmp_path / "beside.geojson", [beside], "EPSG:32651")
     with pytest.raises(InputError, match="lies outside the scenes"):
-        read_aoi(path, grid)
+        read_aoi(path, GRID)
 
 
 def test_a_field_less_shapefile_is_numbered_from_one(tmp_path: Path) -> None:
     from changedet.aoi import read_polygons
 
-    shp = tmp_path / "bare.shp"
     boxes = [shapely.box(741_000.0 + 20 * k, 4_327_900.0, 741_010.0 + 20 * k, 4_327_910.0)
              for k in range(3)]
-    pyogrio.raw.write(shp, geometry=np.asarray(shapely.to_wkb(boxes), dtype=object),
-                      field_data=[], fields=[], driver="ESRI Shapefile",
-                      geometry_type="Polygon", crs="EPSG:32651")
+    shp = _write(tmp_path / "bare.shp", boxes, "EPSG:32651", "ESRI Shapefile")
     assert read_polygons(shp).names == ["1", "2", "3"]
