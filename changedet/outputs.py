@@ -2,7 +2,8 @@
 
 Everything goes first into a temporary folder beside OUTDIR and takes its place only
 when complete (a new OUTDIR renamed whole; an existing one filled with staged files),
-so that a failed run (bad input, full disk, interruption) leaves OUTDIR as it was. The file list is the Contract of ``design.md``.
+so that a failed run (bad input, full disk, interruption) leaves OUTDIR as it was.
+The file list is the Contract of ``design.md``.
 """
 
 from __future__ import annotations
@@ -345,6 +346,8 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
                  inputs: Sequence[str | os.PathLike[str] | None] = ()) -> Path:
     """Refuse an output folder that cannot be written, before any work is done.
 
+    That includes a place to stage the outputs in (:func:`_staging_parent`).
+
     Parameters
     ----------
     outdir : str or path-like
@@ -366,6 +369,15 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
         (with ``overwrite``), cannot be written, or its parent folder does not
         exist or cannot be written (unless ``outdir`` exists and can be).
     """
+    final = _checked_outdir(outdir, overwrite, inputs)
+    _staging_parent(final)
+    return final
+
+
+def _checked_outdir(outdir: str | os.PathLike[str], overwrite: bool,
+                    inputs: Sequence[str | os.PathLike[str] | None]) -> Path:
+    """:func:`check_outdir` without the staging probe (which :func:`atomic_folder`
+    runs itself, to learn where to stage)."""
     try:
         # Every link followed and every ".." collapsed, as the inputs' paths are: a
         # symlinked parent folder must not hide that OUTDIR holds an input.
@@ -398,14 +410,12 @@ def check_outdir(outdir: str | os.PathLike[str], overwrite: bool = False,
                     or (wrapped and f"{final}{os.sep}" in text)):
                 raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
                                   "would delete; write to another folder")
-        # The folder is normally replaced as a whole, but one that cannot be moved
-        # (a mounted volume) is filled in place; one that refuses writing (read-only
-        # or immutable) would fail only after the whole run.
+        # An existing folder is filled in place: one that refuses writing
+        # (read-only or immutable) would fail only after the whole run.
         if not os.access(final, os.W_OK | os.X_OK):
             raise OutputError(f"{outdir}: folder cannot be written")
     if not final.parent.is_dir():
         raise OutputError(f"{final.parent}: no such folder")
-    _staging_parent(final)
     return final
 
 
@@ -548,8 +558,8 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
         not writable; any OSError raised inside the block (full disk...) is turned
         into an OutputError after the temporary folder is removed.
     """
-    final = check_outdir(outdir, overwrite, inputs)
-    parent = _staging_parent(final)
+    final = _checked_outdir(outdir, overwrite, inputs)
+    parent = _staging_parent(final)  # (the one probe of the run)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=_hidden_prefix(final, "part"), dir=parent))
     except OSError as exc:

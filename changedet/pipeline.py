@@ -669,6 +669,7 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
                     logger.info("data valid in both scenes only within rows %d-%d, columns "
                                 "%d-%d of %d x %d: the run is cropped to them", r0, r1, c0,
                                 c1, *full_grid.shape)
+                    # A cropped grid has other strips: the first pass reads them.
                     grid, survey = full_grid.window(r0, c0, r1 - r0, c1 - c0), None
             aoi = None
             if opts.aoi is not None:

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -199,7 +200,7 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
 def check_distinct_bands(bands: Sequence[int]) -> None:
     """Raise ValueError when a band is named twice (``1,1,1`` reads one band as
     three colours: a grey image whose every colour edge and chromaticity is zero)."""
-    twice = sorted({b for b in bands if list(bands).count(b) > 1})
+    twice = sorted(b for b, n in Counter(bands).items() if n > 1)
     if twice:
         raise ValueError(f"band {twice[0]} is given more than once; name each band once")
 

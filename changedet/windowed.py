@@ -65,6 +65,10 @@ MAX_CHIPS = 8
 #: co-registration of a larger grid on a lattice of chips spread over it, with a
 #: lattice of tie points in each.
 COREG_CHIP_PX = 2048
+#: Pixels kept around the data found valid in both scenes before co-registration,
+#: which moves the after scene by up to about a tenth of the chip it measures on
+#: (the reach of its coarse search).
+VALID_CROP_PAD_PX = COREG_CHIP_PX // 8
 LOCAL_CHIP_PX = 768
 LOCAL_CHIPS_SIDE = 3
 LOCAL_POINTS_SIDE = 3
@@ -79,10 +83,7 @@ QUICKLOOK_PX = 2048
 #: kept at its full extent): the central co-registration chip and the sample chips
 #: would otherwise fall on nodata.
 SPARSE_VALID_SHARE = 0.25
-#: Pixels kept around the data found valid in both scenes before co-registration
-#: (which moves the after scene: its coarse search reaches a tenth of the central
-#: chip, about 200 px).
-VALID_CROP_PAD_PX = 256
+
 
 
 @dataclass(frozen=True)

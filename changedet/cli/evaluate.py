@@ -81,7 +81,8 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
                 data = ds.read(1)
                 is_change_tif = "CLASSES" in ds.tags(1)
                 nodata = ds.nodata
-                foreground = np.unique(data[data != 0]) if nodata is not None else None
+                values = np.unique(data)
+                foreground = values[values != 0]
                 if nodata == 0:
                     # In a mask, 0 is the background: a nodata tag of 0 (as GIS
                     # rasterisers often write) would leave nothing but buildings to score.
@@ -89,7 +90,7 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
                     valid = np.ones(data.shape, bool)
                 else:
                     valid = ds.read_masks(1) > 0
-                    if (not is_change_tif and foreground is not None
+                    if (not is_change_tif and nodata is not None
                             and foreground.size == 1 and foreground[0] == nodata):
                         # An empty prediction with a nodata margin, or a 0/255 mask
                         # wrongly tagged 255 (its buildings then all vanish): the file
@@ -102,11 +103,11 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
     except RasterioIOError as exc:
         raise InputError(path, f"not a raster GDAL can read ({exc})") from exc
     if data.dtype == np.uint8:
-        values = set(np.unique(data).tolist())
+        present = set(values.tolist())
         # change.tif's convention (0, 1, 255 = no data) even when the nodata tag was
         # lost on the way; but a plain 0/255 mask (LEVIR-CD's, and most exports) has
         # its buildings at 255.
-        if values <= {0, 1, 255} and (is_change_tif or 1 in values):
+        if present <= {0, 1, 255} and (is_change_tif or 1 in present):
             valid &= data != 255
     if not np.issubdtype(data.dtype, np.integer):
         data = np.rint(np.nan_to_num(data)).astype(np.int64)
