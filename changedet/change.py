@@ -254,6 +254,9 @@ class DetectionParams:
         Ground side of a pixel, metres, behind every size in metres; None: measured
         at the centre of the scene's grid (:func:`changedet.measure.ground_pixel_m`).
         A run sets it once for the whole scene, so that its windows agree.
+    half_cover_outlines : bool
+        Regions and appearance detectors: redraw each outline through the pixels its
+        roof half covers in the after date (:func:`half_cover_outlines`).
     """
 
     min_area_m2: float | None = None
@@ -272,6 +275,7 @@ class DetectionParams:
     keep_features: bool = False
     outline_before: float | None = 3.0
     ground_pixel_m: float | None = None
+    half_cover_outlines: bool = True
 
     def pixel_m(self, grid: Grid) -> float:
         """Ground side of a pixel of ``grid``, metres: ``ground_pixel_m`` if set.
@@ -1851,6 +1855,111 @@ def _regrow_edges(labels: np.ndarray, extent: np.ndarray, valid: np.ndarray,
     return np.where(np.isin(cc, keep[keep > 0]), out, 0)
 
 
+#: Half-cover outlines: the band either side of an outline that is redrawn, and how
+#: far inside a building and outside it its roof and ground colours are read (pixels).
+OUTLINE_BAND_PX = 1.5
+OUTLINE_REFERENCE_PX = 3.0
+#: Smallest roof-to-ground colour contrast, in after-date noise deviations, at which
+#: an outline pixel is redrawn (below it the half-cover level is lost in the noise).
+OUTLINE_MIN_CONTRAST = 4.0
+
+
+def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray,
+                        noise: np.ndarray) -> np.ndarray:
+    """Each building's outline redrawn through the pixels its roof covers by half.
+
+    The optics blur a roof's edge over the pixels beside it, so a pixel on the
+    outline is a mix ``f * roof + (1 - f) * ground``. Candidates come from one change
+    level for the whole scene, which takes in pixels that a bright roof covers by a
+    fifth and leaves out pixels that a faint one covers by three quarters; areas then
+    run high or low by up to a pixel's width of outline. Here a pixel within
+    :data:`OUTLINE_BAND_PX` of the outline belongs to the building when ``f >= 0.5``:
+    for a straight edge under a symmetric blur, exactly the pixels whose centre lies
+    on the roof. The roof and ground colours are read near each pixel (a 3 x 3 mean
+    at the nearest pixel :data:`OUTLINE_REFERENCE_PX` inside the building, and
+    outside every building), so a gable's two facets, and the shadow along one side,
+    are each their own reference. Where the two differ by less than
+    :data:`OUTLINE_MIN_CONTRAST` noise deviations, at a pixel or along most of a
+    building's outline, the outline is kept.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, 1..N buildings.
+    image : (B, H, W) ndarray
+        The after date (on the before date's radiometry).
+    valid : (H, W) ndarray of bool
+    noise : (B,) ndarray
+        Per-band noise deviation of ``image``.
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+        The buildings' labels with their outlines redrawn; no two of them touch
+        where they did not, and none falls apart.
+    """
+    out = labels.astype(np.int32, copy=True)
+    unit = np.maximum(np.asarray(noise, np.float64), 1e-12).astype(np.float32)
+    reach = int(np.ceil(OUTLINE_REFERENCE_PX)) + 3
+    height, width = labels.shape
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        box = (slice(max(box[0].start - reach, 0), min(box[0].stop + reach, height)),
+               slice(max(box[1].start - reach, 0), min(box[1].stop + reach, width)))
+        lab = labels[box]
+        own = lab == k
+        free = (lab == 0) & valid[box]
+        depth = ndimage.distance_transform_edt(own)
+        away = ndimage.distance_transform_edt(~own)
+        roof_ref = own & (depth >= OUTLINE_REFERENCE_PX)
+        ground_ref = free & (away >= OUTLINE_REFERENCE_PX) & (away <= OUTLINE_REFERENCE_PX + 2)
+        if not roof_ref.any() or not ground_ref.any():
+            continue
+        band = (own & (depth <= OUTLINE_BAND_PX)) | (free & (away <= OUTLINE_BAND_PX))
+        # A reference farther than the band's far side is another place's colour.
+        far = OUTLINE_REFERENCE_PX + OUTLINE_BAND_PX + 1.0
+        dist_r, at_r = ndimage.distance_transform_edt(~roof_ref, return_indices=True)
+        dist_g, at_g = ndimage.distance_transform_edt(~ground_ref, return_indices=True)
+        band &= (dist_r <= far) & (dist_g <= far)
+        rows, cols = np.nonzero(band)
+        if rows.size == 0:
+            continue
+        # In noise units, so that every band weighs by what it can tell.
+        pixels = image[(slice(None),) + box].astype(np.float32) / unit[:, None, None]
+        mean3 = ndimage.uniform_filter(pixels, size=(1, 3, 3), mode="nearest")
+        here = pixels[:, rows, cols]
+        roof = mean3[:, at_r[0][rows, cols], at_r[1][rows, cols]]
+        ground = mean3[:, at_g[0][rows, cols], at_g[1][rows, cols]]
+        step = roof - ground
+        contrast2 = (step * step).sum(axis=0)
+        cover = ((here - ground) * step).sum(axis=0) / np.maximum(contrast2, 1e-12)
+        # A building whose outline is mostly too faint is left as it is: the few
+        # pixels passing on their own would pass on ground texture.
+        if np.median(contrast2) < OUTLINE_MIN_CONTRAST**2:
+            continue
+        decided = contrast2 >= OUTLINE_MIN_CONTRAST**2
+        rows, cols, inside = rows[decided], cols[decided], cover[decided] >= 0.5
+        target = out[box]
+        was_own = own[rows, cols]
+        drop = was_own & ~inside
+        # A pixel is added only where it leaves a gap to every other building as it
+        # now stands, so that no two buildings grow into one.
+        others_now = ndimage.binary_dilation((target > 0) & (target != k),
+                                             structure=np.ones((3, 3), bool))
+        add = ~was_own & inside & (target[rows, cols] == 0) & ~others_now[rows, cols]
+        redrawn = own.copy()
+        redrawn[rows[drop], cols[drop]] = False
+        redrawn[rows[add], cols[add]] = True
+        # A neck thinner than the band, cut through, would make one building two:
+        # such a building keeps the outline it had.
+        if ndimage.label(redrawn)[1] > ndimage.label(own)[1]:
+            continue
+        target[rows[drop], cols[drop]] = 0
+        target[rows[add], cols[add]] = k
+    return out
+
+
 def detect_new_buildings(
     before: Scene, after: Scene, params: DetectionParams = DetectionParams(),
     statistics: SceneStatistics | None = None, workers: int = 1,
@@ -1896,4 +2005,11 @@ def detect_new_buildings(
                                         params.pixel_m(before.grid), params)
     else:
         labels = segment_new_buildings(evidence, valid, params.pixel_m(before.grid), params)
+    if params.half_cover_outlines and params.detector in ("regions", "appearance"):
+        pixel_m = params.pixel_m(before.grid)
+        noise = _pixel_noise(normalised.image, valid, evidence.statistics, "after")
+        labels = half_cover_outlines(labels, normalised.image, valid, noise)
+        labels, _ = _at_least(labels, int(labels.max()),
+                              params.resolved_min_area_m2(pixel_m) / pixel_m**2)
+        labels = labels.astype(np.int32)
     return labels, evidence
