@@ -1856,12 +1856,28 @@ def _regrow_edges(labels: np.ndarray, extent: np.ndarray, valid: np.ndarray,
 
 
 #: Half-cover outlines: the band either side of an outline that is redrawn, and how
-#: far inside a building and outside it its roof and ground colours are read (pixels).
+#: far inside a building its roof colour is read and outside it its ground colour
+#: (pixels). The ground is read closer, within a narrow shadow along the outline,
+#: and the roof further in, beyond a parapet; both beyond a blur of about a pixel.
 OUTLINE_BAND_PX = 1.5
 OUTLINE_REFERENCE_PX = 3.0
+OUTLINE_GROUND_PX = 2.0
 #: Smallest roof-to-ground colour contrast, in after-date noise deviations, at which
 #: an outline pixel is redrawn (below it the half-cover level is lost in the noise).
 OUTLINE_MIN_CONTRAST = 4.0
+#: How far, as a share of the roof-to-ground contrast, a pixel may lie beyond either
+#: colour, and off the line between them (beyond three noise deviations per band),
+#: and still be read as a mix of the two.
+OUTLINE_MIX_SLACK = 0.5
+OUTLINE_OFF_LINE = 0.25
+
+
+def _masked_mean3(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B, H, W) mean of each pixel's 3 x 3 neighbours within ``mask`` (NaN where none)."""
+    weight = ndimage.uniform_filter(mask.astype(np.float32), 3, mode="constant")
+    total = ndimage.uniform_filter(image * mask, size=(1, 3, 3), mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / weight
 
 
 def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray,
@@ -1875,10 +1891,13 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
     run high or low by up to a pixel's width of outline. Here a pixel within
     :data:`OUTLINE_BAND_PX` of the outline belongs to the building when ``f >= 0.5``:
     for a straight edge under a symmetric blur, exactly the pixels whose centre lies
-    on the roof. The roof and ground colours are read near each pixel (a 3 x 3 mean
-    at the nearest pixel :data:`OUTLINE_REFERENCE_PX` inside the building, and
-    outside every building), so a gable's two facets, and the shadow along one side,
-    are each their own reference. Where the two differ by less than
+    on the roof. The roof and ground colours are read near each pixel (the mean of
+    the reference pixels in the 3 x 3 about the nearest one: at least
+    :data:`OUTLINE_REFERENCE_PX` inside the building, and
+    :data:`OUTLINE_GROUND_PX` outside it and every other), so a gable's two facets,
+    and the shadow along one side, are each their own reference. A pixel that is no such mix (the building's own
+    shadow, darker than both; a dark parapet; a third material) keeps its side,
+    and where the two colours differ by less than
     :data:`OUTLINE_MIN_CONTRAST` noise deviations, at a pixel or along most of a
     building's outline, the outline is kept.
 
@@ -1896,7 +1915,8 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
     -------
     (H, W) ndarray of int32
         The buildings' labels with their outlines redrawn; no two of them touch
-        where they did not, and none falls apart.
+        where they did not, and each keeps one body (specks of the band left apart
+        from it are dropped).
     """
     out = labels.astype(np.int32, copy=True)
     unit = np.maximum(np.asarray(noise, np.float64), 1e-12).astype(np.float32)
@@ -1913,7 +1933,7 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
         depth = ndimage.distance_transform_edt(own)
         away = ndimage.distance_transform_edt(~own)
         roof_ref = own & (depth >= OUTLINE_REFERENCE_PX)
-        ground_ref = free & (away >= OUTLINE_REFERENCE_PX) & (away <= OUTLINE_REFERENCE_PX + 2)
+        ground_ref = free & (away >= OUTLINE_GROUND_PX) & (away <= OUTLINE_GROUND_PX + 2)
         if not roof_ref.any() or not ground_ref.any():
             continue
         band = (own & (depth <= OUTLINE_BAND_PX)) | (free & (away <= OUTLINE_BAND_PX))
@@ -1927,18 +1947,24 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
             continue
         # In noise units, so that every band weighs by what it can tell.
         pixels = image[(slice(None),) + box].astype(np.float32) / unit[:, None, None]
-        mean3 = ndimage.uniform_filter(pixels, size=(1, 3, 3), mode="nearest")
         here = pixels[:, rows, cols]
-        roof = mean3[:, at_r[0][rows, cols], at_r[1][rows, cols]]
-        ground = mean3[:, at_g[0][rows, cols], at_g[1][rows, cols]]
+        roof = _masked_mean3(pixels, roof_ref)[:, at_r[0][rows, cols], at_r[1][rows, cols]]
+        ground = _masked_mean3(pixels, ground_ref)[:, at_g[0][rows, cols], at_g[1][rows, cols]]
         step = roof - ground
         contrast2 = (step * step).sum(axis=0)
-        cover = ((here - ground) * step).sum(axis=0) / np.maximum(contrast2, 1e-12)
         # A building whose outline is mostly too faint is left as it is: the few
         # pixels passing on their own would pass on ground texture.
         if np.median(contrast2) < OUTLINE_MIN_CONTRAST**2:
             continue
-        decided = contrast2 >= OUTLINE_MIN_CONTRAST**2
+        cover = ((here - ground) * step).sum(axis=0) / np.maximum(contrast2, 1e-12)
+        # Only a pixel that is such a mix is judged: one far beyond either end (the
+        # building's own shadow, darker than roof and ground; a dark parapet) or far
+        # off the line between them (a third material) keeps its side.
+        off_line = here - ground - cover * step
+        mixed = ((cover >= -OUTLINE_MIX_SLACK) & (cover <= 1 + OUTLINE_MIX_SLACK)
+                 & ((off_line * off_line).sum(axis=0)
+                    <= (OUTLINE_OFF_LINE * np.sqrt(contrast2) + 3.0 * np.sqrt(len(unit)))**2))
+        decided = (contrast2 >= OUTLINE_MIN_CONTRAST**2) & mixed
         rows, cols, inside = rows[decided], cols[decided], cover[decided] >= 0.5
         target = out[box]
         was_own = own[rows, cols]
@@ -1951,12 +1977,21 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
         redrawn = own.copy()
         redrawn[rows[drop], cols[drop]] = False
         redrawn[rows[add], cols[add]] = True
-        # A neck thinner than the band, cut through, would make one building two:
-        # such a building keeps the outline it had.
-        if ndimage.label(redrawn)[1] > ndimage.label(own)[1]:
-            continue
-        target[rows[drop], cols[drop]] = 0
-        target[rows[add], cols[add]] = k
+        parts, n_parts = ndimage.label(redrawn)
+        if n_parts > 1 and ndimage.label(own)[1] == 1:
+            size = np.bincount(parts.ravel())
+            size[0] = 0
+            body = int(size.argmax())
+            # A part that could hold a roof reference is a neck thinner than the band,
+            # cut through: such a building keeps the outline it had, not to become two.
+            # Smaller parts are specks of the band (a pixel added beside a corner, a
+            # notch's tip) and go.
+            side = np.delete(size, [0, body])
+            if (side >= np.pi * OUTLINE_REFERENCE_PX**2).any():
+                continue
+            redrawn = parts == body
+        target[own & ~redrawn] = 0
+        target[redrawn & ~own] = k
     return out
 
 
@@ -2012,4 +2047,8 @@ def detect_new_buildings(
         labels, _ = _at_least(labels, int(labels.max()),
                               params.resolved_min_area_m2(pixel_m) / pixel_m**2)
         labels = labels.astype(np.int32)
+        if evidence.outlined_before:
+            # Reported too, and kept as new ones on request: measured alike.
+            evidence.standing_before, _ = _relabel(half_cover_outlines(
+                evidence.standing_before, normalised.image, valid, noise))
     return labels, evidence

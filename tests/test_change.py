@@ -890,3 +890,27 @@ def test_detection_areas_come_closer_with_half_cover_outlines() -> None:
         assert len(found) == 2
         errors[redraw] = sum(abs(f - t) for f, t in zip(found, true_area))
     assert errors[True] < errors[False], errors
+
+
+def test_a_dark_roof_does_not_grow_into_its_own_shadow() -> None:
+    """A dark roof casting its shadow on bright earth: the shadow lies between the two
+    colours in brightness but is no mix of them (it keeps the earth's colour), and
+    the outline stays on the roof."""
+    pixel, n = 0.5, 120
+    earth, roof = (150.0, 134.0, 110.0), (58.0, 96.0, 78.0)
+    img = np.stack([np.full((n, n), c) for c in earth])
+    box = (10.3, 12.6, 31.1, 27.9)
+    _shadow(img, box, (1.0, 0.0), 1.5, pixel)             # sun in the east: shadow west
+    _paint(img, box, roof, pixel)
+    one = np.zeros_like(img)
+    _paint(one, box, (1.0, 1.0, 1.0), pixel)
+    rng = np.random.default_rng(1)
+    image = (np.stack([ndimage.gaussian_filter(b, 0.8) for b in img])
+             + rng.normal(0, 1.5, img.shape)).astype(np.float32)
+    # Drawn too wide, as one change level for the whole scene draws a dark roof on
+    # bright earth: over the fringe of the shadow as well.
+    labels = (ndimage.gaussian_filter(one[0], 0.8) > 0.2).astype(np.int32)
+    redrawn = half_cover_outlines(labels, image, np.ones(labels.shape, bool), np.full(3, 1.5))
+    outline_px = 2 * (20.8 + 15.3) / pixel
+    assert abs(np.count_nonzero(redrawn) - one[0].sum()) / outline_px < 0.25
+    assert not ((redrawn > 0) & (one[0] <= 0.3)).any()
