@@ -1875,7 +1875,9 @@ OUTLINE_OFF_LINE = 0.25
 def _masked_mean3(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(B, H, W) mean of each pixel's 3 x 3 neighbours within ``mask`` (NaN where none)."""
     weight = ndimage.uniform_filter(mask.astype(np.float32), 3, mode="constant")
-    total = ndimage.uniform_filter(image * mask, size=(1, 3, 3), mode="constant")
+    # Zeros outside the mask, not products: a NaN there would spread along the rows.
+    total = ndimage.uniform_filter(np.where(mask, image, np.float32(0)), size=(1, 3, 3),
+                                   mode="constant")
     with np.errstate(invalid="ignore", divide="ignore"):
         return total / weight
 
@@ -1929,11 +1931,17 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
                slice(max(box[1].start - reach, 0), min(box[1].stop + reach, width)))
         lab = labels[box]
         own = lab == k
-        free = (lab == 0) & valid[box]
+        ok = valid[box]
+        free = (lab == 0) & ok
         depth = ndimage.distance_transform_edt(own)
         away = ndimage.distance_transform_edt(~own)
-        roof_ref = own & (depth >= OUTLINE_REFERENCE_PX)
+        # Nodata is no colour: a patch of it filled into a roof is no roof reference.
+        roof_ref = own & ok & (depth >= OUTLINE_REFERENCE_PX)
         ground_ref = free & (away >= OUTLINE_GROUND_PX) & (away <= OUTLINE_GROUND_PX + 2)
+        others = (lab > 0) & ~own
+        if others.any():
+            # Beside another building the ground is blurred with its roof.
+            ground_ref &= ndimage.distance_transform_edt(~others) >= OUTLINE_GROUND_PX
         if not roof_ref.any() or not ground_ref.any():
             continue
         band = (own & (depth <= OUTLINE_BAND_PX)) | (free & (away <= OUTLINE_BAND_PX))
@@ -1995,6 +2003,43 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
     return out
 
 
+def redraw_outlines(labels: np.ndarray, standing: np.ndarray | None, image: np.ndarray,
+                    valid: np.ndarray, noise: np.ndarray, min_area_px: float
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """New buildings and those left out as standing before, redrawn together by
+    :func:`half_cover_outlines`.
+
+    The buildings standing before are reported too (and kept as new ones on
+    request), so they are measured alike; in one call with the new ones, so that
+    neither takes the other's roof for ground or grows into it.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        New buildings, 0 background, 1..N.
+    standing : (H, W) ndarray of int or None
+        Buildings left out as standing before, 0 background, 1..M.
+    image, valid, noise
+        As for :func:`half_cover_outlines`.
+    min_area_px : float
+        New buildings redrawn smaller than this are dropped.
+
+    Returns
+    -------
+    labels : (H, W) ndarray of int32
+        New buildings relabelled 1..N'.
+    standing : (H, W) ndarray of int32 or None
+        Standing buildings relabelled 1..M'.
+    """
+    n_new = int(labels.max())
+    both = labels if standing is None else np.where(standing > 0, standing + n_new, labels)
+    both = half_cover_outlines(both, image, valid, noise)
+    new, _ = _at_least(np.where(both <= n_new, both, 0), n_new, min_area_px)
+    if standing is not None:
+        standing, _ = _relabel(np.where(both > n_new, both - n_new, 0))
+    return new.astype(np.int32), standing
+
+
 def detect_new_buildings(
     before: Scene, after: Scene, params: DetectionParams = DetectionParams(),
     statistics: SceneStatistics | None = None, workers: int = 1,
@@ -2043,12 +2088,7 @@ def detect_new_buildings(
     if params.half_cover_outlines and params.detector in ("regions", "appearance"):
         pixel_m = params.pixel_m(before.grid)
         noise = _pixel_noise(normalised.image, valid, evidence.statistics, "after")
-        labels = half_cover_outlines(labels, normalised.image, valid, noise)
-        labels, _ = _at_least(labels, int(labels.max()),
-                              params.resolved_min_area_m2(pixel_m) / pixel_m**2)
-        labels = labels.astype(np.int32)
-        if evidence.outlined_before:
-            # Reported too, and kept as new ones on request: measured alike.
-            evidence.standing_before, _ = _relabel(half_cover_outlines(
-                evidence.standing_before, normalised.image, valid, noise))
+        labels, evidence.standing_before = redraw_outlines(
+            labels, evidence.standing_before if evidence.outlined_before else None,
+            normalised.image, valid, noise, params.resolved_min_area_m2(pixel_m) / pixel_m**2)
     return labels, evidence

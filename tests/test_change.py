@@ -835,16 +835,17 @@ def test_gable_facets_and_a_shadow_beside_are_each_their_own_reference() -> None
 
 
 def test_redrawn_outlines_neither_join_nor_split_buildings() -> None:
-    """Two roofs two pixels apart stay two buildings; a roof whose neck the band
-    would cut through keeps its outline."""
-    boxes = [(10.0, 10.0, 25.0, 25.0), (26.0, 10.0, 40.0, 25.0)]
-    image, cover = _blurred_roofs(boxes, [ROOF_NEW, ROOF_NEW])
-    # Each drawn a pixel too wide, so that they nearly touch.
+    """Two roofs that meet inside a one-pixel gap stay two buildings; a roof whose
+    neck the band would cut through keeps its outline."""
+    # A red roof and a grey one abutting at x = 15.3 m (pixel 30 is 60 % red): drawn
+    # with that pixel left open, each would take it by half cover.
+    boxes = [(5.0, 5.0, 15.3, 20.0), (15.3, 5.0, 26.0, 20.0)]
+    image, cover = _blurred_roofs(boxes, [ROOF_NEW, ROOF_OLD])
     labels = np.zeros(cover.shape[1:], np.int32)
-    for k, c in enumerate(cover, start=1):
-        grown = ndimage.binary_dilation(c > 0.5)
-        labels[grown & (labels == 0)] = k
-    labels[:, int(25.0 / 0.5)] = 0                      # keep one pixel between them
+    cols = np.arange(labels.shape[1])
+    labels[(cover[0] > 0.5) & (cols < 30)] = 1
+    labels[(cover[1] > 0.5) & (cols > 30)] = 2
+    assert ndimage.label(labels > 0)[1] == 2
     redrawn = half_cover_outlines(labels, image, np.ones(labels.shape, bool), np.full(3, 1.5))
     assert set(np.unique(redrawn)) == {0, 1, 2}
     assert ndimage.label(redrawn > 0)[1] == 2
@@ -856,6 +857,23 @@ def test_redrawn_outlines_neither_join_nor_split_buildings() -> None:
     labels[int(15.0 / 0.5), int(20.0 / 0.5):int(22.0 / 0.5)] = 1
     redrawn = half_cover_outlines(labels, image, np.ones(labels.shape, bool), np.full(3, 1.5))
     assert np.array_equal(redrawn, labels)
+
+
+def test_nodata_is_neither_a_reference_nor_added() -> None:
+    """Nodata read as zeros: specks of it filled into a roof must not pull the roof's
+    colour towards black (a pixel the roof covers by a third then looked half
+    covered), and nodata beside a roof is never added to it."""
+    box = (10.3, 10.35, 30.3, 25.3)                       # row 20 covered by 0.3
+    image, cover = _blurred_roofs([box], [(230.0, 230.0, 230.0)])
+    labels = (ndimage.gaussian_filter(cover[0], 0.8) > 0.5).astype(np.int32)
+    top = int(np.nonzero(labels.any(axis=1))[0][0])
+    valid = np.ones(labels.shape, bool)
+    valid[top + 2, 21:61:2] = False                       # the roof's reference row
+    valid[int(25.3 / 0.5) + 1, 25:55] = False             # a nodata strip beside it
+    image = np.where(valid, image, 0).astype(np.float32)
+    redrawn = half_cover_outlines(labels, image, valid, np.full(3, 1.5))
+    assert not ((redrawn > 0) & (cover[0] < 0.45) & valid).any()
+    assert not ((redrawn > 0) & ~valid & (labels == 0)).any()
 
 
 def test_an_outline_too_faint_to_place_is_kept() -> None:
@@ -914,3 +932,28 @@ def test_a_dark_roof_does_not_grow_into_its_own_shadow() -> None:
     outline_px = 2 * (20.8 + 15.3) / pixel
     assert abs(np.count_nonzero(redrawn) - one[0].sum()) / outline_px < 0.25
     assert not ((redrawn > 0) & (one[0] <= 0.3)).any()
+
+
+def test_new_and_standing_buildings_are_redrawn_together() -> None:
+    """A new roof one pixel from a roof left out as standing before: redrawn apart,
+    each took the other's roof for ground and could grow into the gap; together
+    they stay apart, and both are redrawn."""
+    from changedet.change import redraw_outlines
+
+    boxes = [(5.0, 5.0, 15.3, 20.0), (15.3, 5.0, 26.0, 20.0)]
+    image, cover = _blurred_roofs(boxes, [ROOF_NEW, ROOF_OLD])
+    cols = np.arange(cover.shape[2])
+    new = ((cover[0] > 0.5) & (cols < 30)).astype(np.int32)
+    standing = ((cover[1] > 0.5) & (cols > 30)).astype(np.int32)
+    valid, noise = np.ones(new.shape, bool), np.full(3, 1.5)
+    new_after, standing_after = redraw_outlines(new, standing, image, valid, noise, 10.0)
+    assert new_after.max() == 1 and standing_after.max() == 1
+    assert ndimage.label((new_after > 0) | (standing_after > 0))[1] == 2
+    # Each alone is redrawn as half_cover_outlines draws it with the other present.
+    both = half_cover_outlines(np.where(standing > 0, 2, new), image, valid, noise)
+    np.testing.assert_array_equal(new_after, (both == 1).astype(np.int32))
+    np.testing.assert_array_equal(standing_after, (both == 2).astype(np.int32))
+    # Without standing buildings it is half_cover_outlines and the area filter.
+    alone, none = redraw_outlines(new, None, image, valid, noise, 10.0)
+    assert none is None
+    np.testing.assert_array_equal(alone, half_cover_outlines(new, image, valid, noise))
