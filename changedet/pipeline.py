@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import rasterio
 import shapely
-from scipy import ndimage
 
 from . import __version__
 from ._log import logger
@@ -419,7 +418,7 @@ def _warn_partial_overlap(before: str | os.PathLike[str], after: str | os.PathLi
 def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                opts: DetectOptions, stage: _StageClock) -> DetectionResult:
     """The whole scene in memory at once."""
-    from .change import detect_new_buildings
+    from .change import building_scores, detect_new_buildings
     from .raster import align_pair, check_not_blank, check_not_identical, read_scene
     from .vectorize import labels_at_edge, polygons_from_labels
 
@@ -452,11 +451,8 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
             standing = keep_labels_in_aoi(standing, aoi.mask)
     stage("measuring")
     labelled = polygons_from_labels(labels, grid)
-    # A building's score: its mean probability of roof where the detector gives one,
-    # else its mean change evidence.
-    score_map = next((m for m in (evidence.region_probability, evidence.probability)
-                      if m is not None), evidence.score)
-    scores = _label_scores(labels, score_map, [lab for lab, _ in labelled])
+    scores = [float(v) for v in building_scores(labels, evidence,
+                                                 [lab for lab, _ in labelled])]
     valid = pair.before.valid & pair.after.valid
     at_edge = labels_at_edge(labels, valid)
     measured = _measure([poly for _, poly in labelled], scores,
@@ -790,13 +786,6 @@ def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
 
     pair_out, registration = coregister(pair, method=method)
     return pair_out, registration, registration.summary(pair_out.grid)
-
-
-def _label_scores(labels: np.ndarray, score: np.ndarray, ids: Sequence[int]) -> list[float]:
-    """Mean evidence score inside each labelled object, in the order of ``ids``."""
-    if not ids:
-        return []
-    return [float(v) for v in ndimage.mean(score, labels=labels, index=list(ids))]
 
 
 def _scene_info(scene: Scene) -> dict[str, Any]:

@@ -47,8 +47,8 @@ from scipy import ndimage
 
 from ._log import logger
 from .aoi import keep_labels_in_aoi
-from .change import (DetectionParams, SceneStatistics, _dilate_disk, detect_new_buildings,
-                     new_building_evidence)
+from .change import (DetectionParams, SceneStatistics, _dilate_disk, building_scores,
+                     detect_new_buildings, new_building_evidence)
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
@@ -540,9 +540,7 @@ def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
     ph, pw = labels.shape
     ids = np.flatnonzero(keep)
     firsts = dict(zip(ids.tolist(), _first_pixels(labels, int(labels.max()))[ids]))
-    score_map = evidence.region_probability if evidence.region_probability is not None \
-        else evidence.score
-    scores = dict(zip(ids.tolist(), np.asarray(ndimage.mean(score_map, labels, ids), float)))
+    scores = dict(zip(ids.tolist(), building_scores(labels, evidence, ids).tolist()))
     slices = ndimage.find_objects(labels)
     out = []
     for lab, poly in polygons_from_labels(labels, grid):

@@ -957,3 +957,26 @@ def test_new_and_standing_buildings_are_redrawn_together() -> None:
     alone, none = redraw_outlines(new, None, image, valid, noise, 10.0)
     assert none is None
     np.testing.assert_array_equal(alone, half_cover_outlines(new, image, valid, noise))
+
+
+def test_building_scores_count_only_the_pixels_the_classifier_judged() -> None:
+    """Pixels a building took in after the classifier (a redrawn fringe, a filled
+    hole) have no probability of their own and do not pull its score down."""
+    from changedet.change import Evidence, building_scores
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:12, 2:12] = 1                       # judged 6 x 6 core, fringe added
+    labels[14:18, 14:18] = 2                     # never judged: plain mean (0)
+    prob = np.zeros((20, 20), np.float32)
+    prob[4:10, 4:10] = 0.9
+    prob[5, 5] = 0.6
+    zeros = np.zeros((20, 20), np.float32)
+    ev = Evidence(change=zeros, built_before=zeros, built_after=zeros, vegetation=zeros,
+                  shadow=zeros, score=zeros + 7.0, threshold=1.0, region_probability=prob)
+    scores = building_scores(labels, ev, np.array([1, 2]))
+    assert scores[0] == pytest.approx((35 * 0.9 + 0.6) / 36)
+    assert scores[1] == 0.0
+    # Without a probability map, the mean change score.
+    ev.region_probability = None
+    assert building_scores(labels, ev, np.array([2, 1])).tolist() == [7.0, 7.0]
+    assert building_scores(labels, ev, np.array([], int)).size == 0
