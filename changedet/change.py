@@ -1895,13 +1895,13 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
     for a straight edge under a symmetric blur, exactly the pixels whose centre lies
     on the roof. The roof and ground colours are read near each pixel (the mean of
     the reference pixels in the 3 x 3 about the nearest one: at least
-    :data:`OUTLINE_REFERENCE_PX` inside the building, and
-    :data:`OUTLINE_GROUND_PX` outside it and every other), so a gable's two facets,
-    and the shadow along one side, are each their own reference. A pixel that is no such mix (the building's own
-    shadow, darker than both; a dark parapet; a third material) keeps its side,
-    and where the two colours differ by less than
-    :data:`OUTLINE_MIN_CONTRAST` noise deviations, at a pixel or along most of a
-    building's outline, the outline is kept.
+    :data:`OUTLINE_REFERENCE_PX` inside the building, and :data:`OUTLINE_GROUND_PX`
+    outside it and every other), so a gable's two facets, and a shadow along one
+    side, are each their own reference. A pixel that is no such mix keeps its side:
+    a dark roof's shadow on bright earth (between the two in brightness, but of the
+    earth's colour), a dark parapet, a third material. Where the two colours differ
+    by less than :data:`OUTLINE_MIN_CONTRAST` noise deviations, at a pixel or along
+    most of a building's outline, the outline is kept.
 
     Parameters
     ----------
@@ -1965,9 +1965,9 @@ def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray
         if np.median(contrast2) < OUTLINE_MIN_CONTRAST**2:
             continue
         cover = ((here - ground) * step).sum(axis=0) / np.maximum(contrast2, 1e-12)
-        # Only a pixel that is such a mix is judged: one far beyond either end (the
-        # building's own shadow, darker than roof and ground; a dark parapet) or far
-        # off the line between them (a third material) keeps its side.
+        # Only a pixel that is such a mix is judged: one far beyond either colour (a
+        # shadow darker than both, a dark parapet) or far off the line between them
+        # (a shadow of the earth's colour, a third material) keeps its side.
         off_line = here - ground - cover * step
         mixed = ((cover >= -OUTLINE_MIX_SLACK) & (cover <= 1 + OUTLINE_MIX_SLACK)
                  & ((off_line * off_line).sum(axis=0)
