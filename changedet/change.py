@@ -2121,10 +2121,41 @@ def detect_new_buildings(
                                         params.pixel_m(before.grid), params)
     else:
         labels = segment_new_buildings(evidence, valid, params.pixel_m(before.grid), params)
-    if params.half_cover_outlines and params.detector in ("regions", "appearance"):
-        pixel_m = params.pixel_m(before.grid)
-        noise = _pixel_noise(normalised.image, valid, evidence.statistics, "after")
-        labels, evidence.standing_before = redraw_outlines(
-            labels, evidence.standing_before if evidence.outlined_before else None,
-            normalised.image, valid, noise, params.resolved_min_area_m2(pixel_m) / pixel_m**2)
+    labels = outline_stage(labels, evidence, valid, params.pixel_m(before.grid), params)
     return labels, evidence
+
+
+def outline_stage(labels: np.ndarray, evidence: Evidence, valid: np.ndarray,
+                  pixel_size_m: float, params: DetectionParams = DetectionParams()
+                  ) -> np.ndarray:
+    """The stage after segmentation: outlines redrawn through half-covered pixels.
+
+    Regions and appearance detectors with ``params.half_cover_outlines`` (else the
+    labels are returned as they are): :func:`redraw_outlines` on the after scene as
+    normalised in ``evidence``; ``evidence.standing_before`` is redrawn with them.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        From :func:`segment_new_buildings`.
+    evidence : Evidence
+        The evidence the labels were segmented from.
+    valid : (H, W) ndarray of bool
+    pixel_size_m : float
+    params : DetectionParams
+        The parameters of the segmentation (``min_area_m2`` applies again).
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+    """
+    if not (params.half_cover_outlines and params.detector in ("regions", "appearance")
+            and evidence.after_normalised is not None):
+        return labels
+    stats = evidence.statistics if evidence.statistics is not None else SceneStatistics()
+    noise = _pixel_noise(evidence.after_normalised, valid, stats, "after")
+    labels, evidence.standing_before = redraw_outlines(
+        labels, evidence.standing_before if evidence.outlined_before else None,
+        evidence.after_normalised, valid, noise,
+        params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2)
+    return labels

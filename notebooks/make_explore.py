@@ -27,7 +27,8 @@ import changedet
 from changedet.raster import read_scene, align_pair
 from changedet.coregister import coregister
 from changedet.radiometry import fit_radiometry
-from changedet.change import DetectionParams, detect_new_buildings, segment_new_buildings
+from changedet.change import (DetectionParams, detect_new_buildings, outline_stage,
+                              segment_new_buildings)
 from changedet.vectorize import polygons_from_labels
 from changedet.measure import measure_buildings, group_sites, check_claim
 from changedet.pipeline import default_site_gap_m
@@ -146,9 +147,11 @@ print("true areas (m²):", [round(b["area_m2"]) for b in truth["buildings"]])"""
     ("code", """result = changedet.detect(FIXTURE / "before.tif", FIXTURE / "after.tif",
                           claim_m2=13000, claim_sites=3)
 print(format_table(result.sites, result.claim))"""),
-    ("md", "## 7. Rerun one stage with another parameter\nOnly the segmentation stage runs again, on the same evidence, with the minimum building area raised to 13,500 m²: the smallest of the three residences (about 13,300 m²) goes, the other two stay, with the same outlines."),
+    ("md", "## 7. Rerun one stage with another parameter\nOnly the segmentation stage (and the outline stage after it) runs again, on the same evidence, with the minimum building area raised to 13,500 m²: the smallest of the three residences (about 13,400 m²) goes, the other two stay, with the same outlines."),
     ("code", """stricter = DetectionParams(min_area_m2=13500.0)
-labels_strict = segment_new_buildings(evidence, registered.before.valid, px, stricter)
+valid = registered.before.valid & registered.after.valid
+labels_strict = outline_stage(segment_new_buildings(evidence, valid, px, stricter),
+                              evidence, valid, px, stricter)
 n_default = len(np.unique(labels)) - 1
 n_strict = len(np.unique(labels_strict)) - 1
 area = lambda lab: (lab > 0).sum() * grid.pixel_area
