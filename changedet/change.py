@@ -2152,6 +2152,10 @@ def outline_stage(labels: np.ndarray, evidence: Evidence, valid: np.ndarray,
     if not (params.half_cover_outlines and params.detector in ("regions", "appearance")
             and evidence.after_normalised is not None):
         return labels
+    if labels.shape != valid.shape or evidence.after_normalised.shape[1:] != valid.shape:
+        raise ValueError(f"labels {labels.shape}, valid {valid.shape} and the evidence's "
+                         f"after scene {evidence.after_normalised.shape[1:]} must be on "
+                         "one grid")
     stats = evidence.statistics if evidence.statistics is not None else SceneStatistics()
     noise = _pixel_noise(evidence.after_normalised, valid, stats, "after")
     labels, evidence.standing_before = redraw_outlines(

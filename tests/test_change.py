@@ -980,3 +980,20 @@ def test_building_scores_count_only_the_pixels_the_classifier_judged() -> None:
     ev.region_probability = None
     assert building_scores(labels, ev, np.array([2, 1])).tolist() == [7.0, 7.0]
     assert building_scores(labels, ev, np.array([], int)).size == 0
+
+
+def test_outline_stage_is_what_detection_runs_after_segmentation() -> None:
+    """Segmentation rerun alone, then the outline stage, gives detect_new_buildings'
+    labels; labels off the evidence's grid are refused."""
+    from changedet.change import outline_stage, segment_new_buildings
+
+    before, after, _, _ = _pair(0.5)
+    params = DetectionParams(sun_azimuth_deg=45.0)
+    labels, ev = detect_new_buildings(before, after, params)
+    valid = before.valid & after.valid
+    again = outline_stage(segment_new_buildings(ev, valid, 0.5, params), ev, valid, 0.5, params)
+    np.testing.assert_array_equal(again, labels)
+    unredrawn = segment_new_buildings(ev, valid, 0.5, params)
+    assert not np.array_equal(unredrawn, labels)          # else this proves nothing
+    with pytest.raises(ValueError, match="one grid"):
+        outline_stage(unredrawn[:-1], ev, valid[:-1], 0.5, params)
