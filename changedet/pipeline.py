@@ -653,7 +653,7 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
             survey: StripSurvey | None = survey_strips(header_b, header_a, grid,
                                                        resample_before, opts.local_threads())
             overlap = None
-            if survey is not None and survey.sparse:
+            if survey.sparse:
                 # Scanned over the before scene's whole grid: the share of it the after
                 # scene covers comes out exact, where the strips would miss the island.
                 island = data_island(header_b, header_a, full_grid, resample_before,

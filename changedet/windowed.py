@@ -85,7 +85,6 @@ QUICKLOOK_PX = 2048
 SPARSE_VALID_SHARE = 0.25
 
 
-
 @dataclass(frozen=True)
 class Window:
     """A core window of the analysis grid and the padded window read around it.
