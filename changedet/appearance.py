@@ -28,6 +28,7 @@ seam may come out otherwise than from the whole scene.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from skimage.segmentation import felzenszwalb
 from .change import (MAX_AREA_FEATURE_M2, SceneStatistics, _labelled_pixels, _region_shape,
                      _relabel, _shadow_side_fractions, load_model)
 from .errors import ProcessingError
-from .raster import Scene
+from .raster import Scene, crop_scene
 
 #: Smallest segment, m²: a roof facet of a small house.
 MIN_SEGMENT_M2 = 8.0
@@ -148,7 +149,8 @@ def _stretch(vis: np.ndarray, valid: np.ndarray, stats: SceneStatistics,
 
 
 def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | None = None,
-                        date: str = "after") -> tuple[np.ndarray, np.ndarray]:
+                        date: str = "after", segments: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Segments of one date and their features.
 
     The shape is that of the region classifier (area, rectangularity, solidity,
@@ -164,19 +166,24 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     for counts and reflectances.
 
     ``stats`` and ``date`` are as in :func:`date_segments` (medians of brightness and
-    gradient too).
+    gradient too). ``segments`` (H, W), labels 1..n and 0 off the data, replaces the
+    date's own segmentation; every valid pixel should be in one, since the strip
+    beside a segment is made of the others.
 
     Returns
     -------
     segments : (H, W) ndarray of int
-        From :func:`date_segments`.
+        From :func:`date_segments`, or as given.
     features : (n + 1, F) ndarray of float64
         Row k for segment k (row 0 unused), columns :data:`APPEARANCE_FEATURE_NAMES`.
     """
     stats = stats if stats is not None else SceneStatistics()
     valid = scene.valid
     rgb = visible_bands(scene)
-    segments, n = _segments(rgb, valid, pixel_m, stats, date)
+    if segments is None:
+        segments, n = _segments(rgb, valid, pixel_m, stats, date)
+    else:
+        n = int(segments.max())
     if n == 0:
         return segments, np.zeros((1, len(APPEARANCE_FEATURE_NAMES)))
     count, *shape = _region_shape(segments, n, *_labelled_pixels(segments))
@@ -270,10 +277,10 @@ def tree_ensemble_logit(features: np.ndarray, model: dict[str, np.ndarray]) -> n
 
 
 def roof_probability(scene: Scene, pixel_m: float, model: dict[str, np.ndarray] | None = None,
-                     stats: SceneStatistics | None = None, date: str = "after"
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Segments of one date and the probability of roof of each (``stats``, ``date``:
-    see :func:`appearance_features`).
+                     stats: SceneStatistics | None = None, date: str = "after",
+                     segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Segments of one date and the probability of roof of each (``stats``, ``date``,
+    ``segments``: see :func:`appearance_features`).
 
     Returns
     -------
@@ -281,7 +288,7 @@ def roof_probability(scene: Scene, pixel_m: float, model: dict[str, np.ndarray] 
     probability : (n + 1,) ndarray of float64
         Entry k for segment k; entry 0 (off data) is 0.
     """
-    segments, feats = appearance_features(scene, pixel_m, stats, date)
+    segments, feats = appearance_features(scene, pixel_m, stats, date, segments)
     model = model if model is not None else load_appearance_model()
     prob = 1.0 / (1.0 + np.exp(-tree_ensemble_logit(feats, model)))
     prob[0] = 0.0
@@ -328,6 +335,93 @@ def new_roof_mask(before: Scene, after: Scene, pixel_m: float,
     new[0] = False
     mask = ndimage.binary_opening(new[segments] & valid, np.ones((3, 3), bool))
     return mask, p_after[segments].astype(np.float32)
+
+
+#: Margin around a region within which :func:`confirm_new_roofs` segments both dates,
+#: metres: the reach of the darkness reference (15 m) and of the strip beside a
+#: segment (2 m) of :func:`appearance_features`.
+CONFIRM_MARGIN_M = 17.0
+
+
+def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
+                      candidates: np.ndarray, pixel_m: float,
+                      stats: SceneStatistics | None = None,
+                      model: dict[str, np.ndarray] | None = None,
+                      level: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Which candidate regions the appearance detector also finds to be new roofs.
+
+    Two tests, the second only for regions that pass the first (it costs a
+    segmentation of both dates):
+
+    1. the region itself, taken as a segment of each date (every other valid pixel in
+       a segment of the ground around it), looks like a roof in the after date and
+       did not in the before date (probability at least ``level``, below it);
+    2. :func:`new_roof_mask` on the box of the region and :data:`CONFIRM_MARGIN_M`
+       around it covers at least half of the region.
+
+    A region's answer depends only on what lies within the margin of it (and on the
+    scene-wide statistics), so a windowed run that holds that box gives what the
+    whole scene gives.
+
+    Parameters
+    ----------
+    before, after : Scene
+        One grid; ``after`` registered, as delivered (each date in its own units).
+    regions : (H, W) ndarray of int
+        0 background, 1..n.
+    candidates : (n + 1,) ndarray of bool
+        The regions to test (entry 0 unused).
+    pixel_m : float
+    stats : SceneStatistics, optional
+        Scene-wide statistics of both dates (:func:`appearance_statistics`); measured
+        on the given scenes when absent, never on a box.
+    model : dict, optional
+        The appearance trees (the shipped ones by default).
+    level : float
+        Probability of roof, as in :func:`new_roof_mask`.
+
+    Returns
+    -------
+    confirmed : (n + 1,) ndarray of bool
+    probability : (n + 1,) ndarray of float32
+        Mean after-date probability of roof over each confirmed region's pixels, from
+        the segmentation of its box (0 elsewhere).
+    """
+    n = int(regions.max()) if regions.size else 0
+    confirmed = np.zeros(n + 1, bool)
+    probability = np.zeros(n + 1, np.float32)
+    candidates = np.asarray(candidates, bool).copy()
+    candidates[0] = False
+    if not candidates.any():
+        return confirmed, probability
+    model = model if model is not None else load_appearance_model()
+    stats = stats if stats is not None else SceneStatistics()
+    valid = before.valid & after.valid
+    if "appearance_median_gradient_after" not in stats.values:
+        appearance_statistics(before, after, pixel_m, stats)
+    before, after = replace(before, valid=valid), replace(after, valid=valid)
+    # Test 1: the regions as they are; the ground in between, in connected pieces.
+    ground, _ = ndimage.label(valid & (regions == 0))
+    segments = np.where(regions > 0, regions, np.where(ground > 0, ground + n, 0))
+    p_after = roof_probability(after, pixel_m, model, stats, "after", segments)[1][:n + 1]
+    p_before = roof_probability(before, pixel_m, model, stats, "before", segments)[1][:n + 1]
+    first = candidates & (p_after >= level) & (p_before < level)
+    # Test 2: each date segmented on the box around the region.
+    margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
+    boxes = ndimage.find_objects(regions, max_label=n)
+    h, w = regions.shape
+    for k in np.flatnonzero(first):
+        rows, cols = boxes[k - 1]
+        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
+        r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
+        mask, prob = new_roof_mask(crop_scene(before, r0, c0, r1 - r0, c1 - c0),
+                                   crop_scene(after, r0, c0, r1 - r0, c1 - c0),
+                                   pixel_m, model, level, stats)
+        own = regions[r0:r1, c0:c1] == k
+        if mask[own].mean() >= 0.5:
+            confirmed[k] = True
+            probability[k] = float(prob[own].mean())
+    return confirmed, probability
 
 
 def appearance_statistics(before: Scene, after: Scene, pixel_m: float,

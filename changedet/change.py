@@ -257,6 +257,13 @@ class DetectionParams:
     half_cover_outlines : bool
         Regions and appearance detectors: redraw each outline through the pixels its
         roof half covers in the after date (:func:`half_cover_outlines`).
+    appearance_check : bool
+        Regions detector, when the scenes are given: a candidate region of at least
+        the minimum area that the classifier rejects is kept when the appearance
+        detector, judging each date in its own units, also finds a new roof there
+        (:func:`changedet.appearance.confirm_new_roofs`). Off by default: it finds
+        many more of the roofs the classifier misses, at the cost of more false
+        buildings on some scenes and twice the time (README, "A second opinion").
     """
 
     min_area_m2: float | None = None
@@ -276,6 +283,7 @@ class DetectionParams:
     outline_before: float | None = 3.0
     ground_pixel_m: float | None = None
     half_cover_outlines: bool = True
+    appearance_check: bool = False
 
     def pixel_m(self, grid: Grid) -> float:
         """Ground side of a pixel of ``grid``, metres: ``ground_pixel_m`` if set.
@@ -1470,6 +1478,7 @@ def segment_new_buildings(
     valid: np.ndarray,
     pixel_size_m: float,
     params: DetectionParams = DetectionParams(),
+    scenes: tuple[Scene, Scene] | None = None,
 ) -> np.ndarray:
     """Label the new buildings in an evidence map.
 
@@ -1482,6 +1491,9 @@ def segment_new_buildings(
     pixel_size_m : float
         Ground size of one pixel in metres.
     params : DetectionParams
+    scenes : (Scene, Scene), optional
+        Before and after (registered, not normalised) on the evidence's grid, for
+        ``params.appearance_check`` (without them there is no such check).
 
     Returns
     -------
@@ -1490,7 +1502,7 @@ def segment_new_buildings(
     """
     min_area_px = params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2
     if params.detector == "regions":
-        return _segment_by_regions(evidence, valid, pixel_size_m, params, min_area_px)
+        return _segment_by_regions(evidence, valid, pixel_size_m, params, min_area_px, scenes)
     # The threshold finds the roofs; their outlines are re-drawn further down on the
     # texture-free evidence. (Hysteresis down to half the threshold leaked along new
     # roads and disturbed earth into blobs joining whole streets.)
@@ -1596,8 +1608,10 @@ def classify_regions(features: np.ndarray, model: dict[str, np.ndarray] | None =
 
 
 def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
-                        params: DetectionParams, min_area_px: float) -> np.ndarray:
-    """Candidate regions, classified one by one; kept regions that touch are one building."""
+                        params: DetectionParams, min_area_px: float,
+                        scenes: tuple[Scene, Scene] | None = None) -> np.ndarray:
+    """Candidate regions, classified one by one (and those rejected checked by their
+    appearance); kept regions that touch are one building."""
     regions, n = candidate_regions(evidence, valid, pixel_m, params)
     if n == 0:
         evidence.region_probability = np.zeros(valid.shape, np.float32)
@@ -1608,18 +1622,32 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
                             params.model)
     regions, n, prob = _split_marginal_regions(regions, n, prob, evidence, valid, pixel_m,
                                                params, dark)
-    evidence.region_probability = prob[regions].astype(np.float32)
-    evidence.regions = regions
     keep = prob >= params.region_probability
     keep[0] = False
+    confirmed = 0
+    if params.appearance_check and scenes is not None:
+        # The classifier learned new roofs from synthetic pairs and rejects many of
+        # another making (grey and white roofs on bare earth, whose colour edges are
+        # weak); a second opinion in other units keeps those the appearance detector
+        # finds new too. Either alone keeps more of what is not a new building.
+        from .appearance import confirm_new_roofs
+
+        size = np.bincount(regions.ravel(), minlength=n + 1)
+        check, p_roof = confirm_new_roofs(*scenes, regions, ~keep & (size >= min_area_px),
+                                          pixel_m, evidence.statistics)
+        keep |= check
+        prob = np.where(check, p_roof, prob)
+        confirmed = int(check.sum())
+    evidence.region_probability = prob[regions].astype(np.float32)
+    evidence.regions = regions
     labels, n = ndimage.label(keep[regions])
     # Holes smaller than a building are roof furniture or noise, not courtyards.
     labels = _fill_small_holes(labels, params.piece_scale_m2(pixel_m) / pixel_m**2)
     labels, n = _at_least(labels, n, min_area_px)
     labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params)
-    logger.info("segment: %d of %d candidate regions are roofs; %d new building(s) "
-                "(%d left out, their outline already in the before date)",
-                int(keep.sum()), int(prob.size - 1), n, evidence.outlined_before)
+    logger.info("segment: %d of %d candidate regions are roofs (%d by their appearance); "
+                "%d new building(s) (%d left out, their outline already in the before date)",
+                int(keep.sum()), int(prob.size - 1), confirmed, n, evidence.outlined_before)
     return labels.astype(np.int32)
 
 
@@ -2120,7 +2148,8 @@ def detect_new_buildings(
         labels = _segment_by_appearance(before, after, evidence, valid,
                                         params.pixel_m(before.grid), params)
     else:
-        labels = segment_new_buildings(evidence, valid, params.pixel_m(before.grid), params)
+        labels = segment_new_buildings(evidence, valid, params.pixel_m(before.grid), params,
+                                       (before, after))
     labels = outline_stage(labels, evidence, valid, params.pixel_m(before.grid), params)
     return labels, evidence
 

@@ -192,6 +192,10 @@ class DetectOptions:
         classifier) or ``"appearance"`` (segments that look like roofs in the after
         scene and did not in the before scene; better on real imagery, worse on the
         synthetic scenes). See :class:`changedet.change.DetectionParams`.
+    appearance_check : bool
+        Regions detector: keep a candidate region the classifier rejects when the
+        appearance detector finds a new roof there too
+        (``DetectionParams.appearance_check``).
     """
 
     bands: tuple[int, ...] | None = None
@@ -209,6 +213,7 @@ class DetectOptions:
     dask_scheduler: str | None = None
     keep_standing: bool = False
     detector: str = "regions"
+    appearance_check: bool = False
 
     def __post_init__(self) -> None:
         # Checked here, not minutes into a run, with the command line's ranges: NaN
@@ -251,7 +256,8 @@ class DetectOptions:
         from .measure import ground_pixel_m
 
         params = DetectionParams(min_area_m2=self.min_area_m2, detector=self.detector,
-                                 ground_pixel_m=None if grid is None else ground_pixel_m(grid))
+                                 ground_pixel_m=None if grid is None else ground_pixel_m(grid),
+                                 appearance_check=self.appearance_check)
         return replace(params, outline_before=None) if self.keep_standing else params
 
     def local_threads(self) -> int:

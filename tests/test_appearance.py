@@ -14,7 +14,7 @@ from rasterio.crs import CRS
 from scipy import ndimage
 
 from changedet.appearance import (APPEARANCE_FEATURE_NAMES, appearance_features,
-                                  appearance_statistics, date_segments,
+                                  appearance_statistics, confirm_new_roofs, date_segments,
                                   load_appearance_model, new_roof_mask,
                                   tree_ensemble_logit)
 from changedet.change import SceneStatistics
@@ -120,25 +120,38 @@ def _synthetic_pair(tmp_path: Path) -> dict[str, Path]:
                                 tmp_path / "p")
 
 
-def test_cli_detector_option_is_used_and_recorded(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """A list that grows by one at each call of ``changedet.appearance.<name>``."""
     from changedet import appearance
-    from changedet.cli import main
 
-    calls = []
-    real = appearance.new_roof_mask
+    calls: list[int] = []
+    real = getattr(appearance, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(appearance, "new_roof_mask", counted)
-    pair = _synthetic_pair(tmp_path)
-    out = tmp_path / "out"
+    monkeypatch.setattr(appearance, name, counted)
+    return calls
+
+
+def _cli_summary(pair: dict[str, Path], out: Path, *options: str) -> dict:
+    """``changedet detect`` of ``pair`` into ``out`` with ``options``; its summary.json."""
+    from changedet.cli import main
+
     res = CliRunner().invoke(main, ["-q", "detect", str(pair["before"]), str(pair["after"]),
-                                    "-o", str(out), "--detector", "appearance"])
+                                    "-o", str(out), *options])
     assert res.exit_code == 0, res.output
-    summary = json.loads((out / "summary.json").read_text())
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_cli_detector_option_is_used_and_recorded(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet.cli import main
+
+    calls = _count_calls(monkeypatch, "new_roof_mask")
+    pair = _synthetic_pair(tmp_path)
+    summary = _cli_summary(pair, tmp_path / "out", "--detector", "appearance")
     assert summary["parameters"]["detector"] == "appearance"
     # The change threshold is the regions detector's; this one never used it.
     assert summary["parameters"]["threshold"] is None
@@ -277,3 +290,92 @@ def test_the_edge_of_the_data_is_not_an_outline() -> None:
     # times the inside's, against about 1.1 and 0.011 inside.)
     for k in (rim, texture):
         assert feats[at_edge, k].mean() <= 1.2 * feats[inside, k].mean()
+
+
+def _new_roof_old_roof_and_earth(seed: int = 5) -> tuple[Scene, Scene, np.ndarray]:
+    """Grass; a new grey roof with its shadow (region 1), an old roof standing in both
+    dates (region 2), and a mottled patch of new bare earth (region 3)."""
+    size = 240
+    img, _ = _roof_with_shadow(size)  # the new roof: rows 40-80, cols 40-100
+    rng = np.random.default_rng(seed)
+    before_img = _grass((size, size), 3)
+    after_img = img.copy()
+    for date in (before_img, after_img):
+        date[:, 160:165, 44:94] *= 0.35
+        date[:, 130:160, 40:90] = np.array([160.0, 110.0, 90.0])[:, None, None]
+    rows, cols = np.mgrid[0:size, 0:size]
+    wobble = ndimage.gaussian_filter(rng.normal(size=(size, size)), 4.0)
+    earth = ((rows - 165) / 32.0) ** 2 + ((cols - 180) / 38.0) ** 2 + 2.4 * wobble < 1
+    mottle = ndimage.gaussian_filter(rng.normal(size=(size, size)), 1.0)
+    mottle /= mottle.std()
+    after_img[:, earth] = np.array([150.0, 130.0, 100.0])[:, None] * (1 + 0.12 * mottle[earth])
+    regions = np.zeros((size, size), np.int32)
+    regions[40:80, 40:100] = 1
+    regions[130:160, 40:90] = 2
+    regions[earth] = 3
+    return (_scene(before_img + rng.normal(0, 1.5, img.shape)),
+            _scene(after_img + rng.normal(0, 1.5, img.shape)), regions)
+
+
+def test_appearance_confirms_a_new_roof_but_not_an_old_one_or_bare_earth() -> None:
+    before, after, regions = _new_roof_old_roof_and_earth()
+    confirmed, prob = confirm_new_roofs(before, after, regions, np.ones(4, bool), 0.5)
+    assert confirmed.tolist() == [False, True, False, False]
+    assert prob[1] >= 0.5 and prob[2] == prob[3] == 0.0
+    # Only candidates are judged.
+    confirmed, _ = confirm_new_roofs(before, after, regions, np.array([0, 0, 1, 1], bool), 0.5)
+    assert not confirmed.any()
+
+
+def test_appearance_confirmation_depends_only_on_the_box_around_the_region() -> None:
+    """A window that holds the region and its margin answers as the whole scene does
+    (with the scene's statistics): windowed and whole runs agree."""
+    from changedet.appearance import CONFIRM_MARGIN_M
+    from changedet.raster import crop_scene
+
+    before, after, regions = _new_roof_old_roof_and_earth()
+    stats = SceneStatistics()
+    appearance_statistics(before, after, 0.5, stats)
+    whole = confirm_new_roofs(before, after, regions, np.ones(4, bool), 0.5, stats)
+    reach = 80 + int(np.ceil(CONFIRM_MARGIN_M / 0.5)) + 3  # the roof's last row, margin
+    window = [crop_scene(s, 0, 0, reach, 150) for s in (before, after)]
+    only_roof = np.where(regions[:reach, :150] == 1, 1, 0)
+    part = confirm_new_roofs(*window, only_roof, np.ones(2, bool), 0.5, stats)
+    assert part[0][1] and whole[0][1]
+    assert part[1][1] == pytest.approx(whole[1][1], abs=1e-6)
+
+
+def test_appearance_check_keeps_what_the_classifier_rejects_only_when_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet import change
+    from changedet.change import DetectionParams, detect_new_buildings
+
+    before, after, _ = _new_roof_old_roof_and_earth()
+    # A classifier that rejects every region: only the appearance check can keep one.
+    monkeypatch.setattr(change, "classify_regions",
+                        lambda features, model=None: np.zeros(features.shape[1], np.float32))
+    labels, _ = detect_new_buildings(before, after, DetectionParams(ground_pixel_m=0.5))
+    assert labels.max() == 0
+    labels, evidence = detect_new_buildings(
+        before, after, DetectionParams(ground_pixel_m=0.5, appearance_check=True))
+    assert labels.max() == 1
+    found = labels > 0
+    roof = np.zeros(found.shape, bool)
+    roof[40:80, 40:100] = True
+    assert (found & roof).sum() / roof.sum() > 0.95
+    assert (found & ~roof).sum() < 0.05 * roof.sum()  # not the earth, not the old roof
+    # The building's score is the appearance detector's probability of roof.
+    assert evidence.region_probability[60, 70] >= 0.5
+
+
+def test_cli_appearance_check_is_used_and_recorded(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_calls(monkeypatch, "confirm_new_roofs")
+    pair = _synthetic_pair(tmp_path)
+    summary = _cli_summary(pair, tmp_path / "out", "--appearance-check")
+    assert summary["parameters"]["appearance_check"] is True
+    assert calls
+    calls.clear()
+    summary = _cli_summary(pair, tmp_path / "o2")
+    assert summary["parameters"]["appearance_check"] is False
+    assert not calls

@@ -127,6 +127,11 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
                    "(best on the synthetic benchmarks); appearance: areas that look like "
                    "roofs in AFTER and did not in BEFORE, each date judged on its own "
                    "(three times the pixel F1 on real LEVIR pairs, worse on synthetic).")
+@click.option("--appearance-check", is_flag=True,
+              help="regions detector: also keep changed areas the classifier rejects "
+                   "when the appearance detector finds a new roof there (finds many more "
+                   "roofs of unfamiliar kinds; more false buildings on some scenes, and "
+                   "about twice the time).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options
 @handle_errors
@@ -134,8 +139,8 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
            nir_band: int | None, coreg: str, min_area_m2: float | None,
            site_gap_m: float | None, claim_m2: float | None, claim_tolerance: float,
            claim_sites: int | None, claim_basis: str, window_px: int, workers: int | None,
-           dask_scheduler: str | None, keep_standing: bool, detector: str, overwrite: bool,
-           cmd_verbose: int, cmd_quiet: int) -> None:
+           dask_scheduler: str | None, keep_standing: bool, detector: str,
+           appearance_check: bool, overwrite: bool, cmd_verbose: int, cmd_quiet: int) -> None:
     """Find the buildings new in AFTER compared with BEFORE, measure them, check a claim.
 
     Writes new_buildings.geojson, sites.geojson, new_buildings.gpkg, change.tif,
@@ -159,7 +164,7 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
         site_gap_m=site_gap_m, aoi=aoi, claim_m2=claim_m2, claim_tolerance=claim_tolerance,
         claim_sites=claim_sites, claim_basis=claim_basis, window_px=window_px,
         workers=workers, dask_scheduler=dask_scheduler, keep_standing=keep_standing,
-        detector=detector)
+        detector=detector, appearance_check=appearance_check)
     with progress_bar(verbosity) as progress:
         result = run_detection(before, after, options, progress=progress)
     write_outputs(result, outdir, overwrite=overwrite)
