@@ -12,6 +12,7 @@ with their total area, the co-registration reliability and the run time.
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/real_joplin.py [DATA_DIR] [--detector regions|appearance]
+        [--appearance-check]
 
 DATA_DIR defaults to ``../shared/data/real/joplin`` relative to the repository.
 """
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data", nargs="?", type=Path, default=shared_data_dir("joplin"))
     ap.add_argument("--detector", choices=DETECTORS, default="regions",
                     help="the detector run (changedet detect --detector)")
+    ap.add_argument("--appearance-check", action="store_true",
+                    help="regions detector: keep rejected regions the appearance "
+                         "detector finds new too (changedet detect --appearance-check)")
     args = ap.parse_args(argv)
     root = args.data.resolve()
     if not (root / "pre").is_dir() or not (root / "post").is_dir():
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     n_big, area_big = 0, 0.0
     for pre, post, share in pairs_by_overlap(root):
         t0 = time.perf_counter()
-        result = run_detection(pre, post, DetectOptions(detector=args.detector))
+        result = run_detection(pre, post, DetectOptions(detector=args.detector,
+                                                        appearance_check=args.appearance_check))
         dt = time.perf_counter() - t0
         big = [b.area_m2 for b in result.buildings if b.area_m2 >= BIG_M2]
         n_big += len(big)

@@ -18,7 +18,7 @@ outlines, which separates segmentation failures from classification failures.
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/real_levir.py [DATA_DIR] [--out FILE.md] [--stages]
-        [--model FILE.npz] [--detector regions|appearance]
+        [--model FILE.npz] [--detector regions|appearance] [--appearance-check]
 
 DATA_DIR defaults to ``../shared/data/real/levir-dev`` relative to the repository;
 any folder with the same A/ B/ label/ layout is scored the same way.
@@ -144,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                          "--out with --detector appearance)")
     ap.add_argument("--detector", choices=DETECTORS, default="regions",
                     help="the detector scored (changedet detect --detector)")
+    ap.add_argument("--appearance-check", action="store_true",
+                    help="regions detector: keep rejected regions the appearance "
+                         "detector finds new too (changedet detect --appearance-check)")
     args = ap.parse_args(argv)
     params = DetectionParams(model=load_model(args.model) if args.model is not None else None,
-                             detector=args.detector)
+                             detector=args.detector, appearance_check=args.appearance_check)
     if args.stages and args.detector != "regions":
         ap.error("--stages describes the regions detector's stages")
     root = args.data.resolve()
