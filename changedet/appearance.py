@@ -338,8 +338,9 @@ def new_roof_mask(before: Scene, after: Scene, pixel_m: float,
 
 
 #: Margin around a region within which :func:`confirm_new_roofs` segments both dates,
-#: metres: the reach of the darkness reference (15 m) and of the strip beside a
-#: segment (2 m) of :func:`appearance_features`.
+#: metres: about twice the reach of the features of a segment beside the region (the
+#: strip of 2 m beside it, darkened against the brightest ground within 7.5 m), so
+#: that the segments next to the region are seen whole enough to be judged.
 CONFIRM_MARGIN_M = 17.0
 
 
@@ -372,9 +373,11 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     candidates : (n + 1,) ndarray of bool
         The regions to test (entry 0 unused).
     pixel_m : float
+        Ground size of a pixel, metres.
     stats : SceneStatistics, optional
         Scene-wide statistics of both dates (:func:`appearance_statistics`); measured
-        on the given scenes when absent, never on a box.
+        on the given scenes' pixels valid in both dates when absent (and added to
+        ``stats``), never on a box.
     model : dict, optional
         The appearance trees (the shipped ones by default).
     level : float
@@ -384,25 +387,36 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     -------
     confirmed : (n + 1,) ndarray of bool
     probability : (n + 1,) ndarray of float32
-        Mean after-date probability of roof over each confirmed region's pixels, from
-        the segmentation of its box (0 elsewhere).
+        Mean after-date probability of roof over each confirmed region's pixels valid
+        in both dates, from the segmentation of its box (0 elsewhere).
+
+    Raises
+    ------
+    ValueError
+        ``candidates`` is not one entry per label 0..n.
     """
     n = int(regions.max()) if regions.size else 0
+    candidates = np.asarray(candidates, bool).copy()
+    if candidates.shape != (n + 1,):
+        raise ValueError(f"candidates must have one entry per label 0..{n} ({n + 1}), "
+                         f"got shape {candidates.shape}")
     confirmed = np.zeros(n + 1, bool)
     probability = np.zeros(n + 1, np.float32)
-    candidates = np.asarray(candidates, bool).copy()
     candidates[0] = False
     if not candidates.any():
         return confirmed, probability
     model = model if model is not None else load_appearance_model()
     stats = stats if stats is not None else SceneStatistics()
     valid = before.valid & after.valid
+    before, after = replace(before, valid=valid), replace(after, valid=valid)
+    # As the windowed first pass and the appearance detector measure them: on the
+    # pixels valid in both dates.
     if "appearance_median_gradient_after" not in stats.values:
         appearance_statistics(before, after, pixel_m, stats)
-    before, after = replace(before, valid=valid), replace(after, valid=valid)
     # Test 1: the regions as they are; the ground in between, in connected pieces.
     ground, _ = ndimage.label(valid & (regions == 0))
-    segments = np.where(regions > 0, regions, np.where(ground > 0, ground + n, 0))
+    segments = np.where(valid & (regions > 0), regions,
+                        np.where(ground > 0, ground + n, 0))
     p_after = roof_probability(after, pixel_m, model, stats, "after", segments)[1][:n + 1]
     p_before = roof_probability(before, pixel_m, model, stats, "before", segments)[1][:n + 1]
     first = candidates & (p_after >= level) & (p_before < level)
@@ -417,8 +431,8 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
         mask, prob = new_roof_mask(crop_scene(before, r0, c0, r1 - r0, c1 - c0),
                                    crop_scene(after, r0, c0, r1 - r0, c1 - c0),
                                    pixel_m, model, level, stats)
-        own = regions[r0:r1, c0:c1] == k
-        if mask[own].mean() >= 0.5:
+        own = (regions[r0:r1, c0:c1] == k) & valid[r0:r1, c0:c1]
+        if own.any() and mask[own].mean() >= 0.5:
             confirmed[k] = True
             probability[k] = float(prob[own].mean())
     return confirmed, probability

@@ -263,7 +263,7 @@ class DetectionParams:
         detector, judging each date in its own units, also finds a new roof there
         (:func:`changedet.appearance.confirm_new_roofs`). Off by default: it finds
         many more of the roofs the classifier misses, at the cost of more false
-        buildings on some scenes and twice the time (README, "A second opinion").
+        buildings on some scenes and 1.5 to 3 times the time (README, "A second opinion").
     """
 
     min_area_m2: float | None = None
@@ -352,8 +352,9 @@ class Evidence:
     regions : (H, W) ndarray of int32 or None
         Regions detector: the candidate regions (0 background).
     region_probability : (H, W) ndarray of float32 or None
-        Regions detector: each pixel's candidate region's probability of roof;
-        appearance detector: that of its segment of the after date.
+        Regions detector: each pixel's candidate region's probability of roof (from
+        the classifier, or for a region kept by the appearance check, the appearance
+        detector's); appearance detector: that of its segment of the after date.
     standing_before : (H, W) ndarray of int32 or None
         Regions and appearance detectors: labels (0 background) of the buildings left
         out because their outline was already in the before date (a demolition's
@@ -1625,16 +1626,20 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     keep = prob >= params.region_probability
     keep[0] = False
     confirmed = 0
-    if params.appearance_check and scenes is not None:
+    if params.appearance_check and scenes is None:
+        logger.warning("segment: no appearance check without the before and after "
+                       "scenes (segment_new_buildings(..., scenes=(before, after)))")
+    elif params.appearance_check:
         # The classifier learned new roofs from synthetic pairs and rejects many of
         # another making (grey and white roofs on bare earth, whose colour edges are
         # weak); a second opinion in other units keeps those the appearance detector
         # finds new too. Either alone keeps more of what is not a new building.
         from .appearance import confirm_new_roofs
 
-        size = np.bincount(regions.ravel(), minlength=n + 1)
-        check, p_roof = confirm_new_roofs(*scenes, regions, ~keep & (size >= min_area_px),
-                                          pixel_m, evidence.statistics)
+        candidates = ~keep & (np.bincount(regions.ravel(), minlength=n + 1) >= min_area_px)
+        candidates[0] = False
+        check, p_roof = confirm_new_roofs(*scenes, regions, candidates, pixel_m,
+                                          evidence.statistics)
         keep |= check
         prob = np.where(check, p_roof, prob)
         confirmed = int(check.sum())

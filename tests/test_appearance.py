@@ -327,6 +327,73 @@ def test_appearance_confirms_a_new_roof_but_not_an_old_one_or_bare_earth() -> No
     assert not confirmed.any()
 
 
+def test_each_of_the_two_appearance_tests_rejects_on_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earth and the old roof fail the first test (the region as a segment) and the
+    second (the box segmented) apart: with either test made to pass everything, the
+    other still keeps only the new roof."""
+    from changedet import appearance
+
+    before, after, regions = _new_roof_old_roof_and_earth()
+    with monkeypatch.context() as patch:  # the second test passes everything
+        patch.setattr(appearance, "new_roof_mask",
+                      lambda b, a, *args, **kw: (np.ones(b.valid.shape, bool),
+                                                 np.ones(b.valid.shape, np.float32)))
+        confirmed, _ = confirm_new_roofs(before, after, regions, np.ones(4, bool), 0.5)
+    assert confirmed.tolist() == [False, True, False, False]
+    real = appearance.roof_probability
+
+    def first_passes(scene, pixel_m, model=None, stats=None, date="after", segments=None):
+        if segments is None:
+            return real(scene, pixel_m, model, stats, date)
+        prob = np.full(int(segments.max()) + 1, 1.0 if date == "after" else 0.0)
+        return segments, prob
+
+    monkeypatch.setattr(appearance, "roof_probability", first_passes)
+    confirmed, _ = confirm_new_roofs(before, after, regions, np.ones(4, bool), 0.5)
+    assert confirmed.tolist() == [False, True, False, False]
+
+
+def test_confirmation_statistics_and_probability_leave_nodata_out() -> None:
+    """Statistics measured on the pixels valid in both dates (as the windowed first
+    pass measures them), and a confirmed region's probability over its valid pixels."""
+    before, after, regions = _new_roof_old_roof_and_earth()
+    cut = np.ones(regions.shape, bool)
+    cut[:, 70:] = False  # the after date has no data right of column 70
+    after_cut = replace(after, valid=cut)
+    stats = SceneStatistics()
+    confirmed, prob = confirm_new_roofs(before, after_cut, regions, np.ones(4, bool), 0.5,
+                                        stats)
+    expected = SceneStatistics()
+    appearance_statistics(replace(before, valid=cut), after_cut, 0.5, expected)
+    assert stats.values == expected.values
+    assert confirmed[1] and prob[1] >= 0.5  # half the roof, judged on what is seen
+    with pytest.raises(ValueError, match="one entry per label"):
+        confirm_new_roofs(before, after, regions, np.ones(3, bool), 0.5)
+
+
+def test_windows_confirm_with_the_first_pass_statistics(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    from changedet import appearance
+    from changedet.pipeline import DetectOptions, run_detection
+
+    seen = []
+    real = appearance.confirm_new_roofs
+
+    def recorded(before, after, regions, candidates, pixel_m, stats=None, *args, **kw):
+        seen.append(stats is not None and "appearance_median_gradient_after" in stats.values)
+        return real(before, after, regions, candidates, pixel_m, stats, *args, **kw)
+
+    monkeypatch.setattr(appearance, "confirm_new_roofs", recorded)
+    pair = _synthetic_pair(tmp_path)
+    result = run_detection(pair["before"], pair["after"],
+                           DetectOptions(window_px=256, appearance_check=True))
+    assert result.summary["parameters"]["windows"]["n"] == 4
+    # Every window was judged with the scene's statistics, none with its own.
+    assert len(seen) >= 4 and all(seen)
+
+
 def test_appearance_confirmation_depends_only_on_the_box_around_the_region() -> None:
     """A window that holds the region and its margin answers as the whole scene does
     (with the scene's statistics): windowed and whole runs agree."""
@@ -363,7 +430,7 @@ def test_appearance_check_keeps_what_the_classifier_rejects_only_when_asked(
     roof = np.zeros(found.shape, bool)
     roof[40:80, 40:100] = True
     assert (found & roof).sum() / roof.sum() > 0.95
-    assert (found & ~roof).sum() < 0.05 * roof.sum()  # not the earth, not the old roof
+    assert (found & ~roof).sum() < 0.05 * roof.sum()  # not the earth, a candidate too
     # The building's score is the appearance detector's probability of roof.
     assert evidence.region_probability[60, 70] >= 0.5
 

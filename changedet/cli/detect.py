@@ -131,7 +131,7 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
               help="regions detector: also keep changed areas the classifier rejects "
                    "when the appearance detector finds a new roof there (finds many more "
                    "roofs of unfamiliar kinds; more false buildings on some scenes, and "
-                   "about twice the time).")
+                   "1.5 to 3 times the time).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options
 @handle_errors
