@@ -342,6 +342,9 @@ def new_roof_mask(before: Scene, after: Scene, pixel_m: float,
 #: strip of 2 m beside it, darkened against the brightest ground within 7.5 m), so
 #: that the segments next to the region are seen whole enough to be judged.
 CONFIRM_MARGIN_M = 17.0
+#: Probability of roof the region itself must have in the after date for
+#: :func:`confirm_new_roofs` to overrule the region classifier.
+CONFIDENT_ROOF = 0.9
 
 
 def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
@@ -419,7 +422,7 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
                         np.where(ground > 0, ground + n, 0))
     p_after = roof_probability(after, pixel_m, model, stats, "after", segments)[1][:n + 1]
     p_before = roof_probability(before, pixel_m, model, stats, "before", segments)[1][:n + 1]
-    first = candidates & (p_after >= level) & (p_before < level)
+    first = candidates & (p_after >= max(level, CONFIDENT_ROOF)) & (p_before < level)
     # Test 2: each date segmented on the box around the region.
     margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
     boxes = ndimage.find_objects(regions, max_label=n)

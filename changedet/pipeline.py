@@ -194,8 +194,8 @@ class DetectOptions:
         synthetic scenes). See :class:`changedet.change.DetectionParams`.
     appearance_check : bool
         Regions detector: keep a candidate region the classifier rejects when the
-        appearance detector finds a new roof there too
-        (``DetectionParams.appearance_check``).
+        appearance detector confidently finds a new roof there too (default; see
+        ``DetectionParams.appearance_check``).
     """
 
     bands: tuple[int, ...] | None = None
@@ -213,7 +213,7 @@ class DetectOptions:
     dask_scheduler: str | None = None
     keep_standing: bool = False
     detector: str = "regions"
-    appearance_check: bool = False
+    appearance_check: bool = True
 
     def __post_init__(self) -> None:
         # Checked here, not minutes into a run, with the command line's ranges: NaN

@@ -150,7 +150,8 @@ print(format_table(result.sites, result.claim))"""),
     ("md", "## 7. Rerun one stage with another parameter\nOnly the segmentation stage (and the outline stage after it) runs again, on the same evidence, with the minimum building area raised to 13,500 m²: the smallest of the three residences (about 13,400 m²) goes, the other two stay, with the same outlines."),
     ("code", """stricter = DetectionParams(min_area_m2=13500.0)
 valid = registered.before.valid & registered.after.valid
-labels_strict = outline_stage(segment_new_buildings(evidence, valid, px, stricter),
+scenes = (registered.before, registered.after)  # for the appearance check
+labels_strict = outline_stage(segment_new_buildings(evidence, valid, px, stricter, scenes),
                               evidence, valid, px, stricter)
 n_default = len(np.unique(labels)) - 1
 n_strict = len(np.unique(labels_strict)) - 1

@@ -412,7 +412,7 @@ def test_appearance_confirmation_depends_only_on_the_box_around_the_region() -> 
     assert part[1][1] == pytest.approx(whole[1][1], abs=1e-6)
 
 
-def test_appearance_check_keeps_what_the_classifier_rejects_only_when_asked(
+def test_appearance_check_keeps_what_the_classifier_rejects_unless_turned_off(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from changedet import change
     from changedet.change import DetectionParams, detect_new_buildings
@@ -421,10 +421,10 @@ def test_appearance_check_keeps_what_the_classifier_rejects_only_when_asked(
     # A classifier that rejects every region: only the appearance check can keep one.
     monkeypatch.setattr(change, "classify_regions",
                         lambda features, model=None: np.zeros(features.shape[1], np.float32))
-    labels, _ = detect_new_buildings(before, after, DetectionParams(ground_pixel_m=0.5))
+    labels, _ = detect_new_buildings(
+        before, after, DetectionParams(ground_pixel_m=0.5, appearance_check=False))
     assert labels.max() == 0
-    labels, evidence = detect_new_buildings(
-        before, after, DetectionParams(ground_pixel_m=0.5, appearance_check=True))
+    labels, evidence = detect_new_buildings(before, after, DetectionParams(ground_pixel_m=0.5))
     assert labels.max() == 1
     found = labels > 0
     roof = np.zeros(found.shape, bool)
@@ -439,10 +439,10 @@ def test_cli_appearance_check_is_used_and_recorded(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _count_calls(monkeypatch, "confirm_new_roofs")
     pair = _synthetic_pair(tmp_path)
-    summary = _cli_summary(pair, tmp_path / "out", "--appearance-check")
-    assert summary["parameters"]["appearance_check"] is True
+    summary = _cli_summary(pair, tmp_path / "out")
+    assert summary["parameters"]["appearance_check"] is True  # the default
     assert calls
     calls.clear()
-    summary = _cli_summary(pair, tmp_path / "o2")
+    summary = _cli_summary(pair, tmp_path / "o2", "--no-appearance-check")
     assert summary["parameters"]["appearance_check"] is False
     assert not calls
