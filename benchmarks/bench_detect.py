@@ -12,7 +12,7 @@ Usage::
 
     PYTHONPATH=$PWD python benchmarks/bench_detect.py [--seeds 0 1 2 3 4 5]
         [--other-seeds 1] [--scenarios compound suburb none demolition] [--timing 4096]
-        [--detector handcrafted] [--model FILE.npz] [--appearance-check] [--stages]
+        [--detector handcrafted] [--model FILE.npz] [--no-appearance-check] [--stages]
 
 A summary per scenario follows the table: missed and false buildings, how many area
 errors are within 3 % and 5 %, and the median error. ``--stages`` adds where each
@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None,
                     help="score these classifier weights instead of the shipped ones "
                          "(e.g. a model written by train_regions.py --out)")
-    ap.add_argument("--appearance-check", action="store_true",
-                    help="regions detector: keep rejected regions the appearance "
-                         "detector finds new too (changedet detect --appearance-check)")
+    ap.add_argument("--no-appearance-check", dest="appearance_check",
+                    action="store_false",
+                    help="regions detector: the classifier alone, without the appearance "
+                         "detector's second opinion (changedet detect --no-appearance-check)")
     ap.add_argument("--stages", action="store_true",
                     help="also say where each true building's area went (regions "
                          "detector): not a candidate, rejected, kept, overgrowth")

@@ -12,7 +12,7 @@ with their total area, the co-registration reliability and the run time.
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/real_joplin.py [DATA_DIR] [--detector regions|appearance]
-        [--appearance-check]
+        [--no-appearance-check]
 
 DATA_DIR defaults to ``../shared/data/real/joplin`` relative to the repository.
 """
@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data", nargs="?", type=Path, default=shared_data_dir("joplin"))
     ap.add_argument("--detector", choices=DETECTORS, default="regions",
                     help="the detector run (changedet detect --detector)")
-    ap.add_argument("--appearance-check", action="store_true",
-                    help="regions detector: keep rejected regions the appearance "
-                         "detector finds new too (changedet detect --appearance-check)")
+    ap.add_argument("--no-appearance-check", dest="appearance_check",
+                    action="store_false",
+                    help="regions detector: the classifier alone, without the appearance "
+                         "detector's second opinion (changedet detect --no-appearance-check)")
     args = ap.parse_args(argv)
     root = args.data.resolve()
     if not (root / "pre").is_dir() or not (root / "post").is_dir():

@@ -18,7 +18,7 @@ outlines, which separates segmentation failures from classification failures.
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/real_levir.py [DATA_DIR] [--out FILE.md] [--stages]
-        [--model FILE.npz] [--detector regions|appearance] [--appearance-check]
+        [--model FILE.npz] [--detector regions|appearance] [--no-appearance-check]
 
 DATA_DIR defaults to ``../shared/data/real/levir-dev`` relative to the repository;
 any folder with the same A/ B/ label/ layout is scored the same way.
@@ -144,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                          "--out with --detector appearance)")
     ap.add_argument("--detector", choices=DETECTORS, default="regions",
                     help="the detector scored (changedet detect --detector)")
-    ap.add_argument("--appearance-check", action="store_true",
-                    help="regions detector: keep rejected regions the appearance "
-                         "detector finds new too (changedet detect --appearance-check)")
+    ap.add_argument("--no-appearance-check", dest="appearance_check",
+                    action="store_false",
+                    help="regions detector: the classifier alone, without the appearance "
+                         "detector's second opinion (changedet detect --no-appearance-check)")
     args = ap.parse_args(argv)
     params = DetectionParams(model=load_model(args.model) if args.model is not None else None,
                              detector=args.detector, appearance_check=args.appearance_check)
