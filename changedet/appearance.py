@@ -358,8 +358,9 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     segmentation of both dates):
 
     1. the region itself, taken as a segment of each date (every other valid pixel in
-       a segment of the ground around it), looks like a roof in the after date and
-       did not in the before date (probability at least ``level``, below it);
+       a segment of the ground around it), looks like a roof in the after date with
+       confidence (probability at least :data:`CONFIDENT_ROOF`) and did not in the
+       before date (below ``level``);
     2. :func:`new_roof_mask` on the box of the region and :data:`CONFIRM_MARGIN_M`
        around it covers at least half of the region.
 

@@ -868,8 +868,11 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
             normalised = replace(a, image=fit.apply(a.image), valid=valid)
             new_building_evidence(replace(b, valid=valid), normalised, params,
                                   after_raw=a.image, statistics=stats)
-            if params.detector == "appearance" or (params.detector == "regions"
-                                                   and params.appearance_check):
+            # (The appearance check is skipped on scenes of fewer than three visible
+            # bands, which have no such statistics.)
+            if params.detector == "appearance" or (
+                    params.detector == "regions" and params.appearance_check
+                    and b.image.shape[0] - (b.nir is not None) >= 3):
                 from .appearance import appearance_statistics
 
                 appearance_statistics(replace(b, valid=valid), replace(a, valid=valid),

@@ -409,6 +409,12 @@ def test_single_band_panchromatic_pair(pair: dict[str, Any], tmp_path: Path) -> 
            for k in ("before", "after")]
     summary = _ok(_detect(*pan, tmp_path / "out"))
     assert summary["inputs"]["before"]["bands"] == [1]
+    # Windowed too: the appearance check, which needs three visible bands, is skipped
+    # in the first pass as in the windows.
+    from changedet.pipeline import DetectOptions, run_detection
+
+    windowed = run_detection(*pan, DetectOptions(window_px=128))
+    assert windowed.summary["parameters"]["windows"]["n"] > 1
 
 
 def test_uint16_and_nan_filled_float32(pair: dict[str, Any], tmp_path: Path) -> None:
