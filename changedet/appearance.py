@@ -19,7 +19,7 @@ each date on its own, in units of the date itself:
 4. a new building is a roof-like segment of the after date whose pixels were not
    roof-like in the before date, opened by a 3 x 3 square (:func:`new_roof_mask`).
 
-On the LEVIR development pairs it reaches three times the default detector's pixel
+On the LEVIR development pairs it reaches three times the region classifier's pixel
 F1; it is worse on every synthetic scenario and reports debris on scenes of
 destruction as new buildings (README, Benchmarks, "A second detector for real
 imagery"). Its segmentation is not local: in windowed runs a building at a window

@@ -264,8 +264,8 @@ class DetectionParams:
         confidently (:func:`changedet.appearance.confirm_new_roofs`; scenes with
         three visible bands or more, others are judged by the classifier alone). It
         finds about twice as many of the roofs unlike the classifier's training
-        scenes, at the cost of a few more false buildings on scenes of destruction
-        and 1.5 to 3 times the time (README, "A second opinion").
+        scenes, at the cost of a few more false buildings (debris on scenes of
+        destruction) and 1.4 to 2 times the time (README, "A second opinion").
     """
 
     min_area_m2: float | None = None
@@ -313,6 +313,13 @@ class DetectionParams:
         changed the regions and with them other buildings' outlines (a 176 m² house
         lost at 0.0001 m²)."""
         return _default_min_area_m2(pixel_size_m)
+
+
+def appearance_check_applies(params: "DetectionParams", before: Scene, after: Scene) -> bool:
+    """Whether ``params.appearance_check`` is applied to this pair: regions detector,
+    and three visible bands or more in both dates (what the appearance detector needs)."""
+    return (params.detector == "regions" and params.appearance_check
+            and all(s.image.shape[0] - (s.nir is not None) >= 3 for s in (before, after)))
 
 
 def _default_min_area_m2(pixel_size_m: float) -> float:
@@ -1631,7 +1638,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     if params.appearance_check and scenes is None:
         logger.warning("segment: no appearance check without the before and after "
                        "scenes (segment_new_buildings(..., scenes=(before, after)))")
-    elif params.appearance_check and scenes[0].image.shape[0] - (scenes[0].nir is not None) < 3:
+    elif params.appearance_check and not appearance_check_applies(params, *scenes):
         logger.info("segment: no appearance check: it needs three visible bands")
     elif params.appearance_check:
         # The classifier learned new roofs from synthetic pairs and rejects many of

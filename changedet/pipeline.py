@@ -424,7 +424,7 @@ def _warn_partial_overlap(before: str | os.PathLike[str], after: str | os.PathLi
 def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                opts: DetectOptions, stage: _StageClock) -> DetectionResult:
     """The whole scene in memory at once."""
-    from .change import building_scores, detect_new_buildings
+    from .change import appearance_check_applies, building_scores, detect_new_buildings
     from .raster import align_pair, check_not_blank, check_not_identical, read_scene
     from .vectorize import labels_at_edge, polygons_from_labels
 
@@ -473,7 +473,8 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     normalised = getattr(evidence, "after_normalised", None)
     shown_after = pair.after if normalised is None else replace(pair.after, image=normalised)
     looks = {"before": look_before, "after": quicklook(shown_after, limits)[0]}
-    params_used = _parameters_used(opts, params, measured, evidence.threshold, grid)
+    params_used = _parameters_used(opts, params, measured, evidence.threshold, grid,
+                                   appearance_check_applies(params, scene_b, scene_a))
     result = DetectionResult(
         buildings=measured["buildings"], sites=measured["sites"], claim=measured["claim"],
         change_mask=change, grid=grid, crs=measured["crs"], registration=reg_summary,
@@ -489,11 +490,14 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
 
 
 def _parameters_used(opts: DetectOptions, params: Any, measured: dict[str, Any],
-                     threshold: float, grid: Grid) -> dict[str, Any]:
+                     threshold: float, grid: Grid, appearance_checked: bool) -> dict[str, Any]:
     """The options as asked and the values the run derived from the data, for
     ``summary.json`` ``parameters``. ``threshold`` (of the change evidence) is None
-    for the appearance detector, which does not use it."""
+    for the appearance detector, which does not use it; ``appearance_check_applied``
+    is false where the check was asked for but the scenes have fewer than three
+    visible bands."""
     return opts.as_dict() | {
+        "appearance_check_applied": appearance_checked,
         "site_gap_m": measured["gap_m"],
         "min_area_m2_used": params.resolved_min_area_m2(params.pixel_m(grid)),
         "outline_before_level": params.outline_before,
@@ -691,6 +695,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
                        overlap: float | None = None) -> DetectionResult:
     from affine import Affine
 
+    from .change import appearance_check_applies
     from .windowed import (QUICKLOOK_PX, CellMeans, WindowTask, context_px, first_pass,
                            plan_windows, run_windows, temporary_change_path)
 
@@ -748,7 +753,8 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
     looks = {"before": look_before, "after": look_after,
              "change": _decimated_change(change_path, qgrid.shape)}
     params_used = _parameters_used(opts, params, measured,
-                                   first.statistics.values["threshold"], grid) | {
+                                   first.statistics.values["threshold"], grid,
+                                   appearance_check_applies(params, header_b, header_a)) | {
         "windows": {"n": stitched.n_windows, "window_px": window_px, "halo_px": halo,
                     "margin_px": margin, "retries": stitched.n_retries,
                     "cut_groups": stitched.cut_groups, "sample_chips": first.n_chips}}

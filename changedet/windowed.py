@@ -47,8 +47,8 @@ from scipy import ndimage
 
 from ._log import logger
 from .aoi import keep_labels_in_aoi
-from .change import (DetectionParams, SceneStatistics, _dilate_disk, building_scores,
-                     detect_new_buildings, new_building_evidence)
+from .change import (DetectionParams, SceneStatistics, _dilate_disk, appearance_check_applies,
+                     building_scores, detect_new_buildings, new_building_evidence)
 from .errors import ProcessingError
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
@@ -870,9 +870,7 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                                   after_raw=a.image, statistics=stats)
             # (The appearance check is skipped on scenes of fewer than three visible
             # bands, which have no such statistics.)
-            if params.detector == "appearance" or (
-                    params.detector == "regions" and params.appearance_check
-                    and b.image.shape[0] - (b.nir is not None) >= 3):
+            if params.detector == "appearance" or appearance_check_applies(params, b, a):
                 from .appearance import appearance_statistics
 
                 appearance_statistics(replace(b, valid=valid), replace(a, valid=valid),

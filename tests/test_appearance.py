@@ -441,6 +441,7 @@ def test_cli_appearance_check_is_used_and_recorded(tmp_path: Path,
     pair = _synthetic_pair(tmp_path)
     summary = _cli_summary(pair, tmp_path / "out")
     assert summary["parameters"]["appearance_check"] is True  # the default
+    assert summary["parameters"]["appearance_check_applied"] is True
     assert calls
     calls.clear()
     summary = _cli_summary(pair, tmp_path / "o2", "--no-appearance-check")

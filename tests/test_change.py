@@ -991,9 +991,11 @@ def test_outline_stage_is_what_detection_runs_after_segmentation() -> None:
     params = DetectionParams(sun_azimuth_deg=45.0)
     labels, ev = detect_new_buildings(before, after, params)
     valid = before.valid & after.valid
-    again = outline_stage(segment_new_buildings(ev, valid, 0.5, params), ev, valid, 0.5, params)
+    scenes = (before, after)  # for the appearance check, as detection gives them
+    again = outline_stage(segment_new_buildings(ev, valid, 0.5, params, scenes), ev, valid,
+                          0.5, params)
     np.testing.assert_array_equal(again, labels)
-    unredrawn = segment_new_buildings(ev, valid, 0.5, params)
+    unredrawn = segment_new_buildings(ev, valid, 0.5, params, scenes)
     assert not np.array_equal(unredrawn, labels)          # else this proves nothing
     with pytest.raises(ValueError, match="one grid"):
         outline_stage(unredrawn[:-1], ev, valid[:-1], 0.5, params)

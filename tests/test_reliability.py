@@ -415,6 +415,10 @@ def test_single_band_panchromatic_pair(pair: dict[str, Any], tmp_path: Path) -> 
 
     windowed = run_detection(*pan, DetectOptions(window_px=128))
     assert windowed.summary["parameters"]["windows"]["n"] > 1
+    # Asked for (the default) but not applied, and the summary says so.
+    for parameters in (summary["parameters"], windowed.summary["parameters"]):
+        assert parameters["appearance_check"] is True
+        assert parameters["appearance_check_applied"] is False
 
 
 def test_uint16_and_nan_filled_float32(pair: dict[str, Any], tmp_path: Path) -> None:

@@ -126,12 +126,13 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
               help="regions: changed areas judged by the shipped region classifier "
                    "(best on the synthetic benchmarks); appearance: areas that look like "
                    "roofs in AFTER and did not in BEFORE, each date judged on its own "
-                   "(three times the pixel F1 on real LEVIR pairs, worse on synthetic).")
+                   "(twice the default's pixel F1 on real LEVIR pairs, worse on synthetic).")
 @click.option("--appearance-check/--no-appearance-check", default=True, show_default=True,
               help="regions detector: also keep changed areas the classifier rejects "
                    "when the appearance detector confidently finds a new roof there "
                    "(about twice as many roofs of unfamiliar kinds found; a few more "
-                   "false buildings on scenes of destruction; 1.5 to 3 times the time).")
+                   "false buildings, debris on scenes of destruction; 1.4 to 2 times the "
+                   "time).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options
 @handle_errors
