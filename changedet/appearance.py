@@ -364,7 +364,8 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     2. :func:`new_roof_mask` on the box of the region and :data:`CONFIRM_MARGIN_M`
        around it covers at least half of the region.
 
-    A region's answer depends only on what lies within the margin of it (and on the
+    The after date of test 1 is described over the whole scene; its before date, and
+    test 2, only on the boxes of the regions that pass the after date. A region's answer depends only on what lies within the margin of it (and on the
     scene-wide statistics), so a windowed run that holds that box gives what the
     whole scene gives.
 
@@ -422,21 +423,26 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     segments = np.where(valid & (regions > 0), regions,
                         np.where(ground > 0, ground + n, 0))
     p_after = roof_probability(after, pixel_m, model, stats, "after", segments)[1][:n + 1]
-    p_before = roof_probability(before, pixel_m, model, stats, "before", segments)[1][:n + 1]
-    first = candidates & (p_after >= max(level, CONFIDENT_ROOF)) & (p_before < level)
-    # Test 2: each date segmented on the box around the region.
     margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
     boxes = ndimage.find_objects(regions, max_label=n)
     h, w = regions.shape
-    for k in np.flatnonzero(first):
+    for k in np.flatnonzero(candidates & (p_after >= max(level, CONFIDENT_ROOF))):
         rows, cols = boxes[k - 1]
         r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
         r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
-        mask, prob = new_roof_mask(crop_scene(before, r0, c0, r1 - r0, c1 - c0),
-                                   crop_scene(after, r0, c0, r1 - r0, c1 - c0),
-                                   pixel_m, model, level, stats)
+        box_before = crop_scene(before, r0, c0, r1 - r0, c1 - c0)
+        # The before date of test 1 on the box only: what a segment's features see
+        # lies within the margin, and few regions get this far.
+        box_segments = _relabel(segments[r0:r1, c0:c1])[0]
+        p_before = roof_probability(box_before, pixel_m, model, stats, "before",
+                                    box_segments)[1]
         own = (regions[r0:r1, c0:c1] == k) & valid[r0:r1, c0:c1]
-        if own.any() and mask[own].mean() >= 0.5:
+        if not own.any() or p_before[box_segments[own][0]] >= level:
+            continue
+        # Test 2: each date segmented on the box around the region.
+        mask, prob = new_roof_mask(box_before, crop_scene(after, r0, c0, r1 - r0, c1 - c0),
+                                   pixel_m, model, level, stats)
+        if mask[own].mean() >= 0.5:
             confirmed[k] = True
             probability[k] = float(prob[own].mean())
     return confirmed, probability
