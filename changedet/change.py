@@ -1630,8 +1630,8 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     dark = darkness_beside(evidence.bright_after, pixel_m)
     prob = classify_regions(region_features(regions, n, evidence, valid, pixel_m, dark),
                             params.model)
-    regions, n, prob = _split_marginal_regions(regions, n, prob, evidence, valid, pixel_m,
-                                               params, dark)
+    regions, n, prob = _split_kept_regions(regions, n, prob, evidence, valid, pixel_m,
+                                           params, dark)
     keep = prob >= params.region_probability
     keep[0] = False
     confirmed = 0
@@ -1667,26 +1667,32 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     return labels.astype(np.int32)
 
 
-#: Regions kept as roofs below this probability are split again along fainter colour
-#: edges (:data:`MARGINAL_EDGE_LEVEL` scene medians, against 2.5 for the first split)
-#: and their parts judged one by one.
-MARGINAL_PROBABILITY = 0.75
-MARGINAL_EDGE_LEVEL = 2.0
+#: Every region kept as a roof is split again along fainter colour edges
+#: (:data:`SECOND_SPLIT_EDGE_LEVEL` scene medians, against 2.5 for the first split) and
+#: its parts judged one by one. A region kept with this probability or more is
+#: confident: a part of it is cut off only when the classifier is as sure that the part
+#: is not roof (below 1 - CONFIDENT_REGION); the parts of a region kept with less need
+#: a roof's probability of their own.
+CONFIDENT_REGION = 0.75
+SECOND_SPLIT_EDGE_LEVEL = 2.0
 
 
-def _split_marginal_regions(regions: np.ndarray, n: int, prob: np.ndarray,
-                            evidence: Evidence, valid: np.ndarray, pixel_m: float,
-                            params: DetectionParams, dark: np.ndarray | None = None
-                            ) -> tuple[np.ndarray, int, np.ndarray]:
-    """Regions kept as roofs with little confidence, split along fainter colour edges
-    and judged part by part.
+def _split_kept_regions(regions: np.ndarray, n: int, prob: np.ndarray,
+                        evidence: Evidence, valid: np.ndarray, pixel_m: float,
+                        params: DetectionParams, dark: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Regions kept as roofs, split along fainter colour edges and judged part by part.
 
     A roof whose colour region took in the changed ground beside it, through a stretch
-    of its outline that resampling or compression had blurred, sits near the
-    classifier's cut (0.52 for the fixture's residence 2 with the after scene
-    reprojected from EPSG:4326, 31 % too large); on their own the roof is judged a
-    roof and the ground ground. Lowering the edge level for every region instead
+    of its outline that resampling, compression or a weak colour contrast had blurred,
+    is measured with that ground. Judged on their own, the roof is a roof and the
+    ground ground: 0.52 for the fixture's residence 2 with the after scene reprojected
+    from EPSG:4326 (31 % too large), 0.95 for a synthetic residence joined to the
+    construction earth around it. Lowering the edge level of the first split instead
     changes all the regions the classifier was trained on, and it then does worse.
+    A part of a confidently kept region (:data:`CONFIDENT_REGION`) is cut off only when
+    the classifier is as sure it is not roof: the facets of a gable roof, judged alone,
+    often sit just below the classifier's cut.
 
     Parameters
     ----------
@@ -1700,18 +1706,21 @@ def _split_marginal_regions(regions: np.ndarray, n: int, prob: np.ndarray,
     Returns
     -------
     regions : (H, W) ndarray of int32
-        Relabelled 1..n, the marginal regions that split replaced by their parts.
+        Relabelled 1..n, the kept regions that split replaced by their parts.
     n : int
     prob : (n + 1,) ndarray
-        The parts' own probabilities; every other region keeps its own.
+        A part of a confident region has the region's probability, its own when
+        below 1 - :data:`CONFIDENT_REGION`, or 0 when the parts cut off leave it apart
+        from the region's largest piece; a part of another kept region has its own;
+        every region that did not split keeps its own.
     """
-    marginal = (prob >= params.region_probability) & (prob < MARGINAL_PROBABILITY)
-    marginal[0] = False
-    if not marginal.any():
+    kept = prob >= params.region_probability
+    kept[0] = False
+    if not kept.any():
         return regions, n, prob
-    inside = marginal[regions]
+    inside = kept[regions]
     parts = colour_regions(inside, evidence.colour_edges, pixel_m,
-                           edge_level=MARGINAL_EDGE_LEVEL)
+                           edge_level=SECOND_SPLIT_EDGE_LEVEL)
     # The new labels are the (region, part) pairs, so that no part spans two regions;
     # pixels of a region that no part reached (0) form one more part of it.
     at = np.flatnonzero(inside)
@@ -1733,13 +1742,64 @@ def _split_marginal_regions(regions: np.ndarray, n: int, prob: np.ndarray,
     is_part = split[source]
     is_part[0] = False
     # Only the parts are judged anew, and only they are described.
-    probs = classify_regions(region_features(new, n_new, evidence, valid, pixel_m, dark,
-                                             only=is_part), params.model)
-    out = np.where(is_part, probs, prob[source])
+    own = classify_regions(region_features(new, n_new, evidence, valid, pixel_m, dark,
+                                           only=is_part), params.model)
+    region_prob = prob[source]
+    out = np.where(is_part, own, region_prob)
+    # A part of a confident region keeps the region's verdict unless surely not roof.
+    stays = is_part & (region_prob >= CONFIDENT_REGION) & (own >= 1.0 - CONFIDENT_REGION)
+    out[stays] = region_prob[stays]
+    # Cutting the ground out of a region can leave specks of it behind, joined to the
+    # roof only through what was cut: of a confident region's parts, only those in
+    # its largest connected piece stay.
+    out[stays & ~_in_largest_piece(new, source, stays)] = 0.0
     out[0] = 0.0
-    logger.info("segment: %d marginal region(s) split into parts, judged anew",
-                int(split.sum()))
+    logger.info("segment: %d kept region(s) split into parts, judged anew; %d part(s) "
+                "left out", int(split.sum()),
+                int((is_part & (out < params.region_probability)).sum()))
     return new, n_new, out
+
+
+def _in_largest_piece(labels: np.ndarray, source: np.ndarray, chosen: np.ndarray
+                      ) -> np.ndarray:
+    """Which chosen labels lie in the largest connected piece of the chosen labels of
+    their source region.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        0 background, 1..m.
+    source : (m + 1,) ndarray of int
+        The region each label belongs to (several labels to one region).
+    chosen : (m + 1,) ndarray of bool
+
+    Returns
+    -------
+    (m + 1,) ndarray of bool
+        True for the chosen labels in the largest piece (4-connected, in pixels) of
+        their region's chosen labels; False elsewhere.
+    """
+    from skimage.measure import label as connected
+
+    region_of = np.where(chosen[labels], source[labels], 0)
+    # Pieces of one region: pixels of chosen labels of the same region that touch.
+    pieces = connected(region_of, background=0, connectivity=1)
+    n_pieces = int(pieces.max())
+    out = np.zeros(chosen.shape, bool)
+    if n_pieces == 0:
+        return out
+    size = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
+    piece_region = np.zeros(n_pieces + 1, np.int64)
+    piece_region[pieces.ravel()] = region_of.ravel()
+    # Sorted by region, then size: the last piece of each region is its largest.
+    order = np.lexsort((size[1:], piece_region[1:])) + 1
+    largest = np.zeros(int(piece_region.max()) + 1, np.int64)
+    largest[piece_region[order]] = order
+    is_largest = np.zeros(n_pieces + 1, bool)
+    is_largest[largest[largest > 0]] = True
+    at = pieces > 0
+    out[labels[at][is_largest[pieces[at]]]] = True
+    return out
 
 
 def _at_least(labels: np.ndarray, n: int, min_area_px: float) -> tuple[np.ndarray, int]:

@@ -660,20 +660,26 @@ def test_pooled_statistics_of_a_single_chip_are_measured_on_all_its_pixels() -> 
     assert SceneStatistics.pooled([chip]).values["noise"] == measured
 
 
-def test_a_marginal_region_is_split_along_fainter_edges_and_its_parts_judged_anew(
+def test_kept_regions_are_split_along_fainter_edges_and_their_parts_judged_anew(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A roof joined to the ground beside it through a faint edge (2.2 medians: below
-    the first split's 2.5) is kept at a marginal probability; split at 2.0, each part
-    is judged on its own, confident regions keep theirs and no pixel is lost."""
+    the first split's 2.5) is split at 2.0 and each part judged on its own. A part of
+    a region kept with confidence is cut off only when surely not roof; a part of a
+    marginal region needs a roof's probability; specks of a confident region that
+    the cut leaves apart from its roof are left out; no pixel is lost."""
     from types import SimpleNamespace
 
     import changedet.change as change
 
-    regions = np.zeros((60, 90), np.int32)
-    regions[10:50, 5:85] = 1  # the roof (columns 5-44) and the ground (45-84)
-    regions[52:58, 5:30] = 2  # a confident roof
+    regions = np.zeros((80, 90), np.int32)
+    regions[10:30, 5:85] = 1  # marginal: the roof (columns 5-44) and the ground (45-84)
+    regions[32:50, 5:85] = 2  # confident: the same
+    regions[52:58, 5:25] = 3  # confident, no faint edge within
+    regions[52:58, 30:66] = 4  # confident: a roof and a part judged 0.4
+    regions[62:78, 5:85] = 5  # confident: a roof, ground, and a speck beyond it
     edges = np.ones(regions.shape, np.float32)
     edges[:, 44:46] = 2.2
+    edges[62:78, 74:76] = 2.2
     judged = []
     described = []
 
@@ -686,26 +692,35 @@ def test_a_marginal_region_is_split_along_fainter_edges_and_its_parts_judged_ane
         return np.where(only, mean_col, 0.0)[None, :, None]
 
     def classify(feats, model=None):
-        return np.where(feats[0, :, 0] < 45, 0.95, 0.05)
+        col = feats[0, :, 0]
+        return np.select([col < 45, col < 58, col < 75], [0.95, 0.4, 0.05], 0.6)
 
     monkeypatch.setattr(change, "region_features", features)
     monkeypatch.setattr(change, "classify_regions", classify)
-    prob = np.array([0.0, 0.6, 0.9])
-    new, n, new_prob = change._split_marginal_regions(
-        regions, 2, prob, SimpleNamespace(colour_edges=edges), np.ones(regions.shape, bool),
+    prob = np.array([0.0, 0.6, 0.9, 0.9, 0.8, 0.9])
+    new, n, new_prob = change._split_kept_regions(
+        regions, 5, prob, SimpleNamespace(colour_edges=edges), np.ones(regions.shape, bool),
         1.0, DetectionParams())
-    assert judged == [n] and n == 3
-    # Only the two parts are described; the confident roof keeps its probability.
-    parts = np.unique(new[regions == 1])
+    assert judged == [n] and n == 10
+    # Only the parts of the regions that split are described.
+    parts = np.unique(new[np.isin(regions, [1, 2, 4, 5])])
     np.testing.assert_array_equal(np.flatnonzero(described[0]), parts)
     np.testing.assert_array_equal(new > 0, regions > 0)
-    roof = new_prob[new] >= 0.5
-    assert roof[10:50, 5:44].all() and not roof[10:50, 46:85].any()
-    assert (new_prob[new[52:58, 5:30]] == 0.9).all()
-    # Nothing marginal: nothing judged again.
+    p = new_prob[new]
+    # Marginal: each part by its own probability.
+    assert (p[10:30, 5:44] == 0.95).all() and (p[10:30, 46:85] == 0.05).all()
+    # Confident: the ground cut off, the roof keeps the region's probability.
+    assert (p[32:50, 5:44] == 0.9).all() and (p[32:50, 46:85] == 0.05).all()
+    # Confident and no part surely ground: all of it kept as it was judged whole.
+    assert (p[52:58, 5:25] == 0.9).all() and (p[52:58, 30:66] == 0.8).all()
+    # The speck (judged 0.6 alone) is cut apart from the roof by the ground: left out.
+    assert (p[62:78, 5:44] == 0.9).all() and (p[62:78, 46:74] == 0.05).all()
+    assert (p[62:78, 77:85] == 0.0).all()
+    # Nothing kept: nothing judged again.
     judged.clear()
-    same = change._split_marginal_regions(regions, 2, np.array([0.0, 0.9, 0.2]), None,
-                                          np.ones(regions.shape, bool), 1.0, DetectionParams())
+    same = change._split_kept_regions(regions, 5, np.array([0.0, 0.4, 0.2, 0.1, 0.0, 0.3]),
+                                      None, np.ones(regions.shape, bool), 1.0,
+                                      DetectionParams())
     assert same[0] is regions and judged == []
 
 
