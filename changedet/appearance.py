@@ -149,8 +149,8 @@ def _stretch(vis: np.ndarray, valid: np.ndarray, stats: SceneStatistics,
 
 
 def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | None = None,
-                        date: str = "after", segments: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
+                        date: str = "after", segments: np.ndarray | None = None,
+                        only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Segments of one date and their features.
 
     The shape is that of the region classifier (area, rectangularity, solidity,
@@ -168,7 +168,9 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     ``stats`` and ``date`` are as in :func:`date_segments` (medians of brightness and
     gradient too). ``segments`` (H, W), labels 1..n and 0 off the data, replaces the
     date's own segmentation; every valid pixel should be in one, since the strip
-    beside a segment is made of the others.
+    beside a segment is made of the others. ``only`` (n + 1,) bool, with ``segments``:
+    the segments to describe (their rows are those they have when all are described;
+    the others' rows are zero).
 
     Returns
     -------
@@ -186,7 +188,16 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
         n = int(segments.max())
     if n == 0:
         return segments, np.zeros((1, len(APPEARANCE_FEATURE_NAMES)))
-    count, *shape = _region_shape(segments, n, *_labelled_pixels(segments))
+    chosen = None if only is None else np.asarray(only, bool)
+    at, lab = _labelled_pixels(segments)
+    if chosen is not None:
+        # Shapes and the strips beside segments cost per segment pixel: only the
+        # chosen segments' pixels (each segment's sums are those over all of it).
+        keep = chosen[lab]
+        at, lab = at[keep], lab[keep]
+    count, *shape = _region_shape(segments, n, at, lab)
+    # The pixel counts of every segment: the means below divide by them.
+    count = np.maximum(np.bincount(segments.ravel(), minlength=n + 1), 1).astype(float)
     shape = [np.log(np.clip(count * pixel_m**2, 1.0, MAX_AREA_FEATURE_M2)), *shape]
 
     def mean(x: np.ndarray) -> np.ndarray:
@@ -219,7 +230,7 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     # Every valid pixel is in some segment: the strip beside a segment is made of its
     # neighbours' pixels (nodata, label 0, is left out).
     sides = _shadow_side_fractions(segments, n, dark, max(1.0, 2.0 / pixel_m),
-                                   among_others=True)
+                                   among_others=True, only=chosen)
     half = sides.shape[1] // 2
     mean_bright = mean(bright)
     spread = np.sqrt(np.maximum(mean(bright**2) - mean_bright**2, 0.0)) / (mean_bright + floor)
@@ -229,6 +240,8 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
         (sides - np.roll(sides, half, axis=1)).max(axis=1), sides.max(axis=1)]
     # Rounded to float32, as the features the trees were trained on were.
     feats = np.stack([*shape, *appearance], axis=1).astype(np.float32).astype(np.float64)
+    if chosen is not None:
+        feats[~chosen] = 0.0
     return segments, feats
 
 
@@ -278,19 +291,22 @@ def tree_ensemble_logit(features: np.ndarray, model: dict[str, np.ndarray]) -> n
 
 def roof_probability(scene: Scene, pixel_m: float, model: dict[str, np.ndarray] | None = None,
                      stats: SceneStatistics | None = None, date: str = "after",
-                     segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     segments: np.ndarray | None = None, only: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Segments of one date and the probability of roof of each (``stats``, ``date``,
-    ``segments``: see :func:`appearance_features`).
+    ``segments``, ``only``: see :func:`appearance_features`).
 
     Returns
     -------
     segments : (H, W) ndarray of int
     probability : (n + 1,) ndarray of float64
-        Entry k for segment k; entry 0 (off data) is 0.
+        Entry k for segment k; entry 0 (off data), and those not in ``only``, 0.
     """
-    segments, feats = appearance_features(scene, pixel_m, stats, date, segments)
+    segments, feats = appearance_features(scene, pixel_m, stats, date, segments, only)
     model = model if model is not None else load_appearance_model()
-    prob = 1.0 / (1.0 + np.exp(-tree_ensemble_logit(feats, model)))
+    rows = slice(None) if only is None else np.flatnonzero(only)
+    prob = np.zeros(feats.shape[0])
+    prob[rows] = 1.0 / (1.0 + np.exp(-tree_ensemble_logit(feats[rows], model)))
     prob[0] = 0.0
     return segments, prob
 
@@ -364,10 +380,11 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     2. :func:`new_roof_mask` on the box of the region and :data:`CONFIRM_MARGIN_M`
        around it covers at least half of the region.
 
-    The after date of test 1 is described over the whole scene; its before date, and
-    test 2, only on the boxes of the regions that pass the after date. A region's answer depends only on what lies within the margin of it (and on the
-    scene-wide statistics), so a windowed run that holds that box gives what the
-    whole scene gives.
+    The after date of test 1 is described over the whole scene, for the candidate
+    regions only; its before date, and test 2, only on the boxes of the regions that
+    pass the after date. A region's answer depends only on what lies within the
+    margin of it (and on the scene-wide statistics), so a windowed run that holds
+    that box gives what the whole scene gives.
 
     Parameters
     ----------
@@ -422,7 +439,11 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     ground, _ = ndimage.label(valid & (regions == 0))
     segments = np.where(valid & (regions > 0), regions,
                         np.where(ground > 0, ground + n, 0))
-    p_after = roof_probability(after, pixel_m, model, stats, "after", segments)[1][:n + 1]
+    # Only the candidates are described: the ground pieces are there to be beside them.
+    described = np.zeros(int(segments.max()) + 1, bool)
+    described[:n + 1] = candidates
+    p_after = roof_probability(after, pixel_m, model, stats, "after", segments,
+                               described)[1][:n + 1]
     margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
     boxes = ndimage.find_objects(regions, max_label=n)
     h, w = regions.shape

@@ -327,6 +327,21 @@ def test_appearance_confirms_a_new_roof_but_not_an_old_one_or_bare_earth() -> No
     assert not confirmed.any()
 
 
+def test_features_of_some_segments_are_those_they_have_among_all() -> None:
+    """``appearance_features(only=...)`` (the check describes its candidates only)
+    gives the chosen segments' rows bit for bit, and zero rows to the others."""
+    _, after, regions = _new_roof_old_roof_and_earth()
+    ground, n_ground = ndimage.label(regions == 0)
+    segments = np.where(regions > 0, regions, ground + 3)
+    n = int(segments.max())
+    _, every = appearance_features(after, 0.5, segments=segments)
+    chosen = np.zeros(n + 1, bool)
+    chosen[[1, 3]] = True
+    _, some = appearance_features(after, 0.5, segments=segments, only=chosen)
+    np.testing.assert_array_equal(some[chosen], every[chosen])
+    assert not some[~chosen].any() and every[2].any()
+
+
 def test_each_of_the_two_appearance_tests_rejects_on_its_own(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The earth and the old roof fail the first test (the region as a segment) and the
@@ -343,7 +358,8 @@ def test_each_of_the_two_appearance_tests_rejects_on_its_own(
     assert confirmed.tolist() == [False, True, False, False]
     real = appearance.roof_probability
 
-    def first_passes(scene, pixel_m, model=None, stats=None, date="after", segments=None):
+    def first_passes(scene, pixel_m, model=None, stats=None, date="after", segments=None,
+                     only=None):
         if segments is None:
             return real(scene, pixel_m, model, stats, date)
         prob = np.full(int(segments.max()) + 1, 1.0 if date == "after" else 0.0)
