@@ -195,9 +195,8 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
         # chosen segments' pixels (each segment's sums are those over all of it).
         keep = chosen[lab]
         at, lab = at[keep], lab[keep]
+    # The counts and shapes of the chosen segments are those over all of them.
     count, *shape = _region_shape(segments, n, at, lab)
-    # The pixel counts of every segment: the means below divide by them.
-    count = np.maximum(np.bincount(segments.ravel(), minlength=n + 1), 1).astype(float)
     shape = [np.log(np.clip(count * pixel_m**2, 1.0, MAX_AREA_FEATURE_M2)), *shape]
 
     def mean(x: np.ndarray) -> np.ndarray:

@@ -1751,8 +1751,8 @@ def _split_kept_regions(regions: np.ndarray, n: int, prob: np.ndarray,
     out[stays] = region_prob[stays]
     # Cutting the ground out of a region can leave specks of it behind, joined to the
     # roof only through what was cut: of a confident region's parts, only those in
-    # its largest connected piece stay.
-    out[stays & ~_in_largest_piece(new, source, stays)] = 0.0
+    # the connected piece that holds the roof (the part surest of being one) stay.
+    out[stays & ~_in_roof_piece(new, source, stays, own)] = 0.0
     out[0] = 0.0
     logger.info("segment: %d kept region(s) split into parts, judged anew; %d part(s) "
                 "left out", int(split.sum()),
@@ -1760,10 +1760,11 @@ def _split_kept_regions(regions: np.ndarray, n: int, prob: np.ndarray,
     return new, n_new, out
 
 
-def _in_largest_piece(labels: np.ndarray, source: np.ndarray, chosen: np.ndarray
-                      ) -> np.ndarray:
-    """Which chosen labels lie in the largest connected piece of the chosen labels of
-    their source region.
+def _in_roof_piece(labels: np.ndarray, source: np.ndarray, chosen: np.ndarray,
+                   own: np.ndarray) -> np.ndarray:
+    """Which chosen labels lie in the roof's piece of their source region: of the
+    connected pieces that the region's chosen labels form, the one holding the label
+    of the highest ``own`` probability (the largest of such pieces on a tie).
 
     Parameters
     ----------
@@ -1772,12 +1773,15 @@ def _in_largest_piece(labels: np.ndarray, source: np.ndarray, chosen: np.ndarray
     source : (m + 1,) ndarray of int
         The region each label belongs to (several labels to one region).
     chosen : (m + 1,) ndarray of bool
+    own : (m + 1,) ndarray of float
+        Each label's probability of roof, judged on its own.
 
     Returns
     -------
     (m + 1,) ndarray of bool
-        True for the chosen labels in the largest piece (4-connected, in pixels) of
-        their region's chosen labels; False elsewhere.
+        True for the chosen labels with a pixel in their region's roof piece (pieces
+        4-connected; of equal pieces, the one whose first pixel in raster order comes
+        last); False elsewhere.
     """
     from skimage.measure import label as connected
 
@@ -1788,17 +1792,21 @@ def _in_largest_piece(labels: np.ndarray, source: np.ndarray, chosen: np.ndarray
     out = np.zeros(chosen.shape, bool)
     if n_pieces == 0:
         return out
-    size = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
+    at = np.flatnonzero(pieces)
+    piece_at, label_at = pieces.ravel()[at], labels.ravel()[at]
+    size = np.bincount(piece_at, minlength=n_pieces + 1)
+    surest = np.full(n_pieces + 1, -np.inf)
+    np.maximum.at(surest, piece_at, own[label_at])
     piece_region = np.zeros(n_pieces + 1, np.int64)
-    piece_region[pieces.ravel()] = region_of.ravel()
-    # Sorted by region, then size: the last piece of each region is its largest.
-    order = np.lexsort((size[1:], piece_region[1:])) + 1
-    largest = np.zeros(int(piece_region.max()) + 1, np.int64)
-    largest[piece_region[order]] = order
-    is_largest = np.zeros(n_pieces + 1, bool)
-    is_largest[largest[largest > 0]] = True
-    at = pieces > 0
-    out[labels[at][is_largest[pieces[at]]]] = True
+    piece_region[piece_at] = region_of.ravel()[at]
+    # Sorted by region, then surest part, then size: the last piece of each region is
+    # its roof's.
+    order = np.lexsort((size[1:], surest[1:], piece_region[1:])) + 1
+    roof_piece = np.zeros(int(piece_region.max()) + 1, np.int64)
+    roof_piece[piece_region[order]] = order
+    is_roof = np.zeros(n_pieces + 1, bool)
+    is_roof[roof_piece[roof_piece > 0]] = True
+    out[label_at[is_roof[piece_at]]] = True
     return out
 
 

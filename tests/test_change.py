@@ -724,6 +724,42 @@ def test_kept_regions_are_split_along_fainter_edges_and_their_parts_judged_anew(
     assert same[0] is regions and judged == []
 
 
+def test_the_roof_stays_when_a_larger_doubtful_part_is_cut_apart_from_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A confident region of roof (judged 0.95 alone), a dark strip (0.05, cut off) and
+    wider ground beyond it (0.3): the roof keeps the region's verdict, and the ground,
+    the larger piece left, is what goes."""
+    from types import SimpleNamespace
+
+    import changedet.change as change
+
+    regions = np.zeros((30, 90), np.int32)
+    regions[5:25, 5:85] = 1
+    edges = np.ones(regions.shape, np.float32)
+    edges[:, 20:22] = 2.2
+    edges[:, 27:29] = 2.2
+
+    def features(labels, n, evidence, valid, pixel_m, dark=None, only=None):
+        cols = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
+        mean_col = np.bincount(labels.ravel(), cols.ravel(), n + 1) / np.maximum(
+            np.bincount(labels.ravel(), minlength=n + 1), 1)
+        return np.where(only, mean_col, 0.0)[None, :, None]
+
+    def classify(feats, model=None):
+        col = feats[0, :, 0]
+        return np.select([col < 20, col < 28], [0.95, 0.05], 0.3)
+
+    monkeypatch.setattr(change, "region_features", features)
+    monkeypatch.setattr(change, "classify_regions", classify)
+    new, n, new_prob = change._split_kept_regions(
+        regions, 1, np.array([0.0, 0.9]), SimpleNamespace(colour_edges=edges),
+        np.ones(regions.shape, bool), 1.0, DetectionParams())
+    assert n == 3
+    p = new_prob[new]
+    assert (p[5:25, 5:20] == 0.9).all()
+    assert (p[5:25, 23:27] == 0.05).all() and (p[5:25, 30:85] == 0.0).all()
+
+
 def test_features_of_some_regions_are_those_they_have_among_all() -> None:
     """``region_features(only=...)`` (the parts of split regions are described on
     the box around them) gives the chosen regions' columns bit for bit."""
