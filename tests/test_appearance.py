@@ -331,7 +331,7 @@ def test_features_of_some_segments_are_those_they_have_among_all() -> None:
     """``appearance_features(only=...)`` (the check describes its candidates only)
     gives the chosen segments' rows bit for bit, and zero rows to the others."""
     _, after, regions = _new_roof_old_roof_and_earth()
-    ground, n_ground = ndimage.label(regions == 0)
+    ground, _ = ndimage.label(regions == 0)
     segments = np.where(regions > 0, regions, ground + 3)
     n = int(segments.max())
     _, every = appearance_features(after, 0.5, segments=segments)

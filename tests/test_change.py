@@ -660,6 +660,20 @@ def test_pooled_statistics_of_a_single_chip_are_measured_on_all_its_pixels() -> 
     assert SceneStatistics.pooled([chip]).values["noise"] == measured
 
 
+def _mean_column_features(judged: list | None = None, described: list | None = None):
+    """A stand-in for ``region_features``: each described region's mean column (one
+    feature), recording how many regions each call saw and which it described."""
+    def features(labels, n, evidence, valid, pixel_m, dark=None, only=None):
+        cols = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
+        mean_col = np.bincount(labels.ravel(), cols.ravel(), n + 1) / np.maximum(
+            np.bincount(labels.ravel(), minlength=n + 1), 1)
+        if judged is not None:
+            judged.append(n)
+            described.append(only)
+        return np.where(only, mean_col, 0.0)[None, :, None]
+    return features
+
+
 def test_kept_regions_are_split_along_fainter_edges_and_their_parts_judged_anew(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A roof joined to the ground beside it through a faint edge (2.2 medians: below
@@ -680,22 +694,14 @@ def test_kept_regions_are_split_along_fainter_edges_and_their_parts_judged_anew(
     edges = np.ones(regions.shape, np.float32)
     edges[:, 44:46] = 2.2
     edges[62:78, 74:76] = 2.2
-    judged = []
-    described = []
-
-    def features(labels, n, evidence, valid, pixel_m, dark=None, only=None):
-        cols = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
-        mean_col = np.bincount(labels.ravel(), cols.ravel(), n + 1) / np.maximum(
-            np.bincount(labels.ravel(), minlength=n + 1), 1)
-        judged.append(n)
-        described.append(only)
-        return np.where(only, mean_col, 0.0)[None, :, None]
+    judged: list = []
+    described: list = []
 
     def classify(feats, model=None):
         col = feats[0, :, 0]
         return np.select([col < 45, col < 58, col < 75], [0.95, 0.4, 0.05], 0.6)
 
-    monkeypatch.setattr(change, "region_features", features)
+    monkeypatch.setattr(change, "region_features", _mean_column_features(judged, described))
     monkeypatch.setattr(change, "classify_regions", classify)
     prob = np.array([0.0, 0.6, 0.9, 0.9, 0.8, 0.9])
     new, n, new_prob = change._split_kept_regions(
@@ -739,17 +745,11 @@ def test_the_roof_stays_when_a_larger_doubtful_part_is_cut_apart_from_it(
     edges[:, 20:22] = 2.2
     edges[:, 27:29] = 2.2
 
-    def features(labels, n, evidence, valid, pixel_m, dark=None, only=None):
-        cols = np.broadcast_to(np.arange(labels.shape[1]), labels.shape)
-        mean_col = np.bincount(labels.ravel(), cols.ravel(), n + 1) / np.maximum(
-            np.bincount(labels.ravel(), minlength=n + 1), 1)
-        return np.where(only, mean_col, 0.0)[None, :, None]
-
     def classify(feats, model=None):
         col = feats[0, :, 0]
         return np.select([col < 20, col < 28], [0.95, 0.05], 0.3)
 
-    monkeypatch.setattr(change, "region_features", features)
+    monkeypatch.setattr(change, "region_features", _mean_column_features())
     monkeypatch.setattr(change, "classify_regions", classify)
     new, n, new_prob = change._split_kept_regions(
         regions, 1, np.array([0.0, 0.9]), SimpleNamespace(colour_edges=edges),
