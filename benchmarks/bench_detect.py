@@ -37,6 +37,9 @@ from changedet.change import DetectionParams, detect_new_buildings, load_model
 from changedet.evaluate import evaluate, pooled_stage_losses, stage_losses
 from changedet.raster import Grid, Scene, align_pair, warp_scene
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_levir import add_appearance_check_option  # noqa: E402
+
 BIG_M2 = 100.0
 #: Buildings this large (m²) get a row of their own in the stage table.
 RESIDENCE_M2 = 1000.0
@@ -118,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None,
                     help="score these classifier weights instead of the shipped ones "
                          "(e.g. a model written by train_regions.py --out)")
-    ap.add_argument("--no-appearance-check", dest="appearance_check",
-                    action="store_false",
-                    help="regions detector: the classifier alone, without the appearance "
-                         "detector's second opinion (changedet detect --no-appearance-check)")
+    add_appearance_check_option(ap)
     ap.add_argument("--stages", action="store_true",
                     help="also say where each true building's area went (regions "
                          "detector): not a candidate, rejected, kept, overgrowth")

@@ -31,7 +31,7 @@ from rasterio.warp import transform_bounds
 from changedet.pipeline import DETECTORS, DetectOptions, run_detection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_levir import shared_data_dir  # noqa: E402
+from real_levir import add_appearance_check_option, shared_data_dir  # noqa: E402
 
 BIG_M2 = 100.0
 
@@ -66,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("data", nargs="?", type=Path, default=shared_data_dir("joplin"))
     ap.add_argument("--detector", choices=DETECTORS, default="regions",
                     help="the detector run (changedet detect --detector)")
-    ap.add_argument("--no-appearance-check", dest="appearance_check",
-                    action="store_false",
-                    help="regions detector: the classifier alone, without the appearance "
-                         "detector's second opinion (changedet detect --no-appearance-check)")
+    add_appearance_check_option(ap)
     args = ap.parse_args(argv)
     root = args.data.resolve()
     if not (root / "pre").is_dir() or not (root / "post").is_dir():

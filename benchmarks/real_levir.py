@@ -57,6 +57,15 @@ def shared_data_dir(name: str) -> Path:
     return here.parents[1] / ".." / "shared" / "data" / "real" / name
 
 
+def add_appearance_check_option(ap: argparse.ArgumentParser) -> None:
+    """``--no-appearance-check`` (into ``appearance_check``), as ``changedet detect``
+    has it, for the benchmark scripts."""
+    ap.add_argument("--no-appearance-check", dest="appearance_check",
+                    action="store_false",
+                    help="regions detector: the classifier alone, without the appearance "
+                         "detector's second opinion (changedet detect --no-appearance-check)")
+
+
 DEFAULT_DIR = shared_data_dir("levir-dev")
 
 
@@ -144,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--out with --detector appearance)")
     ap.add_argument("--detector", choices=DETECTORS, default="regions",
                     help="the detector scored (changedet detect --detector)")
-    ap.add_argument("--no-appearance-check", dest="appearance_check",
-                    action="store_false",
-                    help="regions detector: the classifier alone, without the appearance "
-                         "detector's second opinion (changedet detect --no-appearance-check)")
+    add_appearance_check_option(ap)
     args = ap.parse_args(argv)
     params = DetectionParams(model=load_model(args.model) if args.model is not None else None,
                              detector=args.detector, appearance_check=args.appearance_check)
