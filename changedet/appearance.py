@@ -192,10 +192,9 @@ def appearance_features(scene: Scene, pixel_m: float, stats: SceneStatistics | N
     at, lab = _labelled_pixels(segments)
     if chosen is not None:
         # Shapes and the strips beside segments cost per segment pixel: only the
-        # chosen segments' pixels (each segment's sums are those over all of it).
+        # chosen segments' pixels, whose counts and shapes are those among all.
         keep = chosen[lab]
         at, lab = at[keep], lab[keep]
-    # The counts and shapes of the chosen segments are those over all of them.
     count, *shape = _region_shape(segments, n, at, lab)
     shape = [np.log(np.clip(count * pixel_m**2, 1.0, MAX_AREA_FEATURE_M2)), *shape]
 
