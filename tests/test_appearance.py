@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from rasterio.crs import CRS
 from scipy import ndimage
 
+from changedet import appearance
 from changedet.appearance import (APPEARANCE_FEATURE_NAMES, appearance_features,
                                   appearance_statistics, confirm_new_roofs, date_segments,
                                   load_appearance_model, new_roof_mask,
@@ -41,6 +42,26 @@ def test_tree_ensemble_sums_the_leaves_reached() -> None:
     got = tree_ensemble_logit(x, _two_trees())
     # A value equal to the threshold goes left, as in scikit-learn.
     np.testing.assert_allclose(got, [1.6, -0.65, 1.6, 1.35])
+
+
+def test_trees_walked_together_sum_as_each_tree_walked_alone() -> None:
+    model = load_appearance_model()
+    rng = np.random.default_rng(3)
+    # More rows than one step takes, some features missing (NaN).
+    x = rng.normal(0.0, 2.0, (appearance._TREE_ROWS_PER_STEP * 2 + 5,
+                              len(APPEARANCE_FEATURE_NAMES)))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    expected = np.full(x.shape[0], float(model["baseline"][0]))
+    for root in model["roots"]:
+        for i, row in enumerate(x):
+            node = int(root)
+            while not model["is_leaf"][node]:
+                v = row[model["feature"][node]]
+                left = (bool(model["missing_left"][node]) if np.isnan(v)
+                        else v <= model["threshold"][node])
+                node = int(model["left"][node] if left else model["right"][node])
+            expected[i] += model["value"][node]
+    np.testing.assert_array_equal(tree_ensemble_logit(x, model), expected)
 
 
 def test_shipped_trees_are_consistent() -> None:
