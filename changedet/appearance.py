@@ -64,7 +64,9 @@ def visible_bands(scene: Scene) -> np.ndarray:
     if len(vis) < 3:
         raise ProcessingError(f"{scene.path}: the appearance detector needs three visible "
                               f"bands, the scene has {len(vis)} (use --detector regions)")
-    return np.maximum(scene.image[vis].astype(np.float64), 0.0)
+    # One pass, cast and clip together, over a view of the bands when they lead.
+    bands = scene.image[:3] if vis == [0, 1, 2] else scene.image[vis]
+    return np.maximum(bands, 0.0, dtype=np.float64)
 
 
 def date_segments(scene: Scene, pixel_m: float, stats: SceneStatistics | None = None,
