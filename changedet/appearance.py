@@ -443,6 +443,81 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     if not candidates.any():
         return confirmed, probability
     model = model if model is not None else load_appearance_model()
+    before, after, valid, stats = _on_common_pixels(before, after, pixel_m, stats)
+    segments = _with_ground_pieces(regions, n, valid)
+    # Only the candidates are described: the ground pieces are there to be beside them.
+    described = np.zeros(int(segments.max()) + 1, bool)
+    described[:n + 1] = candidates
+    p_after = roof_probability(after, pixel_m, model, stats, "after", segments,
+                               described)[1][:n + 1]
+    boxes = ndimage.find_objects(regions, max_label=n)
+    for k in np.flatnonzero(candidates & (p_after >= max(level, CONFIDENT_ROOF))):
+        # The before date of test 1 on the box only: what a segment's features see
+        # lies within the margin, and few regions get this far.
+        box, own, p_before = _before_date_on_box(before, regions, k, boxes[k - 1], segments,
+                                                 valid, pixel_m, model, stats)
+        if not own.any() or p_before >= level:
+            continue
+        # Test 2: each date segmented on the box around the region.
+        r0, c0 = box[0].start, box[1].start
+        height, width = own.shape
+        mask, prob = new_roof_mask(crop_scene(before, r0, c0, height, width),
+                                   crop_scene(after, r0, c0, height, width),
+                                   pixel_m, model, level, stats)
+        if mask[own].mean() >= 0.5:
+            confirmed[k] = True
+            probability[k] = float(prob[own].mean())
+    return confirmed, probability
+
+
+def roofs_before(before: Scene, after: Scene, labels: np.ndarray, pixel_m: float,
+                 stats: SceneStatistics | None = None,
+                 model: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Probability of roof that each labelled object has in the before date.
+
+    Each object is taken as a segment of the before date, among the ground around it
+    in connected pieces, as test 1 of :func:`confirm_new_roofs` takes a region: a new
+    building's footprint was ground, trees or earth, not a roof. Like that test, an
+    object's answer depends only on the box of :data:`CONFIRM_MARGIN_M` around it
+    (and on the scene-wide statistics).
+
+    Parameters
+    ----------
+    before, after : Scene
+        One grid; ``after`` registered (only its valid pixels are used).
+    labels : (H, W) ndarray of int
+        0 background, 1..n.
+    pixel_m : float
+    stats : SceneStatistics, optional
+        As in :func:`confirm_new_roofs` (measured when absent, and added).
+    model : dict, optional
+        The appearance trees (the shipped ones by default).
+
+    Returns
+    -------
+    (n + 1,) ndarray of float64
+        Entry k for object k; 0 for entry 0 and for an object with no pixel valid in
+        both dates.
+    """
+    n = int(labels.max()) if labels.size else 0
+    out = np.zeros(n + 1)
+    if n == 0:
+        return out
+    model = model if model is not None else load_appearance_model()
+    before, after, valid, stats = _on_common_pixels(before, after, pixel_m, stats)
+    segments = _with_ground_pieces(labels, n, valid)
+    for k, rows_cols in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+        if rows_cols is not None:
+            out[k] = _before_date_on_box(before, labels, k, rows_cols, segments, valid,
+                                         pixel_m, model, stats)[2]
+    return out
+
+
+def _on_common_pixels(before: Scene, after: Scene, pixel_m: float,
+                      stats: SceneStatistics | None
+                      ) -> tuple[Scene, Scene, np.ndarray, SceneStatistics]:
+    """Both dates restricted to the pixels valid in both, their common valid mask, and
+    ``stats`` holding the appearance statistics (measured there when absent)."""
     stats = stats if stats is not None else SceneStatistics()
     valid = before.valid & after.valid
     before, after = replace(before, valid=valid), replace(after, valid=valid)
@@ -450,38 +525,50 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
     # pixels valid in both dates.
     if "appearance_median_gradient_after" not in stats.values:
         appearance_statistics(before, after, pixel_m, stats)
-    # Test 1: the regions as they are; the ground in between, in connected pieces.
-    ground, _ = ndimage.label(valid & (regions == 0))
-    segments = np.where(valid & (regions > 0), regions,
-                        np.where(ground > 0, ground + n, 0))
-    # Only the candidates are described: the ground pieces are there to be beside them.
-    described = np.zeros(int(segments.max()) + 1, bool)
-    described[:n + 1] = candidates
-    p_after = roof_probability(after, pixel_m, model, stats, "after", segments,
-                               described)[1][:n + 1]
+    return before, after, valid, stats
+
+
+def _with_ground_pieces(labels: np.ndarray, n: int, valid: np.ndarray) -> np.ndarray:
+    """Segments of a date: the objects 1..n as they are, the valid ground between them
+    in connected pieces (n + 1 on), 0 off the valid pixels."""
+    ground, _ = ndimage.label(valid & (labels == 0))
+    return np.where(valid & (labels > 0), labels, np.where(ground > 0, ground + n, 0))
+
+
+def _before_date_on_box(before: Scene, labels: np.ndarray, k: int,
+                        rows_cols: tuple[slice, slice], segments: np.ndarray,
+                        valid: np.ndarray, pixel_m: float, model: dict[str, np.ndarray],
+                        stats: SceneStatistics
+                        ) -> tuple[tuple[slice, slice], np.ndarray, float]:
+    """Object ``k`` (bounding box ``rows_cols``) judged in the before date on its box
+    and :data:`CONFIRM_MARGIN_M` around it.
+
+    Returns
+    -------
+    box : (slice, slice)
+        The box with its margin, within the array.
+    own : (h, w) ndarray of bool
+        The object's pixels valid in both dates, on the box.
+    probability : float
+        Its probability of roof in the before date; 0 when ``own`` is empty.
+    """
     margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
-    boxes = ndimage.find_objects(regions, max_label=n)
-    h, w = regions.shape
-    for k in np.flatnonzero(candidates & (p_after >= max(level, CONFIDENT_ROOF))):
-        rows, cols = boxes[k - 1]
-        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
-        r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
-        box_before = crop_scene(before, r0, c0, r1 - r0, c1 - c0)
-        # The before date of test 1 on the box only: what a segment's features see
-        # lies within the margin, and few regions get this far.
-        box_segments = _relabel(segments[r0:r1, c0:c1])[0]
-        p_before = roof_probability(box_before, pixel_m, model, stats, "before",
-                                    box_segments)[1]
-        own = (regions[r0:r1, c0:c1] == k) & valid[r0:r1, c0:c1]
-        if not own.any() or p_before[box_segments[own][0]] >= level:
-            continue
-        # Test 2: each date segmented on the box around the region.
-        mask, prob = new_roof_mask(box_before, crop_scene(after, r0, c0, r1 - r0, c1 - c0),
-                                   pixel_m, model, level, stats)
-        if mask[own].mean() >= 0.5:
-            confirmed[k] = True
-            probability[k] = float(prob[own].mean())
-    return confirmed, probability
+    h, w = labels.shape
+    rows, cols = rows_cols
+    r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
+    r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
+    box = (slice(r0, r1), slice(c0, c1))
+    own = (labels[box] == k) & valid[box]
+    if not own.any():
+        return box, own, 0.0
+    box_segments, n_box = _relabel(segments[box])
+    # Only the object is described (its row is the one it has among all).
+    segment = box_segments[own][0]
+    only = np.zeros(n_box + 1, bool)
+    only[segment] = True
+    p_before = roof_probability(crop_scene(before, r0, c0, r1 - r0, c1 - c0), pixel_m,
+                                model, stats, "before", box_segments, only)[1]
+    return box, own, float(p_before[segment])
 
 
 def appearance_statistics(before: Scene, after: Scene, pixel_m: float,

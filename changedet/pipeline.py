@@ -83,9 +83,9 @@ class DetectionResult:
         Windowed runs: a tiled GeoTIFF of the change mask, in a scratch folder that
         lives as long as this object.
     standing_before : list of changedet.measure.Building
-        Changed areas in a building's shape whose outline was already there before
-        (a demolished house's remains, a re-covered roof): left out of ``buildings``
-        and reported apart.
+        Changed areas in a building's shape whose outline (or, with the appearance
+        check, whose roof) was already there before (a demolished house's remains, a
+        re-covered roof): left out of ``buildings`` and reported apart.
     """
 
     buildings: list[Any]
@@ -184,8 +184,8 @@ class DetectOptions:
     dask_scheduler : str or None
         Address of a dask.distributed scheduler that runs the windows.
     keep_standing : bool
-        Report changed areas whose outline was already in the before image (a
-        rebuild on an old footprint, or a demolition's remains) as new buildings
+        Report changed areas whose outline or roof was already in the before image
+        (a rebuild on an old footprint, or a demolition's remains) as new buildings
         instead of leaving them out (``DetectionParams.outline_before`` off).
     detector : str
         ``"regions"`` (default: candidate regions of change judged by the shipped
@@ -194,7 +194,8 @@ class DetectOptions:
         synthetic scenes). See :class:`changedet.change.DetectionParams`.
     appearance_check : bool
         Regions detector: keep a candidate region the classifier rejects when the
-        appearance detector confidently finds a new roof there too (default; see
+        appearance detector confidently finds a new roof there too, and leave out a
+        building whose footprint looked like a roof before (default; see
         ``DetectionParams.appearance_check``).
     """
 
@@ -533,7 +534,8 @@ def _measure_standing(polygons: list[shapely.Geometry], grid: Grid, residual_px:
 
     if polygons:
         logger.info("%d changed area(s) shaped like a building left out: their outline "
-                    "was already in the before image (summary.json standing_before)",
+                    "or roof was already in the before image (summary.json "
+                    "standing_before)",
                     len(polygons))
     return measure_buildings(polygons, grid.crs, measured["ground_px"],
                              coreg_residual_px=residual_px, measure_crs=measured["crs"])

@@ -511,9 +511,9 @@ def render_report(result: DetectionResult) -> str:
         where = "; ".join(f"{float(s['area_m2']):,.0f} m² at {float(s['lat']):.6f}, "
                           f"{float(s['lon']):.6f}" for s in standing)
         parts.append(f'<p class="note">Left out: {len(standing)} changed area(s) in the '
-                     f'shape of a building whose outline was already there in the before '
-                     f'image (a demolished building\'s remains, a re-covered roof, or a '
-                     f'rebuild on the old footprint): {_e(where)} (lat, lon).</p>')
+                     f'shape of a building whose outline or roof was already there in the '
+                     f'before image (a demolished building\'s remains, a re-covered roof, or '
+                     f'a rebuild on the old footprint): {_e(where)} (lat, lon).</p>')
 
     reg = result.registration or {}
     reg_items = [("Method", reg.get("method")),

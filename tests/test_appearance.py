@@ -17,7 +17,7 @@ from changedet import appearance
 from changedet.appearance import (APPEARANCE_FEATURE_NAMES, appearance_features,
                                   appearance_statistics, confirm_new_roofs, date_segments,
                                   load_appearance_model, new_roof_mask,
-                                  tree_ensemble_logit)
+                                  roofs_before, tree_ensemble_logit)
 from changedet.change import SceneStatistics
 from changedet.raster import Grid, Scene
 
@@ -470,6 +470,54 @@ def test_appearance_check_keeps_what_the_classifier_rejects_unless_turned_off(
     assert (found & ~roof).sum() < 0.05 * roof.sum()  # not the earth, a candidate too
     # The building's score is the appearance detector's probability of roof.
     assert evidence.region_probability[60, 70] >= 0.5
+
+
+def test_roofs_before_finds_the_roof_that_stood_there_and_only_it() -> None:
+    from changedet.appearance import CONFIRM_MARGIN_M
+    from changedet.change import ROOF_BEFORE_LEVEL
+    from changedet.raster import crop_scene
+
+    before, after, regions = _new_roof_old_roof_and_earth()
+    stats = SceneStatistics()
+    appearance_statistics(before, after, 0.5, stats)
+    prob = roofs_before(before, after, regions, 0.5, stats)
+    # Grass before the new roof and the earth; the old roof stood in both dates.
+    assert prob[0] == 0.0 and prob[1] < 0.1 and prob[3] < 0.1
+    assert prob[2] >= ROOF_BEFORE_LEVEL
+    # Only the box around the object counts: a window holding it and its margin
+    # answers as the whole scene does.
+    margin = int(np.ceil(CONFIRM_MARGIN_M / 0.5)) + 3
+    top, right = 130 - margin, 90 + margin
+    window = [crop_scene(s, top, 0, 240 - top, right) for s in (before, after)]
+    only_old = np.where(regions[top:, :right] == 2, 1, 0)
+    assert roofs_before(*window, only_old, 0.5, stats)[1] == pytest.approx(prob[2], abs=1e-9)
+
+
+def test_a_building_whose_roof_stood_before_is_left_out_with_the_appearance_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old roof re-covered in another colour: a change in a building's shape. With
+    the outline test set aside, the appearance check still finds its roof in the before
+    date and leaves it out as standing; without the check it is reported new."""
+    from changedet import change
+    from changedet.change import DetectionParams, detect_new_buildings
+
+    before, after, _ = _new_roof_old_roof_and_earth()
+    img = after.image.copy()
+    rng = np.random.default_rng(1)
+    img[:, 130:160, 40:90] = (np.array([90.0, 60.0, 50.0])[:, None, None]
+                              + rng.normal(0, 1.5, (3, 30, 50)))
+    after = replace(after, image=img)
+    # A classifier that keeps every candidate region.
+    monkeypatch.setattr(change, "classify_regions",
+                        lambda features, model=None: (np.arange(features.shape[1]) > 0
+                                                      ).astype(np.float32))
+    no_outline_test = DetectionParams(ground_pixel_m=0.5, outline_before=1e9)
+    labels, evidence = detect_new_buildings(before, after, no_outline_test)
+    assert labels[60, 70] > 0  # the new roof
+    assert labels[145, 65] == 0 and evidence.standing_before[145, 65] > 0
+    labels, evidence = detect_new_buildings(before, after,
+                                            replace(no_outline_test, appearance_check=False))
+    assert labels[60, 70] > 0 and labels[145, 65] > 0 and evidence.outlined_before == 0
 
 
 def test_cli_appearance_check_is_used_and_recorded(tmp_path: Path,

@@ -118,9 +118,9 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
               help="Run the windows on this dask.distributed scheduler "
                    "(e.g. tcp://10.0.0.5:8786); inputs are read by path or URL on the workers.")
 @click.option("--keep-standing", is_flag=True,
-              help="Report changed areas whose outline was already in BEFORE (a rebuild "
-                   "on an old footprint, a demolition's remains) as new buildings; by "
-                   "default they are left out and listed in summary.json.")
+              help="Report changed areas whose outline or roof was already in BEFORE (a "
+                   "rebuild on an old footprint, a demolition's remains) as new buildings; "
+                   "by default they are left out and listed in summary.json.")
 @click.option("--detector", type=click.Choice(DETECTORS), default="regions",
               show_default=True,
               help="regions: changed areas judged by the shipped region classifier "
@@ -132,7 +132,8 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
                    "when the appearance detector confidently finds a new roof there "
                    "(about twice as many roofs of unfamiliar kinds found; a few more "
                    "false buildings, debris on scenes of destruction; 1.4 to 2 times the "
-                   "time).")
+                   "time), and leave out those whose footprint looked like a roof in "
+                   "BEFORE.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options
 @handle_errors
@@ -179,6 +180,6 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
                                    ) from None
     if result.standing_before and verbosity >= 0:
         click.echo(f"changedet: {len(result.standing_before)} changed area(s) in the shape of "
-                   "a building left out, their outline already in BEFORE (summary.json "
+                   "a building left out, their outline or roof already in BEFORE (summary.json "
                    "standing_before; --keep-standing reports them as new)", err=True)
     click.echo(f"changedet: wrote {outdir}", err=True)
