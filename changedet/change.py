@@ -265,10 +265,10 @@ class DetectionParams:
         confidently (:func:`changedet.appearance.confirm_new_roofs`; scenes with
         three visible bands or more, others are judged by the classifier alone), and
         a building whose footprint looked like a roof before is left out (see
-        ``outline_before``). It
-        finds about twice as many of the roofs unlike the classifier's training
-        scenes, at the cost of a few more false buildings (debris on scenes of
-        destruction) and 1.4 to 2 times the time (README, "A second opinion").
+        ``outline_before``). It finds about twice as many of the roofs unlike the
+        classifier's training scenes, at the cost of a few more false buildings
+        (debris on scenes of destruction) and 1.4 to 2 times the time (README, "A
+        second opinion").
     """
 
     min_area_m2: float | None = None
