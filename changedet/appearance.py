@@ -484,7 +484,8 @@ def roofs_before(before: Scene, after: Scene, labels: np.ndarray, pixel_m: float
     Parameters
     ----------
     before, after : Scene
-        One grid; ``after`` registered (only its valid pixels are used).
+        One grid; ``after`` registered. The after date's valid pixels limit the
+        before date's, and both dates give the statistics when ``stats`` lacks them.
     labels : (H, W) ndarray of int
         0 background, 1..n.
     pixel_m : float

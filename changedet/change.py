@@ -1839,18 +1839,20 @@ def _leave_out_standing(labels: np.ndarray, n: int, evidence: Evidence, valid: n
     ``evidence.standing_before``), relabelled 1..n: those whose outline was already an
     edge, and, given the ``scenes`` (the appearance check), those whose footprint
     looked like a roof in the before date."""
-    if params.outline_before is None or evidence.edges_before is None or not n:
+    if params.outline_before is None or not n:
         return labels, n
-    # What was built before is not new: where the outline was already an edge in
-    # the before date, the change is a demolition's remains (a slab or rubble in
-    # the old footprint) or an old roof re-covered. Typical ground measures about
-    # 1 here, mottled bare earth 2 to 3, the outline of a house 3 to 10.
-    # Beside nodata the gradient is the step to the zeroed pixels: not measured
-    # within the reach of the gradient's Gaussian.
-    measured = None if valid.all() else ~_dilate_disk(
-        ~valid, 4.0 * _gradient_sigma_px(pixel_m) + 1.0)
-    strength = outline_strength(labels, n, evidence.edges_before, pixel_m, measured)
-    standing = strength >= params.outline_before
+    standing = np.zeros(n + 1, bool)
+    if evidence.edges_before is not None:
+        # What was built before is not new: where the outline was already an edge in
+        # the before date, the change is a demolition's remains (a slab or rubble in
+        # the old footprint) or an old roof re-covered. Typical ground measures about
+        # 1 here, mottled bare earth 2 to 3, the outline of a house 3 to 10.
+        # Beside nodata the gradient is the step to the zeroed pixels: not measured
+        # within the reach of the gradient's Gaussian.
+        measured = None if valid.all() else ~_dilate_disk(
+            ~valid, 4.0 * _gradient_sigma_px(pixel_m) + 1.0)
+        strength = outline_strength(labels, n, evidence.edges_before, pixel_m, measured)
+        standing |= strength >= params.outline_before
     if scenes is not None:
         # A roof there already, whatever its outline's contrast: a demolition's slab
         # a metre wider than the house, rubble over the old outline. No true new

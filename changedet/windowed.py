@@ -197,8 +197,8 @@ class FoundBuilding:
     # For a cut building: how far (px) it lies from the untrusted rim of the window
     # that saw it. Of several views of one cut building, the farthest is the best.
     rim_px: int = 0
-    # Left out as standing before (its outline already in the before date): reported
-    # apart, never drawn in change.tif.
+    # Left out as standing before (its outline or roof already in the before date):
+    # reported apart, never drawn in change.tif.
     standing_before: bool = False
 
 

@@ -518,6 +518,26 @@ def test_a_building_whose_roof_stood_before_is_left_out_with_the_appearance_chec
     labels, evidence = detect_new_buildings(before, after,
                                             replace(no_outline_test, appearance_check=False))
     assert labels[60, 70] > 0 and labels[145, 65] > 0 and evidence.outlined_before == 0
+    # --keep-standing keeps it too: both tests of what stood before are off.
+    labels, evidence = detect_new_buildings(before, after,
+                                            replace(no_outline_test, outline_before=None))
+    assert labels[145, 65] > 0 and evidence.outlined_before == 0
+
+
+def test_the_roof_test_needs_no_edges_of_the_before_date() -> None:
+    """Evidence made without the before date's edges (a caller's own) still gets the
+    roof test: the outline test alone is skipped."""
+    from changedet.change import (DetectionParams, _leave_out_standing,
+                                  new_building_evidence)
+
+    before, after, regions = _new_roof_old_roof_and_earth()
+    evidence = new_building_evidence(before, after, DetectionParams(ground_pixel_m=0.5))
+    evidence = replace(evidence, edges_before=None)
+    labels = np.where(regions == 3, 0, regions)  # the new roof and the old one
+    kept, n = _leave_out_standing(labels.copy(), 2, evidence, before.valid, 0.5,
+                                  DetectionParams(ground_pixel_m=0.5), (before, after))
+    assert n == 1 and kept[60, 70] > 0 and kept[145, 65] == 0
+    assert evidence.standing_before[145, 65] > 0
 
 
 def test_cli_appearance_check_is_used_and_recorded(tmp_path: Path,
