@@ -1857,7 +1857,7 @@ def _leave_out_standing(labels: np.ndarray, n: int, evidence: Evidence, valid: n
         # A roof there already, whatever its outline's contrast: a demolition's slab
         # a metre wider than the house, rubble over the old outline. No true new
         # building of the synthetic scenes scored above 0.06 here, nor of LEVIR above
-        # 0.17 (their before dates hold grass, trees and earth).
+        # 0.18 (their before dates hold grass, trees and earth).
         from .appearance import roofs_before
 
         was_roof = roofs_before(*scenes, labels, pixel_m, evidence.statistics)
