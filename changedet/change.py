@@ -1718,8 +1718,8 @@ def _split_kept_regions(regions: np.ndarray, n: int, prob: np.ndarray,
         A part of a confident region has the region's probability, its own when
         below 1 - :data:`CONFIDENT_REGION`, or 0 when the parts cut off leave it apart
         from the piece that holds the region's roof (:func:`_in_roof_piece`); a part
-        of another kept region has its own;
-        every region that did not split keeps its own.
+        of another kept region has its own; every region that did not split keeps its
+        own.
     """
     kept = prob >= params.region_probability
     kept[0] = False
