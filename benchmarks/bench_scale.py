@@ -12,7 +12,9 @@ each in a fresh process so that peak resident memory is its own:
   peak RSS.
 
 Throughput is N² / 10⁶ / detect seconds (megapixels per second), and the ratio is
-detect time over I/O floor time.
+detect time over I/O floor time. The table also gives how many main-pass windows the
+run used, how many retry windows it ran for groups cut by their edges, and how many
+groups stayed cut (``summary.json`` ``parameters.windows``).
 
 With ``--compare-up-to N`` (default 4096), sizes up to N are also run whole
 (``--window-px 65536``: the whole scene in memory at once) and the two runs'
@@ -117,6 +119,13 @@ def tiled_pair(size: int, folder: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def _windows_run(out: Path) -> str:
+    """Main-pass windows, retry windows and groups still cut, from ``summary.json``:
+    the retries are work beyond one pass over the scene."""
+    w = json.loads((out / "summary.json").read_text())["parameters"].get("windows")
+    return "whole scene" if not w else f"{w['n']} / {w['retries']} / {w['cut_groups']}"
+
+
 def run_child(code: str, *args: str) -> tuple[int, float, float]:
     """(exit status, seconds, peak RSS MiB) of ``code`` in a fresh interpreter."""
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
@@ -137,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-up-to", type=int, default=4096)
     args = ap.parse_args(argv)
     print("| size (px) | megapixels | detect s | MP/s | peak RSS MiB | I/O floor s "
-          "| I/O floor RSS MiB | detect / I/O floor | whole-scene run: s, RSS MiB, "
-          "buildings windowed / whole / matched, max area diff |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| I/O floor RSS MiB | detect / I/O floor | windows / retries / still cut "
+          "| whole-scene run: s, RSS MiB, buildings windowed / whole / matched, "
+          "max area diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -159,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                                f"{100 * diff:.2f} %")
                 else:
                     compare = f"exit {rc_w}"
+            windows = _windows_run(folder / "out") if rc == 0 else "-"
             mp = size * size / 1e6
             status = "" if rc == 0 and rc_io == 0 else f" (exit {rc}/{rc_io})"
             print(f"| {size} | {mp:.1f} | {det_s:.1f}{status} | {mp / det_s:.2f} "
                   f"| {det_rss:.0f} | {io_s:.2f} | {io_rss:.0f} | {det_s / io_s:.1f} "
-                  f"| {compare} |", flush=True)
+                  f"| {windows} | {compare} |", flush=True)
     return 0
 
 
