@@ -163,7 +163,10 @@ def _geodesic_areas(geoms: Sequence[shapely.Geometry], crs: CRS) -> list[float]:
     from pyproj import Geod
 
     geod = Geod(ellps="WGS84")
-    lonlat = reproject_geoms(geoms, crs, "EPSG:4326")
+    # Geod sums signed ring areas: a hole wound as its shell, or two parts wound
+    # opposite ways (an analyst's own file), would add where it must subtract.
+    lonlat = shapely.orient_polygons(reproject_geoms(geoms, crs, "EPSG:4326"),
+                                     exterior_cw=False)
     return [abs(float(geod.geometry_area_perimeter(g)[0])) for g in lonlat]
 
 

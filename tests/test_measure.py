@@ -48,6 +48,24 @@ def test_rectangle_area_bounds_and_perimeter_are_exact():
                      "site_id": None, "score": None, "partial": False}
 
 
+def test_geodesic_area_whatever_the_winding_of_rings_and_parts():
+    """An analyst's own file may wind a hole as its shell, or two parts opposite ways:
+    the geodesic cross-check subtracts the hole and adds the parts all the same."""
+    from shapely.geometry import MultiPolygon
+    from shapely.geometry.polygon import orient
+
+    shell = [(X0, Y0), (X0 + 100, Y0), (X0 + 100, Y0 + 100), (X0, Y0 + 100)]
+    hole = [(X0 + 25, Y0 + 25), (X0 + 75, Y0 + 25), (X0 + 75, Y0 + 75), (X0 + 25, Y0 + 75)]
+    same_way = Polygon(shell, [hole])  # both counter-clockwise
+    parts = MultiPolygon([orient(box(X0, Y0, X0 + 100, Y0 + 100), 1.0),
+                          orient(box(X0 + 200, Y0, X0 + 300, Y0 + 100), -1.0)])
+    hole_b, parts_b = measure_buildings([same_way, parts], UTM, pixel_size_m=0.5)
+    assert hole_b.area_m2 == pytest.approx(7500.0)
+    assert hole_b.geodesic_area_m2 == pytest.approx(7500.0, rel=5e-3)
+    assert parts_b.area_m2 == pytest.approx(20000.0)
+    assert parts_b.geodesic_area_m2 == pytest.approx(20000.0, rel=5e-3)
+
+
 def test_partial_flags_follow_their_polygons():
     rects = [box(X0, Y0, X0 + 10, Y0 + 10), box(X0 + 50, Y0, X0 + 60, Y0 + 10)]
     measured = measure_buildings(rects, UTM, pixel_size_m=0.5, partial=[False, True])
