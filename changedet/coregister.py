@@ -85,12 +85,17 @@ class Registration:
     def summary(self, grid: Grid) -> dict[str, Any]:
         """The ``coregistration`` block of ``summary.json``.
 
-        ``shift_m`` is ``[east, north]`` in metres for the grid's transform.
+        ``shift_m`` is ``[east, north]`` in metres on the ground: the grid's own units
+        scaled as ``summary.json`` ``pixel_size_m`` is (a Web-Mercator metre is
+        1/cos(latitude) ground metres, a foot-based grid's unit 0.3048 m).
         """
+        from .measure import ground_pixel_m
+
         dx, dy = self.shift_px
         t = grid.transform
-        east = dx * t.a + dy * t.b
-        north = dx * t.d + dy * t.e
+        to_ground = ground_pixel_m(grid) / math.sqrt(grid.pixel_area)
+        east = (dx * t.a + dy * t.b) * to_ground
+        north = (dx * t.d + dy * t.e) * to_ground
         out: dict[str, Any] = {
             "shift_px": [round(dx, 4), round(dy, 4)],
             "shift_m": [round(east, 4), round(north, 4)],

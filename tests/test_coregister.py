@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import stat
 from pathlib import Path
@@ -55,6 +56,28 @@ def test_coregister_resamples_after_once_onto_before():
     assert summary["shift_m"] == pytest.approx([reg.shift_px[0] * px, -reg.shift_px[1] * px],
                                                abs=1e-3)
     assert summary["method"] == "global" and summary["applied"] is True
+
+
+@pytest.mark.parametrize("epsg, ground_per_unit", [
+    (3857, math.cos(math.radians(39.0))),  # a Web-Mercator metre at 39 degrees north
+    (2263, 0.3048006096),  # New York Long Island, US survey feet
+])
+def test_shift_m_is_in_metres_on_the_ground(epsg: int, ground_per_unit: float) -> None:
+    """A grid's own units are no ground metres on a Web-Mercator or foot-based grid:
+    ``shift_m`` is scaled as ``pixel_size_m`` is."""
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    from changedet.coregister import Registration
+    from changedet.raster import Grid
+
+    lon, lat = (125.75, 39.0) if epsg == 3857 else (-73.95, 40.7)
+    (x,), (y,) = transform("EPSG:4326", f"EPSG:{epsg}", [lon], [lat])
+    grid = Grid(CRS.from_epsg(epsg), Affine(0.6, 0, x, 0, -0.6, y), 200, 200)
+    summary = Registration("global", (2.0, -1.0), 0.9, 5).summary(grid)
+    assert summary["shift_px"] == [2.0, -1.0]
+    assert summary["shift_m"] == pytest.approx([1.2 * ground_per_unit, 0.6 * ground_per_unit],
+                                               rel=2e-3)
 
 
 def test_none_leaves_pair_untouched():
