@@ -155,7 +155,9 @@ def _field_arrays(properties: Properties) -> tuple[list[str], list[np.ndarray]]:
             arrays.append(np.asarray([np.nan if v is None else v for v in values],
                                      dtype=np.float64))
         else:
-            arrays.append(np.asarray(["" if v is None else
+            # None stays None, which OGR writes as NULL: an empty string would read
+            # as a value (a site beyond --claim-sites has no verdict, not "").
+            arrays.append(np.asarray([None if v is None else
                                       (json.dumps(v) if isinstance(v, (list, dict)) else str(v))
                                       for v in values], dtype=object))
     return names, arrays

@@ -89,6 +89,20 @@ def test_gpkg_layers_crs_and_areas(tmp_path: Path) -> None:
                 assert part.exterior.is_ccw and not any(r.is_ccw for r in part.interiors)
 
 
+def test_gpkg_writes_a_missing_verdict_as_null(tmp_path: Path) -> None:
+    """A site beyond --claim-sites has no verdict: NULL in the GeoPackage, as null in
+    sites.geojson, not an empty string."""
+    import sqlite3
+
+    square = shapely.box(500000.0, 4320000.0, 500010.0, 4320010.0)
+    props = [{"id": 1, "verdict": "consistent"}, {"id": 2, "verdict": None}]
+    path = write_gpkg(tmp_path / "s.gpkg", {"sites": ([square, square], props)},
+                      GRID.crs.to_wkt())
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT id, verdict FROM sites ORDER BY id").fetchall()
+    assert rows == [(1, "consistent"), (2, None)]
+
+
 def _tiff_ifds(raw: bytes) -> list[tuple[int, int, int, list[int]]]:
     """(IFD offset, width, height, tile offsets) of each IFD of a little-endian TIFF."""
     ifds = []
