@@ -26,6 +26,9 @@ from .raster import Grid, _local_projected_crs
 #: Largest departure of the areal scale factor from 1 accepted in an input CRS before
 #: the polygons are re-projected to the local UTM zone (UTM itself stays below 0.3%).
 MAX_AREAL_SCALE_ERROR = 0.005
+#: The same for the scale of lengths in every direction (Tissot's semi-axes): an
+#: equal-area CRS far from its standard lines keeps areas but not perimeters.
+MAX_LINEAR_SCALE_ERROR = 0.005
 
 
 def _as_crs(crs: object) -> CRS:
@@ -61,9 +64,11 @@ def metric_crs(crs: object, bounds: Sequence[float]) -> CRS:
     Returns
     -------
     rasterio.crs.CRS
-        ``crs`` itself when it is projected in metres, not a Mercator, and its areal scale at the
-        centre of ``bounds`` is within ``MAX_AREAL_SCALE_ERROR`` of 1; otherwise the
-        local UTM zone (or a local Lambert equal-area beyond UTM's latitudes).
+        ``crs`` itself when it is projected in metres, not a Mercator, and at the
+        centre of ``bounds`` its areal scale is within ``MAX_AREAL_SCALE_ERROR`` of 1
+        and its scale of lengths within ``MAX_LINEAR_SCALE_ERROR`` in every direction;
+        otherwise the local UTM zone (or a local Lambert equal-area beyond UTM's
+        latitudes).
     """
     crs = _as_crs(crs)
     minx, miny, maxx, maxy = (float(b) for b in bounds)
@@ -75,9 +80,11 @@ def metric_crs(crs: object, bounds: Sequence[float]) -> CRS:
         try:
             factors = Proj(ProjCRS.from_wkt(crs.to_wkt())).get_factors(lon, lat)
             scale = float(factors.areal_scale)
+            lengths = (float(factors.tissot_semimajor), float(factors.tissot_semiminor))
         except Exception:  # noqa: BLE001 - projections pyproj cannot differentiate
-            scale = math.nan
-        if math.isfinite(scale) and abs(scale - 1.0) <= MAX_AREAL_SCALE_ERROR:
+            scale, lengths = math.nan, (math.nan, math.nan)
+        if (math.isfinite(scale) and abs(scale - 1.0) <= MAX_AREAL_SCALE_ERROR
+                and all(abs(k - 1.0) <= MAX_LINEAR_SCALE_ERROR for k in lengths)):
             return crs
     return _local_projected_crs(lon, lat)
 

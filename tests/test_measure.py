@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pyproj import Transformer
 from rasterio.crs import CRS
 from shapely.affinity import translate
 from shapely.geometry import Polygon, box
@@ -122,6 +123,19 @@ def test_metric_crs_choices():
     assert b.area_m2 == pytest.approx((100 * 1200 / 3937) ** 2, rel=2e-3)
     assert metric_crs("EPSG:4326", (10.0, -89.0, 10.1, -88.9)).is_projected
     assert metric_crs("EPSG:4326", (10.0, -89.0, 10.1, -88.9)).to_epsg() is None
+
+
+def test_an_equal_area_crs_that_stretches_lengths_is_measured_in_utm():
+    """Sinusoidal keeps areas everywhere but not lengths far from its central meridian:
+    a 100 m square at 55 N, 40 E keeps its 400 m perimeter only when measured in UTM."""
+    sinusoidal = "+proj=sinu +lon_0=0 +datum=WGS84 +units=m +no_defs"
+    to_utm = Transformer.from_crs("EPSG:4326", "EPSG:32637", always_xy=True)
+    x, y = to_utm.transform(40.0, 55.0)
+    (square,) = reproject_geoms([box(x, y, x + 100, y + 100)], "EPSG:32637", sinusoidal)
+    assert metric_crs(sinusoidal, square.bounds).to_epsg() == 32637
+    (b,) = measure_buildings([square], sinusoidal, 0.5)
+    assert b.area_m2 == pytest.approx(10000.0, rel=2e-3)
+    assert b.perimeter_m == pytest.approx(400.0, rel=2e-3)
 
 
 def test_sites_group_transitively_within_gap():
