@@ -134,7 +134,9 @@ def _mostly_valid(geoms: Sequence[shapely.Geometry], grid: Grid,
                   valid: np.ndarray) -> list[int]:
     """Indices of the objects with at least half of their pixels valid.
 
-    Objects too small to hold a pixel centre are kept.
+    An object's pixels beyond the grid count as not valid, as nodata does: a building
+    cut by the edge of the raster was not seen whole. Objects too small to hold a
+    pixel centre are kept.
     """
     if not geoms:
         return []
@@ -145,6 +147,8 @@ def _mostly_valid(geoms: Sequence[shapely.Geometry], grid: Grid,
     index = np.arange(1, len(geoms) + 1)
     counts = ndimage.sum_labels(np.ones(grid.shape), labels, index)
     good = ndimage.sum_labels(np.asarray(valid, bool), labels, index)
+    beyond = shapely.area(shapely.difference(np.asarray(geoms, dtype=object), extent))
+    counts = counts + beyond / grid.pixel_area
     return [i for i in range(len(geoms))
             if (counts[i] == 0 and extent.intersects(geoms[i])) or
             (counts[i] > 0 and good[i] >= 0.5 * counts[i])]
@@ -189,8 +193,8 @@ def evaluate(
         exact area overlaps of the two unions (m²).
     valid : (H, W) ndarray of bool, optional
         Pixels that count (e.g. excluding no data); default all. Objects with less
-        than half of their pixels valid are left out of the object scores too
-        (counted in ``n_outside_valid``, as are those outside the grid).
+        than half of their pixels valid, those beyond the grid counting as not valid,
+        are left out of the object scores too (counted in ``n_outside_valid``).
     iou_threshold : float
         Object matching threshold (0.5, SpaceNet).
 

@@ -249,6 +249,24 @@ def test_predictions_off_the_grid_are_outside_not_false(tmp_path):
     assert (r["tp"], r["fp"], r["n_outside_valid"]["pred"]) == (1, 1, 0)
 
 
+def test_an_object_mostly_beyond_the_raster_counts_as_unseen_as_on_nodata():
+    """A truth building three quarters beyond the edge of the raster was not seen whole,
+    like one three quarters on nodata: outside, not a miss."""
+    cut = pixbox(90, 10, 130, 30)  # columns 90..129 of a 100-column grid
+    empty = np.zeros(GRID.shape, bool)
+    r = evaluate(empty, [cut], GRID, valid=np.ones(GRID.shape, bool))
+    assert (r["fn"], r["n_outside_valid"]["truth"]) == (0, 1)
+    on_nodata = pixbox(60, 10, 100, 30)
+    valid = np.ones(GRID.shape, bool)
+    valid[:, 70:] = False
+    r = evaluate(empty, [on_nodata], GRID, valid=valid)
+    assert (r["fn"], r["n_outside_valid"]["truth"]) == (0, 1)
+    # Half or more on the raster's valid pixels: scored, a miss.
+    half = pixbox(80, 10, 120, 30)
+    r = evaluate(empty, [half], GRID, valid=np.ones(GRID.shape, bool))
+    assert (r["fn"], r["n_outside_valid"]["truth"]) == (1, 0)
+
+
 def test_cli_refuses_sides_that_do_not_meet_and_images_as_masks(tmp_path, geotiff,
                                                                 textured_image):
     truth = np.zeros((100, 100), dtype=np.uint8)
