@@ -236,8 +236,12 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
 
 def _on_grid(polygons: list[shapely.Polygon], crs: Any,
              grid: Grid) -> tuple[shapely.Geometry, np.ndarray]:
-    """The polygons' union in the grid's CRS and its (H, W) mask of pixel centres."""
-    geoms = reproject_geoms(polygons, crs.to_wkt(), grid.crs)
+    """The polygons' union in the grid's CRS and its (H, W) mask of pixel centres.
+
+    Their edges are densified first (:func:`_densified`), so that they keep their
+    line through the reprojection.
+    """
+    geoms = reproject_geoms(_densified(polygons, crs), crs.to_wkt(), grid.crs)
     union = shapely.union_all(shapely.make_valid(np.asarray(geoms, dtype=object)))
     if union.is_empty or not np.all(np.isfinite(union.bounds)):
         return union, np.zeros(grid.shape, bool)
@@ -245,6 +249,36 @@ def _on_grid(polygons: list[shapely.Polygon], crs: Any,
         [shapely.geometry.mapping(union)], out_shape=grid.shape, transform=grid.transform,
         invert=True)
     return union, mask
+
+
+#: Longest edge of an AOI reprojected as a straight line, metres: reprojection moves
+#: vertices, and an edge kilometres long drawn in another CRS (a parallel in lon/lat)
+#: would become a chord tens of metres off its line.
+AOI_EDGE_M = 100.0
+#: Most vertices :func:`_densified` adds to an AOI.
+MAX_AOI_VERTICES = 200_000
+
+
+def _densified(polygons: list[shapely.Polygon], crs: Any) -> list[shapely.Polygon]:
+    """The polygons with vertices added, in their own CRS, so that no edge is longer
+    than about :data:`AOI_EDGE_M` (a thousandth of a degree in a geographic CRS).
+
+    Left as they are when that would add more than :data:`MAX_AOI_VERTICES`: an AOI
+    far larger than the scenes (a continent, the world). When such an AOI reaches
+    no pixel reprojected whole, :func:`read_aoi` tries again with its part around
+    the scenes, which is densified.
+    """
+    if not polygons:
+        return polygons
+    own = CRS.from_user_input(crs.to_wkt())
+    if own.is_geographic:
+        step = AOI_EDGE_M / 111_000.0
+    else:
+        step = AOI_EDGE_M / (own.axis_info[0].unit_conversion_factor if own.axis_info else 1.0)
+    shapes = np.asarray(polygons, dtype=object)
+    if float(np.sum(shapely.length(shapes))) / step > MAX_AOI_VERTICES:
+        return polygons
+    return list(shapely.segmentize(shapes, step))
 
 
 def _near_the_grid(polygons: list[shapely.Polygon], crs: Any,

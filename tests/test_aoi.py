@@ -55,6 +55,23 @@ def test_an_aoi_larger_than_the_scene_covers_all_of_it(tmp_path: Path,
     assert aoi.geometry.contains(shapely.box(*GRID.bounds))
 
 
+def test_a_long_edge_drawn_in_lon_lat_keeps_its_line_on_the_grid(tmp_path: Path) -> None:
+    """An AOI 50 km wide in lon/lat whose southern edge (a parallel) crosses the scene:
+    reprojected by its corners alone, that edge became a chord tens of metres south of
+    the parallel. The mask follows the parallel to within a pixel."""
+    from pyproj import Transformer
+
+    to_lonlat = Transformer.from_crs(GRID.crs, "EPSG:4326", always_xy=True)
+    cols, rows = np.meshgrid(np.arange(GRID.width) + 0.5, np.arange(GRID.height) + 0.5)
+    lon, lat = to_lonlat.transform(*(GRID.transform @ (cols, rows)))
+    lon0, lat0 = float(np.median(lon)), float(np.median(lat))
+    path = _write(tmp_path / "wide.geojson",
+                  [shapely.box(lon0 - 0.3, lat0, lon0 + 0.3, lat0 + 0.2)], "EPSG:4326")
+    mask = read_aoi(path, GRID).mask
+    differ = np.count_nonzero(mask != (lat >= lat0))
+    assert differ <= GRID.width  # a row of pixel centres on the line, at most
+
+
 def test_an_aoi_beside_the_scene_is_still_refused(tmp_path: Path) -> None:
     path = _write(tmp_path / "far.geojson", [shapely.box(10, 10, 11, 11)], "EPSG:4326")
     with pytest.raises(InputError, match="lies outside the scenes"):
