@@ -16,6 +16,7 @@ import numpy as np
 import pyogrio.errors
 import pyogrio.raw
 import rasterio.features
+import rasterio.windows
 import shapely
 from pyproj import CRS
 from pyproj.exceptions import CRSError
@@ -182,7 +183,7 @@ class AOI:
     path: str
 
 
-def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
+def read_aoi(path: str | os.PathLike[str], grid: Grid, fine: Grid | None = None) -> AOI:
     """Read an AOI file and rasterise it onto ``grid``.
 
     Parameters
@@ -190,7 +191,11 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
     path : str or path-like
         Polygons in any CRS and any vector format pyogrio reads.
     grid : Grid
-        The analysis grid.
+        The analysis grid, or a coarsened copy of it (``fine``).
+    fine : Grid, optional
+        The analysis grid when ``grid`` is coarser (a windowed run keeps no mask of
+        the whole scene): an AOI that covers no pixel centre of ``grid`` is refused
+        only if it covers none of ``fine`` either (its mask then stays empty).
 
     Returns
     -------
@@ -226,12 +231,37 @@ def read_aoi(path: str | os.PathLike[str], grid: Grid) -> AOI:
                                           f"({failure})") from failure
         if (union is not None and not union.is_empty and np.all(np.isfinite(union.bounds))
                 and union.intersection(shapely.box(*grid.bounds)).area > 0):
+            if fine is not None and _covers_a_pixel_centre(union, fine):
+                logger.info("AOI %s: thinner than a pixel of the %d x %d grid it was "
+                            "checked on, it covers pixels of the scenes", vector.path,
+                            *grid.shape)
+                return AOI(mask, union, vector.path)
             raise InputError(vector.path, "covers no pixel centre of the scenes: what lies "
                                           "within them is smaller than a pixel, or too thin")
         raise InputError(vector.path, "lies outside the scenes (the AOI covers no pixel of the overlap)")
     logger.info("AOI %s: %d polygon(s), %.0f m², %d px", vector.path, len(vector.polygons),
                 union.area, int(mask.sum()))
     return AOI(mask, union, vector.path)
+
+
+def _covers_a_pixel_centre(geometry: shapely.Geometry, grid: Grid, tile_px: int = 2048
+                           ) -> bool:
+    """Whether ``geometry`` (in the grid's CRS) covers a pixel centre of ``grid``,
+    rasterised tile by tile over its bounding box, so that memory stays bounded."""
+    left, bottom, right, top = geometry.bounds
+    window = rasterio.windows.from_bounds(left, bottom, right, top, grid.transform)
+    r0 = max(int(np.floor(min(window.row_off, window.row_off + window.height))), 0)
+    c0 = max(int(np.floor(min(window.col_off, window.col_off + window.width))), 0)
+    r1 = min(int(np.ceil(max(window.row_off, window.row_off + window.height))), grid.height)
+    c1 = min(int(np.ceil(max(window.col_off, window.col_off + window.width))), grid.width)
+    shape = [shapely.geometry.mapping(geometry)]
+    for row in range(r0, r1, tile_px):
+        for col in range(c0, c1, tile_px):
+            part = grid.window(row, col, min(tile_px, r1 - row), min(tile_px, c1 - col))
+            if rasterio.features.geometry_mask(shape, out_shape=part.shape,
+                                               transform=part.transform, invert=True).any():
+                return True
+    return False
 
 
 def _on_grid(polygons: list[shapely.Polygon], crs: Any,

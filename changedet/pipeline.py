@@ -683,7 +683,7 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
             if opts.aoi is not None:
                 from .aoi import read_aoi
 
-                aoi = read_aoi(opts.aoi, _decimated(grid, QUICKLOOK_PX))
+                aoi = read_aoi(opts.aoi, _decimated(grid, QUICKLOOK_PX), fine=grid)
             return _detect_in_windows(header_b, header_a, full_grid, grid, resample_before,
                                       aoi, runner, opts, stage, survey, overlap)
     finally:

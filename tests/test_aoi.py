@@ -72,6 +72,28 @@ def test_a_long_edge_drawn_in_lon_lat_keeps_its_line_on_the_grid(tmp_path: Path)
     assert differ <= GRID.width  # a row of pixel centres on the line, at most
 
 
+def test_an_aoi_thinner_than_a_coarse_pixel_is_checked_on_the_fine_grid(
+        tmp_path: Path) -> None:
+    """A windowed run checks the AOI on its scene coarsened to 2048 px (8 x here). A
+    3 m square between the coarse pixel centres still covers 36 of the scene's own."""
+    from changedet.pipeline import _decimated
+
+    x0, y0 = 741_000.0, 4_328_000.0
+    fine = Grid(CRS.from_epsg(32651), Affine(0.5, 0, x0, 0, -0.5, y0), 16384, 16384)
+    coarse = _decimated(fine, 2048)  # 4 m pixels, centres 2 m off each 4 m line
+    path = _write(tmp_path / "small.geojson",
+                  [shapely.box(x0 + 6.5, y0 - 9.5, x0 + 9.5, y0 - 6.5)], "EPSG:32651")
+    with pytest.raises(InputError, match="covers no pixel centre"):
+        read_aoi(path, coarse)
+    aoi = read_aoi(path, coarse, fine=fine)
+    assert aoi.geometry.area == pytest.approx(9.0)
+    # Beside the scene it is still refused, fine grid or not.
+    far = _write(tmp_path / "far.geojson", [shapely.box(x0 - 99, y0 + 50, x0 - 90, y0 + 59)],
+                 "EPSG:32651")
+    with pytest.raises(InputError, match="lies outside the scenes"):
+        read_aoi(far, coarse, fine=fine)
+
+
 def test_an_aoi_beside_the_scene_is_still_refused(tmp_path: Path) -> None:
     path = _write(tmp_path / "far.geojson", [shapely.box(10, 10, 11, 11)], "EPSG:4326")
     with pytest.raises(InputError, match="lies outside the scenes"):
