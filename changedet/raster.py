@@ -265,7 +265,27 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str, warn: bool = True) -> Gri
             path,
             "has no CRS; assign one first, e.g. `gdal_edit.py -a_srs EPSG:32651 FILE`",
         )
-    return Grid(CRS.from_user_input(crs), transform, ds.height, ds.width)
+    crs = CRS.from_user_input(crs)
+    if not (crs.is_projected or crs.is_geographic):
+        # A local (engineering) CRS places the pixels on no map: nothing to measure
+        # in metres on the ground, nor to align the other date with.
+        raise InputError(
+            path,
+            "has a local CRS with no place on the Earth; assign its real one first, "
+            "e.g. `gdal_edit.py -a_srs EPSG:32651 FILE`",
+        )
+    grid = Grid(crs, transform, ds.height, ds.width)
+    if crs.is_geographic:
+        left, bottom, right, top = grid.bounds
+        # (Longitudes up to 360 are a common convention, and PROJ wraps them.)
+        if not (-90.0 <= bottom <= top <= 90.0 and -360.0 <= left <= right <= 360.0):
+            raise InputError(
+                path,
+                f"has coordinates outside the range of its geographic CRS ({crs}): "
+                f"x {left:g} to {right:g}, y {bottom:g} to {top:g}; its CRS is "
+                "probably wrong (projected coordinates labelled as degrees)",
+            )
+    return grid
 
 
 def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int] | None,

@@ -60,6 +60,23 @@ def test_refuses_ungeoreferenced(geotiff, textured_image, kwargs, message):
     assert str(path) in str(info.value)
 
 
+LOCAL_CS = 'LOCAL_CS["arbitrary",UNIT["metre",1,AUTHORITY["EPSG","9001"]]]'
+
+
+@pytest.mark.parametrize(
+    ("crs", "message"),
+    [(LOCAL_CS, "has a local CRS with no place on the Earth"),
+     ("EPSG:4326", "outside the range of its geographic CRS")],
+)
+def test_refuses_a_crs_that_places_the_scene_nowhere(geotiff, textured_image, crs, message):
+    """A local CRS, or UTM metres labelled EPSG:4326, reached PROJ as a latitude of
+    4 million degrees: "internal error: CRSError: Invalid projection ..."."""
+    path = geotiff("nowhere.tif", textured_image(64, 64), crs=crs)
+    with pytest.raises(InputError, match=message) as info:
+        read_scene(path)
+    assert str(path) in str(info.value)
+
+
 def test_rpc_only_scene_is_told_to_be_orthorectified(geotiff, textured_image):
     """RPCs are a camera model, not a georeference: the advice to set corner
     coordinates would mislead."""
