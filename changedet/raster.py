@@ -231,6 +231,10 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str, warn: bool = True) -> Gri
     """The scene's grid: its geotransform, or an affine fitted to its GCPs."""
     transform = ds.transform
     crs = ds.crs
+    if not np.all(np.isfinite(tuple(transform)[:6])):
+        # (Read on, it placed the scene nowhere and came out as "does not overlap".)
+        raise InputError(path, "has a geotransform that is not a number (NaN or infinite "
+                               "pixel size or origin); fix its georeferencing first")
     if transform.is_identity or transform.determinant == 0:
         gcps, gcp_crs = ds.gcps
         if gcps and gcp_crs is not None:

@@ -77,6 +77,16 @@ def test_refuses_a_crs_that_places_the_scene_nowhere(geotiff, textured_image, cr
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_refuses_a_geotransform_that_is_not_a_number(geotiff, textured_image, bad):
+    """It used to come out as "does not overlap" the other scene."""
+    path = geotiff("nan.tif", textured_image(64, 64),
+                   transform=Affine(bad, 0, 500000.0, 0, -0.5, 4320000.0))
+    with pytest.raises(InputError, match="geotransform that is not a number") as info:
+        read_scene(path)
+    assert str(path) in str(info.value)
+
+
 def test_rpc_only_scene_is_told_to_be_orthorectified(geotiff, textured_image):
     """RPCs are a camera model, not a georeference: the advice to set corner
     coordinates would mislead."""
