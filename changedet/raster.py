@@ -281,8 +281,11 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str, warn: bool = True) -> Gri
     grid = Grid(crs, transform, ds.height, ds.width)
     if crs.is_geographic:
         left, bottom, right, top = grid.bounds
-        # (Longitudes up to 360 are a common convention, and PROJ wraps them.)
-        if not (-90.0 <= bottom <= top <= 90.0 and -360.0 <= left <= right <= 360.0):
+        # (Longitudes up to 360 are a common convention, and PROJ wraps them; a
+        # global grid's edge may be rounded up to a pixel beyond a pole.)
+        slack = 1e-6 + max(grid.pixel_size)
+        if not (-90.0 - slack <= bottom <= top <= 90.0 + slack
+                and -360.0 - slack <= left <= right <= 360.0 + slack):
             raise InputError(
                 path,
                 f"has coordinates outside the range of its geographic CRS ({crs}): "
