@@ -16,8 +16,8 @@ import numpy as np
 import pyogrio.errors
 import pyogrio.raw
 import rasterio.features
-import rasterio.windows
 import shapely
+import shapely.affinity
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.warp import transform_bounds
@@ -248,12 +248,12 @@ def _covers_a_pixel_centre(geometry: shapely.Geometry, grid: Grid, tile_px: int 
                            ) -> bool:
     """Whether ``geometry`` (in the grid's CRS) covers a pixel centre of ``grid``,
     rasterised tile by tile over its bounding box, so that memory stays bounded."""
-    left, bottom, right, top = geometry.bounds
-    window = rasterio.windows.from_bounds(left, bottom, right, top, grid.transform)
-    r0 = max(int(np.floor(min(window.row_off, window.row_off + window.height))), 0)
-    c0 = max(int(np.floor(min(window.col_off, window.col_off + window.width))), 0)
-    r1 = min(int(np.ceil(max(window.row_off, window.row_off + window.height))), grid.height)
-    c1 = min(int(np.ceil(max(window.col_off, window.col_off + window.width))), grid.width)
+    # Its bounds in pixel space, whatever the transform (south-up, rotated).
+    inv = ~grid.transform
+    left, top, right, bottom = shapely.affinity.affine_transform(
+        geometry, [inv.a, inv.b, inv.d, inv.e, inv.xoff, inv.yoff]).bounds
+    r0, c0 = max(int(np.floor(top)), 0), max(int(np.floor(left)), 0)
+    r1, c1 = min(int(np.ceil(bottom)), grid.height), min(int(np.ceil(right)), grid.width)
     shape = [shapely.geometry.mapping(geometry)]
     for row in range(r0, r1, tile_px):
         for col in range(c0, c1, tile_px):

@@ -87,6 +87,10 @@ def test_an_aoi_thinner_than_a_coarse_pixel_is_checked_on_the_fine_grid(
         read_aoi(path, coarse)
     aoi = read_aoi(path, coarse, fine=fine)
     assert aoi.geometry.area == pytest.approx(9.0)
+    # The same on a south-up grid (rows run north), which a scene may have.
+    south_up = Grid(fine.crs, Affine(0.5, 0, x0, 0, 0.5, y0 - 8192.0), 16384, 16384)
+    assert read_aoi(path, _decimated(south_up, 2048), fine=south_up).geometry.area \
+        == pytest.approx(9.0)
     # Beside the scene it is still refused, fine grid or not.
     far = _write(tmp_path / "far.geojson", [shapely.box(x0 - 99, y0 + 50, x0 - 90, y0 + 59)],
                  "EPSG:32651")
