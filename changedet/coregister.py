@@ -89,11 +89,11 @@ class Registration:
         scaled as ``summary.json`` ``pixel_size_m`` is (a Web-Mercator metre is
         1/cos(latitude) ground metres, a foot-based grid's unit 0.3048 m).
         """
-        from .measure import ground_pixel_m
+        from .measure import ground_metres_per_unit
 
         dx, dy = self.shift_px
         t = grid.transform
-        to_ground = ground_pixel_m(grid) / math.sqrt(grid.pixel_area)
+        to_ground = ground_metres_per_unit(grid)
         east = (dx * t.a + dy * t.b) * to_ground
         north = (dx * t.d + dy * t.e) * to_ground
         out: dict[str, Any] = {

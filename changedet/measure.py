@@ -145,6 +145,15 @@ def ground_pixel_m(grid: Grid, metric: CRS | None = None) -> float:
     return float(np.sqrt(pixel.area))
 
 
+def ground_metres_per_unit(grid: Grid, metric: CRS | None = None) -> float:
+    """Ground metres in one unit of the grid's CRS at its centre (1 on a grid fit for
+    measuring; cos(latitude) for a Web-Mercator metre, 0.3048 for a foot).
+
+    Parameters and measurement as in :func:`ground_pixel_m`.
+    """
+    return ground_pixel_m(grid, metric) / math.sqrt(grid.pixel_area)
+
+
 def reproject_geoms(
     geoms: Iterable[shapely.Geometry], src: object, dst: object
 ) -> list[shapely.Geometry]:

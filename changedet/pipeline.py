@@ -831,9 +831,9 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
     }
     epsg = grid.crs.to_epsg()
     # On the ground, which a Web-Mercator or foot-based grid's own units are not.
-    from .measure import ground_pixel_m
+    from .measure import ground_metres_per_unit
 
-    to_ground = ground_pixel_m(grid, result.crs) / float(np.sqrt(grid.pixel_area))
+    to_ground = ground_metres_per_unit(grid, result.crs)
     return {
         "changedet_version": __version__,
         "inputs": inputs,
