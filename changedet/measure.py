@@ -74,19 +74,84 @@ def metric_crs(crs: object, bounds: Sequence[float]) -> CRS:
     minx, miny, maxx, maxy = (float(b) for b in bounds)
     cx, cy = (minx + maxx) / 2.0, (miny + maxy) / 2.0
     lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(cx, cy)
-    if crs.is_geographic or not _in_metres(crs):
-        return _local_projected_crs(lon, lat)
-    if not _is_mercator(crs):
-        try:
-            factors = Proj(ProjCRS.from_wkt(crs.to_wkt())).get_factors(lon, lat)
-            scale = float(factors.areal_scale)
-            lengths = (float(factors.tissot_semimajor), float(factors.tissot_semiminor))
-        except Exception:  # noqa: BLE001 - projections pyproj cannot differentiate
-            scale, lengths = math.nan, (math.nan, math.nan)
-        if (math.isfinite(scale) and abs(scale - 1.0) <= MAX_AREAL_SCALE_ERROR
-                and all(abs(k - 1.0) <= MAX_LINEAR_SCALE_ERROR for k in lengths)):
-            return crs
+    if _fit_for_measuring(crs, np.array([lon]), np.array([lat]))[0]:
+        return crs
     return _local_projected_crs(lon, lat)
+
+
+def _fit_for_measuring(crs: CRS, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Whether lengths and areas in ``crs`` are true at each point.
+
+    Parameters
+    ----------
+    crs : CRS
+    lon, lat : ndarray, shape (n,)
+        Points in degrees (WGS84).
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+        True where ``crs`` is projected in metres, not a Mercator, and its areal
+        scale and Tissot's semi-axes are within ``MAX_AREAL_SCALE_ERROR`` and
+        ``MAX_LINEAR_SCALE_ERROR`` of 1.
+    """
+    fit = np.zeros(np.shape(lon), dtype=bool)
+    if crs.is_geographic or not _in_metres(crs) or _is_mercator(crs):
+        return fit
+    try:
+        factors = Proj(ProjCRS.from_wkt(crs.to_wkt())).get_factors(
+            np.asarray(lon, dtype=float), np.asarray(lat, dtype=float))
+        areal = np.asarray(factors.areal_scale, dtype=float)
+        lengths = (np.asarray(factors.tissot_semimajor, dtype=float),
+                   np.asarray(factors.tissot_semiminor, dtype=float))
+    except Exception:  # noqa: BLE001 - projections pyproj cannot differentiate
+        return fit
+    with np.errstate(invalid="ignore"):
+        fit = np.abs(areal - 1.0) <= MAX_AREAL_SCALE_ERROR
+        for k in lengths:
+            fit &= np.abs(k - 1.0) <= MAX_LINEAR_SCALE_ERROR
+    return fit
+
+
+def measured_where_true(geoms: Sequence[shapely.Geometry], crs: object
+                        ) -> list[shapely.Geometry]:
+    """Each geometry in a CRS whose areas and lengths are true where it lies.
+
+    A geometry stays in ``crs`` when ``crs`` is fit for measuring at the centre of its
+    bounds (:func:`metric_crs`'s test); otherwise it is re-projected to the local
+    projected CRS of that centre (its UTM zone). This is how a file whose polygons
+    span several UTM zones, or reach where a national projection stretches, is
+    measured polygon by polygon.
+
+    Parameters
+    ----------
+    geoms : sequence of shapely geometries, in ``crs``
+    crs : CRS-like
+
+    Returns
+    -------
+    list of shapely geometries
+        Each one's ``area`` (m²) and ``length`` (m) are true; their CRSs may differ,
+        so use them for measuring only.
+    """
+    crs = _as_crs(crs)
+    geoms = list(geoms)
+    if not geoms:
+        return []
+    bounds = shapely.bounds(np.asarray(geoms, dtype=object))
+    cx, cy = (bounds[:, 0] + bounds[:, 2]) / 2.0, (bounds[:, 1] + bounds[:, 3]) / 2.0
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(cx, cy)
+    lon, lat = np.atleast_1d(lon), np.atleast_1d(lat)
+    unfit = ~_fit_for_measuring(crs, lon, lat) & np.isfinite(lon) & np.isfinite(lat)
+    by_target: dict[str, tuple[CRS, list[int]]] = {}
+    for k in np.flatnonzero(unfit).tolist():
+        target = _local_projected_crs(float(lon[k]), float(lat[k]))
+        by_target.setdefault(target.to_wkt(), (target, []))[1].append(k)
+    out = list(geoms)
+    for target, members in by_target.values():
+        for k, g in zip(members, reproject_geoms([geoms[k] for k in members], crs, target)):
+            out[k] = g
+    return out
 
 
 def to_metric(
@@ -308,7 +373,10 @@ def measure_buildings(
     -------
     list of Building
         In input order, ids 1..N, polygons in the measurement CRS. ``area_m2`` is the
-        planimetric area there; ``area_m2_min``/``max`` from :func:`area_bounds`;
+        planimetric area there, or in the polygon's own UTM zone where that CRS's
+        scale is not true (:func:`measured_where_true`: a file spanning several
+        zones); ``area_m2_min``/``max`` from :func:`area_bounds`, ``perimeter_m``
+        likewise;
         ``geodesic_area_m2`` on the WGS84 ellipsoid (a warning is logged when the two
         differ by more than 0.5 %).
     """
@@ -323,16 +391,17 @@ def measure_buildings(
     crs = _as_crs(crs)
     metric, mcrs = to_metric([shapely.make_valid(p) for p in polygons], crs, measure_crs)
     geodesics = _geodesic_areas(metric, mcrs)
+    local = measured_where_true(metric, mcrs)
     out = []
-    for k, (geom, geodesic) in enumerate(zip(metric, geodesics)):
-        area = float(geom.area)
-        lo, hi = area_bounds(geom, pixel_size_m, coreg_residual_px)
+    for k, (geom, true_geom, geodesic) in enumerate(zip(metric, local, geodesics)):
+        area = float(true_geom.area)
+        lo, hi = area_bounds(true_geom, pixel_size_m, coreg_residual_px)
         if area > 0 and abs(geodesic - area) > 0.005 * area:
             logger.warning("building %d: planimetric %.1f m² vs geodesic %.1f m²",
                            k + 1, area, geodesic)
         score = None if scores is None or scores[k] is None else float(scores[k])
         out.append(Building(k + 1, geom, area, min(lo, area), max(hi, area),
-                            float(geom.length), geodesic, score,
+                            float(true_geom.length), geodesic, score,
                             partial=bool(partial[k]) if partial is not None else False))
     return out
 
@@ -410,6 +479,7 @@ def group_sites(
     *,
     pixel_size_m: float = 0.0,
     coreg_residual_px: float = 0.0,
+    crs: object | None = None,
 ) -> list[Site]:
     """Group buildings closer than ``gap_m`` (edge to edge, transitively) into sites.
 
@@ -421,6 +491,10 @@ def group_sites(
         Largest distance between two buildings of one site, in metres.
     pixel_size_m, coreg_residual_px : float
         For the envelope's area bounds (see :func:`area_bounds`).
+    crs : CRS-like, optional
+        The buildings' CRS. When given, each envelope is measured where its area is
+        true (:func:`measured_where_true`), as :func:`measure_buildings` measures
+        each building; without it, in the buildings' CRS as it is.
 
     Returns
     -------
@@ -453,17 +527,19 @@ def group_sites(
             envelope = shapely.union(envelope, union)  # closing never loses a building
         else:
             envelope = union
-        elo, ehi = area_bounds(envelope, pixel_size_m, coreg_residual_px)
+        true_envelope = envelope if crs is None else measured_where_true([envelope], crs)[0]
+        elo, ehi = area_bounds(true_envelope, pixel_size_m, coreg_residual_px)
         built = sum(buildings[i].area_m2 for i in members)
         cx, cy = union.centroid.x, union.centroid.y
-        drafts.append((-built, cx, -cy, members, envelope, built, elo, ehi))
+        drafts.append((-built, cx, -cy, members, envelope, built, float(true_envelope.area),
+                       elo, ehi))
     drafts.sort(key=lambda d: d[:3])
     sites = []
-    for k, (_, _, _, members, envelope, built, elo, ehi) in enumerate(drafts, start=1):
+    for k, (_, _, _, members, envelope, built, env_area, elo, ehi) in enumerate(drafts,
+                                                                               start=1):
         ids = sorted(buildings[i].id for i in members)
         for i in members:
             buildings[i].site_id = k
-        env_area = float(envelope.area)
         sites.append(Site(
             site_id=k, building_ids=ids, envelope=envelope, n_buildings=len(members),
             built_area_m2=float(built),

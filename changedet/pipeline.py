@@ -516,7 +516,8 @@ def _measure(polygons: list[shapely.Polygon], scores: list[float], partial: list
                                   coreg_residual_px=residual_px, scores=scores,
                                   partial=partial)
     gap_m = opts.site_gap_m if opts.site_gap_m is not None else default_site_gap_m(ground_px)
-    sites = group_sites(buildings, gap_m, pixel_size_m=ground_px, coreg_residual_px=residual_px)
+    sites = group_sites(buildings, gap_m, pixel_size_m=ground_px, coreg_residual_px=residual_px,
+                        crs=mcrs)
     claim = None
     if opts.claim_m2 is not None:
         claim = check_claim(sites, opts.claim_m2, tolerance=opts.claim_tolerance,

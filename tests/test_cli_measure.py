@@ -159,3 +159,26 @@ def test_overlapping_polygons_are_warned_of(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "overlap by 8100.0 m²" in result.stderr
     assert result.stderr.count("overlap") == 1
+
+
+def test_a_file_across_three_utm_zones_is_measured_polygon_by_polygon(tmp_path: Path) -> None:
+    """100 m squares at 120.5, 126.4 and 131.5 E in one lon/lat file (centred in zone
+    52): each measures 10,000 m², not the +1.3 % of zone 52's metres at 120.5 E."""
+    squares = []
+    for lon in (120.5, 126.4, 131.5):
+        zone = 32600 + int((lon + 180) // 6) + 1
+        x, y = Transformer.from_crs(4326, zone, always_xy=True).transform(lon, 37.0)
+        back = Transformer.from_crs(zone, 4326, always_xy=True)
+        squares.append(shapely.transform(shapely.box(x, y, x + 100, y + 100),
+                                         lambda xy: np.column_stack(back.transform(xy[:, 0],
+                                                                                   xy[:, 1]))))
+    path = _write(tmp_path / "zones.geojson", squares, "EPSG:4326", "GeoJSON")
+    result = CliRunner().invoke(main, ["measure", str(path), "--json", "--pixel-size", "0",
+                                       "--claim-m2", "10000", "--claim-sites", "3"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [p["area_m2"] for p in doc["polygons"]] == [10000.0] * 3
+    assert [p["perimeter_m"] for p in doc["polygons"]] == [400.0] * 3
+    assert [s["envelope_area_m2"] for s in doc["sites"]] == [10000.0] * 3
+    assert [v["verdict"] for v in doc["claim"]["verdicts"]] == ["consistent"] * 3
+    assert "geodesic" not in result.stderr

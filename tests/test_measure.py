@@ -138,6 +138,59 @@ def test_an_equal_area_crs_that_stretches_lengths_is_measured_in_utm():
     assert b.perimeter_m == pytest.approx(400.0, rel=2e-3)
 
 
+def _squares_in_lonlat(lon: float, lat: float, sides_m: list[float], gap_m: float) -> list:
+    """Squares in lon/lat, drawn in their own UTM zone, side by side gap_m apart."""
+    zone = CRS.from_epsg(32600 + int((lon + 180) // 6) + 1)
+    x, y = Transformer.from_crs("EPSG:4326", zone, always_xy=True).transform(lon, lat)
+    squares, left = [], x
+    for side in sides_m:
+        squares.append(box(left, y, left + side, y + side))
+        left += side + gap_m
+    return reproject_geoms(squares, zone, "EPSG:4326")
+
+
+def test_polygons_far_from_the_file_centre_are_measured_in_their_own_zone():
+    """A file spanning three UTM zones (120.5 to 131.5 E, centred in zone 52): each
+    polygon's area, bounds and perimeter, and each site's envelope, are true where it
+    lies, not stretched by the scale of the zone at the file's centre (+1.3 % before)."""
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    west = _squares_in_lonlat(120.5, 37.0, [100.0, 100.0], 10.0)
+    east = _squares_in_lonlat(131.5, 37.0, [100.0], 0.0)
+    middle = _squares_in_lonlat(126.4, 37.0, [100.0], 0.0)
+    polys = west + east + middle
+    buildings = measure_buildings(polys, "EPSG:4326", 0.5)
+    assert buildings[0].polygon.area == pytest.approx(10000.0, rel=2e-2)  # zone 52 metres
+    assert abs(buildings[0].polygon.area / 10000.0 - 1) > 5e-3  # ... stretched there
+    for b, ll in zip(buildings, polys):
+        # Each square measures as drawn in its own zone, and within UTM's own scale
+        # error (under 0.3 %) of the ellipsoid.
+        assert b.area_m2 == pytest.approx(10000.0, rel=1e-6)
+        assert b.perimeter_m == pytest.approx(400.0, rel=1e-6)
+        assert b.area_m2_min == pytest.approx(99.5 ** 2, rel=1e-6)
+        assert b.area_m2_max == pytest.approx(100.5 ** 2, rel=1e-6)
+        area, perimeter = (abs(v) for v in geod.geometry_area_perimeter(ll.reverse()))
+        assert b.area_m2 == pytest.approx(area, rel=3e-3)
+        assert b.perimeter_m == pytest.approx(perimeter, rel=2e-3)
+    sites = group_sites(buildings, gap_m=30.0, pixel_size_m=0.5,
+                        crs=metric_crs("EPSG:4326", (120.5, 37.0, 131.5, 37.1)))
+    assert [s.n_buildings for s in sites] == [2, 1, 1]
+    # The west site's envelope closes its 10 m yard: a 210 x 100 m bar.
+    assert sites[0].envelope_area_m2 == pytest.approx(21000.0, rel=1e-6)
+    assert sites[0].envelope_area_m2_min == pytest.approx(209.5 * 99.5, rel=1e-6)
+    assert sites[0].envelope_area_m2_max == pytest.approx(210.5 * 100.5, rel=1e-6)
+
+
+def test_polygons_where_the_file_crs_is_true_are_measured_in_it():
+    """Polygons near the file's centre keep their CRS's own numbers, to the bit."""
+    polys = at(box(0, 0, 60, 30), box(200, 0, 230, 40))
+    (a, b) = measure_buildings(polys, UTM, 0.5)
+    assert (a.area_m2, a.perimeter_m, b.area_m2) == (1800.0, 180.0, 1200.0)
+    (site_a, site_b) = group_sites([a, b], gap_m=30.0, pixel_size_m=0.5, crs=UTM)
+    assert site_a.envelope_area_m2 == 1800.0 and site_b.envelope_area_m2 == 1200.0
+
+
 def test_sites_group_transitively_within_gap():
     polys = [
         box(0, 0, 10, 10),        # A

@@ -27,20 +27,21 @@ def measure(polygons: str, pixel_size: float, site_gap_m: float, claim_m2: float
     """Area (m²), perimeter and geodesic cross-check of the polygons in POLYGONS.
 
     POLYGONS is any vector file (GeoJSON, GeoPackage, Shapefile...) in any CRS;
-    areas are computed in metres on a projected CRS (the file's if suitable, else the
-    local UTM zone). With --claim-m2 the polygons are grouped into sites and each
+    areas are computed in metres on a projected CRS (the file's where its scale is
+    true, else each polygon's own UTM zone). With --claim-m2 the polygons are grouped into sites and each
     site is checked against the claim.
     """
     from ..aoi import read_polygons
-    from ..measure import check_claim, group_sites, measure_buildings
+    from ..measure import check_claim, group_sites, measure_buildings, to_metric
     from ..report import format_table
 
     apply_verbosity(cmd_verbose, cmd_quiet)
     check_claim_usage(claim_m2, claim_sites)
     vector = read_polygons(polygons)
-    buildings = measure_buildings(vector.polygons, vector.crs.to_wkt(), pixel_size)
+    polygons_m, mcrs = to_metric(vector.polygons, vector.crs)
+    buildings = measure_buildings(polygons_m, mcrs, pixel_size, measure_crs=mcrs)
     _warn_of_overlaps(vector.names, [b.polygon for b in buildings])
-    sites = group_sites(buildings, site_gap_m, pixel_size_m=pixel_size)
+    sites = group_sites(buildings, site_gap_m, pixel_size_m=pixel_size, crs=mcrs)
     claim = None
     if claim_m2 is not None:
         claim = check_claim(sites, claim_m2, tolerance=claim_tolerance, n_sites=claim_sites,
