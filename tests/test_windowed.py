@@ -282,8 +282,10 @@ def test_dask_local_cluster_gives_the_same_outputs(tmp_path: Path) -> None:
 
     pair = _pair(tmp_path)
     local = run_detection(pair["before"], pair["after"], DetectOptions(window_px=256))
+    # A free port for the scheduler's web server: with no address it takes 8787 even
+    # without a dashboard, and fails when another cluster on the machine has it.
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         remote = run_detection(pair["before"], pair["after"], DetectOptions(
             window_px=256, dask_scheduler=cluster.scheduler_address))
     assert len(local.buildings) >= 3
