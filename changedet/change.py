@@ -346,9 +346,12 @@ class Evidence:
     shadow : (H, W) ndarray of float32
         Shadow in either date, 0..1.
     score : (H, W) ndarray of float32
-        Combined new-building evidence: the probability of new building, 0..1.
+        Combined new-building evidence. For the ``learned`` detector the probability
+        of new building, 0..1; for the others the change in units of the pixel
+        noise, discounted where it looks like vegetation, shadow or texture (0 and
+        up; the fixture's automatic threshold is 9.5).
     threshold : float
-        The threshold applied to ``score``.
+        The threshold applied to ``score``, in its units.
     sun_azimuth_deg : float or None
         Sun azimuth used for the shadow test (given or estimated), None if none.
     after_normalised : (B, H, W) ndarray of float32 or None
@@ -1148,6 +1151,10 @@ def new_building_evidence(
     -------
     Evidence
     """
+    _check_pair(before, after)
+    if after_raw is not None and np.shape(after_raw) != after.image.shape:
+        raise ValueError(f"after_raw {np.shape(after_raw)} must have the after scene's "
+                         f"shape {after.image.shape}")
     stats = statistics if statistics is not None else SceneStatistics()
     valid = before.valid & after.valid
     pixel_m = params.pixel_m(before.grid)
@@ -1513,6 +1520,7 @@ def segment_new_buildings(
     (H, W) ndarray of int32
         0 background, 1..N one label per new building.
     """
+    valid = _checked_stage_inputs(evidence, valid, pixel_size_m)
     min_area_px = params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2
     if params.detector == "regions":
         return _segment_by_regions(evidence, valid, pixel_size_m, params, min_area_px, scenes)
@@ -2239,13 +2247,7 @@ def detect_new_buildings(
         0 background, 1..N new buildings.
     evidence : Evidence
     """
-    check_scene(before, "before")
-    check_scene(after, "after")
-    if not before.grid.coincides(after.grid) or before.image.shape != after.image.shape:
-        # Scenes off one another's grid gave buildings all the same.
-        raise ValueError("before and after must be on one grid with the same bands "
-                         f"(use raster.align_pair): {before.image.shape} on {before.grid} "
-                         f"against {after.image.shape} on {after.grid}")
+    _check_pair(before, after)
     valid = before.valid & after.valid
     fit = params.fit
     if fit is None:
@@ -2264,6 +2266,35 @@ def detect_new_buildings(
                                        (before, after))
     labels = outline_stage(labels, evidence, valid, params.pixel_m(before.grid), params)
     return labels, evidence
+
+
+def _check_pair(before: Scene, after: Scene) -> None:
+    """Raise ValueError unless both scenes are sound and on one grid with one band
+    layout."""
+    check_scene(before, "before")
+    check_scene(after, "after")
+    if not before.grid.coincides(after.grid) or before.image.shape != after.image.shape:
+        # Scenes off one another's grid gave buildings all the same.
+        raise ValueError("before and after must be on one grid with the same bands "
+                         f"(use raster.align_pair): {before.image.shape} on {before.grid} "
+                         f"against {after.image.shape} on {after.grid}")
+
+
+def _checked_stage_inputs(evidence: Evidence, valid: object, pixel_size_m: object
+                          ) -> np.ndarray:
+    """``valid`` as an array, after checking it and the pixel size against the
+    evidence (a 0/1 mask or a pixel size of NaN gave no buildings, silently)."""
+    valid = np.asarray(valid)
+    if valid.dtype != bool:
+        raise ValueError(f"valid must be a bool array, got {valid.dtype}")
+    if valid.shape != np.shape(evidence.score):
+        raise ValueError(f"valid {valid.shape} is not on the evidence's grid "
+                         f"{np.shape(evidence.score)}")
+    if isinstance(pixel_size_m, bool) or not isinstance(pixel_size_m, (int, float, np.number)) \
+            or not math.isfinite(pixel_size_m) or pixel_size_m <= 0:
+        raise ValueError(f"pixel_size_m must be a finite number of metres > 0, got "
+                         f"{pixel_size_m!r}")
+    return valid
 
 
 def outline_stage(labels: np.ndarray, evidence: Evidence, valid: np.ndarray,
@@ -2290,9 +2321,13 @@ def outline_stage(labels: np.ndarray, evidence: Evidence, valid: np.ndarray,
     -------
     (H, W) ndarray of int32
     """
+    valid = _checked_stage_inputs(evidence, valid, pixel_size_m)
+    labels = np.asarray(labels)
+    if not (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"labels must be an integer array, got {labels.dtype}")
     if not (params.half_cover_outlines and params.detector in ("regions", "appearance")
             and evidence.after_normalised is not None):
-        return labels
+        return labels.astype(np.int32)
     if labels.shape != valid.shape or evidence.after_normalised.shape[1:] != valid.shape:
         raise ValueError(f"labels {labels.shape}, valid {valid.shape} and the evidence's "
                          f"after scene {evidence.after_normalised.shape[1:]} must be on "

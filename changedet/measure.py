@@ -632,6 +632,8 @@ def check_claim(
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
     if basis not in ("footprint", "envelope"):
         raise ValueError(f"basis must be 'footprint' or 'envelope', got {basis!r}")
+    if n_sites is not None and (isinstance(n_sites, bool) or int(n_sites) != n_sites):
+        raise ValueError(f"the number of claimed sites must be a whole number, got {n_sites!r}")
     n = max(len(sites), 1) if n_sites is None else int(n_sites)
     if n < 1:
         raise ValueError(f"the claim must speak of at least one site, got {n}")

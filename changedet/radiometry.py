@@ -221,15 +221,22 @@ def fit_radiometry(
     ProcessingError
         When fewer than 100 valid pixels are available.
     """
+    before, after, valid = np.asarray(before), np.asarray(after), np.asarray(valid)
     if before.ndim != 3:
         raise ValueError(f"before must be (B, H, W), got shape {before.shape}")
     if before.shape != after.shape:
         raise ValueError(f"band shapes differ: {before.shape} vs {after.shape}")
-    if np.asarray(valid).dtype != bool:
-        raise ValueError(f"valid must be a bool array, got {np.asarray(valid).dtype}")
+    if valid.dtype != bool:
+        raise ValueError(f"valid must be a bool array, got {valid.dtype}")
     if valid.shape != before.shape[1:]:
         raise ValueError(f"valid of shape {valid.shape} does not match the bands "
                          f"{before.shape[1:]}")
+    for name, bands in (("before", before), ("after", after)):
+        # One sum finds a NaN or infinity; only then is the mask looked at.
+        if not np.isfinite(np.add.reduce(bands, axis=None, dtype=np.float64)) \
+                and not np.isfinite(bands[:, valid]).all():
+            raise ValueError(f"{name} holds NaN or infinite values on valid pixels: "
+                             "mark them invalid")
     nb = before.shape[0]
     if patches is None:
         patches = [(0, 0, *valid.shape)]

@@ -136,11 +136,25 @@ class Scene:
 
 def check_scene(scene: Scene, name: str) -> None:
     """Raise ValueError, naming ``name``, when a scene's arrays do not fit its grid:
-    ``image`` (B, H, W) with B >= 1, ``valid`` (H, W) of bool, ``grid`` H x W."""
+    ``image`` (B, H, W) floating point and finite with B >= 1, ``valid`` (H, W) of
+    bool, ``grid`` H x W (TypeError when ``scene`` is not a :class:`Scene`)."""
+    if not isinstance(scene, Scene):
+        raise TypeError(f"{name} must be a changedet.raster.Scene, got "
+                        f"{type(scene).__name__}")
     image, valid, grid = np.asarray(scene.image), np.asarray(scene.valid), scene.grid
     if image.ndim != 3 or image.shape[0] < 1:
         raise ValueError(f"{name}.image must be (bands, rows, columns), got shape "
                          f"{image.shape}")
+    if not np.issubdtype(image.dtype, np.floating):
+        # Integer bands wrap around when the dates are subtracted.
+        raise ValueError(f"{name}.image must be floating point (float32), got "
+                         f"{image.dtype}")
+    # One float64 sum finds any NaN or infinity without a mask the size of the image.
+    if not np.isfinite(np.add.reduce(image, axis=None, dtype=np.float64)):
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        if bad:
+            raise ValueError(f"{name}.image holds {bad} NaN or infinite values: set them "
+                             "to 0 and mark them invalid (raster.read_scene does)")
     if valid.dtype != bool:
         raise ValueError(f"{name}.valid must be a bool array, got {valid.dtype}")
     if not (image.shape[1:] == valid.shape == grid.shape):

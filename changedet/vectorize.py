@@ -286,9 +286,15 @@ def polygons_from_labels(
                          f"{grid.shape}")
     if labels.dtype == bool:
         labels = labels.astype(np.int32)
+    if not np.issubdtype(labels.dtype, np.integer):
+        # Float labels were cut to integers: a 0.5 region vanished.
+        raise ValueError(f"labels must be an integer or bool array, got {labels.dtype}")
     if not np.any(labels > 0):
         return []
-    # shapes() takes int32; labels beyond that range are not produced by segmentation.
+    # shapes() takes int32: a larger label would wrap onto another building's.
+    if labels.min() < 0 or labels.max() > np.iinfo(np.int32).max:
+        raise ValueError(f"labels must lie in 0..{np.iinfo(np.int32).max}, got "
+                         f"{labels.min()}..{labels.max()}")
     image = labels.astype(np.int32, copy=False)
     pixel = float(np.sqrt(grid.pixel_area))
     dust = _DUST_PX * grid.pixel_area

@@ -803,6 +803,47 @@ def test_scenes_off_one_grid_are_refused() -> None:
                              DetectionParams())
 
 
+def test_stages_called_alone_refuse_what_does_not_fit() -> None:
+    """The stages a notebook calls one by one check their inputs: a 0/1 mask gave no
+    buildings, a pixel size of NaN none either, integer scenes wrapped around when
+    subtracted, and a NaN pixel made the whole score NaN, all without an error."""
+    from changedet.change import new_building_evidence, outline_stage, segment_new_buildings
+
+    before, after, _, _ = _pair(1.0, seed=3)
+    labels, evidence = detect_new_buildings(before, after)
+    assert labels.max() > 0
+    valid = before.valid & after.valid
+    for stage in (lambda v, px: segment_new_buildings(evidence, v, px, scenes=(before, after)),
+                  lambda v, px: outline_stage(labels, evidence, v, px)):
+        with pytest.raises(ValueError, match="valid must be a bool array, got uint8"):
+            stage(valid.astype(np.uint8), 1.0)
+        with pytest.raises(ValueError, match="not on the evidence's grid"):
+            stage(valid[:-1], 1.0)
+        for bad in (float("nan"), -1.0, 0.0, "1"):
+            with pytest.raises(ValueError, match="pixel_size_m must be a finite number"):
+                stage(valid, bad)
+    with pytest.raises(ValueError, match="labels must be an integer array"):
+        outline_stage(labels.astype(np.float32), evidence, valid, 1.0)
+    assert outline_stage(labels.astype(np.int64), evidence, valid, 1.0).dtype == np.int32
+    assert outline_stage(labels.astype(np.int64), evidence, valid, 1.0,
+                         DetectionParams(half_cover_outlines=False)).dtype == np.int32
+
+    with pytest.raises(ValueError, match="after.image must be floating point"):
+        new_building_evidence(before, replace(after, image=after.image.astype(np.uint8)))
+    with pytest.raises(ValueError, match="one grid"):
+        new_building_evidence(before, replace(after, image=after.image[:2]))
+    with pytest.raises(ValueError, match="after_raw"):
+        new_building_evidence(before, after, after_raw=after.image[:, :-1])
+    holed = after.image.copy()
+    holed[:, 10:20, 10:20] = np.nan
+    with pytest.raises(ValueError, match="after.image holds 300 NaN or infinite values"):
+        new_building_evidence(before, replace(after, image=holed))
+    with pytest.raises(ValueError, match="before.image holds 300 NaN"):
+        detect_new_buildings(replace(before, image=holed), after)
+    with pytest.raises(TypeError, match="before must be a changedet.raster.Scene, got ndarray"):
+        detect_new_buildings(before.image, after)
+
+
 def test_a_smaller_minimum_area_only_adds_buildings() -> None:
     """--min-area-m2 filters the buildings reported: lowered far below the default,
     it changed the candidate regions and lost a 176 m² house (suburb seed 1)."""
@@ -1049,4 +1090,6 @@ def test_outline_stage_is_what_detection_runs_after_segmentation() -> None:
     unredrawn = segment_new_buildings(ev, valid, 0.5, params, scenes)
     assert not np.array_equal(unredrawn, labels)          # else this proves nothing
     with pytest.raises(ValueError, match="one grid"):
+        outline_stage(unredrawn[:-1], ev, valid, 0.5, params)
+    with pytest.raises(ValueError, match="not on the evidence's grid"):
         outline_stage(unredrawn[:-1], ev, valid[:-1], 0.5, params)

@@ -298,3 +298,10 @@ def test_sizes_must_be_finite_and_not_negative(bad: float) -> None:
     buildings = measure_buildings(square, "EPSG:32651", 0.5)
     with pytest.raises(ValueError, match="gap_m must be a finite number >= 0"):
         group_sites(buildings, bad)
+
+
+def test_a_claim_of_a_fractional_number_of_sites_is_refused():
+    sites = group_sites(measure_buildings(at(box(0, 0, 100, 130)), UTM, 0.5), gap_m=30.0)
+    with pytest.raises(ValueError, match="whole number, got 2.5"):
+        check_claim(sites, 13000.0, n_sites=2.5)
+    assert check_claim(sites, 13000.0, n_sites=np.int64(2)).verdicts[1]["verdict"] == NOT_FOUND

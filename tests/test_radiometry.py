@@ -154,3 +154,17 @@ def test_shapes_and_mask_type_are_value_errors() -> None:
         fit_radiometry(before, before[:2], np.ones((20, 20), bool))
     with pytest.raises(ValueError, match="bool"):
         fit_radiometry(before, before, np.ones((20, 20)))
+
+
+def test_nan_on_valid_pixels_is_refused_and_ignored_elsewhere() -> None:
+    """A NaN on a valid pixel failed deep in np.interp ("array of sample points is
+    empty"); on an invalid pixel it is nobody's business."""
+    before = _scene(3, 40, 40)
+    after = before * 1.1 + 5
+    valid = np.ones((40, 40), bool)
+    after[:, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="after holds NaN or infinite values on valid"):
+        fit_radiometry(before, after, valid)
+    valid[3, 4] = False
+    fit = fit_radiometry(before, after, valid)
+    np.testing.assert_allclose(fit.apply(after)[:, valid], before[:, valid], atol=0.5)

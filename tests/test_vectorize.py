@@ -131,6 +131,30 @@ def test_labels_at_edge_are_those_touching_nodata_or_the_imagery_border():
     assert labels_at_edge(np.zeros((5, 5), np.int32), valid[:5, :5]).tolist() == [False]
 
 
+def test_labels_that_are_not_whole_numbers_in_range_are_refused() -> None:
+    """Float labels were cut to integers (a 0.5 region vanished) and a label beyond
+    int32 wrapped onto another building's."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from changedet.raster import Grid
+
+    grid = Grid(CRS.from_epsg(32651), Affine(1.0, 0, 500000.0, 0, -1.0, 4320000.0), 20, 20)
+    labels = np.zeros((20, 20), np.float64)
+    labels[2:6, 2:6] = 0.5
+    with pytest.raises(ValueError, match="integer or bool array, got float64"):
+        polygons_from_labels(labels, grid)
+    big = np.zeros((20, 20), np.int64)
+    big[2:6, 2:6] = 2**32 + 1
+    with pytest.raises(ValueError, match="must lie in 0.."):
+        polygons_from_labels(big, grid)
+    big[2:6, 2:6] = -3
+    big[10:12, 10:12] = 1
+    with pytest.raises(ValueError, match="must lie in 0.."):
+        polygons_from_labels(big, grid)
+    assert len(polygons_from_labels(big.clip(0), grid)) == 1
+
+
 def test_labels_off_the_grid_are_refused() -> None:
     from affine import Affine
     from rasterio.crs import CRS
