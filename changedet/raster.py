@@ -309,6 +309,11 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str, warn: bool = True) -> Gri
     return grid
 
 
+def data_bands(ds: rasterio.io.DatasetReader) -> list[int]:
+    """The 1-based bands of an open dataset that are not tagged alpha (its mask)."""
+    return [b for b, ci in enumerate(ds.colorinterp, start=1) if ci != ColorInterp.alpha]
+
+
 def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int] | None,
                   nir_band: int | None, warn: bool = True) -> tuple[tuple[int, ...], int | None]:
     """The 1-based bands to read and the index of the near-infrared one among them.
@@ -322,7 +327,6 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     often a near-infrared one.
     """
     colours = list(ds.colorinterp)
-    alpha = {k + 1 for k, ci in enumerate(colours) if ci == ColorInterp.alpha}
     rgb = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
     if bands:
         chosen = tuple(bands)
@@ -331,10 +335,10 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     else:
         # (The near-infrared band is no colour: --nir-band 3 on a four-band file gives
         # bands 1, 2 and 4 as colours, not blue as near-infrared.)
-        data_bands = [b for b in range(1, ds.count + 1) if b not in alpha]
-        if not data_bands:
+        unmasked = data_bands(ds)
+        if not unmasked:
             raise InputError(path, "has only an alpha band (a mask), no data band")
-        chosen = tuple([b for b in data_bands if b != nir_band][:3])
+        chosen = tuple([b for b in unmasked if b != nir_band][:3])
     nir_index: int | None = None
     if nir_band is not None:
         if nir_band in chosen:
@@ -353,8 +357,9 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     out_of_range = [b for b in chosen if not 1 <= b <= ds.count]
     if out_of_range:
         raise InputError(path, f"has {ds.count} band(s); band {out_of_range[0]} was asked for")
+    unmasked = data_bands(ds)
     for b in chosen:
-        if b in alpha and warn:
+        if b not in unmasked and warn:
             logger.warning("%s: band %d is tagged alpha (a mask, not data) but was asked "
                            "for, so it is used as data", path, b)
     if len(chosen) == 1 and nir_index == 0:

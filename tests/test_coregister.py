@@ -182,6 +182,58 @@ def test_cli_coregister(tmp_path):
     assert paths["after"].read_bytes() == kept
 
 
+def test_cli_coregister_keeps_every_band_and_refuses_what_detect_refuses(tmp_path):
+    """The registered scene keeps the after file's near-infrared band and its band
+    meanings (it wrote the three colour bands only, tagged grey); a blank after scene
+    or the before scene given twice is refused, as detect refuses them (they were
+    "registered" with exit status 0)."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    paths = write_synthetic_pair(
+        SynthParams.for_scenario("suburb", seed=28, size=384, shift=(3.25, -1.5)),
+        tmp_path / "pair")
+    with rasterio.open(paths["after"]) as src:
+        rgb, profile = src.read(), src.profile
+    bgrn = np.concatenate([rgb[::-1], rgb[:1] // 2])  # blue, green, red, a "NIR" of red/2
+    profile.update(count=4, photometric=None)
+    four = tmp_path / "bgrn.tif"
+    with rasterio.open(four, "w", **profile) as dst:
+        dst.write(bgrn)
+        dst.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red,
+                           ColorInterp.undefined]
+        dst.descriptions = ("b", "g", "r", "nir")
+    runner = CliRunner()
+    out = tmp_path / "registered.tif"
+    result = runner.invoke(main, ["coregister", str(paths["before"]), str(four), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["shift_px"] == pytest.approx([3.25, -1.5], abs=0.1)
+    with rasterio.open(out) as reg:
+        assert reg.count == 4
+        assert reg.colorinterp == (ColorInterp.blue, ColorInterp.green, ColorInterp.red,
+                                   ColorInterp.undefined)
+        assert reg.descriptions == ("b", "g", "r", "nir")
+        bands = reg.read(masked=True)
+    # Each band registered the same way: the fourth is still half the third.
+    np.testing.assert_allclose(bands[3].compressed(), bands[2].compressed() / 2, atol=1.0)
+    rgb_only = runner.invoke(main, ["coregister", str(paths["before"]), str(four),
+                                    "-o", str(tmp_path / "rgb.tif"), "--bands", "3,2,1"])
+    assert rgb_only.exit_code == 0, rgb_only.output
+    with rasterio.open(tmp_path / "rgb.tif") as reg:
+        assert reg.count == 3 and reg.colorinterp[0] == ColorInterp.red
+
+    blank = tmp_path / "blank.tif"
+    profile.update(count=3)
+    with rasterio.open(blank, "w", **profile) as dst:
+        dst.write(np.full_like(rgb, 100))
+    for after, message in ((blank, "is blank"), (paths["before"], "holds the same pixels")):
+        refused = runner.invoke(main, ["coregister", str(paths["before"]), str(after),
+                                       "-o", str(tmp_path / "refused.tif")])
+        assert refused.exit_code == 1, refused.output
+        assert message in refused.output and "Traceback" not in refused.output
+        assert not (tmp_path / "refused.tif").exists()
+
+
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real" / "joplin"
 
 

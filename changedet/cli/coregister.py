@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 
 import click
 import numpy as np
 import rasterio
+from rasterio.enums import ColorInterp
 
 from ..errors import OutputError
 from ..outputs import resolved_path
@@ -32,7 +34,8 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
                overwrite: bool, cmd_verbose: int, cmd_quiet: int) -> None:
     """Register AFTER onto BEFORE and print the shift as JSON on stdout."""
     from ..coregister import coregister as run_coregister
-    from ..raster import align_pair, parse_bands, read_scene
+    from ..raster import (align_pair, check_not_blank, check_not_identical, data_bands,
+                          parse_bands, read_scene, warp_scene)
 
     apply_verbosity(cmd_verbose, cmd_quiet)
     if os.path.splitext(output)[1].lower() not in (".tif", ".tiff"):
@@ -56,9 +59,23 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
         chosen = parse_bands(bands)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bands") from None
-    pair = align_pair(read_scene(before, chosen), read_scene(after, chosen))
+    scenes = [read_scene(path, chosen) for path in (before, after)]
+    # As detect: a blank scene has no noise to register against, and one scene given
+    # as both dates registers perfectly onto itself.
+    for scene in scenes:
+        check_not_blank(scene)
+    pair = align_pair(*scenes)
+    check_not_identical(pair.before, pair.after)
     registered, registration = run_coregister(pair, method)
     scene = registered.after
+    with rasterio.open(after) as src:
+        every, colours, descriptions = data_bands(src), src.colorinterp, src.descriptions
+    if chosen is None and tuple(every) != tuple(scene.bands):
+        # The registration is measured on the colour bands, but the registered scene
+        # keeps the file's others (near-infrared...), resampled the same way.
+        warped = warp_scene(read_scene(after, every, warn=False), scene.grid,
+                            registration.correction)
+        scene = replace(warped, valid=warped.valid & scene.valid)
     data = np.where(scene.valid, scene.image, np.nan).astype(np.float32)
     profile = {
         "driver": "GTiff", "height": scene.grid.height, "width": scene.grid.width,
@@ -73,6 +90,10 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
         os.close(fd)
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
+            # The after file's band meanings, so QGIS shows the colours as they were.
+            dst.colorinterp = [ColorInterp.undefined if colours[b - 1] == ColorInterp.alpha
+                               else colours[b - 1] for b in scene.bands]
+            dst.descriptions = [descriptions[b - 1] for b in scene.bands]
         # mkstemp makes the file private (0600); give it the mode of any new file.
         umask = os.umask(0)
         os.umask(umask)
@@ -84,3 +105,4 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     echo_json(registration.summary(registered.grid))
+
