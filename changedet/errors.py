@@ -29,6 +29,11 @@ class InputError(ChangedetError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuilt from both fields: a dask worker's error crosses to the client pickled,
+        # and the default (the message alone) failed to unpickle into "internal error".
+        return type(self), (self.path, self.problem)
+
 
 class ProcessingError(ChangedetError):
     """The inputs are readable but the analysis cannot proceed (e.g. no overlap)."""

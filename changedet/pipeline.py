@@ -645,6 +645,14 @@ def _windowed_overlap(full_grid: Grid, grid: Grid, before: Scene, resample_befor
     return float(min(1.0, both / (before_px / strip_px * full_grid.height * full_grid.width)))
 
 
+def _path_for_workers(path: str) -> str:
+    """A local file's path made absolute; GDAL virtual paths (``/vsis3/...``) and URLs
+    (``s3://...``) as they are."""
+    if path.startswith("/vsi") or "://" in path or os.path.isabs(path):
+        return path
+    return os.path.abspath(path)
+
+
 def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: DetectOptions,
                   stage: _StageClock) -> DetectionResult:
     """The scene in windows with a halo, from the statistics of a first pass."""
@@ -723,7 +731,11 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
     # crossing a seam are still seen whole: most need no retry.
     halo = margin + max(48, int(np.ceil(40.0 / pixel_m)))
     windows = plan_windows(grid.shape, window_px, halo)
-    template = WindowTask(header_b, header_a, grid, windows[0], correction, resample_before,
+    task_b, task_a = header_b, header_a
+    if opts.dask_scheduler is not None:
+        # Workers run in their own folders: a relative path would name another file.
+        task_b, task_a = (replace(h, path=_path_for_workers(h.path)) for h in (header_b, header_a))
+    template = WindowTask(task_b, task_a, grid, windows[0], correction, resample_before,
                           params, dict(first.statistics.values), margin, group,
                           aoi=None if aoi is None else aoi.geometry)
     # The report's images are summed from the windows' own pixels as they pass:

@@ -938,9 +938,10 @@ class DaskRunner:
             raise ProcessingError("--dask-scheduler needs the 'distributed' package: "
                                   "pip install 'changedet[dask]'") from exc
 
+        _probe_scheduler(address, timeout_s)
         try:
             self.client = Client(address, timeout=f"{timeout_s}s", set_as_default=False)
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise ProcessingError(
                 f"cannot reach the dask scheduler at {address} ({_first_line(exc)})") from exc
         self.address = address
@@ -956,6 +957,43 @@ class DaskRunner:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _probe_scheduler(address: str, timeout_s: float) -> None:
+    """Raise ProcessingError unless a dask scheduler answers at ``address`` within
+    ``timeout_s`` seconds.
+
+    The client's own timeout covers the TCP connection only: a port where another
+    service listens (a web server, a proxy) kept it waiting for ever, and a malformed
+    address left a half-built client that took 20 s to give up at exit.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def identity() -> object:
+        comm = await connect(address, timeout=timeout_s)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout_s))
+    except asyncio.TimeoutError:
+        raise ProcessingError(f"cannot reach the dask scheduler at {address} (no answer "
+                              f"within {timeout_s:g} s)") from None
+    except MemoryError as exc:  # another service's answer read as a frame length
+        raise ProcessingError(f"no dask scheduler at {address} (what answers there does "
+                              "not speak dask)") from exc
+    except Exception as exc:  # noqa: BLE001 - anything else is "not a scheduler"
+        raise ProcessingError(f"cannot reach the dask scheduler at {address} "
+                              f"({_first_line(exc)})") from exc
+    kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
+    if kind != "Scheduler":
+        raise ProcessingError(f"no dask scheduler at {address} (what answers there is "
+                              f"{kind!r})")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -1003,6 +1041,11 @@ class WindowedDetection:
     cut_groups: int
 
 
+#: The share of ``run_windows``' progress taken by the main pass: retries are about a
+#: quarter of the windows' work on dense scenes (``bench_scale.py``) and none on most.
+MAIN_PASS_SHARE = 0.75
+
+
 def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runner: Runner,
                 change_path: str, max_retry_px: int,
                 progress: Callable[[float], None] | None = None,
@@ -1027,7 +1070,9 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
         bounded by it); a group still cut at that size is reported as seen, with a
         warning.
     progress : callable, optional
-        Called with the fraction of main-pass windows done.
+        Called with the fraction of the work done, 0 to 1: the main pass takes it to
+        ``MAIN_PASS_SHARE``, each round of retries half the way from there to 1 (the
+        last round all of it), as its windows finish.
     quicklook : CellMeans, optional
         Collects the display images from the main-pass windows (whose template has
         a ``quicklook_factor``).
@@ -1071,12 +1116,15 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             pending.extend(_next_try(box, w, grow, max_retry_px, template.margin_px,
                                      grid.shape) for box in res.incomplete)
             if progress is not None:
-                progress(done / len(tasks))
+                progress(MAIN_PASS_SHARE * done / len(tasks))
         n_retries = cut = 0
         pending = merge_boxes(pending, max_retry_px)
+        level = MAIN_PASS_SHARE
         for round_ in range(MAX_RETRY_ROUNDS):
             if not pending:
                 break
+            # How many rounds follow is unknown: each takes half of what is left.
+            span = (1.0 - level) / (1 if round_ == MAX_RETRY_ROUNDS - 1 else 2)
             tasks = []
             for box in pending:
                 last = (round_ == MAX_RETRY_ROUNDS - 1
@@ -1087,7 +1135,9 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             last_try = {t.window: t.last_try for t in tasks}
             n_retries += len(tasks)
             grown = []
-            for res in runner(tasks):
+            for done, res in enumerate(runner(tasks), start=1):
+                if progress is not None:
+                    progress(level + span * done / len(tasks))
                 new_groups = {b.group for b in res.buildings if not b.cut} - reported
                 for b in res.buildings:
                     if b.cut:
@@ -1106,6 +1156,9 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
                 grown += [_next_try(box, w, grow, max_retry_px, template.margin_px,
                                     grid.shape) for box in res.incomplete]
             pending = merge_boxes(grown, max_retry_px)
+            level += span
+        if progress is not None:
+            progress(1.0)
         # A group no window reported, though one saw it whole (its owner judged the
         # strip it saw too unlike a roof to retry): that whole view, already drawn in
         # change.tif, is the whole scene's.

@@ -276,7 +276,11 @@ def test_windowed_run_writes_the_contract_outputs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dask_local_cluster_gives_the_same_outputs(tmp_path: Path) -> None:
+def test_dask_local_cluster_gives_the_same_outputs(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with the inputs named relative to the client's folder, which is not the
+    workers' (they read another file, and its InputError came back as "internal
+    error")."""
     import distributed
     from changedet.pipeline import DetectOptions
 
@@ -286,8 +290,10 @@ def test_dask_local_cluster_gives_the_same_outputs(tmp_path: Path) -> None:
     # without a dashboard, and fails when another cluster on the machine has it.
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster:
-        remote = run_detection(pair["before"], pair["after"], DetectOptions(
-            window_px=256, dask_scheduler=cluster.scheduler_address))
+        monkeypatch.chdir(tmp_path)
+        remote = run_detection(pair["before"].relative_to(tmp_path),
+                               pair["after"].relative_to(tmp_path), DetectOptions(
+                                   window_px=256, dask_scheduler=cluster.scheduler_address))
     assert len(local.buildings) >= 3
     assert len(remote.buildings) == len(local.buildings)
     for x, y in zip(local.buildings, remote.buildings):
@@ -310,6 +316,42 @@ def test_unreachable_dask_scheduler_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(lines) == 1 and "dask scheduler at tcp://127.0.0.1:9" in lines[0]
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_an_address_where_no_scheduler_answers_is_refused_in_time() -> None:
+    """A malformed address, another scheme, and a port where a service listens but
+    never speaks dask (it kept the run waiting for ever) are each a ProcessingError."""
+    import socket
+    import threading
+
+    from changedet.errors import ProcessingError
+    from changedet.windowed import DaskRunner
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        accepted = []
+        threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+        port = silent.getsockname()[1]
+        for address, message in (("tcp://localhost", "missing port"),
+                                 ("http://127.0.0.1:8786", "unknown address scheme"),
+                                 (f"tcp://127.0.0.1:{port}", "no answer within 1 s")):
+            with pytest.raises(ProcessingError, match=message):
+                DaskRunner(address, timeout_s=1.0)
+        assert accepted  # the silent service was reached, and said nothing
+        for conn, _ in accepted:
+            conn.close()
+
+
+def test_input_errors_cross_from_a_worker_whole() -> None:
+    import pickle
+
+    from changedet.errors import InputError
+
+    err = pickle.loads(pickle.dumps(InputError("a/b.tif", "is truncated")))
+    assert isinstance(err, InputError)
+    assert (err.path, err.problem, str(err)) == ("a/b.tif", "is truncated",
+                                                 "a/b.tif: is truncated")
 
 
 def test_buildings_left_out_as_standing_before_are_reported_alike_by_both_paths(
