@@ -2254,7 +2254,7 @@ def detect_new_buildings(
         fit = fit_radiometry(before.image, after.image, valid, keep_weight=False,
                              patches=fit_patches(valid.shape), workers=workers)
         params = replace(params, fit=fit)
-    normalised = replace(after, image=fit.apply(after.image), valid=valid)
+    normalised = replace(after, image=fit.normalise(after.image, before.image), valid=valid)
     evidence = new_building_evidence(replace(before, valid=valid), normalised, params,
                                      after_raw=after.image, statistics=statistics)
     if params.detector == "appearance":

@@ -865,7 +865,7 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
             if valid.sum() < 100:
                 return None
             stats = SceneStatistics(collect=True)
-            normalised = replace(a, image=fit.apply(a.image), valid=valid)
+            normalised = replace(a, image=fit.normalise(a.image, b.image), valid=valid)
             new_building_evidence(replace(b, valid=valid), normalised, params,
                                   after_raw=a.image, statistics=stats)
             # (The appearance check is skipped on scenes of fewer than three visible

@@ -79,9 +79,9 @@ for w in registration.windows:
 ax.set_title("window shifts (arrows x50): green voted, red rejected")
 ax.set_xlabel("easting from corner (m)")
 ax.set_ylabel("northing from corner (m)")"""),
-    ("md", "## 3. Radiometric normalisation\nThe after bands are mapped onto the before radiometry using pixels that did not change."),
+    ("md", "## 3. Radiometric normalisation\nThe after bands are mapped onto the before radiometry using pixels that did not change; a clipped (saturated) value is read as a bound, not a measurement."),
     ("code", """fit = fit_radiometry(registered.before.image, registered.after.image, registered.before.valid)
-normalised = fit.apply(registered.after.image)
+normalised = fit.normalise(registered.after.image, registered.before.image)
 v = registered.before.valid
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.5), sharey=True)
 for b, ax in enumerate(axes):

@@ -168,3 +168,50 @@ def test_nan_on_valid_pixels_is_refused_and_ignored_elsewhere() -> None:
     valid[3, 4] = False
     fit = fit_radiometry(before, after, valid)
     np.testing.assert_allclose(fit.apply(after)[:, valid], before[:, valid], atol=0.5)
+
+
+def test_clip_levels_find_saturated_ends_and_only_them() -> None:
+    from changedet.radiometry import clip_levels
+
+    rng = np.random.default_rng(0)
+    grey = rng.normal(150, 40, 400_000)
+    assert np.isnan(clip_levels(np.sort(grey))).all()                      # continuous
+    assert np.isnan(clip_levels(np.sort(np.round(grey)))).all()            # integers
+    assert np.isnan(clip_levels(np.sort(np.round(rng.exponential(30, 400_000))))).all()
+    clipped = np.clip(np.round(grey), 0, 255)  # 6 % at 255, 0.01 % at 0
+    low, high = clip_levels(np.sort(clipped))
+    assert np.isnan(low) and high == 255.0
+    # Resampled: the plateau spread by hundredths, with an overshoot beyond it.
+    spread = clipped + np.where(clipped == 255, rng.uniform(-0.02, 0.02, clipped.size), 0)
+    spread[:2000] = rng.uniform(255, 270, 2000)
+    plateau = spread[2000:][clipped[2000:] == 255]
+    # Every pixel of the plateau, and none of the tail below it, is at or beyond.
+    assert 254.9 < clip_levels(np.sort(spread))[1] <= plateau.min()
+    assert clip_levels(np.sort(np.clip(np.round(rng.normal(20, 30, 400_000)), 0, 255)))[0] == 0.0
+
+
+def test_a_saturated_after_date_is_read_as_a_bound() -> None:
+    """An after date 1.6 times as bright, clipped at 255: its clipped pixels were all
+    mapped onto the bottom of the range they came from (35 levels dark on average);
+    where nothing changed they now agree with the before date, and a change that the
+    clip cannot hide (grass under a new white roof) stays."""
+    rng = np.random.default_rng(3)
+    before = _scene(4, 300, 300)
+    before[:, :, :40] = rng.uniform(170, 250, (3, 300, 40))   # bright unchanged surfaces
+    before[:, 200:230, 200:230] = rng.uniform(70, 90, (3, 30, 30))  # grass, to be built on
+    after = np.clip(np.round(before * 1.6 + rng.normal(0, 1, before.shape)), 0, 255)
+    after = after.astype(np.float32)
+    after[:, 200:230, 200:230] = 255.0          # a new white roof on darker ground
+    valid = np.ones((300, 300), bool)
+    fit = fit_radiometry(before, after, valid, keep_weight=False)
+    assert np.allclose(fit.clip_after[:, 1], 255.0) and np.isnan(fit.clip_after[:, 0]).all()
+    clipped = (after == 255).all(axis=0)
+    clipped[200:230, 200:230] = False
+    plain = fit.apply(after)
+    read = fit.normalise(after, before)
+    assert (before[:, clipped] - plain[:, clipped]).mean() > 20   # the old bias
+    np.testing.assert_array_equal(read[:, clipped], before[:, clipped])
+    roof = (slice(None), slice(200, 230), slice(200, 230))
+    assert (read[roof] - before[roof]).min() > 50
+    untouched = ~(after == 255).any(axis=0)
+    np.testing.assert_array_equal(read[:, untouched], plain[:, untouched])
