@@ -868,6 +868,36 @@ def test_a_smaller_minimum_area_only_adds_buildings() -> None:
             np.testing.assert_array_equal(small == inside[0], default == k)
 
 
+def test_a_larger_minimum_area_only_removes_the_smaller_buildings() -> None:
+    """Raised above the default, --min-area-m2 also kept the appearance check from
+    looking at smaller pieces: a 197.5 m² house whose 39 m² piece went unchecked came
+    out as 115.7 m², or vanished (suburb seed 4, a review's case)."""
+    from affine import Affine
+
+    from changedet.raster import align_pair, warp_scene
+    from changedet.synth import SynthParams, make_synthetic_pair
+
+    sp = make_synthetic_pair(SynthParams.for_scenario("suburb", seed=4, size=512))
+    pair = align_pair(sp.before, sp.after)
+    after = warp_scene(pair.after_source, pair.grid, Affine.translation(*sp.shift_px))
+    default, _ = detect_new_buildings(pair.before, after, DetectionParams())
+    pixel_m2 = pair.grid.pixel_area
+    areas = np.bincount(default.ravel())[1:] * pixel_m2
+    assert areas.size >= 5
+    # Between consecutive areas of the default's buildings, and 100 m² (the review's).
+    ranked = np.sort(areas)
+    between = (ranked[:-1] + ranked[1:]) / 2
+    for min_area in sorted({100.0, *between[[0, between.size // 2, -1]]}):
+        labels, _ = detect_new_buildings(pair.before, after,
+                                         DetectionParams(min_area_m2=float(min_area)))
+        expected = np.flatnonzero(areas >= min_area) + 1
+        assert labels.max() == expected.size, min_area
+        for k in expected:
+            inside = np.unique(labels[default == k])
+            assert inside.size == 1 and inside[0] > 0
+            np.testing.assert_array_equal(labels == inside[0], default == k)
+
+
 def _blurred_roofs(boxes, colours, pixel: float = 0.5, size_m: float = 60.0,
                    blur_px: float = 0.8, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """After image of roofs (boxes in metres) on textured grass under an optical blur,
