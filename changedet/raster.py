@@ -343,7 +343,8 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     if nir_band is not None:
         if nir_band in chosen:
             nir_index = chosen.index(nir_band)
-            if len(chosen) - 1 < 3 and warn:
+            # (With no colour band left it is an error, below: no warning before it.)
+            if 1 <= len(chosen) - 1 < 3 and warn:
                 # (--bands 1,2,3 --nir-band 3, or a band tagged red, green or blue
                 # named near-infrared: a slip, or a false-colour file; either way the
                 # colours are fewer than the file has.)

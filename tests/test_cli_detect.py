@@ -734,3 +734,35 @@ def test_stdout_on_a_full_device_says_the_outputs_were_written(tmp_path: Path) -
     assert done.returncode == 1
     assert "the outputs are in" in done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(OUTPUT_FILES)
+
+
+@pytest.mark.parametrize("option", [["--claim-sites", "2"], ["--claim-tolerance", "0.5"],
+                                    ["--claim-basis", "envelope"]])
+def test_a_claim_option_without_the_claimed_area_is_a_usage_error(
+        option: list[str], scenes: dict[str, Path], tmp_path: Path) -> None:
+    """--claim-tolerance or --claim-basis alone was ignored in silence (no verdict, no
+    word why), while --claim-sites alone was refused."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["detect", str(scenes["before"]), str(scenes["after"]),
+                                       "-o", str(out), *option])
+    assert result.exit_code == 2, result.output
+    assert f"{option[0]} needs --claim-m2" in result.output
+    assert not out.exists()
+    polygons = tmp_path / "p.geojson"
+    polygons.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
+                        '"properties": {}, "geometry": {"type": "Polygon", "coordinates": '
+                        '[[[125.7, 39.0], [125.701, 39.0], [125.701, 39.001], '
+                        '[125.7, 39.0]]]}}]}')
+    measured = CliRunner().invoke(main, ["measure", str(polygons), *option])
+    assert measured.exit_code == 2 and f"{option[0]} needs --claim-m2" in measured.output
+
+
+def test_no_visible_band_left_is_one_line(scenes: dict[str, Path], tmp_path: Path) -> None:
+    """--bands 1 --nir-band 1 warned that band 1 left no visible band, twice, before
+    the error that says so."""
+    result = CliRunner().invoke(main, ["detect", str(scenes["before"]), str(scenes["after"]),
+                                       "-o", str(tmp_path / "out"), "--bands", "1",
+                                       "--nir-band", "1"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no visible band is left" in lines[0], lines

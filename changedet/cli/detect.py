@@ -62,8 +62,16 @@ def claim_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def check_claim_usage(claim_m2: float | None, claim_sites: int | None) -> None:
-    if claim_m2 is None and claim_sites is not None:
+    """Refuse a claim option given without --claim-m2: it would be ignored, and the
+    analyst who forgot --claim-m2 would get no verdict and no word why."""
+    if claim_m2 is not None:
+        return
+    if claim_sites is not None:
         raise click.UsageError("--claim-sites needs --claim-m2")
+    ctx = click.get_current_context()
+    for name in ("claim_tolerance", "claim_basis"):
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT):
+            raise click.UsageError(f"--{name.replace('_', '-')} needs --claim-m2")
 
 
 @contextmanager
