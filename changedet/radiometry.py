@@ -128,8 +128,9 @@ class RadiometricFit:
                 at = date[b] >= level if high else date[b] <= level
                 if not at.any():
                     continue
-                # After clipped high: true after >= out, so out = max(out, before).
-                # Before clipped high: true before >= before, so out = min(out, before).
+                # After clipped high: its true value is out or more, so the dates
+                # agree if before is; out = max(out, before). Before clipped high: its
+                # true value is before or more, so out = min(out, before).
                 agree = np.maximum if high == (date is after) else np.minimum
                 out[b][at] = agree(out[b][at], before[b][at])
         return out

@@ -980,7 +980,9 @@ def _probe_scheduler(address: str, timeout_s: float) -> None:
             comm.abort()
 
     try:
-        reply = asyncio.run(asyncio.wait_for(identity(), timeout_s))
+        # On a thread of its own: in a notebook, this thread's event loop is running.
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(asyncio.run, asyncio.wait_for(identity(), timeout_s)).result()
     except asyncio.TimeoutError:
         raise ProcessingError(f"cannot reach the dask scheduler at {address} (no answer "
                               f"within {timeout_s:g} s)") from None

@@ -342,6 +342,16 @@ def test_an_address_where_no_scheduler_answers_is_refused_in_time() -> None:
         for conn, _ in accepted:
             conn.close()
 
+    # From a notebook, whose event loop is running in the caller's thread (asyncio.run
+    # refused to start there, and every address came out "cannot reach").
+    import asyncio
+
+    async def in_a_notebook() -> None:
+        with pytest.raises(ProcessingError, match="missing port"):
+            DaskRunner("tcp://localhost", timeout_s=1.0)
+
+    asyncio.run(in_a_notebook())
+
 
 def test_input_errors_cross_from_a_worker_whole() -> None:
     import pickle

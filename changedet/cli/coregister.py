@@ -105,4 +105,3 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     echo_json(registration.summary(registered.grid))
-

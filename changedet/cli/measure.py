@@ -28,8 +28,8 @@ def measure(polygons: str, pixel_size: float, site_gap_m: float, claim_m2: float
 
     POLYGONS is any vector file (GeoJSON, GeoPackage, Shapefile...) in any CRS;
     areas are computed in metres on a projected CRS (the file's where its scale is
-    true, else each polygon's own UTM zone). With --claim-m2 the polygons are grouped into sites and each
-    site is checked against the claim.
+    true, else each polygon's own UTM zone). With --claim-m2 the polygons are grouped
+    into sites and each site is checked against the claim.
     """
     from ..aoi import read_polygons
     from ..measure import check_claim, group_sites, measure_buildings, to_metric
