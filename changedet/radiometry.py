@@ -118,10 +118,10 @@ class RadiometricFit:
         """
         out = self.apply(after)
         for b in range(out.shape[0]):
-            for clip, date, high in ((self.clip_after, after, True),
-                                     (self.clip_after, after, False),
-                                     (self.clip_before, before, True),
-                                     (self.clip_before, before, False)):
+            for clip, date, is_after, high in ((self.clip_after, after, True, True),
+                                               (self.clip_after, after, True, False),
+                                               (self.clip_before, before, False, True),
+                                               (self.clip_before, before, False, False)):
                 level = np.nan if clip is None else clip[b, 1 if high else 0]
                 if not np.isfinite(level):
                     continue
@@ -131,7 +131,7 @@ class RadiometricFit:
                 # After clipped high: its true value is out or more, so the dates
                 # agree if before is; out = max(out, before). Before clipped high: its
                 # true value is before or more, so out = min(out, before).
-                agree = np.maximum if high == (date is after) else np.minimum
+                agree = np.maximum if high == is_after else np.minimum
                 out[b][at] = agree(out[b][at], before[b][at])
         return out
 
@@ -198,16 +198,20 @@ def _strictly_increasing(xk: np.ndarray, yk: np.ndarray) -> tuple[np.ndarray, np
 
 
 #: A band is clipped at an end of its range when at least this share of the sample
-#: piles up on one value there...
+#: sits on a value where sensors and products clip (below).
 MIN_CLIPPED_SHARE = 0.001
-#: ... with at least this many times as many pixels as just inside it: a natural
-#: tail thins towards its end, a clipped one piles up on its last value.
-CLIP_SPIKE = 2.0
-#: Width of "one value", as a share of the band's 1-99 % range: resampling (the
-#: co-registration's) spreads a clipped plateau by a few hundredths of a level.
+#: Where bands are clipped: 0 below; above, the largest value of 8 to 16 bits, or 1.0
+#: for reflectances. Only there: a flat surface (water, a bright lot) piles up on one
+#: value too, and reading it as a clip hid new roofs built on it.
+CLIP_FLOOR = 0.0
+CLIP_CEILINGS = (1.0, *(float(2**bits - 1) for bits in range(8, 17)))
+#: At most this many times as much of the sample beyond a ceiling as on it: the
+#: overshoot of a cubic resampling along small clipped roofs, not a histogram running
+#: on past a value that happens to be a ceiling of fewer bits.
+CLIP_OVERSHOOT = 4.0
+#: Half-width of "on the value": a thousandth of the band's 1-99 % range, at most half
+#: a level of integer data (resampling spreads a clipped plateau by hundredths).
 CLIP_WIDTH = 1e-3
-#: The share of the sample at each end searched for a clip.
-CLIP_TAIL = 0.05
 
 
 def clip_levels(sorted_values: np.ndarray) -> tuple[float, float]:
@@ -222,41 +226,35 @@ def clip_levels(sorted_values: np.ndarray) -> tuple[float, float]:
     Returns
     -------
     (float, float)
-        8-bit products clip bright roofs at 255 and deep shadows at 0. A clip is the
-        densest interval ``CLIP_WIDTH`` of the range wide in the outer ``CLIP_TAIL``
-        of the sample, when it holds at least ``MIN_CLIPPED_SHARE`` of the sample
-        and ``CLIP_SPIKE`` times as many pixels as the next such interval inside it
-        (on integer data, the next integer).
-        Values beyond the clip (a resampling's overshoot) are clipped too, so the
-        high level returned is the interval's inner edge (the low one likewise).
+        8-bit products clip bright roofs at 255 and deep shadows at 0. An end is
+        clipped when at least ``MIN_CLIPPED_SHARE`` of the sample lies within a
+        half-width of ``CLIP_FLOOR`` or of one of ``CLIP_CEILINGS`` (the one holding
+        most, of those with at most ``CLIP_OVERSHOOT`` times as much beyond). The
+        level returned is that value less (or plus) the half-width, so
+        that a resampling's overshoot beyond it is clipped too. Clipped objects
+        only a few pixels wide, whose plateau a cubic resampling does not keep, are
+        not found.
     """
     n = sorted_values.size
     if n < 2:
         return np.nan, np.nan
-    width = CLIP_WIDTH * float(sorted_values[int(0.99 * (n - 1))]
-                               - sorted_values[int(0.01 * (n - 1))])
-    if not width > 0:
-        width = CLIP_WIDTH * max(abs(float(sorted_values[-1])), 1.0)
-    levels = []
-    for ascending in (-sorted_values[::-1], sorted_values):  # low end as a high one
-        tail = ascending[int((1 - CLIP_TAIL) * (n - 1)):]
-        # Pixels in [v, v + width] for each v of the tail; the densest such interval.
-        counts = np.searchsorted(ascending, tail + width, side="right") - \
-            np.searchsorted(ascending, tail, side="left")
-        k = int(np.argmax(counts))
-        edge = float(tail[k])
-        # The interval as wide at the next value in, at least a width away: on
-        # integer data, the next integer.
-        before_edge = int(np.searchsorted(ascending, edge - width, side="right"))
-        if before_edge == 0:
-            inside = 0
-        else:
-            nearest = ascending[before_edge - 1]
-            inside = int(np.searchsorted(ascending, nearest + width, side="right")
-                         - np.searchsorted(ascending, nearest, side="left"))
-        clipped = counts[k] >= MIN_CLIPPED_SHARE * n and counts[k] >= CLIP_SPIKE * max(inside, 1)
-        levels.append(edge if clipped else np.nan)
-    return -levels[0], levels[1]
+    p01, p99 = (float(sorted_values[int(q * (n - 1))]) for q in (0.01, 0.99))
+    half = min(0.5, CLIP_WIDTH * (p99 - p01)) if p99 > p01 else 0.5
+
+    def held(value: float) -> int:
+        return int(np.searchsorted(sorted_values, value + half, side="right")
+                   - np.searchsorted(sorted_values, value - half, side="left"))
+
+    low = CLIP_FLOOR + half if held(CLIP_FLOOR) >= MIN_CLIPPED_SHARE * n else np.nan
+    # A ceiling is at the top of the data: little lies beyond it (a resampling's
+    # overshoot along the clipped objects' edges). 511 inside 11-bit data is no clip.
+    high, most = np.nan, MIN_CLIPPED_SHARE * n
+    for ceiling in CLIP_CEILINGS:
+        on = held(ceiling)
+        beyond = n - int(np.searchsorted(sorted_values, ceiling + half, side="right"))
+        if on >= most and beyond <= CLIP_OVERSHOOT * on:
+            high, most = ceiling - half, on
+    return float(low), float(high)
 
 
 def _robust_sigma(r: np.ndarray, w: np.ndarray) -> float:

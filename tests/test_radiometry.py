@@ -171,23 +171,38 @@ def test_nan_on_valid_pixels_is_refused_and_ignored_elsewhere() -> None:
 
 
 def test_clip_levels_find_saturated_ends_and_only_them() -> None:
+    """Clips at 0 and at the top of 8 to 16 bits or 1.0, even spread by resampling;
+    no clip on natural histograms, nor on a flat surface piled up elsewhere (a bright
+    lot at 230, water at 9: read as clips, they hid new roofs built on them)."""
     from changedet.radiometry import clip_levels
 
     rng = np.random.default_rng(0)
     grey = rng.normal(150, 40, 400_000)
     assert np.isnan(clip_levels(np.sort(grey))).all()                      # continuous
     assert np.isnan(clip_levels(np.sort(np.round(grey)))).all()            # integers
-    assert np.isnan(clip_levels(np.sort(np.round(rng.exponential(30, 400_000))))).all()
-    clipped = np.clip(np.round(grey), 0, 255)  # 6 % at 255, 0.01 % at 0
+    # A tail running into 0: the 1.6 % that round to 0 are what 0 means, "0 or less".
+    dark = clip_levels(np.sort(np.round(rng.exponential(30, 400_000))))
+    assert dark[0] < 0.5 and np.isnan(dark[1])
+    lot = np.round(grey)
+    lot[:12_000] = 230.0                                                   # 3 %, flat
+    lot[12_000:56_000] = np.round(rng.normal(9, 0.8, 44_000))              # water, 11 %
+    assert np.isnan(clip_levels(np.sort(lot))).all()
+    clipped = np.clip(np.round(grey), 0, 255)  # 0.6 % at 255, 0.01 % at 0
     low, high = clip_levels(np.sort(clipped))
-    assert np.isnan(low) and high == 255.0
+    assert np.isnan(low) and 254.5 <= high < 255.0
     # Resampled: the plateau spread by hundredths, with an overshoot beyond it.
     spread = clipped + np.where(clipped == 255, rng.uniform(-0.02, 0.02, clipped.size), 0)
     spread[:2000] = rng.uniform(255, 270, 2000)
     plateau = spread[2000:][clipped[2000:] == 255]
-    # Every pixel of the plateau, and none of the tail below it, is at or beyond.
-    assert 254.9 < clip_levels(np.sort(spread))[1] <= plateau.min()
-    assert clip_levels(np.sort(np.clip(np.round(rng.normal(20, 30, 400_000)), 0, 255)))[0] == 0.0
+    assert 254.5 <= clip_levels(np.sort(spread))[1] <= plateau.min()
+    assert clip_levels(np.sort(np.clip(np.round(rng.normal(20, 30, 400_000)), 0, 255)))[0] < 0.5
+    # 11-bit data in 16-bit words, clipped at 2047; reflectances clipped at 1.0.
+    eleven = np.clip(np.round(rng.normal(1500, 300, 400_000)), 0, 2047)
+    assert 2046.5 <= clip_levels(np.sort(eleven))[1] < 2047
+    # ... and unclipped 11-bit data, whose histogram runs on past 511 and 1023.
+    assert np.isnan(clip_levels(np.sort(np.round(rng.normal(1000, 300, 400_000))))[1])
+    reflectance = np.clip(rng.normal(0.7, 0.2, 400_000), 0, 1.0)
+    assert 0.999 < clip_levels(np.sort(reflectance))[1] < 1.0
 
 
 def test_a_saturated_after_date_is_read_as_a_bound() -> None:
@@ -204,7 +219,8 @@ def test_a_saturated_after_date_is_read_as_a_bound() -> None:
     after[:, 200:230, 200:230] = 255.0          # a new white roof on darker ground
     valid = np.ones((300, 300), bool)
     fit = fit_radiometry(before, after, valid, keep_weight=False)
-    assert np.allclose(fit.clip_after[:, 1], 255.0) and np.isnan(fit.clip_after[:, 0]).all()
+    assert ((254.5 <= fit.clip_after[:, 1]) & (fit.clip_after[:, 1] < 255)).all()
+    assert np.isnan(fit.clip_after[:, 0]).all()
     clipped = (after == 255).all(axis=0)
     clipped[200:230, 200:230] = False
     plain = fit.apply(after)
