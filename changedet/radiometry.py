@@ -229,7 +229,7 @@ def clip_levels(sorted_values: np.ndarray) -> tuple[float, float]:
         8-bit products clip bright roofs at 255 and deep shadows at 0. An end is
         clipped when at least ``MIN_CLIPPED_SHARE`` of the sample lies within a
         half-width of ``CLIP_FLOOR`` or of one of ``CLIP_CEILINGS`` (the one holding
-        most, of those with at most ``CLIP_OVERSHOOT`` times as much beyond). The
+        most), with at most ``CLIP_OVERSHOOT`` times as much beyond it. The
         level returned is that value less (or plus) the half-width, so
         that a resampling's overshoot beyond it is clipped too. Clipped objects
         only a few pixels wide, whose plateau a cubic resampling does not keep, are
@@ -245,7 +245,12 @@ def clip_levels(sorted_values: np.ndarray) -> tuple[float, float]:
         return int(np.searchsorted(sorted_values, value + half, side="right")
                    - np.searchsorted(sorted_values, value - half, side="left"))
 
-    low = CLIP_FLOOR + half if held(CLIP_FLOOR) >= MIN_CLIPPED_SHARE * n else np.nan
+    on = held(CLIP_FLOOR)
+    below = int(np.searchsorted(sorted_values, CLIP_FLOOR - half, side="left"))
+    # (Values below the floor in number, as in surface reflectances with an offset:
+    # 0 is then no floor.)
+    low = (CLIP_FLOOR + half if on >= MIN_CLIPPED_SHARE * n and below <= CLIP_OVERSHOOT * on
+           else np.nan)
     # A ceiling is at the top of the data: little lies beyond it (a resampling's
     # overshoot along the clipped objects' edges). 511 inside 11-bit data is no clip.
     high, most = np.nan, MIN_CLIPPED_SHARE * n

@@ -199,6 +199,9 @@ def test_clip_levels_find_saturated_ends_and_only_them() -> None:
     # 11-bit data in 16-bit words, clipped at 2047; reflectances clipped at 1.0.
     eleven = np.clip(np.round(rng.normal(1500, 300, 400_000)), 0, 2047)
     assert 2046.5 <= clip_levels(np.sort(eleven))[1] < 2047
+    # Reflectances with an offset run on below 0: zeros among them are no floor.
+    offset = np.round(rng.normal(0.05, 0.1, 400_000), 2)
+    assert np.isnan(clip_levels(np.sort(offset))[0])
     # ... and unclipped 11-bit data, whose histogram runs on past 511 and 1023.
     assert np.isnan(clip_levels(np.sort(np.round(rng.normal(1000, 300, 400_000))))[1])
     reflectance = np.clip(rng.normal(0.7, 0.2, 400_000), 0, 1.0)
