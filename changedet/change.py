@@ -1660,10 +1660,11 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
         # finds new too. Either alone keeps more of what is not a new building.
         from .appearance import confirm_new_roofs
 
-        # Pieces as small as the default minimum building are looked at whatever
-        # min_area_m2, which only filters what is reported: at the user's minimum, a
-        # 39 m² piece of a 197 m² house went unchecked and the house shrank to 116 m².
-        piece_px = params.piece_scale_m2(pixel_m) / pixel_m**2
+        # Pieces as small as the default minimum building are looked at whatever a
+        # larger min_area_m2, which only filters what is reported: at the user's
+        # minimum, a 39 m² piece of a 197 m² house went unchecked and the house
+        # shrank to 116 m². A smaller one looks at smaller pieces too.
+        piece_px = min(params.piece_scale_m2(pixel_m) / pixel_m**2, min_area_px)
         candidates = ~keep & (np.bincount(regions.ravel(), minlength=n + 1) >= piece_px)
         candidates[0] = False
         check, p_roof = confirm_new_roofs(*scenes, regions, candidates, pixel_m,

@@ -646,9 +646,10 @@ def _windowed_overlap(full_grid: Grid, grid: Grid, before: Scene, resample_befor
 
 
 def _path_for_workers(path: str) -> str:
-    """A local file's path made absolute; GDAL virtual paths (``/vsis3/...``) and URLs
-    (``s3://...``) as they are."""
-    if path.startswith("/vsi") or "://" in path or os.path.isabs(path):
+    """A local file's relative path made absolute; anything else as it is: GDAL
+    virtual paths (``/vsis3/...``), URLs (``s3://...``) and subdatasets
+    (``GTIFF_DIR:1:x.tif``, which an absolute prefix would break)."""
+    if os.path.isabs(path) or not os.path.isfile(path):
         return path
     return os.path.abspath(path)
 

@@ -898,6 +898,38 @@ def test_a_larger_minimum_area_only_removes_the_smaller_buildings() -> None:
             np.testing.assert_array_equal(labels == inside[0], default == k)
 
 
+def test_the_appearance_check_looks_at_pieces_down_to_the_smaller_minimum(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pieces the appearance check looks at: down to the default minimum building
+    whatever a larger --min-area-m2, and down to a smaller one when it is smaller (a
+    user lowering it to find small buildings lost the check on the pieces between)."""
+    from affine import Affine
+
+    import changedet.appearance as appearance
+    from changedet.raster import align_pair, warp_scene
+    from changedet.synth import SynthParams, make_synthetic_pair
+
+    sp = make_synthetic_pair(SynthParams.for_scenario("suburb", seed=4, size=384))
+    pair = align_pair(sp.before, sp.after)
+    before = pair.before
+    after = warp_scene(pair.after_source, pair.grid, Affine.translation(*sp.shift_px))
+    pixel_m2 = pair.grid.pixel_area
+    smallest = {}
+    confirm = appearance.confirm_new_roofs
+
+    def spy(b, a, regions, candidates, *args, **kwargs):
+        sizes = np.bincount(regions.ravel(), minlength=candidates.size)
+        smallest[key] = int(sizes[candidates].min()) if candidates.any() else None
+        return confirm(b, a, regions, candidates, *args, **kwargs)
+
+    monkeypatch.setattr(appearance, "confirm_new_roofs", spy)
+    default_px = DetectionParams().piece_scale_m2(np.sqrt(pixel_m2)) / pixel_m2
+    for key, min_area in (("default", None), ("larger", 200.0), ("smaller", 5.0)):
+        detect_new_buildings(before, after, DetectionParams(min_area_m2=min_area))
+    assert smallest["default"] >= default_px and smallest["larger"] == smallest["default"]
+    assert 5.0 / pixel_m2 <= smallest["smaller"] < default_px
+
+
 def _blurred_roofs(boxes, colours, pixel: float = 0.5, size_m: float = 60.0,
                    blur_px: float = 0.8, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """After image of roofs (boxes in metres) on textured grass under an optical blur,

@@ -862,3 +862,16 @@ def test_a_scene_clipped_to_a_polygon_at_its_full_extent_is_cropped_to_its_data(
         match = max(whole.buildings, key=lambda b: b.polygon.intersection(moved).area)
         assert match.polygon.intersection(moved).area > 0.9 * match.polygon.area
         assert w.area_m2 == pytest.approx(match.area_m2, rel=0.01)
+
+
+def test_paths_for_workers_are_made_absolute_only_for_local_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subdataset (GTIFF_DIR:1:x.tif) given an absolute prefix no longer opened."""
+    from changedet.pipeline import _path_for_workers
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.tif").write_bytes(b"")
+    assert _path_for_workers("x.tif") == str(tmp_path / "x.tif")
+    for kept in ("GTIFF_DIR:1:x.tif", "/vsis3/bucket/x.tif", "s3://bucket/x.tif",
+                 str(tmp_path / "x.tif"), "missing.tif"):
+        assert _path_for_workers(kept) == kept
