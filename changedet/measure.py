@@ -517,17 +517,20 @@ def group_sites(
     for i, c in enumerate(component.tolist()):
         groups.setdefault(c, []).append(i)
     half = max(float(gap_m), 0.0) / 2.0
+    members_of = list(groups.values())
+    unions = [shapely.union_all([buildings[i].polygon for i in members])
+              for members in members_of]
+    envelopes = unions
+    if half > 0:
+        # A closing, and never less than the buildings themselves.
+        envelopes = [shapely.union(shapely.buffer(shapely.buffer(union, half, join_style="mitre"),
+                                                  -half, join_style="mitre"), union)
+                     for union in unions]
+    # All measured at once: one transformation for every site of the scene.
+    true_envelopes = envelopes if crs is None else measured_where_true(envelopes, crs)
     drafts = []
-    for members in groups.values():
-        parts = [buildings[i].polygon for i in members]
-        union = shapely.union_all(parts)
-        if half > 0:
-            envelope = shapely.buffer(shapely.buffer(union, half, join_style="mitre"),
-                                      -half, join_style="mitre")
-            envelope = shapely.union(envelope, union)  # closing never loses a building
-        else:
-            envelope = union
-        true_envelope = envelope if crs is None else measured_where_true([envelope], crs)[0]
+    for members, union, envelope, true_envelope in zip(members_of, unions, envelopes,
+                                                       true_envelopes):
         elo, ehi = area_bounds(true_envelope, pixel_size_m, coreg_residual_px)
         built = sum(buildings[i].area_m2 for i in members)
         cx, cy = union.centroid.x, union.centroid.y
