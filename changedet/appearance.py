@@ -37,8 +37,9 @@ from skimage.segmentation import felzenszwalb
 
 # change.py imports this module only inside a function: no import cycle.
 from .change import (MAX_AREA_FEATURE_M2, SceneStatistics, _labelled_pixels, _region_shape,
-                     _relabel, _shadow_side_fractions, load_model)
+                     _shadow_side_fractions, load_model)
 from .errors import ProcessingError
+from .morphology import relabel
 from .raster import Scene, crop_scene
 
 #: Smallest segment, m²: a roof facet of a small house.
@@ -105,7 +106,7 @@ def _segments(vis: np.ndarray, valid: np.ndarray, pixel_m: float, stats: SceneSt
     seg = felzenszwalb(np.moveaxis(rgb, 0, -1), scale=100, sigma=max(0.5, 0.4 / pixel_m),
                        min_size=int(round(MIN_SEGMENT_M2 / pixel_m**2))) + 1
     seg[~valid] = 0
-    return _relabel(seg)
+    return relabel(seg)
 
 
 def _texture_sigma_px(pixel_m: float) -> float:
@@ -562,7 +563,7 @@ def _before_date_on_box(before: Scene, labels: np.ndarray, k: int,
     own = (labels[box] == k) & valid[box]
     if not own.any():
         return box, own, 0.0
-    box_segments, n_box = _relabel(segments[box])
+    box_segments, n_box = relabel(segments[box])
     # Only the object is described (its row is the one it has among all).
     segment = box_segments[own][0]
     only = np.zeros(n_box + 1, bool)

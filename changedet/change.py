@@ -24,6 +24,10 @@ score and keeps objects that cast a shadow on the anti-sun side (the sun azimuth
 estimated from the shadows beside the objects); "learned" is a per-pixel perceptron on
 about 30 features (``changedet/models/detector.npz``).
 
+After segmentation, outlines are redrawn through the pixels each roof covers by half
+(:mod:`changedet.outline`); the disk-shaped morphology used throughout is in
+:mod:`changedet.morphology`.
+
 Every size is given in metres and converted with the pixel size, so the same defaults
 work at 0.3 m, 0.5 m or 2 m. Every stage can run on a window with a halo when given the
 global quantities of a first pass (``DetectionParams.threshold`` and a
@@ -42,6 +46,9 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from ._log import logger
+from .morphology import (at_least, dilate_disk, disk, erode_disk, fill_holes, fill_small_holes,
+                         grey_disk, relabel)
+from .outline import redraw_outlines
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
 from .raster import Grid, Scene, check_scene
 
@@ -594,7 +601,7 @@ def colour_regions(domain: np.ndarray, colour_edges: np.ndarray, pixel_m: float,
         return np.zeros(domain.shape, np.int32)
     # Pixels farther than the neck from any non-core pixel: an erosion by a disk, the
     # same set as thresholding the distance transform at a fraction of its cost.
-    markers, n = ndimage.label(_erode_disk(core, max(1.0, neck_m / pixel_m), border_value=1))
+    markers, n = ndimage.label(erode_disk(core, max(1.0, neck_m / pixel_m), border_value=1))
     # Cores narrower than the neck everywhere (a small roof) keep one marker each.
     has_marker = np.zeros(n_core + 1, bool)
     has_marker[np.unique(core_labels[markers > 0])] = True
@@ -710,17 +717,17 @@ def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
     # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
     # (Closing and opening by a disk, as ndimage.binary_closing/binary_opening.)
     half_width = 0.5 * params.min_width_m / pixel_m
-    cand = _erode_disk(_dilate_disk(cand, half_width), half_width) & valid
+    cand = erode_disk(dilate_disk(cand, half_width), half_width) & valid
     # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
-    cand = _dilate_disk(_erode_disk(cand, half_width), half_width)
+    cand = dilate_disk(erode_disk(cand, half_width), half_width)
     # The texture term misses a rim of a pixel or two along every outline: the
     # regions may reach two metres beyond the candidates where the change itself
     # (shadow discounted) stays above half the threshold.
-    near = _dilate_disk(cand, max(1.5, 2.0 / pixel_m))
+    near = dilate_disk(cand, max(1.5, 2.0 / pixel_m))
     level = max(params.min_sigma, 0.5 * evidence.threshold)
     domain = cand | (near & (evidence.extent > level) & valid)
     regions = colour_regions(domain, evidence.colour_edges, pixel_m)
-    regions, n = _relabel(regions)
+    regions, n = relabel(regions)
     # Slivers smaller than a fifth of the smallest building carry no shape.
     min_px = 0.2 * params.piece_scale_m2(pixel_m) / pixel_m**2
     sizes = np.bincount(regions.ravel(), minlength=n + 1)
@@ -728,7 +735,7 @@ def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
     small[0] = False
     if small.any():
         regions = np.where(small[regions], 0, regions)
-        regions, n = _relabel(regions)
+        regions, n = relabel(regions)
     return regions, n
 
 
@@ -890,17 +897,17 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     inside = regions > 0
     # A closing (ndimage.binary_closing) with its holes filled: over the whole array,
     # since a hole is only known as one from all around it.
-    blob = _fill_holes(_erode_disk(_dilate_disk(inside, reach_px), reach_px))
+    blob = fill_holes(erode_disk(dilate_disk(inside, reach_px), reach_px))
     # The rim is found within reach of each region: with ``only``, on the box of the
     # chosen regions and a margin beyond the reach, where the disk filters see all
     # they see on the whole array (the box's own border is farther than the reach).
     box = _margin_box(at, regions.shape, int(math.ceil(reach_px)) + 2)
     region_box, inside_box = regions[box], inside[box]
-    faces_land = inside_box & ~_erode_disk(blob[box], reach_px)
+    faces_land = inside_box & ~erode_disk(blob[box], reach_px)
     no_land = np.where(inside_box, region_box, n + 1)
-    faces_other = inside_box & ((_grey_disk(region_box, reach_px, np.maximum) > region_box)
-                                | (_grey_disk(no_land, reach_px, np.minimum) < region_box))
-    rim = faces_land | faces_other | (inside_box & (_grey_disk(region_box, reach_px,
+    faces_other = inside_box & ((grey_disk(region_box, reach_px, np.maximum) > region_box)
+                                | (grey_disk(no_land, reach_px, np.minimum) < region_box))
+    rim = faces_land | faces_other | (inside_box & (grey_disk(region_box, reach_px,
                                                                np.minimum) == 0))
     rim_cnt = np.maximum(np.bincount(region_box[rim], minlength=n + 1).astype(float), 1.0)
     land = np.bincount(region_box[faces_land], minlength=n + 1) / rim_cnt
@@ -912,7 +919,7 @@ def region_features(regions: np.ndarray, n: int, evidence: "Evidence",
     # like a roof's corner). The array's own border is left out: a window's border
     # inside the scene is not the data's edge, and a windowed run must judge each
     # region as the whole scene does.
-    beyond = _dilate_disk(~valid[box], reach_px)
+    beyond = dilate_disk(~valid[box], reach_px)
     data_edge = np.bincount(region_box[rim & beyond], minlength=n + 1) / rim_cnt
     # One-sided shadow: new darkness beside the region in its best direction, minus
     # the opposite side (a roof casts it on one side; flat ground on none).
@@ -1319,94 +1326,6 @@ def _otsu_on_fixed_bins(values: np.ndarray, lo: float, hi: float) -> float | Non
     return float(threshold_otsu(hist=(counts, 0.5 * (edges[:-1] + edges[1:]))))
 
 
-def _disk(radius_px: float) -> np.ndarray:
-    """Pixels within ``radius_px`` of the centre (at least the centre itself).
-
-    The array is no larger than the disk: a ring of False around it would only make
-    scipy's filters slower (and keeps a full square, e.g. radius 1.5, from their
-    separable path).
-    """
-    r = max(radius_px, 0.5)
-    n = int(math.floor(math.sqrt(r * r + 1e-9)))
-    yy, xx = np.mgrid[-n : n + 1, -n : n + 1]
-    return (xx * xx + yy * yy) <= r * r + 1e-9
-
-
-def _disk_rectangles(radius_px: float) -> list[tuple[int, int]]:
-    """Half-heights and half-widths of the rectangles whose union is ``_disk(radius_px)``.
-
-    The disk's half-width shrinks from its middle row outwards, so each rectangle
-    spans the rows up to ``dy`` from the middle at the half-width of row ``dy``;
-    those within a wider and as tall one are left out.
-    """
-    disk = _disk(radius_px)
-    n = disk.shape[0] // 2
-    half_widths = disk[n:].sum(axis=1) // 2
-    return [(dy, int(half_widths[dy])) for dy in range(n + 1)
-            if dy == n or half_widths[dy] > half_widths[dy + 1]]
-
-
-def _spread(image: np.ndarray, k: int, axis: int, combine: np.ufunc,
-            border: bool | None = None) -> np.ndarray:
-    """``combine`` (e.g. np.logical_or, np.minimum) of ``image`` shifted by -k..k
-    along ``axis``. Pixels beyond the array are left out; with ``border``, the
-    pixels within ``k`` of either end are set to it instead (a binary erosion with
-    ``border_value=0``)."""
-    out = image.copy()
-    if k == 0:
-        return out
-    o = np.moveaxis(out, axis, 0)
-    m = np.moveaxis(image, axis, 0)
-    for s in range(1, k + 1):
-        combine(o[s:], m[:-s], out=o[s:])
-        combine(o[:-s], m[s:], out=o[:-s])
-    if border is not None:
-        o[:k] = border
-        o[-k:] = border
-    return out
-
-
-def _disk_filter(image: np.ndarray, radius_px: float, combine: np.ufunc,
-                 border: bool | None = None) -> np.ndarray:
-    """``combine`` of ``image`` over ``_disk(radius_px)`` around each pixel.
-
-    A disk is a union of rectangles (:func:`_disk_rectangles`), and a rectangle is
-    separable: each step combines shifted slices, which numpy runs on whole rows,
-    where scipy visits every offset of the disk at every pixel. With an OR or a
-    maximum the result over the union is that of the parts; with an AND or a
-    minimum too. Pixels beyond the array are left out (see :func:`_spread`).
-    """
-    out = None
-    for dy, dx in _disk_rectangles(radius_px):
-        part = _spread(_spread(image, dy, 0, combine, border), dx, 1, combine, border)
-        out = part if out is None else combine(out, part, out=out)
-    return out
-
-
-def _dilate_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
-    """``ndimage.binary_dilation(mask, _disk(radius_px))``, a few times faster
-    (:func:`_disk_filter`); pure set operations, so the result is identical."""
-    return _disk_filter(np.asarray(mask, bool), radius_px, np.logical_or)
-
-
-def _erode_disk(mask: np.ndarray, radius_px: float, border_value: int = 0) -> np.ndarray:
-    """``ndimage.binary_erosion(mask, _disk(radius_px), border_value=border_value)``,
-    a few times faster (:func:`_disk_filter`)."""
-    return _disk_filter(np.asarray(mask, bool), radius_px, np.logical_and,
-                        None if border_value else False)
-
-
-def _grey_disk(image: np.ndarray, radius_px: float, combine: np.ufunc) -> np.ndarray:
-    """``ndimage.grey_dilation`` (``combine=np.maximum``) or ``grey_erosion``
-    (``np.minimum``) with ``footprint=_disk(radius_px)``, a few times faster.
-
-    scipy reflects the array at its border; for a disk, which holds every offset
-    nearer the centre along each axis, the reflected pixels are among those the
-    disk already covers inside the array, so leaving the outside out is the same.
-    """
-    return _disk_filter(image, radius_px, combine)
-
-
 def _shadow_side_fractions(labels: np.ndarray, n: int,
                            shadow: np.ndarray | Sequence[np.ndarray],
                            reach_px: float, among_others: bool = False,
@@ -1531,7 +1450,7 @@ def segment_new_buildings(
     if learned:
         cand = (evidence.score > evidence.threshold) & valid
         # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
-        cand = ndimage.binary_opening(cand, _disk(0.5 * params.min_width_m / pixel_size_m))
+        cand = ndimage.binary_opening(cand, disk(0.5 * params.min_width_m / pixel_size_m))
         labels, n = ndimage.label(cand)
         if n == 0:
             return labels.astype(np.int32)
@@ -1543,9 +1462,9 @@ def segment_new_buildings(
     else:
         cand = (evidence.score > evidence.threshold) & valid
         # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
-        cand = ndimage.binary_closing(cand, _disk(0.5 * params.min_width_m / pixel_size_m)) & valid
+        cand = ndimage.binary_closing(cand, disk(0.5 * params.min_width_m / pixel_size_m)) & valid
         # Cut links thinner than a roof (driveways, fences, slivers along moved shadows).
-        cand = ndimage.binary_opening(cand, _disk(0.5 * params.min_width_m / pixel_size_m))
+        cand = ndimage.binary_opening(cand, disk(0.5 * params.min_width_m / pixel_size_m))
         labels, n = ndimage.label(cand)
         if n == 0:
             return labels.astype(np.int32)
@@ -1585,8 +1504,8 @@ def segment_new_buildings(
                                max(params.min_sigma, 0.5 * evidence.threshold))
         labels, n = ndimage.label(labels > 0)
     # Holes smaller than a building are roof furniture or noise, not courtyards.
-    labels = _fill_small_holes(labels, params.piece_scale_m2(pixel_size_m) / pixel_size_m**2)
-    labels, n = _at_least(labels, n, min_area_px)
+    labels = fill_small_holes(labels, params.piece_scale_m2(pixel_size_m) / pixel_size_m**2)
+    labels, n = at_least(labels, n, min_area_px)
     logger.info("segment: %d new building(s)", n)
     return labels.astype(np.int32)
 
@@ -1676,8 +1595,8 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     evidence.regions = regions
     labels, n = ndimage.label(keep[regions])
     # Holes smaller than a building are roof furniture or noise, not courtyards.
-    labels = _fill_small_holes(labels, params.piece_scale_m2(pixel_m) / pixel_m**2)
-    labels, n = _at_least(labels, n, min_area_px)
+    labels = fill_small_holes(labels, params.piece_scale_m2(pixel_m) / pixel_m**2)
+    labels, n = at_least(labels, n, min_area_px)
     labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params,
                                     scenes if checked else None)
     logger.info("segment: %d of %d candidate regions are roofs (%d by their appearance); "
@@ -1755,7 +1674,7 @@ def _split_kept_regions(regions: np.ndarray, n: int, prob: np.ndarray,
     from_split = split[parent][part_of]
     new = regions.astype(np.int64).copy()
     new.ravel()[at[from_split]] = n + 1 + part_of[from_split]
-    new, n_new = _relabel(new)
+    new, n_new = relabel(new)
     # The region each new label comes from, and whether it is a part of a split one.
     source = np.zeros(n_new + 1, np.int64)
     source[new.ravel()] = regions.ravel()
@@ -1830,14 +1749,6 @@ def _in_roof_piece(labels: np.ndarray, source: np.ndarray, chosen: np.ndarray,
     return out
 
 
-def _at_least(labels: np.ndarray, n: int, min_area_px: float) -> tuple[np.ndarray, int]:
-    """The connected objects of ``labels`` (1..n) of at least ``min_area_px`` pixels,
-    labelled anew 1..n."""
-    big = np.bincount(labels.ravel(), minlength=n + 1) >= min_area_px
-    big[0] = False
-    return ndimage.label(big[labels])
-
-
 #: A building whose footprint, taken as a segment of the before date, has this
 #: probability of roof there or more was standing before (the appearance detector's
 #: level for a roof in either date).
@@ -1862,7 +1773,7 @@ def _leave_out_standing(labels: np.ndarray, n: int, evidence: Evidence, valid: n
         # 1 here, mottled bare earth 2 to 3, the outline of a house 3 to 10.
         # Beside nodata the gradient is the step to the zeroed pixels: not measured
         # within the reach of the gradient's Gaussian.
-        measured = None if valid.all() else ~_dilate_disk(
+        measured = None if valid.all() else ~dilate_disk(
             ~valid, 4.0 * _gradient_sigma_px(pixel_m) + 1.0)
         strength = outline_strength(labels, n, evidence.edges_before, pixel_m, measured)
         standing |= strength >= params.outline_before
@@ -1877,7 +1788,7 @@ def _leave_out_standing(labels: np.ndarray, n: int, evidence: Evidence, valid: n
         standing |= was_roof >= ROOF_BEFORE_LEVEL
     standing[0] = False
     if standing.any():
-        evidence.standing_before, _ = _relabel(np.where(standing[labels], labels, 0))
+        evidence.standing_before, _ = relabel(np.where(standing[labels], labels, 0))
         labels, n = ndimage.label((labels > 0) & ~standing[labels])
     return labels, n
 
@@ -1893,7 +1804,7 @@ def _segment_by_appearance(before: Scene, after: Scene, evidence: Evidence,
                                pixel_m, params.model, stats=evidence.statistics)
     evidence.region_probability = prob
     min_area_px = params.resolved_min_area_m2(pixel_m) / pixel_m**2
-    labels, n = _at_least(*ndimage.label(mask), min_area_px)
+    labels, n = at_least(*ndimage.label(mask), min_area_px)
     labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params)
     logger.info("segment (appearance): %d new building(s) (%d left out, their outline "
                 "already in the before date)", n, evidence.outlined_before)
@@ -1932,60 +1843,10 @@ def outline_strength(labels: np.ndarray, n: int, edges: np.ndarray, pixel_m: flo
             continue
         box = tuple(slice(max(b.start - pad, 0), b.stop + pad) for b in box)
         obj = labels[box] == k
-        band = _dilate_disk(obj, reach) & ~_erode_disk(obj, reach, border_value=1)
+        band = dilate_disk(obj, reach) & ~erode_disk(obj, reach, border_value=1)
         if measured is not None:
             band &= measured[box]
         out[k] = float(edges[box][band].mean()) if band.any() else 0.0
-    return out
-
-
-def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Renumber the labels present as 1..N (0 stays background)."""
-    present = np.bincount(labels.ravel()) > 0
-    present[0] = False
-    new_ids = np.cumsum(present).astype(np.int32)
-    new_ids[~present] = 0
-    # The largest label is present (or is the background), so the last id is N.
-    return new_ids[labels], int(new_ids[-1])
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``mask`` with its holes filled: ``ndimage.binary_fill_holes(mask)``, faster.
-
-    A hole is a component of the background (4-connected, as scipy's default
-    structure) that does not touch the array's border. One labelling of the
-    background finds them all at once, where scipy propagates the background
-    inwards from the border by repeated dilations.
-    """
-    background, n = ndimage.label(~mask)
-    reaches_border = np.zeros(n + 1, bool)
-    for side in (background[0], background[-1], background[:, 0], background[:, -1]):
-        reaches_border[side] = True
-    reaches_border[0] = False  # the mask's own pixels
-    return ~reaches_border[background]
-
-
-def _fill_small_holes(labels: np.ndarray, max_hole_px: float) -> np.ndarray:
-    mask = labels > 0
-    holes = _fill_holes(mask) & ~mask
-    hl, nh = ndimage.label(holes)
-    if nh == 0:
-        return labels
-    sizes = np.bincount(hl.ravel(), minlength=nh + 1)
-    small = (sizes < max_hole_px) & (np.arange(nh + 1) > 0)
-    # A filled hole takes the label of the object around it.
-    out = labels.copy()
-    for k, box in enumerate(ndimage.find_objects(hl), start=1):
-        if box is None or not small[k]:
-            continue
-        # The hole is enclosed, so its nearest labelled pixels lie within one pixel of
-        # its box: the distance transform of that box alone gives the same labels.
-        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
-        around = labels[box]
-        idx = ndimage.distance_transform_edt(around == 0, return_distances=False,
-                                             return_indices=True)
-        hole = hl[box] == k
-        out[box][hole] = around[idx[0][hole], idx[1][hole]]
     return out
 
 
@@ -1998,7 +1859,7 @@ def _regrow_edges(labels: np.ndarray, extent: np.ndarray, valid: np.ndarray,
     itself (vegetation and shadow discounted) falls below half the detection
     threshold, searched within two metres of the object.
     """
-    grow = _disk(max(1.5, 2.0 / pixel_m))
+    grow = disk(max(1.5, 2.0 / pixel_m))
     near = ndimage.grey_dilation(labels, footprint=grow)
     out = np.where((extent > level) & valid & (near > 0), near, 0)
     out[labels > 0] = labels[labels > 0]
@@ -2006,154 +1867,6 @@ def _regrow_edges(labels: np.ndarray, extent: np.ndarray, valid: np.ndarray,
     cc, _ = ndimage.label(out > 0)
     keep = np.unique(cc[labels > 0])
     return np.where(np.isin(cc, keep[keep > 0]), out, 0)
-
-
-#: Half-cover outlines: the band either side of an outline that is redrawn, and how
-#: far inside a building its roof colour is read and outside it its ground colour
-#: (pixels). The ground is read closer, within a narrow shadow along the outline,
-#: and the roof further in, beyond a parapet; both beyond a blur of about a pixel.
-OUTLINE_BAND_PX = 1.5
-OUTLINE_REFERENCE_PX = 3.0
-OUTLINE_GROUND_PX = 2.0
-#: Smallest roof-to-ground colour contrast, in after-date noise deviations, at which
-#: an outline pixel is redrawn (below it the half-cover level is lost in the noise).
-OUTLINE_MIN_CONTRAST = 4.0
-#: How far, as a share of the roof-to-ground contrast, a pixel may lie beyond either
-#: colour, and off the line between them (beyond three noise deviations per band),
-#: and still be read as a mix of the two.
-OUTLINE_MIX_SLACK = 0.5
-OUTLINE_OFF_LINE = 0.25
-
-
-def _masked_mean3(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(B, H, W) mean of each pixel's 3 x 3 neighbours within ``mask`` (NaN where none)."""
-    weight = ndimage.uniform_filter(mask.astype(np.float32), 3, mode="constant")
-    # Zeros outside the mask, not products: a NaN there would spread along the rows.
-    total = ndimage.uniform_filter(np.where(mask, image, np.float32(0)), size=(1, 3, 3),
-                                   mode="constant")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return total / weight
-
-
-def half_cover_outlines(labels: np.ndarray, image: np.ndarray, valid: np.ndarray,
-                        noise: np.ndarray) -> np.ndarray:
-    """Each building's outline redrawn through the pixels its roof covers by half.
-
-    The optics blur a roof's edge over the pixels beside it, so a pixel on the
-    outline is a mix ``f * roof + (1 - f) * ground``. Candidates come from one change
-    level for the whole scene, which takes in pixels that a bright roof covers by a
-    fifth and leaves out pixels that a faint one covers by three quarters; areas then
-    run high or low by up to a pixel's width of outline. Here a pixel within
-    :data:`OUTLINE_BAND_PX` of the outline belongs to the building when ``f >= 0.5``:
-    for a straight edge under a symmetric blur, exactly the pixels whose centre lies
-    on the roof. The roof and ground colours are read near each pixel (the mean of
-    the reference pixels in the 3 x 3 about the nearest one: at least
-    :data:`OUTLINE_REFERENCE_PX` inside the building, and :data:`OUTLINE_GROUND_PX`
-    outside it and every other), so a gable's two facets, and a shadow along one
-    side, are each their own reference. A pixel that is no such mix keeps its side:
-    a dark roof's shadow on bright earth (between the two in brightness, but of the
-    earth's colour), a dark parapet, a third material. Where the two colours differ
-    by less than :data:`OUTLINE_MIN_CONTRAST` noise deviations, at a pixel or along
-    most of a building's outline, the outline is kept.
-
-    Parameters
-    ----------
-    labels : (H, W) ndarray of int
-        0 background, 1..N buildings.
-    image : (B, H, W) ndarray
-        The after date (on the before date's radiometry).
-    valid : (H, W) ndarray of bool
-    noise : (B,) ndarray
-        Per-band noise deviation of ``image``.
-
-    Returns
-    -------
-    (H, W) ndarray of int32
-        The buildings' labels with their outlines redrawn; no two of them touch
-        where they did not, and each keeps one body (specks of the band left apart
-        from it are dropped).
-    """
-    out = labels.astype(np.int32, copy=True)
-    unit = np.maximum(np.asarray(noise, np.float64), 1e-12).astype(np.float32)
-    reach = int(np.ceil(OUTLINE_REFERENCE_PX)) + 3
-    height, width = labels.shape
-    for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        box = (slice(max(box[0].start - reach, 0), min(box[0].stop + reach, height)),
-               slice(max(box[1].start - reach, 0), min(box[1].stop + reach, width)))
-        lab = labels[box]
-        own = lab == k
-        ok = valid[box]
-        free = (lab == 0) & ok
-        depth = ndimage.distance_transform_edt(own)
-        away = ndimage.distance_transform_edt(~own)
-        # Nodata is no colour: a patch of it filled into a roof is no roof reference.
-        roof_ref = own & ok & (depth >= OUTLINE_REFERENCE_PX)
-        ground_ref = free & (away >= OUTLINE_GROUND_PX) & (away <= OUTLINE_GROUND_PX + 2)
-        others = (lab > 0) & ~own
-        if others.any():
-            # Beside another building the ground is blurred with its roof.
-            ground_ref &= ndimage.distance_transform_edt(~others) >= OUTLINE_GROUND_PX
-        if not roof_ref.any() or not ground_ref.any():
-            continue
-        band = (own & (depth <= OUTLINE_BAND_PX)) | (free & (away <= OUTLINE_BAND_PX))
-        # A reference farther than the band's far side is another place's colour.
-        far = OUTLINE_REFERENCE_PX + OUTLINE_BAND_PX + 1.0
-        dist_r, at_r = ndimage.distance_transform_edt(~roof_ref, return_indices=True)
-        dist_g, at_g = ndimage.distance_transform_edt(~ground_ref, return_indices=True)
-        band &= (dist_r <= far) & (dist_g <= far)
-        rows, cols = np.nonzero(band)
-        if rows.size == 0:
-            continue
-        # In noise units, so that every band weighs by what it can tell.
-        pixels = image[(slice(None),) + box].astype(np.float32) / unit[:, None, None]
-        here = pixels[:, rows, cols]
-        roof = _masked_mean3(pixels, roof_ref)[:, at_r[0][rows, cols], at_r[1][rows, cols]]
-        ground = _masked_mean3(pixels, ground_ref)[:, at_g[0][rows, cols], at_g[1][rows, cols]]
-        step = roof - ground
-        contrast2 = (step * step).sum(axis=0)
-        # A building whose outline is mostly too faint is left as it is: the few
-        # pixels passing on their own would pass on ground texture.
-        if np.median(contrast2) < OUTLINE_MIN_CONTRAST**2:
-            continue
-        cover = ((here - ground) * step).sum(axis=0) / np.maximum(contrast2, 1e-12)
-        # Only a pixel that is such a mix is judged: one far beyond either colour (a
-        # shadow darker than both, a dark parapet) or far off the line between them
-        # (a shadow of the earth's colour, a third material) keeps its side.
-        off_line = here - ground - cover * step
-        mixed = ((cover >= -OUTLINE_MIX_SLACK) & (cover <= 1 + OUTLINE_MIX_SLACK)
-                 & ((off_line * off_line).sum(axis=0)
-                    <= (OUTLINE_OFF_LINE * np.sqrt(contrast2) + 3.0 * np.sqrt(len(unit)))**2))
-        decided = (contrast2 >= OUTLINE_MIN_CONTRAST**2) & mixed
-        rows, cols, inside = rows[decided], cols[decided], cover[decided] >= 0.5
-        target = out[box]
-        was_own = own[rows, cols]
-        drop = was_own & ~inside
-        # A pixel is added only where it leaves a gap to every other building as it
-        # now stands, so that no two buildings grow into one.
-        others_now = ndimage.binary_dilation((target > 0) & (target != k),
-                                             structure=np.ones((3, 3), bool))
-        add = ~was_own & inside & (target[rows, cols] == 0) & ~others_now[rows, cols]
-        redrawn = own.copy()
-        redrawn[rows[drop], cols[drop]] = False
-        redrawn[rows[add], cols[add]] = True
-        parts, n_parts = ndimage.label(redrawn)
-        if n_parts > 1 and ndimage.label(own)[1] == 1:
-            size = np.bincount(parts.ravel())
-            size[0] = 0
-            body = int(size.argmax())
-            # A part that could hold a roof reference is a neck thinner than the band,
-            # cut through: such a building keeps the outline it had, not to become two.
-            # Smaller parts are specks of the band (a pixel added beside a corner, a
-            # notch's tip) and go.
-            side = np.delete(size, [0, body])
-            if (side >= np.pi * OUTLINE_REFERENCE_PX**2).any():
-                continue
-            redrawn = parts == body
-        target[own & ~redrawn] = 0
-        target[redrawn & ~own] = k
-    return out
 
 
 def building_scores(labels: np.ndarray, evidence: Evidence, ids: np.ndarray) -> np.ndarray:
@@ -2190,43 +1903,6 @@ def building_scores(labels: np.ndarray, evidence: Evidence, ids: np.ndarray) -> 
     plain = np.asarray(ndimage.mean(prob, labels, ids), float)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count[ids] > 0, total[ids] / count[ids], plain)
-
-
-def redraw_outlines(labels: np.ndarray, standing: np.ndarray | None, image: np.ndarray,
-                    valid: np.ndarray, noise: np.ndarray, min_area_px: float
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
-    """New buildings and those left out as standing before, redrawn together by
-    :func:`half_cover_outlines`.
-
-    The buildings standing before are reported too (and kept as new ones on
-    request), so they are measured alike; in one call with the new ones, so that
-    neither takes the other's roof for ground or grows into it.
-
-    Parameters
-    ----------
-    labels : (H, W) ndarray of int
-        New buildings, 0 background, 1..N.
-    standing : (H, W) ndarray of int or None
-        Buildings left out as standing before, 0 background, 1..M.
-    image, valid, noise
-        As for :func:`half_cover_outlines`.
-    min_area_px : float
-        New buildings redrawn smaller than this are dropped.
-
-    Returns
-    -------
-    labels : (H, W) ndarray of int32
-        New buildings relabelled 1..N'.
-    standing : (H, W) ndarray of int32 or None
-        Standing buildings relabelled 1..M'.
-    """
-    n_new = int(labels.max())
-    both = labels if standing is None else np.where(standing > 0, standing + n_new, labels)
-    both = half_cover_outlines(both, image, valid, noise)
-    new, _ = _at_least(np.where(both <= n_new, both, 0), n_new, min_area_px)
-    if standing is not None:
-        standing, _ = _relabel(np.where(both > n_new, both - n_new, 0))
-    return new.astype(np.int32), standing
 
 
 def detect_new_buildings(

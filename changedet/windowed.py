@@ -47,9 +47,10 @@ from scipy import ndimage
 
 from ._log import logger
 from .aoi import keep_labels_in_aoi
-from .change import (DetectionParams, SceneStatistics, _dilate_disk, appearance_check_applies,
+from .change import (DetectionParams, SceneStatistics, appearance_check_applies,
                      building_scores, detect_new_buildings, new_building_evidence)
 from .errors import ProcessingError
+from .morphology import dilate_disk
 from .outputs import CHANGE_TAGS
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
 from .raster import (Grid, OpenDatasets, Scene, check_not_blank, crop_scene,
@@ -366,7 +367,7 @@ def detect_window(task: WindowTask) -> WindowResult:
     support = labels > 0
     if evidence.regions is not None:
         support |= evidence.regions > 0
-    groups, n_groups = ndimage.label(_dilate_disk(support, task.group_px))
+    groups, n_groups = ndimage.label(dilate_disk(support, task.group_px))
     if n_groups == 0:
         return WindowResult(w, [], None if task.retry else block, [], look)
     # The untrusted rim: within margin of a window edge that is not the grid's edge.
