@@ -426,17 +426,14 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                opts: DetectOptions, stage: _StageClock) -> DetectionResult:
     """The whole scene in memory at once."""
     from .change import appearance_check_applies, building_scores, detect_new_buildings
-    from .raster import align_pair, check_not_blank, check_not_identical, read_scene
+    from .raster import align_checked_pair, read_scene
     from .vectorize import labels_at_edge, polygons_from_labels
 
     # run_detection read the headers, and warned about their bands, already.
     scene_b = read_scene(before, bands=opts.bands, nir_band=opts.nir_band, warn=False)
     scene_a = read_scene(after, bands=opts.bands, nir_band=opts.nir_band, warn=False)
-    for scene in (scene_b, scene_a):
-        check_not_blank(scene)
     stage("aligning")
-    pair = align_pair(scene_b, scene_a)
-    check_not_identical(pair.before, pair.after)
+    pair = align_checked_pair(scene_b, scene_a)
     _warn_partial_overlap(before, after, pair.overlap_fraction)
     grid = pair.grid
     aoi = None

@@ -956,6 +956,27 @@ def check_same_bands(before: Scene, after: Scene) -> None:
         )
 
 
+def align_checked_pair(before: Scene, after: Scene) -> AlignedPair:
+    """:func:`align_pair` for the commands: a blank scene is refused before, and one
+    scene given as both dates after (:func:`check_not_blank`,
+    :func:`check_not_identical`).
+
+    Parameters
+    ----------
+    before, after : Scene
+        As read, each on its own grid.
+
+    Returns
+    -------
+    AlignedPair
+    """
+    for scene in (before, after):
+        check_not_blank(scene)
+    pair = align_pair(before, after)
+    check_not_identical(pair.before, pair.after)
+    return pair
+
+
 def align_pair(before: Scene, after: Scene) -> AlignedPair:
     """Put the after scene on the before scene's analysis grid and crop to the overlap.
 

@@ -12,6 +12,7 @@ from affine import Affine
 from changedet.errors import InputError, ProcessingError
 from changedet.raster import (
     MIN_OVERLAP_PX,
+    align_checked_pair,
     align_pair,
     analysis_grid,
     parse_bands,
@@ -30,6 +31,25 @@ def test_reads_bands_as_float_with_valid_mask(geotiff, textured_image):
     assert scene.bands == (1, 2, 3)
     assert not scene.valid[:10].any()
     assert scene.valid[10:].all() or scene.valid[10:].mean() > 0.99
+
+
+def test_the_commands_pair_refuses_a_blank_scene_and_one_scene_twice(geotiff, textured_image):
+    """align_checked_pair is align_pair, but a blank scene, on either date, and the
+    same pixels given as both dates are input errors naming the file."""
+    image = textured_image()
+    before = read_scene(geotiff("before.tif", image))
+    after = read_scene(geotiff("after.tif", image[:, ::-1].copy()))
+    pair = align_checked_pair(before, after)
+    reference = align_pair(before, after)
+    np.testing.assert_array_equal(pair.after.image, reference.after.image)
+    blank = read_scene(geotiff("blank.tif", np.zeros_like(image)))
+    for scenes in ((blank, after), (before, blank)):
+        with pytest.raises(InputError, match="is blank") as info:
+            align_checked_pair(*scenes)
+        assert "blank.tif" in str(info.value)
+    copy = read_scene(geotiff("copy.tif", image))
+    with pytest.raises(InputError, match="holds the same pixels"):
+        align_checked_pair(before, copy)
 
 
 def test_nir_band_is_appended_and_indexed(geotiff, textured_image):

@@ -34,8 +34,7 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
                overwrite: bool, cmd_verbose: int, cmd_quiet: int) -> None:
     """Register AFTER onto BEFORE and print the shift as JSON on stdout."""
     from ..coregister import coregister as run_coregister
-    from ..raster import (align_pair, check_not_blank, check_not_identical, data_bands,
-                          parse_bands, read_scene, warp_scene)
+    from ..raster import align_checked_pair, data_bands, parse_bands, read_scene, warp_scene
 
     apply_verbosity(cmd_verbose, cmd_quiet)
     if os.path.splitext(output)[1].lower() not in (".tif", ".tiff"):
@@ -59,13 +58,9 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
         chosen = parse_bands(bands)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bands") from None
-    scenes = [read_scene(path, chosen) for path in (before, after)]
     # As detect: a blank scene has no noise to register against, and one scene given
     # as both dates registers perfectly onto itself.
-    for scene in scenes:
-        check_not_blank(scene)
-    pair = align_pair(*scenes)
-    check_not_identical(pair.before, pair.after)
+    pair = align_checked_pair(*(read_scene(path, chosen) for path in (before, after)))
     registered, registration = run_coregister(pair, method)
     scene = registered.after
     with rasterio.open(after) as src:
