@@ -140,18 +140,44 @@ def write_geojson(path: str | os.PathLike[str], geometries: Sequence[shapely.Geo
     return path
 
 
-def _field_arrays(properties: Properties) -> tuple[list[str], list[np.ndarray]]:
-    """Columns of a list of uniform property mappings, typed for OGR."""
-    names = list(properties[0].keys()) if properties else []
+#: The GeoPackage columns of each output layer and their kinds, so that every run
+#: writes one schema: an empty layer keeps its columns, and a column whose values
+#: are all null keeps its type (QGIS joins and merges runs by these).
+BUILDING_FIELDS: dict[str, str] = {
+    "id": "int", "area_m2": "float", "area_m2_min": "float", "area_m2_max": "float",
+    "perimeter_m": "float", "geodesic_area_m2": "float", "site_id": "int",
+    "score": "float", "partial": "bool",
+}
+SITE_FIELDS: dict[str, str] = {
+    "site_id": "int", "n_buildings": "int", "building_ids": "str",
+    "built_area_m2": "float", "built_area_m2_min": "float", "built_area_m2_max": "float",
+    "envelope_area_m2": "float", "envelope_area_m2_min": "float",
+    "envelope_area_m2_max": "float",
+}
+#: The sites' column when a claim was checked.
+VERDICT_FIELD: dict[str, str] = {"verdict": "str"}
+
+
+def _field_arrays(properties: Properties, kinds: Mapping[str, str] | None = None
+                  ) -> tuple[list[str], list[np.ndarray]]:
+    """Columns of a list of uniform property mappings, typed for OGR.
+
+    ``kinds`` (column name to ``"bool"``, ``"int"``, ``"float"`` or ``"str"``) fixes
+    the columns and their types; without it they are read off the values.
+    """
+    names = list(kinds) if kinds is not None else \
+        list(properties[0].keys()) if properties else []
     arrays: list[np.ndarray] = []
     for name in names:
         values = [_plain(p.get(name)) for p in properties]
-        kinds = {type(v) for v in values if v is not None}
-        if kinds == {bool} and None not in values:
+        kinds_seen = {type(v) for v in values if v is not None}
+        kind = kinds[name] if kinds is not None else None
+        if kind == "bool" or kind is None and kinds_seen == {bool} and None not in values:
             arrays.append(np.asarray(values, dtype=bool))  # OGR's boolean subtype
-        elif kinds <= {int, bool} and None not in values:
+        elif (kind == "int" or kind is None and kinds_seen <= {int, bool}) and None not in values:
             arrays.append(np.asarray(values, dtype=np.int64))
-        elif kinds <= {int, float, bool}:
+        elif kind in ("int", "float") or kind is None and kinds_seen <= {int, float, bool}:
+            # (An integer column with nulls is written as real, its nulls as NaN.)
             arrays.append(np.asarray([np.nan if v is None else v for v in values],
                                      dtype=np.float64))
         else:
@@ -165,7 +191,7 @@ def _field_arrays(properties: Properties) -> tuple[list[str], list[np.ndarray]]:
 
 def write_gpkg(path: str | os.PathLike[str],
                layers: Mapping[str, tuple[Sequence[shapely.Geometry], Properties]],
-               crs: Any) -> Path:
+               crs: Any, fields: Mapping[str, Mapping[str, str]] | None = None) -> Path:
     """Write several polygon layers into one GeoPackage, in ``crs`` (metres).
 
     Parameters
@@ -173,10 +199,12 @@ def write_gpkg(path: str | os.PathLike[str],
     path : str or path-like
         The ``.gpkg`` file; must not exist yet.
     layers : mapping of name to (geometries, properties)
-        Written in the mapping's order; an empty layer keeps its schema only when it
-        has rows, so an empty layer gets a single ``id`` column.
+        Written in the mapping's order.
     crs : anything pyproj understands
         Written as WKT so that any reader recovers it.
+    fields : mapping of layer name to its column kinds, optional
+        As :data:`BUILDING_FIELDS`; a layer without them takes its columns from its
+        rows, and an empty one gets a single ``id`` column.
     """
     path = Path(path)
     wkt = CRS.from_user_input(crs).to_wkt()
@@ -184,9 +212,9 @@ def write_gpkg(path: str | os.PathLike[str],
         geoms = list(geoms)
         if len(geoms) != len(props):
             raise ValueError(f"layer {name}: one properties mapping per geometry is needed")
-        fields, arrays = _field_arrays(props)
-        if not fields:
-            fields, arrays = ["id"], [np.zeros(0, dtype=np.int64)]
+        names, arrays = _field_arrays(props, (fields or {}).get(name))
+        if not names:
+            names, arrays = ["id"], [np.zeros(0, dtype=np.int64)]
         # Polygons and MultiPolygons mix in one layer only as MultiPolygon; rings
         # counter-clockwise outside, clockwise in holes, as in the GeoJSON (a convex
         # hull's envelope came out clockwise).
@@ -197,8 +225,12 @@ def write_gpkg(path: str | os.PathLike[str],
             pyogrio.raw.write(
                 path, geometry=np.asarray(shapely.to_wkb(multi), dtype=object) if multi
                 else np.zeros(0, dtype=object),
-                field_data=arrays, fields=fields, layer=name, driver="GPKG",
+                field_data=arrays, fields=names, layer=name, driver="GPKG",
                 geometry_type="MultiPolygon", crs=wkt, append=i > 0, promote_to_multi=False,
+                # GeoPackage 1.2, which every GDAL since 2.2 reads in full: GDAL's
+                # default of 1.4 is "only partially supported" by GDAL 3.6 (the QGIS of
+                # Debian 12), which says so on opening.
+                dataset_options=None if i > 0 else {"VERSION": "1.2"},
             )
         except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError,
                 pyogrio.errors.FeatureError, pyogrio.errors.FieldError) as exc:
@@ -660,7 +692,9 @@ def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
         write_geojson(tmp / "sites.geojson", s_geoms, s_props, crs)
         write_gpkg(tmp / "new_buildings.gpkg",
                    {"new_buildings": (b_geoms, b_props), "sites": (s_geoms, s_props)},
-                   crs.to_wkt())
+                   crs.to_wkt(),
+                   {"new_buildings": BUILDING_FIELDS,
+                    "sites": SITE_FIELDS | (VERDICT_FIELD if result.claim is not None else {})})
         if result.change_mask is None:
             copy_as_cog(result.change_path, tmp / "change.tif")
         else:

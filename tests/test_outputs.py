@@ -103,6 +103,45 @@ def test_gpkg_writes_a_missing_verdict_as_null(tmp_path: Path) -> None:
     assert rows == [(1, "consistent"), (2, None)]
 
 
+@pytest.mark.parametrize("claimed", [False, True])
+def test_gpkg_layers_keep_one_schema_however_many_buildings(tmp_path: Path,
+                                                            claimed: bool) -> None:
+    """A run that finds nothing writes the columns, and the types, of one that finds
+    buildings (an empty layer had a single id column), and a column of nulls keeps
+    its type; so QGIS styles, joins and merges work across runs."""
+    from dataclasses import replace
+
+    found = fake_result(claim_m2=10000.0 if claimed else None)
+    empty = replace(found, buildings=[], sites=[])
+    schemas = []
+    for name, result in (("found", found), ("empty", empty)):
+        write_outputs(result, tmp_path / name)
+        layers = {}
+        for layer in ("new_buildings", "sites"):
+            info = pyogrio.read_info(tmp_path / name / "new_buildings.gpkg", layer=layer)
+            layers[layer] = list(zip(info["fields"], info["dtypes"]))
+        schemas.append(layers)
+    assert schemas[0] == schemas[1]
+    assert [f for f, _ in schemas[1]["new_buildings"]] == \
+        list(found.buildings[0].to_properties())
+    sites = dict(schemas[1]["sites"])
+    assert ("verdict" in sites) == claimed
+    assert sites["site_id"] == "int64" and sites["built_area_m2"] == "float64"
+    assert dict(schemas[1]["new_buildings"])["partial"] == "bool"
+    # GeoPackage 1.2 (GDAL 3.6, as in Debian 12's QGIS, warns on GDAL's default 1.4).
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "empty" / "new_buildings.gpkg") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (10200,)
+    # A claim whose every site lies beyond the number it speaks of: verdicts all null,
+    # still text.
+    if claimed:
+        no_verdicts = replace(found, sites=[replace(s, verdict=None) for s in found.sites])
+        write_outputs(no_verdicts, tmp_path / "nulls")
+        info = pyogrio.read_info(tmp_path / "nulls" / "new_buildings.gpkg", layer="sites")
+        assert dict(zip(info["fields"], info["dtypes"]))["verdict"] == "object"
+
+
 def _tiff_ifds(raw: bytes) -> list[tuple[int, int, int, list[int]]]:
     """(IFD offset, width, height, tile offsets) of each IFD of a little-endian TIFF."""
     ifds = []
