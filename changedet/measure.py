@@ -420,8 +420,8 @@ class Site:
     building_ids : list of int
     envelope : shapely.Polygon
         The site's footprint as an analyst would draw it: the union of its buildings
-        buffered by ``gap_m / 2`` then buffered back by ``-gap_m / 2`` (a morphological
-        closing), which fills the yards between the buildings of the site but follows
+        buffered by ``gap_m / 2`` then buffered back by ``-gap_m / 2`` with round joins
+        (a morphological closing by a disk), which fills the yards between the buildings of the site but follows
         its outline, unlike a convex hull.
     built_area_m2, built_area_m2_min, built_area_m2_max : float
         Summed building areas and summed bounds.
@@ -522,9 +522,12 @@ def group_sites(
               for members in members_of]
     envelopes = unions
     if half > 0:
-        # A closing, and never less than the buildings themselves.
-        envelopes = [shapely.union(shapely.buffer(shapely.buffer(union, half, join_style="mitre"),
-                                                  -half, join_style="mitre"), union)
+        # A closing by a disk, and never less than the buildings themselves. Round
+        # joins, not mitred ones: a mitre depends on each corner's angle (and is cut
+        # at a limit), so outlines moved by 1 cm changed an envelope by up to 4 %
+        # and could flip an envelope verdict; a disk's closing moves with the outlines.
+        envelopes = [shapely.union(shapely.buffer(shapely.buffer(union, half, quad_segs=16),
+                                                  -half, quad_segs=16), union)
                      for union in unions]
     # All measured at once: one transformation for every site of the scene.
     true_envelopes = envelopes if crs is None else measured_where_true(envelopes, crs)
