@@ -23,7 +23,7 @@ from pyproj.exceptions import CRSError
 from rasterio.warp import transform_bounds
 from scipy import ndimage
 
-from ._log import logger
+from ._log import logger, warn_analyst
 from .errors import InputError
 from .measure import reproject_geoms
 from .raster import Grid, check_path
@@ -113,12 +113,12 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
     geoms = shapely.from_wkb(wkb, on_invalid="ignore")
     unreadable = shapely.is_missing(geoms) & np.asarray([w is not None for w in wkb])
     if unreadable.any():
-        logger.warning("%s: skipped %d feature(s) whose geometry cannot be built", path,
+        warn_analyst("%s: skipped %d feature(s) whose geometry cannot be built", path,
                        int(unreadable.sum()))
     labels = _feature_labels(list(meta["fields"]), field_data, len(geoms))
     invalid = ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
     if invalid.any():
-        logger.warning("%s: repaired %d invalid geometr%s with make_valid", path,
+        warn_analyst("%s: repaired %d invalid geometr%s with make_valid", path,
                        int(invalid.sum()), "y" if invalid.sum() == 1 else "ies")
         geoms[invalid] = shapely.make_valid(geoms[invalid])
     polygons: list[shapely.Polygon] = []

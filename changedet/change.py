@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from ._log import logger
+from ._log import logger, warn_analyst
 from .morphology import (at_least, dilate_disk, disk, erode_disk, fill_holes, fill_small_holes,
                          grey_disk, relabel)
 from .outline import redraw_outlines
@@ -1567,7 +1567,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     confirmed = 0
     checked = False
     if params.appearance_check and scenes is None:
-        logger.warning("segment: no appearance check without the before and after "
+        warn_analyst("segment: no appearance check without the before and after "
                        "scenes (segment_new_buildings(..., scenes=(before, after)))")
     elif params.appearance_check and not appearance_check_applies(params, *scenes):
         logger.info("segment: no appearance check: it needs three visible bands")

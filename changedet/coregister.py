@@ -29,7 +29,7 @@ from skimage.measure import ransac
 from skimage.registration import phase_cross_correlation
 from skimage.transform import AffineTransform
 
-from ._log import logger
+from ._log import logger, warn_analyst
 from .raster import AlignedPair, Grid, check_scene, warp_scene
 
 #: Below this reliability a shift is reported but not applied.
@@ -428,7 +428,7 @@ def fit_local(windows: list[dict[str, Any]], shape: tuple[int, int]) -> Registra
 
 
 def _unreliable(method: str, windows: list[dict[str, Any]], why: str) -> Registration:
-    logger.warning("co-registration failed (%s); the after scene is used as aligned", why)
+    warn_analyst("co-registration failed (%s); the after scene is used as aligned", why)
     return Registration(method, (0.0, 0.0), 0.0, 0, Affine.identity(), None, True,
                         windows, len(windows))
 
@@ -436,7 +436,7 @@ def _unreliable(method: str, windows: list[dict[str, Any]], why: str) -> Registr
 def _guard(reg: Registration) -> Registration:
     """Never apply an unreliable correction silently."""
     if reg.reliability is not None and reg.reliability < MIN_RELIABILITY:
-        logger.warning(
+        warn_analyst(
             "co-registration is unreliable (reliability %.2f, estimate dx=%.2f dy=%.2f px); "
             "not applied: check the inputs or use --coreg %s", reg.reliability,
             *reg.shift_px, "none" if reg.method == "local" else "none/local")

@@ -19,7 +19,7 @@ from rasterio.crs import CRS
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ._log import logger
+from ._log import warn_analyst
 from .errors import ProcessingError
 from .raster import Grid, _local_projected_crs
 
@@ -397,7 +397,7 @@ def measure_buildings(
         area = float(true_geom.area)
         lo, hi = area_bounds(true_geom, pixel_size_m, coreg_residual_px)
         if area > 0 and abs(geodesic - area) > 0.005 * area:
-            logger.warning("building %d: planimetric %.1f m² vs geodesic %.1f m²",
+            warn_analyst("building %d: planimetric %.1f m² vs geodesic %.1f m²",
                            k + 1, area, geodesic)
         score = None if scores is None or scores[k] is None else float(scores[k])
         out.append(Building(k + 1, geom, area, min(lo, area), max(hi, area),

@@ -21,7 +21,7 @@ import rasterio
 import shapely
 
 from . import __version__
-from ._log import logger
+from ._log import logger, recorded_warnings, warn_analyst
 from .aoi import keep_labels_in_aoi
 from .errors import InputError
 from .raster import Grid, Scene
@@ -383,18 +383,24 @@ def run_detection(
 
     opts = options or DetectOptions()
     stage = _StageClock(progress)
-    stage("reading")
-    header_b = read_header(before, bands=opts.bands, nir_band=opts.nir_band)
-    header_a = read_header(after, bands=opts.bands, nir_band=opts.nir_band)
-    if _same_local_file(before, after):
-        # Not an empty result: "no new building" would read as a refuted claim.
-        raise InputError(os.fspath(after), f"is the same file as {os.fspath(before)}; "
-                                           "give the scene of the other date")
-    grid = analysis_grid(header_b.grid)
-    if opts.dask_scheduler is not None or (
-            opts.window_px is not None and grid.height * grid.width > 2 * opts.window_px**2):
-        return _run_windowed(header_b, header_a, grid, opts, stage)
-    return _run_whole(before, after, opts, stage)
+    with recorded_warnings() as warned:
+        stage("reading")
+        header_b = read_header(before, bands=opts.bands, nir_band=opts.nir_band)
+        header_a = read_header(after, bands=opts.bands, nir_band=opts.nir_band)
+        if _same_local_file(before, after):
+            # Not an empty result: "no new building" would read as a refuted claim.
+            raise InputError(os.fspath(after), f"is the same file as {os.fspath(before)}; "
+                                               "give the scene of the other date")
+        grid = analysis_grid(header_b.grid)
+        if opts.dask_scheduler is not None or (
+                opts.window_px is not None and grid.height * grid.width > 2 * opts.window_px**2):
+            result = _run_windowed(header_b, header_a, grid, opts, stage)
+        else:
+            result = _run_whole(before, after, opts, stage)
+    # What the run warned about travels with its results (the report, summary.json),
+    # not only on stderr, which -q silences and a notebook may not show.
+    result.summary["warnings"] = list(dict.fromkeys(warned))
+    return result
 
 
 def _same_local_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
@@ -417,7 +423,7 @@ def _warn_partial_overlap(before: str | os.PathLike[str], after: str | os.PathLi
     """Warn that buildings beyond the overlap cannot be found: a claimed site there
     is reported "not found", which is no evidence against the claim."""
     if fraction < PARTIAL_OVERLAP:
-        logger.warning("%s covers only %.0f %% of %s: buildings outside the overlap cannot "
+        warn_analyst("%s covers only %.0f %% of %s: buildings outside the overlap cannot "
                        "be found, and a claimed site there is reported as not found",
                        os.fspath(after), 100 * fraction, os.fspath(before))
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from ._log import logger
+from ._log import logger, warn_analyst
 from .errors import ProcessingError
 
 #: Quantile levels paired between the dates (the ends are handled by extrapolation).
@@ -419,7 +419,7 @@ def fit_radiometry(
             # No-change probability, as in IR-MAD: the chi-square tail of the residual.
             new_w = stats.chi2.sf(z2, df=nb)
             if new_w.sum() < 0.01 * n:
-                logger.warning("radiometry: almost every pixel looks changed; keeping "
+                warn_analyst("radiometry: almost every pixel looks changed; keeping "
                                "the previous weights")
                 break
             shift = float(np.abs(new_w - w).mean())

@@ -35,7 +35,7 @@ from rasterio.io import MemoryFile
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import Resampling, reproject, transform_bounds
 
-from ._log import logger
+from ._log import logger, warn_analyst
 from .errors import InputError, ProcessingError
 
 #: The smallest overlap, in pixels on each side, that the analysis accepts.
@@ -261,7 +261,7 @@ def _grid_of(ds: rasterio.io.DatasetReader, path: str, warn: bool = True) -> Gri
             miss = max(math.hypot(*(np.subtract(to_px @ (g.x, g.y), (g.col, g.row))))
                        for g in gcps)
             if warn and miss > GCP_AFFINE_TOLERANCE_PX:
-                logger.warning(
+                warn_analyst(
                     "%s: its %d ground control points are read as one affine transform, "
                     "which misses some by %.1f px; for accurate positions and areas "
                     "warp it first, e.g. `gdalwarp -tps -t_srs EPSG:XXXX in.tif out.tif`",
@@ -348,7 +348,7 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
                 # (--bands 1,2,3 --nir-band 3, or a band tagged red, green or blue
                 # named near-infrared: a slip, or a false-colour file; either way the
                 # colours are fewer than the file has.)
-                logger.warning("%s: band %d, given as near-infrared, is also one of the "
+                warn_analyst("%s: band %d, given as near-infrared, is also one of the "
                                "colour bands %s: it is read as near-infrared, leaving %d "
                                "visible band(s)", path, nir_band,
                                ",".join(str(b) for b in chosen), len(chosen) - 1)
@@ -361,7 +361,7 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     unmasked = data_bands(ds)
     for b in chosen:
         if b not in unmasked and warn:
-            logger.warning("%s: band %d is tagged alpha (a mask, not data) but was asked "
+            warn_analyst("%s: band %d is tagged alpha (a mask, not data) but was asked "
                            "for, so it is used as data", path, b)
     if len(chosen) == 1 and nir_index == 0:
         # Brightness, colour and the vegetation index all need a visible band.

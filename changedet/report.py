@@ -349,6 +349,7 @@ td.n,th.n{text-align:right}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0}
 dt{color:var(--muted)}dd{margin:0;word-break:break-all}
 .warn{color:#9a6700;font-weight:600}
+.warnings{border-left:4px solid #9a6700;padding:2px 12px;margin:12px 0}
 .note{color:var(--muted);font-size:12.5px}
 footer{margin-top:32px;color:var(--muted);font-size:12px}
 @media print{main{padding:0}.figs{gap:8px}h2{break-after:avoid}table{break-inside:auto}}
@@ -434,6 +435,13 @@ def render_report(result: DetectionResult) -> str:
                      f'{len(result.buildings)} new building(s) in {len(result.sites)} site(s), '
                      f'{_e(_num(totals.get("built_area_m2")))} m² built</div>'
                      f'<div class="claim">No claim was given (use --claim-m2).</div></div>')
+
+    warned = summary.get("warnings") or []
+    if warned:
+        # Beside the verdict: a site "not found" beyond the after scene's cover is no
+        # evidence against the claim, and a -q run printed none of these.
+        parts.append('<div class="warnings"><p class="warn">The run warned:</p><ul>'
+                     + "".join(f"<li>{_e(w)}</li>" for w in warned) + "</ul></div>")
 
     looks = [result.quicklooks["before"], result.quicklooks["after"],
              overlay_image(result.quicklooks["after"],

@@ -45,7 +45,7 @@ import shapely
 from affine import Affine
 from scipy import ndimage
 
-from ._log import logger
+from ._log import logger, warn_analyst
 from .aoi import keep_labels_in_aoi
 from .change import (DetectionParams, SceneStatistics, appearance_check_applies,
                      building_scores, detect_new_buildings, new_building_evidence)
@@ -1182,7 +1182,7 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
             if b.cut:
                 _paste(dst, b)
     if cut:
-        logger.warning("%d group(s) of candidate regions exceed the largest retry window "
+        warn_analyst("%d group(s) of candidate regions exceed the largest retry window "
                        "(%d px) and were measured as cut by it", cut, max_retry_px)
     for b in buildings:
         b.mask = None

@@ -240,6 +240,18 @@ def test_an_after_scene_covering_part_of_the_before_scene_is_named(
     whole = _run("detect", str(scenes["before"]), str(scenes["after"]), "-o",
                  str(tmp_path / "o2"), "--window-px", window_px)
     assert "covers only" not in whole.stderr
+    assert not [w for w in json.loads((tmp_path / "o2" / "summary.json").read_text())[
+        "warnings"] if "covers only" in w]
+    assert "buildings outside the overlap" not in (tmp_path / "o2" / "report.html").read_text()
+    # -q silences stderr; the warning still travels with the results, beside the
+    # verdict in the report.
+    quiet = _run("-q", "detect", str(scenes["before"]), str(after), "-o",
+                 str(tmp_path / "q"), "--window-px", window_px, "--claim-m2", "10000")
+    assert quiet.exit_code == 0 and "covers only" not in quiet.stderr
+    warned = json.loads((tmp_path / "q" / "summary.json").read_text())["warnings"]
+    assert len([w for w in warned if "covers only" in w]) == 1, warned
+    report = (tmp_path / "q" / "report.html").read_text()
+    assert "The run warned" in report and "buildings outside the overlap" in report
 
 
 @pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")

@@ -178,3 +178,20 @@ def test_a_roof_joined_to_the_ground_beside_it_by_resampling_is_split_off(
     reprojected = run_detection(fixture / "before.tif", tmp_path / "after_4326.tif", opts)
     assert sorted(b.area_m2 for b in reprojected.buildings) == pytest.approx(
         sorted(b.area_m2 for b in delivered.buildings), rel=0.01)
+
+
+def test_warnings_are_recorded_from_every_thread_while_a_run_lasts() -> None:
+    """What a run warns about goes into its summary, also from the windows' threads,
+    and nothing said outside the run does."""
+    import threading
+
+    from changedet._log import recorded_warnings, warn_analyst
+
+    warn_analyst("before the run")
+    with recorded_warnings() as warned:
+        warn_analyst("%s covers only %.0f %%", "after.tif", 40.0)
+        worker = threading.Thread(target=warn_analyst, args=("from a window",))
+        worker.start()
+        worker.join()
+    warn_analyst("after the run")
+    assert warned == ["after.tif covers only 40 %", "from a window"]
