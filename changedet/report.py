@@ -108,8 +108,9 @@ def claim_sentence(claim: Any) -> str:
     """``"3 sites of 13,000 m² each (±10 %, built footprint)"``."""
     n = claim.n_sites
     what = (f"{n} site{'s' if n != 1 else ''} of" if n else "sites of")
+    each = "" if n == 1 else " each"
     basis = "site envelope" if claim.basis == "envelope" else "built footprint"
-    return (f"{what} {claim.claim_m2:,.0f} m² each (tolerance ±{claim.tolerance * 100:.0f} %, "
+    return (f"{what} {claim.claim_m2:,.0f} m²{each} (tolerance ±{claim.tolerance * 100:.0f} %, "
             f"{basis} area)")
 
 

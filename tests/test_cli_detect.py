@@ -470,6 +470,12 @@ def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert record.options.claim_m2 == 13000 and record.options.claim_sites == 3
     assert result.stdout.startswith("Claim: 3 sites of 13,000 m² each")
     assert (tmp_path / "d" / "report.html").exists()
+    # Without -o nothing is written, and the run says how to keep the outputs; -q
+    # leaves stderr to errors.
+    bare = _run("demo")
+    assert bare.exit_code == 0 and "no outputs written; `changedet demo -o DIR`" in bare.stderr
+    quiet = _run("-q", "demo")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == bare.stdout
 
 
 @pytest.mark.slow
@@ -483,6 +489,7 @@ def test_demo_on_the_fixture_finds_the_three_residences(tmp_path: Path) -> None:
     assert len(summary["sites"]) == len(truth) == 3
     assert [v["verdict"] for v in summary["claim"]["verdicts"]] == ["consistent"] * 3
     assert "Consistent with the claim: all 3 sites match" in result.stdout
+    assert result.stderr == ""  # -q: errors only
 
 
 def test_rio_plugin_entry_point() -> None:

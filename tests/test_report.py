@@ -113,6 +113,9 @@ def test_table_text_and_rows() -> None:
     assert "larger than claimed" in lines[3] and lines[4].endswith("consistent")
     assert sum("not found" in line for line in lines[3:-1]) == 2
     assert lines[-1].startswith("Not consistent with the claim")
+    one = fake_result(8000.0, n_sites=1)
+    assert format_table(one.sites, one.claim).startswith(
+        "Claim: 1 site of 8,000 m² (tolerance")  # not "1 site of ... each"
     rows = verdict_rows(res.sites, res.claim)
     assert [r.verdict for r in rows] == ["larger than claimed", "consistent", "not found",
                                          "not found"]

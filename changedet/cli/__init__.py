@@ -18,7 +18,7 @@ from .options import configure_logging, silence_georeferencing_warnings
 
 @click.group(name="changedet", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More messages (repeat for debug); keeps tracebacks.")
-@click.option("-q", "--quiet", count=True, help="Fewer messages (no progress bars).")
+@click.option("-q", "--quiet", count=True, help="Errors only, no progress bars.")
 @click.version_option(__version__, prog_name="changedet")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: int) -> None:

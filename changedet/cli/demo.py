@@ -34,7 +34,8 @@ def fixture_pair() -> tuple[Path, Path]:
 
 @click.command()
 @click.option("-o", "--output", "outdir", type=FolderPath(), default=None,
-              help="Keep the outputs in this folder (default: a temporary one, removed).")
+              help="Write the outputs into this folder (default: none are written; "
+                   "only the verdict table is printed).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options
 @handle_errors
@@ -48,11 +49,16 @@ def demo(outdir: str | None, overwrite: bool, cmd_verbose: int, cmd_quiet: int) 
     if outdir is not None:
         check_outdir(outdir, overwrite)
     before, after = fixture_pair()
-    click.echo(f"changedet: demo on {before.parent}", err=True)
+    if verbosity >= 0:
+        click.echo(f"changedet: demo on {before.parent}", err=True)
     options = DetectOptions(claim_m2=DEMO_CLAIM_M2, claim_sites=DEMO_CLAIM_SITES)
     with progress_bar(verbosity) as progress:
         result = run_detection(before, after, options, progress=progress)
     if outdir is not None:
         write_outputs(result, outdir, overwrite=overwrite)
-        click.echo(f"changedet: wrote {outdir} (open report.html)", err=True)
+        if verbosity >= 0:
+            click.echo(f"changedet: wrote {outdir} (open report.html)", err=True)
+    elif verbosity >= 0:
+        click.echo("changedet: no outputs written; `changedet demo -o DIR` writes the "
+                   "report and the layers for QGIS", err=True)
     click.echo(format_table(result.sites, result.claim), nl=False)

@@ -19,7 +19,7 @@ from .options import FiniteFloatRange, FolderPath, configure_logging, handle_err
 def verbosity_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``-v``/``-q`` on a command too (``changedet detect ... -v``), added to the group's."""
     func = click.option("-q", "--quiet", "cmd_quiet", count=True,
-                        help="Fewer messages (no progress bars).")(func)
+                        help="Errors only, no progress bars.")(func)
     return click.option("-v", "--verbose", "cmd_verbose", count=True,
                         help="More messages; keeps tracebacks.")(func)
 
@@ -99,7 +99,7 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
 @click.argument("before", type=click.Path(dir_okay=False))
 @click.argument("after", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "outdir", required=True, type=FolderPath(),
-              help="Output folder (created; refused if not empty without --overwrite).")
+              help="Output folder (created in an existing folder; refused if not empty without --overwrite).")
 @click.option("--aoi", type=click.Path(), default=None,
               help="Analyse only inside these polygons (any vector format or folder of "
                    "shapefiles GDAL reads, any CRS; the first polygon layer).")
@@ -190,4 +190,5 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
         click.echo(f"changedet: {len(result.standing_before)} changed area(s) in the shape of "
                    "a building left out, their outline or roof already in BEFORE (summary.json "
                    "standing_before; --keep-standing reports them as new)", err=True)
-    click.echo(f"changedet: wrote {outdir}", err=True)
+    if verbosity >= 0:
+        click.echo(f"changedet: wrote {outdir}", err=True)

@@ -251,7 +251,8 @@ def evaluate(pred: str, truth: str, iou_threshold: float, as_json: bool, cmd_ver
 
     Vectors may be in any CRS; they are compared in the raster's grid when either side
     is a raster (values > 0 are buildings, no data is ignored), else in a metric CRS
-    (the truth's if projected, otherwise its local UTM zone).
+    (the truth's where it is projected in metres with true scale, otherwise the local
+    UTM zone).
     """
     from ..evaluate import evaluate as run_evaluate
 
