@@ -42,6 +42,16 @@ GEOJSON_DECIMALS = 7
 CHANGE_NODATA = 255
 #: Band tags of ``change.tif``.
 CHANGE_TAGS = {"CLASSES": "0=no new building,1=new building,255=no data"}
+#: change.tif's colours: QGIS shows the band as classes (new buildings red on black,
+#: no data grey and transparent) instead of a grey stretch of 0 to 255. A TIFF
+#: palette holds no alpha.
+CHANGE_COLOURS = {0: (0, 0, 0), 1: (230, 25, 75), 255: (128, 128, 128)}
+
+
+def describe_change_band(dataset: Any) -> None:
+    """Give band 1 of an open, writable change raster its class tags and colours."""
+    dataset.update_tags(1, **CHANGE_TAGS)
+    dataset.write_colormap(1, CHANGE_COLOURS)
 
 OUTPUT_FILES = (
     "new_buildings.geojson",
@@ -269,7 +279,7 @@ def write_cog(path: str | os.PathLike[str], data: np.ndarray, grid: Grid,
     with MemoryFile() as mem:
         with mem.open(**profile) as src:
             src.write(data, 1)
-            src.update_tags(1, **CHANGE_TAGS)
+            describe_change_band(src)
         with mem.open() as src:
             _copy_as_cog(src, path)
     return Path(path)

@@ -51,7 +51,7 @@ from .change import (DetectionParams, SceneStatistics, appearance_check_applies,
                      building_scores, detect_new_buildings, new_building_evidence)
 from .errors import ProcessingError
 from .morphology import dilate_disk
-from .outputs import CHANGE_TAGS
+from .outputs import describe_change_band
 from .radiometry import RadiometricFit, fit_patches, fit_radiometry
 from .raster import (Grid, OpenDatasets, Scene, check_not_blank, crop_scene,
                      identical_scenes_error, read_region, same_pixels, valid_box)
@@ -1099,7 +1099,7 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
     cut_views: list[FoundBuilding] = []
     pending: list[tuple[int, int, int, int]] = []
     with rasterio.open(change_path, "w+", **profile) as dst:
-        dst.update_tags(1, **CHANGE_TAGS)
+        describe_change_band(dst)
         tasks = [replace(template, window=w) for w in windows]
         for done, res in enumerate(runner(tasks), start=1):
             w = res.window

@@ -197,6 +197,9 @@ def test_cog_valid_uint8_nearest(tmp_path: Path) -> None:
     with rasterio.open(path) as ds:
         assert ds.dtypes == ("uint8",) and ds.nodata == 255 and ds.crs.to_epsg() == 32651
         assert ds.transform == GRID.transform
+        # Classes with colours, which QGIS shows as such (not a grey stretch).
+        assert ds.colorinterp[0] == rasterio.enums.ColorInterp.palette
+        assert ds.colormap(1)[1][:3] == outputs.CHANGE_COLOURS[1]
         np.testing.assert_array_equal(ds.read(1), data)
         # Nearest-neighbour overviews hold only the class codes.
         assert set(np.unique(ds.read(1, out_shape=(GRID.height // 4, GRID.width // 4)))) \

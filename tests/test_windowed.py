@@ -258,7 +258,7 @@ def _pair(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_windowed_run_writes_the_contract_outputs(tmp_path: Path) -> None:
-    from changedet.outputs import OUTPUT_FILES, write_outputs
+    from changedet.outputs import CHANGE_COLOURS, OUTPUT_FILES, write_outputs
 
     from changedet.pipeline import DetectOptions
 
@@ -272,6 +272,7 @@ def test_windowed_run_writes_the_contract_outputs(tmp_path: Path) -> None:
     assert sorted(p.name for p in paths.values()) == sorted(OUTPUT_FILES)
     with rasterio.open(paths["change.tif"]) as ds:
         assert ds.profile["nodata"] == 255 and ds.tags(1)["CLASSES"].startswith("0=")
+        assert ds.colormap(1)[1][:3] == CHANGE_COLOURS[1]
         written = ds.read(1)
     np.testing.assert_array_equal(written, mask)
     summary = json.loads(paths["summary.json"].read_text())
