@@ -330,7 +330,8 @@ class _StageClock:
             self.timings[self.current] = round(now - self.start, 3)
             self.done += self.shares.get(self.current, 0.0)
         self.current, self.start = name, now
-        logger.info("%s...", name)
+        if name != "done":
+            logger.info("%s...", name)
         if self.progress is not None:
             self.progress(name, min(self.done, 1.0))
 
@@ -539,7 +540,7 @@ def _measure_standing(polygons: list[shapely.Geometry], grid: Grid, residual_px:
     if polygons:
         logger.info("%d changed area(s) shaped like a building left out: their outline "
                     "or roof was already in the before image (summary.json "
-                    "standing_before)",
+                    "standing_before; --keep-standing reports them as new)",
                     len(polygons))
     return measure_buildings(polygons, grid.crs, measured["ground_px"],
                              coreg_residual_px=residual_px, measure_crs=measured["crs"])

@@ -435,9 +435,12 @@ def fit_radiometry(
     fit = RadiometricFit(knots_a, knots_b, sigma.copy(), None, done, clips[0], clips[1])
     for name, clip in (("after", clips[0]), ("before", clips[1])):
         if np.isfinite(clip).any():
-            logger.info("radiometry: the %s date is clipped at %s (low, high per band): "
-                        "clipped values are read as bounds", name,
-                        np.array2string(clip, precision=1))
+            # One line: "band 1 -/255, band 2 0/255" (- where that end is not clipped).
+            levels = ", ".join(f"band {i} " + "/".join("-" if not np.isfinite(v) else f"{v:.4g}"
+                                                       for v in band)
+                               for i, band in enumerate(clip.tolist(), start=1))
+            logger.info("radiometry: the %s date is clipped at %s (low/high): clipped "
+                        "values are read as bounds", name, levels)
     if keep_weight:
         z2full = fit.residual_z2(before, fit.normalise(after, before))
         weight = stats.chi2.sf(z2full, df=nb).astype(np.float32)

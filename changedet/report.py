@@ -420,7 +420,8 @@ def render_report(result: DetectionResult) -> str:
              "<h1>New construction between two scenes</h1>",
              f'<p class="sub">Before <b>{_e(name["before"])}</b> · after '
              f'<b>{_e(name["after"])}</b> · analysis CRS {_e(summary.get("analysis_crs", ""))}'
-             f' · pixel {_e(_fmt(summary.get("pixel_size_m")))} m</p>']
+             f' · pixel {_e(" × ".join(_fmt(v) for v in summary.get("pixel_size_m") or []))} m'
+             '</p>']
 
     rows = verdict_rows(result.sites, result.claim)
     totals = summary.get("totals", {})
@@ -542,7 +543,9 @@ def render_report(result: DetectionResult) -> str:
                      (f"{key.capitalize()} size / bands",
                       f"{info.get('width')} × {info.get('height')} px / bands {_fmt(info.get('bands'))}")]
     in_items.append(("AOI", inputs.get("aoi") or "whole overlap"))
-    in_items.append(("Overlap of the scenes", _fmt(summary.get("overlap_fraction"))))
+    overlap = summary.get("overlap_fraction")
+    in_items.append(("Before scene covered by the after scene",
+                     "-" if overlap is None else f"{100 * overlap:.0f} %"))
     parts.append('<div class="grid2"><section><h2>Co-registration</h2>' + _dl(reg_items) + warn
                  + '</section><section><h2>Inputs</h2>' + _dl(in_items) + "</section></div>")
     param_items = [(k, _fmt(v)) for k, v in (summary.get("parameters") or {}).items()]

@@ -576,6 +576,12 @@ def test_buildings_left_out_as_standing_before_are_named_on_stderr(tmp_path: Pat
     quiet = _run("-q", "detect", str(pair["before"]), str(pair["after"]), "-o",
                  str(tmp_path / "q"))
     assert quiet.exit_code == 0 and "changed area" not in quiet.stderr
+    # -v says it once (the run's log), as it says once where the outputs went.
+    verbose = _run("-v", "detect", str(pair["before"]), str(pair["after"]), "-o",
+                   str(tmp_path / "v"))
+    assert verbose.exit_code == 0
+    assert verbose.stderr.count(f"{n} changed area(s)") == 1, verbose.stderr
+    assert verbose.stderr.count("changedet: wrote") == 1
 
 
 def test_rasterio_georeferencing_warnings_from_window_threads_stay_off_stderr(

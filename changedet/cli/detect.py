@@ -186,7 +186,8 @@ def detect(before: str, after: str, outdir: str, aoi: str | None, bands: str | N
         raise click.ClickException(f"cannot print the site table on stdout "
                                    f"({exc.strerror or exc}); the outputs are in {outdir}"
                                    ) from None
-    if result.standing_before and verbosity >= 0:
+    # (With -v the run's log has said so already.)
+    if result.standing_before and verbosity == 0:
         click.echo(f"changedet: {len(result.standing_before)} changed area(s) in the shape of "
                    "a building left out, their outline or roof already in BEFORE (summary.json "
                    "standing_before; --keep-standing reports them as new)", err=True)
