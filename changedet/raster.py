@@ -655,7 +655,7 @@ def read_region(
     if grid.crs != src.crs:
         xs, ys = rasterio.warp.transform(grid.crs, src.crs, list(xs), list(ys))
     cols, rows = zip(*[~src.transform @ (x, y) for x, y in zip(xs, ys)])
-    scale = max(1.0, min(grid.pixel_size) / max(src.pixel_size)) if grid.crs == src.crs else 1.0
+    scale = _finer_by(src, grid)
     pad = pad_px * (scale if scale > 1.5 else 1.0)
     c0 = max(0, int(math.floor(min(cols) - pad)))
     r0 = max(0, int(math.floor(min(rows) - pad)))
@@ -665,7 +665,7 @@ def read_region(
     # pixels a side, on one lattice of blocks for the whole scene: every window that
     # reads a block gets the same average, as the windows must see the same pixels
     # where they overlap. (A partial block at the source's far edge is left out.)
-    factor = int(math.floor(scale)) if scale > 1.5 and resample else 1
+    factor = block_factor(src, grid) if resample else 1
     if factor > 1:
         c0, r0 = c0 // factor * factor, r0 // factor * factor
         c1 = min(-(-c1 // factor) * factor, src.width // factor * factor)
@@ -702,6 +702,59 @@ def read_region(
     if grid.crs != src.crs or not correction.is_identity or row > 0 or col > 0:
         raise ValueError("resample=False needs a window on the source's own pixel lattice")
     return crop_scene(chip, -row, -col, h_dst, w_dst)
+
+
+def _finer_by(source: Grid, grid: Grid) -> float:
+    """How many times finer the source's pixels are than the grid's (1 at least; 1
+    across CRSs, where pixel sizes are not comparable)."""
+    if source.crs != grid.crs:
+        return 1.0
+    return max(1.0, min(grid.pixel_size) / max(source.pixel_size))
+
+
+def block_factor(source: Grid, grid: Grid) -> int:
+    """Side, in source pixels, of the blocks a source much finer than ``grid`` is
+    averaged over before it is resampled onto it (1: read as it is)."""
+    scale = _finer_by(source, grid)
+    return int(math.floor(scale)) if scale > 1.5 else 1
+
+
+def coarsened_for(scene: Scene, grid: Grid) -> Scene:
+    """``scene`` averaged over blocks of :func:`block_factor` pixels, as
+    :func:`read_region` reads it for any window of ``grid``.
+
+    The blocks lie on one lattice from the scene's first pixel (a partial block at
+    its far edges is left out); a block is valid when all its pixels are. The
+    whole-scene path resamples what every window reads, so that both give the same
+    buildings on a finer after scene.
+
+    Parameters
+    ----------
+    scene : Scene
+        As read, ``image`` (B, H, W) with invalid pixels at 0.
+    grid : Grid
+        The grid it is to be resampled onto.
+
+    Returns
+    -------
+    Scene
+        (B, H // f, W // f) on the source grid scaled by f, or ``scene`` itself when
+        f is 1.
+    """
+    factor = block_factor(scene.grid, grid)
+    if factor == 1:
+        return scene
+    nb, h, w = scene.image.shape
+    hb, wb = h // factor, w // factor
+    shape = (hb, factor, wb, factor)
+    valid = scene.valid[:hb * factor, :wb * factor].reshape(shape).all(axis=(1, 3))
+    # float64 means of float32 pixels, exact for any order of summation: the values
+    # _block_means gives each window.
+    image = scene.image[:, :hb * factor, :wb * factor].reshape((nb,) + shape).mean(
+        axis=(2, 4), dtype=np.float64).astype(np.float32)
+    image[:, ~valid] = 0.0
+    coarse = Grid(scene.grid.crs, scene.grid.transform @ Affine.scale(factor), hb, wb)
+    return replace(scene, image=image, valid=valid, grid=coarse)
 
 
 #: Source pixels (times bands) read at once in :func:`_block_means`: bounds the
@@ -1002,6 +1055,8 @@ def align_pair(before: Scene, after: Scene) -> AlignedPair:
     check_scene(after, "after")
     check_same_bands(before, after)
     grid = analysis_grid(before.grid)
+    # A much finer after scene is averaged over blocks first, as windows read it.
+    after = coarsened_for(after, grid)
     before_on_grid = before if grid == before.grid else warp_scene(before, grid)
     after_on_grid = warp_scene(after, grid)
     both = before_on_grid.valid & after_on_grid.valid

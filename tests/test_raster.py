@@ -18,6 +18,7 @@ from changedet.raster import (
     parse_bands,
     read_header,
     read_scene,
+    warp_scene,
 )
 
 
@@ -495,3 +496,27 @@ def test_stage_functions_name_arrays_that_do_not_fit_their_grid(geotiff, texture
             align_pair(bad, scene)
         with pytest.raises(ValueError, match="before"):
             align_pair(bad, scene)
+
+
+def test_a_much_finer_scene_is_averaged_over_the_blocks_windows_read(geotiff, textured_image):
+    """coarsened_for gives what read_region reads from the file for any window: block
+    means on one lattice from the first pixel, a block valid only when all its
+    pixels are; the partial blocks at the far edges are left out."""
+    from changedet.raster import Grid, block_factor, coarsened_for, read_region
+
+    data = textured_image(bands=3)[:, :250, :251].copy()
+    data[:, 10, 17] = 0  # nodata: its block is invalid
+    path = geotiff("fine.tif", data, nodata=0)
+    fine = read_scene(path)
+    grid = Grid(fine.grid.crs, fine.grid.transform @ Affine.scale(3.2), 70, 70)
+    assert block_factor(fine.grid, grid) == 3
+    coarse = coarsened_for(fine, grid)
+    assert coarse.image.shape == (3, 83, 83) and not coarse.valid[3, 5]
+    expected = data[:, :249, :249].astype(np.float64).reshape(3, 83, 3, 83, 3).mean(axis=(2, 4))
+    ok = coarse.valid
+    np.testing.assert_array_equal(coarse.image[:, ok], expected[:, ok].astype(np.float32))
+    assert coarse.grid.transform == fine.grid.transform @ Affine.scale(3)
+    # What a window of the grid reads from the file is the same.
+    window = read_region(read_header(path), grid)
+    np.testing.assert_array_equal(window.image, warp_scene(coarse, grid).image)
+    assert coarsened_for(fine, fine.grid) is fine  # not finer: as read

@@ -34,7 +34,8 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
                overwrite: bool, cmd_verbose: int, cmd_quiet: int) -> None:
     """Register AFTER onto BEFORE and print the shift as JSON on stdout."""
     from ..coregister import coregister as run_coregister
-    from ..raster import align_checked_pair, data_bands, parse_bands, read_scene, warp_scene
+    from ..raster import (align_checked_pair, coarsened_for, data_bands, parse_bands,
+                          read_scene, warp_scene)
 
     apply_verbosity(cmd_verbose, cmd_quiet)
     if os.path.splitext(output)[1].lower() not in (".tif", ".tiff"):
@@ -68,8 +69,8 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
     if chosen is None and tuple(every) != tuple(scene.bands):
         # The registration is measured on the colour bands, but the registered scene
         # keeps the file's others (near-infrared...), resampled the same way.
-        warped = warp_scene(read_scene(after, every, warn=False), scene.grid,
-                            registration.correction)
+        every_band = coarsened_for(read_scene(after, every, warn=False), scene.grid)
+        warped = warp_scene(every_band, scene.grid, registration.correction)
         scene = replace(warped, valid=warped.valid & scene.valid)
     data = np.where(scene.valid, scene.image, np.nan).astype(np.float32)
     profile = {
