@@ -2015,8 +2015,14 @@ def outline_stage(labels: np.ndarray, evidence: Evidence, valid: np.ndarray,
                          "one grid")
     stats = evidence.statistics if evidence.statistics is not None else SceneStatistics()
     noise = _pixel_noise(evidence.after_normalised, valid, stats, "after")
-    labels, evidence.standing_before = redraw_outlines(
+    labels, standing = redraw_outlines(
         labels, evidence.standing_before if evidence.outlined_before else None,
         evidence.after_normalised, valid, noise,
         params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2)
-    return labels
+    # A pixel inside a roof that is no mix of roof and ground (a dark vent, a skylight)
+    # leaves the redrawn outline with a pinhole, which segmentation had filled: fill
+    # again what it fills.
+    max_hole_px = params.piece_scale_m2(pixel_size_m) / pixel_size_m**2
+    evidence.standing_before = None if standing is None else \
+        fill_small_holes(standing, max_hole_px)
+    return fill_small_holes(labels, max_hole_px)

@@ -899,3 +899,22 @@ def test_outline_stage_is_what_detection_runs_after_segmentation() -> None:
         outline_stage(unredrawn[:-1], ev, valid, 0.5, params)
     with pytest.raises(ValueError, match="not on the evidence's grid"):
         outline_stage(unredrawn[:-1], ev, valid[:-1], 0.5, params)
+
+
+def test_redrawn_outlines_leave_no_pinholes() -> None:
+    """A ground-coloured pixel inside a roof, touching the ground outside only at a
+    corner, is a hole in the candidates that segmentation fills; the outline redraw
+    read it as ground again and left a pinhole in the building (0.5 m² holes in the
+    fixture's outlines)."""
+    before, after, truth, boxes = _pair(1.0)
+    image = after.image.copy()
+    # The new roof (x 80-122 m, y 30-58 m) grows a wing to the north over x 100-122 m,
+    # in the after date's colours (taken from the roof); the pixel in the wing's inner
+    # corner, at row 30, column 100, touches the grass only at its corner (29, 99).
+    image[:, 20:30, 100:122] = image[:, 45:55, 100:122]
+    image[:, 30, 100] = image[:, 25, 90]  # grass, in the after date's colours
+    after = replace(after, image=image)
+    labels, _ = detect_new_buildings(before, after, DetectionParams(sun_azimuth_deg=45.0))
+    roof = labels == labels[40, 100]
+    assert labels[40, 100] > 0 and roof[22, 110]
+    assert (ndimage.binary_fill_holes(roof) == roof).all()
