@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import shapely
+import shapely.affinity
 from pyproj import CRS as ProjCRS
 from pyproj import Proj, Transformer
 from rasterio.crs import CRS
@@ -420,9 +421,9 @@ class Site:
     building_ids : list of int
     envelope : shapely.Polygon
         The site's footprint as an analyst would draw it: the union of its buildings
-        buffered by ``gap_m / 2`` then buffered back by ``-gap_m / 2`` with round joins
-        (a morphological closing by a disk), which fills the yards between the buildings of the site but follows
-        its outline, unlike a convex hull.
+        closed by a square of side ``gap_m`` turned to the direction of its walls
+        (:func:`square_closing`), which fills the yards between the buildings of the
+        site straight across but follows its outline, unlike a convex hull.
     built_area_m2, built_area_m2_min, built_area_m2_max : float
         Summed building areas and summed bounds.
     envelope_area_m2, envelope_area_m2_min, envelope_area_m2_max : float
@@ -471,6 +472,74 @@ class Site:
         if self.verdict is not None:
             props["verdict"] = self.verdict
         return props
+
+
+def _edge_squares(geom: shapely.Geometry, half: float) -> shapely.Geometry:
+    """Union of every edge of ``geom``'s rings swept by an axis-aligned square of
+    half-side ``half``: the convex hull of the square's corners at both ends."""
+    corners = np.array([(-half, -half), (-half, half), (half, -half), (half, half)])
+    rings = shapely.get_rings(shapely.get_parts(geom))
+    hulls = []
+    for ring in rings:
+        xy = shapely.get_coordinates(ring)
+        ends = np.concatenate([xy[:-1, None, :] + corners, xy[1:, None, :] + corners], axis=1)
+        hulls.append(shapely.convex_hull(shapely.multipoints(ends)))
+    return shapely.union_all(np.concatenate(hulls)) if hulls else shapely.Polygon()
+
+
+def _dominant_angle(geom: shapely.Geometry) -> float:
+    """Direction (radians, modulo 90°) of ``geom``'s edges, weighted by their length:
+    the argument of the sum of ``length * exp(4 i angle)``, which a square turned
+    by a right angle leaves alone."""
+    total = 0j
+    for ring in shapely.get_rings(shapely.get_parts(geom)):
+        d = np.diff(shapely.get_coordinates(ring), axis=0)
+        total += np.sum(np.hypot(d[:, 0], d[:, 1]) * np.exp(4j * np.arctan2(d[:, 1], d[:, 0])))
+    return float(np.angle(total) / 4.0) if abs(total) > 0 else 0.0
+
+
+def square_closing(geom: shapely.Geometry, half: float) -> shapely.Geometry:
+    """Morphological closing of ``geom`` by a square of half-side ``half``, turned to
+    the direction of its edges.
+
+    A yard narrower than ``2 * half`` between buildings that face each other is
+    filled straight across, as an analyst would draw a compound's outline: a disk
+    dips into a yard between short walls, and bridged none between two 10 m houses
+    25 m apart at a 30 m gap. Unlike a buffer with mitred joins (a mitre depends on
+    each corner's angle, and outlines moved by 1 cm changed an envelope by up to
+    4 %), a Minkowski sum moves no further than the outlines do. The square is
+    turned by the length-weighted direction of the edges (modulo 90°), so that a
+    compound's closing does not depend on how the grid is oriented.
+
+    Parameters
+    ----------
+    geom : shapely Polygon or MultiPolygon
+        In a metric CRS.
+    half : float
+        Half the side of the square, in the CRS's units.
+
+    Returns
+    -------
+    shapely Polygon or MultiPolygon
+    """
+    if geom.is_empty or half <= 0:
+        return geom
+    angle = np.degrees(_dominant_angle(geom))
+    origin = geom.centroid
+    square = shapely.affinity.rotate(geom, -angle, origin=origin)
+    dilated = shapely.union(square, _edge_squares(square, half))
+    # Erosion: what lies farther than ``half`` (in the square's norm) inside the
+    # dilation's outline.
+    closed = polygonal(shapely.difference(dilated, _edge_squares(dilated, half)))
+    return shapely.affinity.rotate(closed, angle, origin=origin)
+
+
+def polygonal(geom: shapely.Geometry) -> shapely.Geometry:
+    """The polygons of ``geom`` (an overlay of outlines that share edges may also give
+    lines and points where they graze; an area has none)."""
+    parts = [g for g in shapely.get_parts(geom)
+             if isinstance(g, shapely.Polygon) and not g.is_empty]
+    return shapely.union_all(parts) if parts else shapely.Polygon()
 
 
 def group_sites(
@@ -522,12 +591,8 @@ def group_sites(
               for members in members_of]
     envelopes = unions
     if half > 0:
-        # A closing by a disk, and never less than the buildings themselves. Round
-        # joins, not mitred ones: a mitre depends on each corner's angle (and is cut
-        # at a limit), so outlines moved by 1 cm changed an envelope by up to 4 %
-        # and could flip an envelope verdict; a disk's closing moves with the outlines.
-        envelopes = [shapely.union(shapely.buffer(shapely.buffer(union, half, quad_segs=16),
-                                                  -half, quad_segs=16), union)
+        # Never less than the buildings themselves.
+        envelopes = [polygonal(shapely.union(square_closing(union, half), union))
                      for union in unions]
     # All measured at once: one transformation for every site of the scene.
     true_envelopes = envelopes if crs is None else measured_where_true(envelopes, crs)

@@ -711,5 +711,4 @@ def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
             write_cog(tmp / "change.tif", result.change_mask, result.grid)
         write_json(tmp / "summary.json", result.summary)
         (tmp / "report.html").write_text(html, encoding="utf-8")
-    logger.debug("wrote %d files to %s", len(OUTPUT_FILES), outdir)
     return {name: Path(outdir) / name for name in OUTPUT_FILES}

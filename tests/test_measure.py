@@ -34,36 +34,6 @@ def at(*polys):
     return [translate(p, X0, Y0) for p in polys]
 
 
-def yard_notch_depth(yard_m: float, gap_m: float) -> float:
-    """How far a site envelope (a closing by a disk of radius gap_m / 2) stays short
-    of the straight line across a yard ``yard_m`` wide between two aligned buildings,
-    at the yard's middle: the disks that fit outside touch both corners, their
-    centre sqrt(r² - (yard/2)²) beyond the line."""
-    r = gap_m / 2
-    return r - (r * r - yard_m * yard_m / 4) ** 0.5
-
-
-def disk_closing_area(boxes, radius_m: float, res_m: float = 0.01) -> float:
-    """Area (m²) of the union of axis-aligned ``boxes`` (x0, y0, x1, y1 on multiples
-    of ``res_m``) closed by a disk, computed apart from shapely: on a raster, by
-    Euclidean distance transforms (dilation: within the radius of a box pixel;
-    erosion: farther than the radius from every pixel outside the dilation)."""
-    from scipy import ndimage
-
-    pad = radius_m + 1.0
-    x0 = min(b[0] for b in boxes) - pad
-    y0 = min(b[1] for b in boxes) - pad
-    w = int(round((max(b[2] for b in boxes) + pad - x0) / res_m))
-    h = int(round((max(b[3] for b in boxes) + pad - y0) / res_m))
-    mask = np.zeros((h, w), bool)
-    for bx0, by0, bx1, by1 in boxes:
-        mask[int(round((by0 - y0) / res_m)):int(round((by1 - y0) / res_m)),
-             int(round((bx0 - x0) / res_m)):int(round((bx1 - x0) / res_m))] = True
-    dilated = ndimage.distance_transform_edt(~mask) * res_m <= radius_m
-    closed = ndimage.distance_transform_edt(dilated) * res_m > radius_m
-    return float((closed | mask).sum()) * res_m * res_m
-
-
 def test_rectangle_area_bounds_and_perimeter_are_exact():
     rect = box(X0, Y0, X0 + 40, Y0 + 25)
     (b,) = measure_buildings([rect], UTM, pixel_size_m=0.5)
@@ -208,14 +178,10 @@ def test_polygons_far_from_the_file_centre_are_measured_in_their_own_zone():
     sites = group_sites(buildings, gap_m=30.0, pixel_size_m=0.5,
                         crs=metric_crs("EPSG:4326", (120.5, 37.0, 131.5, 37.1)))
     assert [s.n_buildings for s in sites] == [2, 1, 1]
-    # The west site's envelope closes its 10 m yard: a 210 x 100 m bar, short of
-    # the straight line across the yard by a notch at each end, no deeper than the
-    # disk's reach into it (measured in the site's own zone, as its buildings).
-    notch = 2 * 10.0 * yard_notch_depth(10.0, 30.0)
-    west = sites[0]
-    assert 21000.0 - notch < west.envelope_area_m2 < 21000.0 - 0.2 * notch
-    assert 209.5 * 99.5 - notch < west.envelope_area_m2_min < 209.5 * 99.5
-    assert 210.5 * 100.5 - notch < west.envelope_area_m2_max < 210.5 * 100.5
+    # The west site's envelope closes its 10 m yard: a 210 x 100 m bar.
+    assert sites[0].envelope_area_m2 == pytest.approx(21000.0, rel=1e-6)
+    assert sites[0].envelope_area_m2_min == pytest.approx(209.5 * 99.5, rel=1e-6)
+    assert sites[0].envelope_area_m2_max == pytest.approx(210.5 * 100.5, rel=1e-6)
 
 
 def test_polygons_where_the_file_crs_is_true_are_measured_in_it():
@@ -242,24 +208,14 @@ def test_sites_group_transitively_within_gap():
     assert s.n_buildings == 3 and s.built_area_m2 == pytest.approx(300.0)
     assert s.built_area_m2_min == pytest.approx(3 * 9.5 * 9.5)
     assert s.built_area_m2_max == pytest.approx(3 * 10.5 * 10.5)
-    # The closing fills the 4 m yards: the envelope is the 38 x 10 bar but for a
-    # notch at each end of each yard, 1.0 m deep at the yard's middle; its area is
-    # the disk closing's, computed on a fine raster.
-    yard_middle = shapely.LineString([(X0 + 12, Y0 - 5), (X0 + 12, Y0 + 15)])
-    across = shapely.intersection(s.envelope, yard_middle)
-    depth = yard_notch_depth(4.0, 5.0)
-    assert depth == pytest.approx(1.0)
-    assert across.bounds[1] - Y0 == pytest.approx(depth, abs=0.01)
-    assert Y0 + 10 - across.bounds[3] == pytest.approx(depth, abs=0.01)
-    closed = disk_closing_area([(0, 0, 10, 10), (14, 0, 24, 10), (28, 0, 38, 10)], 2.5)
-    assert s.envelope_area_m2 == pytest.approx(closed, rel=3e-3)
-    assert s.envelope_area_m2 < 380.0 - 4 * 1.0  # four notches of at least 1.0 m²
-    assert s.envelope_area_m2_min < s.envelope_area_m2 < s.envelope_area_m2_max
+    # The closing fills the 4 m yards: the envelope is the 38 x 10 bar.
+    assert s.envelope_area_m2 == pytest.approx(380.0)
+    assert s.envelope_area_m2_min < 380.0 < s.envelope_area_m2_max
     assert sites[0].envelope_area_m2 == pytest.approx(900.0)
     assert group_sites(buildings, gap_m=3.0)[1].n_buildings == 1
     props = s.to_properties()
     assert props["site_id"] == 2 and "verdict" not in props
-    assert props["building_ids"] == "1,2,3" and props["envelope_area_m2"] == round(s.envelope_area_m2, 1)
+    assert props["building_ids"] == "1,2,3" and props["envelope_area_m2"] == 380.0
 
 
 def _sites(*areas: float):
@@ -299,9 +255,7 @@ def test_missing_and_extra_sites():
 def test_envelope_basis():
     polys = [box(0, 0, 50, 100), box(60, 0, 110, 100)]  # 10 m apart
     sites = group_sites(measure_buildings(at(*polys), UTM, 0.5), gap_m=12.0)
-    # The 110 x 100 bar, but for a notch at each end of the yard.
-    notch = 2 * 10.0 * yard_notch_depth(10.0, 12.0)
-    assert 11000.0 - notch < sites[0].envelope_area_m2 < 11000.0 - 0.2 * notch
+    assert sites[0].envelope_area_m2 == pytest.approx(11000.0)
     assert check_claim(sites, 11500.0, basis="envelope").overall == CONSISTENT
     assert check_claim(sites, 11500.0, basis="footprint").verdicts[0]["verdict"] == SMALLER
     with pytest.raises(ValueError):
@@ -378,5 +332,24 @@ def test_site_envelopes_move_with_the_outlines_not_with_their_corners() -> None:
         for outlines in (polys, [shapely.set_precision(p, 0.01) for p in polys]):
             sites = group_sites(measure_buildings(outlines, crs, 0.5), 30.0, pixel_size_m=0.5)
             areas.append(sum(s.envelope_area_m2 for s in sites))
+            # An area: no line or point left where the closing grazes an outline.
+            assert all(isinstance(s.envelope, (shapely.Polygon, shapely.MultiPolygon))
+                       for s in sites)
         worst = max(worst, abs(areas[1] / areas[0] - 1))
     assert worst < 0.002, worst
+
+
+@pytest.mark.parametrize("yard_m", [5.0, 15.0, 25.0, 29.0])
+@pytest.mark.parametrize("turn_deg", [0.0, 30.0, 72.0])
+def test_envelopes_fill_yards_straight_across_however_the_site_is_turned(
+        yard_m: float, turn_deg: float) -> None:
+    """Two 10 m houses a yard apart, at the default 30 m gap: the envelope is the
+    10 m-wide bar from one to the other, however the pair is turned on the grid (a
+    closing by a disk dipped into the yard and bridged none from 25 m on)."""
+    houses = at(box(0, 0, 10, 10), box(10 + yard_m, 0, 20 + yard_m, 10))
+    houses = [shapely.affinity.rotate(h, turn_deg, origin=(X0, Y0)) for h in houses]
+    (site,) = group_sites(measure_buildings(houses, UTM, 0.5), 30.0, pixel_size_m=0.5)
+    bar = shapely.affinity.rotate(box(X0, Y0, X0 + 20 + yard_m, Y0 + 10), turn_deg,
+                                  origin=(X0, Y0))
+    assert site.envelope_area_m2 == pytest.approx(10 * (20 + yard_m), rel=1e-6)
+    assert shapely.symmetric_difference(site.envelope, bar).area < 1e-6
