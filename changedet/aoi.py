@@ -114,12 +114,12 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
     unreadable = shapely.is_missing(geoms) & np.asarray([w is not None for w in wkb])
     if unreadable.any():
         warn_analyst("%s: skipped %d feature(s) whose geometry cannot be built", path,
-                       int(unreadable.sum()))
+                     int(unreadable.sum()))
     labels = _feature_labels(list(meta["fields"]), field_data, len(geoms))
     invalid = ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
     if invalid.any():
         warn_analyst("%s: repaired %d invalid geometr%s with make_valid", path,
-                       int(invalid.sum()), "y" if invalid.sum() == 1 else "ies")
+                     int(invalid.sum()), "y" if invalid.sum() == 1 else "ies")
         geoms[invalid] = shapely.make_valid(geoms[invalid])
     polygons: list[shapely.Polygon] = []
     names: list[str] = []

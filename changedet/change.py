@@ -1568,7 +1568,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     checked = False
     if params.appearance_check and scenes is None:
         warn_analyst("segment: no appearance check without the before and after "
-                       "scenes (segment_new_buildings(..., scenes=(before, after)))")
+                     "scenes (segment_new_buildings(..., scenes=(before, after)))")
     elif params.appearance_check and not appearance_check_applies(params, *scenes):
         logger.info("segment: no appearance check: it needs three visible bands")
     elif params.appearance_check:

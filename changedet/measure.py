@@ -399,7 +399,7 @@ def measure_buildings(
         lo, hi = area_bounds(true_geom, pixel_size_m, coreg_residual_px)
         if area > 0 and abs(geodesic - area) > 0.005 * area:
             warn_analyst("building %d: planimetric %.1f m² vs geodesic %.1f m²",
-                           k + 1, area, geodesic)
+                         k + 1, area, geodesic)
         score = None if scores is None or scores[k] is None else float(scores[k])
         out.append(Building(k + 1, geom, area, min(lo, area), max(hi, area),
                             float(true_geom.length), geodesic, score,

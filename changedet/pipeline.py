@@ -425,8 +425,8 @@ def _warn_partial_overlap(before: str | os.PathLike[str], after: str | os.PathLi
     is reported "not found", which is no evidence against the claim."""
     if fraction < PARTIAL_OVERLAP:
         warn_analyst("%s covers only %.0f %% of %s: buildings outside the overlap cannot "
-                       "be found, and a claimed site there is reported as not found",
-                       os.fspath(after), 100 * fraction, os.fspath(before))
+                     "be found, and a claimed site there is reported as not found",
+                     os.fspath(after), 100 * fraction, os.fspath(before))
 
 
 def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],

@@ -420,7 +420,7 @@ def fit_radiometry(
             new_w = stats.chi2.sf(z2, df=nb)
             if new_w.sum() < 0.01 * n:
                 warn_analyst("radiometry: almost every pixel looks changed; keeping "
-                               "the previous weights")
+                             "the previous weights")
                 break
             shift = float(np.abs(new_w - w).mean())
             w = new_w

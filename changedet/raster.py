@@ -349,9 +349,9 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
                 # named near-infrared: a slip, or a false-colour file; either way the
                 # colours are fewer than the file has.)
                 warn_analyst("%s: band %d, given as near-infrared, is also one of the "
-                               "colour bands %s: it is read as near-infrared, leaving %d "
-                               "visible band(s)", path, nir_band,
-                               ",".join(str(b) for b in chosen), len(chosen) - 1)
+                             "colour bands %s: it is read as near-infrared, leaving %d "
+                             "visible band(s)", path, nir_band,
+                             ",".join(str(b) for b in chosen), len(chosen) - 1)
         else:
             chosen = chosen + (nir_band,)
             nir_index = len(chosen) - 1
@@ -362,7 +362,7 @@ def _chosen_bands(ds: rasterio.io.DatasetReader, path: str, bands: Sequence[int]
     for b in chosen:
         if b not in unmasked and warn:
             warn_analyst("%s: band %d is tagged alpha (a mask, not data) but was asked "
-                           "for, so it is used as data", path, b)
+                         "for, so it is used as data", path, b)
     if len(chosen) == 1 and nir_index == 0:
         # Brightness, colour and the vegetation index all need a visible band.
         raise InputError(path, f"band {chosen[0]} is the near-infrared and no visible band "

@@ -1183,7 +1183,7 @@ def run_windows(template: WindowTask, windows: list[Window], halo_px: int, runne
                 _paste(dst, b)
     if cut:
         warn_analyst("%d group(s) of candidate regions exceed the largest retry window "
-                       "(%d px) and were measured as cut by it", cut, max_retry_px)
+                     "(%d px) and were measured as cut by it", cut, max_retry_px)
     for b in buildings:
         b.mask = None
     return WindowedDetection(buildings, change_path, len(windows), n_retries, cut)
