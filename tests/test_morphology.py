@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from changedet.morphology import dilate_disk, disk, erode_disk, fill_holes, fill_small_holes, grey_disk
+from changedet.morphology import (dilate_disk, disk, erode_disk, fill_holes, fill_small_holes,
+                                  grey_disk)
 
 
 def test_small_holes_take_the_label_of_the_nearest_surrounding_pixel() -> None:
@@ -74,7 +75,8 @@ def test_disk_morphology_equals_scipy(shape: tuple[int, int], radius: float) -> 
                                       ndimage.binary_dilation(mask, footprint))
         for border in (0, 1):
             np.testing.assert_array_equal(erode_disk(mask, radius, border),
-                                          ndimage.binary_erosion(mask, footprint, border_value=border))
+                                          ndimage.binary_erosion(mask, footprint,
+                                                                 border_value=border))
 
 
 @pytest.mark.parametrize("shape", [(50, 61), (7, 3), (1, 9), (30, 1), (2, 2)])

@@ -99,7 +99,8 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
 @click.argument("before", type=click.Path(dir_okay=False))
 @click.argument("after", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "outdir", required=True, type=FolderPath(),
-              help="Output folder (created in an existing folder; refused if not empty without --overwrite).")
+              help="Output folder (created in an existing folder; refused if not empty "
+                   "without --overwrite).")
 @click.option("--aoi", type=click.Path(), default=None,
               help="Analyse only inside these polygons (any vector format or folder of "
                    "shapefiles GDAL reads, any CRS; the first polygon layer).")
