@@ -93,7 +93,9 @@ def match_objects(
         inter = pred[p].intersection(truth[t]).area
         union = pred[p].area + truth[t].area - inter
         iou = inter / union if union > 0 else 0.0
-        if iou >= iou_threshold:
+        # (A polygon's overlay with itself gives 0.9999999999999997: at --iou 1.0 it
+        # must still match.)
+        if iou >= iou_threshold - 1e-9:
             pairs.append((-iou, p, t))
     pairs.sort()
     used_p: set[int] = set()

@@ -244,9 +244,14 @@ class SynthParams:
             try:
                 # Inside an Env, GDAL's complaint goes to the exception, not to stderr.
                 with rasterio.Env():
-                    after_crs = CRS.from_user_input(after_crs).to_string()
+                    parsed = CRS.from_user_input(after_crs)
             except Exception as exc:  # rasterio raises CRSError, a ValueError only in part
                 raise ValueError(f"after CRS {after_crs!r} is not a CRS: {exc}") from None
+            if not (parsed.is_geographic or parsed.is_projected):
+                # A geocentric or vertical CRS gave an after scene with no valid pixel.
+                raise ValueError(f"after CRS {after_crs!r} is not a map CRS (geographic "
+                                 "or projected)")
+            given, after_crs = after_crs, parsed.to_string()
         extent = size * px
         if extent > MAX_EXTENT_M:
             raise ValueError(
@@ -291,6 +296,21 @@ class SynthParams:
             noise_dn=(float(rng.uniform(1.0, 3.0)), float(rng.uniform(1.0, 3.0))),
             n_new=3 if scenario == "compound" else (60 if scenario == "suburb" else 0),
         )
+        if after_crs:
+            # Where the after scene is delivered, checked now rather than after the
+            # world is laid out: a CRS of another body fails to transform, and the
+            # nodata margin is counted in the delivered pixels.
+            try:
+                with rasterio.Env():
+                    delivered = _delivered_grid(params)
+            except Exception:  # PROJ's reasons run to pages of JSON
+                raise ValueError(f"after CRS {given!r}: no transformation from the scene's "
+                                 f"{params.grid.crs.to_string()} into it (another body "
+                                 "than the Earth?)") from None
+            if nodata_margin * 4 >= min(delivered.shape):
+                raise ValueError(f"nodata margin {nodata_margin} px leaves too little of the "
+                                 f"delivered after scene's {delivered.width} x "
+                                 f"{delivered.height} px")
         return params
 
 

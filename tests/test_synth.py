@@ -347,6 +347,28 @@ def test_an_unknown_after_crs_is_one_message(capfd: pytest.CaptureFixture[str]) 
     assert "ERROR 1" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize(("after_crs", "message"), [
+    ("EPSG:4978", "not a map CRS"),  # geocentric: an after scene of no valid pixel
+    ("EPSG:5773", "not a map CRS"),  # vertical: a 1 x 1 px after scene
+    ("+proj=longlat +a=1", "no transformation"),  # another body: 36 lines of PROJ
+])
+def test_an_after_crs_that_cannot_hold_the_scene_is_refused(after_crs: str,
+                                                            message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SynthParams.for_scenario("none", seed=0, size=256, after_crs=after_crs)
+
+
+def test_the_nodata_margin_is_counted_in_the_delivered_after_pixels() -> None:
+    """A 50 px margin left an after scene of 10 m pixels over 256 m (26 x 26 px) all
+    nodata, checked only against the before scene's 256 px."""
+    with pytest.raises(ValueError, match="26 x 26 px"):
+        SynthParams.for_scenario("none", seed=0, size=256, pixel_size=1.0,
+                                 after_crs="EPSG:32651", after_pixel_size=10.0,
+                                 nodata_margin=50)
+    SynthParams.for_scenario("none", seed=0, size=256, pixel_size=1.0,
+                             after_crs="EPSG:32651", after_pixel_size=10.0, nodata_margin=3)
+
+
 def test_cli_synth_option_mistakes_are_named(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
