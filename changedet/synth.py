@@ -1889,7 +1889,7 @@ def _geojson(pair: SynthPair) -> dict[str, Any]:
         geo = shapely.transform(poly, lambda xy: np.column_stack(
             to_wgs.transform(xy[:, 0], xy[:, 1])))
         # rounding first: set_precision may reorder rings, orientation comes last
-        geo = shapely.orient_polygons(shapely.set_precision(geo, 1e-7))
+        geo = shapely.orient_polygons(shapely.set_precision(geo, 1e-9))
         feats.append({"type": "Feature", "id": rec["id"],
                       "properties": {"id": rec["id"], "area_m2": round(rec["area_m2"], 2),
                                      "kind": rec["kind"]},
