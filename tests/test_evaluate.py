@@ -181,6 +181,10 @@ def test_cli_change_tif_against_truth_mask(geotiff):
     assert (out["tp"], out["fp"], out["fn"]) == (1, 1, 0)
     assert out["n_outside_valid"] == {"pred": 0, "truth": 1}
     assert out["pixel_iou"] == round(200 / 300, 4)
+    # The table says so too (only --json did).
+    table = CliRunner().invoke(main, ["evaluate", str(pred_path), str(truth_path)]).output
+    assert "not counted, less than half on valid pixels of the raster side: 0 predicted, " \
+        "1 true" in table
 
 
 def test_stage_losses_split_each_building_by_stage() -> None:

@@ -207,6 +207,10 @@ def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
     return out[0], out[1], grid, valid
 
 
+#: How the pixel scores were counted, as the table names it.
+_BASIS = {"pixels": "counted on the raster's grid", "area": "from the polygons' areas"}
+
+
 def _table(result: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "-" if v is None else str(v)
@@ -217,13 +221,19 @@ def _table(result: dict[str, Any]) -> str:
         f"  TP {result['tp']}  FP {result['fp']}  FN {result['fn']}",
         f"  precision {result['precision']:.3f}  recall {result['recall']:.3f}  "
         f"F1 {result['f1']:.3f}",
-        f"pixels ({result['pixel_basis']}): IoU {result['pixel_iou']:.3f}  "
+        f"pixels ({_BASIS.get(result['pixel_basis'], result['pixel_basis'])}): "
+        f"IoU {result['pixel_iou']:.3f}  "
         f"F1 {result['pixel_f1']:.3f}  precision {result['pixel_precision']:.3f}  "
         f"recall {result['pixel_recall']:.3f}",
         f"area: predicted {result['pred_area_m2']} m², true {result['truth_area_m2']} m², "
         f"error {fmt(result['total_area_error_pct'])} %",
         f"mean |object area error|: {fmt(result['mean_abs_object_area_error_pct'])} %",
     ]
+    outside = result.get("n_outside_valid") or {}
+    if any(outside.values()):
+        # Else only --json said why the counts fall short of the files' objects.
+        lines.insert(2, f"  not counted, less than half on valid pixels of the raster side: "
+                        f"{outside.get('pred', 0)} predicted, {outside.get('truth', 0)} true")
     rows = result["per_object"]
     if rows:
         head = ("status", "pred_id", "truth_id", "iou", "pred_m2", "truth_m2", "err_%")
