@@ -18,6 +18,7 @@ they normalise with the same fit.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -117,11 +118,9 @@ class RadiometricFit:
         (B, H, W) ndarray of float32
         """
         out = self.apply(after)
+        dates = ((self.clip_after, after, True), (self.clip_before, before, False))
         for b in range(out.shape[0]):
-            for clip, date, is_after, high in ((self.clip_after, after, True, True),
-                                               (self.clip_after, after, True, False),
-                                               (self.clip_before, before, False, True),
-                                               (self.clip_before, before, False, False)):
+            for (clip, date, is_after), high in itertools.product(dates, (True, False)):
                 level = np.nan if clip is None else clip[b, 1 if high else 0]
                 if not np.isfinite(level):
                     continue

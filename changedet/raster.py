@@ -744,17 +744,29 @@ def coarsened_for(scene: Scene, grid: Grid) -> Scene:
     factor = block_factor(scene.grid, grid)
     if factor == 1:
         return scene
-    nb, h, w = scene.image.shape
+    _, h, w = scene.image.shape
     hb, wb = h // factor, w // factor
-    shape = (hb, factor, wb, factor)
-    valid = scene.valid[:hb * factor, :wb * factor].reshape(shape).all(axis=(1, 3))
-    # float64 means of float32 pixels, exact for any order of summation: the values
-    # _block_means gives each window.
-    image = scene.image[:, :hb * factor, :wb * factor].reshape((nb,) + shape).mean(
-        axis=(2, 4), dtype=np.float64).astype(np.float32)
-    image[:, ~valid] = 0.0
+    image, valid = _means_of_blocks(scene.image[:, :hb * factor, :wb * factor],
+                                    scene.valid[:hb * factor, :wb * factor], factor)
     coarse = Grid(scene.grid.crs, scene.grid.transform @ Affine.scale(factor), hb, wb)
     return replace(scene, image=image, valid=valid, grid=coarse)
+
+
+def _means_of_blocks(image: np.ndarray, valid: np.ndarray, factor: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Means of ``factor`` x ``factor`` blocks of a (B, H, W) image whose sides are
+    multiples of ``factor``, and their (H / f, W / f) validity: a block is valid when
+    all its pixels are; an invalid one is 0.
+
+    float64 means of float32 pixels are exact whatever the order of summation, so a
+    block read in a window and in the whole scene gives the same value.
+    """
+    nb, h, w = image.shape
+    shape = (h // factor, factor, w // factor, factor)
+    ok = valid.reshape(shape).all(axis=(1, 3))
+    means = image.reshape((nb,) + shape).mean(axis=(2, 4), dtype=np.float64)
+    means[:, ~ok] = 0.0
+    return means.astype(np.float32), ok
 
 
 #: Source pixels (times bands) read at once in :func:`_block_means`: bounds the
@@ -795,12 +807,7 @@ def _block_means(ds: rasterio.io.DatasetReader, bands: Sequence[int],
             block = ds.read(list(bands), window=part, out_dtype="float32")
             ok = _valid_and_zeroed(block, _pixel_rule(ds, bands,
                                                       ds.read_masks(list(bands), window=part)))
-            shape = (i1 - i0, factor, j1 - j0, factor)
-            v = ok.reshape(shape).all(axis=(1, 3))
-            d = block.reshape((nb,) + shape).mean(axis=(2, 4), dtype=np.float64)
-            d[:, ~v] = 0.0
-            data[:, i0:i1, j0:j1] = d
-            valid[i0:i1, j0:j1] = v
+            data[:, i0:i1, j0:j1], valid[i0:i1, j0:j1] = _means_of_blocks(block, ok, factor)
     return data, valid
 
 
