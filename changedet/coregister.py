@@ -58,7 +58,9 @@ class Registration:
         Pixel-space map for :func:`changedet.raster.warp_scene`; the identity when
         nothing was applied.
     residual_rms_px : float or None
-        RMS distance (px) of the kept windows' shifts from the fitted model.
+        RMS distance (px) of the kept windows' shifts from the fitted model (see
+        :attr:`misregistration_px` for what is left once the correction is applied, or
+        not).
     low_reliability : bool
         True when the estimate was judged unreliable and was therefore not applied.
     windows : list of dict
@@ -81,6 +83,22 @@ class Registration:
     def applied(self) -> bool:
         """Whether the correction differs from the identity."""
         return not self.correction.almost_equals(Affine.identity(), precision=1e-12)
+
+    @property
+    def misregistration_px(self) -> float:
+        """Misregistration left in the pair the detector sees, pixels: what widens
+        each outline's uncertainty band.
+
+        The residual RMS of the fit when its correction was applied (or found no shift
+        to apply); when the estimate was judged unreliable and not applied, the length
+        of the estimated shift plus that residual, since the scenes stay apart by about
+        as much as it measured; 0 when no registration was asked for or nothing could
+        be measured.
+        """
+        rms = self.residual_rms_px or 0.0
+        if self.low_reliability and not self.applied:
+            return float(np.hypot(*self.shift_px)) + rms
+        return rms
 
     def summary(self, grid: Grid) -> dict[str, Any]:
         """The ``coregistration`` block of ``summary.json``.
@@ -105,6 +123,7 @@ class Registration:
             "n_windows_total": self.n_windows_total,
             "residual_rms_px": None if self.residual_rms_px is None
             else round(self.residual_rms_px, 4),
+            "misregistration_px": round(self.misregistration_px, 4),
             "low_reliability": self.low_reliability,
             "applied": self.applied,
         }

@@ -531,7 +531,9 @@ def render_report(result: DetectionResult) -> str:
                  ("Shift (m) [east, north]", _fmt(reg.get("shift_m"))),
                  ("Reliability (0–1)", _fmt(reg.get("reliability"))),
                  ("Windows used", reg.get("n_windows")),
-                 ("Residual RMS (px)", _fmt(reg.get("residual_rms_px")))]
+                 ("Residual RMS (px)", _fmt(reg.get("residual_rms_px"))),
+                 ("Misregistration in the areas' ranges (px)",
+                  _fmt(reg.get("misregistration_px")))]
     warn = ('<p class="warn">Co-registration reliability is low: outlines may be offset; '
             'check the images before publishing.</p>' if reg.get("low_reliability") else "")
     in_items: list[tuple[str, Any]] = []

@@ -269,3 +269,16 @@ def test_coregister_refuses_a_pair_off_its_grid():
     moved = replace(pair.after, grid=pair.grid.window(10, 0, *pair.grid.shape))
     with pytest.raises(ValueError, match="must lie on pair.grid"):
         coregister(replace(pair, after=moved))
+
+
+def test_misregistration_is_the_shift_left_unapplied(textured_image):
+    a = textured_image(512, 512, bands=3, seed=1).astype(np.float32)
+    b = textured_image(512, 512, bands=3, seed=2).astype(np.float32)
+    unrelated = estimate_shift(a, b, np.ones((512, 512), bool))
+    assert unrelated.low_reliability and not unrelated.applied
+    assert unrelated.misregistration_px == pytest.approx(
+        float(np.hypot(*unrelated.shift_px)) + (unrelated.residual_rms_px or 0.0))
+    _, pair = _pair("compound", 25, (2.3, -1.4), size=512)
+    found = estimate_shift(pair.before.image, pair.after.image, pair.before.valid)
+    assert found.applied and found.misregistration_px == pytest.approx(found.residual_rms_px)
+    assert found.misregistration_px < 0.3

@@ -195,3 +195,28 @@ def test_warnings_are_recorded_from_every_thread_while_a_run_lasts() -> None:
         worker.join()
     warn_analyst("after the run")
     assert warned == ["after.tif covers only 40 %", "from a window"]
+
+
+def test_an_unreliable_shift_left_unapplied_widens_the_area_bounds(
+        pair: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scenes stay as far apart as the shift it measured and did not apply, so each
+    # outline is that much less certain than when the pair is taken as aligned.
+    from changedet import coregister
+    from changedet.coregister import Registration
+
+    aligned = changedet.detect(pair["before"], pair["after"], coreg="none")
+
+    def unreliable(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> Registration:
+        return coregister._guard(Registration("global", (3.0, 4.0), 0.1, 2, Affine.identity(),
+                                              0.5, False, [], 25))
+
+    monkeypatch.setattr(coregister, "estimate_shift", unreliable)
+    unapplied = changedet.detect(pair["before"], pair["after"])
+    reg = unapplied.summary["coregistration"]
+    assert reg["low_reliability"] and not reg["applied"]
+    assert reg["misregistration_px"] == pytest.approx(5.5)
+    assert aligned.summary["coregistration"]["misregistration_px"] == 0.0
+    assert [b.area_m2 for b in unapplied.buildings] == [b.area_m2 for b in aligned.buildings]
+    assert unapplied.buildings
+    for wide, narrow in zip(unapplied.buildings, aligned.buildings):
+        assert wide.area_m2_max - wide.area_m2_min > 5 * (narrow.area_m2_max - narrow.area_m2_min)
