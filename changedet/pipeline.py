@@ -487,7 +487,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
         evidence=evidence, aoi=None if aoi is None else aoi.geometry,
         standing_before=_measure_standing(standing_polygons, grid, residual, measured))
     inputs = {"before": _scene_info(scene_b), "after": _scene_info(scene_a),
-              "aoi": None if aoi is None else os.fspath(opts.aoi)}
+              "aoi": None if aoi is None else _input_path(opts.aoi)}
     stage.finish()
     result.summary = build_summary(result, inputs, params_used,
                                    overlap_fraction=pair.overlap_fraction)
@@ -785,7 +785,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
         aoi=None if aoi is None else aoi.geometry, change_path=change_path, scratch=scratch,
         standing_before=standing)
     inputs = {"before": _scene_info(header_b), "after": _scene_info(header_a),
-              "aoi": None if aoi is None else os.fspath(opts.aoi)}
+              "aoi": None if aoi is None else _input_path(opts.aoi)}
     stage.finish()
     result.summary = build_summary(result, inputs, params_used, overlap_fraction=overlap)
     return result
@@ -820,8 +820,19 @@ def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
     return pair_out, registration, registration.summary(pair_out.grid)
 
 
+def _input_path(path: str | os.PathLike[str] | None) -> str | None:
+    """An input's path for ``summary.json``: absolute, so that the record still names
+    the file when read from another folder; URLs and GDAL virtual paths as given."""
+    if path is None:
+        return None
+    path = os.fspath(path)
+    if "://" in path or path.startswith("/vsi"):
+        return path
+    return os.path.abspath(path)
+
+
 def _scene_info(scene: Scene) -> dict[str, Any]:
-    return {"path": scene.path, "crs": scene.grid.crs.to_string(),
+    return {"path": _input_path(scene.path), "crs": scene.grid.crs.to_string(),
             "pixel_size": list(scene.grid.pixel_size), "width": scene.grid.width,
             "height": scene.grid.height, "bands": list(scene.bands)}
 

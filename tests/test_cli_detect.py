@@ -101,6 +101,19 @@ def test_same_inputs_same_outputs(scenes: dict[str, Path], detected: Path,
     assert one == two
 
 
+def test_summary_names_the_inputs_by_absolute_path(scenes: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given relative to where the command ran, the record must still name the files
+    # when summary.json is read from elsewhere.
+    monkeypatch.chdir(scenes["before"].parent)
+    result = _run("-q", "detect", scenes["before"].name, scenes["after"].name, "-o",
+                  str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    inputs = json.loads((tmp_path / "o" / "summary.json").read_text())["inputs"]
+    assert inputs["before"]["path"] == str(scenes["before"].resolve())
+    assert inputs["after"]["path"] == str(scenes["after"].resolve())
+
+
 def test_stdout_is_the_table(scenes: dict[str, Path], tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["detect", str(scenes["before"]), str(scenes["after"]),
                                        "-o", str(tmp_path / "o"), "--claim-m2", "1000"])
