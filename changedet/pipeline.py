@@ -771,7 +771,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
     look_before, limits = quicklook(look_b)
     look_after = quicklook(replace(look_a, image=first.fit.apply(look_a.image)), limits)[0]
     looks = {"before": look_before, "after": look_after,
-             "change": _decimated_change(change_path, qgrid.shape)}
+             "change": _decimated_change(change_path, factor, qgrid.shape)}
     params_used = _parameters_used(opts, params, measured,
                                    first.statistics.values["threshold"], grid,
                                    appearance_check_applies(params, header_b, header_a)) | {
@@ -800,16 +800,51 @@ def _decimated(grid: Grid, longest_px: int) -> Grid:
                 int(np.ceil(grid.width / f)))
 
 
-def _decimated_change(path: str, shape: tuple[int, int]) -> np.ndarray:
-    """A display copy of change.tif: a coarse pixel is new building if any fine one is."""
-    import rasterio
-    from rasterio.enums import Resampling
+def _decimated_change(path: str, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """A display copy of change.tif over blocks of ``factor`` x ``factor`` pixels.
 
+    Parameters
+    ----------
+    path : str
+        A change raster (uint8: 0, 1, 255 nodata).
+    factor : int
+        Block side, pixels.
+    shape : (int, int)
+        The display grid's shape, ``ceil`` of the raster's over ``factor``.
+
+    Returns
+    -------
+    (h, w) ndarray of uint8
+        1 where any pixel of the block is new building, 255 where all are nodata, 0
+        elsewhere. Read strip by strip: GDAL's averaging read took 3.5 s on a
+        4096 px scene, and at 8 x 8 rounded a lone new pixel's share to 0.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    height, width = shape
+    out = np.empty(shape, np.uint8)
+    # Ranked so that a block's maximum says it all: nodata 0 < no building 1 < new 2.
+    rank = np.zeros(256, np.uint8)
+    rank[0], rank[1] = 1, 2
     with rasterio.open(path) as ds:
-        # The average of the 0/1 codes (nodata left out) is above 0 where any is 1.
-        share = ds.read(1, out_shape=shape, resampling=Resampling.average, masked=True,
-                        out_dtype="float32")
-    return np.ma.filled((share > 0).astype(np.uint8), 255).astype(np.uint8)
+        # About 4 MB of the raster per strip, a whole number of blocks high.
+        step = max(1, (1 << 22) // (width * factor * factor))
+        for top in range(0, height, step):
+            rows = min(step, height - top)
+            fine = np.zeros((rows * factor, width * factor), np.uint8)
+            r0 = top * factor
+            n = min(rows * factor, ds.height - r0)
+            fine[:n, :ds.width] = rank[ds.read(1, window=Window(0, r0, ds.width, n))]
+            # Maxima over strided views: twice as fast as reducing a 4-d reshape.
+            across = fine[:, 0::factor].copy()
+            for k in range(1, factor):
+                np.maximum(across, fine[:, k::factor], out=across)
+            block = across[0::factor].copy()
+            for k in range(1, factor):
+                np.maximum(block, across[k::factor], out=block)
+            out[top:top + rows] = np.array([255, 0, 1], np.uint8)[block]
+    return out
 
 
 def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:

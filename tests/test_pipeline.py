@@ -220,3 +220,30 @@ def test_an_unreliable_shift_left_unapplied_widens_the_area_bounds(
     assert unapplied.buildings
     for wide, narrow in zip(unapplied.buildings, aligned.buildings):
         assert wide.area_m2_max - wide.area_m2_min > 5 * (narrow.area_m2_max - narrow.area_m2_min)
+
+
+def test_the_display_copy_of_change_keeps_every_new_pixel(tmp_path: Path) -> None:
+    # A coarse pixel is new building if any of its block is, nodata only if all are;
+    # a lone new pixel must survive a block of 8 x 8 (an average rounds it away).
+    from changedet.pipeline import _decimated_change
+
+    rng = np.random.default_rng(3)
+    height, width, factor = 203, 150, 8
+    change = (rng.random((height, width)) < 0.002).astype(np.uint8)
+    change[:40, :] = 255
+    change[10, 20] = 1  # a lone new pixel beside nodata
+    path = tmp_path / "change.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=1,
+                       dtype="uint8", nodata=255, crs="EPSG:32651",
+                       transform=Affine(1, 0, 500000, 0, -1, 4000000), tiled=True,
+                       blockxsize=64, blockysize=64) as dst:
+        dst.write(change, 1)
+    shape = (-(-height // factor), -(-width // factor))
+    out = _decimated_change(str(path), factor, shape)
+    assert out.shape == shape and out.dtype == np.uint8
+    for r in range(shape[0]):
+        for c in range(shape[1]):
+            block = change[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
+            want = 1 if (block == 1).any() else 255 if (block == 255).all() else 0
+            assert out[r, c] == want, (r, c)
+    assert out[1, 2] == 1 and out[0, 0] == 255 and (out == 0).any()
