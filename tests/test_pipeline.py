@@ -247,3 +247,31 @@ def test_the_display_copy_of_change_keeps_every_new_pixel(tmp_path: Path) -> Non
             want = 1 if (block == 1).any() else 255 if (block == 255).all() else 0
             assert out[r, c] == want, (r, c)
     assert out[1, 2] == 1 and out[0, 0] == 255 and (out == 0).any()
+
+
+def test_a_scene_that_mostly_changed_is_named_in_the_warnings(
+        pair: dict[str, Path], tmp_path: Path, textured_image) -> None:
+    # The colour normalisation needs an unchanged majority: where the ground's
+    # structure changed over most of the scene the analyst is told so.
+    before = textured_image(600, 600, bands=3, seed=11)
+    after = before.copy()
+    after[:, :, 120:] = textured_image(600, 600, bands=3, seed=12)[:, :, 120:]
+    paths = {}
+    for name, data in (("before", before), ("after", after)):
+        paths[name] = tmp_path / f"{name}.tif"
+        with rasterio.open(paths[name], "w", driver="GTiff", height=600, width=600, count=3,
+                           dtype="uint8", crs="EPSG:32651",
+                           transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000)) as dst:
+            dst.write(data)
+    changed = changedet.detect(paths["before"], paths["after"], coreg="none")
+    assert any("differs between the dates" in w for w in changed.summary["warnings"])
+    # Windowed, from the first pass's sample chips.
+    windowed = changedet.detect(paths["before"], paths["after"], coreg="none", window_px=256)
+    assert windowed.summary["parameters"]["windows"]["n"] > 1
+    assert any("differs between the dates" in w for w in windowed.summary["warnings"])
+    usual = changedet.detect(pair["before"], pair["after"])
+    assert not any("differs between the dates" in w for w in usual.summary["warnings"])
+    # The appearance detector does not normalise colours: no such warning.
+    judged_alone = changedet.detect(paths["before"], paths["after"], coreg="none",
+                                    detector="appearance")
+    assert not any("differs between the dates" in w for w in judged_alone.summary["warnings"])
