@@ -551,7 +551,9 @@ def structure_disagreement(bright_before: np.ndarray, bright_after: np.ndarray,
         return np.zeros(0, np.float32)
     textured = inside & ((energy_b > np.median(energy_b[inside]))
                          | (energy_a > np.median(energy_a[inside])))
-    cosine = cross[textured] / np.sqrt(energy_b[textured] * energy_a[textured] + 1e-30)
+    # (A running mean of squares can come out a rounding error below zero.)
+    cosine = cross[textured] / np.sqrt(np.maximum(energy_b[textured] * energy_a[textured],
+                                                  0.0) + 1e-30)
     return (cosine < 0.5).astype(np.float32)
 
 

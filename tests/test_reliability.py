@@ -544,6 +544,9 @@ def test_high_latitude_detect_runs_in_an_equal_area_crs(tmp_path: Path) -> None:
     assert summary["buildings"]
     for b in summary["buildings"]:
         assert b["area_m2"] == pytest.approx(b["geodesic_area_m2"], rel=0.002, abs=0.2)
+    # The one building painted, of 1,200 m² on the ground (the CRS is equal-area).
+    [found] = summary["buildings"]
+    assert found["area_m2_min"] <= building.area <= found["area_m2_max"]
 
 
 # ------------------------------------------------------------ library-level matrix
