@@ -243,14 +243,36 @@ def test_counts_stretched_or_rescaled_measure_the_same_noise_and_buildings(
     assert areas == pytest.approx(counts_areas, rel=1e-3)
 
 
-def test_sun_azimuth_estimated_from_shadows() -> None:
+@pytest.mark.parametrize("turned", [False, True])
+def test_sun_azimuth_estimated_from_shadows(turned: bool) -> None:
     before, after, truth, _ = _pair(1.0)
+    sun = 45.0
+    if turned:
+        # The scene turned half a turn: the sun comes from the south-west. Two suns
+        # three quarters of the circle apart, so that no fixed answer passes both.
+        before, after = (replace(s, image=np.ascontiguousarray(s.image[:, ::-1, ::-1]))
+                         for s in (before, after))
+        sun = 225.0
     labels, ev = detect_new_buildings(before, after, DetectionParams(detector="handcrafted"))
     assert ev.sun_azimuth_deg is not None
-    # Sun from the north-east (45 degrees); a box's shadow seen along the diagonal
-    # shows on two sides, so the estimate may be off by up to two probe steps.
-    assert abs(((ev.sun_azimuth_deg - 45.0) + 180) % 360 - 180) <= 46.0
+    # A box's shadow seen along the diagonal shows on two sides, so the estimate may
+    # be off by up to two probe steps.
+    assert abs(((ev.sun_azimuth_deg - sun) + 180) % 360 - 180) <= 46.0
     assert labels.max() == 2
+
+
+@pytest.mark.parametrize("j", range(16))
+def test_the_sun_is_opposite_the_side_in_shadow(j: int) -> None:
+    from changedet.change import _N_DIRECTIONS, _estimate_sun
+
+    rng = np.random.default_rng(j)
+    # Per candidate (row 0 unused) and probe direction, the share of shadow beside it.
+    frac = rng.uniform(0.0, 0.1, (4, _N_DIRECTIONS))
+    frac[1:, j] = [0.8, 0.6, 0.7]
+    areas = np.array([0.0, 500.0, 300.0, 800.0])
+    assert _estimate_sun(frac, areas) == pytest.approx((j * 360 / _N_DIRECTIONS + 180) % 360)
+    # No clear shadow beside any candidate: no estimate.
+    assert _estimate_sun(rng.uniform(0.0, 0.1, (4, _N_DIRECTIONS)), areas) is None
 
 
 def test_min_area_respected() -> None:

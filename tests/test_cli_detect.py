@@ -78,7 +78,10 @@ def test_detect_writes_the_contract(detected: Path) -> None:
         assert ds.crs.to_epsg() == 32651 and ds.nodata == 255
         pixel_area = abs(ds.transform.determinant)
     assert set(np.unique(change)) <= {0, 1, 255}
-    assert (change == 1).sum() * pixel_area == pytest.approx(area.sum(), rel=0.15)
+    # Outlines follow the pixels' edges: their areas are the pixels', to the 0.1 m² each
+    # is rounded to.
+    assert (change == 1).sum() * pixel_area == pytest.approx(area.sum(), rel=1e-6,
+                                                             abs=0.051 * len(area))
     summary = json.loads((detected / "summary.json").read_text())
     for key in ("inputs", "analysis_crs", "pixel_size_m", "coregistration", "totals",
                 "sites", "claim", "parameters", "changedet_version", "timings"):
@@ -491,18 +494,52 @@ def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == bare.stdout
 
 
-@pytest.mark.slow
-def test_demo_on_the_fixture_finds_the_three_residences(tmp_path: Path) -> None:
-    """The README's first command: three sites, each consistent with 13,000 m²."""
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """``changedet -q demo -o OUT``: the click result and OUT."""
+    out = tmp_path_factory.mktemp("demo") / "d"
+    return _run("-q", "demo", "-o", str(out)), out
+
+
+def _demo_matches(out: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(truth properties, building properties) of the fixture's residences matched
+    one-to-one at IoU >= 0.5 with the demo's buildings (both in WGS84)."""
+    from changedet.evaluate import match_objects
+
     root = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
-    truth = json.loads((root / "truth.json").read_text())["buildings"]
-    result = _run("-q", "demo", "-o", str(tmp_path / "d"))
+    truth = json.loads((root / "truth.geojson").read_text())["features"]
+    found = json.loads((out / "new_buildings.geojson").read_text())["features"]
+    pairs = match_objects([shapely.geometry.shape(f["geometry"]) for f in found],
+                          [shapely.geometry.shape(f["geometry"]) for f in truth])
+    return [(truth[t]["properties"], found[p]["properties"]) for p, t, _ in pairs]
+
+
+@pytest.mark.slow
+def test_demo_on_the_fixture_finds_the_three_residences(demo_run: tuple[Any, Path]) -> None:
+    """The README's first command: three sites, each consistent with 13,000 m²."""
+    result, out = demo_run
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
-    assert len(summary["sites"]) == len(truth) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["sites"]) == 3
     assert [v["verdict"] for v in summary["claim"]["verdicts"]] == ["consistent"] * 3
     assert "Consistent with the claim: all 3 sites match" in result.stdout
     assert result.stderr == ""  # -q: errors only
+    # Each true residence is one building found, and nothing else is.
+    matches = _demo_matches(out)
+    assert len(matches) == summary["totals"]["n_buildings"] == 3
+    # Residences 1 and 3 are measured within their ranges (for residence 2 see below).
+    for truth, found in matches:
+        if truth["id"] != 2:
+            assert found["area_m2_min"] <= truth["area_m2"] <= found["area_m2_max"]
+            assert found["area_m2"] == pytest.approx(truth["area_m2"], rel=0.03)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known limit (README): residence 2's outline takes "
+                   "in its own shadow on the new earth beside it, +12 % outside its range")
+def test_demo_ranges_hold_every_true_residence(demo_run: tuple[Any, Path]) -> None:
+    for truth, found in _demo_matches(demo_run[1]):
+        assert found["area_m2_min"] <= truth["area_m2"] <= found["area_m2_max"], truth["id"]
 
 
 def test_rio_plugin_entry_point() -> None:

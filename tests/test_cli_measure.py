@@ -88,9 +88,12 @@ def test_claim_verdicts(claim: str, sites: str, expected: list[str], tmp_path: P
 
 
 def test_envelope_basis_and_tolerance(tmp_path: Path) -> None:
-    # Two 50 x 50 m buildings 10 m apart: footprint 5,000 m², envelope close to
-    # 5,500 m² (the yard between them is filled).
-    geoms = [shapely.box(0, 0, 50, 50), shapely.box(60, 0, 110, 50)]
+    # Two 50 x 50 m buildings 10 m apart: footprint 5,000 m², envelope the 110 x 50 m
+    # bar, 5,500 m² (the yard between them is filled straight across). On the zone's
+    # central meridian, where UTM's areas are measured as they are (far from it, the
+    # local zone's true ground areas would differ by UTM's scale).
+    geoms = [shapely.box(500000, 4000000, 500050, 4000050),
+             shapely.box(500060, 4000000, 500110, 4000050)]
     path = _write(tmp_path / "pair.gpkg", geoms, "EPSG:32651", "GPKG")
     base = ["measure", str(path), "--json", "--pixel-size", "0", "--site-gap-m", "20",
             "--claim-m2", "5450", "--claim-tolerance", "0.01"]
@@ -98,7 +101,7 @@ def test_envelope_basis_and_tolerance(tmp_path: Path) -> None:
     envelope = json.loads(CliRunner().invoke(main, base + ["--claim-basis", "envelope"]).stdout)
     assert footprint["claim"]["verdicts"][0]["verdict"] == "smaller than claimed"
     assert envelope["claim"]["verdicts"][0]["verdict"] == "consistent"
-    assert 5400 < envelope["sites"][0]["envelope_area_m2"] <= 5500
+    assert envelope["sites"][0]["envelope_area_m2"] == pytest.approx(5500.0, abs=0.01)
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:

@@ -258,7 +258,9 @@ def test_flat_scenes_give_an_unreliable_shift_and_no_library_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
         reg = estimate_shift(flat, flat.copy(), valid)
-    assert reg.reliability < 0.5
+    # Judged unreliable, and so not applied.
+    assert reg.low_reliability and not reg.applied
+    assert reg.correction == Affine.identity()
 
 
 def test_coregister_refuses_a_pair_off_its_grid():

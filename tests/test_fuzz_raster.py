@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +64,6 @@ def test_corrupted_metadata_bytes_fail_cleanly(tmp_path):
     raw[350] = 0xFE
     path = tmp_path / "corrupt.tif"
     path.write_bytes(bytes(raw))
-    try:
+    with pytest.raises(InputError) as info:
         read_scene(path)
-    except InputError as exc:
-        assert str(path) in str(exc)
+    assert str(path) in str(info.value)

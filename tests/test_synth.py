@@ -156,14 +156,15 @@ def test_nodata_margin_and_nir(tmp_path: Path):
     # truth buildings stay inside the valid data of both dates
     left, bottom, right, top = grid.bounds
     keep = (10 + 4) * px
+    assert truth["buildings"]
     for feat in truth["buildings"]:
         assert feat["area_m2"] > 0
     with rasterio.open(paths["truth_mask"]) as ds:
         mask = ds.read(1) > 0
     rows, cols = np.nonzero(mask)
-    if len(rows):
-        assert rows.min() * px >= keep and (grid.height - rows.max()) * px >= keep
-        assert cols.min() * px >= keep and (grid.width - cols.max()) * px >= keep
+    assert len(rows)
+    assert rows.min() * px >= keep and (grid.height - rows.max()) * px >= keep
+    assert cols.min() * px >= keep and (grid.width - cols.max()) * px >= keep
     # near-infrared: vegetation is bright, asphalt and water dark
     before = read_scene(paths["before"], bands=(1, 2, 3, 4), nir_band=4)
     red, nir = before.image[0], before.image[3]
