@@ -1,10 +1,11 @@
 """How much of each benchmark scene changed, by its structure: where the warning fires.
 
 The regions detector's colour normalisation matches the two dates where they agree,
-so it needs most of the scene unchanged. ``changedet detect`` warns when the share of
-the textured ground whose structure differs between the dates
-(:func:`changedet.change.structure_disagreement`) is above
-:data:`changedet.change.CHANGED_MAJORITY`. This script prints that share for every
+so it needs most of the scene unchanged. When the share of the textured ground whose
+structure differs between the dates (:func:`changedet.radiometry.changed_share` of
+:func:`changedet.radiometry.structure_maps`, on the fit's patches) is above
+:data:`changedet.radiometry.CHANGED_MAJORITY`, the fit is weighted by structure and
+``changedet detect`` warns. This script prints that share for every
 benchmark scene: the synthetic scenarios (``compound`` seeds 0-11 at 1600 px,
 ``suburb`` and ``none`` 0-2, ``demolition`` 0-5, at 1024 px), the independent pairs
 when a folder of them is given (``benchmarks/independent/gen_pairs.py DATA``), and
@@ -23,9 +24,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from changedet.change import (CHANGED_MAJORITY, _brightness, _share,
-                              structure_disagreement)
+import numpy as np
+
 from changedet.coregister import coregister
+from changedet.radiometry import (CHANGED_MAJORITY, changed_share, fit_patches,
+                                  structure_on_patches)
 from changedet.raster import AlignedPair, align_pair, read_scene
 from changedet.synth import SynthParams, make_synthetic_pair
 
@@ -34,11 +37,14 @@ from real_joplin import pairs_by_overlap  # noqa: E402
 from real_levir import DEFAULT_DIR, load_pair, shared_data_dir  # noqa: E402
 
 
-def changed_share(before, after, pixel_m: float) -> float:
-    """Share of the textured ground whose structure differs (NaN: none to compare)."""
-    return _share(structure_disagreement(_brightness(before.image, before.nir),
-                                         _brightness(after.image, after.nir),
-                                         before.valid & after.valid, pixel_m))
+def scene_share(before, after, pixel_m: float) -> float:
+    """Share of the textured ground whose structure differs, on the fit's patches, as
+    the detector measures it (NaN: none to compare)."""
+    valid = before.valid & after.valid
+    patches = fit_patches(valid.shape)
+    maps = structure_on_patches(before.image, after.image, valid, patches, pixel_m)
+    return changed_share(np.concatenate([maps[:, r0:r1, c0:c1][:, valid[r0:r1, c0:c1]]
+                                         for r0, c0, r1, c1 in patches], axis=1))
 
 
 def _registered(pair: AlignedPair) -> tuple[object, object, float]:
@@ -62,22 +68,22 @@ def main(argv: list[str] | None = None) -> int:
                                   ("none", range(3), 1024), ("demolition", range(6), 1024)):
         for seed in seeds:
             sp = make_synthetic_pair(SynthParams.for_scenario(scenario, seed=seed, size=size))
-            row(f"{scenario} {seed}", changed_share(*_registered(align_pair(sp.before,
+            row(f"{scenario} {seed}", scene_share(*_registered(align_pair(sp.before,
                                                                             sp.after))))
     if args.independent is not None:
         for folder in sorted(p for p in args.independent.iterdir() if p.is_dir()):
             pair = align_pair(read_scene(str(folder / "before.tif")),
                               read_scene(str(folder / "after.tif")))
-            row(f"independent {folder.name}", changed_share(*_registered(pair)))
+            row(f"independent {folder.name}", scene_share(*_registered(pair)))
     if (DEFAULT_DIR / "A").is_dir():
         for name in sorted(p.stem for p in (DEFAULT_DIR / "A").glob("*.png")):
             before, after, _ = load_pair(DEFAULT_DIR, name)
-            row(f"LEVIR {name}", changed_share(before, after, 0.5))
+            row(f"LEVIR {name}", scene_share(before, after, 0.5))
     joplin = shared_data_dir("joplin")
     if (joplin / "pre").is_dir():
         for pre, post, _ in pairs_by_overlap(joplin):
             pair = align_pair(read_scene(str(pre)), read_scene(str(post)))
-            row(f"Joplin {pre.stem}", changed_share(*_registered(pair)))
+            row(f"Joplin {pre.stem}", scene_share(*_registered(pair)))
     return 0
 
 

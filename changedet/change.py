@@ -49,7 +49,7 @@ from ._log import logger, warn_analyst
 from .morphology import (at_least, dilate_disk, disk, erode_disk, fill_holes, fill_small_holes,
                          grey_disk, relabel)
 from .outline import redraw_outlines
-from .radiometry import RadiometricFit, fit_patches, fit_radiometry
+from .radiometry import RadiometricFit, fit_patches, fit_radiometry, structure_on_patches
 from .raster import Grid, Scene, check_scene
 
 #: The shipped pixel detector (trained by ``benchmarks/train_detector.py``).
@@ -384,6 +384,9 @@ class Evidence:
         report them apart; ``outlined_before`` counts them.
     statistics : SceneStatistics or None
         The scene-wide statistics the maps were computed with.
+    fit : RadiometricFit or None
+        The radiometric fit the after scene was normalised with
+        (:func:`detect_new_buildings` sets it).
     """
 
     change: np.ndarray
@@ -413,6 +416,7 @@ class Evidence:
     regions: np.ndarray | None = field(default=None, repr=False)
     standing_before: np.ndarray | None = field(default=None, repr=False)
     statistics: SceneStatistics | None = field(default=None, repr=False)
+    fit: RadiometricFit | None = field(default=None, repr=False)
 
     @property
     def outlined_before(self) -> int:
@@ -499,67 +503,6 @@ def _gradient_sigma_px(pixel_m: float) -> float:
 def _gradient(bright: np.ndarray, pixel_m: float) -> np.ndarray:
     """(H, W) brightness gradient magnitude, Gaussian of :func:`_gradient_sigma_px`."""
     return ndimage.gaussian_gradient_magnitude(bright, _gradient_sigma_px(pixel_m))
-
-
-#: Gaussian scale of the gradients whose directions :func:`structure_disagreement`
-#: compares, metres (at least a pixel): that of a roof's edge, above the texture of
-#: grass and gravel.
-STRUCTURE_SCALE_M = 1.0
-#: The radiometric fit matches the dates where they agree, so it needs an unchanged
-#: majority (its breakdown point); where the structure of more than this share of
-#: the textured ground differs, the run warns.
-CHANGED_MAJORITY = 0.5
-
-
-def structure_disagreement(bright_before: np.ndarray, bright_after: np.ndarray,
-                           valid: np.ndarray, pixel_m: float) -> np.ndarray:
-    """Whether each textured pixel's local structure differs between the dates.
-
-    A change of radiometry, monotone in brightness, keeps the direction of every
-    gradient; new buildings, cleared woods and debris do not. The gradients (scale
-    :data:`STRUCTURE_SCALE_M`) of the two dates are compared over windows of three
-    times that scale: a cosine under 0.5 (more than 60 degrees apart) is a
-    disagreement. Textured pixels are those whose gradient energy in either date is
-    above that date's median, away from nodata by a window.
-
-    Parameters
-    ----------
-    bright_before, bright_after : (H, W) ndarray
-        Brightness of each date, on one grid.
-    valid : (H, W) ndarray of bool
-    pixel_m : float
-
-    Returns
-    -------
-    (N,) ndarray of float32
-        1 for a textured pixel whose structure differs, 0 for one whose structure
-        agrees; their mean is the share of the textured ground that changed.
-    """
-    s = max(1.0, STRUCTURE_SCALE_M / pixel_m)
-    size = int(round(3 * s)) | 1
-    gb = [ndimage.gaussian_filter(bright_before.astype(np.float32), s, order=o)
-          for o in ((0, 1), (1, 0))]
-    ga = [ndimage.gaussian_filter(bright_after.astype(np.float32), s, order=o)
-          for o in ((0, 1), (1, 0))]
-    cross = ndimage.uniform_filter(gb[0] * ga[0] + gb[1] * ga[1], size)
-    energy_b = ndimage.uniform_filter(gb[0] ** 2 + gb[1] ** 2, size)
-    energy_a = ndimage.uniform_filter(ga[0] ** 2 + ga[1] ** 2, size)
-    # Away from nodata by the reach of the gradients and the window.
-    reach = size + 2 * int(np.ceil(4 * s))
-    inside = ndimage.minimum_filter(valid.astype(np.uint8), reach) > 0
-    if not inside.any():
-        return np.zeros(0, np.float32)
-    textured = inside & ((energy_b > np.median(energy_b[inside]))
-                         | (energy_a > np.median(energy_a[inside])))
-    # (A running mean of squares can come out a rounding error below zero.)
-    cosine = cross[textured] / np.sqrt(np.maximum(energy_b[textured] * energy_a[textured],
-                                                  0.0) + 1e-30)
-    return (cosine < 0.5).astype(np.float32)
-
-
-def _share(flags: np.ndarray) -> float:
-    """Mean of 0/1 flags; NaN for none."""
-    return float(flags.mean()) if flags.size else float("nan")
 
 
 def _homogeneity(grad: np.ndarray, median: float) -> np.ndarray:
@@ -1257,10 +1200,6 @@ def new_building_evidence(
     sh_a = _shadow_map(br_a, stats.get("median_bright_after", lambda: br_a[valid][::5]))
     grad_b = _gradient(br_b, pixel_m)
     grad_a = _gradient(br_a, pixel_m)
-    # Measured for the run's warning that most of the scene changed (read by the
-    # pipeline from the statistics; windows take the first pass's value).
-    stats.get("changed_structure_share",
-              lambda: structure_disagreement(br_b, br_a, valid, pixel_m), _share)
     # Valid pixels only: nodata (zero gradient) would lower the medians and inflate
     # every edge, the more so the larger the scene's nodata collar.
     homog_b = _homogeneity(grad_b, stats.get("median_gradient_before", lambda: grad_b[valid]))
@@ -1997,12 +1936,17 @@ def detect_new_buildings(
     valid = before.valid & after.valid
     fit = params.fit
     if fit is None:
+        patches = fit_patches(valid.shape)
+        structure = structure_on_patches(before.image, after.image, valid, patches,
+                                         params.pixel_m(before.grid))
         fit = fit_radiometry(before.image, after.image, valid, keep_weight=False,
-                             patches=fit_patches(valid.shape), workers=workers)
+                             patches=patches, workers=workers, structure=structure)
+        del structure
         params = replace(params, fit=fit)
     normalised = replace(after, image=fit.normalise(after.image, before.image), valid=valid)
     evidence = new_building_evidence(replace(before, valid=valid), normalised, params,
                                      after_raw=after.image, statistics=statistics)
+    evidence.fit = fit
     if params.detector == "appearance":
         # Each date is judged in its own units: the after scene as it was delivered.
         labels = _segment_by_appearance(before, after, evidence, valid,

@@ -429,20 +429,20 @@ def _warn_partial_overlap(before: str | os.PathLike[str], after: str | os.PathLi
                      os.fspath(after), 100 * fraction, os.fspath(before))
 
 
-def _warn_changed_majority(after: str | os.PathLike[str] | None, values: dict[str, float],
+def _warn_changed_majority(after: str | os.PathLike[str] | None, fit: Any,
                            detector: str) -> None:
     """Warn that most of the scene changed, which the colour normalisation of the
-    regions detector cannot see through (``values``: the run's scene statistics)."""
-    from .change import CHANGED_MAJORITY
+    regions detector can only partly see through (``fit``: the run's RadiometricFit)."""
+    from .radiometry import CHANGED_MAJORITY
 
-    share = values.get("changed_structure_share", float("nan"))
-    if detector == "regions" and np.isfinite(share) and share > CHANGED_MAJORITY:
+    share = getattr(fit, "changed_share", None)
+    if detector == "regions" and share is not None and share > CHANGED_MAJORITY:
         warn_analyst("the structure of %.0f %% of the textured ground differs between the "
-                     "dates (of %s): the colour normalisation matches the dates where they "
-                     "agree and needs most of the scene unchanged, so change may have been "
-                     "taken for a change of colour, and buildings missed or cut; check the "
-                     "results by eye (--detector appearance judges each date on its own, "
-                     "and takes debris for roofs)", 100 * share,
+                     "dates (of %s): the colour normalisation, weighted to the unchanged "
+                     "structure, may still take change for a change of colour, and "
+                     "buildings be missed or cut; check the results by eye "
+                     "(--detector appearance judges each date on its own, and takes "
+                     "debris for roofs)", 100 * share,
                      "the after scene" if after is None else os.fspath(after))
 
 
@@ -472,8 +472,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     params = opts.detection_params(grid)
     labels, evidence = detect_new_buildings(pair.before, pair.after, params,
                                             workers=opts.local_threads())
-    if evidence.statistics is not None:
-        _warn_changed_majority(after, evidence.statistics.values, params.detector)
+    _warn_changed_majority(after, evidence.fit, params.detector)
     standing = evidence.standing_before
     if aoi is not None:
         labels = keep_labels_in_aoi(labels, aoi.mask)
@@ -742,7 +741,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
         overlap = _windowed_overlap(full_grid, grid, header_b, resample_before,
                                     first.both_valid_px)
     _warn_partial_overlap(header_b.path, header_a.path, overlap)
-    _warn_changed_majority(header_a.path, first.statistics.values, params.detector)
+    _warn_changed_majority(header_a.path, first.fit, params.detector)
     registration = first.registration
     reg_summary = registration.summary(grid)
     correction = registration.correction if registration.applied else Affine.identity()

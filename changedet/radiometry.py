@@ -13,6 +13,13 @@ The fit is a small object (a few knots per band) computed once and applied to an
 window of the after scene. On a large scene it is measured on strips spread over it
 (:func:`fit_patches`): a whole-scene run and a windowed one read the same patches, so
 they normalise with the same fit.
+
+The fit needs most of the scene unchanged. Where it is not (a wood cleared for a new
+suburb), the dates' structure says so: a monotone change of radiometry keeps the
+direction of every brightness gradient, and new ground does not
+(:func:`structure_maps`). When more than half of the textured ground changed that
+way, the fit weights each pixel by how well its structure agrees
+(:func:`structure_prior`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import ndimage, stats
 
 from ._log import logger, warn_analyst
 from .errors import ProcessingError
@@ -39,6 +46,14 @@ _MAX_SAMPLES = 400_000
 FIT_SAMPLE_PX = 1_572_864
 FIT_STRIP_ROWS = 8
 MIN_FIT_STRIPS = 16
+#: Gaussian scale of the gradients whose directions :func:`structure_maps` compares,
+#: metres (at least a pixel): that of a roof's edge, above the texture of grass and
+#: gravel. They are compared over a Gaussian window 1.5 times as wide.
+STRUCTURE_SCALE_M = 1.0
+#: The fit matches the dates where they agree, so it needs an unchanged majority (its
+#: breakdown point): where the structure of more than this share of the textured
+#: ground differs, the fit is weighted by structure, and the run warns.
+CHANGED_MAJORITY = 0.5
 
 
 @dataclass
@@ -65,6 +80,11 @@ class RadiometricFit:
         Per band, the ``[low, high]`` values at which each date is clipped (a
         saturated band), NaN where it is not (:func:`clip_levels`); None: unknown.
         :meth:`normalise` reads a clipped value as a bound, not a measurement.
+    changed_share : float or None
+        Share of the textured ground whose structure differs between the dates
+        (:func:`changed_share`), on the fitted pixels; None when not measured, NaN
+        when there was nothing to compare. Above :data:`CHANGED_MAJORITY` the fit was
+        weighted by structure (:func:`structure_prior`).
     """
 
     knots_after: np.ndarray
@@ -74,6 +94,7 @@ class RadiometricFit:
     iterations: int = 0
     clip_after: np.ndarray | None = None
     clip_before: np.ndarray | None = None
+    changed_share: float | None = None
 
     def apply(self, after: np.ndarray) -> np.ndarray:
         """Map after-scene bands onto the before scene's radiometry.
@@ -294,6 +315,149 @@ def fit_patches(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     return [(int(r), 0, int(r) + rows, w) for r in starts]
 
 
+def _gaussian_radius(sigma: float) -> int:
+    """Reach of :func:`scipy.ndimage.gaussian_filter` (truncate 4), pixels."""
+    return int(4.0 * sigma + 0.5)
+
+
+def _structure_sigma_px(pixel_m: float) -> float:
+    return max(1.0, STRUCTURE_SCALE_M / pixel_m)
+
+
+def structure_box(patch: tuple[int, int, int, int], shape: tuple[int, int],
+                  pixel_m: float) -> tuple[tuple[int, int, int, int], slice, slice]:
+    """The box to read around a fit patch so that :func:`structure_maps` of the box
+    gives, on the patch, what it gives on the whole grid.
+
+    Returns
+    -------
+    box : (row0, col0, row1, col1)
+        The patch grown by the maps' reach, within the grid.
+    rows, cols : slice
+        The patch within the box.
+    """
+    s = _structure_sigma_px(pixel_m)
+    reach = _gaussian_radius(s) + _gaussian_radius(1.5 * s)
+    r0, c0, r1, c1 = patch
+    h, w = shape
+    box = (max(0, r0 - reach), max(0, c0 - reach), min(h, r1 + reach), min(w, c1 + reach))
+    return box, slice(r0 - box[0], r1 - box[0]), slice(c0 - box[1], c1 - box[1])
+
+
+def structure_maps(before: np.ndarray, after: np.ndarray, valid: np.ndarray,
+                   pixel_m: float) -> np.ndarray:
+    """How well each pixel's local structure agrees between the dates.
+
+    A change of radiometry, monotone in brightness, keeps the direction of every
+    gradient; new buildings, cleared woods and debris do not. The brightness
+    gradients (Gaussian derivatives at :data:`STRUCTURE_SCALE_M`) of the two dates are
+    compared over a Gaussian window 1.5 times as wide: their cosine, 1 where they
+    agree, 0 or less where they cross. Every filter is local (a box grown by the
+    reach, :func:`structure_box`, gives the same values), so that a windowed run's
+    fit strips see what the whole scene's do.
+
+    Parameters
+    ----------
+    before, after : (B, H, W) ndarray
+        Both dates on one grid (brightness: the mean of the bands).
+    valid : (H, W) ndarray of bool
+    pixel_m : float
+
+    Returns
+    -------
+    (3, H, W) ndarray of float32
+        The cosine and the gradient energy of each date (before, after) over the
+        window; NaN where the reach touches nodata.
+    """
+    s = _structure_sigma_px(pixel_m)
+    gradients = []
+    for image in (before, after):
+        bright = np.asarray(image, np.float32).mean(axis=0, dtype=np.float32)
+        gradients.append([ndimage.gaussian_filter(bright, s, order=o)
+                          for o in ((0, 1), (1, 0))])
+    (bx, by), (ax, ay) = gradients
+    window = 1.5 * s
+    cross = ndimage.gaussian_filter(bx * ax + by * ay, window)
+    energy_b = ndimage.gaussian_filter(bx * bx + by * by, window)
+    energy_a = ndimage.gaussian_filter(ax * ax + ay * ay, window)
+    cosine = cross / np.sqrt(np.maximum(energy_b * energy_a, 0.0) + np.float32(1e-30))
+    reach = _gaussian_radius(s) + _gaussian_radius(window)
+    # (At the grid's border the filters reflect the data: the border is not nodata.)
+    inside = ndimage.minimum_filter(valid.astype(np.uint8), 2 * reach + 1) > 0
+    out = np.full((3,) + valid.shape, np.nan, np.float32)
+    for k, m in enumerate((cosine, energy_b, energy_a)):
+        out[k][inside] = m[inside]
+    return out
+
+
+def structure_on_patches(before: np.ndarray, after: np.ndarray, valid: np.ndarray,
+                         patches: list[tuple[int, int, int, int]], pixel_m: float
+                         ) -> np.ndarray:
+    """:func:`structure_maps` on the fit patches only (each through its
+    :func:`structure_box`), NaN elsewhere: the values the whole grid gives there.
+
+    Returns
+    -------
+    (3, H, W) ndarray of float32
+    """
+    out = np.full((3,) + valid.shape, np.nan, np.float32)
+    for patch in patches:
+        (b0, c0, b1, c1), rows, cols = structure_box(patch, valid.shape, pixel_m)
+        maps = structure_maps(before[:, b0:b1, c0:c1], after[:, b0:b1, c0:c1],
+                              valid[b0:b1, c0:c1], pixel_m)
+        r0, k0, r1, k1 = patch
+        out[:, r0:r1, k0:k1] = maps[:, rows, cols]
+    return out
+
+
+def changed_share(structure: np.ndarray) -> float:
+    """Share of the textured ground whose structure differs between the dates.
+
+    Parameters
+    ----------
+    structure : (3, N) ndarray
+        :func:`structure_maps` of N pixels.
+
+    Returns
+    -------
+    float
+        Of the pixels whose gradient energy in either date is above that date's median
+        (among those measured), the share whose cosine is under 0.5 (more than 60
+        degrees apart); NaN when none was measured.
+    """
+    measured = np.isfinite(structure[0])
+    if not measured.any():
+        return float("nan")
+    cosine, energy_b, energy_a = structure[:, measured]
+    textured = (energy_b > np.median(energy_b)) | (energy_a > np.median(energy_a))
+    if not textured.any():
+        return float("nan")
+    return float((cosine[textured] < 0.5).mean())
+
+
+def structure_prior(structure: np.ndarray, share: float) -> np.ndarray:
+    """No-change weights from structure, for a scene whose majority changed.
+
+    A pixel whose structure agrees weighs 1, one whose structure crosses (or is not
+    measured) weighs ``(1 - share) / (2 * share)``, linearly between: the textured
+    pixels that agree then outweigh those that do not two to one.
+
+    Parameters
+    ----------
+    structure : (3, N) ndarray
+        :func:`structure_maps` of N pixels.
+    share : float
+        :func:`changed_share` of them, above :data:`CHANGED_MAJORITY`.
+
+    Returns
+    -------
+    (N,) ndarray of float64
+    """
+    floor = (1.0 - share) / (2.0 * share)
+    agree = np.clip(np.nan_to_num(structure[0].astype(np.float64), nan=0.0), 0.0, 1.0)
+    return floor + (1.0 - floor) * agree
+
+
 def fit_radiometry(
     before: np.ndarray,
     after: np.ndarray,
@@ -303,6 +467,7 @@ def fit_radiometry(
     keep_weight: bool = True,
     patches: list[tuple[int, int, int, int]] | None = None,
     workers: int = 1,
+    structure: np.ndarray | None = None,
 ) -> RadiometricFit:
     """Fit the after-to-before radiometric map on pixels that did not change.
 
@@ -321,6 +486,11 @@ def fit_radiometry(
         see :func:`fit_patches`.
     workers : int
         Threads fitting the bands (the result is the same for any number).
+    structure : (3, H, W) ndarray, optional
+        :func:`structure_maps` of the pair (on the patches at least, as the whole
+        grid gives them). When the structure of more than :data:`CHANGED_MAJORITY` of
+        the textured ground differs, each pixel's no-change weight is multiplied by
+        :func:`structure_prior`, the first round's median and spread included.
 
     Returns
     -------
@@ -359,18 +529,31 @@ def fit_radiometry(
     step = int(np.ceil(total / _MAX_SAMPLES)) if total > _MAX_SAMPLES else 1
     # Every step-th of those pixels: in each patch, from the first whose index in the
     # whole sequence is a multiple of step.
-    parts_b, parts_a = [], []
+    parts_b, parts_a, parts_s = [], [], []
     start = 0
     for (r0, c0, r1, c1), count in zip(patches, counts):
         idx = np.flatnonzero(valid[r0:r1, c0:c1].ravel())[(-start) % step::step]
         parts_b.append(before[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx])
         parts_a.append(after[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx])
+        if structure is not None:
+            parts_s.append(structure[:, r0:r1, c0:c1].reshape(3, -1)[:, idx])
         start += count
     xb = np.concatenate(parts_b, axis=1).astype(np.float64)
     xa = np.concatenate(parts_a, axis=1).astype(np.float64)
     del parts_a, parts_b
     n = xb.shape[1]
-    w = np.ones(n)
+    share = None
+    prior = None
+    if structure is not None:
+        sample = np.concatenate(parts_s, axis=1)
+        share = changed_share(sample)
+        if share > CHANGED_MAJORITY:
+            # Most of the scene changed: the weights alone would match the change.
+            prior = structure_prior(sample, share)
+            logger.info("radiometry: the structure of %.0f %% of the textured ground "
+                        "differs; the fit is weighted by structure", 100 * share)
+        del sample, parts_s
+    w = np.ones(n) if prior is None else prior.copy()
     with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
         run_bands = map if pool is None else pool.map
         # The samples stay fixed while the weights change: sort them once.
@@ -389,7 +572,18 @@ def fit_radiometry(
             use = w > 0.01
 
             def fit_band(b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-                if done == 1:
+                if done == 1 and prior is not None:
+                    # The same, weighted by structure: the changed majority must not
+                    # set the first match.
+                    half = np.array([0.5])
+                    ma = _weighted_quantiles(xa[b], prior, half)[0]
+                    mb = _weighted_quantiles(xb[b], prior, half)[0]
+                    sa = max(1.4826 * _weighted_quantiles(np.abs(xa[b] - ma), prior,
+                                                          half)[0], 1e-6)
+                    sb = 1.4826 * _weighted_quantiles(np.abs(xb[b] - mb), prior, half)[0]
+                    xk = np.array([ma - sa, ma + sa])
+                    yk = np.array([mb - sb, mb + sb])
+                elif done == 1:
                     # First round: robust location/scale matching (median, MAD), which a
                     # changed minority hardly moves, to get first no-change weights.
                     ma, mb = np.median(xa[b]), np.median(xb[b])
@@ -417,6 +611,8 @@ def fit_radiometry(
                 z2 += (r / sigma_b) ** 2
             # No-change probability, as in IR-MAD: the chi-square tail of the residual.
             new_w = stats.chi2.sf(z2, df=nb)
+            if prior is not None:
+                new_w *= prior
             if new_w.sum() < 0.01 * n:
                 warn_analyst("radiometry: almost every pixel looks changed; keeping "
                              "the previous weights")
@@ -431,7 +627,8 @@ def fit_radiometry(
     knots_b = np.stack([np.pad(y, (0, k - y.size), constant_values=np.nan) for y in kb])
     clips = [np.array([clip_levels(x[o]) for x, o in zip(xs, orders)])
              for xs, orders in ((xa, order_a), (xb, order_b))]
-    fit = RadiometricFit(knots_a, knots_b, sigma.copy(), None, done, clips[0], clips[1])
+    fit = RadiometricFit(knots_a, knots_b, sigma.copy(), None, done, clips[0], clips[1],
+                         share)
     for name, clip in (("after", clips[0]), ("before", clips[1])):
         if np.isfinite(clip).any():
             # One line: "band 1 -/255, band 2 0/255" (- where that end is not clipped).

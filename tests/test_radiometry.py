@@ -234,3 +234,76 @@ def test_a_saturated_after_date_is_read_as_a_bound() -> None:
     assert (read[roof] - before[roof]).min() > 50
     untouched = ~(after == 255).any(axis=0)
     np.testing.assert_array_equal(read[:, untouched], plain[:, untouched])
+
+
+def _mostly_rebuilt(seed: int = 1, size: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """Before, and an after scene whose right 70 % is new ground of another brightness
+    (the rest the before scene under gain, offset, gamma and haze, with noise)."""
+    before = _scene(seed, size, size)
+    after = _distort(before)
+    new = _distort(0.5 * _scene(seed + 1, size, size) + 120)
+    after[:, :, int(0.3 * size):] = new[:, :, int(0.3 * size):]
+    after += np.random.default_rng(seed).normal(0, 1, after.shape).astype(np.float32)
+    return before, after
+
+
+def test_structure_maps_see_a_change_of_ground_not_of_radiometry() -> None:
+    before, after = _mostly_rebuilt()
+    valid = np.ones(before.shape[1:], bool)
+    same = _distort(before) + np.random.default_rng(3).normal(0, 1, before.shape)
+    assert radiometry.changed_share(
+        radiometry.structure_maps(before, same.astype(np.float32), valid, 0.5)
+        .reshape(3, -1)) < 0.05
+    assert 0.5 < radiometry.changed_share(
+        radiometry.structure_maps(before, after, valid, 0.5).reshape(3, -1)) < 0.8
+    # Nothing valid, nothing measured.
+    nothing = radiometry.structure_maps(before, after, np.zeros_like(valid), 0.5)
+    assert np.isnan(nothing).all() and np.isnan(radiometry.changed_share(nothing.reshape(3, -1)))
+
+
+def test_structure_maps_of_a_patch_read_with_its_box_are_the_whole_grids() -> None:
+    # A windowed run reads each fit strip through its box: its maps must be the
+    # whole grid's, nodata included, to the bit.
+    before, after = _mostly_rebuilt()
+    valid = np.random.default_rng(5).uniform(size=before.shape[1:]) > 0.002
+    valid[:, :12] = False
+    whole = radiometry.structure_maps(before, after, valid, 0.5)
+    for patch in ((0, 0, 8, 300), (150, 0, 158, 300), (292, 0, 300, 300), (40, 30, 60, 90)):
+        (b0, c0, b1, c1), rows, cols = radiometry.structure_box(patch, valid.shape, 0.5)
+        maps = radiometry.structure_maps(before[:, b0:b1, c0:c1], after[:, b0:b1, c0:c1],
+                                         valid[b0:b1, c0:c1], 0.5)[:, rows, cols]
+        r0, k0, r1, k1 = patch
+        np.testing.assert_array_equal(maps, whole[:, r0:r1, k0:k1])
+    patches = [(0, 0, 8, 300), (150, 0, 158, 300)]
+    on_patches = radiometry.structure_on_patches(before, after, valid, patches, 0.5)
+    np.testing.assert_array_equal(on_patches[:, 150:158], whole[:, 150:158])
+    assert np.isnan(on_patches[:, 8:150]).all()
+
+
+def test_a_changed_majority_is_fitted_on_the_unchanged_structure() -> None:
+    before, after = _mostly_rebuilt()
+    valid = np.ones(before.shape[1:], bool)
+    maps = radiometry.structure_maps(before, after, valid, 0.5)
+    plain = fit_radiometry(before, after, valid, keep_weight=False)
+    weighted = fit_radiometry(before, after, valid, keep_weight=False, structure=maps)
+    assert plain.changed_share is None and weighted.changed_share > radiometry.CHANGED_MAJORITY
+    # The unchanged 30 % (away from the new ground's edge): the plain fit matched
+    # the new ground and is many levels off there; weighted, within the noise.
+    unchanged = (slice(None), slice(20, 280), slice(10, 75))
+    plain_err = np.median(np.abs(plain.normalise(after, before) - before)[unchanged])
+    weighted_err = np.median(np.abs(weighted.normalise(after, before) - before)[unchanged])
+    assert weighted_err < 1.0 < 5.0 < plain_err
+
+
+def test_an_unchanged_majority_is_fitted_as_without_structure() -> None:
+    # Below the breakdown point the structure only measures: the fit is the same.
+    before = _scene(7)
+    after = _distort(before)
+    after[:, 50:90, 60:120] = 230.0  # a new roof
+    valid = np.ones(before.shape[1:], bool)
+    maps = radiometry.structure_maps(before, after, valid, 0.5)
+    plain = fit_radiometry(before, after, valid, keep_weight=False)
+    measured = fit_radiometry(before, after, valid, keep_weight=False, structure=maps)
+    assert measured.changed_share < radiometry.CHANGED_MAJORITY
+    np.testing.assert_array_equal(plain.knots_after, measured.knots_after)
+    np.testing.assert_array_equal(plain.knots_before, measured.knots_before)
