@@ -24,10 +24,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from changedet.coregister import coregister
-from changedet.radiometry import (CHANGED_MAJORITY, changed_share, fit_patches,
+from changedet.change import DetectionParams
+from changedet.radiometry import (CHANGED_MAJORITY, fit_patches, fit_radiometry,
                                   structure_on_patches)
 from changedet.raster import AlignedPair, align_pair, read_scene
 from changedet.synth import SynthParams, make_synthetic_pair
@@ -38,18 +38,19 @@ from real_levir import DEFAULT_DIR, load_pair, shared_data_dir  # noqa: E402
 
 
 def scene_share(before, after, pixel_m: float) -> float:
-    """Share of the textured ground whose structure differs, on the fit's patches, as
-    the detector measures it (NaN: none to compare)."""
+    """Share of the textured ground whose structure differs, as the detector's fit
+    measures it (on its patches and its sample; NaN: none to compare)."""
     valid = before.valid & after.valid
     patches = fit_patches(valid.shape)
-    maps = structure_on_patches(before.image, after.image, valid, patches, pixel_m)
-    return changed_share(np.concatenate([maps[:, r0:r1, c0:c1][:, valid[r0:r1, c0:c1]]
-                                         for r0, c0, r1, c1 in patches], axis=1))
+    structure = structure_on_patches(before.image, after.image, valid, patches, pixel_m)
+    return fit_radiometry(before.image, after.image, valid, keep_weight=False,
+                          patches=patches, structure=structure).changed_share
 
 
 def _registered(pair: AlignedPair) -> tuple[object, object, float]:
     registered, _ = coregister(pair, "global")
-    return registered.before, registered.after, abs(registered.grid.transform.a)
+    return (registered.before, registered.after,
+            DetectionParams().pixel_m(registered.grid))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if (DEFAULT_DIR / "A").is_dir():
         for name in sorted(p.stem for p in (DEFAULT_DIR / "A").glob("*.png")):
             before, after, _ = load_pair(DEFAULT_DIR, name)
-            row(f"LEVIR {name}", scene_share(before, after, 0.5))
+            row(f"LEVIR {name}", scene_share(before, after,
+                                             DetectionParams().pixel_m(before.grid)))
     joplin = shared_data_dir("joplin")
     if (joplin / "pre").is_dir():
         for pre, post, _ in pairs_by_overlap(joplin):

@@ -276,6 +276,12 @@ class DetectionParams:
         classifier's training scenes, at the cost of a few more false buildings
         (debris on scenes of destruction) and 1.4 to 2 times the time (README, "A
         second opinion").
+    structure_aligned : bool
+        The dates are aligned better than :data:`changedet.radiometry.STRUCTURE_SCALE_M`,
+        so that the radiometric fit may compare their structure (and weight itself by
+        it where most of the scene changed). A run turns it off when the
+        misregistration it leaves exceeds that scale (an unreliable co-registration,
+        not applied): gradients a few pixels apart cross, changed or not.
     """
 
     min_area_m2: float | None = None
@@ -296,6 +302,7 @@ class DetectionParams:
     ground_pixel_m: float | None = None
     half_cover_outlines: bool = True
     appearance_check: bool = True
+    structure_aligned: bool = True
 
     def pixel_m(self, grid: Grid) -> float:
         """Ground side of a pixel of ``grid``, metres: ``ground_pixel_m`` if set.
@@ -1937,8 +1944,9 @@ def detect_new_buildings(
     fit = params.fit
     if fit is None:
         patches = fit_patches(valid.shape)
-        structure = structure_on_patches(before.image, after.image, valid, patches,
-                                         params.pixel_m(before.grid))
+        structure = (structure_on_patches(before.image, after.image, valid, patches,
+                                          params.pixel_m(before.grid))
+                     if params.structure_aligned else None)
         fit = fit_radiometry(before.image, after.image, valid, keep_weight=False,
                              patches=patches, workers=workers, structure=structure)
         del structure

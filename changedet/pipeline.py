@@ -450,6 +450,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
                opts: DetectOptions, stage: _StageClock) -> DetectionResult:
     """The whole scene in memory at once."""
     from .change import appearance_check_applies, building_scores, detect_new_buildings
+    from .radiometry import structure_aligned
     from .raster import align_checked_pair, read_scene
     from .vectorize import labels_at_edge, polygons_from_labels
 
@@ -470,6 +471,8 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
     residual = registration.misregistration_px
     stage("detecting")
     params = opts.detection_params(grid)
+    params = replace(params, structure_aligned=structure_aligned(registration,
+                                                                 params.pixel_m(grid)))
     labels, evidence = detect_new_buildings(pair.before, pair.after, params,
                                             workers=opts.local_threads())
     _warn_changed_majority(after, evidence.fit, params.detector)
@@ -875,14 +878,10 @@ def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _input_path(path: str | os.PathLike[str] | None) -> str | None:
-    """An input's path for ``summary.json``: absolute, so that the record still names
-    the file when read from another folder; URLs and GDAL virtual paths as given."""
-    if path is None:
-        return None
-    path = os.fspath(path)
-    if "://" in path or path.startswith("/vsi"):
-        return path
-    return os.path.abspath(path)
+    """An input's path for ``summary.json``: a local file's made absolute, so that the
+    record still names it when read from another folder (URLs, GDAL virtual paths and
+    subdatasets as given: :func:`_path_for_workers`)."""
+    return None if path is None else _path_for_workers(os.fspath(path))
 
 
 def _scene_info(scene: Scene) -> dict[str, Any]:

@@ -315,6 +315,19 @@ def fit_patches(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     return [(int(r), 0, int(r) + rows, w) for r in starts]
 
 
+#: The maps :func:`structure_maps` gives, in order.
+STRUCTURE_MAPS = ("cosine", "energy_before", "energy_after", "noise_before", "noise_after")
+#: A date's pixel is textured when its gradient energy is above this many times the
+#: energy its noise alone gives (twice the noise's gradient magnitude), and above the
+#: date's median energy.
+TEXTURE_OVER_NOISE = 4.0
+#: Weight of a pixel whose structure crosses in a fit weighted by structure, at least.
+MIN_PRIOR = 0.01
+#: Tiles :func:`structure_maps` works in (grown by the reach), pixels a side: its
+#: temporaries take about 60 bytes a pixel.
+STRUCTURE_TILE_PX = 1024
+
+
 def _gaussian_radius(sigma: float) -> int:
     """Reach of :func:`scipy.ndimage.gaussian_filter` (truncate 4), pixels."""
     return int(4.0 * sigma + 0.5)
@@ -322,6 +335,20 @@ def _gaussian_radius(sigma: float) -> int:
 
 def _structure_sigma_px(pixel_m: float) -> float:
     return max(1.0, STRUCTURE_SCALE_M / pixel_m)
+
+
+def _structure_reach_px(pixel_m: float) -> int:
+    """How far from a pixel :func:`structure_maps` looks, pixels."""
+    s = _structure_sigma_px(pixel_m)
+    return _gaussian_radius(s) + _gaussian_radius(1.5 * s)
+
+
+def structure_aligned(registration: object, pixel_m: float) -> bool:
+    """Whether the dates are aligned well enough to compare their structure: the
+    misregistration left (``registration.misregistration_px``, a
+    :class:`changedet.coregister.Registration`) is within :data:`STRUCTURE_SCALE_M`."""
+    return float(getattr(registration, "misregistration_px", 0.0)) * pixel_m \
+        <= STRUCTURE_SCALE_M
 
 
 def structure_box(patch: tuple[int, int, int, int], shape: tuple[int, int],
@@ -336,8 +363,7 @@ def structure_box(patch: tuple[int, int, int, int], shape: tuple[int, int],
     rows, cols : slice
         The patch within the box.
     """
-    s = _structure_sigma_px(pixel_m)
-    reach = _gaussian_radius(s) + _gaussian_radius(1.5 * s)
+    reach = _structure_reach_px(pixel_m)
     r0, c0, r1, c1 = patch
     h, w = shape
     box = (max(0, r0 - reach), max(0, c0 - reach), min(h, r1 + reach), min(w, c1 + reach))
@@ -345,68 +371,128 @@ def structure_box(patch: tuple[int, int, int, int], shape: tuple[int, int],
 
 
 def structure_maps(before: np.ndarray, after: np.ndarray, valid: np.ndarray,
-                   pixel_m: float) -> np.ndarray:
+                   pixel_m: float, region: tuple[slice, slice] | None = None) -> np.ndarray:
     """How well each pixel's local structure agrees between the dates.
 
-    A change of radiometry, monotone in brightness, keeps the direction of every
-    gradient; new buildings, cleared woods and debris do not. The brightness
-    gradients (Gaussian derivatives at :data:`STRUCTURE_SCALE_M`) of the two dates are
-    compared over a Gaussian window 1.5 times as wide: their cosine, 1 where they
-    agree, 0 or less where they cross. Every filter is local (a box grown by the
-    reach, :func:`structure_box`, gives the same values), so that a windowed run's
-    fit strips see what the whole scene's do.
+    A change of radiometry that is monotone increasing in each band keeps the
+    direction of every band's gradient; new buildings, cleared woods and debris do
+    not. Each band's gradients (Gaussian derivatives at :data:`STRUCTURE_SCALE_M`) of
+    the two dates are compared over a Gaussian window 1.5 times as wide, summed over
+    the bands (a structure tensor): their cosine is 1 where they agree, 0 or less
+    where they cross. Each date's noise, as gradient energy, comes from the residual
+    of each pixel to its four neighbours. Every filter is local (a box grown by the
+    reach, :func:`structure_box`, gives the same values, to the bit), so that a
+    windowed run's fit strips see what the whole scene's do; the maps are computed in
+    tiles of :data:`STRUCTURE_TILE_PX`, which gives the same values too.
 
     Parameters
     ----------
     before, after : (B, H, W) ndarray
-        Both dates on one grid (brightness: the mean of the bands).
+        Both dates on one grid.
     valid : (H, W) ndarray of bool
     pixel_m : float
+    region : (slice, slice), optional
+        Only this part of the grid is described (default: all of it).
 
     Returns
     -------
-    (3, H, W) ndarray of float32
-        The cosine and the gradient energy of each date (before, after) over the
-        window; NaN where the reach touches nodata.
+    (5, h, w) ndarray of float32
+        :data:`STRUCTURE_MAPS` on the region: the cosine, each date's gradient energy
+        over the window, and each date's noise as the gradient energy white noise of
+        that residual would give (one pixel's estimate; its median over many pixels
+        is the date's noise level, or more where the scene is textured). NaN where
+        the reach touches nodata.
     """
+    h, w = valid.shape
+    rows, cols = region if region is not None else (slice(0, h), slice(0, w))
+    r_start, r_stop, _ = rows.indices(h)
+    c_start, c_stop, _ = cols.indices(w)
+    reach = _structure_reach_px(pixel_m)
+    out = np.full((len(STRUCTURE_MAPS), r_stop - r_start, c_stop - c_start), np.nan,
+                  np.float32)
+    for r0 in range(r_start, r_stop, STRUCTURE_TILE_PX):
+        for c0 in range(c_start, c_stop, STRUCTURE_TILE_PX):
+            r1, c1 = min(r0 + STRUCTURE_TILE_PX, r_stop), min(c0 + STRUCTURE_TILE_PX, c_stop)
+            b0, k0 = max(0, r0 - reach), max(0, c0 - reach)
+            b1, k1 = min(h, r1 + reach), min(w, c1 + reach)
+            tile = _structure_tile(before[:, b0:b1, k0:k1], after[:, b0:b1, k0:k1],
+                                   valid[b0:b1, k0:k1], pixel_m)
+            out[:, r0 - r_start:r1 - r_start, c0 - c_start:c1 - c_start] = \
+                tile[:, r0 - b0:r1 - b0, c0 - k0:c1 - k0]
+    return out
+
+
+def _noise_energy_per_residual(sigma: float, n_bands: int) -> float:
+    """Gradient energy (summed over ``n_bands`` bands) that white noise gives through
+    the derivative filters at ``sigma``, per unit of the median squared residual of a
+    pixel to its four neighbours (summed over the bands).
+
+    The window keeps the energy's expectation (its weights sum to 1). A residual of
+    white noise of variance v has variance 1.25 v; summed over the bands, its square
+    is 1.25 v times a chi-square of ``n_bands`` degrees of freedom.
+    """
+    size = 2 * _gaussian_radius(sigma) + 1
+    impulse = np.zeros((size, size))
+    impulse[size // 2, size // 2] = 1.0
+    per_band = sum(float((ndimage.gaussian_filter(impulse, sigma, order=o) ** 2).sum())
+                   for o in ((0, 1), (1, 0)))
+    return per_band * n_bands / (1.25 * float(stats.chi2.median(n_bands)))
+
+
+_FOUR_NEIGHBOURS = np.array([[0.0, -0.25, 0.0], [-0.25, 1.0, -0.25], [0.0, -0.25, 0.0]],
+                            np.float32)
+
+
+def _structure_tile(before: np.ndarray, after: np.ndarray, valid: np.ndarray,
+                    pixel_m: float) -> np.ndarray:
+    """:func:`structure_maps` of one array, whole."""
     s = _structure_sigma_px(pixel_m)
-    gradients = []
-    for image in (before, after):
-        bright = np.asarray(image, np.float32).mean(axis=0, dtype=np.float32)
-        gradients.append([ndimage.gaussian_filter(bright, s, order=o)
-                          for o in ((0, 1), (1, 0))])
-    (bx, by), (ax, ay) = gradients
     window = 1.5 * s
-    cross = ndimage.gaussian_filter(bx * ax + by * ay, window)
-    energy_b = ndimage.gaussian_filter(bx * bx + by * by, window)
-    energy_a = ndimage.gaussian_filter(ax * ax + ay * ay, window)
+    shape = valid.shape
+    cross = np.zeros(shape, np.float32)
+    energy = [np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    residual = [np.zeros(shape, np.float32), np.zeros(shape, np.float32)]
+    for band_b, band_a in zip(before, after):
+        grads = []
+        for k, band in enumerate((band_b, band_a)):
+            band = np.asarray(band, np.float32)
+            gx = ndimage.gaussian_filter(band, s, order=(0, 1))
+            gy = ndimage.gaussian_filter(band, s, order=(1, 0))
+            grads.append((gx, gy))
+            energy[k] += gx * gx + gy * gy
+            residual[k] += ndimage.correlate(band, _FOUR_NEIGHBOURS) ** 2
+        (bx, by), (ax, ay) = grads
+        cross += bx * ax + by * ay
+    cross = ndimage.gaussian_filter(cross, window)
+    energy_b, energy_a = (ndimage.gaussian_filter(e, window) for e in energy)
     cosine = cross / np.sqrt(np.maximum(energy_b * energy_a, 0.0) + np.float32(1e-30))
-    reach = _gaussian_radius(s) + _gaussian_radius(window)
+    gain = np.float32(_noise_energy_per_residual(s, before.shape[0]))
+    maps = (cosine, energy_b, energy_a, residual[0] * gain, residual[1] * gain)
+    reach = _structure_reach_px(pixel_m)
     # (At the grid's border the filters reflect the data: the border is not nodata.)
     inside = ndimage.minimum_filter(valid.astype(np.uint8), 2 * reach + 1) > 0
-    out = np.full((3,) + valid.shape, np.nan, np.float32)
-    for k, m in enumerate((cosine, energy_b, energy_a)):
+    out = np.full((len(maps),) + shape, np.nan, np.float32)
+    for k, m in enumerate(maps):
         out[k][inside] = m[inside]
     return out
 
 
 def structure_on_patches(before: np.ndarray, after: np.ndarray, valid: np.ndarray,
                          patches: list[tuple[int, int, int, int]], pixel_m: float
-                         ) -> np.ndarray:
-    """:func:`structure_maps` on the fit patches only (each through its
-    :func:`structure_box`), NaN elsewhere: the values the whole grid gives there.
+                         ) -> list[np.ndarray]:
+    """:func:`structure_maps` on each fit patch (through its :func:`structure_box`):
+    the values the whole grid gives there.
 
     Returns
     -------
-    (3, H, W) ndarray of float32
+    list of (5, h, w) ndarray of float32
+        One per patch.
     """
-    out = np.full((3,) + valid.shape, np.nan, np.float32)
+    out = []
     for patch in patches:
         (b0, c0, b1, c1), rows, cols = structure_box(patch, valid.shape, pixel_m)
-        maps = structure_maps(before[:, b0:b1, c0:c1], after[:, b0:b1, c0:c1],
-                              valid[b0:b1, c0:c1], pixel_m)
-        r0, k0, r1, k1 = patch
-        out[:, r0:r1, k0:k1] = maps[:, rows, cols]
+        out.append(structure_maps(before[:, b0:b1, c0:c1], after[:, b0:b1, c0:c1],
+                                  valid[b0:b1, c0:c1], pixel_m, (rows, cols)))
     return out
 
 
@@ -415,21 +501,25 @@ def changed_share(structure: np.ndarray) -> float:
 
     Parameters
     ----------
-    structure : (3, N) ndarray
+    structure : (5, N) ndarray
         :func:`structure_maps` of N pixels.
 
     Returns
     -------
     float
-        Of the pixels whose gradient energy in either date is above that date's median
-        (among those measured), the share whose cosine is under 0.5 (more than 60
-        degrees apart); NaN when none was measured.
+        Of the pixels textured in either date (gradient energy above that date's
+        median, and above :data:`TEXTURE_OVER_NOISE` times its noise level, the median
+        of its noise map), the share whose cosine is under 0.5 (more than 60 degrees
+        apart); NaN when none was measured or none is textured.
     """
     measured = np.isfinite(structure[0])
     if not measured.any():
         return float("nan")
-    cosine, energy_b, energy_a = structure[:, measured]
-    textured = (energy_b > np.median(energy_b)) | (energy_a > np.median(energy_a))
+    cosine, energy_b, energy_a, noise_b, noise_a = structure[:, measured]
+    textured = np.zeros(cosine.shape, bool)
+    for energy, noise in ((energy_b, noise_b), (energy_a, noise_a)):
+        textured |= energy > max(float(np.median(energy)),
+                                 TEXTURE_OVER_NOISE * float(np.median(noise)))
     if not textured.any():
         return float("nan")
     return float((cosine[textured] < 0.5).mean())
@@ -439,12 +529,13 @@ def structure_prior(structure: np.ndarray, share: float) -> np.ndarray:
     """No-change weights from structure, for a scene whose majority changed.
 
     A pixel whose structure agrees weighs 1, one whose structure crosses (or is not
-    measured) weighs ``(1 - share) / (2 * share)``, linearly between: the textured
-    pixels that agree then outweigh those that do not two to one.
+    measured) weighs ``(1 - share) / (2 * share)`` (at least :data:`MIN_PRIOR`),
+    linearly between: the textured pixels that agree then outweigh those that do not
+    two to one.
 
     Parameters
     ----------
-    structure : (3, N) ndarray
+    structure : (5, N) ndarray
         :func:`structure_maps` of N pixels.
     share : float
         :func:`changed_share` of them, above :data:`CHANGED_MAJORITY`.
@@ -453,7 +544,7 @@ def structure_prior(structure: np.ndarray, share: float) -> np.ndarray:
     -------
     (N,) ndarray of float64
     """
-    floor = (1.0 - share) / (2.0 * share)
+    floor = max((1.0 - share) / (2.0 * share), MIN_PRIOR)
     agree = np.clip(np.nan_to_num(structure[0].astype(np.float64), nan=0.0), 0.0, 1.0)
     return floor + (1.0 - floor) * agree
 
@@ -486,10 +577,11 @@ def fit_radiometry(
         see :func:`fit_patches`.
     workers : int
         Threads fitting the bands (the result is the same for any number).
-    structure : (3, H, W) ndarray, optional
-        :func:`structure_maps` of the pair (on the patches at least, as the whole
-        grid gives them). When the structure of more than :data:`CHANGED_MAJORITY` of
-        the textured ground differs, each pixel's no-change weight is multiplied by
+    structure : list of (5, h, w) ndarray, optional
+        :func:`structure_maps` of each patch (of the whole grid when ``patches`` is
+        None), as the whole grid gives them (:func:`structure_on_patches`). When the
+        structure of more than :data:`CHANGED_MAJORITY` of the textured ground
+        differs, each pixel's no-change weight is multiplied by
         :func:`structure_prior`, the first round's median and spread included.
 
     Returns
@@ -520,6 +612,12 @@ def fit_radiometry(
     nb = before.shape[0]
     if patches is None:
         patches = [(0, 0, *valid.shape)]
+    if structure is not None:
+        shapes = [np.shape(m) for m in structure]
+        wanted = [(len(STRUCTURE_MAPS), r1 - r0, c1 - c0) for r0, c0, r1, c1 in patches]
+        if shapes != wanted:
+            raise ValueError(f"structure must be one {len(STRUCTURE_MAPS)}-map array per "
+                             f"patch, shaped {wanted}, got {shapes}")
     # Pixel indices into the patches laid end to end, in patch then raster order: the
     # order a windowed run pools its reads of the same patches in.
     counts = [int(valid[r0:r1, c0:c1].sum()) for r0, c0, r1, c1 in patches]
@@ -531,12 +629,12 @@ def fit_radiometry(
     # whole sequence is a multiple of step.
     parts_b, parts_a, parts_s = [], [], []
     start = 0
-    for (r0, c0, r1, c1), count in zip(patches, counts):
+    for k, ((r0, c0, r1, c1), count) in enumerate(zip(patches, counts)):
         idx = np.flatnonzero(valid[r0:r1, c0:c1].ravel())[(-start) % step::step]
         parts_b.append(before[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx])
         parts_a.append(after[:, r0:r1, c0:c1].reshape(nb, -1)[:, idx])
         if structure is not None:
-            parts_s.append(structure[:, r0:r1, c0:c1].reshape(3, -1)[:, idx])
+            parts_s.append(structure[k].reshape(len(STRUCTURE_MAPS), -1)[:, idx])
         start += count
     xb = np.concatenate(parts_b, axis=1).astype(np.float64)
     xa = np.concatenate(parts_a, axis=1).astype(np.float64)
@@ -613,7 +711,7 @@ def fit_radiometry(
             new_w = stats.chi2.sf(z2, df=nb)
             if prior is not None:
                 new_w *= prior
-            if new_w.sum() < 0.01 * n:
+            if not new_w.sum() >= 0.01 * n:  # (NaN included)
                 warn_analyst("radiometry: almost every pixel looks changed; keeping "
                              "the previous weights")
                 break

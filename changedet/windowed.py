@@ -52,8 +52,8 @@ from .change import (DetectionParams, SceneStatistics, appearance_check_applies,
 from .errors import ProcessingError
 from .morphology import dilate_disk
 from .outputs import describe_change_band
-from .radiometry import (RadiometricFit, fit_patches, fit_radiometry, structure_box,
-                         structure_maps)
+from .radiometry import (STRUCTURE_MAPS, RadiometricFit, fit_patches, fit_radiometry,
+                         structure_aligned, structure_box, structure_maps)
 from .raster import (Grid, OpenDatasets, Scene, check_not_blank, crop_scene,
                      identical_scenes_error, read_region, same_pixels, valid_box)
 from .vectorize import labels_at_edge
@@ -827,22 +827,25 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                     "reliability %.2f", registration.method, c1 - c0, r1 - r0,
                     *registration.shift_px, registration.reliability or 0.0)
     correction = registration.correction if registration.applied else Affine.identity()
+    pixel_m = params.pixel_m(grid)
+    params = replace(params, structure_aligned=structure_aligned(registration, pixel_m))
 
     def read_registered(box: tuple[int, int, int, int]) -> tuple[Scene, Scene]:
         return read(box, correction)
 
-    pixel_m = params.pixel_m(grid)
-
-    def read_patch(patch: tuple[int, int, int, int]) -> tuple[Scene, Scene, np.ndarray]:
+    def read_patch(patch: tuple[int, int, int, int]
+                   ) -> tuple[Scene, Scene, np.ndarray | None]:
         """The pair on a fit patch, with its structure maps (read through a box grown
-        by their reach, so that they are the whole grid's)."""
+        by their reach, so that they are the whole grid's), when they are compared."""
+        if not params.structure_aligned:
+            return (*read_registered(patch), None)
         box, rows, cols = structure_box(patch, grid.shape, pixel_m)
         b, a = read_registered(box)
-        structure = structure_maps(b.image, a.image, b.valid & a.valid, pixel_m)
+        structure = structure_maps(b.image, a.image, b.valid & a.valid, pixel_m,
+                                   (rows, cols))
         height, width = rows.stop - rows.start, cols.stop - cols.start
         return (crop_scene(b, rows.start, cols.start, height, width),
-                crop_scene(a, rows.start, cols.start, height, width),
-                structure[:, rows, cols])
+                crop_scene(a, rows.start, cols.start, height, width), structure)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         # The fit is measured on the patches a whole-scene run of the same grid fits
@@ -854,10 +857,12 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
             both_valid_px += int(valid.sum())
             pooled_b.append(b.image[:, valid])
             pooled_a.append(a.image[:, valid])
-            pooled_s.append(structure[:, valid])
+            if structure is not None:
+                pooled_s.append(structure[:, valid])
         nb = pooled_b[0].shape[0]
         fit_b, fit_a = np.concatenate(pooled_b, axis=1), np.concatenate(pooled_a, axis=1)
-        fit_s = np.concatenate(pooled_s, axis=1)
+        fit_s = ([np.concatenate(pooled_s, axis=1).reshape(len(STRUCTURE_MAPS), 1, -1)]
+                 if pooled_s else None)
         del pooled_a, pooled_b, pooled_s
         # The strips run across the whole grid: a scene blank on all of them is blank.
         everywhere = np.ones((1, fit_b.shape[1]), bool)
@@ -868,7 +873,7 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         _check_not_identical(before, after, grid, read, survey)
         fit = fit_radiometry(fit_b.reshape(nb, 1, -1), fit_a.reshape(nb, 1, -1),
                              np.ones((1, fit_b.shape[1]), bool), keep_weight=False,
-                             workers=workers, structure=fit_s.reshape(3, 1, -1))
+                             workers=workers, structure=fit_s)
         del fit_a, fit_b, fit_s
         params = replace(params, fit=fit)
 

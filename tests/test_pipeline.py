@@ -197,56 +197,43 @@ def test_warnings_are_recorded_from_every_thread_while_a_run_lasts() -> None:
     assert warned == ["after.tif covers only 40 %", "from a window"]
 
 
-def test_an_unreliable_shift_left_unapplied_widens_the_area_bounds(
-        pair: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    # The scenes stay as far apart as the shift it measured and did not apply, so each
-    # outline is that much less certain than when the pair is taken as aligned.
+def _unreliable_shift(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> object:
+    """An estimate_shift that finds (3, 4) px with reliability 0.1, spread 0.5 px: judged
+    unreliable, and not applied."""
     from changedet import coregister
     from changedet.coregister import Registration
 
-    aligned = changedet.detect(pair["before"], pair["after"], coreg="none")
+    return coregister._guard(Registration("global", (3.0, 4.0), 0.1, 2, Affine.identity(),
+                                          0.5, False, [], 25))
 
-    def unreliable(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> Registration:
-        return coregister._guard(Registration("global", (3.0, 4.0), 0.1, 2, Affine.identity(),
-                                              0.5, False, [], 25))
 
-    monkeypatch.setattr(coregister, "estimate_shift", unreliable)
-    unapplied = changedet.detect(pair["before"], pair["after"])
-    reg = unapplied.summary["coregistration"]
-    assert reg["low_reliability"] and not reg["applied"]
-    assert reg["misregistration_px"] == pytest.approx(5.5)
-    assert aligned.summary["coregistration"]["misregistration_px"] == 0.0
-    assert [b.area_m2 for b in unapplied.buildings] == [b.area_m2 for b in aligned.buildings]
+def _same_buildings_wider_ranges(unapplied: DetectionResult, aligned: DetectionResult) -> None:
+    """The same buildings, each with a range more than 5 times as wide (5.5 px of
+    misregistration against none, on top of half a pixel)."""
     assert unapplied.buildings
+    assert [b.area_m2 for b in unapplied.buildings] == [b.area_m2 for b in aligned.buildings]
     for wide, narrow in zip(unapplied.buildings, aligned.buildings):
         assert wide.area_m2_max - wide.area_m2_min > 5 * (narrow.area_m2_max - narrow.area_m2_min)
 
 
-def test_the_display_copy_of_change_keeps_every_new_pixel(tmp_path: Path) -> None:
-    # A coarse pixel is new building if any of its block is, nodata only if all are;
-    # a lone new pixel must survive a block of 8 x 8 (an average rounds it away).
-    from changedet.pipeline import _decimated_change
+def test_an_unreliable_shift_left_unapplied_widens_the_area_bounds(
+        pair: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scenes stay as far apart as the shift it measured and did not apply, so each
+    # outline is that much less certain than when the pair is taken as aligned.
+    from changedet import coregister, radiometry
 
-    rng = np.random.default_rng(3)
-    height, width, factor = 203, 150, 8
-    change = (rng.random((height, width)) < 0.002).astype(np.uint8)
-    change[:40, :] = 255
-    change[10, 20] = 1  # a lone new pixel beside nodata
-    path = tmp_path / "change.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=1,
-                       dtype="uint8", nodata=255, crs="EPSG:32651",
-                       transform=Affine(1, 0, 500000, 0, -1, 4000000), tiled=True,
-                       blockxsize=64, blockysize=64) as dst:
-        dst.write(change, 1)
-    shape = (-(-height // factor), -(-width // factor))
-    out = _decimated_change(str(path), factor, shape)
-    assert out.shape == shape and out.dtype == np.uint8
-    for r in range(shape[0]):
-        for c in range(shape[1]):
-            block = change[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
-            want = 1 if (block == 1).any() else 255 if (block == 255).all() else 0
-            assert out[r, c] == want, (r, c)
-    assert out[1, 2] == 1 and out[0, 0] == 255 and (out == 0).any()
+    monkeypatch.setattr(coregister, "estimate_shift", _unreliable_shift)
+    unapplied = changedet.detect(pair["before"], pair["after"])
+    reg = unapplied.summary["coregistration"]
+    assert reg["low_reliability"] and not reg["applied"]
+    assert reg["misregistration_px"] == pytest.approx(5.5)
+    # 5.5 px of 0.5 m apart, the dates' structure is not compared by the fit.
+    assert unapplied.evidence.fit.changed_share is None
+    # Taken as aligned (and fitted alike): the same buildings, narrower ranges.
+    monkeypatch.setattr(radiometry, "structure_aligned", lambda registration, pixel_m: False)
+    aligned = changedet.detect(pair["before"], pair["after"], coreg="none")
+    assert aligned.summary["coregistration"]["misregistration_px"] == 0.0
+    _same_buildings_wider_ranges(unapplied, aligned)
 
 
 def test_a_scene_that_mostly_changed_is_named_in_the_warnings(
@@ -275,3 +262,83 @@ def test_a_scene_that_mostly_changed_is_named_in_the_warnings(
     judged_alone = changedet.detect(paths["before"], paths["after"], coreg="none",
                                     detector="appearance")
     assert not any("differs between the dates" in w for w in judged_alone.summary["warnings"])
+
+
+def test_input_paths_are_recorded_absolute_unless_gdal_names_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet.pipeline import _input_path
+
+    (tmp_path / "aoi.gpkg").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert _input_path("aoi.gpkg") == str(tmp_path / "aoi.gpkg")
+    for name in ("GTIFF_DIR:1:x.tif", 'NETCDF:"f.nc":var', "/vsicurl/https://h/x.tif",
+                 "s3://bucket/x.tif", "/already/absolute.tif"):
+        assert _input_path(name) == name
+    assert _input_path(None) is None
+
+
+def test_a_windowed_run_widens_the_area_bounds_by_an_unapplied_shift_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet import coregister
+    from changedet.synth import SynthParams, write_synthetic_pair
+
+    from changedet import windowed
+
+    paths = write_synthetic_pair(SynthParams.for_scenario("suburb", seed=3, size=560),
+                                 tmp_path / "p")
+    # Taken as aligned, and fitted as the unaligned run is (structure not compared).
+    with monkeypatch.context() as patch:
+        patch.setattr(windowed, "structure_aligned", lambda registration, pixel_m: False)
+        aligned = changedet.detect(paths["before"], paths["after"], coreg="none",
+                                   window_px=256)
+
+    monkeypatch.setattr(coregister, "estimate_shift", _unreliable_shift)
+    unapplied = changedet.detect(paths["before"], paths["after"], window_px=256)
+    assert unapplied.summary["parameters"]["windows"]["n"] > 1
+    assert unapplied.summary["coregistration"]["misregistration_px"] == pytest.approx(5.5)
+    _same_buildings_wider_ranges(unapplied, aligned)
+
+
+def _display_copy(change: np.ndarray, factor: int, tmp_path: Path) -> tuple[np.ndarray, ...]:
+    """``pipeline._decimated_change`` of ``change`` written as a tiled GeoTIFF, and
+    what it must be: per block of ``factor`` pixels, 1 if any is new building, 255 if
+    all are nodata (the blocks beyond the raster's edge included), 0 otherwise."""
+    from changedet.pipeline import _decimated_change
+
+    height, width = change.shape
+    path = tmp_path / "change.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=1,
+                       dtype="uint8", nodata=255, crs="EPSG:32651",
+                       transform=Affine(1, 0, 500000, 0, -1, 4000000), tiled=True,
+                       blockxsize=256, blockysize=256) as dst:
+        dst.write(change, 1)
+    shape = (-(-height // factor), -(-width // factor))
+    padded = np.full((shape[0] * factor, shape[1] * factor), 255, np.uint8)
+    padded[:height, :width] = change
+    blocks = padded.reshape(shape[0], factor, shape[1], factor)
+    want = np.where((blocks == 1).any(axis=(1, 3)), 1,
+                    np.where((blocks == 255).all(axis=(1, 3)), 255, 0))
+    return _decimated_change(str(path), factor, shape), want
+
+
+def test_the_display_copy_of_change_keeps_every_new_pixel(tmp_path: Path) -> None:
+    # A coarse pixel is new building if any of its block is, nodata only if all are;
+    # a lone new pixel must survive a block of 8 x 8 (an average rounds it away).
+    rng = np.random.default_rng(3)
+    change = (rng.random((203, 150)) < 0.002).astype(np.uint8)
+    change[:40, :] = 255
+    change[10, 20] = 1  # a lone new pixel beside nodata
+    out, want = _display_copy(change, 8, tmp_path)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, want)
+    assert out[1, 2] == 1 and out[0, 0] == 255 and (out == 0).any()
+
+
+def test_the_display_copy_of_change_is_read_strip_by_strip_alike(tmp_path: Path) -> None:
+    # Wide enough that the raster is read in several strips (about 4 MB each).
+    rng = np.random.default_rng(4)
+    change = np.where(rng.random((300, 16384 + 5)) < 0.001, 1, 0).astype(np.uint8)
+    change[:, :700] = 255
+    out, want = _display_copy(change, 8, tmp_path)
+    assert (1 << 22) // (out.shape[1] * 8 * 8) < out.shape[0]  # several strips
+    np.testing.assert_array_equal(out, want)

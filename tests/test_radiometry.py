@@ -250,40 +250,70 @@ def _mostly_rebuilt(seed: int = 1, size: int = 300) -> tuple[np.ndarray, np.ndar
 def test_structure_maps_see_a_change_of_ground_not_of_radiometry() -> None:
     before, after = _mostly_rebuilt()
     valid = np.ones(before.shape[1:], bool)
-    same = _distort(before) + np.random.default_rng(3).normal(0, 1, before.shape)
+    rng = np.random.default_rng(3)
+    same = _distort(before) + rng.normal(0, 1, before.shape)
     assert radiometry.changed_share(
         radiometry.structure_maps(before, same.astype(np.float32), valid, 0.5)
-        .reshape(3, -1)) < 0.05
+        .reshape(5, -1)) < 0.05
     assert 0.5 < radiometry.changed_share(
-        radiometry.structure_maps(before, after, valid, 0.5).reshape(3, -1)) < 0.8
+        radiometry.structure_maps(before, after, valid, 0.5).reshape(5, -1)) < 0.8
+    # Per-band gains of opposite sense in the bands' gradients: the mean of the bands
+    # would turn its gradient round, each band keeps its own.
+    x = before[0]
+    crossed = np.stack([x, 0.6 * (255 - x), before[2]])
+    regained = (np.stack([0.5 * x + 3, 0.6 * (255 - x), before[2]])
+                + rng.normal(0, 1, (3,) + x.shape))
+    assert radiometry.changed_share(radiometry.structure_maps(
+        crossed, regained.astype(np.float32), valid, 0.5).reshape(5, -1)) < 0.05
     # Nothing valid, nothing measured.
     nothing = radiometry.structure_maps(before, after, np.zeros_like(valid), 0.5)
-    assert np.isnan(nothing).all() and np.isnan(radiometry.changed_share(nothing.reshape(3, -1)))
+    assert np.isnan(nothing).all() and np.isnan(radiometry.changed_share(nothing.reshape(5, -1)))
 
 
-def test_structure_maps_of_a_patch_read_with_its_box_are_the_whole_grids() -> None:
+def test_noise_on_flat_ground_is_not_texture() -> None:
+    # An unchanged pair, mostly flat: its noise differs between the dates, and must not
+    # count as structure that changed.
+    rng = np.random.default_rng(8)
+    before = np.full((3, 300, 300), 70.0, np.float32)
+    before[:, :, :60] = _scene(9, 300, 300)[:, :, :60]
+    before_noisy = before + rng.normal(0, 2, before.shape).astype(np.float32)
+    after = _distort(before) + rng.normal(0, 2, before.shape).astype(np.float32)
+    maps = radiometry.structure_maps(before_noisy, after, np.ones((300, 300), bool), 0.5)
+    assert radiometry.changed_share(maps.reshape(5, -1)) < 0.2
+    # Noise alone, everywhere: nothing is textured.
+    flat = radiometry.structure_maps(rng.normal(70, 2, before.shape).astype(np.float32),
+                                     rng.normal(90, 2, before.shape).astype(np.float32),
+                                     np.ones((300, 300), bool), 0.5)
+    assert np.isnan(radiometry.changed_share(flat.reshape(5, -1)))
+
+
+def test_structure_maps_of_a_patch_read_with_its_box_are_the_whole_grids(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # A windowed run reads each fit strip through its box: its maps must be the
-    # whole grid's, nodata included, to the bit.
+    # whole grid's, nodata included, to the bit; and so must tiles.
     before, after = _mostly_rebuilt()
-    valid = np.random.default_rng(5).uniform(size=before.shape[1:]) > 0.002
+    valid = np.random.default_rng(5).uniform(size=before.shape[1:]) > 0.0002
     valid[:, :12] = False
     whole = radiometry.structure_maps(before, after, valid, 0.5)
+    assert 100 < np.isfinite(whole[0, 150]).sum() < 280
     for patch in ((0, 0, 8, 300), (150, 0, 158, 300), (292, 0, 300, 300), (40, 30, 60, 90)):
         (b0, c0, b1, c1), rows, cols = radiometry.structure_box(patch, valid.shape, 0.5)
         maps = radiometry.structure_maps(before[:, b0:b1, c0:c1], after[:, b0:b1, c0:c1],
-                                         valid[b0:b1, c0:c1], 0.5)[:, rows, cols]
+                                         valid[b0:b1, c0:c1], 0.5, (rows, cols))
         r0, k0, r1, k1 = patch
         np.testing.assert_array_equal(maps, whole[:, r0:r1, k0:k1])
     patches = [(0, 0, 8, 300), (150, 0, 158, 300)]
     on_patches = radiometry.structure_on_patches(before, after, valid, patches, 0.5)
-    np.testing.assert_array_equal(on_patches[:, 150:158], whole[:, 150:158])
-    assert np.isnan(on_patches[:, 8:150]).all()
+    np.testing.assert_array_equal(on_patches[1], whole[:, 150:158])
+    monkeypatch.setattr(radiometry, "STRUCTURE_TILE_PX", 64)
+    np.testing.assert_array_equal(radiometry.structure_maps(before, after, valid, 0.5), whole)
 
 
-def test_a_changed_majority_is_fitted_on_the_unchanged_structure() -> None:
+def test_a_changed_majority_is_fitted_on_the_unchanged_structure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     before, after = _mostly_rebuilt()
     valid = np.ones(before.shape[1:], bool)
-    maps = radiometry.structure_maps(before, after, valid, 0.5)
+    maps = [radiometry.structure_maps(before, after, valid, 0.5)]
     plain = fit_radiometry(before, after, valid, keep_weight=False)
     weighted = fit_radiometry(before, after, valid, keep_weight=False, structure=maps)
     assert plain.changed_share is None and weighted.changed_share > radiometry.CHANGED_MAJORITY
@@ -293,6 +323,33 @@ def test_a_changed_majority_is_fitted_on_the_unchanged_structure() -> None:
     plain_err = np.median(np.abs(plain.normalise(after, before) - before)[unchanged])
     weighted_err = np.median(np.abs(weighted.normalise(after, before) - before)[unchanged])
     assert weighted_err < 1.0 < 5.0 < plain_err
+    # Weighted from the first round on (its match of median and spread): after one
+    # round, a third as far off as the plain fit's first round.
+    once = [fit_radiometry(before, after, valid, keep_weight=False, structure=st,
+                           iterations=1) for st in (None, maps)]
+    plain_once, weighted_once = (np.median(np.abs(f.normalise(after, before) - before)
+                                           [unchanged]) for f in once)
+    assert weighted_once < plain_once / 2
+
+
+def test_a_scene_changed_everywhere_is_still_fitted() -> None:
+    # Every textured pixel crosses (an inverted date): the weights keep a floor.
+    before = _scene(4)
+    after = (255 - before).astype(np.float32)
+    valid = np.ones(before.shape[1:], bool)
+    maps = [radiometry.structure_maps(before, after, valid, 0.5)]
+    fit = fit_radiometry(before, after, valid, keep_weight=False, structure=maps)
+    assert fit.changed_share > 0.95
+    assert np.isfinite(fit.knots_after[np.isfinite(fit.knots_after)]).all()
+    assert np.isfinite(fit.normalise(after, before)).all()
+
+
+def test_structure_must_be_one_array_per_patch() -> None:
+    before = _scene(7)
+    valid = np.ones(before.shape[1:], bool)
+    with pytest.raises(ValueError, match="one 5-map array per patch"):
+        fit_radiometry(before, _distort(before), valid,
+                       structure=[np.zeros((5, 400, 200), np.float32)])
 
 
 def test_an_unchanged_majority_is_fitted_as_without_structure() -> None:
@@ -301,9 +358,18 @@ def test_an_unchanged_majority_is_fitted_as_without_structure() -> None:
     after = _distort(before)
     after[:, 50:90, 60:120] = 230.0  # a new roof
     valid = np.ones(before.shape[1:], bool)
-    maps = radiometry.structure_maps(before, after, valid, 0.5)
+    maps = [radiometry.structure_maps(before, after, valid, 0.5)]
     plain = fit_radiometry(before, after, valid, keep_weight=False)
     measured = fit_radiometry(before, after, valid, keep_weight=False, structure=maps)
     assert measured.changed_share < radiometry.CHANGED_MAJORITY
     np.testing.assert_array_equal(plain.knots_after, measured.knots_after)
     np.testing.assert_array_equal(plain.knots_before, measured.knots_before)
+
+
+def test_structure_is_compared_only_on_dates_aligned_within_its_scale() -> None:
+    from types import SimpleNamespace
+
+    assert radiometry.structure_aligned(SimpleNamespace(misregistration_px=0.3), 0.5)
+    assert radiometry.structure_aligned(SimpleNamespace(misregistration_px=2.0), 0.5)
+    assert not radiometry.structure_aligned(SimpleNamespace(misregistration_px=2.1), 0.5)
+    assert not radiometry.structure_aligned(SimpleNamespace(misregistration_px=1.5), 1.0)
