@@ -878,10 +878,14 @@ def _coregister(pair: Any, method: str) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def _input_path(path: str | os.PathLike[str] | None) -> str | None:
-    """An input's path for ``summary.json``: a local file's made absolute, so that the
-    record still names it when read from another folder (URLs, GDAL virtual paths and
-    subdatasets as given: :func:`_path_for_workers`)."""
-    return None if path is None else _path_for_workers(os.fspath(path))
+    """An input's path for ``summary.json``: a local file's or folder's made absolute,
+    so that the record still names it when read from another folder; URLs, GDAL
+    virtual paths and subdatasets (``GTIFF_DIR:1:x.tif``) as given."""
+    if path is None:
+        return None
+    path = os.fspath(path)
+    return os.path.abspath(path) if not os.path.isabs(path) and os.path.exists(path) \
+        else path
 
 
 def _scene_info(scene: Scene) -> dict[str, Any]:

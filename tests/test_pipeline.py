@@ -269,8 +269,10 @@ def test_input_paths_are_recorded_absolute_unless_gdal_names_them(
     from changedet.pipeline import _input_path
 
     (tmp_path / "aoi.gpkg").write_bytes(b"")
+    (tmp_path / "shapefiles").mkdir()
     monkeypatch.chdir(tmp_path)
     assert _input_path("aoi.gpkg") == str(tmp_path / "aoi.gpkg")
+    assert _input_path("shapefiles") == str(tmp_path / "shapefiles")
     for name in ("GTIFF_DIR:1:x.tif", 'NETCDF:"f.nc":var', "/vsicurl/https://h/x.tif",
                  "s3://bucket/x.tif", "/already/absolute.tif"):
         assert _input_path(name) == name
