@@ -15,8 +15,8 @@ window of the after scene. On a large scene it is measured on strips spread over
 they normalise with the same fit.
 
 The fit needs most of the scene unchanged. Where it is not (a wood cleared for a new
-suburb), the dates' structure says so: a monotone change of radiometry keeps the
-direction of every brightness gradient, and new ground does not
+suburb), the dates' structure says so: a change of radiometry, monotone in each
+band, keeps the direction of every band's gradient, and new ground does not
 (:func:`structure_maps`). When more than half of the textured ground changed that
 way, the fit weights each pixel by how well its structure agrees
 (:func:`structure_prior`).
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -558,7 +559,7 @@ def fit_radiometry(
     keep_weight: bool = True,
     patches: list[tuple[int, int, int, int]] | None = None,
     workers: int = 1,
-    structure: np.ndarray | None = None,
+    structure: Sequence[np.ndarray] | None = None,
 ) -> RadiometricFit:
     """Fit the after-to-before radiometric map on pixels that did not change.
 
