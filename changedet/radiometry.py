@@ -345,11 +345,22 @@ def _structure_reach_px(pixel_m: float) -> int:
 
 
 def structure_aligned(registration: object, pixel_m: float) -> bool:
-    """Whether the dates are aligned well enough to compare their structure: the
-    misregistration left (``registration.misregistration_px``, a
-    :class:`changedet.coregister.Registration`) is within :data:`STRUCTURE_SCALE_M`."""
-    return float(getattr(registration, "misregistration_px", 0.0)) * pixel_m \
-        <= STRUCTURE_SCALE_M
+    """Whether the dates may be taken as aligned well enough to compare their
+    structure (at :data:`STRUCTURE_SCALE_M`, at least a pixel).
+
+    An applied correction must have left a residual within that scale. An estimate
+    judged unreliable and not applied measures nothing (on a scene most of which
+    changed, the changed windows make both its shift and its spread), so the pair is
+    compared as it is, as it is with ``--coreg none``.
+
+    Parameters
+    ----------
+    registration : changedet.coregister.Registration
+    pixel_m : float
+    """
+    if not registration.applied:
+        return True
+    return (registration.residual_rms_px or 0.0) <= _structure_sigma_px(pixel_m)
 
 
 def structure_box(patch: tuple[int, int, int, int], shape: tuple[int, int],

@@ -257,12 +257,11 @@ def test_structure_maps_see_a_change_of_ground_not_of_radiometry() -> None:
         .reshape(5, -1)) < 0.05
     assert 0.5 < radiometry.changed_share(
         radiometry.structure_maps(before, after, valid, 0.5).reshape(5, -1)) < 0.8
-    # Per-band gains of opposite sense in the bands' gradients: the mean of the bands
-    # would turn its gradient round, each band keeps its own.
+    # Two bands whose gradients point opposite ways, one's gain halved: the mean of
+    # the bands would turn its gradient round, each band keeps its own.
     x = before[0]
-    crossed = np.stack([x, 0.6 * (255 - x), before[2]])
-    regained = (np.stack([0.5 * x + 3, 0.6 * (255 - x), before[2]])
-                + rng.normal(0, 1, (3,) + x.shape))
+    crossed = np.stack([x, 0.6 * (255 - x)])
+    regained = np.stack([0.3 * x + 3, 0.6 * (255 - x)]) + rng.normal(0, 1, (2,) + x.shape)
     assert radiometry.changed_share(radiometry.structure_maps(
         crossed, regained.astype(np.float32), valid, 0.5).reshape(5, -1)) < 0.05
     # Nothing valid, nothing measured.
@@ -340,7 +339,7 @@ def test_a_scene_changed_everywhere_is_still_fitted() -> None:
     maps = [radiometry.structure_maps(before, after, valid, 0.5)]
     fit = fit_radiometry(before, after, valid, keep_weight=False, structure=maps)
     assert fit.changed_share > 0.95
-    assert np.isfinite(fit.knots_after[np.isfinite(fit.knots_after)]).all()
+    assert np.isfinite(fit.knots_after[:, :2]).all() and np.isfinite(fit.sigma).all()
     assert np.isfinite(fit.normalise(after, before)).all()
 
 
@@ -366,10 +365,17 @@ def test_an_unchanged_majority_is_fitted_as_without_structure() -> None:
     np.testing.assert_array_equal(plain.knots_before, measured.knots_before)
 
 
-def test_structure_is_compared_only_on_dates_aligned_within_its_scale() -> None:
+def test_structure_is_compared_unless_a_correction_left_more_than_its_scale() -> None:
     from types import SimpleNamespace
 
-    assert radiometry.structure_aligned(SimpleNamespace(misregistration_px=0.3), 0.5)
-    assert radiometry.structure_aligned(SimpleNamespace(misregistration_px=2.0), 0.5)
-    assert not radiometry.structure_aligned(SimpleNamespace(misregistration_px=2.1), 0.5)
-    assert not radiometry.structure_aligned(SimpleNamespace(misregistration_px=1.5), 1.0)
+    def reg(applied: bool, rms: float | None) -> SimpleNamespace:
+        return SimpleNamespace(applied=applied, residual_rms_px=rms)
+
+    assert radiometry.structure_aligned(reg(True, 0.3), 0.5)
+    assert radiometry.structure_aligned(reg(True, 2.0), 0.5)  # 1 m is 2 px
+    assert not radiometry.structure_aligned(reg(True, 2.1), 0.5)
+    assert radiometry.structure_aligned(reg(True, 1.0), 2.0)  # at least a pixel
+    assert not radiometry.structure_aligned(reg(True, 1.1), 2.0)
+    # Not applied (none asked, or judged unreliable): compared as it is.
+    assert radiometry.structure_aligned(reg(False, 25.0), 0.5)
+    assert radiometry.structure_aligned(reg(False, None), 0.5)

@@ -895,30 +895,31 @@ def test_paths_for_workers_are_made_absolute_only_for_local_files(
         assert _path_for_workers(kept) == kept
 
 
+def _first_pass_and_pair_mostly_rebuilt(tmp_path: Path) -> tuple:
+    """The first pass (no co-registration) of a 600 px pair 70 % rebuilt
+    (``test_radiometry._mostly_rebuilt``), and the pair aligned whole."""
+    from changedet.raster import align_pair, read_scene
+
+    from .conftest import write_geotiff
+    from .test_radiometry import _mostly_rebuilt
+
+    paths = {name: write_geotiff(tmp_path / f"{name}.tif", data)
+             for name, data in zip(("before", "after"), _mostly_rebuilt(size=600))}
+    hb, ha = read_header(paths["before"]), read_header(paths["after"])
+    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    first = first_pass(hb, ha, grid, "none", False, DetectionParams())
+    return first, align_pair(read_scene(paths["before"]), read_scene(paths["after"]))
+
+
 def test_first_pass_weights_a_changed_majority_as_a_whole_run_does(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where most of the scene changed the fit is weighted by structure: the strips a
     windowed run reads must give the weights, the share and the fit of the whole
     grid, to the bit."""
     from changedet import radiometry
-    from changedet.raster import align_pair, read_scene
-
-    from .test_radiometry import _mostly_rebuilt
 
     monkeypatch.setattr(radiometry, "FIT_SAMPLE_PX", 30_000)
-    before, after = _mostly_rebuilt(size=600)
-    paths = {}
-    for name, data in (("before", before), ("after", after)):
-        paths[name] = tmp_path / f"{name}.tif"
-        with rasterio.open(paths[name], "w", driver="GTiff", height=600, width=600, count=3,
-                           dtype="float32", crs="EPSG:32651", tiled=True, blockxsize=128,
-                           blockysize=128,
-                           transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000)) as dst:
-            dst.write(data)
-    hb, ha = read_header(paths["before"]), read_header(paths["after"])
-    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
-    first = first_pass(hb, ha, grid, "none", False, DetectionParams())
-    pair = align_pair(read_scene(paths["before"]), read_scene(paths["after"]))
+    first, pair = _first_pass_and_pair_mostly_rebuilt(tmp_path)
     valid = pair.before.valid & pair.after.valid
     patches = radiometry.fit_patches(valid.shape)
     assert len(patches) == radiometry.MIN_FIT_STRIPS
@@ -928,5 +929,23 @@ def test_first_pass_weights_a_changed_majority_as_a_whole_run_does(
                                       keep_weight=False, patches=patches, structure=structure)
     assert whole.changed_share > radiometry.CHANGED_MAJORITY
     assert first.fit.changed_share == whole.changed_share
+    np.testing.assert_array_equal(first.fit.knots_after, whole.knots_after)
+    np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
+
+
+def test_first_pass_fits_without_structure_when_a_correction_left_too_much(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dates a correction left further apart than the structure's scale are fitted as
+    without structure, on the strips alone."""
+    from changedet import radiometry, windowed
+
+    monkeypatch.setattr(radiometry, "FIT_SAMPLE_PX", 30_000)
+    monkeypatch.setattr(windowed, "structure_aligned", lambda registration, pixel_m: False)
+    first, pair = _first_pass_and_pair_mostly_rebuilt(tmp_path)
+    valid = pair.before.valid & pair.after.valid
+    whole = radiometry.fit_radiometry(pair.before.image, pair.after.image, valid,
+                                      keep_weight=False,
+                                      patches=radiometry.fit_patches(valid.shape))
+    assert first.fit.changed_share is None
     np.testing.assert_array_equal(first.fit.knots_after, whole.knots_after)
     np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
