@@ -843,10 +843,12 @@ def _decimated_change(path: str, factor: int, shape: tuple[int, int]) -> np.ndar
     """
     import rasterio
     from rasterio.windows import Window
+    from skimage.measure import block_reduce
 
     height, width = shape
     out = np.empty(shape, np.uint8)
-    # Ranked so that a block's maximum says it all: nodata 0 < no building 1 < new 2.
+    # Ranked so that a block's maximum says it all: nodata 0 < no building 1 < new 2
+    # (the padding beyond the raster's edge is nodata).
     rank = np.zeros(256, np.uint8)
     rank[0], rank[1] = 1, 2
     with rasterio.open(path) as ds:
@@ -854,17 +856,10 @@ def _decimated_change(path: str, factor: int, shape: tuple[int, int]) -> np.ndar
         step = max(1, (1 << 22) // (width * factor * factor))
         for top in range(0, height, step):
             rows = min(step, height - top)
-            fine = np.zeros((rows * factor, width * factor), np.uint8)
             r0 = top * factor
-            n = min(rows * factor, ds.height - r0)
-            fine[:n, :ds.width] = rank[ds.read(1, window=Window(0, r0, ds.width, n))]
-            # Maxima over strided views: twice as fast as reducing a 4-d reshape.
-            across = fine[:, 0::factor].copy()
-            for k in range(1, factor):
-                np.maximum(across, fine[:, k::factor], out=across)
-            block = across[0::factor].copy()
-            for k in range(1, factor):
-                np.maximum(block, across[k::factor], out=block)
+            fine = rank[ds.read(1, window=Window(0, r0, ds.width,
+                                                 min(rows * factor, ds.height - r0)))]
+            block = block_reduce(fine, (factor, factor), np.max, cval=0)
             out[top:top + rows] = np.array([255, 0, 1], np.uint8)[block]
     return out
 
