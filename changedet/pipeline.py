@@ -468,7 +468,7 @@ def _run_whole(before: str | os.PathLike[str], after: str | os.PathLike[str],
         aoi = read_aoi(opts.aoi, grid)
     stage("co-registering")
     pair, registration, reg_summary = _coregister(pair, opts.coreg)
-    residual = registration.misregistration_px
+    residual = registration.range_residual_px
     stage("detecting")
     params = opts.detection_params(grid)
     params = replace(params, structure_aligned=structure_aligned(registration,
@@ -748,7 +748,7 @@ def _detect_in_windows(header_b: Scene, header_a: Scene, full_grid: Grid, grid: 
     registration = first.registration
     reg_summary = registration.summary(grid)
     correction = registration.correction if registration.applied else Affine.identity()
-    residual = registration.misregistration_px
+    residual = registration.range_residual_px
     stage("detecting")
     pixel_m = params.pixel_m(grid)
     params = replace(params, fit=first.fit)

@@ -533,7 +533,16 @@ def render_report(result: DetectionResult) -> str:
                  ("Windows used", reg.get("n_windows")),
                  ("Residual RMS (px)", _fmt(reg.get("residual_rms_px"))),
                  ("Misregistration in the areas' ranges (px)",
-                  _fmt(reg.get("misregistration_px")))]
+                  _fmt(reg.get("misregistration_px")) if reg.get("misregistration_px")
+                  is not None else "not measurable: the dates share no structure")]
+    check = reg.get("alignment")
+    if check:
+        reg_items.append(("Check of the unreliable estimate: the dates' structure agrees "
+                          "best at [dx, dy] (px)",
+                          f"[{_fmt(check.get('offset_px'))}], {_fmt(check.get('z'))} standard "
+                          f"deviations above the other offsets within "
+                          f"{check.get('search_px')} px"
+                          + ("" if check.get("measured") else ": no more than chance")))
     warn = ('<p class="warn">Co-registration reliability is low: outlines may be offset; '
             'check the images before publishing.</p>' if reg.get("low_reliability") else "")
     in_items: list[tuple[str, Any]] = []

@@ -777,7 +777,8 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                 resample_before: bool, params: DetectionParams, workers: int,
                 datasets: OpenDatasets, survey: StripSurvey | None) -> FirstPass:
     """:func:`first_pass`, reading through ``datasets``."""
-    from .coregister import Registration, estimate_local, estimate_shift, fit_local, tie_points
+    from .coregister import (Registration, check_unreliable, estimate_local, estimate_shift,
+                             fit_local, tie_points)
 
     def read(box: tuple[int, int, int, int],
              correction: Affine = Affine.identity()) -> tuple[Scene, Scene]:
@@ -800,6 +801,10 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                 points.append(p)
             del b, a
         registration = fit_local(points, grid.shape)
+        if registration.low_reliability and not registration.applied:
+            b, a = read(central_chip(grid.shape, COREG_CHIP_PX))
+            registration = check_unreliable(registration, b.image, a.image, b.valid & a.valid)
+            del b, a
         logger.info("co-registration (local) from %d tie points on %d chips spread over "
                     "the scene: dx=%.3f dy=%.3f px at its centre, reliability %.2f",
                     len(points), LOCAL_CHIPS_SIDE**2, *registration.shift_px,

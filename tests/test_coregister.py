@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -273,14 +274,87 @@ def test_coregister_refuses_a_pair_off_its_grid():
         coregister(replace(pair, after=moved))
 
 
-def test_misregistration_is_the_shift_left_unapplied(textured_image):
-    a = textured_image(512, 512, bands=3, seed=1).astype(np.float32)
-    b = textured_image(512, 512, bands=3, seed=2).astype(np.float32)
-    unrelated = estimate_shift(a, b, np.ones((512, 512), bool))
-    assert unrelated.low_reliability and not unrelated.applied
-    assert unrelated.misregistration_px == pytest.approx(
-        float(np.hypot(*unrelated.shift_px)) + (unrelated.residual_rms_px or 0.0))
+def test_misregistration_of_an_estimate_applied_unchecked_or_checked(textured_image):
+    from changedet.coregister import AlignmentCheck, Registration, _guard
+
     _, pair = _pair("compound", 25, (2.3, -1.4), size=512)
     found = estimate_shift(pair.before.image, pair.after.image, pair.before.valid)
-    assert found.applied and found.misregistration_px == pytest.approx(found.residual_rms_px)
+    assert found.applied and found.alignment is None
+    assert found.misregistration_px == pytest.approx(found.residual_rms_px)
     assert found.misregistration_px < 0.3
+    # Unreliable and unchecked: the scenes stay as far apart as it measured.
+    unchecked = _guard(Registration("global", (3.0, 4.0), 0.1, 2, Affine.identity(), 0.5))
+    assert not unchecked.applied and unchecked.misregistration_px == pytest.approx(5.5)
+    # Checked: what the check measured, or nothing when the dates share no structure
+    # (and then the area ranges allow for none).
+    measured = replace(unchecked, alignment=AlignmentCheck((3, -1), 9.0, 25))
+    assert measured.misregistration_px == pytest.approx(math.hypot(3, 1) + math.sqrt(0.5))
+    assert measured.range_residual_px == measured.misregistration_px
+    chance = replace(unchecked, alignment=AlignmentCheck((12, 20), 3.5, 25))
+    assert chance.misregistration_px is None and chance.range_residual_px == 0.0
+    assert chance.summary(pair.grid)["misregistration_px"] is None
+    assert chance.summary(pair.grid)["alignment"] == {
+        "measured": False, "offset_px": [12, 20], "z": 3.5, "search_px": 25}
+
+
+def _mostly_changed(textured_image, offset: tuple[int, int], kept_cols: int = 80
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A 512 px textured before date, and an after date that shows it moved by
+    ``offset`` (dx, dy) px in its first ``kept_cols`` columns and an unrelated texture
+    everywhere else."""
+    before = textured_image(512, 512, bands=3, seed=31).astype(np.float32)
+    after = textured_image(512, 512, bands=3, seed=32).astype(np.float32)
+    dx, dy = offset
+    moved = np.roll(before, (dy, dx), axis=(1, 2))
+    after[:, :, :kept_cols] = moved[:, :, :kept_cols]
+    return before, after
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (3, -2), (-7, 5)])
+def test_alignment_check_finds_what_a_mostly_changed_pair_shares(textured_image, offset):
+    from changedet.coregister import ALIGNMENT_Z, check_alignment
+
+    before, after = _mostly_changed(textured_image, offset)
+    # Band 2 of the after date inverted: the orientations do not depend on a band's sense.
+    after[1] = 255.0 - after[1]
+    valid = np.ones((512, 512), bool)
+    check = check_alignment(before, after, valid)
+    assert check.offset_px == offset and check.z >= ALIGNMENT_Z and check.measured
+    assert check.search_px == 51
+
+
+def test_alignment_check_finds_nothing_in_unrelated_dates(textured_image):
+    from changedet.coregister import ALIGNMENT_Z, check_alignment
+
+    valid = np.ones((512, 512), bool)
+    # The same nodata collar in both dates is not structure they share.
+    valid[:, :40] = False
+    valid[400:, :] = False
+    for seed in (1, 3, 5):
+        a = textured_image(512, 512, bands=3, seed=seed).astype(np.float32)
+        b = textured_image(512, 512, bands=3, seed=seed + 1).astype(np.float32)
+        a[:, ~valid] = 0.0
+        b[:, ~valid] = 0.0
+        check = check_alignment(a, b, valid)
+        assert check.z < ALIGNMENT_Z and not check.measured
+    flat = np.full((3, 256, 256), 100.0, np.float32)
+    assert not check_alignment(flat, flat.copy(), np.ones((256, 256), bool)).measured
+
+
+def test_an_unreliable_estimate_is_checked_and_says_why(textured_image, caplog):
+    before, after = _mostly_changed(textured_image, (3, -2))
+    valid = np.ones((512, 512), bool)
+    reg = estimate_shift(before, after, valid)
+    assert reg.low_reliability and not reg.applied
+    assert reg.alignment is not None and reg.alignment.offset_px == (3, -2)
+    assert reg.misregistration_px == pytest.approx(math.hypot(3, 2) + math.sqrt(0.5))
+    a = textured_image(512, 512, bands=3, seed=1).astype(np.float32)
+    b = textured_image(512, 512, bands=3, seed=2).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="changedet"):
+        unrelated = estimate_shift(a, b, valid)
+    assert unrelated.low_reliability and unrelated.misregistration_px is None
+    assert "share no structure" in caplog.text
+    # The local method is checked alike.
+    local = estimate_local(a, b, valid)
+    assert local.low_reliability and local.alignment is not None
+    assert local.misregistration_px is None

@@ -234,6 +234,62 @@ def test_an_unreliable_shift_left_unapplied_widens_the_area_bounds(
     _same_buildings_wider_ranges(unapplied, aligned)
 
 
+def _unreliable_shift_checked(before: np.ndarray, after: np.ndarray,
+                              valid: np.ndarray) -> object:
+    """:func:`_unreliable_shift`, checked against the structure the dates share."""
+    from changedet.coregister import check_unreliable
+
+    return check_unreliable(_unreliable_shift(before, after, valid), before, after, valid)
+
+
+def test_an_unreliable_shift_is_checked_by_the_structure_the_dates_share(
+        pair: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The check finds the pair's own misregistration (to the pixel), not the 5 px the
+    # unreliable estimate made up: the ranges widen by that alone.
+    from changedet import coregister
+    from changedet.measure import area_bounds
+    from changedet.synth import SynthParams, make_synthetic_pair
+
+    aligned = changedet.detect(pair["before"], pair["after"], coreg="none")
+    monkeypatch.setattr(coregister, "estimate_shift", _unreliable_shift_checked)
+    checked = changedet.detect(pair["before"], pair["after"])
+    reg = checked.summary["coregistration"]
+    assert reg["low_reliability"] and not reg["applied"] and reg["alignment"]["measured"]
+    true_shift = make_synthetic_pair(SynthParams.for_scenario("suburb", seed=1,
+                                                              size=320)).shift_px
+    offset = reg["alignment"]["offset_px"]
+    assert np.abs(np.subtract(offset, true_shift)).max() <= 0.5
+    assert reg["misregistration_px"] == pytest.approx(np.hypot(*offset) + np.sqrt(0.5),
+                                                      abs=1e-4)
+    assert [b.area_m2 for b in checked.buildings] == [b.area_m2 for b in aligned.buildings]
+    assert checked.buildings
+    pixel_m = max(checked.summary["pixel_size_m"])  # square pixels
+    assert pixel_m == min(checked.summary["pixel_size_m"])
+    for b in checked.buildings:
+        assert (b.area_m2_min, b.area_m2_max) == pytest.approx(
+            area_bounds(b.polygon, pixel_m, reg["misregistration_px"]), rel=1e-3)
+
+
+def test_dates_that_share_no_structure_leave_the_ranges_to_the_half_pixel(
+        pair: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet import coregister
+    from changedet.coregister import AlignmentCheck
+
+    aligned = changedet.detect(pair["before"], pair["after"], coreg="none")
+    monkeypatch.setattr(coregister, "estimate_shift", _unreliable_shift_checked)
+    monkeypatch.setattr(coregister, "check_alignment",
+                        lambda before, after, valid: AlignmentCheck((9, -20), 3.1, 32))
+    unmeasured = changedet.detect(pair["before"], pair["after"])
+    reg = unmeasured.summary["coregistration"]
+    assert reg["misregistration_px"] is None and not reg["alignment"]["measured"]
+    assert any("share no structure" in w for w in unmeasured.summary["warnings"])
+    assert [(b.area_m2_min, b.area_m2_max) for b in unmeasured.buildings] == \
+        [(b.area_m2_min, b.area_m2_max) for b in aligned.buildings]
+    from changedet.report import render_report
+
+    assert "not measurable" in render_report(unmeasured)
+
+
 def test_a_scene_that_mostly_changed_is_named_in_the_warnings(
         pair: dict[str, Path], tmp_path: Path, textured_image) -> None:
     # The colour normalisation needs an unchanged majority: where the ground's

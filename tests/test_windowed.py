@@ -172,6 +172,24 @@ def test_local_coregistration_of_a_large_grid_uses_tie_points_spread_over_it(
         assert abs(x - 0.5 - true_col) < 0.3 and abs(y - 0.5 - true_row) < 0.3
 
 
+def test_a_failed_local_coregistration_of_a_large_grid_is_checked(
+        monkeypatch: pytest.MonkeyPatch, geotiff, textured_image) -> None:
+    """Unrelated dates: no affine among the tie points, and no structure in common,
+    which the check on the central chip reports."""
+    import changedet.windowed as windowed
+
+    monkeypatch.setattr(windowed, "COREG_CHIP_PX", 600)
+    monkeypatch.setattr(windowed, "LOCAL_CHIP_PX", 400)
+    b_path = geotiff("before.tif", textured_image(1500, 1500, seed=3))
+    a_path = geotiff("after.tif", textured_image(1500, 1500, seed=4))
+    hb, ha = read_header(b_path), read_header(a_path)
+    grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
+    reg = first_pass(hb, ha, grid, "local", False, DetectionParams()).registration
+    assert reg.method == "local" and reg.low_reliability and not reg.applied
+    assert reg.alignment is not None and not reg.alignment.measured
+    assert reg.misregistration_px is None and reg.range_residual_px == 0.0
+
+
 def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
     small = sample_chips((1500, 1200), chip_px=1024, max_chips=8)
     cover = np.zeros((1500, 1200), int)
