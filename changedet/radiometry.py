@@ -349,18 +349,24 @@ def structure_aligned(registration: object, pixel_m: float) -> bool:
     structure (at :data:`STRUCTURE_SCALE_M`, at least a pixel).
 
     An applied correction must have left a residual within that scale. An estimate
-    judged unreliable and not applied measures nothing (on a scene most of which
-    changed, the changed windows make both its shift and its spread), so the pair is
-    compared as it is, as it is with ``--coreg none``.
+    judged unreliable and not applied measures nothing itself (on a scene most of
+    which changed, the changed windows make both its shift and its spread): what its
+    alignment check measured must lie within that scale; when the dates share no
+    structure to measure it by, or no check was made, the pair is compared as it is,
+    as it is with ``--coreg none``.
 
     Parameters
     ----------
     registration : changedet.coregister.Registration
     pixel_m : float
     """
-    if not registration.applied:
-        return True
-    return (registration.residual_rms_px or 0.0) <= _structure_sigma_px(pixel_m)
+    scale = _structure_sigma_px(pixel_m)
+    if registration.applied:
+        return (registration.residual_rms_px or 0.0) <= scale
+    check = getattr(registration, "alignment", None)
+    if check is not None and check.measured:
+        return check.misregistration_px <= scale
+    return True
 
 
 def structure_box(patch: tuple[int, int, int, int], shape: tuple[int, int],

@@ -365,17 +365,29 @@ def test_an_unchanged_majority_is_fitted_as_without_structure() -> None:
     np.testing.assert_array_equal(plain.knots_before, measured.knots_before)
 
 
-def test_structure_is_compared_unless_a_correction_left_more_than_its_scale() -> None:
+def test_structure_is_compared_unless_the_dates_lie_further_apart_than_its_scale(
+) -> None:
     from types import SimpleNamespace
 
-    def reg(applied: bool, rms: float | None) -> SimpleNamespace:
-        return SimpleNamespace(applied=applied, residual_rms_px=rms)
+    from changedet.coregister import AlignmentCheck
+
+    def reg(applied: bool, rms: float | None, alignment: AlignmentCheck | None = None
+            ) -> SimpleNamespace:
+        return SimpleNamespace(applied=applied, residual_rms_px=rms, alignment=alignment)
 
     assert radiometry.structure_aligned(reg(True, 0.3), 0.5)
     assert radiometry.structure_aligned(reg(True, 2.0), 0.5)  # 1 m is 2 px
     assert not radiometry.structure_aligned(reg(True, 2.1), 0.5)
     assert radiometry.structure_aligned(reg(True, 1.0), 2.0)  # at least a pixel
     assert not radiometry.structure_aligned(reg(True, 1.1), 2.0)
-    # Not applied (none asked, or judged unreliable): compared as it is.
+    # Not applied (none asked, or judged unreliable and not checked): compared as it is.
     assert radiometry.structure_aligned(reg(False, 25.0), 0.5)
     assert radiometry.structure_aligned(reg(False, None), 0.5)
+    # Judged unreliable and checked: what the check measured (offset plus 0.71 px).
+    assert radiometry.structure_aligned(reg(False, 25.0, AlignmentCheck((1, 0), 9.0, 25)), 0.5)
+    assert not radiometry.structure_aligned(reg(False, 0.2, AlignmentCheck((1, 1), 9.0, 25)),
+                                            0.5)
+    assert not radiometry.structure_aligned(reg(False, 0.2, AlignmentCheck((0, 1), 9.0, 25)),
+                                            1.0)
+    # ... or, when the dates share nothing measurable, compared as it is.
+    assert radiometry.structure_aligned(reg(False, 0.2, AlignmentCheck((9, 9), 3.0, 25)), 1.0)
