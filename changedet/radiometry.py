@@ -27,13 +27,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage, stats
 
-from ._log import logger, warn_analyst
+from ._log import RunThreadPool, logger, warn_analyst
 from .errors import ProcessingError
 
 #: Quantile levels paired between the dates (the ends are handled by extrapolation).
@@ -667,7 +666,7 @@ def fit_radiometry(
                         "differs; the fit is weighted by structure", 100 * share)
         del sample, parts_s
     w = np.ones(n) if prior is None else prior.copy()
-    with ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+    with RunThreadPool(workers) if workers > 1 else contextlib.nullcontext() as pool:
         run_bands = map if pool is None else pool.map
         # The samples stay fixed while the weights change: sort them once.
         order_a = list(run_bands(lambda x: np.argsort(x, kind="stable"), xa))

@@ -45,7 +45,7 @@ import shapely
 from affine import Affine
 from scipy import ndimage
 
-from ._log import logger, warn_analyst
+from ._log import RunThreadPool, logger, recorded_warnings, warn_analyst
 from .aoi import keep_labels_in_aoi
 from .change import (DetectionParams, SceneStatistics, appearance_check_applies,
                      building_scores, detect_new_buildings, new_building_evidence)
@@ -217,6 +217,8 @@ class WindowResult:
     # Buildings of groups this window saw whole but does not own (their first pixel
     # lies in another window's core): used only if no window reports their group.
     spares: list[FoundBuilding] = field(default_factory=list)
+    # What :func:`detect_window` warned about, in order.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -334,8 +336,17 @@ def detect_window(task: WindowTask) -> WindowResult:
 
     A main-pass window reports the complete groups whose first pixel lies in its core;
     a retry window reports every complete group touching its core (with pixel masks,
-    for ``change.tif``), the caller dropping those already reported.
+    for ``change.tif``), the caller dropping those already reported. What the window
+    warned about travels with its result (a dask worker's log is not the analyst's).
     """
+    with recorded_warnings() as warned:
+        result = _detect_window(task)
+    result.warnings = list(warned)
+    return result
+
+
+def _detect_window(task: WindowTask) -> WindowResult:
+    """:func:`detect_window`, but for its warnings."""
     w = task.window
     ph, pw = w.pad_shape
     pad_grid = task.grid.window(w.pad_row0, w.pad_col0, ph, pw)
@@ -654,7 +665,7 @@ def survey_strips(before: Scene, after: Scene, grid: Grid, resample_before: bool
         return int(both.sum()), (not same_pixels(b, a) if both.any() else None)
 
     strips = fit_patches(grid.shape)
-    with OpenDatasets() as datasets, ThreadPoolExecutor(max(1, workers)) as pool:
+    with OpenDatasets() as datasets, RunThreadPool(max(1, workers)) as pool:
         read = _read_unregistered(before, after, grid, resample_before, datasets)
         found = list(pool.map(survey, strips))
     return StripSurvey(sum(n for n, _ in found),
@@ -697,7 +708,7 @@ def data_island(before: Scene, after: Scene, grid: Grid, resample_before: bool,
         return box, int(b.valid.sum()), int(both.sum())
 
     chips = sample_chips(grid.shape, CHIP_PX, grid.shape[0] * grid.shape[1])
-    with OpenDatasets() as datasets, ThreadPoolExecutor(max(1, workers)) as pool:
+    with OpenDatasets() as datasets, RunThreadPool(max(1, workers)) as pool:
         read = _read_unregistered(before, after, grid, resample_before, datasets)
         found = list(pool.map(scan, chips))
     boxes = [box for box, _, _ in found if box is not None]
@@ -852,7 +863,7 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         return (crop_scene(b, rows.start, cols.start, height, width),
                 crop_scene(a, rows.start, cols.start, height, width), structure)
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with RunThreadPool(max(1, workers)) as pool:
         # The fit is measured on the patches a whole-scene run of the same grid fits
         # on, pooled in the same order, so that both normalise with the same fit.
         pooled_b, pooled_a, pooled_s = [], [], []
@@ -933,7 +944,7 @@ def thread_runner(workers: int) -> Runner:
         # A few windows in flight at a time, and no reference kept to a result once
         # it is handed on: memory must not grow with the number of windows.
         todo = iter(tasks)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with RunThreadPool(max_workers=workers) as pool:
             running = {pool.submit(detect_window, t) for t in itertools.islice(todo, 2 * workers)}
             while running:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -979,8 +990,13 @@ class DaskRunner:
         with self.client.as_current():
             futures = self.client.map(detect_window, tasks, pure=False)
             for fut in as_completed(futures):
-                yield fut.result()
+                result = fut.result()
                 fut.release()
+                # Warned on a worker, where neither the analyst's log nor this run's
+                # record is: warned again here.
+                for text in result.warnings:
+                    warn_analyst("%s", text)
+                yield result
 
     def close(self) -> None:
         self.client.close()

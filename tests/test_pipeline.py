@@ -180,21 +180,42 @@ def test_a_roof_joined_to_the_ground_beside_it_by_resampling_is_split_off(
         sorted(b.area_m2 for b in delivered.buildings), rel=0.01)
 
 
-def test_warnings_are_recorded_from_every_thread_while_a_run_lasts() -> None:
-    """What a run warns about goes into its summary, also from the windows' threads,
-    and nothing said outside the run does."""
+def test_each_run_records_its_own_warnings_and_its_pools_tasks() -> None:
+    """What a run warns about goes into its summary, also from the tasks of its thread
+    pools, and nothing said outside it: not even by another run under way at the same
+    time in another thread (two detections at once in a notebook)."""
     import threading
 
-    from changedet._log import recorded_warnings, warn_analyst
+    from changedet._log import RunThreadPool, recorded_warnings, warn_analyst
 
-    warn_analyst("before the run")
-    with recorded_warnings() as warned:
-        warn_analyst("%s covers only %.0f %%", "after.tif", 40.0)
-        worker = threading.Thread(target=warn_analyst, args=("from a window",))
-        worker.start()
-        worker.join()
-    warn_analyst("after the run")
-    assert warned == ["after.tif covers only 40 %", "from a window"]
+    warn_analyst("before the runs")
+    both_running = threading.Barrier(2)
+    records: dict[str, list[str]] = {}
+
+    def run(name: str) -> None:
+        with recorded_warnings() as warned:
+            both_running.wait()
+            warn_analyst("%s covers only %.0f %%", name, 40.0)
+            with RunThreadPool(2) as pool:
+                list(pool.map(lambda k: warn_analyst("%s: window %d", name, k), range(4)))
+            both_running.wait()
+        records[name] = warned
+
+    runs = [threading.Thread(target=run, args=(name,)) for name in ("a.tif", "b.tif")]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    warn_analyst("after the runs")
+    for name in ("a.tif", "b.tif"):
+        assert records[name][0] == f"{name} covers only 40 %"
+        assert sorted(records[name][1:]) == [f"{name}: window {k}" for k in range(4)]
+    # A run within a run: both record.
+    with recorded_warnings() as outer:
+        with recorded_warnings() as inner:
+            warn_analyst("inner")
+        warn_analyst("outer")
+    assert inner == ["inner"] and outer == ["inner", "outer"]
 
 
 def _unreliable_shift(before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> object:

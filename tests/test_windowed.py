@@ -337,6 +337,49 @@ def test_dask_local_cluster_gives_the_same_outputs(tmp_path: Path,
     np.testing.assert_array_equal(remote.read_change_mask(), local.read_change_mask())
 
 
+def _window_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every window's detection warns "a window's own warning" first."""
+    import changedet.windowed as windowed
+    from changedet._log import warn_analyst
+
+    detect = windowed.detect_new_buildings
+
+    def warning_first(*args: object, **kwargs: object) -> object:
+        warn_analyst("a window's own warning")
+        return detect(*args, **kwargs)
+
+    monkeypatch.setattr(windowed, "detect_new_buildings", warning_first)
+
+
+def test_warnings_of_windows_on_threads_reach_the_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from changedet.pipeline import DetectOptions
+
+    _window_warning(monkeypatch)
+    pair = _pair(tmp_path)
+    result = run_detection(pair["before"], pair["after"], DetectOptions(window_px=256,
+                                                                        workers=2))
+    assert result.summary["parameters"]["windows"]["n"] > 1
+    assert result.summary["warnings"].count("a window's own warning") == 1
+
+
+@pytest.mark.slow
+def test_warnings_of_windows_on_dask_workers_reach_the_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's log is not the analyst's, and its context is not the run's: the
+    window's result carries what it warned about."""
+    import distributed
+    from changedet.pipeline import DetectOptions
+
+    _window_warning(monkeypatch)  # the workers are threads of this process
+    pair = _pair(tmp_path)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=":0") as cluster:
+        result = run_detection(pair["before"], pair["after"], DetectOptions(
+            window_px=256, dask_scheduler=cluster.scheduler_address))
+    assert result.summary["warnings"].count("a window's own warning") == 1
+
+
 def test_unreachable_dask_scheduler_is_a_one_line_error(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
