@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 from scipy import fft as sfft
-from scipy import ndimage
+from scipy import ndimage, stats
 from skimage.measure import ransac
 from skimage.registration import phase_cross_correlation
 from skimage.transform import AffineTransform
@@ -35,14 +35,21 @@ from .raster import AlignedPair, Grid, check_scene, warp_scene
 #: Below this reliability a shift is reported but not applied.
 MIN_RELIABILITY = 0.3
 #: An unreliable estimate is checked against the dates' common structure
-#: (:func:`check_alignment`): a peak of their orientation correlation this many robust
-#: standard deviations above the offsets around it is structure both dates share.
-#: By chance the highest of the ~10^4 offsets searched reaches about 4 (the largest
-#: of that many normal draws; 3.0 to 3.8 on unrelated textures and on pairs with
-#: nothing left in common); dates that share roads or roofs give 6 and more.
-ALIGNMENT_Z = 5.0
-#: The alignment check reads at most this central square of a pair, pixels a side.
+#: (:func:`check_alignment`): its best offset counts as structure both dates share when
+#: chance would put any of the offsets searched that high less than once in this many
+#: pairs (each offset's score is near normal by chance: unrelated textures and pairs
+#: with nothing left in common score as the largest of that many normal draws).
+ALIGNMENT_FALSE_ALARM = 1e-3
+#: The alignment check reads squares of this many pixels a side, up to
+#: ALIGNMENT_SQUARES of them spread over the pair, and pools their votes.
 ALIGNMENT_CHIP_PX = 1024
+ALIGNMENT_SQUARES = 4
+#: Offsets whose textured pairs are fewer than this share of the best-covered
+#: offset's, or than ALIGNMENT_MIN_PAIRS, are not scored: a mean over few pairs is
+#: noise. Fewer than ALIGNMENT_MIN_OFFSETS scored offsets, and the check cannot judge.
+ALIGNMENT_MIN_COVER = 0.5
+ALIGNMENT_MIN_PAIRS = 256
+ALIGNMENT_MIN_OFFSETS = 50
 #: Sub-pixel precision of the upsampled cross-correlation peak (1/100 px).
 UPSAMPLE = 100
 METHODS = ("global", "local", "none")
@@ -58,32 +65,45 @@ class AlignmentCheck:
         Whole-pixel ``(dx, dy)`` (design.md's sign) at which the orientations of the
         dates' gradients agree best.
     z : float
-        Height of that peak in robust standard deviations of the other offsets.
+        Height of that peak in robust standard deviations of the other offsets' scores.
     search_px : int
         Largest offset searched, pixels (each way, in x and y).
+    z_needed : float
+        The height chance reaches with probability :data:`ALIGNMENT_FALSE_ALARM` over
+        the offsets searched.
+    shift_px : (float, float)
+        The offset refined to a fraction of a pixel (a parabola through the peak and
+        its neighbours on each axis).
+    precision_px : float
+        Standard error of ``shift_px`` from the peak's curvature against the other
+        offsets' spread (per axis, combined), at most half a pixel's diagonal.
     """
 
     offset_px: tuple[int, int]
     z: float
     search_px: int
+    z_needed: float
+    shift_px: tuple[float, float]
+    precision_px: float
 
     @property
     def measured(self) -> bool:
-        """Whether the peak is common structure (:data:`ALIGNMENT_Z`), not chance."""
-        return self.z >= ALIGNMENT_Z
+        """Whether the peak is common structure, not chance."""
+        return self.z >= self.z_needed
 
     @property
     def misregistration_px(self) -> float | None:
-        """How far apart the dates may lie, pixels: the peak's offset plus half a
-        pixel's diagonal (the true offset lies within the pixel of the best whole
-        one); None when nothing common was found."""
+        """How far apart the dates may lie, pixels: the refined shift's length plus its
+        precision; None when nothing common was found."""
         if not self.measured:
             return None
-        return float(np.hypot(*self.offset_px)) + math.sqrt(0.5)
+        return float(np.hypot(*self.shift_px)) + self.precision_px
 
     def summary(self) -> dict[str, Any]:
         return {"measured": self.measured, "offset_px": list(self.offset_px),
-                "z": round(self.z, 2), "search_px": self.search_px}
+                "shift_px": [round(v, 3) for v in self.shift_px],
+                "precision_px": round(self.precision_px, 3), "z": round(self.z, 2),
+                "z_needed": round(self.z_needed, 2), "search_px": self.search_px}
 
 
 @dataclass
@@ -425,17 +445,39 @@ def _orientations(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.
     return orientation, textured
 
 
+def _alignment_squares(shape: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """Up to :data:`ALIGNMENT_SQUARES` squares of :data:`ALIGNMENT_CHIP_PX` spread over
+    a grid of ``shape`` (one, the grid itself, when it is no larger)."""
+    h, w = shape
+    side = ALIGNMENT_CHIP_PX
+    rows = np.unique(np.linspace(0, max(0, h - side), 1 if h <= side else 2).round().astype(int))
+    cols = np.unique(np.linspace(0, max(0, w - side), 1 if w <= side else 2).round().astype(int))
+    squares = [(slice(r, r + side), slice(c, c + side)) for r in rows for c in cols]
+    return squares[:ALIGNMENT_SQUARES]
+
+
+def _parabola_vertex(before: float, peak: float, after: float) -> tuple[float, float]:
+    """Vertex of the parabola through three equally spaced values (its offset from the
+    middle one, in their spacing) and the curvature (second difference, < 0 at a peak)."""
+    curvature = before - 2.0 * peak + after
+    if not (np.isfinite(curvature) and curvature < 0):  # a neighbour not scored
+        return 0.0, 0.0
+    return float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)), float(curvature)
+
+
 def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
-                    ) -> AlignmentCheck:
+                    ) -> AlignmentCheck | None:
     """Find the offset at which the dates' structure agrees best, and how clearly.
 
-    Orientation correlation: each textured pixel votes, whatever its contrast, with
-    the orientation of its gradient (:func:`_orientations`), so roads and roofs that
+    Orientation correlation: each textured pixel votes with the orientation of its
+    gradient (:func:`_orientations`), whatever its contrast, so roads and roofs that
     both dates hold add up at their offset, while what changed adds only noise at
     every offset. It needs no unchanged majority, which is why an estimate judged
-    unreliable (on scenes most of which changed) is checked by it. Offsets up to a
-    tenth of the pair's side (at least 8 px) are searched, on its central
-    :data:`ALIGNMENT_CHIP_PX` square.
+    unreliable (on scenes most of which changed) is checked by it. Each offset is
+    scored by its votes over the square root of its textured pairs (a standard normal
+    variable, by chance); offsets up to a tenth of the side of the squares read (at
+    least 8 px, at most 102) are searched, on up to :data:`ALIGNMENT_SQUARES` squares
+    of :data:`ALIGNMENT_CHIP_PX` spread over the pair, whose votes are pooled.
 
     Parameters
     ----------
@@ -446,53 +488,91 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
 
     Returns
     -------
-    AlignmentCheck
+    AlignmentCheck or None
+        None when the check cannot judge: too few textured pixels in common at the
+        offsets searched, or shared structure found on the edge of the search (the
+        dates may lie further apart).
     """
-    h, w = valid.shape
-    r0, c0 = max(0, (h - ALIGNMENT_CHIP_PX) // 2), max(0, (w - ALIGNMENT_CHIP_PX) // 2)
-    box = (slice(r0, r0 + ALIGNMENT_CHIP_PX), slice(c0, c0 + ALIGNMENT_CHIP_PX))
-    valid = valid[box]
-    h, w = valid.shape
+    valid = valid & np.isfinite(before).all(axis=tuple(range(before.ndim - 2))) \
+        & np.isfinite(after).all(axis=tuple(range(after.ndim - 2)))
+    squares = _alignment_squares(valid.shape)
+    h, w = valid[squares[0]].shape
     search = min(max(8, int(0.1 * min(h, w))), (min(h, w) - 1) // 2)
-    ub, tb = _orientations(before[..., box[0], box[1]], valid)
-    ua, ta = _orientations(after[..., box[0], box[1]], valid)
-    if search < 1 or not tb.any() or not ta.any():
-        return AlignmentCheck((0, 0), 0.0, max(search, 0))
-    size = (2 * h, 2 * w)  # zero-padded: no wrap-around within the search
-    votes = sfft.ifft2(np.conj(sfft.fft2(ub, size, workers=2)) * sfft.fft2(ua, size, workers=2),
-                       workers=2).real
-    pairs = sfft.irfft2(np.conj(sfft.rfft2(tb.astype(np.float32), size, workers=2))
-                        * sfft.rfft2(ta.astype(np.float32), size, workers=2), size,
-                        workers=2)
-    # Entry [dy, dx] (negative offsets wrapped) sums conj(before(x)) * after(x + d):
-    # divided by the textured pairs, the mean of cos(2 (theta_after - theta_before)).
+    if search < 2:
+        return None
     offsets = np.r_[-search:search + 1]
-    agree = (votes / np.maximum(pairs, 1.0))[np.ix_(offsets, offsets)]
-    iy, ix = np.unravel_index(int(np.argmax(agree)), agree.shape)
-    background = np.ones(agree.shape, bool)
+    votes = np.zeros((offsets.size, offsets.size))
+    pairs = np.zeros((offsets.size, offsets.size))
+    for rows, cols in squares:
+        part = valid[rows, cols]
+        ub, tb = _orientations(before[..., rows, cols], part)
+        ua, ta = _orientations(after[..., rows, cols], part)
+        if not tb.any() or not ta.any():
+            continue
+        size = (2 * part.shape[0], 2 * part.shape[1])  # zero-padded: no wrap-around
+        # Entry [dy, dx] (negative offsets wrapped) sums conj(before(x)) * after(x + d):
+        # cos(2 (theta_after - theta_before)) over the textured pairs at that offset.
+        v = sfft.ifft2(np.conj(sfft.fft2(ub, size, workers=2)) * sfft.fft2(ua, size, workers=2),
+                       workers=2).real
+        n = sfft.irfft2(np.conj(sfft.rfft2(tb.astype(np.float32), size, workers=2))
+                        * sfft.rfft2(ta.astype(np.float32), size, workers=2), size, workers=2)
+        votes += v[np.ix_(offsets, offsets)]
+        pairs += np.rint(n[np.ix_(offsets, offsets)])
+    scored = pairs >= max(ALIGNMENT_MIN_COVER * pairs.max(), ALIGNMENT_MIN_PAIRS)
+    if scored.sum() < ALIGNMENT_MIN_OFFSETS:
+        return None
+    # Each pair's vote has mean 0 and variance 1/2 by chance: the score is a standard
+    # normal variable there, whatever the number of pairs.
+    score = np.where(scored, votes / np.sqrt(0.5 * np.maximum(pairs, 1.0)), -np.inf)
+    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    on_edge = min(iy, ix) == 0 or max(iy, ix) == offsets.size - 1
+    background = scored.copy()
     background[max(0, iy - 2):iy + 3, max(0, ix - 2):ix + 3] = False
-    rest = agree[background]
+    rest = score[background]
+    if rest.size < ALIGNMENT_MIN_OFFSETS:
+        return None
     centre = float(np.median(rest))
     spread = 1.4826 * float(np.median(np.abs(rest - centre)))
-    z = (float(agree[iy, ix]) - centre) / spread if spread > 0 else 0.0
-    return AlignmentCheck((int(offsets[ix]), int(offsets[iy])), z, search)
+    if not spread > 0:
+        return None
+    z = (float(score[iy, ix]) - centre) / spread
+    z_needed = float(stats.norm.isf(ALIGNMENT_FALSE_ALARM / rest.size))
+    if on_edge:
+        if z >= z_needed:
+            return None  # shared structure, perhaps further off than the search reaches
+        # Chance's best landed on the edge: no more a sign of anything than elsewhere.
+        return AlignmentCheck((int(offsets[ix]), int(offsets[iy])), z, search, z_needed,
+                              (float(offsets[ix]), float(offsets[iy])), math.sqrt(0.5))
+    fx, cx = _parabola_vertex(score[iy, ix - 1], score[iy, ix], score[iy, ix + 1])
+    fy, cy = _parabola_vertex(score[iy - 1, ix], score[iy, ix], score[iy + 1, ix])
+    # The vertex moves by about sqrt(2) times the neighbours' noise over the curvature.
+    per_axis = [math.sqrt(0.5) * spread / -c if c < 0 else 0.5 for c in (cx, cy)]
+    precision = min(math.hypot(*(min(p, 0.5) for p in per_axis)), math.sqrt(0.5))
+    return AlignmentCheck((int(offsets[ix]), int(offsets[iy])), z, search, z_needed,
+                          (float(offsets[ix] + fx), float(offsets[iy] + fy)), precision)
 
 
 def check_unreliable(reg: Registration, before: np.ndarray, after: np.ndarray,
                      valid: np.ndarray) -> Registration:
     """``reg`` with its :func:`check_alignment` when it was judged unreliable and not
-    applied (``reg`` itself otherwise); warns when the dates share nothing to align."""
+    applied (``reg`` itself otherwise, or when the check cannot judge); warns when the
+    dates share nothing to align."""
     if not (reg.low_reliability and not reg.applied):
         return reg
     check = check_alignment(before, after, valid)
+    if check is None:
+        logger.info("co-registration check: too little in common to judge; the "
+                    "unreliable estimate's shift and spread stand")
+        return reg
     if check.measured:
-        logger.info("co-registration check: the dates' structure agrees best at dx=%d "
-                    "dy=%d px (%.1f standard deviations above the other offsets); the "
-                    "area ranges allow for %.2f px", *check.offset_px, check.z,
-                    check.misregistration_px)
+        logger.info("co-registration check: the dates' structure agrees best at dx=%.2f "
+                    "dy=%.2f px (+/- %.2f; %.1f standard deviations above the other "
+                    "offsets, %.1f needed): misregistration %.2f px", *check.shift_px,
+                    check.precision_px, check.z, check.z_needed, check.misregistration_px)
     else:
         warn_analyst("the dates share no structure within %d px of each other by which to "
-                     "measure their alignment: the area ranges do not allow for "
+                     "measure their alignment: if they lie further apart, nothing here "
+                     "can tell; the area ranges of detect do not allow for "
                      "misregistration, which has nothing the dates share to misplace; "
                      "check the alignment by eye", check.search_px)
     return replace(reg, alignment=check)

@@ -287,67 +287,127 @@ def test_misregistration_of_an_estimate_applied_unchecked_or_checked(textured_im
     assert not unchecked.applied and unchecked.misregistration_px == pytest.approx(5.5)
     # Checked: what the check measured, or nothing when the dates share no structure
     # (and then the area ranges allow for none).
-    measured = replace(unchecked, alignment=AlignmentCheck((3, -1), 9.0, 25))
-    assert measured.misregistration_px == pytest.approx(math.hypot(3, 1) + math.sqrt(0.5))
+    measured = replace(unchecked, alignment=AlignmentCheck((3, -1), 9.0, 25, 5.0,
+                                                           (2.8, -1.1), 0.2))
+    assert measured.misregistration_px == pytest.approx(math.hypot(2.8, 1.1) + 0.2)
     assert measured.range_residual_px == measured.misregistration_px
-    chance = replace(unchecked, alignment=AlignmentCheck((12, 20), 3.5, 25))
+    chance = replace(unchecked, alignment=AlignmentCheck((12, 20), 3.5, 25, 5.0,
+                                                         (12.1, 19.8), 0.7))
     assert chance.misregistration_px is None and chance.range_residual_px == 0.0
     assert chance.summary(pair.grid)["misregistration_px"] is None
     assert chance.summary(pair.grid)["alignment"] == {
-        "measured": False, "offset_px": [12, 20], "z": 3.5, "search_px": 25}
+        "measured": False, "offset_px": [12, 20], "shift_px": [12.1, 19.8],
+        "precision_px": 0.7, "z": 3.5, "z_needed": 5.0, "search_px": 25}
 
 
-def _mostly_changed(textured_image, offset: tuple[int, int], kept_cols: int = 80
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """A 512 px textured before date, and an after date that shows it moved by
-    ``offset`` (dx, dy) px in its first ``kept_cols`` columns and an unrelated texture
-    everywhere else."""
-    before = textured_image(512, 512, bands=3, seed=31).astype(np.float32)
-    after = textured_image(512, 512, bands=3, seed=32).astype(np.float32)
+def _mostly_changed(textured_image, offset: tuple[float, float], kept_cols: int = 85,
+                    size: int = 512, seed: int = 31) -> tuple[np.ndarray, np.ndarray]:
+    """A textured before date, and an after date that shows it moved by ``offset``
+    (dx, dy) px (cubic, no wrap-around) in its first ``kept_cols`` columns and an
+    unrelated texture everywhere else."""
+    before = textured_image(size, size, bands=3, seed=seed).astype(np.float32)
+    after = textured_image(size, size, bands=3, seed=seed + 1).astype(np.float32)
     dx, dy = offset
-    moved = np.roll(before, (dy, dx), axis=(1, 2))
+    moved = ndimage.shift(before, (0, dy, dx), order=3, mode="nearest")
     after[:, :, :kept_cols] = moved[:, :, :kept_cols]
     return before, after
 
 
-@pytest.mark.parametrize("offset", [(0, 0), (3, -2), (-7, 5)])
+@pytest.mark.parametrize("offset", [(0.0, 0.0), (3.0, -2.0), (-6.6, 4.3)])
 def test_alignment_check_finds_what_a_mostly_changed_pair_shares(textured_image, offset):
-    from changedet.coregister import ALIGNMENT_Z, check_alignment
+    from changedet.coregister import check_alignment
 
     before, after = _mostly_changed(textured_image, offset)
     # Band 2 of the after date inverted: the orientations do not depend on a band's sense.
     after[1] = 255.0 - after[1]
     valid = np.ones((512, 512), bool)
     check = check_alignment(before, after, valid)
-    assert check.offset_px == offset and check.z >= ALIGNMENT_Z and check.measured
-    assert check.search_px == 51
+    assert check.measured and check.z >= check.z_needed + 5
+    assert check.offset_px == (round(offset[0]), round(offset[1]))
+    assert np.abs(np.subtract(check.shift_px, offset)).max() <= 0.25
+    assert check.precision_px <= 0.3 and check.search_px == 51
+
+
+def test_alignment_check_reads_every_band_and_the_whole_pair(textured_image):
+    from changedet.coregister import check_alignment
+
+    # What the dates share lies in band 3 only (bands 1 and 2 flat in both) ...
+    before, after = _mostly_changed(textured_image, (2.0, 1.0))
+    before[:2] = 100.0
+    after[:2] = 100.0
+    check = check_alignment(before, after, np.ones((512, 512), bool))
+    assert check.measured and check.offset_px == (2, 1)
+    # ... and in the eastern quarter of a 2048 px pair (mirrored: dx changes sign),
+    # outside its central and its first squares.
+    before, after = _mostly_changed(textured_image, (3.0, -2.0), kept_cols=500, size=2048)
+    before, after = (np.ascontiguousarray(x[:, :, ::-1]) for x in (before, after))
+    check = check_alignment(before, after, np.ones((2048, 2048), bool))
+    assert check.measured and check.offset_px == (-3, -2)
 
 
 def test_alignment_check_finds_nothing_in_unrelated_dates(textured_image):
-    from changedet.coregister import ALIGNMENT_Z, check_alignment
+    from changedet.coregister import check_alignment
 
-    valid = np.ones((512, 512), bool)
-    # The same nodata collar in both dates is not structure they share.
-    valid[:, :40] = False
-    valid[400:, :] = False
-    for seed in (1, 3, 5):
-        a = textured_image(512, 512, bands=3, seed=seed).astype(np.float32)
-        b = textured_image(512, 512, bands=3, seed=seed + 1).astype(np.float32)
-        a[:, ~valid] = 0.0
-        b[:, ~valid] = 0.0
-        check = check_alignment(a, b, valid)
-        assert check.z < ALIGNMENT_Z and not check.measured
+    rng = np.random.default_rng(4)
+    collar = np.ones((512, 512), bool)
+    collar[:, :40] = False
+    collar[400:, :] = False
+    rows, cols = np.mgrid[:512, :512]
+    masks = {
+        # The same nodata in both dates is not structure they share: a collar, holes
+        # of a few pixels all over (the edge of nodata must not be read as texture),
+        # a narrow diagonal strip of data (few pairs at most offsets).
+        "collar": collar,
+        "holes": ~ndimage.binary_dilation(rng.random((512, 512)) > 0.998, iterations=3),
+        "strip": np.abs(rows - cols) < 40,
+    }
+    for name, valid in masks.items():
+        for seed in (1, 3):
+            a = textured_image(512, 512, bands=3, seed=seed).astype(np.float32)
+            b = textured_image(512, 512, bands=3, seed=seed + 1).astype(np.float32)
+            a[:, ~valid] = 0.0
+            b[:, ~valid] = 0.0
+            check = check_alignment(a, b, valid)
+            assert check is not None and not check.measured, (name, seed, check)
+    # At 1024 px, where over 40,000 offsets are searched, chance goes higher (above 4
+    # on these two pairs), and the level needed with it.
+    for seed in (1, 2):
+        a = textured_image(1024, 1024, bands=3, seed=100 + seed).astype(np.float32)
+        b = textured_image(1024, 1024, bands=3, seed=200 + seed).astype(np.float32)
+        check = check_alignment(a, b, np.ones((1024, 1024), bool))
+        assert check.search_px == 102 and check.z_needed > 5.4
+        assert not check.measured and check.z < check.z_needed
     flat = np.full((3, 256, 256), 100.0, np.float32)
-    assert not check_alignment(flat, flat.copy(), np.ones((256, 256), bool)).measured
+    assert check_alignment(flat, flat.copy(), np.ones((256, 256), bool)) is None
+
+
+def test_alignment_check_declines_to_judge_on_too_little_or_at_its_edge(textured_image):
+    from changedet.coregister import Registration, _guard, check_alignment, check_unreliable
+
+    tiny = textured_image(24, 24, bands=3, seed=1).astype(np.float32)
+    assert check_alignment(tiny, np.roll(tiny, 1, axis=2), np.ones((24, 24), bool)) is None
+    island = np.zeros((512, 512), bool)
+    island[200:230, 300:330] = True
+    a = textured_image(512, 512, bands=3, seed=1).astype(np.float32)
+    assert check_alignment(a, a.copy(), island) is None
+    # Shared structure just beyond the search: the dates may lie further apart still.
+    before, after = _mostly_changed(textured_image, (52.0, 0.0))
+    assert check_alignment(before, after, np.ones((512, 512), bool)) is None
+    # Then the estimate keeps its own shift and spread.
+    unchecked = _guard(Registration("global", (3.0, 4.0), 0.1, 2, Affine.identity(), 0.5))
+    kept = check_unreliable(unchecked, before, after, np.ones((512, 512), bool))
+    assert kept.alignment is None and kept.misregistration_px == pytest.approx(5.5)
 
 
 def test_an_unreliable_estimate_is_checked_and_says_why(textured_image, caplog):
-    before, after = _mostly_changed(textured_image, (3, -2))
+    before, after = _mostly_changed(textured_image, (3.0, -2.0))
     valid = np.ones((512, 512), bool)
     reg = estimate_shift(before, after, valid)
     assert reg.low_reliability and not reg.applied
     assert reg.alignment is not None and reg.alignment.offset_px == (3, -2)
-    assert reg.misregistration_px == pytest.approx(math.hypot(3, 2) + math.sqrt(0.5))
+    assert reg.misregistration_px == pytest.approx(
+        math.hypot(*reg.alignment.shift_px) + reg.alignment.precision_px)
+    assert math.hypot(3, 2) < reg.misregistration_px < math.hypot(3, 2) + 0.5
     a = textured_image(512, 512, bands=3, seed=1).astype(np.float32)
     b = textured_image(512, 512, bands=3, seed=2).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="changedet"):

@@ -281,8 +281,9 @@ def test_an_unreliable_shift_is_checked_by_the_structure_the_dates_share(
                                                               size=320)).shift_px
     offset = reg["alignment"]["offset_px"]
     assert np.abs(np.subtract(offset, true_shift)).max() <= 0.5
-    assert reg["misregistration_px"] == pytest.approx(np.hypot(*offset) + np.sqrt(0.5),
-                                                      abs=1e-4)
+    assert np.abs(np.subtract(reg["alignment"]["shift_px"], true_shift)).max() <= 0.25
+    assert reg["misregistration_px"] == pytest.approx(
+        np.hypot(*reg["alignment"]["shift_px"]) + reg["alignment"]["precision_px"], abs=2e-3)
     assert checked.buildings
     pixel_m = max(checked.summary["pixel_size_m"])  # square pixels
     assert pixel_m == min(checked.summary["pixel_size_m"])
@@ -304,7 +305,8 @@ def test_dates_that_share_no_structure_leave_the_ranges_to_the_half_pixel(
     aligned = changedet.detect(pair["before"], pair["after"], coreg="none")
     monkeypatch.setattr(coregister, "estimate_shift", _unreliable_shift_checked)
     monkeypatch.setattr(coregister, "check_alignment",
-                        lambda before, after, valid: AlignmentCheck((9, -20), 3.1, 32))
+                        lambda before, after, valid: AlignmentCheck((9, -20), 3.1, 32, 5.1,
+                                                                     (9.2, -20.1), 0.7))
     unmeasured = changedet.detect(pair["before"], pair["after"])
     reg = unmeasured.summary["coregistration"]
     assert reg["misregistration_px"] is None and not reg["alignment"]["measured"]

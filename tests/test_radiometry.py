@@ -383,11 +383,12 @@ def test_structure_is_compared_unless_the_dates_lie_further_apart_than_its_scale
     # Not applied (none asked, or judged unreliable and not checked): compared as it is.
     assert radiometry.structure_aligned(reg(False, 25.0), 0.5)
     assert radiometry.structure_aligned(reg(False, None), 0.5)
-    # Judged unreliable and checked: what the check measured (offset plus 0.71 px).
-    assert radiometry.structure_aligned(reg(False, 25.0, AlignmentCheck((1, 0), 9.0, 25)), 0.5)
-    assert not radiometry.structure_aligned(reg(False, 0.2, AlignmentCheck((1, 1), 9.0, 25)),
-                                            0.5)
-    assert not radiometry.structure_aligned(reg(False, 0.2, AlignmentCheck((0, 1), 9.0, 25)),
-                                            1.0)
+    # Judged unreliable and checked: what the check measured (its shift plus precision).
+    def check(shift: tuple[float, float], z: float = 9.0) -> AlignmentCheck:
+        return AlignmentCheck((round(shift[0]), round(shift[1])), z, 25, 5.0, shift, 0.3)
+
+    assert radiometry.structure_aligned(reg(False, 25.0, check((1.2, 0.0))), 0.5)
+    assert not radiometry.structure_aligned(reg(False, 0.2, check((1.5, 1.5))), 0.5)
+    assert not radiometry.structure_aligned(reg(False, 0.2, check((0.0, 0.8))), 1.0)
     # ... or, when the dates share nothing measurable, compared as it is.
-    assert radiometry.structure_aligned(reg(False, 0.2, AlignmentCheck((9, 9), 3.0, 25)), 1.0)
+    assert radiometry.structure_aligned(reg(False, 0.2, check((9.0, 9.0), z=3.0)), 1.0)
