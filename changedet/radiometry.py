@@ -321,6 +321,10 @@ STRUCTURE_MAPS = ("cosine", "energy_before", "energy_after", "noise_before", "no
 #: energy its noise alone gives (twice the noise's gradient magnitude), and above the
 #: date's median energy.
 TEXTURE_OVER_NOISE = 4.0
+#: A share measured on fewer textured pixels than this share of the pixels measured
+#: says nothing of the ground's majority (a flat or pure-noise scene has a handful of
+#: noise outliers above the bar, and they cross at random).
+MIN_TEXTURED_SHARE = 0.01
 #: Weight of a pixel whose structure crosses in a fit weighted by structure, at least.
 MIN_PRIOR = 0.01
 #: Tiles :func:`structure_maps` works in (grown by the reach), pixels a side: its
@@ -524,7 +528,8 @@ def changed_share(structure: np.ndarray) -> float:
         Of the pixels textured in either date (gradient energy above that date's
         median, and above :data:`TEXTURE_OVER_NOISE` times its noise level, the median
         of its noise map), the share whose cosine is under 0.5 (more than 60 degrees
-        apart); NaN when none was measured or none is textured.
+        apart); NaN when none was measured, or fewer than
+        :data:`MIN_TEXTURED_SHARE` of those measured are textured.
     """
     measured = np.isfinite(structure[0])
     if not measured.any():
@@ -534,7 +539,7 @@ def changed_share(structure: np.ndarray) -> float:
     for energy, noise in ((energy_b, noise_b), (energy_a, noise_a)):
         textured |= energy > max(float(np.median(energy)),
                                  TEXTURE_OVER_NOISE * float(np.median(noise)))
-    if not textured.any():
+    if not textured.sum() >= max(1.0, MIN_TEXTURED_SHARE * textured.size):
         return float("nan")
     return float((cosine[textured] < 0.5).mean())
 
