@@ -50,6 +50,9 @@ ALIGNMENT_SQUARES = 4
 ALIGNMENT_MIN_COVER = 0.5
 ALIGNMENT_MIN_PAIRS = 256
 ALIGNMENT_MIN_OFFSETS = 50
+#: The alignment check's precision is never taken as better than this, pixels: what
+#: its sub-pixel fit leaves of bias on sharp peaks.
+ALIGNMENT_MIN_PRECISION_PX = 0.1
 #: Sub-pixel precision of the upsampled cross-correlation peak (1/100 px).
 UPSAMPLE = 100
 METHODS = ("global", "local", "none")
@@ -72,11 +75,12 @@ class AlignmentCheck:
         The height chance reaches with probability :data:`ALIGNMENT_FALSE_ALARM` over
         the offsets searched.
     shift_px : (float, float)
-        The offset refined to a fraction of a pixel (a parabola through the peak and
+        The offset refined to a fraction of a pixel (a Gaussian through the peak and
         its neighbours on each axis).
     precision_px : float
         Standard error of ``shift_px`` from the peak's curvature against the other
-        offsets' spread (per axis, combined), at most half a pixel's diagonal.
+        offsets' spread, per axis at least :data:`ALIGNMENT_MIN_PRECISION_PX` and at
+        most a pixel, combined.
     """
 
     offset_px: tuple[int, int]
@@ -447,22 +451,52 @@ def _orientations(image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.
 
 def _alignment_squares(shape: tuple[int, int]) -> list[tuple[slice, slice]]:
     """Up to :data:`ALIGNMENT_SQUARES` squares of :data:`ALIGNMENT_CHIP_PX` spread over
-    a grid of ``shape`` (one, the grid itself, when it is no larger)."""
+    a grid of ``shape``, more of them along its longer side (one, the grid itself, when
+    it is no larger)."""
     h, w = shape
     side = ALIGNMENT_CHIP_PX
-    rows = np.unique(np.linspace(0, max(0, h - side), 1 if h <= side else 2).round().astype(int))
-    cols = np.unique(np.linspace(0, max(0, w - side), 1 if w <= side else 2).round().astype(int))
-    squares = [(slice(r, r + side), slice(c, c + side)) for r in rows for c in cols]
-    return squares[:ALIGNMENT_SQUARES]
+    need_r, need_c = max(1, math.ceil(h / side)), max(1, math.ceil(w / side))
+    n_r = min(need_r, max(1, round(math.sqrt(ALIGNMENT_SQUARES * h / w))))
+    n_c = min(need_c, max(1, ALIGNMENT_SQUARES // n_r))
+    n_r = min(need_r, max(1, ALIGNMENT_SQUARES // n_c))
+    rows = np.unique(np.linspace(0, max(0, h - side), n_r).round().astype(int))
+    cols = np.unique(np.linspace(0, max(0, w - side), n_c).round().astype(int))
+    return [(slice(r, r + side), slice(c, c + side)) for r in rows for c in cols]
 
 
-def _parabola_vertex(before: float, peak: float, after: float) -> tuple[float, float]:
-    """Vertex of the parabola through three equally spaced values (its offset from the
-    middle one, in their spacing) and the curvature (second difference, < 0 at a peak)."""
-    curvature = before - 2.0 * peak + after
-    if not (np.isfinite(curvature) and curvature < 0):  # a neighbour not scored
-        return 0.0, 0.0
-    return float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5)), float(curvature)
+#: Lags over which each date's orientations are taken as correlated with their
+#: neighbours' when the chance spread of the scores is estimated, pixels.
+ALIGNMENT_LAG_PX = 12
+
+
+def _correlation_length(orientation: np.ndarray, textured: np.ndarray,
+                        size: tuple[int, int]) -> np.ndarray:
+    """Normalised autocorrelation of an orientation field over lags up to
+    :data:`ALIGNMENT_LAG_PX` each way ((2L + 1, 2L + 1) complex, 1 at lag 0)."""
+    lags = np.r_[-ALIGNMENT_LAG_PX:ALIGNMENT_LAG_PX + 1]
+    spectrum = sfft.fft2(orientation, size, workers=2)
+    auto = sfft.ifft2(np.conj(spectrum) * spectrum, workers=2)[np.ix_(lags, lags)]
+    count = sfft.irfft2(np.abs(sfft.rfft2(textured.astype(np.float32), size, workers=2)) ** 2,
+                        size, workers=2)[np.ix_(lags, lags)]
+    auto = auto / np.maximum(np.rint(count), 1.0)
+    centre = auto[ALIGNMENT_LAG_PX, ALIGNMENT_LAG_PX].real
+    return auto / centre if centre > 0 else np.zeros_like(auto)
+
+
+def _peak_vertex(left: float, peak: float, right: float) -> tuple[float, float] | None:
+    """Sub-pixel offset of a peak from its middle sample (a Gaussian through the three
+    scores when all are positive, else a parabola), and the parabola's curvature (< 0);
+    None when a neighbour is not scored or the peak is flat."""
+    curvature = left - 2.0 * peak + right
+    if not (np.isfinite(curvature) and curvature < 0):
+        return None
+    if min(left, peak, right) > 0:
+        # A correlation peak is closer to a Gaussian than to a parabola, which pulls
+        # the vertex towards the whole pixel.
+        ll, lp, lr = math.log(left), math.log(peak), math.log(right)
+        if ll - 2.0 * lp + lr < 0:
+            return float(np.clip(0.5 * (ll - lr) / (ll - 2.0 * lp + lr), -0.5, 0.5)), curvature
+    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5)), curvature
 
 
 def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
@@ -470,14 +504,18 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
     """Find the offset at which the dates' structure agrees best, and how clearly.
 
     Orientation correlation: each textured pixel votes with the orientation of its
-    gradient (:func:`_orientations`), whatever its contrast, so roads and roofs that
-    both dates hold add up at their offset, while what changed adds only noise at
-    every offset. It needs no unchanged majority, which is why an estimate judged
-    unreliable (on scenes most of which changed) is checked by it. Each offset is
-    scored by its votes over the square root of its textured pairs (a standard normal
-    variable, by chance); offsets up to a tenth of the side of the squares read (at
-    least 8 px, at most 102) are searched, on up to :data:`ALIGNMENT_SQUARES` squares
-    of :data:`ALIGNMENT_CHIP_PX` spread over the pair, whose votes are pooled.
+    gradient (:func:`_orientations`, less the date's mean orientation, so that a
+    texture's prevailing direction does not favour the offsets with most pairs),
+    whatever its contrast, so roads and roofs that both dates hold add up at their
+    offset, while what changed adds only noise at every offset. It needs no unchanged
+    majority, which is why an estimate judged unreliable (on scenes most of which
+    changed) is checked by it. Each offset's score is its votes over their standard
+    deviation by chance (from the number of pairs and each date's own orientation
+    autocorrelation, so a standard normal variable); the best offset's height is taken
+    against the others' spread, never below that unit. Offsets up to a tenth of the side
+    of the squares read (at least 8 px, at most 102) are searched, on up to
+    :data:`ALIGNMENT_SQUARES` squares of :data:`ALIGNMENT_CHIP_PX` spread over the pair,
+    whose votes are pooled.
 
     Parameters
     ----------
@@ -489,9 +527,10 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
     Returns
     -------
     AlignmentCheck or None
-        None when the check cannot judge: too few textured pixels in common at the
-        offsets searched, or shared structure found on the edge of the search (the
-        dates may lie further apart).
+        None when the check cannot judge: too few textured pixels in common at half or
+        more of the offsets searched, or shared structure found on the edge of the
+        search or next to offsets it could not score (the dates may lie further
+        apart).
     """
     valid = valid & np.isfinite(before).all(axis=tuple(range(before.ndim - 2))) \
         & np.isfinite(after).all(axis=tuple(range(after.ndim - 2)))
@@ -503,38 +542,48 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
     offsets = np.r_[-search:search + 1]
     votes = np.zeros((offsets.size, offsets.size))
     pairs = np.zeros((offsets.size, offsets.size))
+    chance = np.zeros((offsets.size, offsets.size))  # variance of the votes by chance
     for rows, cols in squares:
         part = valid[rows, cols]
         ub, tb = _orientations(before[..., rows, cols], part)
         ua, ta = _orientations(after[..., rows, cols], part)
-        if not tb.any() or not ta.any():
+        if tb.sum() < 2 or ta.sum() < 2:
             continue
+        ub = np.where(tb, ub - ub[tb].mean(), 0).astype(np.complex64)
+        ua = np.where(ta, ua - ua[ta].mean(), 0).astype(np.complex64)
         size = (2 * part.shape[0], 2 * part.shape[1])  # zero-padded: no wrap-around
-        # Entry [dy, dx] (negative offsets wrapped) sums conj(before(x)) * after(x + d):
-        # cos(2 (theta_after - theta_before)) over the textured pairs at that offset.
+        # Entry [dy, dx] (negative offsets wrapped) sums conj(before(x)) * after(x + d).
         v = sfft.ifft2(np.conj(sfft.fft2(ub, size, workers=2)) * sfft.fft2(ua, size, workers=2),
                        workers=2).real
-        n = sfft.irfft2(np.conj(sfft.rfft2(tb.astype(np.float32), size, workers=2))
-                        * sfft.rfft2(ta.astype(np.float32), size, workers=2), size, workers=2)
+        n = np.rint(sfft.irfft2(np.conj(sfft.rfft2(tb.astype(np.float32), size, workers=2))
+                                * sfft.rfft2(ta.astype(np.float32), size, workers=2), size,
+                                workers=2)[np.ix_(offsets, offsets)])
+        # By chance each vote has variance |ub|^2 |ua|^2 / 2 on average, and neighbouring
+        # votes are correlated as the dates' orientations are with their neighbours'.
+        related = float(np.sum((_correlation_length(ub, tb, size)
+                                * np.conj(_correlation_length(ua, ta, size))).real))
+        power = float(np.mean(np.abs(ub[tb]) ** 2) * np.mean(np.abs(ua[ta]) ** 2))
         votes += v[np.ix_(offsets, offsets)]
-        pairs += np.rint(n[np.ix_(offsets, offsets)])
+        pairs += n
+        chance += 0.5 * n * power * max(related, 1.0)
     scored = pairs >= max(ALIGNMENT_MIN_COVER * pairs.max(), ALIGNMENT_MIN_PAIRS)
-    if scored.sum() < ALIGNMENT_MIN_OFFSETS:
+    # Where most offsets cannot be scored (a narrow band of data), the dates' offset
+    # may well lie among those.
+    if scored.sum() < max(ALIGNMENT_MIN_OFFSETS, 0.5 * scored.size):
         return None
-    # Each pair's vote has mean 0 and variance 1/2 by chance: the score is a standard
-    # normal variable there, whatever the number of pairs.
-    score = np.where(scored, votes / np.sqrt(0.5 * np.maximum(pairs, 1.0)), -np.inf)
+    score = np.where(scored, votes / np.sqrt(np.maximum(chance, 1e-12)), -np.inf)
     iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
-    on_edge = min(iy, ix) == 0 or max(iy, ix) == offsets.size - 1
+    on_edge = min(iy, ix) == 0 or max(iy, ix) == offsets.size - 1 \
+        or not scored[max(0, iy - 1):iy + 2, max(0, ix - 1):ix + 2].all()
     background = scored.copy()
     background[max(0, iy - 2):iy + 3, max(0, ix - 2):ix + 3] = False
     rest = score[background]
     if rest.size < ALIGNMENT_MIN_OFFSETS:
         return None
     centre = float(np.median(rest))
-    spread = 1.4826 * float(np.median(np.abs(rest - centre)))
-    if not spread > 0:
-        return None
+    # The spread of the other offsets' scores, but never below their unit: correlated
+    # neighbours make the median deviation understate what chance gives.
+    spread = max(1.4826 * float(np.median(np.abs(rest - centre))), 1.0)
     z = (float(score[iy, ix]) - centre) / spread
     z_needed = float(stats.norm.isf(ALIGNMENT_FALSE_ALARM / rest.size))
     if on_edge:
@@ -543,13 +592,18 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
         # Chance's best landed on the edge: no more a sign of anything than elsewhere.
         return AlignmentCheck((int(offsets[ix]), int(offsets[iy])), z, search, z_needed,
                               (float(offsets[ix]), float(offsets[iy])), math.sqrt(0.5))
-    fx, cx = _parabola_vertex(score[iy, ix - 1], score[iy, ix], score[iy, ix + 1])
-    fy, cy = _parabola_vertex(score[iy - 1, ix], score[iy, ix], score[iy + 1, ix])
-    # The vertex moves by about sqrt(2) times the neighbours' noise over the curvature.
-    per_axis = [math.sqrt(0.5) * spread / -c if c < 0 else 0.5 for c in (cx, cy)]
-    precision = min(math.hypot(*(min(p, 0.5) for p in per_axis)), math.sqrt(0.5))
+    along_x = _peak_vertex(score[iy, ix - 1], score[iy, ix], score[iy, ix + 1])
+    along_y = _peak_vertex(score[iy - 1, ix], score[iy, ix], score[iy + 1, ix])
+    if along_x is None or along_y is None:
+        return None
+    # The vertex moves by about sqrt(2) times the neighbours' noise over the curvature
+    # (more than that on sharp peaks, whose fit keeps a bias: a tenth of a pixel at
+    # least); a peak flatter than that places its offset to a pixel at best.
+    per_axis = [min(max(math.sqrt(0.5) * spread / -c, ALIGNMENT_MIN_PRECISION_PX), 1.0)
+                for _, c in (along_x, along_y)]
     return AlignmentCheck((int(offsets[ix]), int(offsets[iy])), z, search, z_needed,
-                          (float(offsets[ix] + fx), float(offsets[iy] + fy)), precision)
+                          (float(offsets[ix] + along_x[0]), float(offsets[iy] + along_y[0])),
+                          math.hypot(*per_axis))
 
 
 def check_unreliable(reg: Registration, before: np.ndarray, after: np.ndarray,

@@ -381,6 +381,54 @@ def test_alignment_check_finds_nothing_in_unrelated_dates(textured_image):
     assert check_alignment(flat, flat.copy(), np.ones((256, 256), bool)) is None
 
 
+def test_alignment_check_on_a_long_strip_fields_and_nan(textured_image):
+    from changedet.coregister import check_alignment
+
+    # Shared ground only in the middle third of a 1500 x 5000 strip: squares are read
+    # along its length.
+    before = textured_image(1500, 5000, bands=1, seed=1).astype(np.float32)
+    after = textured_image(1500, 5000, bands=1, seed=2).astype(np.float32)
+    moved = ndimage.shift(before, (0, 1.3, -2.4), order=3, mode="nearest")
+    after[:, :, 1700:3300] = moved[:, :, 1700:3300]
+    check = check_alignment(before, after, np.ones((1500, 5000), bool))
+    assert check.measured and np.abs(np.subtract(check.shift_px, (-2.4, 1.3))).max() <= 0.2
+    # Fields: a texture drawn out along the rows in both dates must not pull the
+    # offset towards dx = 0 (the offsets with most pairs).
+    rng = np.random.default_rng(3)
+    fields = [ndimage.gaussian_filter(rng.normal(size=(3, 512, 512)), (0, 1, 12)) * 1e3 + 100
+              for _ in range(2)]
+    before, after = (f.astype(np.float32) for f in fields)
+    after[:, :, :128] = ndimage.shift(before, (0, -1.7, 2.6), order=3, mode="nearest")[:, :, :128]
+    valid = np.ones((512, 512), bool)
+    check = check_alignment(before, after, valid)
+    assert check.measured
+    assert np.abs(np.subtract(check.shift_px, (2.6, -1.7))).max() <= check.precision_px
+    # A NaN inside the valid mask is dropped, not spread over the whole correlation.
+    before[:, 300:310, 300:310] = np.nan
+    after[:, :, 450] = np.inf
+    assert check_alignment(before, after, valid).measured
+
+
+def test_alignment_check_false_alarms_on_small_coarse_pairs():
+    # Coarse textures correlate neighbouring offsets' scores, which a spread measured
+    # over those offsets understates: at the level of one false alarm in a thousand
+    # pairs, 600 unrelated small pairs give none (without the correction for that
+    # correlation, 3 of them were read as aligned).
+    from changedet.coregister import check_alignment
+
+    rng = np.random.default_rng(11)
+    measured = judged = 0
+    for size, sigma in ((96, 8), (128, 3)):
+        valid = np.ones((size, size), bool)
+        for _ in range(300):
+            a, b = (ndimage.gaussian_filter(rng.normal(size=(3, size, size)),
+                                            (0, sigma, sigma)) * 1e3 for _ in range(2))
+            check = check_alignment(a.astype(np.float32), b.astype(np.float32), valid)
+            judged += check is not None
+            measured += bool(check is not None and check.measured)
+    assert judged > 550 and measured == 0
+
+
 def test_alignment_check_declines_to_judge_on_too_little_or_at_its_edge(textured_image):
     from changedet.coregister import Registration, _guard, check_alignment, check_unreliable
 
@@ -393,6 +441,15 @@ def test_alignment_check_declines_to_judge_on_too_little_or_at_its_edge(textured
     # Shared structure just beyond the search: the dates may lie further apart still.
     before, after = _mostly_changed(textured_image, (52.0, 0.0))
     assert check_alignment(before, after, np.ones((512, 512), bool)) is None
+    # A band of data 40 rows tall: most offsets cannot be scored, and the dates'
+    # offset (26 rows) lies among those.
+    band = np.zeros((512, 512), bool)
+    band[200:240] = True
+    a = textured_image(512, 512, bands=3, seed=5).astype(np.float32)
+    b = ndimage.shift(a, (0, 26, 1.0), order=3, mode="nearest")
+    a[:, ~band] = 0.0
+    b[:, ~band] = 0.0
+    assert check_alignment(a, b, band) is None
     # Then the estimate keeps its own shift and spread.
     unchecked = _guard(Registration("global", (3.0, 4.0), 0.1, 2, Affine.identity(), 0.5))
     kept = check_unreliable(unchecked, before, after, np.ones((512, 512), bool))
