@@ -53,6 +53,9 @@ ALIGNMENT_MIN_OFFSETS = 50
 #: The alignment check's precision is never taken as better than this, pixels: what
 #: its sub-pixel fit leaves of bias on sharp peaks.
 ALIGNMENT_MIN_PRECISION_PX = 0.1
+#: Lags over which each date's orientations are taken as correlated with their
+#: neighbours' when the chance spread of the scores is estimated, pixels.
+ALIGNMENT_LAG_PX = 12
 #: Sub-pixel precision of the upsampled cross-correlation peak (1/100 px).
 UPSAMPLE = 100
 METHODS = ("global", "local", "none")
@@ -464,12 +467,7 @@ def _alignment_squares(shape: tuple[int, int]) -> list[tuple[slice, slice]]:
     return [(slice(r, r + side), slice(c, c + side)) for r in rows for c in cols]
 
 
-#: Lags over which each date's orientations are taken as correlated with their
-#: neighbours' when the chance spread of the scores is estimated, pixels.
-ALIGNMENT_LAG_PX = 12
-
-
-def _correlation_length(orientation: np.ndarray, textured: np.ndarray,
+def _orientation_autocorrelation(orientation: np.ndarray, textured: np.ndarray,
                         size: tuple[int, int]) -> np.ndarray:
     """Normalised autocorrelation of an orientation field over lags up to
     :data:`ALIGNMENT_LAG_PX` each way ((2L + 1, 2L + 1) complex, 1 at lag 0)."""
@@ -486,7 +484,7 @@ def _correlation_length(orientation: np.ndarray, textured: np.ndarray,
 def _peak_vertex(left: float, peak: float, right: float) -> tuple[float, float] | None:
     """Sub-pixel offset of a peak from its middle sample (a Gaussian through the three
     scores when all are positive, else a parabola), and the parabola's curvature (< 0);
-    None when a neighbour is not scored or the peak is flat."""
+    None when the peak is flat."""
     curvature = left - 2.0 * peak + right
     if not (np.isfinite(curvature) and curvature < 0):
         return None
@@ -560,8 +558,8 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
                                 workers=2)[np.ix_(offsets, offsets)])
         # By chance each vote has variance |ub|^2 |ua|^2 / 2 on average, and neighbouring
         # votes are correlated as the dates' orientations are with their neighbours'.
-        related = float(np.sum((_correlation_length(ub, tb, size)
-                                * np.conj(_correlation_length(ua, ta, size))).real))
+        related = float(np.sum((_orientation_autocorrelation(ub, tb, size)
+                                * np.conj(_orientation_autocorrelation(ua, ta, size))).real))
         power = float(np.mean(np.abs(ub[tb]) ** 2) * np.mean(np.abs(ua[ta]) ** 2))
         votes += v[np.ix_(offsets, offsets)]
         pairs += n
