@@ -539,9 +539,10 @@ def render_report(result: DetectionResult) -> str:
     if check:
         reg_items.append(("Check of the unreliable estimate: the dates' structure agrees "
                           "best at [dx, dy] (px)",
-                          f"[{_fmt(check.get('offset_px'))}], {_fmt(check.get('z'))} standard "
-                          f"deviations above the other offsets within "
-                          f"{check.get('search_px')} px"
+                          f"[{_fmt(check.get('shift_px'))}] ± {_fmt(check.get('precision_px'))}"
+                          f", {_fmt(check.get('z'))} standard deviations above the other "
+                          f"offsets within {check.get('search_px')} px (chance: "
+                          f"{_fmt(check.get('z_needed'))})"
                           + ("" if check.get("measured") else ": no more than chance")))
     warn = ('<p class="warn">Co-registration reliability is low: outlines may be offset; '
             'check the images before publishing.</p>' if reg.get("low_reliability") else "")

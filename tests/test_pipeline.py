@@ -315,7 +315,9 @@ def test_dates_that_share_no_structure_leave_the_ranges_to_the_half_pixel(
         [(b.area_m2_min, b.area_m2_max) for b in aligned.buildings]
     from changedet.report import render_report
 
-    assert "not measurable" in render_report(unmeasured)
+    page = render_report(unmeasured)
+    assert "not measurable" in page and "[9.2, -20.1] ± 0.7" in page
+    assert "no more than chance" in page
 
 
 def test_a_scene_that_mostly_changed_is_named_in_the_warnings(
