@@ -279,9 +279,10 @@ class DetectionParams:
     structure_aligned : bool
         The dates are aligned better than :data:`changedet.radiometry.STRUCTURE_SCALE_M`,
         so that the radiometric fit may compare their structure (and weight itself by
-        it where most of the scene changed). A run turns it off when the
-        misregistration it leaves exceeds that scale (an unreliable co-registration,
-        not applied): gradients a few pixels apart cross, changed or not.
+        it where most of the scene changed). A run turns it off when the dates lie
+        further apart than that scale (:func:`changedet.radiometry.structure_aligned`:
+        an applied correction's residual, or an unreliable estimate's alignment check):
+        gradients a few pixels apart cross, changed or not.
     """
 
     min_area_m2: float | None = None

@@ -530,8 +530,6 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
         search or next to offsets it could not score (the dates may lie further
         apart).
     """
-    valid = valid & np.isfinite(before).all(axis=tuple(range(before.ndim - 2))) \
-        & np.isfinite(after).all(axis=tuple(range(after.ndim - 2)))
     squares = _alignment_squares(valid.shape)
     h, w = valid[squares[0]].shape
     search = min(max(8, int(0.1 * min(h, w))), (min(h, w) - 1) // 2)
@@ -542,9 +540,12 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
     pairs = np.zeros((offsets.size, offsets.size))
     chance = np.zeros((offsets.size, offsets.size))  # variance of the votes by chance
     for rows, cols in squares:
-        part = valid[rows, cols]
-        ub, tb = _orientations(before[..., rows, cols], part)
-        ua, ta = _orientations(after[..., rows, cols], part)
+        chip_b, chip_a = before[..., rows, cols], after[..., rows, cols]
+        # Only the squares read are looked at for NaN or infinity, not the whole pair.
+        part = valid[rows, cols] & np.isfinite(chip_b).all(axis=tuple(range(chip_b.ndim - 2))) \
+            & np.isfinite(chip_a).all(axis=tuple(range(chip_a.ndim - 2)))
+        ub, tb = _orientations(chip_b, part)
+        ua, ta = _orientations(chip_a, part)
         if tb.sum() < 2 or ta.sum() < 2:
             continue
         ub = np.where(tb, ub - ub[tb].mean(), 0).astype(np.complex64)
