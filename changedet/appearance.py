@@ -355,6 +355,26 @@ def new_roof_mask(before: Scene, after: Scene, pixel_m: float,
     """
     model = model if model is not None else load_appearance_model()
     valid = before.valid & after.valid
+    segments, p_after, was_roof = _roof_after_and_before(before, after, pixel_m, model, stats)
+    new = (p_after >= level) & (was_roof < level)
+    new[0] = False
+    mask = ndimage.binary_opening(new[segments] & valid, np.ones((3, 3), bool))
+    return mask, p_after[segments].astype(np.float32)
+
+
+def _roof_after_and_before(before: Scene, after: Scene, pixel_m: float,
+                           model: dict[str, np.ndarray], stats: SceneStatistics | None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Segments of the after date, the probability of roof of each, and that of the
+    before date averaged over each segment's pixels valid in both dates.
+
+    Returns
+    -------
+    segments : (H, W) ndarray of int
+        0 off the after date's data, 1..n.
+    p_after, was_roof : (n + 1,) ndarray of float64
+    """
+    valid = before.valid & after.valid
     segments, p_after = roof_probability(after, pixel_m, model, stats, "after")
     seg_b, p_before = roof_probability(before, pixel_m, model, stats, "before")
     n = int(segments.max())
@@ -363,10 +383,7 @@ def new_roof_mask(before: Scene, after: Scene, pixel_m: float,
     both = np.where(valid, segments, 0).ravel()
     count = np.maximum(np.bincount(both, minlength=n + 1), 1)
     was_roof = np.bincount(both, weights=p_before[seg_b].ravel(), minlength=n + 1) / count
-    new = (p_after >= level) & (was_roof < level)
-    new[0] = False
-    mask = ndimage.binary_opening(new[segments] & valid, np.ones((3, 3), bool))
-    return mask, p_after[segments].astype(np.float32)
+    return segments, p_after, was_roof
 
 
 #: Margin around a region within which :func:`confirm_new_roofs` segments both dates,
@@ -469,6 +486,98 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
             confirmed[k] = True
             probability[k] = float(prob[own].mean())
     return confirmed, probability
+
+
+#: Share of an after-date segment that a found building must cover for the segment
+#: to complete it (:func:`complete_new_roofs`): enough that the segment is the
+#: building's own roof rather than ground that merely touches it.
+COMPLETION_SHARE = 0.25
+
+
+def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
+                       change: np.ndarray, change_level: float, pixel_m: float,
+                       stats: SceneStatistics | None = None,
+                       model: dict[str, np.ndarray] | None = None,
+                       level: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """The rest of the roofs of found buildings, from the after date's segments.
+
+    The region classifier often keeps only part of a real roof: a sunlit facet, or
+    the part that changed most (a grey roof on dark trees changes by less than the
+    lawn around it). Around each found building, both dates are segmented on its box
+    with :data:`CONFIRM_MARGIN_M` around it, and an after-date segment joins the
+    building when the appearance trees find it a roof with confidence
+    (:data:`CONFIDENT_ROOF`) and it was none before (below ``level``), when its mean
+    change reaches ``change_level`` (what a candidate needs), and when the building
+    covers :data:`COMPLETION_SHARE` of it or more. Segments touching the box's edge
+    inside the array are not judged (the box cut them). A building's answer
+    depends only on its box, so a window holding that box gives what the whole
+    scene gives.
+
+    Parameters
+    ----------
+    before, after : Scene
+        One grid; ``after`` registered, as delivered (each date in its own units).
+    labels : (H, W) ndarray of int
+        Found buildings, 0 background, 1..n.
+    change : (H, W) ndarray of float
+        The evidence's change, in noise units (``Evidence.change``).
+    change_level : float
+        Mean change a segment needs, in the same units.
+    pixel_m : float
+    stats, model :
+        As in :func:`confirm_new_roofs`.
+    level : float
+        Probability of roof in the before date a segment must stay below.
+
+    Returns
+    -------
+    added : (H, W) ndarray of bool
+        Pixels to add to the buildings (none already in them), opened by a 3 x 3
+        square as the appearance detector's new roofs are.
+    probability : (H, W) ndarray of float32
+        The after date's probability of roof of the added pixels' segments (0
+        elsewhere).
+    """
+    n = int(labels.max()) if labels.size else 0
+    added = np.zeros(labels.shape, bool)
+    probability = np.zeros(labels.shape, np.float32)
+    if n == 0:
+        return added, probability
+    model = model if model is not None else load_appearance_model()
+    before, after, valid, stats = _on_common_pixels(before, after, pixel_m, stats)
+    margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
+    h, w = labels.shape
+    for k, (rows, cols) in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+        if rows is None:
+            continue
+        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
+        r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
+        box = (slice(r0, r1), slice(c0, c1))
+        segments, p_after, was_roof = _roof_after_and_before(
+            crop_scene(before, r0, c0, r1 - r0, c1 - c0),
+            crop_scene(after, r0, c0, r1 - r0, c1 - c0), pixel_m, model, stats)
+        m = int(segments.max())
+        on = np.where(valid[box], segments, 0).ravel()
+        count = np.maximum(np.bincount(on, minlength=m + 1), 1)
+        mean_change = np.bincount(on, weights=change[box].ravel(), minlength=m + 1) / count
+        covered = np.bincount(on, weights=(labels[box] == k).ravel(), minlength=m + 1) / count
+        new = ((p_after >= max(level, CONFIDENT_ROOF)) & (was_roof < level)
+               & (mean_change >= change_level) & (covered >= COMPLETION_SHARE))
+        # The box's own edges, where they lie inside the array, cut segments short.
+        cut = np.zeros((r1 - r0, c1 - c0), bool)
+        cut[0, :], cut[-1, :] = r0 > 0, r1 < h
+        cut[:, 0] |= c0 > 0
+        cut[:, -1] |= c1 < w
+        new[np.unique(segments[cut & (segments > 0)])] = False
+        new[0] = False
+        if new.any():
+            chosen = new[segments] & valid[box]
+            added[box] |= chosen
+            probability[box] = np.where(chosen, np.maximum(probability[box],
+                                                           p_after[segments]), probability[box])
+    added = ndimage.binary_opening(added, np.ones((3, 3), bool)) & (labels == 0)
+    probability[~added] = 0.0
+    return added, probability
 
 
 def roofs_before(before: Scene, after: Scene, labels: np.ndarray, pixel_m: float,

@@ -1606,14 +1606,30 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     evidence.region_probability = prob[regions].astype(np.float32)
     evidence.regions = regions
     labels, n = ndimage.label(keep[regions])
+    if checked and n:
+        # The classifier often keeps only part of a real roof (a sunlit facet, the
+        # part that changed most); the appearance trees draw the rest of it.
+        from .appearance import complete_new_roofs
+
+        added, p_added = complete_new_roofs(
+            *scenes, labels, evidence.change,
+            max(params.min_sigma, CANDIDATE_FRACTION * evidence.threshold), pixel_m,
+            evidence.statistics)
+        if added.any():
+            evidence.region_probability = np.maximum(evidence.region_probability, p_added)
+            labels, n = ndimage.label((labels > 0) | added)
+        completed = int(added.sum())
+    else:
+        completed = 0
     # Holes smaller than a building are roof furniture or noise, not courtyards.
     labels = fill_small_holes(labels, params.piece_scale_m2(pixel_m) / pixel_m**2)
     labels, n = at_least(labels, n, min_area_px)
     labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params,
                                     scenes if checked else None)
-    logger.info("segment: %d of %d candidate regions are roofs (%d by their appearance); "
-                "%d new building(s) (%d left out, standing in the before date)",
-                int(keep.sum()), int(prob.size - 1), confirmed, n, evidence.outlined_before)
+    logger.info("segment: %d of %d candidate regions are roofs (%d by their appearance, "
+                "%d px added to them by it); %d new building(s) (%d left out, standing in "
+                "the before date)", int(keep.sum()), int(prob.size - 1), confirmed,
+                completed, n, evidence.outlined_before)
     return labels.astype(np.int32)
 
 

@@ -145,7 +145,10 @@ def context_px(pixel_m: float, params: DetectionParams) -> tuple[int, int]:
         Width of the untrusted rim of a window: the reach of the pixel filters (at
         most eight Gaussian deviations: two stacked blurs of four each) plus that of
         the candidate morphology and of the region features (shadow beside a region,
-        the brightest ground within 7.5 m around it), in metres.
+        the brightest ground within 7.5 m around it), in metres. It also holds the
+        box of :data:`~changedet.appearance.CONFIRM_MARGIN_M` around a region or
+        building in which the appearance check and the completion of roofs judge it
+        (tested for pixels of 0.05 to 5 m).
     group : int
         Radius that joins candidate regions whose features see each other.
     """

@@ -15,7 +15,8 @@ from scipy import ndimage
 
 from changedet import appearance
 from changedet.appearance import (APPEARANCE_FEATURE_NAMES, appearance_features,
-                                  appearance_statistics, confirm_new_roofs, date_segments,
+                                  appearance_statistics, complete_new_roofs,
+                                  confirm_new_roofs, date_segments,
                                   load_appearance_model, new_roof_mask,
                                   roofs_before, tree_ensemble_logit)
 from changedet.change import SceneStatistics
@@ -472,6 +473,98 @@ def test_appearance_check_keeps_what_the_classifier_rejects_unless_turned_off(
     assert (found & ~roof).sum() < 0.05 * roof.sum()  # not the earth, a candidate too
     # The building's score is the appearance detector's probability of roof.
     assert evidence.region_probability[60, 70] >= 0.5
+
+
+def _part_of_the_new_roof(last_col: int) -> np.ndarray:
+    """Labels: the new roof of :func:`_new_roof_old_roof_and_earth` left of a column."""
+    _, _, regions = _new_roof_old_roof_and_earth()
+    return ((regions == 1) & (np.arange(regions.shape[1])[None, :] < last_col)).astype(np.int32)
+
+
+def test_completion_draws_the_rest_of_a_new_roof_and_nothing_else() -> None:
+    """Two thirds of the new roof found: the appearance trees add most of the rest of
+    it; nothing is added when that roof stood in the before date too, when its change
+    is below the level, or when the found part is of the old roof or of the earth."""
+    before, after, regions = _new_roof_old_roof_and_earth()
+    change = np.full(regions.shape, 10.0, np.float32)
+    labels = _part_of_the_new_roof(80)
+    added, prob = complete_new_roofs(before, after, labels, change, 5.0, 0.5)
+    rest = (regions == 1) & (labels == 0)
+    assert (added & rest).sum() > 0.8 * rest.sum()
+    assert not (added & ~rest).any()
+    assert (prob[added] >= 0.9).all() and not prob[~added].any()
+    assert not complete_new_roofs(before, after, labels, change, 11.0, 0.5)[0].any()
+    # The same roof standing in the before date too (given its change all the same).
+    assert not complete_new_roofs(after, after, labels, change, 5.0, 0.5)[0].any()
+    cols = np.arange(regions.shape[1])[None, :]
+    for other in (2, 3):
+        part = ((regions == other) & (cols < 70)).astype(np.int32)
+        assert not complete_new_roofs(before, after, part, change, 5.0, 0.5)[0].any()
+    # A "building" of two strips of grass above and below the new roof: the roof lies
+    # in its box whole, but it covers none of it.
+    strips = np.zeros(regions.shape, np.int32)
+    strips[34:37, 40:100] = strips[83:86, 40:100] = 1
+    assert not complete_new_roofs(before, after, strips, change, 5.0, 0.5)[0].any()
+
+
+def test_completion_leaves_segments_the_box_cuts_and_depends_only_on_the_box() -> None:
+    """A third of the roof found: its box (the found part and the margin) cuts the
+    roof's segment, which is therefore not judged. With two thirds found, a window
+    holding the box answers as the whole scene does."""
+    from changedet.appearance import CONFIRM_MARGIN_M
+    from changedet.raster import crop_scene
+
+    before, after, regions = _new_roof_old_roof_and_earth()
+    change = np.full(regions.shape, 10.0, np.float32)
+    assert not complete_new_roofs(before, after, _part_of_the_new_roof(60), change, 5.0,
+                                  0.5)[0].any()
+    stats = SceneStatistics()
+    appearance_statistics(before, after, 0.5, stats)
+    labels = _part_of_the_new_roof(80)
+    whole, _ = complete_new_roofs(before, after, labels, change, 5.0, 0.5, stats)
+    reach = int(np.ceil(CONFIRM_MARGIN_M / 0.5)) + 3
+    rows, cols = 80 + reach, 80 + reach
+    window = [crop_scene(s, 0, 0, rows, cols) for s in (before, after)]
+    part, _ = complete_new_roofs(*window, labels[:rows, :cols], change[:rows, :cols], 5.0,
+                                 0.5, stats)
+    assert whole.any()
+    np.testing.assert_array_equal(part, whole[:rows, :cols])
+
+
+def test_detection_adds_the_completion_with_the_appearance_check_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The completion's pixels join the building they complete, with its probability as
+    their score; without the appearance check it is not asked."""
+    from changedet import change
+    from changedet.change import DetectionParams, detect_new_buildings
+
+    before, after, _ = _new_roof_old_roof_and_earth()
+    calls, given = [], []
+
+    def ring_beside(before, after, labels, change_map, level, pixel_m, stats=None, **kw):
+        calls.append(level)
+        # A ring around the new roof's building, outside every building.
+        roof = labels == labels[60, 70]
+        added = ndimage.binary_dilation(roof, iterations=3) & (labels == 0)
+        given.append(added)
+        return added, np.where(added, np.float32(0.97), np.float32(0.0))
+
+    monkeypatch.setattr(appearance, "complete_new_roofs", ring_beside)
+    # A classifier that keeps every candidate region, so that there is a building.
+    monkeypatch.setattr(change, "classify_regions",
+                        lambda features, model=None: (np.arange(features.shape[1]) > 0
+                                                      ).astype(np.float32))
+    params = DetectionParams(ground_pixel_m=0.5)
+    labels, evidence = detect_new_buildings(before, after, params)
+    assert len(calls) == 1 and calls[0] >= params.min_sigma
+    # The outline stage redraws the grown outline, moving a pixel here and there.
+    ring = given[-1]
+    joined = ring & (labels == labels[60, 70])
+    assert ring.any() and joined.sum() > 0.75 * ring.sum()
+    assert evidence.region_probability[joined].min() == pytest.approx(0.97)
+    calls.clear()
+    alone, _ = detect_new_buildings(before, after, replace(params, appearance_check=False))
+    assert not calls and (alone == alone[60, 70]).sum() < (labels == labels[60, 70]).sum()
 
 
 def test_roofs_before_finds_the_roof_that_stood_there_and_only_it() -> None:

@@ -201,6 +201,17 @@ def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
     rows = [r0 for r0, _, _, _ in large]
     assert min(rows) == 0 and max(rows) > 15000
 
+@pytest.mark.parametrize("pixel_m", [0.05, 0.1, 0.3, 0.5, 0.7, 1.0, 2.0, 5.0])
+def test_the_untrusted_rim_holds_the_appearance_boxes(pixel_m: float) -> None:
+    """The appearance check and the completion of roofs judge a region or building on
+    its box with CONFIRM_MARGIN_M around it: a group clear of a window's rim has that
+    box inside the window, so the window answers as the whole scene does."""
+    from changedet.appearance import CONFIRM_MARGIN_M
+
+    margin, _ = context_px(pixel_m, DetectionParams())
+    assert margin >= int(np.ceil(CONFIRM_MARGIN_M / pixel_m)) + 1
+
+
 def test_merge_boxes() -> None:
     boxes = [(0, 0, 10, 10), (5, 5, 20, 20), (30, 30, 40, 40), (19, 19, 31, 31), (50, 0, 60, 5)]
     assert merge_boxes(boxes) == [(0, 0, 40, 40), (50, 0, 60, 5)]

@@ -141,8 +141,9 @@ def progress_bar(verbosity: int) -> Iterator[Callable[[str, float], None] | None
                    "when the appearance detector confidently finds a new roof there "
                    "(about twice as many roofs of unfamiliar kinds found; a few more "
                    "false buildings, debris on scenes of destruction; 1.4 to 2 times the "
-                   "time), and leave out those whose footprint looked like a roof in "
-                   "BEFORE.")
+                   "time), complete a building found in part with the rest of its roof "
+                   "as that detector draws it, and leave out those whose footprint "
+                   "looked like a roof in BEFORE.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty OUTDIR.")
 @verbosity_options
 @handle_errors
