@@ -507,11 +507,14 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
     with :data:`CONFIRM_MARGIN_M` around it, and an after-date segment joins the
     building when the appearance trees find it a roof with confidence
     (:data:`CONFIDENT_ROOF`) and it was none before (below ``level``), when its mean
-    change reaches ``change_level`` (what a candidate needs), and when the building
-    covers :data:`COMPLETION_SHARE` of it or more. Segments touching the box's edge
-    inside the array are not judged (the box cut them). A building's answer
-    depends only on its box, so a window holding that box gives what the whole
-    scene gives.
+    change reaches ``change_level``, and when the building covers
+    :data:`COMPLETION_SHARE` of it or more. Segments touching the box's edge inside
+    the array are not judged (the box cut them). A building's answer depends only on
+    the pixels of its box, so a window holding that box, given the same pixels,
+    gives what the whole scene gives. The segmentation is not stable under small
+    changes of the pixels: a windowed run, which registers the after date on its
+    own first pass, can see a segment split or joined, and a building completed or
+    not, where the whole-scene run differs.
 
     Parameters
     ----------

@@ -1608,7 +1608,10 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     labels, n = ndimage.label(keep[regions])
     if checked and n:
         # The classifier often keeps only part of a real roof (a sunlit facet, the
-        # part that changed most); the appearance trees draw the rest of it.
+        # part that changed most); the appearance trees draw the rest of it. The
+        # segments' change is taken before the shadow and texture discounts of the
+        # score, at the candidates' level: a roof's self-shaded facet is no cast
+        # shadow (with the score, LEVIR object F1 0.120 against 0.145).
         from .appearance import complete_new_roofs
 
         added, p_added = complete_new_roofs(
