@@ -1606,6 +1606,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     evidence.region_probability = prob[regions].astype(np.float32)
     evidence.regions = regions
     labels, n = ndimage.label(keep[regions])
+    completed = 0
     if checked and n:
         # The classifier often keeps only part of a real roof (a sunlit facet, the
         # part that changed most); the appearance trees draw the rest of it. The
@@ -1622,8 +1623,6 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
             evidence.region_probability = np.maximum(evidence.region_probability, p_added)
             labels, n = ndimage.label((labels > 0) | added)
         completed = int(added.sum())
-    else:
-        completed = 0
     # Holes smaller than a building are roof furniture or noise, not courtyards.
     labels = fill_small_holes(labels, params.piece_scale_m2(pixel_m) / pixel_m**2)
     labels, n = at_least(labels, n, min_area_px)

@@ -467,15 +467,15 @@ def _alignment_squares(shape: tuple[int, int]) -> list[tuple[slice, slice]]:
     return [(slice(r, r + side), slice(c, c + side)) for r in rows for c in cols]
 
 
-def _orientation_autocorrelation(orientation: np.ndarray, textured: np.ndarray,
-                        size: tuple[int, int]) -> np.ndarray:
+def _orientation_autocorrelation(spectrum: np.ndarray, textured_spectrum: np.ndarray,
+                                  size: tuple[int, int]) -> np.ndarray:
     """Normalised autocorrelation of an orientation field over lags up to
-    :data:`ALIGNMENT_LAG_PX` each way ((2L + 1, 2L + 1) complex, 1 at lag 0)."""
+    :data:`ALIGNMENT_LAG_PX` each way ((2L + 1, 2L + 1) complex, 1 at lag 0), from the
+    field's zero-padded ``fft2`` and its textured mask's ``rfft2`` (both of ``size``,
+    as the votes and pairs of :func:`check_alignment` use them)."""
     lags = np.r_[-ALIGNMENT_LAG_PX:ALIGNMENT_LAG_PX + 1]
-    spectrum = sfft.fft2(orientation, size, workers=2)
     auto = sfft.ifft2(np.conj(spectrum) * spectrum, workers=2)[np.ix_(lags, lags)]
-    count = sfft.irfft2(np.abs(sfft.rfft2(textured.astype(np.float32), size, workers=2)) ** 2,
-                        size, workers=2)[np.ix_(lags, lags)]
+    count = sfft.irfft2(np.abs(textured_spectrum) ** 2, size, workers=2)[np.ix_(lags, lags)]
     auto = auto / np.maximum(np.rint(count), 1.0)
     centre = auto[ALIGNMENT_LAG_PX, ALIGNMENT_LAG_PX].real
     return auto / centre if centre > 0 else np.zeros_like(auto)
@@ -551,16 +551,17 @@ def check_alignment(before: np.ndarray, after: np.ndarray, valid: np.ndarray
         ub = np.where(tb, ub - ub[tb].mean(), 0).astype(np.complex64)
         ua = np.where(ta, ua - ua[ta].mean(), 0).astype(np.complex64)
         size = (2 * part.shape[0], 2 * part.shape[1])  # zero-padded: no wrap-around
+        # Each spectrum serves the votes (or pairs) and the date's autocorrelation.
+        fb, fa = sfft.fft2(ub, size, workers=2), sfft.fft2(ua, size, workers=2)
+        rb = sfft.rfft2(tb.astype(np.float32), size, workers=2)
+        ra = sfft.rfft2(ta.astype(np.float32), size, workers=2)
         # Entry [dy, dx] (negative offsets wrapped) sums conj(before(x)) * after(x + d).
-        v = sfft.ifft2(np.conj(sfft.fft2(ub, size, workers=2)) * sfft.fft2(ua, size, workers=2),
-                       workers=2).real
-        n = np.rint(sfft.irfft2(np.conj(sfft.rfft2(tb.astype(np.float32), size, workers=2))
-                                * sfft.rfft2(ta.astype(np.float32), size, workers=2), size,
-                                workers=2)[np.ix_(offsets, offsets)])
+        v = sfft.ifft2(np.conj(fb) * fa, workers=2).real
+        n = np.rint(sfft.irfft2(np.conj(rb) * ra, size, workers=2)[np.ix_(offsets, offsets)])
         # By chance each vote has variance |ub|^2 |ua|^2 / 2 on average, and neighbouring
         # votes are correlated as the dates' orientations are with their neighbours'.
-        related = float(np.sum((_orientation_autocorrelation(ub, tb, size)
-                                * np.conj(_orientation_autocorrelation(ua, ta, size))).real))
+        related = float(np.sum((_orientation_autocorrelation(fb, rb, size)
+                                * np.conj(_orientation_autocorrelation(fa, ra, size))).real))
         power = float(np.mean(np.abs(ub[tb]) ** 2) * np.mean(np.abs(ua[ta]) ** 2))
         votes += v[np.ix_(offsets, offsets)]
         pairs += n
