@@ -1935,6 +1935,105 @@ def building_scores(labels: np.ndarray, evidence: Evidence, ids: np.ndarray) -> 
         return np.where(count[ids] > 0, total[ids] / count[ids], plain)
 
 
+#: Scene-wide statistics are measured on chips of about this side, up to MAX_CHIPS of
+#: them spread over the scene (:func:`scene_statistics`).
+CHIP_PX = 1024
+MAX_CHIPS = 8
+
+
+def statistics_chips(shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """The chips ``(row0, col0, row1, col1)`` of a grid of ``shape`` (height, width)
+    that its scene-wide statistics are measured on, by both paths."""
+    from .raster import sample_chips
+
+    return sample_chips(shape, CHIP_PX, MAX_CHIPS)
+
+
+def chip_statistics(before: Scene, after: Scene, params: DetectionParams
+                    ) -> SceneStatistics | None:
+    """The statistics of one chip of a scene, with the samples behind them kept.
+
+    Parameters
+    ----------
+    before, after : Scene
+        The chip, co-registered (``after`` as resampled, not normalised).
+    params : DetectionParams
+        With the scene's radiometric fit (``params.fit``) and ground pixel size.
+
+    Returns
+    -------
+    SceneStatistics or None
+        Collected (for :meth:`SceneStatistics.pooled`); None when the chip holds fewer
+        than 100 pixels valid in both dates.
+    """
+    valid = before.valid & after.valid
+    if valid.sum() < 100:
+        return None
+    stats = SceneStatistics(collect=True)
+    # Each chip's scores (behind the threshold) are measured with its own noise and
+    # medians, which sample the same scene as the pooled ones: a second pass with the
+    # pooled values would double the cost for a difference within the sampling error.
+    normalised = replace(after, image=params.fit.normalise(after.image, before.image),
+                         valid=valid)
+    new_building_evidence(replace(before, valid=valid), normalised, params,
+                          after_raw=after.image, statistics=stats)
+    # (The appearance check is skipped on scenes of fewer than three visible bands,
+    # which have no such statistics.)
+    if params.detector == "appearance" or appearance_check_applies(params, before, after):
+        from .appearance import appearance_statistics
+
+        appearance_statistics(replace(before, valid=valid), replace(after, valid=valid),
+                              params.pixel_m(before.grid), stats)
+    return stats
+
+
+def scene_statistics(before: Scene, after: Scene, params: DetectionParams,
+                     workers: int = 1) -> SceneStatistics | None:
+    """The scene-wide statistics of a pair held in memory, measured as a windowed run
+    measures them: pooled from :func:`chip_statistics` on the chips
+    :func:`changedet.raster.sample_chips` spreads over the grid.
+
+    One estimator for both paths, so that a scene gives the same buildings whole and in
+    windows (pooled from chips, a 2400 px pair's threshold and noise differ from
+    those measured on all its pixels at once, by enough to move buildings).
+
+    Parameters
+    ----------
+    before, after : Scene
+        Co-registered, on one grid (``after`` not normalised).
+    params : DetectionParams
+        With the radiometric fit (``params.fit``).
+    workers : int
+        Threads measuring the chips.
+
+    Returns
+    -------
+    SceneStatistics or None
+        None when the grid is one chip: its statistics are then those measured on the
+        arrays at hand, as :meth:`SceneStatistics.pooled` gives for one chip.
+    """
+    from ._log import RunThreadPool
+    from .errors import ProcessingError
+    from .raster import crop_scene
+
+    chips = statistics_chips(before.valid.shape)
+    if len(chips) == 1:
+        return None
+    params = replace(params, ground_pixel_m=params.pixel_m(before.grid))
+
+    def measure(box: tuple[int, int, int, int]) -> SceneStatistics | None:
+        r0, c0, r1, c1 = box
+        return chip_statistics(crop_scene(before, r0, c0, r1 - r0, c1 - c0),
+                               crop_scene(after, r0, c0, r1 - r0, c1 - c0), params)
+
+    with RunThreadPool(max(1, workers)) as pool:
+        parts = [st for st in pool.map(measure, chips) if st is not None]
+    if not parts:
+        raise ProcessingError(f"{after.path} and {before.path} share no valid pixels "
+                              "in the sample chips")
+    return SceneStatistics.pooled(parts)
+
+
 def detect_new_buildings(
     before: Scene, after: Scene, params: DetectionParams = DetectionParams(),
     statistics: SceneStatistics | None = None, workers: int = 1,
@@ -1948,9 +2047,11 @@ def detect_new_buildings(
     params : DetectionParams
         ``params.fit`` reuses a radiometric fit; otherwise one is fitted here.
     statistics : SceneStatistics, optional
-        Scene-wide statistics of a larger scene this pair is a window of.
+        Scene-wide statistics of a larger scene this pair is a window of. By default
+        :func:`scene_statistics`: pooled from chips, as a windowed run measures them.
     workers : int
-        Threads for the radiometric fit when one is made here.
+        Threads for the radiometric fit, when one is made here, and for the
+        statistics.
 
     Returns
     -------
@@ -1970,6 +2071,8 @@ def detect_new_buildings(
                              patches=patches, workers=workers, structure=structure)
         del structure
         params = replace(params, fit=fit)
+    if statistics is None:
+        statistics = scene_statistics(before, after, params, workers)
     normalised = replace(after, image=fit.normalise(after.image, before.image), valid=valid)
     evidence = new_building_evidence(replace(before, valid=valid), normalised, params,
                                      after_raw=after.image, statistics=statistics)

@@ -1006,6 +1006,55 @@ def valid_box(valid: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
+def sample_chips(shape: tuple[int, int], chip_px: int,
+                 max_chips: int) -> list[tuple[int, int, int, int]]:
+    """Up to ``max_chips`` chips ``(row0, col0, row1, col1)`` spread evenly over a grid.
+
+    All the chips of a regular tiling when there are few enough (the whole grid is
+    then sampled); otherwise evenly spaced ones among them.
+    """
+    h, w = shape
+    ny, nx = max(1, round(h / chip_px)), max(1, round(w / chip_px))
+    rows = np.linspace(0, h, ny + 1).round().astype(int)
+    cols = np.linspace(0, w, nx + 1).round().astype(int)
+    tiles = [(int(r0), int(c0), int(r1), int(c1)) for r0, r1 in zip(rows[:-1], rows[1:])
+             for c0, c1 in zip(cols[:-1], cols[1:])]
+    if len(tiles) <= max_chips:
+        return tiles
+    pick = np.linspace(0, len(tiles) - 1, max_chips).round().astype(int)
+    return [tiles[i] for i in pick]
+
+
+def lattice_chips(shape: tuple[int, int], side: int,
+                  per_side: int) -> list[tuple[int, int, int, int]]:
+    """``per_side`` x ``per_side`` chips of at most ``side`` pixels, corners included.
+
+    Returns
+    -------
+    list of (row0, col0, row1, col1)
+        Evenly spaced in both directions, from one edge of the grid to the other.
+    """
+    h, w = shape
+    sh, sw = min(h, side), min(w, side)
+    rows = np.unique(np.linspace(0, h - sh, per_side).round().astype(int))
+    cols = np.unique(np.linspace(0, w - sw, per_side).round().astype(int))
+    return [(int(r), int(c), int(r) + sh, int(c) + sw) for r in rows for c in cols]
+
+
+def central_chip(shape: tuple[int, int], side: int) -> tuple[int, int, int, int]:
+    """The chip of at most ``side`` pixels a side at the centre of a grid."""
+    h, w = shape
+    sh, sw = min(h, side), min(w, side)
+    r0, c0 = (h - sh) // 2, (w - sw) // 2
+    return r0, c0, r0 + sh, c0 + sw
+
+
+def correction_on_window(correction: Affine, row0: int, col0: int) -> Affine:
+    """A pixel-space correction of a grid (see :func:`warp_scene`) as seen from its
+    window whose first pixel is ``(row0, col0)``."""
+    return Affine.translation(-col0, -row0) @ correction @ Affine.translation(col0, row0)
+
+
 def check_same_bands(before: Scene, after: Scene) -> None:
     """Raise InputError when the two scenes use different numbers of bands."""
     if before.image.shape[0] != after.image.shape[0]:

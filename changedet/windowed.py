@@ -4,7 +4,10 @@ A scene too large to hold in memory is cut into core windows that tile it, each 
 with a halo (:func:`plan_windows`). Everything the evidence compares against the scene
 (radiometric fit, noise, medians, the threshold, the co-registration shift) is measured
 first on sample chips spread over the scene (:func:`first_pass`) and given to every
-window, so that a window is judged exactly as the whole scene would be.
+window, so that a window is judged exactly as the whole scene would be. The
+whole-scene path measures them on the same chips
+(:func:`changedet.coregister.register_on_chips`,
+:func:`changedet.change.scene_statistics`).
 
 What makes a building depends on its neighbourhood: its candidate regions, their
 colour outline, the shadow beside them. The unit that must be seen whole is therefore
@@ -47,33 +50,25 @@ from scipy import ndimage
 
 from ._log import RunThreadPool, logger, recorded_warnings, warn_analyst
 from .aoi import keep_labels_in_aoi
-from .change import (DetectionParams, SceneStatistics, appearance_check_applies,
-                     building_scores, detect_new_buildings, new_building_evidence)
+from .change import (CHIP_PX, DetectionParams, SceneStatistics, building_scores,
+                     chip_statistics, detect_new_buildings, statistics_chips)
+from .coregister import COREG_CHIP_PX
 from .errors import ProcessingError
 from .morphology import dilate_disk
 from .outputs import describe_change_band
 from .radiometry import (STRUCTURE_MAPS, RadiometricFit, fit_patches, fit_radiometry,
                          structure_aligned, structure_box, structure_maps)
-from .raster import (Grid, OpenDatasets, Scene, check_not_blank, crop_scene,
-                     identical_scenes_error, read_region, same_pixels, valid_box)
+from .raster import (Grid, OpenDatasets, Scene, check_not_blank, correction_on_window,
+                     crop_scene, identical_scenes_error, read_region, same_pixels,
+                     sample_chips, valid_box)
 from .vectorize import labels_at_edge
 
 #: Core window side in pixels, by default.
 DEFAULT_WINDOW_PX = 1024
-#: Side of the sample chips of the first pass, and how many of them at most.
-CHIP_PX = 1024
-MAX_CHIPS = 8
-#: Co-registration is measured on a central chip of this side; local (affine)
-#: co-registration of a larger grid on a lattice of chips spread over it, with a
-#: lattice of tie points in each.
-COREG_CHIP_PX = 2048
 #: Pixels kept around the data found valid in both scenes before co-registration,
 #: which moves the after scene by up to about a tenth of the chip it measures on
 #: (the reach of its coarse search).
 VALID_CROP_PAD_PX = COREG_CHIP_PX // 8
-LOCAL_CHIP_PX = 768
-LOCAL_CHIPS_SIDE = 3
-LOCAL_POINTS_SIDE = 3
 #: Cut groups are retried when a region in them reaches this fraction of the
 #: classifier's cut (a generous margin: a region's probability moves a little when
 #: more of its group is seen).
@@ -313,18 +308,13 @@ class CellMeans:
         return (self.sums[k] / np.maximum(n, 1)).astype(np.float32), n > 0
 
 
-def _window_correction(correction: Affine, row0: int, col0: int) -> Affine:
-    """The grid's pixel-space correction seen from a window starting at (row0, col0)."""
-    return Affine.translation(-col0, -row0) @ correction @ Affine.translation(col0, row0)
-
-
 def read_pair(task_before: Scene, task_after: Scene, grid: Grid, correction: Affine,
               resample_before: bool, datasets: OpenDatasets | None = None
               ) -> tuple[Scene, Scene]:
     """Both scenes on a window ``grid`` of the analysis grid.
 
     ``correction`` is the co-registration in the window's own pixels (see
-    :func:`_window_correction`); ``datasets``, files kept open for many reads.
+    :func:`changedet.raster.correction_on_window`); ``datasets``, files kept open for many reads.
     """
     before = read_region(task_before, grid, resample=resample_before, datasets=datasets)
     after = read_region(task_after, grid, correction=correction, datasets=datasets)
@@ -353,7 +343,7 @@ def _detect_window(task: WindowTask) -> WindowResult:
     w = task.window
     ph, pw = w.pad_shape
     pad_grid = task.grid.window(w.pad_row0, w.pad_col0, ph, pw)
-    correction = _window_correction(task.correction, w.pad_row0, w.pad_col0)
+    correction = correction_on_window(task.correction, w.pad_row0, w.pad_col0)
     before, after = read_pair(task.before, task.after, pad_grid, correction, task.resample_before)
     valid = before.valid & after.valid
     core = (slice(w.row0 - w.pad_row0, w.row1 - w.pad_row0),
@@ -575,49 +565,6 @@ def _buildings(labels: np.ndarray, keep: np.ndarray, lab_group: np.ndarray,
 # First pass: registration and scene-wide statistics from sample chips
 
 
-def sample_chips(shape: tuple[int, int], chip_px: int,
-                 max_chips: int) -> list[tuple[int, int, int, int]]:
-    """Up to ``max_chips`` chips ``(row0, col0, row1, col1)`` spread evenly over a grid.
-
-    All the chips of a regular tiling when there are few enough (the whole grid is
-    then sampled); otherwise evenly spaced ones among them.
-    """
-    h, w = shape
-    ny, nx = max(1, round(h / chip_px)), max(1, round(w / chip_px))
-    rows = np.linspace(0, h, ny + 1).round().astype(int)
-    cols = np.linspace(0, w, nx + 1).round().astype(int)
-    tiles = [(int(r0), int(c0), int(r1), int(c1)) for r0, r1 in zip(rows[:-1], rows[1:])
-             for c0, c1 in zip(cols[:-1], cols[1:])]
-    if len(tiles) <= max_chips:
-        return tiles
-    pick = np.linspace(0, len(tiles) - 1, max_chips).round().astype(int)
-    return [tiles[i] for i in pick]
-
-
-def lattice_chips(shape: tuple[int, int], side: int,
-                  per_side: int) -> list[tuple[int, int, int, int]]:
-    """``per_side`` x ``per_side`` chips of at most ``side`` pixels, corners included.
-
-    Returns
-    -------
-    list of (row0, col0, row1, col1)
-        Evenly spaced in both directions, from one edge of the grid to the other.
-    """
-    h, w = shape
-    sh, sw = min(h, side), min(w, side)
-    rows = np.unique(np.linspace(0, h - sh, per_side).round().astype(int))
-    cols = np.unique(np.linspace(0, w - sw, per_side).round().astype(int))
-    return [(int(r), int(c), int(r) + sh, int(c) + sw) for r in rows for c in cols]
-
-
-def central_chip(shape: tuple[int, int], side: int) -> tuple[int, int, int, int]:
-    """The chip of at most ``side`` pixels a side at the centre of a grid."""
-    h, w = shape
-    sh, sw = min(h, side), min(w, side)
-    r0, c0 = (h - sh) // 2, (w - sw) // 2
-    return r0, c0, r0 + sh, c0 + sw
-
-
 @dataclass
 class FirstPass:
     """Scene-wide quantities measured before the windows run."""
@@ -738,9 +685,8 @@ def first_pass(before: Scene, after: Scene, grid: Grid, method: str,
     grid : Grid
         The analysis grid (cropped to the overlap).
     method : {"global", "local", "none"}
-        Co-registration; measured on a central chip of up to :data:`COREG_CHIP_PX`
-        pixels a side, or for "local" on a larger grid, from tie points on chips
-        spread over it.
+        Co-registration, as :func:`changedet.coregister.register_on_chips`
+        measures it.
     resample_before : bool
         Whether the before scene must be resampled onto ``grid``.
     params : DetectionParams
@@ -791,60 +737,16 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
                 resample_before: bool, params: DetectionParams, workers: int,
                 datasets: OpenDatasets, survey: StripSurvey | None) -> FirstPass:
     """:func:`first_pass`, reading through ``datasets``."""
-    from .coregister import (Registration, check_unreliable, estimate_local, estimate_shift,
-                             fit_local, tie_points)
+    from .coregister import register_on_chips
 
     def read(box: tuple[int, int, int, int],
              correction: Affine = Affine.identity()) -> tuple[Scene, Scene]:
         """The pair on a box of the grid, with a correction on the grid's pixels."""
         r0, c0, r1, c1 = box
         return read_pair(before, after, grid.window(r0, c0, r1 - r0, c1 - c0),
-                         _window_correction(correction, r0, c0), resample_before, datasets)
+                         correction_on_window(correction, r0, c0), resample_before, datasets)
 
-    if method == "none":
-        registration = Registration("none", (0.0, 0.0), None, 0)
-    elif method == "local" and max(grid.shape) > COREG_CHIP_PX:
-        # An affine measured on a central chip would be extrapolated over the scene,
-        # its rotation and scale errors growing with the distance: the tie points
-        # come from chips spread over the whole grid instead.
-        points = []
-        for r0, c0, r1, c1 in lattice_chips(grid.shape, LOCAL_CHIP_PX, LOCAL_CHIPS_SIDE):
-            b, a = read((r0, c0, r1, c1))
-            for p in tie_points(b.image, a.image, b.valid & a.valid, LOCAL_POINTS_SIDE):
-                p["centre"] = (p["centre"][0] + c0, p["centre"][1] + r0)
-                points.append(p)
-            del b, a
-        registration = fit_local(points, grid.shape)
-        if registration.low_reliability and not registration.applied:
-            b, a = read(central_chip(grid.shape, COREG_CHIP_PX))
-            registration = check_unreliable(registration, b.image, a.image, b.valid & a.valid)
-            del b, a
-        logger.info("co-registration (local) from %d tie points on %d chips spread over "
-                    "the scene: dx=%.3f dy=%.3f px at its centre, reliability %.2f",
-                    len(points), LOCAL_CHIPS_SIDE**2, *registration.shift_px,
-                    registration.reliability or 0.0)
-    else:
-        r0, c0, r1, c1 = central_chip(grid.shape, COREG_CHIP_PX)
-        b, a = read((r0, c0, r1, c1))
-        # Measured on the chip's valid pixels' bounding box, as the whole-scene path
-        # measures on the valid overlap: a nodata collar inside the chip (a scene
-        # warped from another CRS) would move the measuring windows and reject those
-        # it touches, and the two paths would register the same pair differently.
-        box = valid_box(b.valid & a.valid)
-        if box is not None and box != (0, 0) + b.valid.shape:
-            vr0, vc0, vr1, vc1 = box
-            b = crop_scene(b, vr0, vc0, vr1 - vr0, vc1 - vc0)
-            a = crop_scene(a, vr0, vc0, vr1 - vr0, vc1 - vc0)
-            r0, c0, r1, c1 = r0 + vr0, c0 + vc0, r0 + vr1, c0 + vc1
-        estimate = estimate_local if method == "local" else estimate_shift
-        registration = estimate(b.image, a.image, b.valid & a.valid)
-        del b, a
-        # The estimate is in the chip's pixels; the windows need it on the grid.
-        registration = replace(registration, correction=_window_correction(
-            registration.correction, -r0, -c0))
-        logger.info("co-registration (%s) on a %d x %d chip: dx=%.3f dy=%.3f px, "
-                    "reliability %.2f", registration.method, c1 - c0, r1 - r0,
-                    *registration.shift_px, registration.reliability or 0.0)
+    registration = register_on_chips(read, grid.shape, method)
     correction = registration.correction if registration.applied else Affine.identity()
     pixel_m = params.pixel_m(grid)
     params = replace(params, structure_aligned=structure_aligned(registration, pixel_m))
@@ -896,30 +798,12 @@ def _first_pass(before: Scene, after: Scene, grid: Grid, method: str,
         del fit_a, fit_b, fit_s
         params = replace(params, fit=fit)
 
-        # One evidence pass per chip: each chip's scores (behind the threshold) are
-        # measured with its own noise and medians, which sample the same scene as the
-        # pooled ones; a second pass with the pooled values would double the cost for
-        # a difference within the sampling error.
-        def chip_statistics(box: tuple[int, int, int, int]) -> SceneStatistics | None:
-            b, a = read_registered(box)
-            valid = b.valid & a.valid
-            if valid.sum() < 100:
-                return None
-            stats = SceneStatistics(collect=True)
-            normalised = replace(a, image=fit.normalise(a.image, b.image), valid=valid)
-            new_building_evidence(replace(b, valid=valid), normalised, params,
-                                  after_raw=a.image, statistics=stats)
-            # (The appearance check is skipped on scenes of fewer than three visible
-            # bands, which have no such statistics.)
-            if params.detector == "appearance" or appearance_check_applies(params, b, a):
-                from .appearance import appearance_statistics
+        chip_params = replace(params, ground_pixel_m=pixel_m)
 
-                appearance_statistics(replace(b, valid=valid), replace(a, valid=valid),
-                                      params.pixel_m(grid), stats)
-            return stats
+        def measure(box: tuple[int, int, int, int]) -> SceneStatistics | None:
+            return chip_statistics(*read_registered(box), chip_params)
 
-        parts = [st for st in pool.map(chip_statistics,
-                                       sample_chips(grid.shape, CHIP_PX, MAX_CHIPS))
+        parts = [st for st in pool.map(measure, statistics_chips(grid.shape))
                  if st is not None]
     if not parts:
         raise ProcessingError(f"{after.path} and {before.path} share no valid pixels "

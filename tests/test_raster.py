@@ -527,3 +527,17 @@ def test_a_much_finer_scene_is_averaged_over_the_blocks_windows_read(geotiff, te
     window = read_region(read_header(path), grid)
     np.testing.assert_array_equal(window.image, warp_scene(coarse, grid).image)
     assert coarsened_for(fine, fine.grid) is fine  # not finer: as read
+
+
+def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
+    from changedet.raster import sample_chips
+
+    small = sample_chips((1500, 1200), chip_px=1024, max_chips=8)
+    cover = np.zeros((1500, 1200), int)
+    for r0, c0, r1, c1 in small:
+        cover[r0:r1, c0:c1] += 1
+    assert (cover == 1).all()
+    large = sample_chips((20000, 20000), chip_px=1024, max_chips=8)
+    assert len(large) == 8
+    rows = [r0 for r0, _, _, _ in large]
+    assert min(rows) == 0 and max(rows) > 15000

@@ -16,7 +16,7 @@ from changedet.change import DetectionParams
 from changedet.pipeline import DetectOptions, _overlap_grid, run_detection
 from changedet.raster import analysis_grid, read_header
 from changedet.windowed import (CellMeans, WindowTask, cell_sums, context_px, first_pass,
-                                merge_boxes, plan_windows, run_windows, sample_chips,
+                                merge_boxes, plan_windows, run_windows,
                                 thread_runner)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "compound"
@@ -144,11 +144,11 @@ def test_local_coregistration_of_a_large_grid_uses_tie_points_spread_over_it(
         monkeypatch: pytest.MonkeyPatch, geotiff, textured_image) -> None:
     """A rotated and scaled after scene: the affine from chips spread over the grid
     must hold at its far corners, not only near the centre."""
-    import changedet.windowed as windowed
+    import changedet.coregister as coregister
     from scipy import ndimage
 
-    monkeypatch.setattr(windowed, "COREG_CHIP_PX", 600)
-    monkeypatch.setattr(windowed, "LOCAL_CHIP_PX", 400)
+    monkeypatch.setattr(coregister, "COREG_CHIP_PX", 600)
+    monkeypatch.setattr(coregister, "LOCAL_CHIP_PX", 400)
     before = textured_image(1500, 1500, seed=3)
     # after(q) = before(inverse(q)), with a 0.3 degree rotation, a 0.2 % scale and a
     # shift: in (row, col) pixel coordinates, before = m @ after + offset.
@@ -176,10 +176,10 @@ def test_a_failed_local_coregistration_of_a_large_grid_is_checked(
         monkeypatch: pytest.MonkeyPatch, geotiff, textured_image) -> None:
     """Unrelated dates: no affine among the tie points, and no structure in common,
     which the check on the central chip reports."""
-    import changedet.windowed as windowed
+    import changedet.coregister as coregister
 
-    monkeypatch.setattr(windowed, "COREG_CHIP_PX", 600)
-    monkeypatch.setattr(windowed, "LOCAL_CHIP_PX", 400)
+    monkeypatch.setattr(coregister, "COREG_CHIP_PX", 600)
+    monkeypatch.setattr(coregister, "LOCAL_CHIP_PX", 400)
     b_path = geotiff("before.tif", textured_image(1500, 1500, seed=3))
     a_path = geotiff("after.tif", textured_image(1500, 1500, seed=4))
     hb, ha = read_header(b_path), read_header(a_path)
@@ -189,17 +189,6 @@ def test_a_failed_local_coregistration_of_a_large_grid_is_checked(
     assert reg.alignment is not None and not reg.alignment.measured
     assert reg.misregistration_px is None and reg.range_residual_px == 0.0
 
-
-def test_sample_chips_cover_small_grids_and_spread_over_large_ones() -> None:
-    small = sample_chips((1500, 1200), chip_px=1024, max_chips=8)
-    cover = np.zeros((1500, 1200), int)
-    for r0, c0, r1, c1 in small:
-        cover[r0:r1, c0:c1] += 1
-    assert (cover == 1).all()
-    large = sample_chips((20000, 20000), chip_px=1024, max_chips=8)
-    assert len(large) == 8
-    rows = [r0 for r0, _, _, _ in large]
-    assert min(rows) == 0 and max(rows) > 15000
 
 @pytest.mark.parametrize("pixel_m", [0.05, 0.1, 0.3, 0.5, 0.7, 1.0, 2.0, 5.0])
 def test_the_untrusted_rim_holds_the_appearance_boxes(pixel_m: float) -> None:
@@ -277,6 +266,35 @@ def test_stitched_windows_equal_the_whole_scene(fixture_runs: dict) -> None:
         assert b[key].score == pytest.approx(a[key].score, rel=1e-6)
     np.testing.assert_array_equal(windowed_mask, whole_mask)
     assert (whole_mask == 1).any()
+
+
+@pytest.mark.slow
+def test_a_scene_of_several_chips_is_measured_alike_whole_and_in_windows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both paths register on the same central chip and pool the statistics of the
+    same chips, so that a scene larger than a chip (the fixture, with the chips made
+    smaller) gives the same buildings whole and in windows. Measured on all its
+    pixels, a 2400 px compound pair registered 0.03 px apart and gave 13 buildings
+    whole against 5 in windows."""
+    import changedet.change as change
+    import changedet.coregister as coregister
+
+    monkeypatch.setattr(change, "CHIP_PX", 500)
+    monkeypatch.setattr(coregister, "COREG_CHIP_PX", 800)
+    runs = {name: run_detection(FIXTURE / "before.tif", FIXTURE / "after.tif",
+                                DetectOptions(window_px=window_px))
+            for name, window_px in (("whole", None), ("windows", 600))}
+    whole, windowed = runs["whole"], runs["windows"]
+    assert windowed.summary["parameters"]["windows"]["n"] == 4
+    assert windowed.summary["parameters"]["windows"]["sample_chips"] == 4
+    assert whole.registration["shift_px"] == windowed.registration["shift_px"]
+    assert (whole.summary["parameters"]["threshold"]
+            == windowed.summary["parameters"]["threshold"])
+    assert len(whole.buildings) >= 3
+    assert len(windowed.buildings) == len(whole.buildings)
+    for a, b in zip(whole.buildings, windowed.buildings):
+        assert b.area_m2 == pytest.approx(a.area_m2, rel=1e-9)
+        assert b.polygon.symmetric_difference(a.polygon).area < 1e-6
 
 
 def _pair(tmp_path: Path) -> dict[str, Path]:
