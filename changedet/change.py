@@ -161,12 +161,15 @@ class SceneStatistics:
         Statistics already known; the others are measured when first asked for.
     collect : bool
         Keep the pixel sample behind each measured statistic (subsampled to at most
-        ``_MAX_POOLED_SAMPLE`` values), for :meth:`pooled`.
+        about ``_MAX_POOLED_SAMPLE`` values) and how many values it was drawn from,
+        for :meth:`pooled`.
     """
 
     def __init__(self, values: dict[str, float] | None = None, collect: bool = False):
         self.values: dict[str, float] = dict(values or {})
         self.samples: dict[str, np.ndarray] | None = {} if collect else None
+        # How many values each collected sample stands for (before subsampling).
+        self.sampled_from: dict[str, int] = {}
         self._reducers: dict[str, Callable[[np.ndarray], float]] = {}
 
     def get(self, name: str, sample: Callable[[], np.ndarray],
@@ -181,6 +184,7 @@ class SceneStatistics:
         if self.samples is not None:
             step = max(1, values.size // _MAX_POOLED_SAMPLE)
             self.samples[name] = values[::step].copy()
+            self.sampled_from[name] = values.size
         return value
 
     @classmethod
@@ -192,7 +196,18 @@ class SceneStatistics:
             return cls(dict(parts[0].values))
         out = cls()
         for name, reduce in parts[0]._reducers.items():
-            chunks = [p.samples[name] for p in parts if p.samples and name in p.samples]
+            held = [p for p in parts if p.samples and name in p.samples]
+            # Every chip is taken at the sparsest chip's sampling rate, so that each
+            # weighs by its number of values: capped alone, a chip with much change
+            # weighed as little as one with little, and the threshold of a 2400 px
+            # compound pair fell from 13.4 (all pixels) to 8.9.
+            rate = min(p.samples[name].size / max(p.sampled_from[name], 1) for p in held)
+            chunks = []
+            for p in held:
+                sample = p.samples[name]
+                keep = min(sample.size, round(rate * p.sampled_from[name]))
+                chunks.append(sample[np.linspace(0, sample.size - 1, keep).round().astype(int)]
+                              if keep < sample.size else sample)
             out.values[name] = float(reduce(np.concatenate(chunks)))
         return out
 

@@ -941,3 +941,20 @@ def test_redrawn_outlines_leave_no_pinholes() -> None:
     assert labels[40, 100] > 0 and roof[22, 110]
     assert (ndimage.binary_fill_holes(roof) == roof).all()
 
+
+
+def test_pooled_statistics_weigh_each_chip_by_its_number_of_values() -> None:
+    """A chip with ten times the values of another (much more change above the
+    floor) must weigh ten times as much, though its sample is capped: a threshold
+    pooled from 2400 px compound chips fell from 13.4 to 8.9 when it did not."""
+    rng = np.random.default_rng(0)
+    busy = rng.normal(10.0, 1.0, 1_000_000)
+    quiet = rng.normal(0.0, 1.0, 100_000)
+    parts = []
+    for values in (busy, quiet):
+        stats = SceneStatistics(collect=True)
+        stats.get("level", lambda v=values: v)
+        parts.append(stats)
+    assert parts[0].samples["level"].size < busy.size  # the cap applied
+    pooled = SceneStatistics.pooled(parts).values["level"]
+    assert pooled == pytest.approx(float(np.median(np.r_[busy, quiet])), abs=0.02)
