@@ -149,11 +149,12 @@ def _lattice_median(sample: np.ndarray, step: float | None) -> float:
 class SceneStatistics:
     """Scene-wide yardsticks of the evidence: noise, medians, levels, the threshold.
 
-    Each statistic is reduced from a pixel sample (a median, an Otsu level...). By
-    default they are measured on the arrays at hand. A windowed run measures them
-    once, on sample chips of the whole scene (``collect=True`` keeps each chip's
-    samples; :meth:`pooled` reduces them together), and gives the same values to
-    every window, so that each window is judged as the whole scene would be.
+    Each statistic is reduced from a pixel sample (a median, an Otsu level...),
+    measured when first asked for on the arrays at hand. A scene larger than one chip
+    has them measured once, on its sample chips (:func:`scene_statistics`;
+    ``collect=True`` keeps each chip's samples, :meth:`pooled` reduces them
+    together): whole, and by a windowed run's first pass, which gives the same values
+    to every window, so that each window is judged as the whole scene is.
 
     Parameters
     ----------
@@ -2025,10 +2026,10 @@ def scene_statistics(before: Scene, after: Scene, params: DetectionParams,
     -------
     SceneStatistics or None
         None when the grid is one chip: its statistics are then those measured on the
-        arrays at hand, as :meth:`SceneStatistics.pooled` gives for one chip.
+        arrays at hand, as :meth:`SceneStatistics.pooled` gives for one chip. None
+        too when no chip holds 100 valid pixels.
     """
     from ._log import RunThreadPool
-    from .errors import ProcessingError
     from .raster import crop_scene
 
     chips = statistics_chips(before.valid.shape)
@@ -2044,8 +2045,10 @@ def scene_statistics(before: Scene, after: Scene, params: DetectionParams,
     with RunThreadPool(max(1, workers)) as pool:
         parts = [st for st in pool.map(measure, chips) if st is not None]
     if not parts:
-        raise ProcessingError(f"{after.path} and {before.path} share no valid pixels "
-                              "in the sample chips")
+        # Data only between the chips' pixels (a ring of data, clouds masked out): the
+        # arrays at hand hold it, where a windowed run stops with an error.
+        logger.info("no sample chip holds valid pixels: statistics from all of them")
+        return None
     return SceneStatistics.pooled(parts)
 
 

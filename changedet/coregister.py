@@ -2,10 +2,12 @@
 
 Matching is done on structure (gradient magnitude of the luminance), which survives
 gain, offset, gamma and haze differences between dates, in many windows spread over
-the overlap. Each window gives a phase-correlation shift with an upsampled sub-pixel
-peak and a peak height; a robust consensus over windows rejects the windows spoilt by
-new buildings, moved shadows or seasonal vegetation. A coarse pass on decimated
-images first brings large shifts (up to ~10% of the overlap) within a window's reach.
+the overlap (over its central :data:`COREG_CHIP_PX` pixels when it is larger:
+:func:`register_on_chips`, which the whole-scene and windowed paths share). Each
+window gives a phase-correlation shift with an upsampled sub-pixel peak and a peak
+height; a robust consensus over windows rejects the windows spoilt by new buildings,
+moved shadows or seasonal vegetation. A coarse pass on decimated images first brings
+large shifts (up to ~10% of the overlap or chip measured) within a window's reach.
 
 Sign convention (design.md): a feature at column ``c``, row ``r`` of the before image
 appears at ``c + dx``, ``r + dy`` of the after image on the analysis grid. The
@@ -847,9 +849,11 @@ def register_on_chips(read: Callable[[tuple[int, int, int, int]], tuple[Scene, S
         estimate = estimate_local if method == "local" else estimate_shift
         reg = estimate(b.image, a.image, b.valid & a.valid)
         del b, a
-        # The estimate is in the chip's pixels; the caller needs it on the grid.
-        reg = replace(reg, correction=correction_on_window(
-            reg.correction, -r0, -c0))
+        # The estimate is in the chip's pixels; the caller needs it, and the
+        # windows' centres, on the grid.
+        for window in reg.windows:
+            window["centre"] = (window["centre"][0] + c0, window["centre"][1] + r0)
+        reg = replace(reg, correction=correction_on_window(reg.correction, -r0, -c0))
         logger.info("co-registration (%s) on a %d x %d chip: dx=%.3f dy=%.3f px, "
                     "reliability %.2f", reg.method, c1 - c0, r1 - r0,
                     *reg.shift_px, reg.reliability or 0.0)
@@ -883,6 +887,8 @@ def coregister(pair: AlignedPair, method: str = "global") -> tuple[AlignedPair, 
         return pair, Registration("none", (0.0, 0.0), None, 0)
 
     def read(box: tuple[int, int, int, int]) -> tuple[Scene, Scene]:
+        if box == (0, 0) + pair.grid.shape:
+            return pair.before, pair.after  # read only: no copy of the whole pair
         r0, c0, r1, c1 = box
         return (crop_scene(pair.before, r0, c0, r1 - r0, c1 - c0),
                 crop_scene(pair.after, r0, c0, r1 - r0, c1 - c0))

@@ -958,3 +958,27 @@ def test_pooled_statistics_weigh_each_chip_by_its_number_of_values() -> None:
     assert parts[0].samples["level"].size < busy.size  # the cap applied
     pooled = SceneStatistics.pooled(parts).values["level"]
     assert pooled == pytest.approx(float(np.median(np.r_[busy, quiet])), abs=0.02)
+
+
+def test_scene_statistics_of_one_chip_or_of_chips_without_data_are_left_to_the_arrays(
+        ) -> None:
+    """None (measure on the arrays at hand) for a grid of one chip, and for a larger
+    grid whose chips each hold fewer than 100 valid pixels, which a whole-scene run
+    can still analyse."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from changedet.change import scene_statistics
+    from changedet.raster import Grid, Scene
+
+    def scene(size: int, valid: np.ndarray) -> Scene:
+        grid = Grid(CRS.from_epsg(32633), Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0),
+                    size, size)
+        return Scene(np.zeros((3, size, size), np.float32), valid, grid)
+
+    one = scene(1535, np.ones((1535, 1535), bool))
+    assert scene_statistics(one, one, DetectionParams()) is None
+    sparse = np.zeros((1600, 1600), bool)
+    sparse[795:805, 795:805] = True  # 100 valid pixels, 25 in each of the four chips
+    few = scene(1600, sparse)
+    assert scene_statistics(few, few, DetectionParams()) is None

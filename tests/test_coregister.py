@@ -475,3 +475,33 @@ def test_an_unreliable_estimate_is_checked_and_says_why(textured_image, caplog):
     local = estimate_local(a, b, valid)
     assert local.low_reliability and local.alignment is not None
     assert local.misregistration_px is None
+
+
+def test_a_grid_larger_than_the_chip_is_registered_on_its_centre(
+        monkeypatch: pytest.MonkeyPatch, textured_image) -> None:
+    """The shift of a grid larger than COREG_CHIP_PX is measured on its central
+    chip, and the windows it was measured in are reported where they lie on the
+    grid, not on the chip."""
+    from rasterio.crs import CRS
+
+    import changedet.coregister as coregister_module
+    from changedet.raster import Grid, Scene
+
+    monkeypatch.setattr(coregister_module, "COREG_CHIP_PX", 256)
+    image = textured_image(700, 700, seed=5).astype(np.float32)
+    valid = np.ones((700, 700), bool)
+    grid = Grid(CRS.from_epsg(32633), Affine(1.0, 0, 500000.0, 0, -1.0, 4000000.0),
+                700, 700)
+    shifted = np.roll(image, (2, -3), axis=(1, 2))
+
+    def read(box: tuple[int, int, int, int]) -> tuple[Scene, Scene]:
+        r0, c0, r1, c1 = box
+        sub = grid.window(r0, c0, r1 - r0, c1 - c0)
+        return (Scene(image[:, r0:r1, c0:c1], valid[r0:r1, c0:c1], sub),
+                Scene(shifted[:, r0:r1, c0:c1], valid[r0:r1, c0:c1], sub))
+
+    reg = coregister_module.register_on_chips(read, (700, 700), "global")
+    assert reg.applied and reg.shift_px == pytest.approx((-3.0, 2.0), abs=0.05)
+    centres = np.array([w["centre"] for w in reg.windows])
+    assert len(centres) >= 9
+    assert (centres >= 222).all() and (centres <= 478).all()

@@ -109,11 +109,13 @@ def test_first_pass_fits_a_reprojected_pair_on_the_pixels_a_whole_run_fits(
     np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
 
 
+@pytest.mark.parametrize("method", ["global", "local"])
 def test_first_pass_registers_a_pair_with_a_nodata_collar_as_a_whole_run_does(
-        tmp_path: Path) -> None:
+        tmp_path: Path, method: str) -> None:
     """The windowed grid keeps a nodata collar that the whole-scene path crops away:
     the shift must still be measured on the same pixels, not on windows moved and
-    rejected by the collar (0.08 px apart on a pair reprojected from EPSG:4326)."""
+    rejected by the collar (0.08 px apart on a pair reprojected from EPSG:4326), and
+    a local affine carried from the chip to the grid the right way."""
     from changedet.coregister import coregister
     from changedet.raster import align_pair, read_scene
 
@@ -128,16 +130,18 @@ def test_first_pass_registers_a_pair_with_a_nodata_collar_as_a_whole_run_does(
         paths[name] = write_geotiff(tmp_path / f"{name}.tif", data, crs, transform, nodata=0)
     hb, ha = read_header(paths["before"]), read_header(paths["after"])
     grid, _ = _overlap_grid(analysis_grid(hb.grid), hb, ha)
-    first = first_pass(hb, ha, grid, "global", False, DetectionParams())
+    first = first_pass(hb, ha, grid, method, False, DetectionParams())
     pair, whole = coregister(align_pair(read_scene(paths["before"]),
-                                        read_scene(paths["after"])))
+                                        read_scene(paths["after"])), method=method)
     assert grid.shape != pair.grid.shape  # the collar is in the windowed grid only
+    assert whole.method == method and whole.applied
     assert first.registration.shift_px == whole.shift_px
     assert first.registration.reliability == whole.reliability
     # The correction, on each path's own grid, moves the same ground the same way.
-    x0, y0 = first.registration.correction @ (170.0, 130.0)
-    x1, y1 = whole.correction @ (0.0, 0.0)
-    assert (x0 - 170.0, y0 - 130.0) == pytest.approx((x1, y1), abs=1e-9)
+    for col, row in ((0.0, 0.0), (900.0, 0.0), (0.0, 1000.0), (900.0, 1000.0)):
+        x0, y0 = first.registration.correction @ (col + 170.0, row + 130.0)
+        x1, y1 = whole.correction @ (col, row)
+        assert (x0 - 170.0, y0 - 130.0) == pytest.approx((x1, y1), abs=1e-6)
 
 
 def test_local_coregistration_of_a_large_grid_uses_tie_points_spread_over_it(
