@@ -202,7 +202,9 @@ class SceneStatistics:
             # weighs by its number of values: capped alone, a chip with much change
             # weighed as little as one with little, and the threshold of a 2400 px
             # compound pair fell from 13.4 (all pixels) to 8.9.
-            rate = min(p.samples[name].size / max(p.sampled_from[name], 1) for p in held)
+            # (A chip without values, say none above the noise floor, sets no rate.)
+            rate = min((p.samples[name].size / p.sampled_from[name] for p in held
+                        if p.sampled_from[name]), default=1.0)
             chunks = []
             for p in held:
                 sample = p.samples[name]
@@ -2010,8 +2012,8 @@ def scene_statistics(before: Scene, after: Scene, params: DetectionParams,
     :func:`changedet.raster.sample_chips` spreads over the grid.
 
     One estimator for both paths, so that a scene gives the same buildings whole and in
-    windows (pooled from chips, a 2400 px pair's threshold and noise differ from
-    those measured on all its pixels at once, by enough to move buildings).
+    windows (pooled from chips, a 2400 px pair's statistics differ a little from
+    those measured on all its pixels at once, enough to move a building's outline).
 
     Parameters
     ----------

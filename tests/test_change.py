@@ -951,9 +951,10 @@ def test_pooled_statistics_weigh_each_chip_by_its_number_of_values() -> None:
     busy = rng.normal(10.0, 1.0, 1_000_000)
     quiet = rng.normal(0.0, 1.0, 100_000)
     parts = []
-    for values in (busy, quiet):
+    # A chip with no value at all (none above the floor) counts for nothing.
+    for values in (busy, quiet, np.zeros(0)):
         stats = SceneStatistics(collect=True)
-        stats.get("level", lambda v=values: v)
+        stats.get("level", lambda v=values: v, lambda v: float(np.median(v)) if v.size else 0.0)
         parts.append(stats)
     assert parts[0].samples["level"].size < busy.size  # the cap applied
     pooled = SceneStatistics.pooled(parts).values["level"]
