@@ -512,9 +512,9 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
     the array are not judged (the box cut them). A building's answer depends only on
     the pixels of its box, so a window holding that box, given the same pixels,
     gives what the whole scene gives. The segmentation is not stable under small
-    changes of the pixels: a windowed run, which registers the after date on its
-    own first pass, can see a segment split or joined, and a building completed or
-    not, where the whole-scene run differs.
+    changes of the pixels: where a window's pixels differ from the whole scene's (a
+    group of candidate regions cut by every window), a segment can split or join,
+    and a building be completed in one run and not the other.
 
     Parameters
     ----------
