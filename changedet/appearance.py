@@ -503,12 +503,13 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
 
     The region classifier often keeps only part of a real roof: a sunlit facet, or
     the part that changed most (a grey roof on dark trees changes by less than the
-    lawn around it). Around each found building, both dates are segmented on its box
-    with :data:`CONFIRM_MARGIN_M` around it, and an after-date segment joins the
-    building when the appearance trees find it a roof with confidence
-    (:data:`CONFIDENT_ROOF`) and it was none before (below ``level``), when its mean
-    change reaches ``change_level``, and when the building covers
-    :data:`COMPLETION_SHARE` of it or more. Segments touching the box's edge inside
+    lawn around it). Around each found building, the after date is segmented on its
+    box with :data:`CONFIRM_MARGIN_M` around it, and an after-date segment joins the
+    building when its mean change reaches ``change_level``, when the building covers
+    :data:`COMPLETION_SHARE` of it or more, when the appearance trees find it a roof
+    with confidence (:data:`CONFIDENT_ROOF`) and when it was none before (below
+    ``level``), tested in that order: the trees judge only the segments the first two
+    tests leave, and the before date is segmented only under those they find roofs. Segments touching the box's edge inside
     the array are not judged (the box cut them). A building's answer depends only on
     the pixels of its box, so a window holding that box, given the same pixels,
     gives what the whole scene gives. The segmentation is not stable under small
@@ -556,23 +557,37 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
         r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
         r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
         box = (slice(r0, r1), slice(c0, c1))
-        segments, p_after, was_roof = _roof_after_and_before(
-            crop_scene(before, r0, c0, r1 - r0, c1 - c0),
-            crop_scene(after, r0, c0, r1 - r0, c1 - c0), pixel_m, model, stats)
-        m = int(segments.max())
+        before_box = crop_scene(before, r0, c0, r1 - r0, c1 - c0)
+        after_box = crop_scene(after, r0, c0, r1 - r0, c1 - c0)
+        segments, m = date_segments(after_box, pixel_m, stats, "after")
         on = np.where(valid[box], segments, 0).ravel()
         count = np.maximum(np.bincount(on, minlength=m + 1), 1)
         mean_change = np.bincount(on, weights=change[box].ravel(), minlength=m + 1) / count
         covered = np.bincount(on, weights=(labels[box] == k).ravel(), minlength=m + 1) / count
-        new = ((p_after >= max(level, CONFIDENT_ROOF)) & (was_roof < level)
-               & (mean_change >= change_level) & (covered >= COMPLETION_SHARE))
-        # The box's own edges, where they lie inside the array, cut segments short.
-        cut = np.zeros((r1 - r0, c1 - c0), bool)
-        cut[0, :], cut[-1, :] = r0 > 0, r1 < h
-        cut[:, 0] |= c0 > 0
-        cut[:, -1] |= c1 < w
+        new = (mean_change >= change_level) & (covered >= COMPLETION_SHARE)
+        cut = _edges_inside(r0, c0, r1, c1, (h, w))
         new[np.unique(segments[cut & (segments > 0)])] = False
         new[0] = False
+        # The trees judge only the segments the cheaper tests left, and the before
+        # date only under those they find roofs (most boxes have none): a segment's
+        # probability is the same whichever others are described.
+        if not new.any():
+            continue
+        _, p_after = roof_probability(after_box, pixel_m, model, stats, "after",
+                                      segments, new)
+        new &= p_after >= max(level, CONFIDENT_ROOF)
+        if not new.any():
+            continue
+        seg_b, _ = date_segments(before_box, pixel_m, stats, "before")
+        under = np.zeros(int(seg_b.max()) + 1, bool)
+        under[seg_b[new[segments] & valid[box]]] = True
+        under[0] = False
+        _, p_before = roof_probability(before_box, pixel_m, model, stats, "before",
+                                       seg_b, under)
+        # Over the pixels valid in both dates: where the before date has no data, it
+        # says nothing about what stood there.
+        was_roof = np.bincount(on, weights=p_before[seg_b].ravel(), minlength=m + 1) / count
+        new &= was_roof < level
         if new.any():
             chosen = new[segments] & valid[box]
             added[box] |= chosen
@@ -581,6 +596,16 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
     added = ndimage.binary_opening(added, np.ones((3, 3), bool)) & (labels == 0)
     probability[~added] = 0.0
     return added, probability
+
+
+def _edges_inside(r0: int, c0: int, r1: int, c1: int, shape: tuple[int, int]) -> np.ndarray:
+    """(r1 - r0, c1 - c0) bool: the edges of the box that lie inside an array of
+    ``shape``, which cut the segments there short (the array's own edges do not)."""
+    cut = np.zeros((r1 - r0, c1 - c0), bool)
+    cut[0, :], cut[-1, :] = r0 > 0, r1 < shape[0]
+    cut[:, 0] |= c0 > 0
+    cut[:, -1] |= c1 < shape[1]
+    return cut
 
 
 def roofs_before(before: Scene, after: Scene, labels: np.ndarray, pixel_m: float,

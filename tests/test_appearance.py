@@ -507,6 +507,70 @@ def test_completion_draws_the_rest_of_a_new_roof_and_nothing_else() -> None:
     assert not complete_new_roofs(before, after, strips, change, 5.0, 0.5)[0].any()
 
 
+def _completion_judging_every_segment(before: Scene, after: Scene, labels: np.ndarray,
+                                      change: np.ndarray, change_level: float,
+                                      pixel_m: float, stats: SceneStatistics) -> np.ndarray:
+    """What :func:`complete_new_roofs` adds, with every segment of both dates judged in
+    every box (as it was first written): the reference for the one that judges only
+    the segments its other tests leave."""
+    from changedet.appearance import (COMPLETION_SHARE, CONFIDENT_ROOF, CONFIRM_MARGIN_M,
+                                      _edges_inside, _roof_after_and_before,
+                                      load_appearance_model)
+    from changedet.raster import crop_scene
+
+    model = load_appearance_model()
+    valid = before.valid & after.valid
+    before, after = replace(before, valid=valid), replace(after, valid=valid)
+    margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
+    h, w = labels.shape
+    added = np.zeros(labels.shape, bool)
+    for k, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
+        r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
+        box = (slice(r0, r1), slice(c0, c1))
+        segments, p_after, was_roof = _roof_after_and_before(
+            crop_scene(before, r0, c0, r1 - r0, c1 - c0),
+            crop_scene(after, r0, c0, r1 - r0, c1 - c0), pixel_m, model, stats)
+        m = int(segments.max())
+        on = np.where(valid[box], segments, 0).ravel()
+        count = np.maximum(np.bincount(on, minlength=m + 1), 1)
+        mean_change = np.bincount(on, weights=change[box].ravel(), minlength=m + 1) / count
+        covered = np.bincount(on, weights=(labels[box] == k).ravel(), minlength=m + 1) / count
+        new = ((p_after >= CONFIDENT_ROOF) & (was_roof < 0.5)
+               & (mean_change >= change_level) & (covered >= COMPLETION_SHARE))
+        cut = _edges_inside(r0, c0, r1, c1, (h, w))
+        new[np.unique(segments[cut & (segments > 0)])] = False
+        new[0] = False
+        added[box] |= new[segments] & valid[box]
+    return ndimage.binary_opening(added, np.ones((3, 3), bool)) & (labels == 0)
+
+
+def test_completion_judges_only_what_its_other_tests_leave_with_the_same_answer() -> None:
+    """The completion describes a segment only when its change and the building's
+    cover of it pass, and the before date only under the segments the trees find
+    roofs: it adds exactly what judging every segment of both dates adds. Three found
+    buildings at once: part of the new roof (completed), part of the old roof and the
+    earth, with the change above the level on the left half of the scene only; then
+    the same with the new roof standing in the before date too."""
+    before, after, regions = _new_roof_old_roof_and_earth()
+    change = np.where(np.arange(regions.shape[1])[None, :] < 120, 10.0, 2.0
+                      ).astype(np.float32) * np.ones(regions.shape, np.float32)
+    cols = np.arange(regions.shape[1])[None, :]
+    labels = np.zeros(regions.shape, np.int32)
+    labels[(regions == 1) & (cols < 80)] = 1
+    labels[(regions == 2) & (cols < 70)] = 2
+    labels[(regions == 3) & (cols < 190)] = 3
+    # And the same with the new roof standing in the before date too: nothing added.
+    for first, adds in ((before, True), (after, False)):
+        stats = SceneStatistics()
+        appearance_statistics(first, after, 0.5, stats)
+        added, _ = complete_new_roofs(first, after, labels, change, 5.0, 0.5, stats)
+        reference = _completion_judging_every_segment(first, after, labels, change, 5.0,
+                                                      0.5, stats)
+        assert reference.any() == adds
+        np.testing.assert_array_equal(added, reference)
+
+
 def test_completion_leaves_segments_the_box_cuts_and_depends_only_on_the_box() -> None:
     """A third of the roof found: its box (the found part and the margin) cuts the
     roof's segment, which is therefore not judged. With two thirds found, a window
