@@ -11,7 +11,7 @@ tiled to that size).
 Usage::
 
     PYTHONPATH=$PWD python benchmarks/bench_detect.py [--seeds 0 1 2 3 4 5]
-        [--other-seeds 1] [--scenarios compound suburb none demolition] [--timing 4096]
+        [--other-seeds 1] [--scenarios compound suburb none demolition infill] [--timing 4096]
         [--detector handcrafted] [--model FILE.npz] [--no-appearance-check] [--stages]
 
 A summary per scenario follows the table: missed and false buildings, how many area
@@ -110,7 +110,7 @@ def stage_table_rows(scenario: str, seed: int, truth: np.ndarray, regions: np.nd
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", nargs="+",
-                    default=["compound", "suburb", "none", "demolition"])
+                    default=["compound", "suburb", "none", "demolition", "infill"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     ap.add_argument("--other-seeds", type=int, default=1,
                     help="scenarios other than compound run on the first N of --seeds "

@@ -47,7 +47,7 @@ from ._log import logger
 from .errors import OutputError
 from .raster import Grid, Scene
 
-SCENARIOS = ("compound", "suburb", "none", "demolition")
+SCENARIOS = ("compound", "suburb", "none", "demolition", "infill")
 
 #: Centre of the default scene: the Kumsusan Palace area, Pyongyang, in EPSG:32651.
 _DEFAULT_CENTRE = (741300.0, 4328250.0)
@@ -196,7 +196,7 @@ class SynthParams:
 
         Parameters
         ----------
-        scenario : {"compound", "suburb", "none", "demolition"}
+        scenario : {"compound", "suburb", "none", "demolition", "infill"}
         seed : int
         size : int, optional
             Scene width and height in pixels (compound 2400, others 1024).
@@ -864,6 +864,8 @@ def _layout_suburb(params: SynthParams, rng: np.random.Generator) -> World:
     if params.scenario == "demolition":
         # Its own random stream: the other scenarios' layouts stay as they were.
         _demolish(world, safe, np.random.default_rng([params.seed, 7]))
+    if params.scenario == "infill":
+        _infill(world, safe, np.random.default_rng([params.seed, 8]))
     if params.scenario == "none":
         # nothing but season, sun, sensor and registration changes: parked cars stay
         for car in world.cars:
@@ -896,6 +898,25 @@ def _demolish(world: World, within: Polygon, rng: np.random.Generator) -> None:
         material, texture, ragged, _ = _DEMOLITION_REMAINS[k]
         world.areas.append(Area(b.footprint.buffer(1.0, join_style="mitre"), material, AFTER,
                                 texture, ragged=ragged))
+
+
+#: Infill scenario: share of the houses of an established neighbourhood that are new.
+INFILL_SHARE = 0.25
+
+
+def _infill(world: World, within: Polygon, rng: np.random.Generator) -> None:
+    """Make a share of the houses standing in both dates new, inside ``within``.
+
+    The neighbourhood was there before; the new houses went up on its lawns and yards,
+    which stay as they were around them: no construction earth, no new street. A new
+    roof then faces unchanged ground on most of its rim, as infill building does
+    (the suburb and compound scenarios put every new house on changed ground).
+    """
+    for b in world.buildings:
+        if b.dates != BOTH or not within.contains(b.footprint) or rng.random() >= INFILL_SHARE:
+            continue
+        b.dates = AFTER
+        b.new = True
 
 
 def _free_spot(rng: np.random.Generator, world: World, within: Polygon, w: float, h: float,
@@ -1849,7 +1870,7 @@ def make_synthetic_pair(params: SynthParams) -> SynthPair:
                 params.scenario, params.seed, len(new), dx, dy)
     # A scene too small for its scenario places fewer buildings, or none: a benchmark
     # or a demo on it would measure something else than it says.
-    wanted = {"compound": params.n_new, "suburb": 1}.get(params.scenario, 0)
+    wanted = {"compound": params.n_new, "suburb": 1, "infill": 1}.get(params.scenario, 0)
     if len(new) < wanted:
         of = f" of the {params.n_new}" if params.scenario == "compound" else ""
         logger.warning("synth %s: only %d%s new building(s) fit in %d px at %g m pixels "

@@ -261,6 +261,28 @@ def test_demolition_pulls_down_houses_of_the_none_layout():
     assert [b.footprint.wkt for b in kept] == [b.footprint.wkt for b in pulled]
 
 
+def test_infill_scenario_builds_new_houses_among_unchanged_lawns():
+    """Infill: a share of the houses of the "none" layout are new, and nothing else
+    that is new in the after date (the paved lot, the mown fields) touches them: a new
+    roof faces the ground that was there."""
+    from changedet.synth import AFTER, BOTH, make_world
+
+    params = SynthParams.for_scenario("infill", seed=0, size=384)
+    world = make_world(params)
+    layout = make_world(SynthParams.for_scenario("none", seed=0, size=384)).buildings
+    assert [b.footprint.wkt for b in world.buildings] == [b.footprint.wkt for b in layout]
+    new = [b for b in world.buildings if b.new]
+    assert new and all(b.dates == AFTER for b in new)
+    assert any(b.dates == BOTH for b in world.buildings)
+    changed = [a.geom for a in world.areas if a.dates == AFTER]
+    for b in new:
+        assert not any(g.intersects(b.footprint.buffer(3.0)) for g in changed)
+    pair = make_synthetic_pair(params)
+    assert len(pair.truth_polygons) == len(new)
+    assert shapely.union_all(pair.truth_polygons).equals(
+        shapely.union_all([b.footprint for b in new]))
+
+
 def test_cli_synth(tmp_path: Path):
     runner = CliRunner()
     out = tmp_path / "out"
