@@ -237,6 +237,31 @@ def fit_ensemble(x: np.ndarray, y: np.ndarray, w: np.ndarray, samples: int
     return model, votes / N_MEMBERS
 
 
+def all_training_pairs() -> list[tuple[str, int, float]]:
+    """(scenario, seed, pixel size m) of every training pair, the tiles pairs last."""
+    tiles = [("tiles", seed, float(pixel)) for seed, pixel in
+             zip(range(N_TILES), np.resize([0.3, 0.5, 0.7, 1.0], N_TILES))]
+    return list(TRAINING_PAIRS) + tiles
+
+
+def pair_features(scenario: str, seed: int, pixel: float, cache: Path, reuse: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`labelled_regions` of one training pair, cached in ``cache`` (read back
+    when ``reuse``)."""
+    cached = cache / f"features_{scenario}_{seed}.npz"
+    if reuse and cached.exists():
+        with np.load(cached) as z:
+            return z["feats"], z["roof"], z["count"]
+    if scenario == "tiles":
+        before, after, truth = tiles_pair(seed, float(pixel))
+    else:
+        before, after, truth = registered_pair(scenario, seed, pixel, cache)
+    feats, roof, count = labelled_regions(before, after, truth)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(cached, feats=feats, roof=roof, count=count)
+    return feats, roof, count
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/changedet_train_regions"))
@@ -247,22 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                          "when the feature code has not changed since)")
     args = ap.parse_args(argv)
     xs, ys, ws = [], [], []
-    tiles = [("tiles", seed, pixel) for seed, pixel in
-             zip(range(N_TILES), np.resize([0.3, 0.5, 0.7, 1.0], N_TILES))]
-    for scenario, seed, pixel in list(TRAINING_PAIRS) + tiles:
+    for scenario, seed, pixel in all_training_pairs():
         t0 = time.perf_counter()
-        cached = args.cache / f"features_{scenario}_{seed}.npz"
-        if args.reuse_features and cached.exists():
-            with np.load(cached) as z:
-                feats, roof, count = z["feats"], z["roof"], z["count"]
-        else:
-            if scenario == "tiles":
-                before, after, truth = tiles_pair(seed, float(pixel))
-            else:
-                before, after, truth = registered_pair(scenario, seed, pixel, args.cache)
-            feats, roof, count = labelled_regions(before, after, truth)
-            args.cache.mkdir(parents=True, exist_ok=True)
-            np.savez(cached, feats=feats, roof=roof, count=count)
+        feats, roof, count = pair_features(scenario, seed, pixel, args.cache,
+                                           args.reuse_features)
         xs.append(feats)
         ys.append(roof > 0.5)
         # A tiles pair is small (a few dozen regions against thousands in a main-generator
