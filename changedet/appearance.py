@@ -551,9 +551,10 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
     before, after, valid, stats = _on_common_pixels(before, after, pixel_m, stats)
     margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
     h, w = labels.shape
-    for k, (rows, cols) in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
-        if rows is None:
-            continue
+    for k, found in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+        if found is None:
+            continue  # a label missing from 1..n
+        rows, cols = found
         r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
         r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
         box = (slice(r0, r1), slice(c0, c1))

@@ -79,8 +79,9 @@ class SynthParams:
     Attributes
     ----------
     scenario : str
-        ``"compound"``, ``"suburb"``, ``"none"`` or ``"demolition"`` (houses of the
-        before date pulled down, nothing built: see :func:`_demolish`).
+        ``"compound"``, ``"suburb"``, ``"none"``, ``"demolition"`` (houses of the
+        before date pulled down, nothing built: see :func:`_demolish`) or
+        ``"infill"`` (some houses new on unchanged lawns: see :func:`_infill`).
     seed : int
         Seed of every random choice.
     size : int
@@ -1871,7 +1872,12 @@ def make_synthetic_pair(params: SynthParams) -> SynthPair:
     # A scene too small for its scenario places fewer buildings, or none: a benchmark
     # or a demo on it would measure something else than it says.
     wanted = {"compound": params.n_new, "suburb": 1, "infill": 1}.get(params.scenario, 0)
-    if len(new) < wanted:
+    if len(new) < wanted and params.scenario == "infill":
+        # Each old house is new by chance: a small scene can draw none.
+        logger.warning("synth infill: none of the houses of this %d px scene came out new "
+                       "(each is with probability %g); use a larger --size or another "
+                       "--seed", params.size, INFILL_SHARE)
+    elif len(new) < wanted:
         of = f" of the {params.n_new}" if params.scenario == "compound" else ""
         logger.warning("synth %s: only %d%s new building(s) fit in %d px at %g m pixels "
                        "(%.0f m across); use a larger --size", params.scenario, len(new), of,

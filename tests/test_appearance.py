@@ -571,6 +571,18 @@ def test_completion_judges_only_what_its_other_tests_leave_with_the_same_answer(
         np.testing.assert_array_equal(added, reference)
 
 
+def test_completion_takes_labels_with_gaps() -> None:
+    """Labels need not run 1..n without a gap: the part of the new roof labelled 2
+    (no 1) is completed as when it is labelled 1."""
+    before, after, regions = _new_roof_old_roof_and_earth()
+    change = np.full(regions.shape, 10.0, np.float32)
+    labels = _part_of_the_new_roof(80)
+    added, _ = complete_new_roofs(before, after, labels, change, 5.0, 0.5)
+    gapped, _ = complete_new_roofs(before, after, 2 * labels, change, 5.0, 0.5)
+    assert added.any()
+    np.testing.assert_array_equal(gapped, added)
+
+
 def test_completion_leaves_segments_the_box_cuts_and_depends_only_on_the_box() -> None:
     """A third of the roof found: its box (the found part and the margin) cuts the
     roof's segment, which is therefore not judged. With two thirds found, a window
