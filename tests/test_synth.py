@@ -223,6 +223,19 @@ def test_none_scenario_has_no_new_building():
     assert pair.before.image.shape == pair.after.image.shape
 
 
+def _footprint_change(pair, buildings: list) -> np.ndarray:
+    """Mean absolute difference of the visible bands between the dates, once the after
+    scene is registered with the true shift, at the pixels a metre inside the
+    footprints of ``buildings`` (1-D)."""
+    aligned = align_pair(pair.before, pair.after)
+    after = warp_scene(aligned.after_source, aligned.grid, Affine.translation(*pair.shift_px))
+    diff = np.abs(pair.before.image[:3] - after.image[:3]).mean(axis=0)
+    grid = pair.before.grid
+    inside = rasterio.features.rasterize([b.footprint.buffer(-1.0) for b in buildings],
+                                         out_shape=grid.shape, transform=grid.transform)
+    return diff[inside.astype(bool)]
+
+
 def test_demolition_scenario_pulls_houses_down_and_builds_nothing():
     from changedet.synth import AFTER, BEFORE, make_world
 
@@ -238,17 +251,9 @@ def test_demolition_scenario_pulls_houses_down_and_builds_nothing():
     assert pair.truth_polygons == [] and not pair.truth_mask.any()
     # The houses pulled down are in the before image only: once registered, their
     # footprints change between the dates more than those of the houses kept.
-    aligned = align_pair(pair.before, pair.after)
-    after = warp_scene(aligned.after_source, aligned.grid, Affine.translation(*pair.shift_px))
-    diff = np.abs(pair.before.image[:3] - after.image[:3]).mean(axis=0)
-
-    def inside(buildings: list) -> np.ndarray:
-        return rasterio.features.rasterize([b.footprint.buffer(-1.0) for b in buildings],
-                                           out_shape=params.grid.shape,
-                                           transform=params.grid.transform).astype(bool)
-
     kept = [b for b in world.buildings if b.dates != BEFORE]
-    assert diff[inside(gone)].mean() > 1.5 * diff[inside(kept)].mean()
+    assert (_footprint_change(pair, gone).mean()
+            > 1.5 * _footprint_change(pair, kept).mean())
 
 
 def test_demolition_pulls_down_houses_of_the_none_layout():
@@ -279,16 +284,8 @@ def test_infill_scenario_builds_new_houses_among_unchanged_lawns():
     for b in new:
         assert not any(g.intersects(b.footprint.buffer(3.0)) for g in changed)
     pair = make_synthetic_pair(params)
-    aligned = align_pair(pair.before, pair.after)
-    after = warp_scene(aligned.after_source, aligned.grid, Affine.translation(*pair.shift_px))
-    diff = np.abs(pair.before.image[:3] - after.image[:3]).mean(axis=0)
-
-    def inside(buildings: list) -> np.ndarray:
-        return rasterio.features.rasterize([b.footprint.buffer(-1.0) for b in buildings],
-                                           out_shape=params.grid.shape,
-                                           transform=params.grid.transform).astype(bool)
-
-    assert diff[inside(new)].mean() > 3.0 * diff[inside(kept)].mean()
+    assert (_footprint_change(pair, new).mean()
+            > 3.0 * _footprint_change(pair, kept).mean())
 
 
 def test_an_infill_scene_that_draws_no_new_house_says_so(caplog: pytest.LogCaptureFixture
