@@ -509,13 +509,14 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
     :data:`COMPLETION_SHARE` of it or more, when the appearance trees find it a roof
     with confidence (:data:`CONFIDENT_ROOF`) and when it was none before (below
     ``level``), tested in that order: the trees judge only the segments the first two
-    tests leave, and the before date is segmented only under those they find roofs. Segments touching the box's edge inside
-    the array are not judged (the box cut them). A building's answer depends only on
-    the pixels of its box, so a window holding that box, given the same pixels,
-    gives what the whole scene gives. The segmentation is not stable under small
-    changes of the pixels: where a window's pixels differ from the whole scene's (a
-    group of candidate regions cut by every window), a segment can split or join,
-    and a building be completed in one run and not the other.
+    tests leave, and the before date is segmented only under those they find roofs.
+    Segments touching the box's edge inside the array are not judged (the box cut
+    them). A building's answer depends only on the pixels of its box, so a window
+    holding that box, given the same pixels, gives what the whole scene gives. The
+    segmentation is not stable under small changes of the pixels: where a window's
+    pixels differ from the whole scene's (a group of candidate regions cut by every
+    window), a segment can split or join, and a building be completed in one run and
+    not the other.
 
     Parameters
     ----------

@@ -10,7 +10,8 @@ from .options import FiniteFloatRange, FolderPath, echo_json, handle_errors
 
 @click.command()
 @click.argument("outdir", type=FolderPath())
-@click.option("--scenario", type=click.Choice(["compound", "suburb", "none", "demolition", "infill"]),
+@click.option("--scenario",
+              type=click.Choice(["compound", "suburb", "none", "demolition", "infill"]),
               default="compound", show_default=True, help="What the scene contains.")
 @click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True,
               help="Random seed.")
