@@ -942,7 +942,6 @@ def test_redrawn_outlines_leave_no_pinholes() -> None:
     assert (ndimage.binary_fill_holes(roof) == roof).all()
 
 
-
 def test_pooled_statistics_weigh_each_chip_by_its_number_of_values() -> None:
     """A chip with ten times the values of another (much more change above the
     floor) must weigh ten times as much, though its sample is capped: a threshold
