@@ -183,7 +183,7 @@ def redraw_outlines(labels: np.ndarray, standing: np.ndarray | None, image: np.n
     image, valid, noise
         As for :func:`half_cover_outlines`.
     min_area_px : float
-        New buildings redrawn smaller than this are dropped.
+        Buildings (new or standing) redrawn smaller than this are dropped.
 
     Returns
     -------
@@ -197,5 +197,9 @@ def redraw_outlines(labels: np.ndarray, standing: np.ndarray | None, image: np.n
     both = half_cover_outlines(both, image, valid, noise)
     new, _ = at_least(np.where(both <= n_new, both, 0), n_new, min_area_px)
     if standing is not None:
-        standing, _ = relabel(np.where(both > n_new, both - n_new, 0))
+        # Held to the same minimum: kept as new on request, they would be dropped.
+        standing = np.where(both > n_new, both - n_new, 0)
+        large = np.bincount(standing.ravel()) >= min_area_px
+        large[0] = False
+        standing, _ = relabel(np.where(large[standing], standing, 0))
     return new.astype(np.int32), standing

@@ -172,3 +172,8 @@ def test_new_and_standing_buildings_are_redrawn_together() -> None:
     alone, none = redraw_outlines(new, None, image, valid, noise, 10.0)
     assert none is None
     np.testing.assert_array_equal(alone, half_cover_outlines(new, image, valid, noise))
+    # Both are held to the minimum area: a standing building redrawn smaller than it
+    # is dropped as a new one would be (kept as new on request, it would be).
+    standing_px = int((both == 2).sum())
+    assert redraw_outlines(new, standing, image, valid, noise, standing_px)[1].max() == 1
+    assert redraw_outlines(new, standing, image, valid, noise, standing_px + 1)[1].max() == 0
