@@ -28,7 +28,7 @@ seam may come out otherwise than from the whole scene.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -489,9 +489,33 @@ def confirm_new_roofs(before: Scene, after: Scene, regions: np.ndarray,
 
 
 #: Share of an after-date segment that a found building must cover for the segment
-#: to complete it (:func:`complete_new_roofs`): enough that the segment is the
+#: to complete it (:func:`redraw_found_roofs`): enough that the segment is the
 #: building's own roof rather than ground that merely touches it.
 COMPLETION_SHARE = 0.25
+#: Largest share of a found building that :func:`redraw_found_roofs` cuts out as
+#: ground: a building the trees find mostly ground is the classifier's word against
+#: theirs, and is left as found.
+TRIM_MOST = 0.75
+
+
+@dataclass
+class RoofRedraw:
+    """What :func:`redraw_found_roofs` changes in the found buildings.
+
+    Attributes
+    ----------
+    added : (H, W) ndarray of bool
+        Pixels to add to the buildings (none already in them).
+    removed : (H, W) ndarray of bool
+        Pixels of the buildings to cut out of them (none added).
+    probability : (H, W) ndarray of float32
+        The after date's probability of roof of the added pixels' segments (0
+        elsewhere).
+    """
+
+    added: np.ndarray
+    removed: np.ndarray
+    probability: np.ndarray
 
 
 def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
@@ -499,23 +523,53 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
                        stats: SceneStatistics | None = None,
                        model: dict[str, np.ndarray] | None = None,
                        level: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """The rest of the roofs of found buildings, from the after date's segments.
+    """The rest of the roofs of found buildings, from the after date's segments:
+    :func:`redraw_found_roofs` with nothing to cut.
+
+    Returns
+    -------
+    added : (H, W) ndarray of bool
+    probability : (H, W) ndarray of float32
+        As in :class:`RoofRedraw`.
+    """
+    redraw = redraw_found_roofs(before, after, labels, change, change_level, pixel_m,
+                                stats, model, level)
+    return redraw.added, redraw.probability
+
+
+def redraw_found_roofs(before: Scene, after: Scene, labels: np.ndarray,
+                       change: np.ndarray, change_level: float, pixel_m: float,
+                       stats: SceneStatistics | None = None,
+                       model: dict[str, np.ndarray] | None = None,
+                       level: float = 0.5, removable: np.ndarray | None = None
+                       ) -> RoofRedraw:
+    """The rest of the roofs of found buildings, and the ground in them, from the
+    after date's segments.
 
     The region classifier often keeps only part of a real roof: a sunlit facet, or
     the part that changed most (a grey roof on dark trees changes by less than the
-    lawn around it). Around each found building, the after date is segmented on its
-    box with :data:`CONFIRM_MARGIN_M` around it, and an after-date segment joins the
-    building when its mean change reaches ``change_level``, when the building covers
-    :data:`COMPLETION_SHARE` of it or more, when the appearance trees find it a roof
-    with confidence (:data:`CONFIDENT_ROOF`) and when it was none before (below
-    ``level``), tested in that order: the trees judge only the segments the first two
-    tests leave, and the before date is segmented only under those they find roofs.
+    lawn around it). It also keeps, when unsure, a roof with the new lawn or paving
+    around it in one colour region (a grey roof on a grey-green lawn). Around each
+    found building, the after date is segmented on its box with
+    :data:`CONFIRM_MARGIN_M` around it.
+
+    *Added*: an after-date segment joins the building when its mean change reaches
+    ``change_level``, when the building covers :data:`COMPLETION_SHARE` of it or
+    more, when the appearance trees find it a roof with confidence
+    (:data:`CONFIDENT_ROOF`) and when it was none before (below ``level``), tested
+    in that order: the trees judge only the segments the first two tests leave, and
+    the before date is segmented only under those they find roofs.
+
+    *Removed* (only where ``removable``): the building's pixels in a segment the
+    trees find surely not roof (``1 - CONFIDENT_ROOF`` or less), unless that would
+    cut more than :data:`TRIM_MOST` of the building.
+
     Segments touching the box's edge inside the array are not judged (the box cut
     them). A building's answer depends only on the pixels of its box, so a window
     holding that box, given the same pixels, gives what the whole scene gives. The
     segmentation is not stable under small changes of the pixels: where a window's
     pixels differ from the whole scene's (a group of candidate regions cut by every
-    window), a segment can split or join, and a building be completed in one run and
+    window), a segment can split or join, and a building be redrawn in one run and
     not the other.
 
     Parameters
@@ -533,21 +587,22 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
         As in :func:`confirm_new_roofs`.
     level : float
         Probability of roof in the before date a segment must stay below.
+    removable : (H, W) ndarray of bool, optional
+        The pixels that may be cut out (the detector passes those of the regions its
+        classifier kept without confidence); none when absent.
 
     Returns
     -------
-    added : (H, W) ndarray of bool
-        Pixels to add to the buildings (none already in them), opened by a 3 x 3
-        square as the appearance detector's new roofs are.
-    probability : (H, W) ndarray of float32
-        The after date's probability of roof of the added pixels' segments (0
-        elsewhere).
+    RoofRedraw
+        ``added`` opened by a 3 x 3 square, as the appearance detector's new roofs
+        are.
     """
     n = int(labels.max()) if labels.size else 0
     added = np.zeros(labels.shape, bool)
+    removed = np.zeros(labels.shape, bool)
     probability = np.zeros(labels.shape, np.float32)
     if n == 0:
-        return added, probability
+        return RoofRedraw(added, removed, probability)
     model = model if model is not None else load_appearance_model()
     before, after, valid, stats = _on_common_pixels(before, after, pixel_m, stats)
     margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
@@ -562,30 +617,44 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
         before_box = crop_scene(before, r0, c0, r1 - r0, c1 - c0)
         after_box = crop_scene(after, r0, c0, r1 - r0, c1 - c0)
         segments, m = date_segments(after_box, pixel_m, stats, "after")
+        own = labels[box] == k
         on = np.where(valid[box], segments, 0).ravel()
         count = np.maximum(np.bincount(on, minlength=m + 1), 1)
         mean_change = np.bincount(on, weights=change[box].ravel(), minlength=m + 1) / count
-        covered = np.bincount(on, weights=(labels[box] == k).ravel(), minlength=m + 1) / count
+        covered = np.bincount(on, weights=own.ravel(), minlength=m + 1) / count
         new = (mean_change >= change_level) & (covered >= COMPLETION_SHARE)
         cut = _edges_inside(r0, c0, r1, c1, (h, w))
-        new[np.unique(segments[cut & (segments > 0)])] = False
+        boxed = np.zeros(m + 1, bool)
+        boxed[np.unique(segments[cut & (segments > 0)])] = True
+        new &= ~boxed
         new[0] = False
+        # Segments under the building's removable pixels, judged for what to cut.
+        under = np.zeros(m + 1, bool)
+        if removable is not None:
+            under[segments[own & removable[box]]] = True
+            under &= ~boxed
+            under[0] = False
         # The trees judge only the segments the cheaper tests left, and the before
         # date only under those they find roofs (most boxes have none): a segment's
         # probability is the same whichever others are described.
-        if not new.any():
+        if not (new.any() or under.any()):
             continue
         _, p_after = roof_probability(after_box, pixel_m, model, stats, "after",
-                                      segments, new)
+                                      segments, new | under)
+        ground = under & (p_after <= 1.0 - CONFIDENT_ROOF)
+        if ground.any():
+            cut_out = own & removable[box] & ground[segments]
+            if cut_out.sum() <= TRIM_MOST * own.sum():
+                removed[box] |= cut_out
         new &= p_after >= max(level, CONFIDENT_ROOF)
         if not new.any():
             continue
         seg_b, _ = date_segments(before_box, pixel_m, stats, "before")
-        under = np.zeros(int(seg_b.max()) + 1, bool)
-        under[seg_b[new[segments] & valid[box]]] = True
-        under[0] = False
+        roofs_under = np.zeros(int(seg_b.max()) + 1, bool)
+        roofs_under[seg_b[new[segments] & valid[box]]] = True
+        roofs_under[0] = False
         _, p_before = roof_probability(before_box, pixel_m, model, stats, "before",
-                                       seg_b, under)
+                                       seg_b, roofs_under)
         # Over the pixels valid in both dates: where the before date has no data, it
         # says nothing about what stood there.
         was_roof = np.bincount(on, weights=p_before[seg_b].ravel(), minlength=m + 1) / count
@@ -597,7 +666,7 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
                                                            p_after[segments]), probability[box])
     added = ndimage.binary_opening(added, np.ones((3, 3), bool)) & (labels == 0)
     probability[~added] = 0.0
-    return added, probability
+    return RoofRedraw(added, removed, probability)
 
 
 def _edges_inside(r0: int, c0: int, r1: int, c1: int, shape: tuple[int, int]) -> np.ndarray:

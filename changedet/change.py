@@ -1624,32 +1624,53 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     evidence.region_probability = prob[regions].astype(np.float32)
     evidence.regions = regions
     labels, n = ndimage.label(keep[regions])
-    completed = 0
+    completed = trimmed = 0
+    removed = None
     if checked and n:
         # The classifier often keeps only part of a real roof (a sunlit facet, the
         # part that changed most); the appearance trees draw the rest of it. The
         # segments' change is taken before the shadow and texture discounts of the
         # score, at the candidates' level: a roof's self-shaded facet is no cast
-        # shadow (with the score, LEVIR object F1 0.120 against 0.145).
-        from .appearance import complete_new_roofs
+        # shadow (with the score, LEVIR object F1 0.120 against 0.145). Where the
+        # classifier kept a region without confidence (a grey roof and the new lawn
+        # around it, one colour region), the trees also cut out what they are sure
+        # is ground; a confident region stays the classifier's (on the synthetic
+        # residences the trees call parts of large roofs ground).
+        from .appearance import redraw_found_roofs
 
-        added, p_added = complete_new_roofs(
+        redraw = redraw_found_roofs(
             *scenes, labels, evidence.change,
             max(params.min_sigma, CANDIDATE_FRACTION * evidence.threshold), pixel_m,
-            evidence.statistics)
-        if added.any():
-            evidence.region_probability = np.maximum(evidence.region_probability, p_added)
-            labels, n = ndimage.label((labels > 0) | added)
-        completed = int(added.sum())
+            evidence.statistics, removable=evidence.region_probability < CONFIDENT_REGION)
+        if redraw.added.any():
+            evidence.region_probability = np.maximum(evidence.region_probability,
+                                                     redraw.probability)
+            labels, n = ndimage.label((labels > 0) | redraw.added)
+        completed, removed = int(redraw.added.sum()), redraw.removed
     # Holes smaller than a building are roof furniture or noise, not courtyards.
     labels = fill_small_holes(labels, params.piece_scale_m2(pixel_m) / pixel_m**2)
     labels, n = at_least(labels, n, min_area_px)
     labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params,
                                     scenes if checked else None)
+    if removed is not None and removed.any():
+        # Cut only now: what stood before is judged on the whole of what was found
+        # (the remains of a demolished house, cut down to their slab, no longer lie
+        # on its old outline). What is left is held to the default minimum only:
+        # the outline stage redraws it and applies a larger min_area_m2 (a house cut
+        # to just below the user's minimum grows back above it there).
+        piece_px = min(params.piece_scale_m2(pixel_m) / pixel_m**2, min_area_px)
+        trimmed = int((removed & (labels > 0)).sum())
+        labels, n = at_least(*ndimage.label((labels > 0) & ~removed), piece_px)
+        if evidence.outlined_before:
+            # Reported apart as cut alike: --keep-standing reports the same outlines as
+            # new buildings.
+            evidence.standing_before, _ = at_least(
+                *ndimage.label((evidence.standing_before > 0) & ~removed), piece_px)
     logger.info("segment: %d of %d candidate regions are roofs (%d by their appearance, "
-                "%d px added to them by it); %d new building(s) (%d left out, standing in "
-                "the before date)", int(keep.sum()), int(prob.size - 1), confirmed,
-                completed, n, evidence.outlined_before)
+                "%d px added to them and %d px of ground cut out of them by it); %d new "
+                "building(s) (%d left out, standing in the before date)", int(keep.sum()),
+                int(prob.size - 1), confirmed, completed, trimmed, n,
+                evidence.outlined_before)
     return labels.astype(np.int32)
 
 

@@ -14,11 +14,11 @@ from rasterio.crs import CRS
 from scipy import ndimage
 
 from changedet import appearance
-from changedet.appearance import (APPEARANCE_FEATURE_NAMES, appearance_features,
+from changedet.appearance import (APPEARANCE_FEATURE_NAMES, RoofRedraw, appearance_features,
                                   appearance_statistics, complete_new_roofs,
                                   confirm_new_roofs, date_segments,
                                   load_appearance_model, new_roof_mask,
-                                  roofs_before, tree_ensemble_logit)
+                                  redraw_found_roofs, roofs_before, tree_ensemble_logit)
 from changedet.change import SceneStatistics
 from changedet.raster import Grid, Scene
 
@@ -607,40 +607,89 @@ def test_completion_leaves_segments_the_box_cuts_and_depends_only_on_the_box() -
     np.testing.assert_array_equal(part, whole[:rows, :cols])
 
 
-def test_detection_adds_the_completion_with_the_appearance_check_only(
+def test_detection_redraws_found_roofs_with_the_appearance_check_only(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The completion's pixels join the building they complete, with its probability as
-    their score; without the appearance check it is not asked."""
+    """The redraw's added pixels join the building they complete, with its probability
+    as their score, and its removed pixels leave it; only the pixels of regions the
+    classifier kept without confidence may be removed. Without the appearance check it
+    is not asked."""
     from changedet import change
-    from changedet.change import DetectionParams, detect_new_buildings
+    from changedet.change import CONFIDENT_REGION, DetectionParams, detect_new_buildings
 
     before, after, _ = _new_roof_old_roof_and_earth()
-    calls, given = [], []
+    calls, given, removable_given = [], [], []
 
-    def ring_beside(before, after, labels, change_map, level, pixel_m, stats=None, **kw):
+    def ring_beside(before, after, labels, change_map, level, pixel_m, stats=None,
+                    removable=None, **kw):
         calls.append(level)
-        # A ring around the new roof's building, outside every building.
+        removable_given.append(removable)
+        # A ring around the new roof's building, outside every building; its last
+        # ten columns cut out.
         roof = labels == labels[60, 70]
         added = ndimage.binary_dilation(roof, iterations=3) & (labels == 0)
-        given.append(added)
-        return added, np.where(added, np.float32(0.97), np.float32(0.0))
+        removed = roof & (np.arange(roof.shape[1])[None, :] >= 90)
+        given.append((added, removed))
+        return RoofRedraw(added, removed, np.where(added, np.float32(0.97), np.float32(0.0)))
 
-    monkeypatch.setattr(appearance, "complete_new_roofs", ring_beside)
-    # A classifier that keeps every candidate region, so that there is a building.
+    monkeypatch.setattr(appearance, "redraw_found_roofs", ring_beside)
+    # A classifier that keeps every candidate region at 0.6, so that there is a
+    # building, kept without confidence.
     monkeypatch.setattr(change, "classify_regions",
-                        lambda features, model=None: (np.arange(features.shape[1]) > 0
-                                                      ).astype(np.float32))
+                        lambda features, model=None: np.where(
+                            np.arange(features.shape[1]) > 0, 0.6, 0.0).astype(np.float32))
     params = DetectionParams(ground_pixel_m=0.5)
     labels, evidence = detect_new_buildings(before, after, params)
     assert len(calls) == 1 and calls[0] >= params.min_sigma
+    assert 0.6 < CONFIDENT_REGION and removable_given[0][60, 70]
     # The outline stage redraws the grown outline, moving a pixel here and there.
-    ring = given[-1]
+    ring, removed = given[-1]
     joined = ring & (labels == labels[60, 70])
     assert ring.any() and joined.sum() > 0.75 * ring.sum()
     assert evidence.region_probability[joined].min() == pytest.approx(0.97)
+    inner = ndimage.binary_erosion(removed, iterations=3)
+    assert inner.any() and not (labels[inner] > 0).any()
     calls.clear()
     alone, _ = detect_new_buildings(before, after, replace(params, appearance_check=False))
     assert not calls and (alone == alone[60, 70]).sum() < (labels == labels[60, 70]).sum()
+
+
+def test_redraw_cuts_out_the_ground_it_may_and_nothing_else() -> None:
+    """A building of the new roof and its shadow beside it: the shadow is cut out when
+    its pixels may be, the roof never; nothing is cut when nothing may be (the
+    completion is then what :func:`complete_new_roofs` gives), nor when the ground
+    would be more than three quarters of the building."""
+    from changedet.appearance import TRIM_MOST
+
+    before, after, regions = _new_roof_old_roof_and_earth()
+    change = np.full(regions.shape, 10.0, np.float32)
+    roof = regions == 1
+    shadow = np.zeros(roof.shape, bool)
+    shadow[40:80, 100:104] = True  # the roof's cast shadow: 4 px of dark grass
+    labels = (roof | shadow).astype(np.int32)
+    redraw = redraw_found_roofs(before, after, labels, change, 5.0, 0.5, removable=shadow)
+    np.testing.assert_array_equal(redraw.removed, shadow)
+    assert not (redraw.added & redraw.removed).any()
+    everything = redraw_found_roofs(before, after, labels, change, 5.0, 0.5,
+                                    removable=labels > 0)
+    np.testing.assert_array_equal(everything.removed, shadow)
+    assert not redraw_found_roofs(before, after, labels, change, 5.0, 0.5,
+                                  removable=roof).removed.any()
+    kept = redraw_found_roofs(before, after, labels, change, 5.0, 0.5)
+    assert not kept.removed.any()
+    added, prob = complete_new_roofs(before, after, labels, change, 5.0, 0.5)
+    np.testing.assert_array_equal(kept.added, added)
+    np.testing.assert_array_equal(kept.probability, prob)
+    # The new earth is ground too, cut out of a building it is a part of...
+    earth = regions == 3
+    with_earth = (roof | shadow | earth).astype(np.int32)
+    cut = redraw_found_roofs(before, after, with_earth, change, 5.0, 0.5,
+                             removable=with_earth > 0).removed
+    assert not (cut & roof).any() and (cut & earth).sum() > 0.9 * earth.sum()
+    # ...but not out of one that is mostly ground: a sliver of the roof with them.
+    sliver = (roof & (np.arange(roof.shape[1])[None, :] >= 97)) | shadow | earth
+    assert (sliver & ~roof).sum() > TRIM_MOST * sliver.sum()
+    assert not redraw_found_roofs(before, after, sliver.astype(np.int32), change, 5.0, 0.5,
+                                  removable=sliver).removed.any()
 
 
 def test_roofs_before_finds_the_roof_that_stood_there_and_only_it() -> None:
