@@ -526,6 +526,11 @@ def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
     """The rest of the roofs of found buildings, from the after date's segments:
     :func:`redraw_found_roofs` with nothing to cut.
 
+    Parameters
+    ----------
+    before, after, labels, change, change_level, pixel_m, stats, model, level :
+        As in :func:`redraw_found_roofs`.
+
     Returns
     -------
     added : (H, W) ndarray of bool
@@ -597,6 +602,11 @@ def redraw_found_roofs(before: Scene, after: Scene, labels: np.ndarray,
         ``added`` opened by a 3 x 3 square, as the appearance detector's new roofs
         are.
     """
+    if removable is not None:
+        removable = np.asarray(removable, bool)
+        if removable.shape != labels.shape:
+            raise ValueError(f"removable must be on the labels' grid {labels.shape}, "
+                             f"got shape {removable.shape}")
     n = int(labels.max()) if labels.size else 0
     added = np.zeros(labels.shape, bool)
     removed = np.zeros(labels.shape, bool)
@@ -634,18 +644,19 @@ def redraw_found_roofs(before: Scene, after: Scene, labels: np.ndarray,
             under[segments[own & removable[box]]] = True
             under &= ~boxed
             under[0] = False
-        # The trees judge only the segments the cheaper tests left, and the before
-        # date only under those they find roofs (most boxes have none): a segment's
-        # probability is the same whichever others are described.
+        # The trees judge only the segments the cheaper tests left and those under
+        # the removable pixels, and the before date only under those they find roofs
+        # (most boxes have none): a segment's probability is the same whichever
+        # others are described.
         if not (new.any() or under.any()):
             continue
         _, p_after = roof_probability(after_box, pixel_m, model, stats, "after",
                                       segments, new | under)
         ground = under & (p_after <= 1.0 - CONFIDENT_ROOF)
         if ground.any():
-            cut_out = own & removable[box] & ground[segments]
-            if cut_out.sum() <= TRIM_MOST * own.sum():
-                removed[box] |= cut_out
+            ground_px = own & removable[box] & ground[segments]
+            if ground_px.sum() <= TRIM_MOST * own.sum():
+                removed[box] |= ground_px
         new &= p_after >= max(level, CONFIDENT_ROOF)
         if not new.any():
             continue

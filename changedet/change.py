@@ -1631,10 +1631,11 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
         # part that changed most); the appearance trees draw the rest of it. The
         # segments' change is taken before the shadow and texture discounts of the
         # score, at the candidates' level: a roof's self-shaded facet is no cast
-        # shadow (with the score, LEVIR object F1 0.120 against 0.145). Where the
-        # classifier kept a region without confidence (a grey roof and the new lawn
-        # around it, one colour region), the trees also cut out what they are sure
-        # is ground; a confident region stays the classifier's (on the synthetic
+        # shadow (with the score, LEVIR object F1 0.120 against 0.145). Where a
+        # region was kept without confidence (a grey roof and the new lawn around it,
+        # one colour region; by the classifier, or by the appearance check with a
+        # mean probability below CONFIDENT_REGION), the trees also cut out what they
+        # are sure is ground; a confident region stays as kept (on the synthetic
         # residences the trees call parts of large roofs ground).
         from .appearance import redraw_found_roofs
 
@@ -1655,17 +1656,18 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     if removed is not None and removed.any():
         # Cut only now: what stood before is judged on the whole of what was found
         # (the remains of a demolished house, cut down to their slab, no longer lie
-        # on its old outline). What is left is held to the default minimum only:
+        # on its old outline). What is left is held to the default minimum only when
         # the outline stage redraws it and applies a larger min_area_m2 (a house cut
         # to just below the user's minimum grows back above it there).
-        piece_px = min(params.piece_scale_m2(pixel_m) / pixel_m**2, min_area_px)
+        floor_px = (min(params.piece_scale_m2(pixel_m) / pixel_m**2, min_area_px)
+                    if params.half_cover_outlines else min_area_px)
         trimmed = int((removed & (labels > 0)).sum())
-        labels, n = at_least(*ndimage.label((labels > 0) & ~removed), piece_px)
+        labels, n = at_least(*ndimage.label((labels > 0) & ~removed), floor_px)
         if evidence.outlined_before:
-            # Reported apart as cut alike: --keep-standing reports the same outlines as
-            # new buildings.
+            # Cut alike, so that --keep-standing reports the same outlines as new
+            # buildings.
             evidence.standing_before, _ = at_least(
-                *ndimage.label((evidence.standing_before > 0) & ~removed), piece_px)
+                *ndimage.label((evidence.standing_before > 0) & ~removed), floor_px)
     logger.info("segment: %d of %d candidate regions are roofs (%d by their appearance, "
                 "%d px added to them and %d px of ground cut out of them by it); %d new "
                 "building(s) (%d left out, standing in the before date)", int(keep.sum()),

@@ -640,7 +640,7 @@ def test_detection_redraws_found_roofs_with_the_appearance_check_only(
     params = DetectionParams(ground_pixel_m=0.5)
     labels, evidence = detect_new_buildings(before, after, params)
     assert len(calls) == 1 and calls[0] >= params.min_sigma
-    assert 0.6 < CONFIDENT_REGION and removable_given[0][60, 70]
+    assert 0.6 < CONFIDENT_REGION and removable_given[0][45:75, 45:95].all()
     # The outline stage redraws the grown outline, moving a pixel here and there.
     ring, removed = given[-1]
     joined = ring & (labels == labels[60, 70])
@@ -648,18 +648,22 @@ def test_detection_redraws_found_roofs_with_the_appearance_check_only(
     assert evidence.region_probability[joined].min() == pytest.approx(0.97)
     inner = ndimage.binary_erosion(removed, iterations=3)
     assert inner.any() and not (labels[inner] > 0).any()
+    # Kept with confidence: nothing of it may be cut.
+    monkeypatch.setattr(change, "classify_regions",
+                        lambda features, model=None: np.where(
+                            np.arange(features.shape[1]) > 0, 0.9, 0.0).astype(np.float32))
+    detect_new_buildings(before, after, params)
+    assert 0.9 >= CONFIDENT_REGION and not removable_given[-1][45:75, 45:95].any()
     calls.clear()
     alone, _ = detect_new_buildings(before, after, replace(params, appearance_check=False))
     assert not calls and (alone == alone[60, 70]).sum() < (labels == labels[60, 70]).sum()
 
 
-def test_redraw_cuts_out_the_ground_it_may_and_nothing_else() -> None:
+def test_redraw_cuts_out_the_ground_it_may_and_nothing_else(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A building of the new roof and its shadow beside it: the shadow is cut out when
-    its pixels may be, the roof never; nothing is cut when nothing may be (the
-    completion is then what :func:`complete_new_roofs` gives), nor when the ground
-    would be more than three quarters of the building."""
-    from changedet.appearance import TRIM_MOST
-
+    its pixels may be, the roof never; nothing is cut when nothing may be, nor when the
+    ground would be more than three quarters of the building."""
     before, after, regions = _new_roof_old_roof_and_earth()
     change = np.full(regions.shape, 10.0, np.float32)
     roof = regions == 1
@@ -668,28 +672,62 @@ def test_redraw_cuts_out_the_ground_it_may_and_nothing_else() -> None:
     labels = (roof | shadow).astype(np.int32)
     redraw = redraw_found_roofs(before, after, labels, change, 5.0, 0.5, removable=shadow)
     np.testing.assert_array_equal(redraw.removed, shadow)
-    assert not (redraw.added & redraw.removed).any()
+    # A mask of 0 and 1 is a mask.
+    np.testing.assert_array_equal(redraw_found_roofs(
+        before, after, labels, change, 5.0, 0.5, removable=shadow.astype(np.uint8)).removed,
+        shadow)
     everything = redraw_found_roofs(before, after, labels, change, 5.0, 0.5,
                                     removable=labels > 0)
     np.testing.assert_array_equal(everything.removed, shadow)
     assert not redraw_found_roofs(before, after, labels, change, 5.0, 0.5,
                                   removable=roof).removed.any()
-    kept = redraw_found_roofs(before, after, labels, change, 5.0, 0.5)
-    assert not kept.removed.any()
-    added, prob = complete_new_roofs(before, after, labels, change, 5.0, 0.5)
-    np.testing.assert_array_equal(kept.added, added)
-    np.testing.assert_array_equal(kept.probability, prob)
+    assert not redraw_found_roofs(before, after, labels, change, 5.0, 0.5).removed.any()
+    with pytest.raises(ValueError, match="removable"):
+        redraw_found_roofs(before, after, labels, change, 5.0, 0.5, removable=shadow[:-1])
     # The new earth is ground too, cut out of a building it is a part of...
     earth = regions == 3
     with_earth = (roof | shadow | earth).astype(np.int32)
     cut = redraw_found_roofs(before, after, with_earth, change, 5.0, 0.5,
                              removable=with_earth > 0).removed
     assert not (cut & roof).any() and (cut & earth).sum() > 0.9 * earth.sum()
-    # ...but not out of one that is mostly ground: a sliver of the roof with them.
+    # ...but not out of one that is mostly ground: a sliver of the roof with them
+    # (cut out when the cap is lifted).
     sliver = (roof & (np.arange(roof.shape[1])[None, :] >= 97)) | shadow | earth
-    assert (sliver & ~roof).sum() > TRIM_MOST * sliver.sum()
+    assert (sliver & ~roof).sum() > appearance.TRIM_MOST * sliver.sum()
     assert not redraw_found_roofs(before, after, sliver.astype(np.int32), change, 5.0, 0.5,
                                   removable=sliver).removed.any()
+    monkeypatch.setattr(appearance, "TRIM_MOST", 1.0)
+    assert redraw_found_roofs(before, after, sliver.astype(np.int32), change, 5.0, 0.5,
+                              removable=sliver).removed.any()
+
+
+def test_redraw_adds_what_the_completion_adds_and_cuts_within_the_box() -> None:
+    """Two thirds of the new roof and its shadow found: what is added does not depend
+    on what may be cut (it is the completion's), and a window holding the building's
+    box (with the same statistics) cuts and adds what the whole scene does."""
+    from changedet.appearance import CONFIRM_MARGIN_M
+    from changedet.raster import crop_scene
+
+    before, after, regions = _new_roof_old_roof_and_earth()
+    change = np.full(regions.shape, 10.0, np.float32)
+    stats = SceneStatistics()
+    appearance_statistics(before, after, 0.5, stats)
+    labels = _part_of_the_new_roof(80)
+    labels[40:80, 100:104] = 1  # and the shadow beside the roof
+    removable = labels > 0
+    whole = redraw_found_roofs(before, after, labels, change, 5.0, 0.5, stats,
+                               removable=removable)
+    added, prob = complete_new_roofs(before, after, labels, change, 5.0, 0.5, stats)
+    assert added.any() and whole.removed.any()
+    np.testing.assert_array_equal(whole.added, added)
+    np.testing.assert_array_equal(whole.probability, prob)
+    reach = int(np.ceil(CONFIRM_MARGIN_M / 0.5)) + 3
+    rows, cols = 80 + reach, 104 + reach
+    window = [crop_scene(s, 0, 0, rows, cols) for s in (before, after)]
+    part = redraw_found_roofs(*window, labels[:rows, :cols], change[:rows, :cols], 5.0, 0.5,
+                              stats, removable=removable[:rows, :cols])
+    np.testing.assert_array_equal(part.removed, whole.removed[:rows, :cols])
+    np.testing.assert_array_equal(part.added, whole.added[:rows, :cols])
 
 
 def test_roofs_before_finds_the_roof_that_stood_there_and_only_it() -> None:

@@ -799,10 +799,12 @@ def test_a_smaller_minimum_area_only_adds_buildings() -> None:
             np.testing.assert_array_equal(small == inside[0], default == k)
 
 
-def test_a_larger_minimum_area_only_removes_the_smaller_buildings() -> None:
+@pytest.mark.parametrize("outlines", [True, False])
+def test_a_larger_minimum_area_only_removes_the_smaller_buildings(outlines: bool) -> None:
     """Raised above the default, --min-area-m2 also kept the appearance check from
     looking at smaller pieces: a 197.5 m² house whose 39 m² piece went unchecked came
-    out as 115.7 m², or vanished (suburb seed 4, a review's case)."""
+    out as 115.7 m², or vanished (suburb seed 4, a review's case). With or without
+    the outline stage (which applies the minimum again after the ground is cut out)."""
     from affine import Affine
 
     from changedet.raster import align_pair, warp_scene
@@ -811,7 +813,8 @@ def test_a_larger_minimum_area_only_removes_the_smaller_buildings() -> None:
     sp = make_synthetic_pair(SynthParams.for_scenario("suburb", seed=4, size=512))
     pair = align_pair(sp.before, sp.after)
     after = warp_scene(pair.after_source, pair.grid, Affine.translation(*sp.shift_px))
-    default, _ = detect_new_buildings(pair.before, after, DetectionParams())
+    default, _ = detect_new_buildings(pair.before, after,
+                                      DetectionParams(half_cover_outlines=outlines))
     pixel_m2 = pair.grid.pixel_area
     areas = np.bincount(default.ravel())[1:] * pixel_m2
     assert areas.size >= 5
@@ -819,8 +822,8 @@ def test_a_larger_minimum_area_only_removes_the_smaller_buildings() -> None:
     ranked = np.sort(areas)
     between = (ranked[:-1] + ranked[1:]) / 2
     for min_area in sorted({100.0, *between[[0, between.size // 2, -1]]}):
-        labels, _ = detect_new_buildings(pair.before, after,
-                                         DetectionParams(min_area_m2=float(min_area)))
+        labels, _ = detect_new_buildings(pair.before, after, DetectionParams(
+            min_area_m2=float(min_area), half_cover_outlines=outlines))
         expected = np.flatnonzero(areas >= min_area) + 1
         assert labels.max() == expected.size, min_area
         for k in expected:
