@@ -593,8 +593,9 @@ def redraw_found_roofs(before: Scene, after: Scene, labels: np.ndarray,
     level : float
         Probability of roof in the before date a segment must stay below.
     removable : (H, W) ndarray of bool, optional
-        The pixels that may be cut out (the detector passes those of the regions its
-        classifier kept without confidence); none when absent.
+        The pixels that may be cut out (the detector passes those of the regions kept
+        without confidence, by its classifier or by the appearance check); none when
+        absent.
 
     Returns
     -------
