@@ -1596,6 +1596,11 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
     keep[0] = False
     confirmed = 0
     checked = False
+    # Holes are filled up to the default minimum building, and pieces of buildings
+    # kept down to it (or to a smaller min_area_m2): a larger min_area_m2 only filters
+    # what is reported.
+    hole_px = params.piece_scale_m2(pixel_m) / pixel_m**2
+    piece_px = min(hole_px, min_area_px)
     if params.appearance_check and scenes is None:
         warn_analyst("segment: no appearance check without the before and after "
                      "scenes (segment_new_buildings(..., scenes=(before, after)))")
@@ -1609,11 +1614,9 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
         # finds new too. Either alone keeps more of what is not a new building.
         from .appearance import confirm_new_roofs
 
-        # Pieces as small as the default minimum building are looked at whatever a
-        # larger min_area_m2, which only filters what is reported: at the user's
-        # minimum, a 39 m² piece of a 197 m² house went unchecked and the house
-        # shrank to 116 m². A smaller one looks at smaller pieces too.
-        piece_px = min(params.piece_scale_m2(pixel_m) / pixel_m**2, min_area_px)
+        # Pieces as small as the default minimum building are looked at: at the
+        # user's minimum, a 39 m² piece of a 197 m² house went unchecked and the
+        # house shrank to 116 m².
         candidates = ~keep & (np.bincount(regions.ravel(), minlength=n + 1) >= piece_px)
         candidates[0] = False
         check, p_roof = confirm_new_roofs(*scenes, regions, candidates, pixel_m,
@@ -1649,7 +1652,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
             labels, n = ndimage.label((labels > 0) | redraw.added)
         completed, removed = int(redraw.added.sum()), redraw.removed
     # Holes smaller than a building are roof furniture or noise, not courtyards.
-    labels = fill_small_holes(labels, params.piece_scale_m2(pixel_m) / pixel_m**2)
+    labels = fill_small_holes(labels, hole_px)
     labels, n = at_least(labels, n, min_area_px)
     labels, n = _leave_out_standing(labels, n, evidence, valid, pixel_m, params,
                                     scenes if checked else None)
@@ -1659,8 +1662,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
         # on its old outline). What is left is held to the default minimum only when
         # the outline stage redraws it and applies a larger min_area_m2 (a house cut
         # to just below the user's minimum grows back above it there).
-        floor_px = (min(params.piece_scale_m2(pixel_m) / pixel_m**2, min_area_px)
-                    if params.half_cover_outlines else min_area_px)
+        floor_px = piece_px if params.half_cover_outlines else min_area_px
         trimmed = int((removed & (labels > 0)).sum())
         labels, n = at_least(*ndimage.label((labels > 0) & ~removed), floor_px)
         if evidence.outlined_before:
