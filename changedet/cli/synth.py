@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import click
 
+from ..synth import SCENARIOS
 from .detect import apply_verbosity, verbosity_options
 from .options import FiniteFloatRange, FolderPath, echo_json, handle_errors
 
 
 @click.command()
 @click.argument("outdir", type=FolderPath())
-@click.option("--scenario",
-              type=click.Choice(["compound", "suburb", "none", "demolition", "infill"]),
-              default="compound", show_default=True, help="What the scene contains.")
+@click.option("--scenario", type=click.Choice(SCENARIOS), default="compound",
+              show_default=True, help="What the scene contains.")
 @click.option("--seed", type=click.IntRange(0, None), default=0, show_default=True,
               help="Random seed.")
 @click.option("--size", type=click.IntRange(128, 65536), default=None,
