@@ -11,7 +11,8 @@ masks side by side, one empty column apart, in one evaluation. A per-pair table 
 to stdout (``--out`` also writes it to a markdown file; the README carries it).
 
 ``--stages`` adds a second table: where the true buildings' area went (not a
-candidate, in rejected regions, kept; :func:`changedet.evaluate.stage_losses`) and
+candidate, and of that how much changed too little to be one before any discount; in
+rejected regions; kept; :func:`changedet.evaluate.stage_losses`) and
 how many true buildings the region classifier keeps when it is handed their exact
 outlines, which separates segmentation failures from classification failures.
 
@@ -38,7 +39,7 @@ from scipy import ndimage
 from skimage import io
 from skimage.segmentation import relabel_sequential
 
-from changedet.change import (DetectionParams, Evidence, classify_regions,
+from changedet.change import (DetectionParams, Evidence, candidate_level, classify_regions,
                               detect_new_buildings, load_model, region_features)
 from changedet.evaluate import evaluate, pooled_stage_losses, stage_losses
 from changedet.pipeline import DETECTORS
@@ -130,10 +131,12 @@ def outlines_kept(truth: np.ndarray, evidence: Evidence,
 def stage_row(name: str, truth: np.ndarray, labels: np.ndarray, evidence: Evidence,
               params: DetectionParams) -> str:
     """A row of the stage table: area-weighted fractions over the pair's buildings."""
-    losses = stage_losses(truth, evidence.regions, labels)
+    losses = stage_losses(truth, evidence.regions, labels,
+                          quiet=evidence.change <= candidate_level(evidence, params))
     b = pooled_stage_losses(losses)
     kept, total = outlines_kept(truth, evidence, params)
-    return (f"| {name} | {len(losses)} | {b['not_candidate']:.2f} | {b['rejected']:.2f} "
+    return (f"| {name} | {len(losses)} | {b['not_candidate']:.2f} | {b['quiet']:.2f} "
+            f"| {b['rejected']:.2f} "
             f"| {b['kept']:.2f} | {b['overgrowth']:+.2f} | {kept} of {total} |")
 
 
@@ -209,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if stage_rows:
-        print("\n| pair | true buildings | not candidate | rejected | kept | overgrowth "
-              "| true outlines the classifier keeps |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| pair | true buildings | not candidate | of which too little change "
+              "| rejected | kept | overgrowth | true outlines the classifier keeps |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         print("\n".join(stage_rows))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -731,6 +731,12 @@ CANDIDATE_FRACTION = 0.5
 MAX_AREA_FEATURE_M2 = 1000.0
 
 
+def candidate_level(evidence: "Evidence", params: "DetectionParams") -> float:
+    """The score (noise units) above which the regions detector takes a pixel as a
+    candidate: a fraction of the automatic threshold, and at least the floor."""
+    return max(params.min_sigma, CANDIDATE_FRACTION * evidence.threshold)
+
+
 def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
                       params: "DetectionParams") -> tuple[np.ndarray, int]:
     """Candidate pixels of new building, split into regions of one colour.
@@ -743,7 +749,7 @@ def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
     """
     # The regions are classified one by one, so the candidates may be generous:
     # half the automatic threshold keeps roofs on ground that changed as much.
-    cand = (evidence.score > max(params.min_sigma, CANDIDATE_FRACTION * evidence.threshold)) & valid
+    cand = (evidence.score > candidate_level(evidence, params)) & valid
     # Bridge ridge lines and facet edges, which are not smooth, inside a roof.
     # (Closing and opening by a disk, as ndimage.binary_closing/binary_opening.)
     half_width = 0.5 * params.min_width_m / pixel_m
@@ -1644,7 +1650,7 @@ def _segment_by_regions(evidence: Evidence, valid: np.ndarray, pixel_m: float,
 
         redraw = redraw_found_roofs(
             *scenes, labels, evidence.change,
-            max(params.min_sigma, CANDIDATE_FRACTION * evidence.threshold), pixel_m,
+            candidate_level(evidence, params), pixel_m,
             evidence.statistics, removable=evidence.region_probability < CONFIDENT_REGION)
         if redraw.added.any():
             evidence.region_probability = np.maximum(evidence.region_probability,

@@ -319,8 +319,8 @@ def evaluate(
     }
 
 
-def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
-                 ) -> list[dict[str, float]]:
+def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray,
+                 quiet: np.ndarray | None = None) -> list[dict[str, float]]:
     """Where each true building's area went in the region detector, stage by stage.
 
     A building's pixels are either not candidates at all (too little change once
@@ -337,6 +337,10 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
         Candidate regions (``Evidence.regions``), 0 where no candidate.
     labels : (H, W) ndarray of int
         Detected buildings, 0 background.
+    quiet : (H, W) ndarray of bool, optional
+        Pixels whose change itself (before the shadow and texture discounts) is below
+        the candidates' level (``Evidence.change <= change.candidate_level(...)``).
+        Tells a roof that did not change enough from one whose change was discounted.
 
     Returns
     -------
@@ -344,6 +348,8 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
         One per true building, in label order: ``area_px``, and the fractions of that
         area ``not_candidate``, ``rejected`` and ``kept`` (summing to 1), and
         ``overgrowth`` (pixels, as a fraction of the area; 0 when nothing was kept).
+        Given ``quiet``, also ``quiet``: the fraction that is no candidate and quiet
+        (part of ``not_candidate``).
     """
     if truth.dtype == bool:
         truth_labels, n = ndimage.label(truth, np.ones((3, 3), bool))
@@ -361,19 +367,28 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray
     both = inside & found
     pairs = np.unique(np.stack([truth_labels[both], labels[both]]), axis=1)
     overgrowth = np.bincount(pairs[0], weights=outside[pairs[1]], minlength=n + 1)
-    return [{"area_px": float(area[j]),
-             "not_candidate": (area[j] - rejected[j] - kept[j]) / area[j],
-             "rejected": rejected[j] / area[j],
-             "kept": kept[j] / area[j],
-             "overgrowth": overgrowth[j] / area[j]}
-            for j in range(1, n + 1) if area[j] > 0]
+    ids = [j for j in range(1, n + 1) if area[j] > 0]
+    losses = [{"area_px": float(area[j]),
+               "not_candidate": (area[j] - rejected[j] - kept[j]) / area[j],
+               "rejected": rejected[j] / area[j],
+               "kept": kept[j] / area[j],
+               "overgrowth": overgrowth[j] / area[j]} for j in ids]
+    if quiet is not None:
+        still = np.bincount(truth_labels[(regions == 0) & ~found & np.asarray(quiet, bool)],
+                            minlength=n + 1)
+        for loss, j in zip(losses, ids):
+            loss["quiet"] = still[j] / area[j]
+    return losses
 
 
 def pooled_stage_losses(losses: Sequence[dict[str, float]]) -> dict[str, float]:
     """Several buildings' :func:`stage_losses` as one: their total area and the
-    area-weighted mean of each fraction (zeros when there are none)."""
+    area-weighted mean of each fraction (zeros when there are none; ``quiet`` when
+    every building has it)."""
     area = np.array([b["area_px"] for b in losses], dtype=float)
     keys = ("not_candidate", "rejected", "kept", "overgrowth")
+    if losses and all("quiet" in b for b in losses):
+        keys += ("quiet",)
     if area.sum() == 0:
         return {"area_px": 0.0, **{k: 0.0 for k in keys}}
     return {"area_px": float(area.sum()),

@@ -442,3 +442,25 @@ def test_a_valid_mask_off_the_grid_is_a_value_error():
         evaluate([], [], GRID, valid=np.ones((10, 10), bool))
     with pytest.raises(ValueError, match="shape"):
         evaluate(np.zeros((10, 10), np.uint8), [], GRID)
+
+
+def test_stage_losses_tell_too_little_change_among_the_pixels_no_candidate() -> None:
+    from changedet.evaluate import pooled_stage_losses, stage_losses
+
+    truth = np.zeros((30, 40), bool)
+    truth[5:15, 5:15] = True      # building 1: 100 px, none of it a candidate
+    truth[18:28, 20:30] = True    # building 2: 100 px, half of it a kept region
+    regions = np.zeros(truth.shape, np.int32)
+    regions[18:28, 20:25] = 1
+    labels = (regions == 1).astype(np.int32)
+    quiet = np.zeros(truth.shape, bool)
+    quiet[5:10, 5:15] = True      # half of building 1 changed too little
+    quiet[18:28, 20:30] = True    # all of building 2, its kept region included
+    first, second = stage_losses(truth, regions, labels, quiet=quiet)
+    # Only pixels that are no candidate count: the kept half of building 2 does not.
+    assert first["quiet"] == 0.5 and first["not_candidate"] == 1.0
+    assert second["quiet"] == 0.5 and second["kept"] == 0.5
+    assert pooled_stage_losses([first, second])["quiet"] == 0.5
+    # Without the map the fractions are as before, and no quiet share is made up.
+    assert "quiet" not in stage_losses(truth, regions, labels)[0]
+    assert "quiet" not in pooled_stage_losses(stage_losses(truth, regions, labels))
