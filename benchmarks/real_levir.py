@@ -135,7 +135,7 @@ def stage_row(name: str, truth: np.ndarray, labels: np.ndarray, evidence: Eviden
                           quiet=evidence.change <= candidate_level(evidence, params))
     b = pooled_stage_losses(losses)
     kept, total = outlines_kept(truth, evidence, params)
-    return (f"| {name} | {len(losses)} | {b['not_candidate']:.2f} | {b['quiet']:.2f} "
+    return (f"| {name} | {len(losses)} | {b['not_candidate']:.2f} | {b.get('quiet', 0.0):.2f} "
             f"| {b['rejected']:.2f} "
             f"| {b['kept']:.2f} | {b['overgrowth']:+.2f} | {kept} of {total} |")
 

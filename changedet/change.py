@@ -758,10 +758,9 @@ def candidate_regions(evidence: "Evidence", valid: np.ndarray, pixel_m: float,
     cand = dilate_disk(erode_disk(cand, half_width), half_width)
     # The texture term misses a rim of a pixel or two along every outline: the
     # regions may reach two metres beyond the candidates where the change itself
-    # (shadow discounted) stays above half the threshold.
+    # (shadow discounted) stays above the candidates' level.
     near = dilate_disk(cand, max(1.5, 2.0 / pixel_m))
-    level = max(params.min_sigma, 0.5 * evidence.threshold)
-    domain = cand | (near & (evidence.extent > level) & valid)
+    domain = cand | (near & (evidence.extent > candidate_level(evidence, params)) & valid)
     regions = colour_regions(domain, evidence.colour_edges, pixel_m)
     regions, n = relabel(regions)
     # Slivers smaller than a fifth of the smallest building carry no shape.

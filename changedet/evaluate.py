@@ -324,10 +324,11 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray,
     """Where each true building's area went in the region detector, stage by stage.
 
     A building's pixels are either not candidates at all (too little change once
-    shadow is discounted), in candidate regions the classifier rejected, or in the
-    buildings found (kept regions and their filled holes); what the buildings found
-    on it cover beyond every true building is its overgrowth. This tells a missing
-    facet from a rejected roof and a roof merged with the ground around it.
+    shadow and texture are discounted, or lost to the clean-up of the candidates), in
+    candidate regions the classifier rejected, or in the buildings found (kept
+    regions and their filled holes); what the buildings found on it cover beyond
+    every true building is its overgrowth. This tells a missing facet from a rejected
+    roof and a roof merged with the ground around it.
 
     Parameters
     ----------
@@ -338,9 +339,10 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray,
     labels : (H, W) ndarray of int
         Detected buildings, 0 background.
     quiet : (H, W) ndarray of bool, optional
-        Pixels whose change itself (before the shadow and texture discounts) is below
-        the candidates' level (``Evidence.change <= change.candidate_level(...)``).
-        Tells a roof that did not change enough from one whose change was discounted.
+        Pixels whose change itself (before the shadow and texture discounts) is at or
+        below the candidates' level (``Evidence.change <= change.candidate_level(...)``).
+        Tells a roof that did not change enough from one whose change was discounted
+        (or lost to the candidates' closing and opening).
 
     Returns
     -------

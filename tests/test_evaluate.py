@@ -447,20 +447,24 @@ def test_a_valid_mask_off_the_grid_is_a_value_error():
 def test_stage_losses_tell_too_little_change_among_the_pixels_no_candidate() -> None:
     from changedet.evaluate import pooled_stage_losses, stage_losses
 
-    truth = np.zeros((30, 40), bool)
-    truth[5:15, 5:15] = True      # building 1: 100 px, none of it a candidate
-    truth[18:28, 20:30] = True    # building 2: 100 px, half of it a kept region
+    # Truth as a label image with a gap in its labels (1 is absent).
+    truth = np.zeros((30, 60), np.int32)
+    truth[5:15, 5:15] = 2         # building 2: 100 px, none of it a candidate
+    truth[18:28, 20:30] = 3       # building 3: 100 px, kept, rejected and a hole
     regions = np.zeros(truth.shape, np.int32)
-    regions[18:28, 20:25] = 1
+    regions[18:28, 20:25] = 1     # kept region (50 px) ...
+    regions[18:28, 25:30] = 2     # ... and a rejected one (50 px)
     labels = (regions == 1).astype(np.int32)
+    regions[20:22, 21:23] = 0     # a filled hole of the kept region: found, no candidate
     quiet = np.zeros(truth.shape, bool)
-    quiet[5:10, 5:15] = True      # half of building 1 changed too little
-    quiet[18:28, 20:30] = True    # all of building 2, its kept region included
-    first, second = stage_losses(truth, regions, labels, quiet=quiet)
-    # Only pixels that are no candidate count: the kept half of building 2 does not.
-    assert first["quiet"] == 0.5 and first["not_candidate"] == 1.0
-    assert second["quiet"] == 0.5 and second["kept"] == 0.5
-    assert pooled_stage_losses([first, second])["quiet"] == 0.5
+    quiet[5:10, 5:15] = True      # half of building 2 changed too little
+    quiet[18:28, 20:30] = True    # all of building 3: kept, rejected and hole alike
+    second, third = stage_losses(truth, regions, labels, quiet=quiet)
+    # Only pixels that are no candidate and not found count as quiet: neither the
+    # kept region, nor its filled hole, nor the rejected region.
+    assert second["quiet"] == 0.5 and second["not_candidate"] == 1.0
+    assert third["quiet"] == 0.0 and third["kept"] == 0.5 and third["rejected"] == 0.5
+    assert pooled_stage_losses([second, third])["quiet"] == 0.25
     # Without the map the fractions are as before, and no quiet share is made up.
     assert "quiet" not in stage_losses(truth, regions, labels)[0]
     assert "quiet" not in pooled_stage_losses(stage_losses(truth, regions, labels))
