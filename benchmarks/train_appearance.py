@@ -16,7 +16,7 @@ Usage::
 About 10 minutes on two cores, most of it describing the training segments (cached in
 ``--cache``; empty it when the features change). Needs the ``train`` extra
 (scikit-learn). The trees depend on scikit-learn's version as well as on the segments:
-with 1.9.1 its early stopping ends at 257 trees, and none is the shipped file's
+with 1.9.1 its early stopping ends at 257 trees, none equal to a shipped tree
 (README, "Retraining").
 """
 
