@@ -39,8 +39,9 @@ from scipy import ndimage
 from skimage import io
 from skimage.segmentation import relabel_sequential
 
-from changedet.change import (DetectionParams, Evidence, candidate_level, classify_regions,
-                              detect_new_buildings, load_model, region_features)
+from changedet.change import (DetectionParams, Evidence, candidate_level,
+                              classify_regions, detect_new_buildings, load_model,
+                              region_features)
 from changedet.evaluate import evaluate, pooled_stage_losses, stage_losses
 from changedet.pipeline import DETECTORS
 from changedet.raster import Grid, Scene
@@ -135,8 +136,9 @@ def stage_row(name: str, truth: np.ndarray, labels: np.ndarray, evidence: Eviden
                           quiet=evidence.change <= candidate_level(evidence, params))
     b = pooled_stage_losses(losses)
     kept, total = outlines_kept(truth, evidence, params)
-    return (f"| {name} | {len(losses)} | {b['not_candidate']:.2f} | {b.get('quiet', 0.0):.2f} "
-            f"| {b['rejected']:.2f} "
+    # A pair without true buildings pools no quiet share.
+    return (f"| {name} | {len(losses)} | {b['not_candidate']:.2f} "
+            f"| {b.get('quiet', 0.0):.2f} | {b['rejected']:.2f} "
             f"| {b['kept']:.2f} | {b['overgrowth']:+.2f} | {kept} of {total} |")
 
 

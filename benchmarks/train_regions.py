@@ -17,10 +17,10 @@ Usage::
 About 4 to 10 minutes on two cores, most of it making the pairs (cached in
 ``--cache``). The run is deterministic for one version of scikit-learn: the shipped
 weights are what this script wrote, bit for bit, at the commit that ships them
-(another version may write other weights, as it does for the appearance trees). The features depend on the
-evidence, candidate and feature code, so a change to any of them calls for a new
-training run and a new measurement (``bench_detect.py --model``, ``real_levir.py
---model``) before the weights are replaced.
+(another version may write other weights, as it does for the appearance trees). The
+features depend on the evidence, candidate and feature code, so a change to any of
+them calls for a new training run and a new measurement (``bench_detect.py
+--model``, ``real_levir.py --model``) before the weights are replaced.
 """
 
 from __future__ import annotations
