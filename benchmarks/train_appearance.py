@@ -15,9 +15,9 @@ Usage::
 
 About 10 minutes on two cores, most of it describing the training segments (cached in
 ``--cache``; empty it when the features change). Needs the ``train`` extra
-(scikit-learn). The trees depend on scikit-learn's version as well as on the segments:
-with 1.9.1 its early stopping ends at 257 trees, none equal to a shipped tree
-(README, "Retraining").
+(scikit-learn). The trees depend on the environment (library versions) as well as on
+the segments: with scikit-learn 1.9.1 its early stopping ends at 257 trees, none equal
+to a shipped tree (README, "Retraining").
 """
 
 from __future__ import annotations
