@@ -36,6 +36,7 @@ from changedet.synth import SynthParams, make_world
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_detect import registered_pair  # noqa: E402
+from train_detector import save_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     theirs = trees.decision_function(x[:5000])
     if not np.allclose(ours, theirs, atol=1e-9):
         raise RuntimeError(f"export differs from sklearn by {np.abs(ours - theirs).max()}")
-    np.savez_compressed(args.out, **model)
+    save_model(args.out, model, APPEARANCE_FEATURE_NAMES)
     print(f"{len(y)} segments ({int(y.sum())} roofs), {len(model['roots'])} trees, "
           f"{len(model['value'])} nodes -> {args.out}")
     return 0

@@ -155,9 +155,26 @@ def mlp_arrays(clf, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+def library_versions() -> np.ndarray:
+    """Python's version and those of the libraries a training run depends on, (5,) str.
+
+    A training run is reproducible only in the environment that made it (the appearance
+    trees shipped on 2026-12-04 are not written again by scikit-learn 1.9.1), so the
+    environment is written with the weights.
+    """
+    import importlib.metadata
+    import platform
+
+    names = ("numpy", "scipy", "scikit-learn", "scikit-image")
+    return np.array([f"python {platform.python_version()}"]
+                    + [f"{n} {importlib.metadata.version(n)}" for n in names])
+
+
 def save_model(path: Path, model: dict[str, np.ndarray], feature_names: tuple[str, ...]) -> None:
-    """Write the model with its feature names (checked by the tests) to ``path``."""
-    model = dict(model, feature_names=np.array(feature_names))
+    """Write the model with its feature names (checked by the tests) and the training
+    environment (``training_environment``, :func:`library_versions`) to ``path``."""
+    model = dict(model, feature_names=np.array(feature_names),
+                 training_environment=library_versions())
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **model)
     print(f"wrote {path}", file=sys.stderr)
