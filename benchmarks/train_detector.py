@@ -158,8 +158,8 @@ def mlp_arrays(clf, prefix: str = "") -> dict[str, np.ndarray]:
 def library_versions() -> np.ndarray:
     """Python's version and those of the libraries a training run depends on, (5,) str.
 
-    A training run is reproducible only in the environment that made it (the appearance
-    trees shipped on 2026-12-04 are not written again by scikit-learn 1.9.1), so the
+    Another environment may not write the same weights again (the appearance trees
+    shipped on 2026-12-04 are not written again with scikit-learn 1.9.1), so the
     environment is written with the weights.
     """
     import importlib.metadata
