@@ -518,30 +518,6 @@ class RoofRedraw:
     probability: np.ndarray
 
 
-def complete_new_roofs(before: Scene, after: Scene, labels: np.ndarray,
-                       change: np.ndarray, change_level: float, pixel_m: float,
-                       stats: SceneStatistics | None = None,
-                       model: dict[str, np.ndarray] | None = None,
-                       level: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """The rest of the roofs of found buildings, from the after date's segments:
-    :func:`redraw_found_roofs` with nothing to cut.
-
-    Parameters
-    ----------
-    before, after, labels, change, change_level, pixel_m, stats, model, level :
-        As in :func:`redraw_found_roofs`.
-
-    Returns
-    -------
-    added : (H, W) ndarray of bool
-    probability : (H, W) ndarray of float32
-        As in :class:`RoofRedraw`.
-    """
-    redraw = redraw_found_roofs(before, after, labels, change, change_level, pixel_m,
-                                stats, model, level)
-    return redraw.added, redraw.probability
-
-
 def redraw_found_roofs(before: Scene, after: Scene, labels: np.ndarray,
                        change: np.ndarray, change_level: float, pixel_m: float,
                        stats: SceneStatistics | None = None,

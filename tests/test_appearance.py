@@ -15,8 +15,7 @@ from scipy import ndimage
 
 from changedet import appearance
 from changedet.appearance import (APPEARANCE_FEATURE_NAMES, RoofRedraw, appearance_features,
-                                  appearance_statistics, complete_new_roofs,
-                                  confirm_new_roofs, date_segments,
+                                  appearance_statistics, confirm_new_roofs, date_segments,
                                   load_appearance_model, new_roof_mask,
                                   redraw_found_roofs, roofs_before, tree_ensemble_logit)
 from changedet.change import SceneStatistics
@@ -488,29 +487,30 @@ def test_completion_draws_the_rest_of_a_new_roof_and_nothing_else() -> None:
     before, after, regions = _new_roof_old_roof_and_earth()
     change = np.full(regions.shape, 10.0, np.float32)
     labels = _part_of_the_new_roof(80)
-    added, prob = complete_new_roofs(before, after, labels, change, 5.0, 0.5)
+    redraw = redraw_found_roofs(before, after, labels, change, 5.0, 0.5)
+    added, prob = redraw.added, redraw.probability
     rest = (regions == 1) & (labels == 0)
     assert (added & rest).sum() > 0.8 * rest.sum()
     assert not (added & ~rest).any()
     assert (prob[added] >= 0.9).all() and not prob[~added].any()
-    assert not complete_new_roofs(before, after, labels, change, 11.0, 0.5)[0].any()
+    assert not redraw_found_roofs(before, after, labels, change, 11.0, 0.5).added.any()
     # The same roof standing in the before date too (given its change all the same).
-    assert not complete_new_roofs(after, after, labels, change, 5.0, 0.5)[0].any()
+    assert not redraw_found_roofs(after, after, labels, change, 5.0, 0.5).added.any()
     cols = np.arange(regions.shape[1])[None, :]
     for other in (2, 3):
         part = ((regions == other) & (cols < 70)).astype(np.int32)
-        assert not complete_new_roofs(before, after, part, change, 5.0, 0.5)[0].any()
+        assert not redraw_found_roofs(before, after, part, change, 5.0, 0.5).added.any()
     # A "building" of two strips of grass above and below the new roof: the roof lies
     # in its box whole, but it covers none of it.
     strips = np.zeros(regions.shape, np.int32)
     strips[34:37, 40:100] = strips[83:86, 40:100] = 1
-    assert not complete_new_roofs(before, after, strips, change, 5.0, 0.5)[0].any()
+    assert not redraw_found_roofs(before, after, strips, change, 5.0, 0.5).added.any()
 
 
 def _completion_judging_every_segment(before: Scene, after: Scene, labels: np.ndarray,
                                       change: np.ndarray, change_level: float,
                                       pixel_m: float, stats: SceneStatistics) -> np.ndarray:
-    """What :func:`complete_new_roofs` adds, with every segment of both dates judged in
+    """What :func:`redraw_found_roofs` adds, with every segment of both dates judged in
     every box (as it was first written): the reference for the one that judges only
     the segments its other tests leave."""
     from changedet.appearance import (COMPLETION_SHARE, CONFIDENT_ROOF, CONFIRM_MARGIN_M,
@@ -564,7 +564,7 @@ def test_completion_judges_only_what_its_other_tests_leave_with_the_same_answer(
     for first, adds in ((before, True), (after, False)):
         stats = SceneStatistics()
         appearance_statistics(first, after, 0.5, stats)
-        added, _ = complete_new_roofs(first, after, labels, change, 5.0, 0.5, stats)
+        added = redraw_found_roofs(first, after, labels, change, 5.0, 0.5, stats).added
         reference = _completion_judging_every_segment(first, after, labels, change, 5.0,
                                                       0.5, stats)
         assert reference.any() == adds
@@ -577,8 +577,8 @@ def test_completion_takes_labels_with_gaps() -> None:
     before, after, regions = _new_roof_old_roof_and_earth()
     change = np.full(regions.shape, 10.0, np.float32)
     labels = _part_of_the_new_roof(80)
-    added, _ = complete_new_roofs(before, after, labels, change, 5.0, 0.5)
-    gapped, _ = complete_new_roofs(before, after, 2 * labels, change, 5.0, 0.5)
+    added = redraw_found_roofs(before, after, labels, change, 5.0, 0.5).added
+    gapped = redraw_found_roofs(before, after, 2 * labels, change, 5.0, 0.5).added
     assert added.any()
     np.testing.assert_array_equal(gapped, added)
 
@@ -592,17 +592,17 @@ def test_completion_leaves_segments_the_box_cuts_and_depends_only_on_the_box() -
 
     before, after, regions = _new_roof_old_roof_and_earth()
     change = np.full(regions.shape, 10.0, np.float32)
-    assert not complete_new_roofs(before, after, _part_of_the_new_roof(60), change, 5.0,
-                                  0.5)[0].any()
+    assert not redraw_found_roofs(before, after, _part_of_the_new_roof(60), change, 5.0,
+                                  0.5).added.any()
     stats = SceneStatistics()
     appearance_statistics(before, after, 0.5, stats)
     labels = _part_of_the_new_roof(80)
-    whole, _ = complete_new_roofs(before, after, labels, change, 5.0, 0.5, stats)
+    whole = redraw_found_roofs(before, after, labels, change, 5.0, 0.5, stats).added
     reach = int(np.ceil(CONFIRM_MARGIN_M / 0.5)) + 3
     rows, cols = 80 + reach, 80 + reach
     window = [crop_scene(s, 0, 0, rows, cols) for s in (before, after)]
-    part, _ = complete_new_roofs(*window, labels[:rows, :cols], change[:rows, :cols], 5.0,
-                                 0.5, stats)
+    part = redraw_found_roofs(*window, labels[:rows, :cols], change[:rows, :cols], 5.0,
+                              0.5, stats).added
     assert whole.any()
     np.testing.assert_array_equal(part, whole[:rows, :cols])
 
@@ -717,7 +717,8 @@ def test_redraw_adds_what_the_completion_adds_and_cuts_within_the_box() -> None:
     removable = labels > 0
     whole = redraw_found_roofs(before, after, labels, change, 5.0, 0.5, stats,
                                removable=removable)
-    added, prob = complete_new_roofs(before, after, labels, change, 5.0, 0.5, stats)
+    completion = redraw_found_roofs(before, after, labels, change, 5.0, 0.5, stats)
+    added, prob = completion.added, completion.probability
     assert added.any() and whole.removed.any()
     np.testing.assert_array_equal(whole.added, added)
     np.testing.assert_array_equal(whole.probability, prob)
