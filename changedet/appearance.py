@@ -592,14 +592,11 @@ def redraw_found_roofs(before: Scene, after: Scene, labels: np.ndarray,
         return RoofRedraw(added, removed, probability)
     model = model if model is not None else load_appearance_model()
     before, after, valid, stats = _on_common_pixels(before, after, pixel_m, stats)
-    margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
     h, w = labels.shape
     for k, found in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
         if found is None:
             continue  # a label missing from 1..n
-        rows, cols = found
-        r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
-        r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
+        r0, c0, r1, c1 = _margin_box(found, pixel_m, (h, w))
         box = (slice(r0, r1), slice(c0, c1))
         before_box = crop_scene(before, r0, c0, r1 - r0, c1 - c0)
         after_box = crop_scene(after, r0, c0, r1 - r0, c1 - c0)
@@ -711,6 +708,75 @@ def roofs_before(before: Scene, after: Scene, labels: np.ndarray, pixel_m: float
     return out
 
 
+def roof_share_before(before: Scene, after: Scene, labels: np.ndarray, pixel_m: float,
+                      stats: SceneStatistics | None = None,
+                      model: dict[str, np.ndarray] | None = None,
+                      only: np.ndarray | None = None, level: float = 0.5) -> np.ndarray:
+    """Share of each labelled object that lay on roofs in the before date.
+
+    The before date is segmented on the box of :data:`CONFIRM_MARGIN_M` around the
+    object, and the segments under the object are judged by the appearance trees.
+    Unlike :func:`roofs_before`, which takes the object itself as the segment, this
+    sees an old roof that the object only partly covers: a demolition's remains are
+    found over part of the house pulled down, and their outline need not follow its
+    walls. A new house on a lawn, a drive or a yard lies on none. An object's answer
+    depends only on the pixels of its box (and on the scene-wide statistics).
+
+    Parameters
+    ----------
+    before, after : Scene
+        One grid; ``after`` registered (its valid pixels limit the before date's).
+    labels : (H, W) ndarray of int
+        0 background, 1..n.
+    pixel_m : float
+    stats, model :
+        As in :func:`confirm_new_roofs`.
+    only : (n + 1,) ndarray of bool, optional
+        Measure these objects only (the others stay 0).
+    level : float
+        Probability of roof a segment of the before date needs.
+
+    Returns
+    -------
+    (n + 1,) ndarray of float64
+        Entry k: the share of object k's pixels valid in both dates that lie on such
+        segments; 0 for entry 0, for an object not measured and for one with no such
+        pixel.
+    """
+    n = int(labels.max()) if labels.size else 0
+    out = np.zeros(n + 1)
+    if n == 0 or (only is not None and not np.asarray(only, bool)[1:].any()):
+        return out
+    model = model if model is not None else load_appearance_model()
+    before, after, valid, stats = _on_common_pixels(before, after, pixel_m, stats)
+    for k, found in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+        if found is None or (only is not None and not only[k]):
+            continue
+        r0, c0, r1, c1 = _margin_box(found, pixel_m, labels.shape)
+        own = (labels[r0:r1, c0:c1] == k) & valid[r0:r1, c0:c1]
+        if not own.any():
+            continue
+        before_box = crop_scene(before, r0, c0, r1 - r0, c1 - c0)
+        segments, m = date_segments(before_box, pixel_m, stats, "before")
+        under = np.zeros(m + 1, bool)
+        under[segments[own]] = True
+        under[0] = False
+        _, p_before = roof_probability(before_box, pixel_m, model, stats, "before",
+                                       segments, under)
+        out[k] = float((p_before[segments[own]] >= level).mean())
+    return out
+
+
+def _margin_box(found: tuple[slice, slice], pixel_m: float, shape: tuple[int, int]
+                ) -> tuple[int, int, int, int]:
+    """Rows and columns (r0, c0, r1, c1) of an object's bounding box grown by
+    :data:`CONFIRM_MARGIN_M`, within an array of ``shape``."""
+    margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
+    rows, cols = found
+    return (max(rows.start - margin, 0), max(cols.start - margin, 0),
+            min(rows.stop + margin, shape[0]), min(cols.stop + margin, shape[1]))
+
+
 def _on_common_pixels(before: Scene, after: Scene, pixel_m: float,
                       stats: SceneStatistics | None
                       ) -> tuple[Scene, Scene, np.ndarray, SceneStatistics]:
@@ -750,11 +816,7 @@ def _before_date_on_box(before: Scene, labels: np.ndarray, k: int,
     probability : float
         Its probability of roof in the before date; 0 when ``own`` is empty.
     """
-    margin = int(np.ceil(CONFIRM_MARGIN_M / pixel_m))
-    h, w = labels.shape
-    rows, cols = rows_cols
-    r0, c0 = max(rows.start - margin, 0), max(cols.start - margin, 0)
-    r1, c1 = min(rows.stop + margin, h), min(cols.stop + margin, w)
+    r0, c0, r1, c1 = _margin_box(rows_cols, pixel_m, labels.shape)
     box = (slice(r0, r1), slice(c0, c1))
     own = (labels[box] == k) & valid[box]
     if not own.any():

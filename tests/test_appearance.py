@@ -752,6 +752,64 @@ def test_roofs_before_finds_the_roof_that_stood_there_and_only_it() -> None:
     assert roofs_before(*window, only_old, 0.5, stats)[1] == pytest.approx(prob[2], abs=1e-9)
 
 
+def _half_on_a_pulled_down_roof() -> tuple[Scene, Scene, np.ndarray]:
+    """The new roof of :func:`_new_roof_old_roof_and_earth` (rows 40-80, cols 40-100)
+    pulled down instead: the dates swapped. Object 1 lies half on it, object 2 on the
+    lawn and the earth of the before date."""
+    after, before, _ = _new_roof_old_roof_and_earth()
+    labels = np.zeros(before.valid.shape, np.int32)
+    labels[38:82, 70:120] = 1
+    labels[130:160, 150:200] = 2
+    return before, after, labels
+
+
+def test_roof_share_before_sees_an_old_roof_the_object_only_partly_covers() -> None:
+    from changedet.appearance import CONFIRM_MARGIN_M, roof_share_before
+    from changedet.raster import crop_scene
+
+    before, after, labels = _half_on_a_pulled_down_roof()
+    stats = SceneStatistics()
+    appearance_statistics(before, after, 0.5, stats)
+    share = roof_share_before(before, after, labels, 0.5, stats)
+    on_roof = (labels == 1)[40:80, 40:100].sum() / (labels == 1).sum()
+    assert share[0] == 0.0 and share[2] == 0.0
+    assert share[1] == pytest.approx(on_roof, abs=0.05)
+    # Only the chosen objects are measured.
+    chosen = roof_share_before(before, after, labels, 0.5, stats,
+                               only=np.array([False, False, True]))
+    assert chosen[1] == 0.0 and chosen[2] == share[2]
+    # Only the box around the object counts.
+    margin = int(np.ceil(CONFIRM_MARGIN_M / 0.5)) + 3
+    bottom, right = 82 + margin, 120 + margin
+    window = [crop_scene(s, 0, 0, bottom, right) for s in (before, after)]
+    alone = np.where(labels[:bottom, :right] == 1, 1, 0)
+    assert roof_share_before(*window, alone, 0.5, stats)[1] == pytest.approx(share[1])
+
+
+def test_an_edgy_outline_stood_before_only_along_it_or_over_an_old_roof(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object whose outline was an edgy band in the before date but no edge along it
+    stood before when, with the appearance check, a quarter of it lay on an old roof."""
+    from changedet import change
+    from changedet.change import DetectionParams, _leave_out_standing, new_building_evidence
+
+    before, after, labels = _half_on_a_pulled_down_roof()
+    params = DetectionParams(ground_pixel_m=0.5, outline_before=1e-6)  # all edgy
+    monkeypatch.setattr(change, "outline_along", lambda labels, n, *a, **k: np.zeros(n + 1))
+
+    def standing(scenes: tuple | None) -> set[int]:
+        evidence = new_building_evidence(before, after, params)
+        kept, _ = _leave_out_standing(labels.copy(), 2, evidence, before.valid, 0.5,
+                                      params, scenes)
+        return {k for k in (1, 2) if not (kept[labels == k] > 0).any()}
+
+    assert standing((before, after)) == {1}
+    assert standing(None) == set()
+    # It is the share that tells (the object as one segment was no roof before).
+    monkeypatch.setattr(change, "ROOF_UNDER_SHARE", 1.01)
+    assert standing((before, after)) == set()
+
+
 def test_a_building_whose_roof_stood_before_is_left_out_with_the_appearance_check(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The old roof re-covered in another colour: a change in a building's shape. With

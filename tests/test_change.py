@@ -425,6 +425,34 @@ def test_demolished_house_is_not_a_new_building(pixel: float) -> None:
     assert len(areas) == 1 and abs(areas[0] - 980.0) / 980.0 < 0.05, areas
 
 
+HEDGE = (25.0, 40.0, 20.0)
+
+
+@pytest.mark.parametrize("pixel", [1.0, 0.5])
+def test_new_house_over_a_drive_and_lot_lines_is_new(pixel: float) -> None:
+    """A house built among old ones stands where a drive and hedges ran: its outline
+    crosses their edges, which makes the band around it edgy in the before date, but
+    no edge ran along the outline."""
+    before = _base(160.0, pixel, 11)
+    _paint(before, (58.0, 0.0, 62.0, 160.0), (205.0, 200.0, 190.0), pixel)   # a drive
+    for hedge in ((66.0, 0.0, 67.0, 160.0), (0.0, 44.0, 160.0, 45.5),
+                  (0.0, 52.0, 160.0, 53.5)):
+        _paint(before, hedge, HEDGE, pixel)
+    after = before.copy()
+    house = (48.0, 36.0, 76.0, 58.0)           # 28 x 22 m = 616 m²
+    _shadow(after, house, (0.7071, -0.7071), 6.0, pixel)
+    _paint(after, house, ROOF_NEW, pixel)
+    rng = np.random.default_rng(3)
+    labels, ev = detect_new_buildings(_scene(before, pixel, rng), _scene(after, pixel, rng))
+    truth = np.zeros(labels.shape, np.int32)
+    truth[int(36 / pixel):int(58 / pixel), int(48 / pixel):int(76 / pixel)] = 1
+    # The band's mean alone would call it standing (else this proves nothing).
+    assert outline_strength(truth, 1, ev.edges_before, pixel)[1] >= DetectionParams().outline_before
+    assert ev.outlined_before == 0
+    areas = _areas(labels, pixel)
+    assert len(areas) == 1 and abs(areas[0] - 616.0) / 616.0 < 0.03, areas
+
+
 @pytest.mark.parametrize("last_row", [160, 100])
 def test_new_building_beside_nodata_is_not_taken_for_one_standing_before(last_row: int
                                                                          ) -> None:
@@ -469,6 +497,39 @@ def test_outline_strength_is_the_mean_of_the_band_around_each_object() -> None:
     measured[:, :32] = False                   # object 2's band off the ring
     partial = outline_strength(labels, 3, edges, 1.0, measured=measured)
     assert partial[2] == pytest.approx(1.0) and partial[1] == 0.0
+
+
+def test_outline_along_counts_edges_along_most_of_the_outline() -> None:
+    from changedet.change import _gradient, outline_along
+
+    labels = np.zeros((70, 90), np.int32)
+    labels[10:30, 10:30] = 1                   # on the slab of a building pulled down
+    labels[10:30, 32:50] = 2                   # 2 px from object 1, no slab of its own
+    labels[48:54, 30:80] = 3                   # across stripes (lot lines, tracks)
+    bright = np.full(labels.shape, 100.0)
+    bright[10:30, 10:30] = 200.0
+    stripes = (np.arange(labels.shape[1]) // 2) % 2 == 1
+    bright[40:62, 24:86] += 60.0 * stripes[24:86]
+    edges = _gradient(bright.astype(np.float32), 1.0) / 5.0
+    along = outline_along(labels, 3, edges, bright, 1.0)
+    mean = outline_strength(labels, 3, edges, 1.0)
+    assert along[0] == 0.0
+    # The slab's edge all round: its full strength, the peak of the step's gradient.
+    assert along[1] == pytest.approx(edges[20, 8:12].max(), rel=0.05)
+    # One side beside an edge is not an outline.
+    assert along[2] < 0.2 * along[1]
+    # Each object is measured on its own band in full, whatever lies beside it.
+    alone = np.where(labels == 2, 1, 0)
+    assert along[2] == pytest.approx(outline_along(alone, 1, edges, bright, 1.0)[1])
+    # Stripes across the long sides make an edgy band, but no edge along the outline.
+    assert mean[3] > 2.0 and along[3] < 0.25 * mean[3]
+    # Only the measured pixels count, only the chosen objects are measured.
+    measured = np.ones(labels.shape, bool)
+    measured[:, :31] = False                   # object 1 wholly, object 2's rim kept
+    partial = outline_along(labels, 3, edges, bright, 1.0, measured=measured)
+    assert partial[1] == 0.0 and partial[2] == pytest.approx(along[2], abs=0.05)
+    chosen = outline_along(labels, 3, edges, bright, 1.0, only=np.array([0, 1, 0, 0], bool))
+    assert chosen[1] == pytest.approx(along[1]) and chosen[3] == 0.0
 
 
 def test_fixed_bin_otsu_splits_two_populations_and_ignores_the_sample_extremes() -> None:
