@@ -271,12 +271,14 @@ class DetectionParams:
     keep_features : bool
         Keep the (F, H, W) feature stack in ``Evidence.features`` (for training).
     outline_before : float or None
-        Regions and appearance detectors: a building whose outline, along most of its
-        length, was at least this strong an edge in the before date (in scene medians
-        of the brightness gradient; :func:`outline_strength`) was already there, and
-        is left out; so is, with the
-        appearance check, a building whose footprint looked like a roof in the before
-        date (:func:`changedet.appearance.roofs_before`). None keeps every building.
+        Regions and appearance detectors: a building whose outline was on average at
+        least this strong an edge in the before date (in scene medians of the
+        brightness gradient; :func:`outline_strength`) was already there, and is left
+        out; with the appearance check, only when the edge is as strong along most of
+        the outline too (:func:`outline_along`) or a quarter or more of the building
+        lay on the before date's roofs (:data:`ROOF_UNDER_SHARE`), and so is a
+        building whose footprint looked like a roof in the before date
+        (:func:`changedet.appearance.roofs_before`). None keeps every building.
     ground_pixel_m : float or None
         Ground side of a pixel, metres, behind every size in metres; None: measured
         at the centre of the scene's grid (:func:`changedet.measure.ground_pixel_m`).
@@ -1864,18 +1866,21 @@ def _leave_out_standing(labels: np.ndarray, n: int, evidence: Evidence, valid: n
         strength = outline_strength(labels, n, evidence.edges_before, pixel_m, measured)
         edgy = strength >= params.outline_before
         edgy[0] = False
-        if edgy.any() and evidence.bright_before is not None:
-            # And along most of it: the edges of trees, drives and lot lines cross the
-            # footprint of a house built among old ones (16 of the 142 true new
-            # buildings of 100 m² or more of the synthetic benchmark scenes measure 3
-            # or more on average; 4 along most of their outline).
+        if edgy.any() and evidence.bright_before is not None and scenes is not None:
+            # With the appearance check, an edgy band stood before only when the edge
+            # also runs along most of the outline: the edges of trees, drives and lot
+            # lines cross the footprint of a house built among old ones (16 of the 142
+            # true new buildings of 100 m² or more of the synthetic benchmark scenes
+            # measure 3 or more on average; 4 along most of their outline) ...
             along = outline_along(labels, n, evidence.edges_before, evidence.bright_before,
                                   pixel_m, measured, only=edgy) >= params.outline_before
             unsure = edgy & ~along
-            if scenes is not None and unsure.any():
-                # Or, with the appearance check, over a roof of the before date: the
+            if unsure.any():
+                # ... or when a quarter of it lay on a roof of the before date: the
                 # remains of a house pulled down lie on part of its roof, and their
-                # outline follows its walls only in places.
+                # outline follows its walls only in places. Without this second test
+                # the first lets such remains through, so without the appearance
+                # check the band's mean alone decides.
                 from .appearance import roof_share_before
 
                 along |= roof_share_before(*scenes, labels, pixel_m, evidence.statistics,
