@@ -1849,8 +1849,11 @@ def _leave_out_standing(labels: np.ndarray, n: int, evidence: Evidence, valid: n
                         ) -> tuple[np.ndarray, int]:
     """Labels without the buildings standing before (those go to
     ``evidence.standing_before``), relabelled 1..n: those whose outline was already an
-    edge, and, given the ``scenes`` (the appearance check), those whose footprint
-    looked like a roof in the before date."""
+    edge (:func:`outline_strength`; given the ``scenes``, the appearance check, only
+    when that edge also ran along most of the outline, :func:`outline_along`, or a
+    quarter of the building lay on the before date's roofs,
+    :func:`changedet.appearance.roof_share_before`), and, given the ``scenes``, those
+    whose footprint looked like a roof in the before date."""
     if params.outline_before is None or not n:
         return labels, n
     standing = np.zeros(n + 1, bool)
@@ -2024,7 +2027,7 @@ def outline_along(labels: np.ndarray, n: int, edges: np.ndarray, brightness: np.
         norm = np.hypot(n_rows, n_cols) * np.hypot(g_rows, g_cols)
         cosine = np.abs(n_rows * g_rows + n_cols * g_cols) / np.maximum(norm, 1e-12)
         along = np.where(band & (norm > 0), edges[box] * cosine, 0.0)
-        out[k] = float(np.median(ndimage.grey_dilation(along, footprint=disk(reach))[rim]))
+        out[k] = float(np.median(grey_disk(along, reach, np.maximum)[rim]))
     return out
 
 

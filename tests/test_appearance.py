@@ -784,6 +784,16 @@ def test_roof_share_before_sees_an_old_roof_the_object_only_partly_covers() -> N
     window = [crop_scene(s, 0, 0, bottom, right) for s in (before, after)]
     alone = np.where(labels[:bottom, :right] == 1, 1, 0)
     assert roof_share_before(*window, alone, 0.5, stats)[1] == pytest.approx(share[1])
+    # Only the pixels valid in both dates count: the after date's nodata east of the
+    # old roof leaves the part over it.
+    valid = after.valid.copy()
+    valid[30:90, 101:130] = False
+    image = np.where(valid, after.image, 0.0)
+    gap = roof_share_before(before, replace(after, image=image, valid=valid), labels, 0.5,
+                            stats)
+    counted = (labels == 1) & valid
+    assert gap[1] == pytest.approx(counted[40:80, 40:100].sum() / counted.sum(), abs=0.05)
+    assert gap[1] > share[1] + 0.2
 
 
 def test_an_edgy_outline_stood_before_only_along_it_or_over_an_old_roof(
@@ -809,6 +819,9 @@ def test_an_edgy_outline_stood_before_only_along_it_or_over_an_old_roof(
     # It is the share that tells (the object as one segment was no roof before).
     monkeypatch.setattr(change, "ROOF_UNDER_SHARE", 1.01)
     assert standing((before, after)) == set()
+    # An edge along the outline is enough on its own.
+    monkeypatch.setattr(change, "outline_along", lambda labels, n, *a, **k: np.full(n + 1, 5.0))
+    assert standing((before, after)) == {1, 2}
 
 
 def test_a_building_whose_roof_stood_before_is_left_out_with_the_appearance_check(

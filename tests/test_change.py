@@ -502,34 +502,39 @@ def test_outline_strength_is_the_mean_of_the_band_around_each_object() -> None:
 def test_outline_along_counts_edges_along_most_of_the_outline() -> None:
     from changedet.change import _gradient, outline_along
 
-    labels = np.zeros((70, 90), np.int32)
+    labels = np.zeros((70, 100), np.int32)
     labels[10:30, 10:30] = 1                   # on the slab of a building pulled down
     labels[10:30, 32:50] = 2                   # 2 px from object 1, no slab of its own
     labels[48:54, 30:80] = 3                   # across stripes (lot lines, tracks)
+    labels[10:30, 70:90] = 4                   # a drive's edge along its north side only
     bright = np.full(labels.shape, 100.0)
     bright[10:30, 10:30] = 200.0
+    bright[4:11, 66:94] = 200.0
     stripes = (np.arange(labels.shape[1]) // 2) % 2 == 1
     bright[40:62, 24:86] += 60.0 * stripes[24:86]
     edges = _gradient(bright.astype(np.float32), 1.0) / 5.0
-    along = outline_along(labels, 3, edges, bright, 1.0)
-    mean = outline_strength(labels, 3, edges, 1.0)
+    along = outline_along(labels, 4, edges, bright, 1.0)
+    mean = outline_strength(labels, 4, edges, 1.0)
     assert along[0] == 0.0
     # The slab's edge all round: its full strength, the peak of the step's gradient.
     assert along[1] == pytest.approx(edges[20, 8:12].max(), rel=0.05)
-    # One side beside an edge is not an outline.
-    assert along[2] < 0.2 * along[1]
-    # Each object is measured on its own band in full, whatever lies beside it.
-    alone = np.where(labels == 2, 1, 0)
-    assert along[2] == pytest.approx(outline_along(alone, 1, edges, bright, 1.0)[1])
+    # An edge along one side of four is not an outline: the median, not the mean.
+    assert along[4] < 0.1 * along[1] and mean[4] > 1.0
+    assert along[2] < 0.1 * along[1]
     # Stripes across the long sides make an edgy band, but no edge along the outline.
-    assert mean[3] > 2.0 and along[3] < 0.25 * mean[3]
-    # Only the measured pixels count, only the chosen objects are measured.
-    measured = np.ones(labels.shape, bool)
-    measured[:, :31] = False                   # object 1 wholly, object 2's rim kept
-    partial = outline_along(labels, 3, edges, bright, 1.0, measured=measured)
-    assert partial[1] == 0.0 and partial[2] == pytest.approx(along[2], abs=0.05)
-    chosen = outline_along(labels, 3, edges, bright, 1.0, only=np.array([0, 1, 0, 0], bool))
-    assert chosen[1] == pytest.approx(along[1]) and chosen[3] == 0.0
+    assert mean[3] > 2.0 and along[3] < 0.1 * mean[3]
+    # Each object is measured on its own band in full, whatever lies beside it.
+    alone = np.where(labels == 1, 1, 0)
+    assert along[1] == pytest.approx(outline_along(alone, 1, edges, bright, 1.0)[1])
+    # Only the measured pixels count: object 1 not at all; of object 2 only the side
+    # that faces the slab's edge, which runs along it.
+    measured = np.zeros(labels.shape, bool)
+    measured[:, 31:34] = True
+    partial = outline_along(labels, 4, edges, bright, 1.0, measured=measured)
+    assert partial[1] == 0.0 and partial[2] > 0.2 * along[1]
+    # Only the chosen objects are measured.
+    chosen = outline_along(labels, 4, edges, bright, 1.0, only=np.array([0, 0, 1, 1, 0], bool))
+    assert chosen[1] == 0.0 and chosen[3] == pytest.approx(along[3])
 
 
 def test_fixed_bin_otsu_splits_two_populations_and_ignores_the_sample_extremes() -> None:
