@@ -245,11 +245,19 @@ def _geodesic_areas(geoms: Sequence[shapely.Geometry], crs: CRS) -> list[float]:
     from pyproj import Geod
 
     geod = Geod(ellps="WGS84")
-    # Geod sums signed ring areas: a hole wound as its shell, or two parts wound
-    # opposite ways (an analyst's own file), would add where it must subtract.
-    lonlat = shapely.orient_polygons(reproject_geoms(geoms, crs, "EPSG:4326"),
-                                     exterior_cw=False)
-    return [abs(float(geod.geometry_area_perimeter(g)[0])) for g in lonlat]
+
+    def ring_m2(ring: shapely.LinearRing) -> float:
+        lon, lat = shapely.get_coordinates(ring).T
+        return abs(float(geod.polygon_area_perimeter(lon, lat)[0]))
+
+    # Ring by ring, each unsigned: however an analyst's file winds its rings, and
+    # however they cross the antimeridian (where a planar orientation of lon/lat
+    # rings is meaningless), holes subtract. The geodesic of each edge is what the
+    # ellipsoid gives across ±180° as anywhere.
+    return [sum(ring_m2(p.exterior) - sum(ring_m2(r) for r in p.interiors)
+                for p in shapely.get_parts(shapely.get_parts(g))
+                if isinstance(p, shapely.Polygon))
+            for g in reproject_geoms(geoms, crs, "EPSG:4326")]
 
 
 def _r1(x: float) -> float:

@@ -93,7 +93,8 @@ def to_wgs84(geometries: Sequence[shapely.Geometry], crs: Any) -> np.ndarray:
     (N,) ndarray of shapely geometries
         In WGS84 longitude, latitude, rounded to :data:`GEOJSON_DECIMALS` and with
         counter-clockwise exteriors and clockwise holes (oriented after rounding, so
-        that rounding cannot flip a ring).
+        that rounding cannot flip a ring); a polygon across the antimeridian cut there
+        (:func:`split_at_antimeridian`).
     """
     geoms = np.asarray(list(geometries), dtype=object)
     if geoms.size == 0:
@@ -102,6 +103,7 @@ def to_wgs84(geometries: Sequence[shapely.Geometry], crs: Any) -> np.ndarray:
                                        always_xy=True)
     lonlat = shapely.transform(geoms, lambda xy: np.column_stack(transformer.transform(
         xy[:, 0], xy[:, 1])))
+    lonlat = np.array([split_at_antimeridian(g) for g in lonlat], dtype=object)
     # Rounding each vertex on its own can make a narrow part cross itself; snapping to
     # the grid of the decimals written keeps every geometry valid. The decimal round
     # after it only drops the float residue of the snapped values.
@@ -110,6 +112,61 @@ def to_wgs84(geometries: Sequence[shapely.Geometry], crs: Any) -> np.ndarray:
     snapped = np.where(shapely.is_empty(snapped) & ~shapely.is_empty(lonlat), lonlat, snapped)
     rounded = shapely.transform(snapped, lambda xy: np.round(xy, GEOJSON_DECIMALS))
     return shapely.orient_polygons(rounded, exterior_cw=False)
+
+
+def _ring_on_the_globe(ring: shapely.LinearRing) -> shapely.Geometry:
+    """What a lon/lat ring encloses, as polygons within [-180, 180] of longitude.
+
+    The ring's longitudes are made continuous (steps under 180°), so that they may run
+    past ±180; a ring that then winds round a pole is closed through the pole; and the
+    polygon is cut into the parts in [-180, 180] and in the 360° on either side, each
+    shifted back into [-180, 180].
+    """
+    xy = shapely.get_coordinates(ring)
+    xy[:, 0] = np.unwrap(xy[:, 0], period=360.0)
+    if abs(xy[-1, 0] - xy[0, 0]) > 180.0:
+        pole = 90.0 if xy[:, 1].mean() > 0 else -90.0
+        xy = np.vstack([xy, [[xy[-1, 0], pole], [xy[0, 0], pole]]])
+    whole = shapely.make_valid(shapely.Polygon(xy))
+    parts = []
+    for turn in (-1, 0, 1):
+        band = shapely.box(360.0 * turn - 180.0, -90.0, 360.0 * turn + 180.0, 90.0)
+        parts.append(shapely.transform(shapely.intersection(whole, band),
+                                       lambda c, t=turn: c - [360.0 * t, 0.0]))
+    return shapely.union_all(parts)
+
+
+def split_at_antimeridian(geom: shapely.Geometry) -> shapely.Geometry:
+    """A lon/lat (multi)polygon crossing the antimeridian, cut there (RFC 7946, 3.1.9).
+
+    Parameters
+    ----------
+    geom : shapely geometry
+        In WGS84 longitude, latitude, straight from a vertex-by-vertex transform: an
+        edge across the antimeridian jumps by nearly 360° of longitude.
+
+    Returns
+    -------
+    shapely geometry
+        ``geom`` itself when no edge crosses the antimeridian (and for anything but
+        polygons); else a Polygon or MultiPolygon with every longitude in [-180, 180]:
+        the parts on either side, and a ring round a pole closed through the pole.
+    """
+    if not isinstance(geom, (shapely.Polygon, shapely.MultiPolygon)):
+        return geom
+    lon = shapely.get_coordinates(geom)[:, 0]
+    # Only an edge across the antimeridian jumps so far: buildings are far smaller.
+    if lon.size < 2 or not np.any(np.abs(np.diff(lon)) > 180.0):
+        return geom
+    regions = []
+    for poly in shapely.get_parts(geom):
+        region = _ring_on_the_globe(poly.exterior)
+        for ring in poly.interiors:
+            region = shapely.difference(region, _ring_on_the_globe(ring))
+        regions.append(region)
+    polygons = [p for p in shapely.get_parts(shapely.union_all(regions))
+                if isinstance(p, shapely.Polygon) and not p.is_empty]
+    return polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
 
 
 def geojson_text(geometries: Sequence[shapely.Geometry], properties: Properties,

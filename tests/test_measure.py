@@ -69,6 +69,21 @@ def test_geodesic_area_whatever_the_winding_of_rings_and_parts():
     assert parts_b.geodesic_area_m2 == pytest.approx(20000.0, rel=5e-3)
 
 
+def test_geodesic_area_of_a_holed_building_across_the_antimeridian(caplog):
+    """In lon/lat a ring across ±180° crosses itself, so that orienting it as a planar
+    ring could wind the hole as the shell: the cross-check gave 10,382 m² for 9,600 m²
+    and warned of a difference that was its own."""
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs(4326, 32760, always_xy=True).transform(180.0, -17.0)
+    holed = box(x - 50, y - 50, x + 50, y + 50).difference(box(x + 10, y - 10, x + 30, y + 10))
+    with caplog.at_level("WARNING", logger="changedet"):
+        (b,) = measure_buildings([holed], "EPSG:32760", pixel_size_m=0.5)
+    assert b.area_m2 == pytest.approx(b.geodesic_area_m2, rel=5e-3)
+    assert 9500 < b.geodesic_area_m2 < 9600
+    assert "geodesic" not in caplog.text
+
+
 def test_partial_flags_follow_their_polygons():
     rects = [box(X0, Y0, X0 + 10, Y0 + 10), box(X0 + 50, Y0, X0 + 60, Y0 + 10)]
     measured = measure_buildings(rects, UTM, pixel_size_m=0.5, partial=[False, True])

@@ -341,6 +341,65 @@ def test_rounding_to_seven_decimals_keeps_every_geometry_valid() -> None:
         np.testing.assert_array_equal(xy, np.round(xy, 7))
 
 
+def _ring_area_m2(lonlat: np.ndarray) -> float:
+    """Geodesic area of one lon/lat ring, which the ellipsoid's geodesics give right
+    however its edges cross the antimeridian."""
+    from pyproj import Geod
+
+    return abs(Geod(ellps="WGS84").polygon_area_perimeter(lonlat[:, 0], lonlat[:, 1])[0])
+
+
+def test_a_building_across_the_antimeridian_is_cut_there() -> None:
+    from changedet.outputs import to_wgs84
+
+    # A 100 m square with a hole astride 180 degrees, in UTM 60S (Fiji): a vertex-by-
+    # vertex transform gives edges that jump round the globe, which made the GeoJSON
+    # writer fail ("side location conflict") and the run lose every output.
+    x, y = Transformer.from_crs(4326, 32760, always_xy=True).transform(180.0, -17.0)
+    shell, hole = shapely.box(x - 50, y - 50, x + 50, y + 50), shapely.box(x + 10, y - 10,
+                                                                          x + 30, y + 10)
+    (out,) = to_wgs84([shell.difference(hole)], "EPSG:32760")
+    assert out.is_valid and out.geom_type == "MultiPolygon" and len(out.geoms) == 2
+    lon = shapely.get_coordinates(out)[:, 0]
+    assert lon.min() >= -180.0 and lon.max() <= 180.0
+    west, east = sorted(out.geoms, key=lambda g: g.centroid.x)
+    assert east.bounds[2] == 180.0 and west.bounds[0] == -180.0
+    assert sum(len(g.interiors) for g in out.geoms) == 1
+    # The parts together cover the ground the square does.
+    to_lonlat = Transformer.from_crs(32760, 4326, always_xy=True)
+
+    def lonlat(ring: shapely.Geometry) -> np.ndarray:
+        return np.column_stack(to_lonlat.transform(*shapely.get_coordinates(ring).T))
+
+    expected = _ring_area_m2(lonlat(shell.exterior)) - _ring_area_m2(lonlat(hole.exterior))
+    got = sum(_ring_area_m2(shapely.get_coordinates(g.exterior))
+              - sum(_ring_area_m2(shapely.get_coordinates(r)) for r in g.interiors)
+              for g in out.geoms)
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_polygon_round_the_pole_is_closed_through_it() -> None:
+    from changedet.outputs import to_wgs84
+
+    # EPSG:3413 (north polar stereographic): a site round the North Pole, and one with
+    # a hole round the pole (the pole then lies outside it).
+    cap = shapely.box(-50, -60, 70, 40)
+    ring = cap.difference(shapely.box(-10, -10, 10, 10))
+    cap_out, ring_out = to_wgs84([cap, ring], "EPSG:3413")
+    to_lonlat = Transformer.from_crs(3413, 4326, always_xy=True)
+    inside = shapely.points(np.column_stack(to_lonlat.transform(
+        [60.0, -40.0, 0.0, -40.0], [30.0, -50.0, 30.0, 30.0])))
+    near_pole = shapely.Point(to_lonlat.transform(1.0, 1.0))
+    for out in (cap_out, ring_out):
+        assert out.is_valid and not out.is_empty
+        lon = shapely.get_coordinates(out)[:, 0]
+        assert lon.min() >= -180.0 and lon.max() <= 180.0
+        assert out.bounds[0] == -180.0 and out.bounds[2] == 180.0
+        assert shapely.contains(out, inside).all()
+    assert cap_out.bounds[3] == 90.0 and cap_out.contains(near_pole)
+    assert ring_out.bounds[3] < 90.0 and not ring_out.contains(near_pole)
+
+
 def test_overwrite_never_deletes_the_inputs(tmp_path: Path) -> None:
     """An analyst keeping the scenes in the output folder must not lose them."""
     folder = tmp_path / "job"
