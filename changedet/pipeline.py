@@ -424,9 +424,11 @@ def _warn_partial_overlap(before: str | os.PathLike[str], after: str | os.PathLi
     """Warn that buildings beyond the overlap cannot be found: a claimed site there
     is reported "not found", which is no evidence against the claim."""
     if fraction < PARTIAL_OVERLAP:
-        warn_analyst("%s covers only %.0f %% of %s: buildings outside the overlap cannot "
+        # A small overlap keeps its first figures: "0 %" read as no overlap at all.
+        share = f"{100 * fraction:.0f}" if fraction >= 0.1 else f"{100 * fraction:.2g}"
+        warn_analyst("%s covers only %s %% of %s: buildings outside the overlap cannot "
                      "be found, and a claimed site there is reported as not found",
-                     os.fspath(after), 100 * fraction, os.fspath(before))
+                     os.fspath(after), share, os.fspath(before))
 
 
 def _warn_changed_majority(after: str | os.PathLike[str] | None, fit: Any,

@@ -422,3 +422,17 @@ def test_the_display_copy_of_change_is_read_strip_by_strip_alike(tmp_path: Path)
     out, want = _display_copy(change, 8, tmp_path)
     assert (1 << 22) // (out.shape[1] * 8 * 8) < out.shape[0]  # several strips
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("fraction, shown", [(0.0028, "0.28 %"), (0.04, "4 %"),
+                                             (0.4, "40 %")])
+def test_a_small_overlap_is_not_rounded_to_none(fraction: float, shown: str) -> None:
+    """A 64 px after scene inside a 1200 px before scene covers 0.28 % of it: the
+    warning said "0 %", which reads as no overlap at all."""
+    from changedet._log import recorded_warnings
+    from changedet.pipeline import _warn_partial_overlap
+
+    with recorded_warnings() as warned:
+        _warn_partial_overlap("b.tif", "a.tif", fraction)
+    assert warned == [f"a.tif covers only {shown} of b.tif: buildings outside the overlap "
+                      "cannot be found, and a claimed site there is reported as not found"]
