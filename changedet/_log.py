@@ -56,3 +56,9 @@ class RunThreadPool(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+def percent_text(fraction: float) -> str:
+    """A share as the analyst reads it, ``"40"`` or ``"0.28"`` (percent, no sign): whole
+    percent from 10 % up, two figures below, so that a small share is not shown as 0."""
+    return f"{100 * fraction:.0f}" if fraction >= 0.1 else f"{100 * fraction:.2g}"

@@ -21,7 +21,7 @@ import rasterio
 import shapely
 
 from . import __version__
-from ._log import logger, recorded_warnings, warn_analyst
+from ._log import logger, percent_text, recorded_warnings, warn_analyst
 from .aoi import keep_labels_in_aoi
 from .errors import InputError
 from .raster import Grid, Scene
@@ -425,10 +425,9 @@ def _warn_partial_overlap(before: str | os.PathLike[str], after: str | os.PathLi
     is reported "not found", which is no evidence against the claim."""
     if fraction < PARTIAL_OVERLAP:
         # A small overlap keeps its first figures: "0 %" read as no overlap at all.
-        share = f"{100 * fraction:.0f}" if fraction >= 0.1 else f"{100 * fraction:.2g}"
         warn_analyst("%s covers only %s %% of %s: buildings outside the overlap cannot "
                      "be found, and a claimed site there is reported as not found",
-                     os.fspath(after), share, os.fspath(before))
+                     os.fspath(after), percent_text(fraction), os.fspath(before))
 
 
 def _warn_changed_majority(after: str | os.PathLike[str] | None, fit: Any,

@@ -22,6 +22,7 @@ from affine import Affine
 from PIL import Image
 
 from . import __version__
+from ._log import percent_text
 from .raster import Grid
 
 if TYPE_CHECKING:
@@ -557,7 +558,7 @@ def render_report(result: DetectionResult) -> str:
     in_items.append(("AOI", inputs.get("aoi") or "whole overlap"))
     overlap = summary.get("overlap_fraction")
     in_items.append(("Before scene covered by the after scene",
-                     "-" if overlap is None else f"{100 * overlap:.0f} %"))
+                     "-" if overlap is None else f"{percent_text(overlap)} %"))
     parts.append('<div class="grid2"><section><h2>Co-registration</h2>' + _dl(reg_items) + warn
                  + '</section><section><h2>Inputs</h2>' + _dl(in_items) + "</section></div>")
     param_items = [(k, _fmt(v)) for k, v in (summary.get("parameters") or {}).items()]
