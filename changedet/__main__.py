@@ -1,6 +1,6 @@
 """``python -m changedet ...``: the command line, as the ``changedet`` script runs it."""
 
-from .cli import main
+from ._entry import main
 
 if __name__ == "__main__":
     main(prog_name="changedet")
