@@ -216,6 +216,11 @@ class SceneStatistics:
 
 
 
+#: The detectors :class:`DetectionParams` knows: the command line offers "regions" and
+#: "appearance"; "handcrafted" and "learned" are the earlier ones, kept for comparison.
+DETECTOR_NAMES = ("regions", "appearance", "handcrafted", "learned")
+
+
 @dataclass
 class DetectionParams:
     """Knobs of the detector; every default derives from the pixel size or the data.
@@ -325,6 +330,34 @@ class DetectionParams:
     half_cover_outlines: bool = True
     appearance_check: bool = True
     structure_aligned: bool = True
+
+    def __post_init__(self) -> None:
+        # The stages are called one by one from notebooks: a misspelt detector ran
+        # another one, and a NaN level kept nothing, without a word.
+        if self.detector not in DETECTOR_NAMES:
+            raise ValueError(f"detector must be one of {', '.join(DETECTOR_NAMES)}, "
+                             f"got {self.detector!r}")
+        ranges = {  # name: (lowest, highest); None is "automatic" where the type allows
+            "min_area_m2": (0.0, math.inf), "threshold": (0.0, math.inf),
+            "min_sigma": (0.0, math.inf), "min_width_m": (0.0, math.inf),
+            "shadow_reach_m": (0.0, math.inf), "sun_azimuth_deg": (-math.inf, math.inf),
+            "region_probability": (0.0, 1.0), "min_object_probability": (0.0, 1.0),
+            "outline_before": (0.0, math.inf), "ground_pixel_m": (0.0, math.inf),
+        }
+        optional = ("min_area_m2", "threshold", "sun_azimuth_deg", "outline_before",
+                    "ground_pixel_m")
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            number = float("nan") if value is None else float(value)
+            if not (math.isfinite(number) and low <= number <= high) or \
+                    (name == "ground_pixel_m" and number == 0.0):
+                bounds = ("" if math.isinf(low) else f" above {low:g}"
+                          if name == "ground_pixel_m" else f" of {low:g} or more"
+                          if math.isinf(high) else f" from {low:g} to {high:g}")
+                raise ValueError(f"DetectionParams.{name} must be a finite number{bounds}, "
+                                 f"got {value!r}")
 
     def pixel_m(self, grid: Grid) -> float:
         """Ground side of a pixel of ``grid``, metres: ``ground_pixel_m`` if set.
@@ -1478,6 +1511,9 @@ def segment_new_buildings(
         0 background, 1..N one label per new building.
     """
     valid = _checked_stage_inputs(evidence, valid, pixel_size_m)
+    # What an earlier segmentation of this evidence left out as standing is no part
+    # of this one's (a notebook re-runs the stage with other parameters).
+    evidence.standing_before = None
     min_area_px = params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2
     if params.detector == "regions":
         return _segment_by_regions(evidence, valid, pixel_size_m, params, min_area_px, scenes)
