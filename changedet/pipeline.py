@@ -49,7 +49,8 @@ class DetectionResult:
     Attributes
     ----------
     buildings : list of changedet.measure.Building
-        New buildings, polygons in the analysis CRS (metres).
+        New buildings, polygons in ``crs`` (metres): the analysis CRS, or the local
+        UTM zone when that CRS does not measure true areas (e.g. Web Mercator).
     sites : list of changedet.measure.Site
         Buildings grouped by distance.
     claim : changedet.measure.ClaimCheck or None
@@ -116,7 +117,7 @@ class DetectionResult:
 
     @property
     def footprints(self) -> list[shapely.Polygon]:
-        """The new buildings' polygons, in the analysis CRS (metres)."""
+        """The new buildings' polygons, in ``crs`` (metres; not always ``grid.crs``)."""
         return [b.polygon for b in self.buildings]
 
 
@@ -953,7 +954,8 @@ def detect(before: str | os.PathLike[str], after: str | os.PathLike[str], *,
     Returns
     -------
     DetectionResult
-        ``.footprints`` are shapely polygons in the analysis CRS, ``.summary`` the
+        ``.footprints`` are shapely polygons in ``.crs`` (the analysis CRS, or the
+        local UTM zone when that CRS does not measure true areas), ``.summary`` the
         ``summary.json`` dict; write files with
         :func:`changedet.outputs.write_outputs`.
     """
