@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from ._log import logger, warn_analyst
 from .errors import InputError
-from .measure import reproject_geoms
+from .measure import geographic_range_problem, reproject_geoms
 from .raster import Grid, check_path
 
 
@@ -130,13 +130,11 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
             names.append(label if len(parts) == 1 else f"{label}.{k + 1}")
     if not polygons:
         raise InputError(path, "contains no polygons (points or lines cannot bound an area)")
-    if crs.is_geographic:
-        # Projected coordinates labelled lon/lat (a common slip) fail deep in PROJ.
-        minx, miny, maxx, maxy = shapely.total_bounds(np.asarray(polygons, dtype=object))
-        if not (-90.0 <= miny and maxy <= 90.0 and -540.0 <= minx and maxx <= 540.0):
-            raise InputError(path, f"has coordinates out of range for its geographic CRS "
-                                   f"(x {minx:.6g} to {maxx:.6g}, y {miny:.6g} to {maxy:.6g}): "
-                                   "is its CRS right?")
+    # Projected coordinates labelled lon/lat (a common slip) fail deep in PROJ.
+    problem = geographic_range_problem(
+        crs, shapely.total_bounds(np.asarray(polygons, dtype=object)))
+    if problem:
+        raise InputError(path, f"has {problem}: is its CRS right?")
     return VectorPolygons(polygons, crs, names, path)
 
 

@@ -155,6 +155,22 @@ def measured_where_true(geoms: Sequence[shapely.Geometry], crs: object
     return out
 
 
+def geographic_range_problem(crs: CRS, bounds: Sequence[float]) -> str | None:
+    """What is wrong with ``bounds`` for a geographic ``crs`` (projected coordinates
+    labelled lon/lat, or latitude and longitude swapped), or None.
+
+    Longitudes up to ±540° pass: a ring across the antimeridian may be written with
+    longitudes past ±180.
+    """
+    if not crs.is_geographic:
+        return None
+    minx, miny, maxx, maxy = (float(b) for b in bounds)
+    if -90.0 <= miny and maxy <= 90.0 and -540.0 <= minx and maxx <= 540.0:
+        return None
+    return (f"coordinates out of range for its geographic CRS (x {minx:.6g} to "
+            f"{maxx:.6g}, y {miny:.6g} to {maxy:.6g})")
+
+
 def to_metric(
     geoms: Sequence[shapely.Geometry], crs: object, metric: object | None = None
 ) -> tuple[list[shapely.Geometry], CRS]:
@@ -169,7 +185,8 @@ def to_metric(
     Raises
     ------
     ProcessingError
-        When there is no geometry to place.
+        When there is no geometry to place, or a geographic ``crs`` cannot hold the
+        geometries' coordinates.
     """
     crs = _as_crs(crs)
     geoms = list(geoms)
@@ -178,6 +195,10 @@ def to_metric(
     bounds = shapely.total_bounds(np.asarray(geoms, dtype=object))
     if not np.all(np.isfinite(bounds)):
         raise ProcessingError("geometries are empty; nothing to measure")
+    problem = geographic_range_problem(crs, bounds)
+    if problem:
+        # (PROJ fails deep inside on them, about a projection the caller never named.)
+        raise ProcessingError(f"{problem}: are they (lon, lat) in {crs.to_string()}?")
     target = metric_crs(crs, bounds) if metric is None else _as_crs(metric)
     if target == crs:
         return geoms, crs
@@ -398,7 +419,15 @@ def measure_buildings(
     if partial is not None and len(partial) != len(polygons):
         raise ValueError(f"{len(partial)} partial flags for {len(polygons)} polygons")
     crs = _as_crs(crs)
-    metric, mcrs = to_metric([shapely.make_valid(p) for p in polygons], crs, measure_crs)
+    # Only the polygons of a repaired outline have an area and a perimeter: a spike
+    # drawn out and back, repaired, is a line that would count in both.
+    areas = [polygonal(shapely.make_valid(p)) for p in polygons]
+    empty = [k + 1 for k, p in enumerate(areas) if p.is_empty]
+    if empty:
+        raise ValueError(f"polygon(s) {', '.join(map(str, empty[:5]))}"
+                         f"{' ...' if len(empty) > 5 else ''} of {len(areas)} enclose no "
+                         "area (empty, or only lines and points once repaired)")
+    metric, mcrs = to_metric(areas, crs, measure_crs)
     geodesics = _geodesic_areas(metric, mcrs)
     local = measured_where_true(metric, mcrs)
     out = []
@@ -545,7 +574,8 @@ def square_closing(geom: shapely.Geometry, half: float) -> shapely.Geometry:
 def polygonal(geom: shapely.Geometry) -> shapely.Geometry:
     """The polygons of ``geom`` (an overlay of outlines that share edges may also give
     lines and points where they graze; an area has none)."""
-    parts = [g for g in shapely.get_parts(geom)
+    # Twice: a collection's parts may be multipolygons (shapely.make_valid gives such).
+    parts = [g for g in shapely.get_parts(shapely.get_parts(geom))
              if isinstance(g, shapely.Polygon) and not g.is_empty]
     return shapely.union_all(parts) if parts else shapely.Polygon()
 

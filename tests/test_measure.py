@@ -368,3 +368,34 @@ def test_envelopes_fill_yards_straight_across_however_the_site_is_turned(
                                   origin=(X0, Y0))
     assert site.envelope_area_m2 == pytest.approx(10 * (20 + yard_m), rel=1e-6)
     assert shapely.symmetric_difference(site.envelope, bar).area < 1e-6
+
+
+def test_a_spike_drawn_out_and_back_adds_no_perimeter():
+    """Repaired, a polygon with a zero-width spike is a square and a line: the line
+    counted in the perimeter (460 m for 400) and in the upper bound of the area."""
+    spike = Polygon([(X0, Y0), (X0 + 100, Y0), (X0 + 100, Y0 + 100), (X0 + 50, Y0 + 100),
+                     (X0 + 50, Y0 + 160), (X0 + 50, Y0 + 100), (X0, Y0 + 100)])
+    square = box(X0, Y0, X0 + 100, Y0 + 100)
+    spiked, plain = measure_buildings([spike, square], UTM, pixel_size_m=1.0)
+    assert spiked.polygon.geom_type == "Polygon"
+    assert spiked.perimeter_m == pytest.approx(plain.perimeter_m) == pytest.approx(400.0)
+    assert (spiked.area_m2, spiked.area_m2_min, spiked.area_m2_max) == pytest.approx(
+        (plain.area_m2, plain.area_m2_min, plain.area_m2_max))
+
+
+def test_polygons_without_area_are_refused_by_number():
+    """An empty polygon was measured as 0 m², and grouping the result into sites then
+    failed inside GEOS."""
+    line_like = Polygon([(X0, Y0), (X0 + 10, Y0), (X0 + 20, Y0)])
+    with pytest.raises(ValueError, match=r"polygon\(s\) 2, 3 of 3 enclose no area"):
+        measure_buildings([box(X0, Y0, X0 + 10, Y0 + 10), Polygon(), line_like], UTM,
+                          pixel_size_m=1.0)
+
+
+def test_latitude_and_longitude_swapped_are_named_as_such():
+    """(lat, lon) given in EPSG:4326 failed inside PROJ, about a Lambert projection
+    the caller never asked for."""
+    from changedet.errors import ProcessingError
+
+    with pytest.raises(ProcessingError, match=r"out of range .*y 123 to 123\.001.*\(lon, lat\)"):
+        measure_buildings([box(39.0, 123.0, 39.001, 123.001)], "EPSG:4326", pixel_size_m=1.0)
