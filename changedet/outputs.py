@@ -710,19 +710,25 @@ def standing_records(buildings: Sequence[Any], crs: Any) -> list[dict]:
              "lon": float(p.x), "lat": float(p.y)} for b, p in zip(buildings, points)]
 
 
-def site_records(sites: Sequence[Any], claimed: bool) -> tuple[list[shapely.Geometry],
-                                                              list[dict]]:
+def site_records(sites: Sequence[Any], claim: Any | None) -> tuple[list[shapely.Geometry],
+                                                                  list[dict]]:
     """Envelopes and Contract properties of :class:`changedet.measure.Site` objects.
 
-    With ``claimed`` every site has a ``verdict`` (null for sites beyond the number
-    the claim speaks of), so that all features share one schema.
+    With a ``claim`` (:class:`changedet.measure.ClaimCheck`) every site has a
+    ``verdict``, the claim's (null for sites beyond the number it speaks of), so that
+    all features share one schema. The verdicts come from the claim, not from the
+    sites: :func:`changedet.measure.check_claim` run again on a result's sites (a
+    notebook's "what if") rewrites theirs, and the files must still agree with
+    ``summary.json``, which holds the claim.
     """
+    verdicts = {} if claim is None else {
+        v["site_id"]: v["verdict"] for v in claim.verdicts if v["site_id"] is not None}
     props = []
     for s in sites:
         row = s.to_properties()
         row.pop("verdict", None)
-        if claimed:
-            row["verdict"] = s.verdict
+        if claim is not None:
+            row["verdict"] = verdicts.get(s.site_id)
         props.append(row)
     return [s.envelope for s in sites], props
 
@@ -749,7 +755,7 @@ def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
 
     crs = result.crs
     b_geoms, b_props = building_records(result.buildings)
-    s_geoms, s_props = site_records(result.sites, claimed=result.claim is not None)
+    s_geoms, s_props = site_records(result.sites, result.claim)
     html = render_report(result)  # before any file is written: a failure changes nothing
     # summary.json's inputs: the scenes' records (with their paths) and the AOI's path.
     inputs = [v.get("path") if isinstance(v, dict) else v

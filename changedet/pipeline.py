@@ -902,7 +902,7 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
 
     grid = result.grid
     _, buildings = building_records(result.buildings)
-    _, sites = site_records(result.sites, claimed=result.claim is not None)
+    _, sites = site_records(result.sites, result.claim)
     totals = {
         "n_buildings": len(result.buildings),
         "n_sites": len(result.sites),

@@ -67,7 +67,7 @@ def test_geojson_same_bytes_twice() -> None:
 def test_gpkg_layers_crs_and_areas(tmp_path: Path) -> None:
     res = fake_result()
     geoms, props = outputs.building_records(res.buildings)
-    sgeoms, sprops = outputs.site_records(res.sites, claimed=False)
+    sgeoms, sprops = outputs.site_records(res.sites, None)
     path = write_gpkg(tmp_path / "x.gpkg", {"new_buildings": (geoms, props),
                                             "sites": (sgeoms, sprops)}, GRID.crs.to_wkt())
     assert [name for name, _ in pyogrio.list_layers(path)] == ["new_buildings", "sites"]
@@ -232,6 +232,27 @@ def test_write_outputs_contract(tmp_path: Path) -> None:
         ["larger than claimed", "consistent"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftovers
     _cog_layout_ok(out / "change.tif")
+
+
+def test_a_second_claim_check_in_a_notebook_leaves_the_files_agreeing(tmp_path: Path
+                                                                      ) -> None:
+    """check_claim sets the verdicts of the sites it is given: run again on a result's
+    sites ("what if the claim were one site of 20,000 m²?"), it made sites.geojson
+    say one thing and summary.json, which holds the result's claim, another."""
+    from changedet.measure import check_claim
+
+    res = fake_result(8000.0)
+    check_claim(res.sites, 20000.0, n_sites=1)
+    assert [s.verdict for s in res.sites] != ["larger than claimed", "consistent"]
+    write_outputs(res, tmp_path / "o")
+    sites = json.loads((tmp_path / "o" / "sites.geojson").read_text())
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    expected = ["larger than claimed", "consistent"]
+    assert [f["properties"]["verdict"] for f in sites["features"]] == expected
+    assert [v["verdict"] for v in summary["claim"]["verdicts"]] == expected
+    _, _, _, fields = pyogrio.raw.read(tmp_path / "o" / "new_buildings.gpkg", layer="sites",
+                                       columns=["verdict"])
+    assert list(fields[0]) == expected
 
 
 def test_no_verdict_property_without_claim(tmp_path: Path) -> None:
