@@ -333,7 +333,8 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray,
     Parameters
     ----------
     truth : (H, W) ndarray of bool or int
-        True buildings (a mask, split into 8-connected objects, or a label image).
+        True buildings: a mask (bool, or one non-zero value as 0/1 or 0/255), split
+        into 8-connected objects, or a label image.
     regions : (H, W) ndarray of int
         Candidate regions (``Evidence.regions``), 0 where no candidate.
     labels : (H, W) ndarray of int
@@ -353,10 +354,20 @@ def stage_losses(truth: np.ndarray, regions: np.ndarray, labels: np.ndarray,
         Given ``quiet``, also ``quiet``: the fraction that is no candidate and quiet
         (part of ``not_candidate``).
     """
-    if truth.dtype == bool:
-        truth_labels, n = ndimage.label(truth, np.ones((3, 3), bool))
+    truth, regions, labels = (np.asarray(a) for a in (truth, regions, labels))
+    named = {"truth": truth, "regions": regions, "labels": labels}
+    if quiet is not None:
+        named["quiet"] = quiet = np.asarray(quiet, dtype=bool)
+    for name, array in named.items():
+        if array.ndim != 2 or array.shape != truth.shape:
+            raise ValueError(f"{name} has shape {array.shape}; every array must be 2-D "
+                             f"and of the truth's shape {truth.shape}")
+    values = truth[truth > 0]
+    if truth.dtype == bool or values.size == 0 or values.min() == values.max():
+        # A mask, however stored (truth_mask.tif reads as 0/1 uint8), as evaluate reads one.
+        truth_labels, n = ndimage.label(truth > 0, np.ones((3, 3), bool))
     else:
-        truth_labels, n = truth, int(truth.max())
+        truth_labels, n = truth.astype(np.int64), int(truth.max())
     inside = truth_labels > 0
     found = labels > 0
     area = np.bincount(truth_labels.ravel(), minlength=n + 1).astype(float)

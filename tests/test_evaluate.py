@@ -208,6 +208,25 @@ def test_stage_losses_split_each_building_by_stage() -> None:
                       "kept": 0.5, "overgrowth": 0.25}
 
 
+def test_stage_losses_read_a_stored_mask_as_a_mask_and_check_shapes() -> None:
+    """truth_mask.tif reads as 0/1 uint8: taken for a label image, its buildings were
+    one; and arrays of other shapes failed in numpy's broadcasting."""
+    from changedet.evaluate import stage_losses
+
+    truth = np.zeros((100, 120), bool)
+    truth[10:30, 10:40] = True
+    truth[50:60, 50:60] = True
+    found = np.where(truth & (np.arange(120) < 45), 1, 0).astype(np.int32)
+    as_bool = stage_losses(truth, found, found)
+    assert [(d["area_px"], d["kept"]) for d in as_bool] == [(600.0, 1.0), (100.0, 0.0)]
+    for stored in (truth.astype(np.uint8), truth.astype(np.uint8) * 255):
+        assert stage_losses(stored, found, found) == as_bool
+    with pytest.raises(ValueError, match=r"labels has shape \(50, 120\).*\(100, 120\)"):
+        stage_losses(truth, found, found[:50])
+    with pytest.raises(ValueError, match="quiet has shape"):
+        stage_losses(truth, found, found, quiet=np.zeros((3, 3), bool))
+
+
 def test_pooled_stage_losses_weigh_by_area() -> None:
     from changedet.evaluate import pooled_stage_losses
 
