@@ -238,6 +238,9 @@ class DetectOptions:
         _check_number("window_px", self.window_px, *WINDOW_PX_RANGE, integer=True)
         _check_number("workers", self.workers, *WORKERS_RANGE, integer=True)
         _check_number("nir_band", self.nir_band, 1, None, integer=True)
+        if self.bands is not None and not isinstance(self.bands, (tuple, str, bytes)):
+            # A list or an integer array (of a notebook) reads as the tuple it holds.
+            self.bands = tuple(np.asarray(self.bands).ravel().tolist())
         for b in self.bands or ():
             _check_number("bands", b, 1, None, integer=True)
         if self.bands:

@@ -211,6 +211,27 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     return bands
 
 
+def band_numbers(bands: Sequence[int] | np.ndarray | None) -> tuple[int, ...] | None:
+    """``bands`` as a tuple of distinct band numbers (None, or empty: the default
+    bands); a list, tuple or integer array are all fine. (Whether the file has those
+    bands is the reader's to say.)
+
+    Raises
+    ------
+    ValueError
+        A value that is not a whole number, or a band given twice.
+    """
+    if bands is None:
+        return None
+    values = [bands] if isinstance(bands, (str, bytes)) else np.asarray(bands).ravel().tolist()
+    for b in values:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not float(b).is_integer():
+            raise ValueError(f"bands must be whole band numbers (1-based), got {bands!r}")
+    numbers = tuple(int(b) for b in values)
+    check_distinct_bands(numbers)
+    return numbers or None
+
+
 def check_distinct_bands(bands: Sequence[int]) -> None:
     """Raise ValueError when a band is named twice (``1,1,1`` reads one band as
     three colours: a grey image whose every colour edge and chromaticity is zero)."""
@@ -428,6 +449,8 @@ def read_scene(
     """
     path = os.fspath(path)
     check_path(path)
+    # Before the file is opened: a wrong argument is no fault of the file's.
+    bands = band_numbers(bands)
     try:
         data, masks, grid, chosen, nir_index, tags = _read_bands(path, bands, nir_band, warn)
     except InputError:
@@ -549,6 +572,7 @@ def read_header(
     """
     path = os.fspath(path)
     check_path(path)
+    bands = band_numbers(bands)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)

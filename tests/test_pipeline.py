@@ -436,3 +436,11 @@ def test_a_small_overlap_is_not_rounded_to_none(fraction: float, shown: str) -> 
         _warn_partial_overlap("b.tif", "a.tif", fraction)
     assert warned == [f"a.tif covers only {shown} of b.tif: buildings outside the overlap "
                       "cannot be found, and a claimed site there is reported as not found"]
+
+
+def test_detect_options_take_an_array_of_bands() -> None:
+    from changedet.pipeline import DetectOptions
+
+    assert DetectOptions(bands=np.array([3, 2, 1])).bands == (3, 2, 1)
+    with pytest.raises(ValueError, match="given more than once"):
+        DetectOptions(bands=np.array([1, 1, 2]))

@@ -177,6 +177,25 @@ def test_refuses_all_nodata(geotiff):
         read_scene(path)
 
 
+def test_bands_may_be_any_sequence_of_whole_numbers(geotiff, textured_image):
+    """An integer array (a notebook's) was handed to the reader and its ambiguous
+    truth value reported as the file being corrupt."""
+    path = geotiff("a.tif", textured_image(bands=3))
+    as_tuple = read_scene(path, bands=(3, 2, 1))
+    for bands in (np.array([3, 2, 1]), [3, 2, 1], np.array([[3, 2, 1]], np.int16)):
+        scene = read_scene(path, bands=bands)
+        assert scene.bands == (3, 2, 1)
+        np.testing.assert_array_equal(scene.image, as_tuple.image)
+        assert read_header(path, bands=bands).bands == (3, 2, 1)
+    for bad, message in ((np.array([1.5, 2.0]), "whole band numbers"),
+                         ("1,2,3", "whole band numbers"),
+                         ([1, 1, 2], "band 1 is given more than once")):
+        with pytest.raises(ValueError, match=message):
+            read_scene(path, bands=bad)
+        with pytest.raises(ValueError, match=message):
+            read_header(path, bands=bad)
+
+
 def test_band_out_of_range(geotiff, textured_image):
     path = geotiff("a.tif", textured_image(bands=3))
     with pytest.raises(InputError, match="band 5"):
