@@ -171,8 +171,8 @@ class DetectOptions:
     site_gap_m : float or None
         Buildings closer than this belong to one site; default derived from the
         pixel size and the buildings found.
-    aoi : str or None
-        Vector file of the area of interest.
+    aoi : str, path-like or None
+        Vector file of the area of interest (any CRS it declares).
     claim_m2, claim_tolerance, claim_sites, claim_basis
         The claim to check (see :func:`changedet.measure.check_claim`).
     window_px : int or None
@@ -226,6 +226,10 @@ class DetectOptions:
             raise ValueError(f"unknown detector {self.detector!r}; use one of {DETECTORS}")
         if self.coreg not in METHODS:
             raise ValueError(f"unknown co-registration {self.coreg!r}; use one of {METHODS}")
+        if self.aoi is not None and not isinstance(self.aoi, (str, os.PathLike)):
+            # (A shapely geometry has no CRS to place it by: it failed minutes later.)
+            raise ValueError(f"aoi must be the path of a vector file (with its CRS), got "
+                             f"{type(self.aoi).__name__}")
         if self.claim_basis not in CLAIM_BASES:
             raise ValueError(f"unknown claim basis {self.claim_basis!r}; "
                              f"use one of {CLAIM_BASES}")

@@ -284,6 +284,10 @@ def polygons_from_labels(
     if labels.shape != grid.shape:
         raise ValueError(f"labels of shape {labels.shape} are not on the grid of shape "
                          f"{grid.shape}")
+    t = grid.transform
+    if not (np.all(np.isfinite(tuple(t)[:6])) and t.determinant != 0):
+        # (A zero pixel gave no polygon at all, a NaN one an error from GEOS.)
+        raise ValueError(f"the grid's transform has no area per pixel or is not finite: {t!r}")
     if labels.dtype == bool:
         labels = labels.astype(np.int32)
     if not np.issubdtype(labels.dtype, np.integer):

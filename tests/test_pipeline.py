@@ -444,3 +444,15 @@ def test_detect_options_take_an_array_of_bands() -> None:
     assert DetectOptions(bands=np.array([3, 2, 1])).bands == (3, 2, 1)
     with pytest.raises(ValueError, match="given more than once"):
         DetectOptions(bands=np.array([1, 1, 2]))
+
+
+def test_an_aoi_given_as_a_geometry_is_refused_at_once(tmp_path) -> None:
+    """A shapely AOI has no CRS to place it by; it was accepted here and failed
+    minutes later inside the run with a TypeError."""
+    import shapely
+
+    from changedet.pipeline import DetectOptions
+
+    with pytest.raises(ValueError, match="aoi must be the path of a vector file"):
+        DetectOptions(aoi=shapely.box(0, 0, 1, 1))
+    assert DetectOptions(aoi=tmp_path / "aoi.geojson").aoi == tmp_path / "aoi.geojson"

@@ -166,3 +166,19 @@ def test_labels_off_the_grid_are_refused() -> None:
     labels[5:10, 5:10] = 1
     with pytest.raises(ValueError, match="not on the grid"):
         polygons_from_labels(labels, grid)
+
+
+@pytest.mark.parametrize("pixel", [0.0, float("nan")])
+def test_a_grid_without_area_per_pixel_is_refused(pixel: float) -> None:
+    """A zero pixel size gave no polygon and a NaN one a GEOS error."""
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from changedet.raster import Grid
+    from changedet.vectorize import polygons_from_labels
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[5:15, 5:15] = 1
+    grid = Grid(CRS.from_epsg(32651), Affine(pixel, 0, 500000.0, 0, -1.0, 4300000.0), 20, 20)
+    with pytest.raises(ValueError, match="no area per pixel or is not finite"):
+        polygons_from_labels(labels, grid)
