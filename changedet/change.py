@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -188,6 +189,15 @@ class SceneStatistics:
             self.sampled_from[name] = values.size
         return value
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The reducers may be closures, which pickle cannot carry; without them the
+        # statistics keep their values and samples, and only pooling needs them (a
+        # first pass pools its chips before anything is pickled). A result pickled
+        # by a notebook (joblib's cache, a process pool) then carries its evidence.
+        state = dict(self.__dict__)
+        state["_reducers"] = {}
+        return state
+
     @classmethod
     def pooled(cls, parts: Sequence["SceneStatistics"]) -> "SceneStatistics":
         """Statistics of the union of the chips measured by ``parts`` (collected)."""
@@ -195,6 +205,9 @@ class SceneStatistics:
             # One chip (a small grid, read whole): its values, measured on every
             # pixel, as a whole-scene run measures them, not on the subsample kept.
             return cls(dict(parts[0].values))
+        if any(p.samples for p in parts) and not parts[0]._reducers:
+            raise ValueError("statistics that went through pickle cannot be pooled: "
+                             "pool them before (their reducers stay behind)")
         out = cls()
         for name, reduce in parts[0]._reducers.items():
             held = [p for p in parts if p.samples and name in p.samples]

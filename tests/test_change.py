@@ -1091,3 +1091,23 @@ def test_scene_statistics_of_one_chip_or_of_chips_without_data_are_left_to_the_a
     sparse[795:805, 795:805] = True  # 100 valid pixels, 25 in each of the four chips
     few = scene(1600, sparse)
     assert scene_statistics(few, few, DetectionParams()) is None
+
+
+def test_pickled_statistics_keep_their_values_and_refuse_to_be_pooled() -> None:
+    import pickle
+
+    rng = np.random.default_rng(0)
+    parts = []
+    for _ in range(2):
+        stats = SceneStatistics(collect=True)
+        data = rng.normal(size=1000)
+        # A closure, as the evidence's reducers are: pickle cannot carry it.
+        stats.get("level", lambda: data, lambda v, k=len(parts): float(np.median(v)) + k)
+        parts.append(stats)
+    again = pickle.loads(pickle.dumps(parts[0]))
+    assert again.values == parts[0].values
+    np.testing.assert_array_equal(again.samples["level"], parts[0].samples["level"])
+    assert SceneStatistics.pooled(parts).values["level"] == pytest.approx(
+        float(np.median(np.concatenate([p.samples["level"] for p in parts]))), abs=0.2)
+    with pytest.raises(ValueError, match="went through pickle cannot be pooled"):
+        SceneStatistics.pooled([again, pickle.loads(pickle.dumps(parts[1]))])

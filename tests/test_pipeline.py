@@ -456,3 +456,17 @@ def test_an_aoi_given_as_a_geometry_is_refused_at_once(tmp_path) -> None:
     with pytest.raises(ValueError, match="aoi must be the path of a vector file"):
         DetectOptions(aoi=shapely.box(0, 0, 1, 1))
     assert DetectOptions(aoi=tmp_path / "aoi.geojson").aoi == tmp_path / "aoi.geojson"
+
+
+def test_a_whole_scene_result_pickles_with_its_evidence(pair: dict[str, Path]) -> None:
+    """A notebook caches results (joblib) or sends them between processes: the
+    evidence's statistics held closures, which pickle cannot carry."""
+    import pickle
+
+    result = changedet.detect(pair["before"], pair["after"])
+    assert result.evidence is not None  # a whole-scene run (else this proves nothing)
+    again = pickle.loads(pickle.dumps(result))
+    assert [b.area_m2 for b in again.buildings] == [b.area_m2 for b in result.buildings]
+    assert again.summary == result.summary
+    assert again.evidence.statistics.values == result.evidence.statistics.values
+    np.testing.assert_array_equal(again.labels, result.labels)
