@@ -1083,8 +1083,8 @@ def check_same_bands(before: Scene, after: Scene) -> None:
     """Raise InputError when the two scenes use different numbers of bands."""
     if before.image.shape[0] != after.image.shape[0]:
         raise InputError(
-            after.path,
-            f"uses {after.image.shape[0]} band(s) but {before.path} uses "
+            after.path or "after",  # (a hand-built Scene may have no path)
+            f"uses {after.image.shape[0]} band(s) but {before.path or 'before'} uses "
             f"{before.image.shape[0]}; choose matching bands with --bands",
         )
 
@@ -1134,6 +1134,11 @@ def align_pair(before: Scene, after: Scene) -> AlignedPair:
     check_scene(before, "before")
     check_scene(after, "after")
     check_same_bands(before, after)
+    for name, scene in (("before", before), ("after", after)):
+        if not scene.valid.any():
+            # (Read from a file this cannot happen: read_scene refuses such a file.)
+            raise ProcessingError(f"{scene.path or name} has no valid pixel (its valid "
+                                  "mask is all False)")
     grid = analysis_grid(before.grid)
     # A much finer after scene is averaged over blocks first, as windows read it.
     after = coarsened_for(after, grid)

@@ -402,6 +402,23 @@ def test_no_overlap_and_small_overlap(geotiff, textured_image):
         align_pair(before, small)
 
 
+def test_a_scene_without_valid_pixels_is_named_as_such(geotiff, textured_image):
+    """A hand-built Scene whose mask is all False was reported as not overlapping the
+    other date, which sent the user to the georeferencing."""
+    from dataclasses import replace
+
+    before = read_scene(geotiff("b.tif", textured_image(200, 200)))
+    after = read_scene(geotiff("a.tif", textured_image(200, 200)))
+    blank = replace(after, valid=np.zeros_like(after.valid))
+    with pytest.raises(ProcessingError, match=r"a\.tif has no valid pixel"):
+        align_pair(before, blank)
+    with pytest.raises(ProcessingError, match="^after has no valid pixel"):
+        align_pair(before, replace(blank, path=""))
+    one_band = replace(after, image=after.image[:1], bands=(1,), path="")
+    with pytest.raises(InputError, match="^after: uses 1 band"):
+        align_pair(before, one_band)
+
+
 def test_band_count_mismatch(geotiff, textured_image):
     before = read_scene(geotiff("b.tif", textured_image(bands=1)))
     after = read_scene(geotiff("a.tif", textured_image(bands=3)))
