@@ -692,7 +692,8 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
                   stage: _StageClock) -> DetectionResult:
     """The scene in windows with a halo, from the statistics of a first pass."""
     from .raster import check_same_bands
-    from .windowed import QUICKLOOK_PX, DaskRunner, data_island, survey_strips, thread_runner
+    from .windowed import (QUICKLOOK_PX, VALID_CROP_PAD_PX, DaskRunner, data_island,
+                           survey_strips, thread_runner)
 
     check_same_bands(header_b, header_a)
     stage("aligning")
@@ -709,11 +710,16 @@ def _run_windowed(header_b: Scene, header_a: Scene, full_grid: Grid, opts: Detec
             survey: StripSurvey | None = survey_strips(header_b, header_a, grid,
                                                        resample_before, opts.local_threads())
             overlap = None
-            if survey.sparse:
+            if survey.sparse or survey.both_valid_px < survey.strip_px:
                 # Scanned over the before scene's whole grid: the share of it the after
                 # scene covers comes out exact, where the strips would miss the island.
+                # Where the strips only meet nodata (a collar), the crop is the whole-
+                # scene path's own, so that both place their chips alike: with the
+                # collar kept, a 2400 px pair's chips fell elsewhere, and a residence
+                # came out 5 % apart.
                 island = data_island(header_b, header_a, full_grid, resample_before,
-                                     opts.local_threads())
+                                     opts.local_threads(),
+                                     pad=VALID_CROP_PAD_PX if survey.sparse else 0)
                 if island.before_valid_px:
                     overlap = island.both_valid_px / island.before_valid_px
                 if island.box is not None:

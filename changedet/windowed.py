@@ -640,13 +640,16 @@ class DataIsland:
 
 
 def data_island(before: Scene, after: Scene, grid: Grid, resample_before: bool,
-                workers: int = 1) -> DataIsland:
+                workers: int = 1, pad: int = VALID_CROP_PAD_PX) -> DataIsland:
     """Scan ``grid`` chip by chip for where both scenes hold data.
 
     For a grid whose strips are sparse (:attr:`StripSurvey.sparse`): a scene clipped
     to a polygon but kept at its full extent, where the central co-registration chip
     and the sample chips of the first pass would fall on nodata, and where the strips
-    would misjudge how much of the before scene the after scene covers.
+    would misjudge how much of the before scene the after scene covers. With
+    ``pad=0``, for a grid whose strips meet nodata: the box is then exactly the one
+    the whole-scene path crops to (:func:`changedet.raster.align_pair`), so that both
+    place their chips alike.
     """
     def scan(chip: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int] | None,
                                                        int, int]:
@@ -666,7 +669,6 @@ def data_island(before: Scene, after: Scene, grid: Grid, resample_before: bool,
     both_px = sum(n for _, _, n in found)
     if not boxes:
         return DataIsland(None, before_px, both_px)
-    pad = VALID_CROP_PAD_PX
     box = (max(0, min(b[0] for b in boxes) - pad), max(0, min(b[1] for b in boxes) - pad),
            min(grid.height, max(b[2] for b in boxes) + pad),
            min(grid.width, max(b[3] for b in boxes) + pad))
