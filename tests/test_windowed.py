@@ -1080,3 +1080,24 @@ def test_first_pass_fits_without_structure_when_a_correction_left_too_much(
     assert first.fit.changed_share is None
     np.testing.assert_array_equal(first.fit.knots_after, whole.knots_after)
     np.testing.assert_array_equal(first.fit.knots_before, whole.knots_before)
+
+
+def test_both_paths_report_the_same_overlap_and_coverage_warning(tmp_path: Path) -> None:
+    """Windowed runs counted the overlap after co-registration, whose shifted edge is
+    nodata: the fixture read 0.9958 against 1.0 whole, and an after scene of two
+    thirds of the before scene was warned of as covering 66 % against 67 %."""
+    from .conftest import write_geotiff
+
+    with rasterio.open(FIXTURE / "after.tif") as src:
+        data, transform, crs = src.read(), src.transform, src.crs.to_string()
+    cropped = write_geotiff(tmp_path / "after_800.tif", data[:, :, :800], crs, transform)
+    for after, share in ((FIXTURE / "after.tif", 1.0), (cropped, 2 / 3)):
+        runs = [run_detection(FIXTURE / "before.tif", after, DetectOptions(window_px=px))
+                for px in (None, 600)]
+        whole, windowed = (r.summary for r in runs)
+        assert windowed["parameters"]["windows"]["n"] > 1
+        assert whole["overlap_fraction"] == pytest.approx(share, abs=5e-3)
+        assert windowed["overlap_fraction"] == pytest.approx(whole["overlap_fraction"],
+                                                             abs=1e-3)
+        assert [w for w in windowed["warnings"] if "covers only" in w] == \
+            [w for w in whole["warnings"] if "covers only" in w]
