@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -366,9 +366,14 @@ class DetectionParams:
             number = float("nan") if value is None else float(value)
             if not (math.isfinite(number) and low <= number <= high) or \
                     (name == "ground_pixel_m" and number == 0.0):
-                bounds = ("" if math.isinf(low) else f" above {low:g}"
-                          if name == "ground_pixel_m" else f" of {low:g} or more"
-                          if math.isinf(high) else f" from {low:g} to {high:g}")
+                if name == "ground_pixel_m":
+                    bounds = f" above {low:g}"
+                elif math.isinf(low):
+                    bounds = ""
+                elif math.isinf(high):
+                    bounds = f" of {low:g} or more"
+                else:
+                    bounds = f" from {low:g} to {high:g}"
                 raise ValueError(f"DetectionParams.{name} must be a finite number{bounds}, "
                                  f"got {value!r}")
 

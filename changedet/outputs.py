@@ -31,6 +31,7 @@ from rasterio.io import MemoryFile
 
 from ._log import logger
 from .errors import OutputError
+from .measure import polygonal
 from .raster import Grid
 
 if TYPE_CHECKING:
@@ -164,9 +165,7 @@ def split_at_antimeridian(geom: shapely.Geometry) -> shapely.Geometry:
         for ring in poly.interiors:
             region = shapely.difference(region, _ring_on_the_globe(ring))
         regions.append(region)
-    polygons = [p for p in shapely.get_parts(shapely.union_all(regions))
-                if isinstance(p, shapely.Polygon) and not p.is_empty]
-    return polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
+    return polygonal(shapely.union_all(regions))
 
 
 def geojson_text(geometries: Sequence[shapely.Geometry], properties: Properties,

@@ -242,15 +242,14 @@ class DetectOptions:
         _check_number("window_px", self.window_px, *WINDOW_PX_RANGE, integer=True)
         _check_number("workers", self.workers, *WORKERS_RANGE, integer=True)
         _check_number("nir_band", self.nir_band, 1, None, integer=True)
-        if self.bands is not None and not isinstance(self.bands, (tuple, str, bytes)):
-            # A list or an integer array (of a notebook) reads as the tuple it holds.
-            self.bands = tuple(np.asarray(self.bands).ravel().tolist())
+        if self.bands is not None and not isinstance(self.bands, (str, bytes)):
+            from .raster import band_numbers
+
+            # A list or an integer array (of a notebook) reads as the tuple it holds,
+            # each band once.
+            self.bands = band_numbers(self.bands)
         for b in self.bands or ():
             _check_number("bands", b, 1, None, integer=True)
-        if self.bands:
-            from .raster import check_distinct_bands
-
-            check_distinct_bands(self.bands)
         if self.claim_sites is not None and self.claim_m2 is None:
             raise ValueError("claim_sites needs claim_m2: the number of sites is part of "
                              "a claim of their area")
