@@ -493,7 +493,8 @@ def _checked_outdir(outdir: str | os.PathLike[str], overwrite: bool,
             raise OutputError(f"{outdir}: folder cannot be read ({exc.strerror or exc})"
                               ) from exc
         if not overwrite and non_empty:
-            raise OutputError(f"{outdir}: folder is not empty; use --overwrite to replace it")
+            raise OutputError(f"{outdir}: folder is not empty; use --overwrite "
+                              "(overwrite=True in Python) to replace it")
         final_stat = final.stat()
         for path in inputs:
             if path is None:
@@ -509,7 +510,7 @@ def _checked_outdir(outdir: str | os.PathLike[str], overwrite: bool,
                                          or _same_folder_on_the_way(source, final_stat)))
                     or (wrapped and f"{final}{os.sep}" in text)):
                 raise OutputError(f"{outdir}: holds the input {path}, which --overwrite "
-                                  "would delete; write to another folder")
+                                  "(overwrite=True) would delete; write to another folder")
         # An existing folder is filled in place: one that refuses writing
         # (read-only or immutable) would fail only after the whole run.
         if not os.access(final, os.W_OK | os.X_OK):
@@ -591,7 +592,8 @@ def _fill_in_place(tmp: Path, final: Path, overwrite: bool) -> None:
         ours = {tmp} | {part for part, _ in staged}
         old = [path for path in final.iterdir() if path not in ours]
         if old and not overwrite:
-            raise OutputError(f"{final}: folder is not empty; use --overwrite to replace it")
+            raise OutputError(f"{final}: folder is not empty; use --overwrite "
+                              "(overwrite=True in Python) to replace it")
         if old:
             aside = final / f"{_hidden_prefix(final, 'old')}{secrets.token_hex(6)}"
             aside.mkdir()

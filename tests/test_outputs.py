@@ -265,7 +265,8 @@ def test_refuses_non_empty_folder_without_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not empty"):
+    # The message names the way out in both callers' terms.
+    with pytest.raises(OutputError, match=r"not empty; use --overwrite \(overwrite=True"):
         write_outputs(fake_result(), out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     write_outputs(fake_result(), out, overwrite=True)
