@@ -701,6 +701,14 @@ class ClaimCheck:
                 return "not consistent"
         return CONSISTENT
 
+    def site_verdicts(self) -> dict[int, str]:
+        """Verdict of each claimed site found, by ``site_id``.
+
+        The claim's own record: :func:`check_claim` run again on the same sites
+        rewrites their ``verdict`` attributes, not this.
+        """
+        return {v["site_id"]: v["verdict"] for v in self.verdicts if v["site_id"] is not None}
+
     def to_dict(self) -> dict[str, Any]:
         return {"claim_m2": self.claim_m2, "tolerance": self.tolerance,
                 "n_sites": self.n_sites, "basis": self.basis, "overall": self.overall,
@@ -714,6 +722,11 @@ def compare_intervals(measured: tuple[float, float], claimed: tuple[float, float
     if measured[0] > claimed[1]:
         return LARGER
     return CONSISTENT
+
+
+def site_of_buildings(sites: Sequence[Site]) -> dict[int, int]:
+    """``site_id`` of each building listed by ``sites``, by building ``id``."""
+    return {i: s.site_id for s in sites for i in s.building_ids}
 
 
 def check_claim(

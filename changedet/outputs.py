@@ -31,7 +31,7 @@ from rasterio.io import MemoryFile
 
 from ._log import logger
 from .errors import OutputError
-from .measure import polygonal
+from .measure import polygonal, site_of_buildings
 from .raster import Grid
 
 if TYPE_CHECKING:
@@ -693,9 +693,22 @@ def atomic_folder(outdir: str | os.PathLike[str], overwrite: bool = False,
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def building_records(buildings: Sequence[Any]) -> tuple[list[shapely.Geometry], list[dict]]:
-    """Geometries and Contract properties of :class:`changedet.measure.Building` objects."""
-    return [b.polygon for b in buildings], [b.to_properties() for b in buildings]
+def building_records(buildings: Sequence[Any], sites: Sequence[Any] | None = None
+                     ) -> tuple[list[shapely.Geometry], list[dict]]:
+    """Geometries and Contract properties of :class:`changedet.measure.Building` objects.
+
+    With ``sites`` (:class:`changedet.measure.Site`), each building's ``site_id`` is
+    that of the site listing it (None if none does), not the building's attribute:
+    :func:`changedet.measure.group_sites` run again on a result's buildings (a
+    notebook's "what if") renumbers theirs, and the files must still agree with the
+    result's sites.
+    """
+    props = [b.to_properties() for b in buildings]
+    if sites is not None:
+        site_of = site_of_buildings(sites)
+        for b, row in zip(buildings, props):
+            row["site_id"] = site_of.get(b.id)
+    return [b.polygon for b in buildings], props
 
 
 def standing_records(buildings: Sequence[Any], crs: Any) -> list[dict]:
@@ -722,8 +735,7 @@ def site_records(sites: Sequence[Any], claim: Any | None) -> tuple[list[shapely.
     notebook's "what if") rewrites theirs, and the files must still agree with
     ``summary.json``, which holds the claim.
     """
-    verdicts = {} if claim is None else {
-        v["site_id"]: v["verdict"] for v in claim.verdicts if v["site_id"] is not None}
+    verdicts = {} if claim is None else claim.site_verdicts()
     props = []
     for s in sites:
         row = s.to_properties()
@@ -755,7 +767,7 @@ def write_outputs(result: DetectionResult, outdir: str | os.PathLike[str],
     from .report import render_report
 
     crs = result.crs
-    b_geoms, b_props = building_records(result.buildings)
+    b_geoms, b_props = building_records(result.buildings, result.sites)
     s_geoms, s_props = site_records(result.sites, result.claim)
     html = render_report(result)  # before any file is written: a failure changes nothing
     # summary.json's inputs: the scenes' records (with their paths) and the AOI's path.

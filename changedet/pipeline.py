@@ -917,7 +917,7 @@ def build_summary(result: DetectionResult, inputs: dict[str, Any], parameters: d
     from .outputs import building_records, site_records, standing_records
 
     grid = result.grid
-    _, buildings = building_records(result.buildings)
+    _, buildings = building_records(result.buildings, result.sites)
     _, sites = site_records(result.sites, result.claim)
     totals = {
         "n_buildings": len(result.buildings),

@@ -23,6 +23,7 @@ from PIL import Image
 
 from . import __version__
 from ._log import percent_text
+from .measure import site_of_buildings
 from .raster import Grid
 
 if TYPE_CHECKING:
@@ -78,16 +79,18 @@ def verdict_rows(sites: Sequence[Any], claim: Any | None = None) -> list[Verdict
     Parameters
     ----------
     sites : sequence of changedet.measure.Site
-        With ``verdict`` set by ``check_claim`` when a claim was checked.
     claim : changedet.measure.ClaimCheck, optional
-        Gives the basis (footprint or envelope) and the ``not found`` rows.
+        Gives the basis (footprint or envelope), each site's verdict (its own
+        record, not the sites' ``verdict``, which a later ``check_claim`` rewrites)
+        and the ``not found`` rows.
     """
     basis = getattr(claim, "basis", "footprint") if claim is not None else "footprint"
+    verdicts = claim.site_verdicts() if claim is not None else {}
     rows = []
     for site in sites:
         area, lo, hi = _site_area(site, basis)
         rows.append(VerdictRow(str(site.site_id), int(site.n_buildings), area, lo, hi,
-                               site.verdict if claim is not None else None))
+                               verdicts.get(site.site_id)))
     if claim is not None:
         missing = sum(1 for v in claim.verdicts if v["site_id"] is None)
         rows += [VerdictRow("-", None, None, None, None, "not found")] * missing
@@ -298,7 +301,9 @@ def _overlay_svg(result: DetectionResult) -> str:
         envelopes = reproject_geoms(envelopes, result.crs, grid.crs)
     w, h = grid.width, grid.height
     font = max(w, h) / 30  # about 12 px on screen in a third of the page
-    colour = {s.site_id: VERDICT_COLOURS.get(s.verdict or "", "#ffd33d") for s in result.sites}
+    verdicts = result.claim.site_verdicts() if result.claim is not None else {}
+    colour = {s.site_id: VERDICT_COLOURS.get(verdicts.get(s.site_id) or "", "#ffd33d")
+              for s in result.sites}
     items = ['<g id="outlines">']
     for site, envelope in zip(result.sites, envelopes):
         items.append(f'<path d="{_svg_path(envelope, grid)}" class="site" '
@@ -496,7 +501,8 @@ def render_report(result: DetectionResult) -> str:
                  f'co-registration residual.</p>')
 
     parts.append("<h2>Buildings</h2>")
-    b_rows = [[_e(int(b.id)), _e("-" if b.site_id is None else int(b.site_id)),
+    site_of = site_of_buildings(result.sites)
+    b_rows = [[_e(int(b.id)), _e(site_of.get(b.id, "-")),
                _e(f"{float(b.area_m2):,.0f} ± {(float(b.area_m2_max) - float(b.area_m2_min)) / 2:,.0f}"),
                _e(f"{float(b.area_m2_min):,.0f} – {float(b.area_m2_max):,.0f}"),
                _e(f"{float(b.perimeter_m):,.1f}"), _e(f"{float(b.geodesic_area_m2):,.0f}"),

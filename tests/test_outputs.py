@@ -255,6 +255,29 @@ def test_a_second_claim_check_in_a_notebook_leaves_the_files_agreeing(tmp_path: 
     assert list(fields[0]) == expected
 
 
+def test_sites_grouped_again_in_a_notebook_leave_the_files_agreeing(tmp_path: Path
+                                                                    ) -> None:
+    """group_sites numbers the buildings it is given: run again on a result's
+    buildings with another gap, it made new_buildings.geojson put every building in
+    site 1 while sites.geojson and summary.json listed the result's two sites."""
+    from changedet.measure import group_sites
+
+    res = fake_result()
+    group_sites(res.buildings, 5000.0, pixel_size_m=0.5)
+    assert {b.site_id for b in res.buildings} == {1}
+    write_outputs(res, tmp_path / "o")
+    expected = {i: s.site_id for s in res.sites for i in s.building_ids}
+    assert set(expected.values()) == {1, 2}
+    buildings = json.loads((tmp_path / "o" / "new_buildings.geojson").read_text())
+    assert {f["properties"]["id"]: f["properties"]["site_id"]
+            for f in buildings["features"]} == expected
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert {b["id"]: b["site_id"] for b in summary["buildings"]} == expected
+    _, _, _, fields = pyogrio.raw.read(tmp_path / "o" / "new_buildings.gpkg",
+                                       layer="new_buildings", columns=["id", "site_id"])
+    assert dict(zip(fields[0].tolist(), fields[1].tolist())) == expected
+
+
 def test_no_verdict_property_without_claim(tmp_path: Path) -> None:
     write_outputs(fake_result(), tmp_path / "o")
     sites = json.loads((tmp_path / "o" / "sites.geojson").read_text())

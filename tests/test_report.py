@@ -126,6 +126,23 @@ def test_table_text_and_rows() -> None:
     assert "Envelope m²" in format_table(envelope.sites, envelope.claim)
 
 
+def test_table_takes_the_verdicts_of_the_claim_it_is_given() -> None:
+    """check_claim rewrites the sites' verdicts: a table of an earlier claim printed
+    that claim's header over the later claim's verdicts."""
+    from changedet.measure import check_claim
+
+    res = fake_result(8000.0)
+    first = res.claim
+    check_claim(res.sites, 20000.0, n_sites=2)
+    lines = format_table(res.sites, first).splitlines()
+    assert lines[0].startswith("Claim: 2 sites of 8,000 m² each")
+    assert lines[3].endswith("larger than claimed") and lines[4].endswith("consistent")
+    assert lines[-1].startswith("Not consistent with the claim")
+    assert [r.verdict for r in verdict_rows(res.sites, first)] == [
+        "larger than claimed", "consistent"]
+    assert "smaller than claimed" not in render_report(res)
+
+
 def test_unclaimed_sites_in_table() -> None:
     res = fake_result(12375.0, n_sites=1)
     lines = format_table(res.sites, res.claim).splitlines()
