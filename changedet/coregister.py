@@ -872,8 +872,14 @@ def coregister(pair: AlignedPair, method: str = "global") -> tuple[AlignedPair, 
     Returns
     -------
     (AlignedPair, Registration)
-        The registered pair (both ``valid`` masks set to the common valid mask) and
-        the registration report.
+        The registered pair (both ``valid`` masks set to the common valid mask, its
+        ``correction`` the one applied) and the registration report.
+
+    Notes
+    -----
+    A pair registered already (trying "local" after "global") is registered further:
+    the report gives what was left to correct, and the after scene is resampled from
+    its source once, with the correction applied before composed with the new one.
     """
     if method not in METHODS:
         raise ValueError(f"unknown co-registration method {method!r}; use one of {METHODS}")
@@ -899,7 +905,11 @@ def coregister(pair: AlignedPair, method: str = "global") -> tuple[AlignedPair, 
     reg = register_on_chips(read, pair.grid.shape, method)
     if not reg.applied:
         return pair, reg
-    after = warp_scene(pair.after_source, pair.grid, reg.correction)
+    # Measured on an after scene that may carry a correction already: resampled
+    # with the new one alone, it would lose the first (warp_scene's output pixel p
+    # takes the source at correction @ p, so the earlier one is applied last).
+    correction = pair.correction @ reg.correction
+    after = warp_scene(pair.after_source, pair.grid, correction)
     # The before scene's own mask, not the common one of the uncorrected pair: a strip
     # as wide as the shift along the after scene's edge is valid once corrected (as
     # the windows, which read the corrected after scene only, see it).
@@ -908,4 +918,4 @@ def coregister(pair: AlignedPair, method: str = "global") -> tuple[AlignedPair, 
     before = replace(pair.before, valid=common)
     after = replace(after, valid=common.copy())
     after.image[:, ~common] = 0.0
-    return replace(pair, before=before, after=after), reg
+    return replace(pair, before=before, after=after, correction=correction), reg

@@ -178,6 +178,10 @@ class AlignedPair:
     before_valid : (H, W) ndarray of bool, optional
         The before scene's own valid pixels: once the after scene is resampled with
         a correction, the common mask is these and the corrected after scene's.
+    correction : affine.Affine
+        The co-registration correction ``after`` was resampled with from
+        ``after_source`` (see :func:`warp_scene`); the identity until
+        :func:`changedet.coregister.coregister` applies one.
     """
 
     before: Scene
@@ -185,6 +189,7 @@ class AlignedPair:
     after_source: Scene
     overlap_fraction: float
     before_valid: np.ndarray | None = None
+    correction: Affine = field(default_factory=Affine.identity)
 
     @property
     def grid(self) -> Grid:

@@ -59,6 +59,23 @@ def test_coregister_resamples_after_once_onto_before():
     assert summary["method"] == "global" and summary["applied"] is True
 
 
+@pytest.mark.parametrize("second", ["global", "local"])
+def test_coregister_again_keeps_the_first_correction(second: str) -> None:
+    """A registered pair registered again (a notebook trying "local" after "global")
+    was resampled with the small residual alone, misregistered by the whole first
+    shift again."""
+    sp, pair = _pair("none", 25, (4.2, -3.1))
+    once, first = coregister(pair, "global")
+    twice, rest = coregister(once, second)
+    assert np.abs(np.array(rest.shift_px)).max() <= 0.1
+    both = twice.before.valid & twice.after.valid
+    left = estimate_shift(twice.before.image, twice.after.image, both)
+    assert np.abs(np.array(left.shift_px)).max() <= 0.1, left.shift_px
+    if rest.applied:
+        assert twice.correction.almost_equals(once.correction @ rest.correction)
+    assert once.correction == first.correction and pair.correction == Affine.identity()
+
+
 @pytest.mark.parametrize("epsg, ground_per_unit", [
     (3857, math.cos(math.radians(39.0))),  # a Web-Mercator metre at 39 degrees north
     (2263, 0.3048006096),  # New York Long Island, US survey feet
