@@ -106,6 +106,27 @@ class DetectionResult:
     scratch: Any | None = field(default=None, repr=False)
     standing_before: list[Any] = field(default_factory=list)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A windowed run's mask is a file in a scratch folder that goes with this
+        # object: a copy (pickle, a process pool, joblib's cache) carries the file's
+        # bytes (compressed) and writes its own folder.
+        state = self.__dict__.copy()
+        if self.change_mask is None and self.change_path is not None:
+            with open(self.change_path, "rb") as f:
+                state["_change_tif"] = f.read()
+            state["change_path"] = state["scratch"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        data = state.pop("_change_tif", None)
+        self.__dict__.update(state)
+        if data is not None:
+            from .windowed import temporary_change_path
+
+            self.scratch, self.change_path = temporary_change_path()
+            with open(self.change_path, "wb") as f:
+                f.write(data)
+
     def read_change_mask(self) -> np.ndarray:
         """The (H, W) uint8 change mask, from memory or from ``change_path``."""
         if self.change_mask is not None:

@@ -458,6 +458,29 @@ def test_an_aoi_given_as_a_geometry_is_refused_at_once(tmp_path) -> None:
     assert DetectOptions(aoi=tmp_path / "aoi.geojson").aoi == tmp_path / "aoi.geojson"
 
 
+def test_a_windowed_result_pickles_with_its_change_mask(pair: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """A windowed run's mask is a scratch file that goes with the result: a copy
+    through pickle pointed at the original's file, gone once the original was."""
+    import gc
+    import pickle
+
+    from changedet.outputs import write_outputs
+
+    result = changedet.detect(pair["before"], pair["after"], window_px=128, workers=1)
+    assert result.change_mask is None and result.summary["parameters"]["windows"]["n"] > 1
+    mask = result.read_change_mask()
+    assert (mask == 1).any()
+    again = pickle.loads(pickle.dumps(result))
+    assert again.change_path != result.change_path
+    del result
+    gc.collect()
+    np.testing.assert_array_equal(again.read_change_mask(), mask)
+    write_outputs(again, tmp_path / "o")
+    with rasterio.open(tmp_path / "o" / "change.tif") as ds:
+        np.testing.assert_array_equal(ds.read(1), mask)
+
+
 def test_a_whole_scene_result_pickles_with_its_evidence(pair: dict[str, Path]) -> None:
     """A notebook caches results (joblib) or sends them between processes: the
     evidence's statistics held closures, which pickle cannot carry."""
