@@ -461,7 +461,11 @@ class Evidence:
         Regions and appearance detectors: labels (0 background) of the buildings left
         out because their outline (or, with the appearance check, their roof) was
         already in the before date (a demolition's remains, a re-roofed building), to
-        report them apart; ``outlined_before`` counts them.
+        report them apart; ``outlined_before`` counts them. Redrawn by
+        :func:`outline_stage`.
+    standing_segmented : (H, W) ndarray of int32 or None
+        ``standing_before`` as the segmentation left it, kept by
+        :func:`outline_stage`, which redraws from it each time it is called.
     statistics : SceneStatistics or None
         The scene-wide statistics the maps were computed with.
     fit : RadiometricFit or None
@@ -495,6 +499,7 @@ class Evidence:
     region_probability: np.ndarray | None = field(default=None, repr=False)
     regions: np.ndarray | None = field(default=None, repr=False)
     standing_before: np.ndarray | None = field(default=None, repr=False)
+    standing_segmented: np.ndarray | None = field(default=None, repr=False)
     statistics: SceneStatistics | None = field(default=None, repr=False)
     fit: RadiometricFit | None = field(default=None, repr=False)
 
@@ -1531,7 +1536,7 @@ def segment_new_buildings(
     valid = _checked_stage_inputs(evidence, valid, pixel_size_m)
     # What an earlier segmentation of this evidence left out as standing is no part
     # of this one's (a notebook re-runs the stage with other parameters).
-    evidence.standing_before = None
+    evidence.standing_before = evidence.standing_segmented = None
     min_area_px = params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2
     if params.detector == "regions":
         return _segment_by_regions(evidence, valid, pixel_size_m, params, min_area_px, scenes)
@@ -1968,6 +1973,7 @@ def _segment_by_appearance(before: Scene, after: Scene, evidence: Evidence,
     the minimum area, without those standing before."""
     from .appearance import new_roof_mask
 
+    evidence.standing_before = evidence.standing_segmented = None
     mask, prob = new_roof_mask(replace(before, valid=valid), replace(after, valid=valid),
                                pixel_m, params.model, stats=evidence.statistics)
     evidence.region_probability = prob
@@ -2361,8 +2367,13 @@ def outline_stage(labels: np.ndarray, evidence: Evidence, valid: np.ndarray,
                          "one grid")
     stats = evidence.statistics if evidence.statistics is not None else SceneStatistics()
     noise = _pixel_noise(evidence.after_normalised, valid, stats, "after")
+    # Redrawn from the segmentation's outlines each time: called again (a notebook
+    # re-running a cell), a redraw of the redrawn ones shrank them step by step.
+    if evidence.standing_segmented is None:
+        evidence.standing_segmented = evidence.standing_before
+    segmented = evidence.standing_segmented
     labels, standing = redraw_outlines(
-        labels, evidence.standing_before if evidence.outlined_before else None,
+        labels, segmented if segmented is not None and segmented.any() else None,
         evidence.after_normalised, valid, noise,
         params.resolved_min_area_m2(pixel_size_m) / pixel_size_m**2)
     # A pixel inside a roof that is no mix of roof and ground (a dark vent, a skylight)
