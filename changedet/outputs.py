@@ -43,6 +43,7 @@ GEOJSON_DECIMALS = 7
 CHANGE_NODATA = 255
 #: Band tags of ``change.tif``.
 CHANGE_TAGS = {"CLASSES": "0=no new building,1=new building,255=no data"}
+CHANGE_DESCRIPTION = "new building (1), none (0), no data (255)"
 #: change.tif's colours: QGIS shows the band as classes (new buildings red on black,
 #: no data grey and transparent) instead of a grey stretch of 0 to 255. A TIFF
 #: palette holds no alpha.
@@ -50,7 +51,9 @@ CHANGE_COLOURS = {0: (0, 0, 0), 1: (230, 25, 75), 255: (128, 128, 128)}
 
 
 def describe_change_band(dataset: Any) -> None:
-    """Give band 1 of an open, writable change raster its class tags and colours."""
+    """Give band 1 of an open, writable change raster its name, class tags and
+    colours (QGIS shows the name instead of "Band 1")."""
+    dataset.set_band_description(1, CHANGE_DESCRIPTION)
     dataset.update_tags(1, **CHANGE_TAGS)
     dataset.write_colormap(1, CHANGE_COLOURS)
 

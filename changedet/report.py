@@ -571,7 +571,10 @@ def render_report(result: DetectionResult) -> str:
     time_items = [(k, f"{v:.2f} s") for k, v in (summary.get("timings") or {}).items()]
     parts.append('<div class="grid2"><section><h2>Parameters</h2>' + _dl(param_items)
                  + '</section><section><h2>Timings</h2>' + _dl(time_items) + "</section></div>")
-    parts.append(f"<footer>changedet {_e(__version__)}. Areas in m² on the projected analysis "
-                 f"CRS, cross-checked with geodesic areas. This page is self-contained: "
+    measured_in = summary.get("measurement_crs") or summary.get("analysis_crs", "")
+    where = ("the analysis CRS" if measured_in == summary.get("analysis_crs")
+             else "the local projection where areas are true, not the analysis CRS")
+    parts.append(f"<footer>changedet {_e(__version__)}. Areas in m² in {_e(measured_in)} "
+                 f"({where}), cross-checked with geodesic areas. This page is self-contained: "
                  f"no scripts, fonts or network requests.</footer></main></body></html>\n")
     return "".join(parts)

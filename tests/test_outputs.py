@@ -200,6 +200,7 @@ def test_cog_valid_uint8_nearest(tmp_path: Path) -> None:
         # Classes with colours, which QGIS shows as such (not a grey stretch).
         assert ds.colorinterp[0] == rasterio.enums.ColorInterp.palette
         assert ds.colormap(1)[1][:3] == outputs.CHANGE_COLOURS[1]
+        assert ds.descriptions == (outputs.CHANGE_DESCRIPTION,)  # not "Band 1" in QGIS
         np.testing.assert_array_equal(ds.read(1), data)
         # Nearest-neighbour overviews hold only the class codes.
         assert set(np.unique(ds.read(1, out_shape=(GRID.height // 4, GRID.width // 4)))) \

@@ -143,6 +143,16 @@ def test_table_takes_the_verdicts_of_the_claim_it_is_given() -> None:
     assert "smaller than claimed" not in render_report(res)
 
 
+def test_report_names_the_crs_areas_are_measured_in() -> None:
+    """On a Web-Mercator grid areas are measured in the local UTM zone: the page said
+    "on the projected analysis CRS", which read as Web-Mercator areas."""
+    res = fake_result(8000.0)
+    assert "Areas in m² in EPSG:32651 (the analysis CRS)" in render_report(res)
+    res.summary["analysis_crs"] = "EPSG:3857"
+    text = render_report(res)
+    assert "Areas in m² in EPSG:32651 (the local projection where areas are true" in text
+
+
 def test_unclaimed_sites_in_table() -> None:
     res = fake_result(12375.0, n_sites=1)
     lines = format_table(res.sites, res.claim).splitlines()

@@ -361,6 +361,7 @@ def test_windowed_run_writes_the_contract_outputs(tmp_path: Path) -> None:
     with rasterio.open(paths["change.tif"]) as ds:
         assert ds.profile["nodata"] == 255 and ds.tags(1)["CLASSES"].startswith("0=")
         assert ds.colormap(1)[1][:3] == CHANGE_COLOURS[1]
+        assert ds.descriptions[0].startswith("new building")
         written = ds.read(1)
     np.testing.assert_array_equal(written, mask)
     summary = json.loads(paths["summary.json"].read_text())
