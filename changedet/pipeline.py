@@ -106,6 +106,16 @@ class DetectionResult:
     scratch: Any | None = field(default=None, repr=False)
     standing_before: list[Any] = field(default_factory=list)
 
+    def __repr__(self) -> str:
+        # What was found, not every array and polygon (a notebook prints the result).
+        built = sum(float(b.area_m2) for b in self.buildings)
+        claim = "" if self.claim is None else f", claim {self.claim.overall}"
+        mask = ("change mask in memory" if self.change_mask is not None
+                else f"change mask {self.change_path!r}")
+        return (f"DetectionResult({len(self.buildings)} building(s) of {built:,.0f} m² in "
+                f"{len(self.sites)} site(s){claim}, {len(self.standing_before)} standing "
+                f"before, {mask}, {self.grid!r})")
+
     def __getstate__(self) -> dict[str, Any]:
         # A windowed run's mask is a file in a scratch folder that goes with this
         # object: a copy (pickle, a process pool, joblib's cache) carries the file's

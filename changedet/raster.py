@@ -42,6 +42,14 @@ from .errors import InputError, ProcessingError
 MIN_OVERLAP_PX = 64
 
 
+def _crs_text(crs: CRS | None) -> str:
+    """``EPSG:n``, or the start of the CRS's text when it has no EPSG code."""
+    if crs is None:
+        return "no CRS"
+    text = crs.to_string()
+    return text if len(text) <= 48 else text[:45] + "..."
+
+
 @dataclass(frozen=True)
 class Grid:
     """A raster grid: where each pixel of an array lies on the ground.
@@ -60,6 +68,12 @@ class Grid:
     transform: Affine
     height: int
     width: int
+
+    def __repr__(self) -> str:
+        # Short for notebooks: a CRS without an EPSG code prints as a page of WKT.
+        x0, y0 = self.transform.c, self.transform.f
+        return (f"Grid({_crs_text(self.crs)}, {self.width} x {self.height} px, pixel "
+                f"{self.transform.a:g} x {self.transform.e:g}, origin ({x0:.3f}, {y0:.3f}))")
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -124,6 +138,12 @@ class Scene:
     bands: tuple[int, ...] = ()
     nir: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # The arrays' shapes, not their values (a notebook prints whatever it returns).
+        nir = "" if self.nir is None else f", nir layer {self.nir}"
+        return (f"Scene({self.path!r}, image {self.image.dtype} {self.image.shape}, bands "
+                f"{self.bands}{nir}, {self.grid!r})")
 
     @property
     def visible(self) -> np.ndarray:

@@ -458,6 +458,21 @@ def test_an_aoi_given_as_a_geometry_is_refused_at_once(tmp_path) -> None:
     assert DetectOptions(aoi=tmp_path / "aoi.geojson").aoi == tmp_path / "aoi.geojson"
 
 
+def test_results_print_short_in_a_notebook(pair: dict[str, Path]) -> None:
+    """A notebook prints what a cell returns: a result printed every array and
+    polygon (12,500 characters), a grid a page of WKT for a CRS without EPSG code."""
+    from changedet.raster import Grid, read_scene
+
+    result = changedet.detect(pair["before"], pair["after"], claim_m2=500.0)
+    text = repr(result)
+    assert len(text) < 400 and text.startswith(f"DetectionResult({len(result.buildings)} ")
+    assert "claim" in text and "EPSG:" in text
+    scene = read_scene(pair["before"])
+    assert len(repr(scene)) < 300 and "(3, 320, 320)" in repr(scene)
+    custom = rasterio.crs.CRS.from_wkt(scene.grid.crs.to_wkt().replace("AUTHORITY", "X"))
+    assert len(repr(Grid(custom, scene.grid.transform, 10, 10))) < 200
+
+
 def test_a_windowed_result_pickles_with_its_change_mask(pair: dict[str, Path],
                                                         tmp_path: Path) -> None:
     """A windowed run's mask is a scratch file that goes with the result: a copy
