@@ -419,9 +419,56 @@ def test_cli_refuses_points_and_warns_of_polygons_elsewhere(tmp_path):
     far = _write_geojson(tmp_path / "b.geojson", [box(600000, 4320000, 600010, 4320010)],
                          "EPSG:32651")
     res = CliRunner().invoke(main, ["evaluate", str(here), str(points)])
-    assert res.exit_code == 1 and "points.geojson: contains no polygons" in res.output
+    assert res.exit_code == 1 and "points.geojson: contains no polygon with an area" in res.output
     res = CliRunner().invoke(main, ["evaluate", str(far), str(here), "--json"])
     assert res.exit_code == 0 and "same place" in res.stderr
+
+
+def test_cli_reads_collections_drops_flat_polygons_and_writes_strict_json(tmp_path):
+    """A GeometryCollection (as PostGIS's ST_MakeValid writes) was dropped unsaid, a
+    polygon without area scored as a false building of 0 m² (two identical files
+    scored object F1 0), and a null id made --json write NaN, which is no JSON."""
+    house = box(500000, 4320000, 500010, 4320010)
+    shed = box(500020, 4320000, 500030, 4320010)
+    flat = shapely.Polygon([(500040, 4320000), (500045, 4320000), (500050, 4320000)])
+    pred = tmp_path / "pred.geojson"
+    geoms = [house, shapely.GeometryCollection([shed, shapely.LineString([(0, 0), (1, 1)])]),
+             flat]
+    pyogrio.raw.write(pred, shapely.to_wkb(np.asarray(geoms, dtype=object)),
+                      [np.array([1.0, np.nan, 3.0])], fields=["id"], geometry_type="Unknown",
+                      crs="EPSG:32651", driver="GeoJSON")
+    truth = _write_geojson(tmp_path / "truth.geojson", [house, shed], "EPSG:32651")
+    res = CliRunner().invoke(main, ["evaluate", str(pred), str(truth), "--json"])
+    assert res.exit_code == 0, res.output
+
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"{name} in --json output")
+
+    out = json.loads(res.stdout, parse_constant=no_constant)
+    assert (out["n_pred"], out["tp"], out["fp"]) == (2, 2, 0)
+    assert "1 polygon(s) without area left out" in res.stderr
+    same = CliRunner().invoke(main, ["evaluate", str(pred), str(pred), "--json"])
+    assert json.loads(same.stdout)["f1"] == 1.0
+
+
+def test_cli_refuses_a_raster_of_no_data_and_keeps_labels_past_int32(geotiff):
+    """A mask of nothing but no data scored a perfect 1.0; label ids past 2**31 wrapped
+    when moved to another grid, and every building was lost."""
+    truth = np.zeros((100, 100), dtype=np.uint8)
+    truth[10:20, 10:30] = 1
+    t = geotiff("truth.tif", truth)
+    blank = geotiff("blank.tif", np.full((100, 100), 255, np.uint8), nodata=255)
+    res = CliRunner().invoke(main, ["evaluate", str(blank), str(t)])
+    assert res.exit_code == 1 and "blank.tif: has no valid pixel" in res.output
+    labels = np.zeros((100, 100), dtype=np.uint32)
+    labels[10:20, 10:30] = 3_000_000_001
+    labels[50:60, 50:60] = 3_000_000_002
+    shifted = Affine(0.5, 0, 500000.25, 0, -0.5, 4320000.0)  # another grid: regridded
+    big = geotiff("big.tif", labels, transform=shifted)
+    res = CliRunner().invoke(main, ["evaluate", str(big), str(t), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["n_pred"], out["tp"], out["fp"]) == (2, 1, 1)
 
 
 @pytest.mark.parametrize("value", [1, 255])

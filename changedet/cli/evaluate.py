@@ -16,6 +16,7 @@ _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
 
 def _read_vector(path: str) -> tuple[list[Any], Any]:
     """Polygons (one per feature, with its id) and the CRS of a vector file."""
+    import numpy as np
     import pyogrio
     import pyogrio.errors
     import shapely
@@ -23,6 +24,7 @@ def _read_vector(path: str) -> tuple[list[Any], Any]:
 
     from ..aoi import polygon_layer
     from ..errors import InputError
+    from ..measure import polygonal
 
     try:
         layers = [str(name) for name, _ in pyogrio.list_layers(path)]
@@ -41,20 +43,36 @@ def _read_vector(path: str) -> tuple[list[Any], Any]:
     fields = list(meta.get("fields", []))
     id_col = next((i for i, f in enumerate(fields) if f in ("id", "ID", "fid")), None)
     out = []
-    others = 0
+    others = flat = 0
     for k, g in enumerate(geoms):
         if g is None or g.is_empty:
             continue
-        if g.geom_type not in ("Polygon", "MultiPolygon"):
+        if not np.isfinite(shapely.get_coordinates(g)).all():
+            raise InputError(path, f"feature {k + 1} has a coordinate that is not a number")
+        # The polygons of a collection (as PostGIS's ST_MakeValid gives) are its
+        # footprint; a polygon without area (collinear vertices) is none, and would
+        # be scored as a false building of 0 m².
+        area = polygonal(g)
+        if area.is_empty:
             others += 1
+            continue
+        if area.area == 0:
+            flat += 1
             continue
         ident = field_data[id_col][k] if id_col is not None else k
         ident = ident.item() if hasattr(ident, "item") else ident
-        out.append((ident, g))
-    if others and not out:
+        if isinstance(ident, float):
+            # A null id in a numeric column comes as NaN, and the others as floats.
+            ident = None if not np.isfinite(ident) else int(ident) if ident.is_integer() \
+                else ident
+        out.append((ident, g if g.geom_type in ("Polygon", "MultiPolygon") else area))
+    if flat:
+        logger.warning("%s: %d polygon(s) without area left out", path, flat)
+    if (others or flat) and not out:
         # Points or lines are no footprints: scoring them as "nothing" would read as
         # a detector that found nothing.
-        raise InputError(path, "contains no polygons (only points or lines)")
+        raise InputError(path, "contains no polygon with an area (only points, lines "
+                               "or flat polygons)")
     return out, crs
 
 
@@ -109,9 +127,17 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
         # its buildings at 255.
         if present <= {0, 1, 255} and (is_change_tif or 1 in present):
             valid &= data != 255
+    if not valid.any():
+        # Else every score would be perfect: nothing to find, nothing found.
+        raise InputError(path, "has no valid pixel (all no data)")
     if not np.issubdtype(data.dtype, np.integer):
         data = np.rint(np.nan_to_num(data)).astype(np.int64)
-    data = np.where(valid, data, 0)
+    data = np.where(valid & (data > 0), data, 0)  # values > 0 are buildings
+    if data.max() > np.iinfo(np.int32).max:
+        # Labels are moved between grids as int32: ids past its range are renumbered
+        # 1..n first, in the same order.
+        ids, inverse = np.unique(data, return_inverse=True)
+        data = inverse.reshape(data.shape) + (0 if ids[0] == 0 else 1)
     return data, valid, grid
 
 

@@ -149,5 +149,16 @@ def handle_errors(func: F) -> F:
 
 
 def echo_json(obj: Any) -> None:
-    """Write one JSON object on stdout."""
-    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+    """Write one JSON object on stdout (strict JSON: a NaN or infinite number, which
+    JSON has not, is written as null)."""
+    click.echo(json.dumps(_finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False))
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
