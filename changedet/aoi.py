@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from ._log import logger, warn_analyst
 from .errors import InputError
-from .measure import geographic_range_problem, reproject_geoms
+from .measure import coordinate_range_problem, reproject_geoms
 from .raster import Grid, check_path
 
 
@@ -110,12 +110,19 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
         raise InputError(path, "contains no features")
     # A feature GDAL reads but GEOS cannot build (a one-point ring...) is dropped like
     # a feature without geometry, not allowed to abort the whole file.
-    geoms = shapely.from_wkb(wkb, on_invalid="ignore")
+    with warnings.catch_warnings():
+        # shapely warns of a NaN coordinate; such a feature is named just below.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        geoms = shapely.from_wkb(wkb, on_invalid="ignore")
     unreadable = shapely.is_missing(geoms) & np.asarray([w is not None for w in wkb])
     if unreadable.any():
         warn_analyst("%s: skipped %d feature(s) whose geometry cannot be built", path,
                      int(unreadable.sum()))
     labels = _feature_labels(list(meta["fields"]), field_data, len(geoms))
+    for geom, label in zip(geoms, labels):
+        # make_valid would drop such a polygon, and it would go unmeasured unsaid.
+        if geom is not None and not np.isfinite(shapely.get_coordinates(geom)).all():
+            raise InputError(path, f"feature {label} has a coordinate that is not a number")
     invalid = ~shapely.is_valid(geoms) & ~shapely.is_missing(geoms)
     if invalid.any():
         warn_analyst("%s: repaired %d invalid geometr%s with make_valid", path,
@@ -131,7 +138,7 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
     if not polygons:
         raise InputError(path, "contains no polygons (points or lines cannot bound an area)")
     # Projected coordinates labelled lon/lat (a common slip) fail deep in PROJ.
-    problem = geographic_range_problem(
+    problem = coordinate_range_problem(
         crs, shapely.total_bounds(np.asarray(polygons, dtype=object)))
     if problem:
         raise InputError(path, f"has {problem}: is its CRS right?")

@@ -155,20 +155,26 @@ def measured_where_true(geoms: Sequence[shapely.Geometry], crs: object
     return out
 
 
-def geographic_range_problem(crs: CRS, bounds: Sequence[float]) -> str | None:
-    """What is wrong with ``bounds`` for a geographic ``crs`` (projected coordinates
-    labelled lon/lat, or latitude and longitude swapped), or None.
+def coordinate_range_problem(crs: CRS, bounds: Sequence[float]) -> str | None:
+    """What is wrong with ``bounds`` for ``crs``, or None: for a geographic CRS,
+    projected coordinates labelled lon/lat, or latitude and longitude swapped; for a
+    projected one, coordinates it places nowhere on Earth (a unit slip of 10**6).
 
     Longitudes up to ±540° pass: a ring across the antimeridian may be written with
     longitudes past ±180.
     """
-    if not crs.is_geographic:
-        return None
     minx, miny, maxx, maxy = (float(b) for b in bounds)
-    if -90.0 <= miny and maxy <= 90.0 and -540.0 <= minx and maxx <= 540.0:
+    where = f"(x {minx:.6g} to {maxx:.6g}, y {miny:.6g} to {maxy:.6g})"
+    if crs.is_geographic:
+        if -90.0 <= miny and maxy <= 90.0 and -540.0 <= minx and maxx <= 540.0:
+            return None
+        return f"coordinates out of range for its geographic CRS {where}"
+    lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(
+        [minx, maxx, minx, maxx], [miny, miny, maxy, maxy])
+    if np.all(np.isfinite(lon)) and np.all(np.isfinite(lat)):
         return None
-    return (f"coordinates out of range for its geographic CRS (x {minx:.6g} to "
-            f"{maxx:.6g}, y {miny:.6g} to {maxy:.6g})")
+    # (PROJ then fails deep inside, about a projection the caller never named.)
+    return f"coordinates its CRS places nowhere on Earth {where}"
 
 
 def to_metric(
@@ -195,10 +201,11 @@ def to_metric(
     bounds = shapely.total_bounds(np.asarray(geoms, dtype=object))
     if not np.all(np.isfinite(bounds)):
         raise ProcessingError("geometries are empty; nothing to measure")
-    problem = geographic_range_problem(crs, bounds)
+    problem = coordinate_range_problem(crs, bounds)
     if problem:
         # (PROJ fails deep inside on them, about a projection the caller never named.)
-        raise ProcessingError(f"{problem}: are they (lon, lat) in {crs.to_string()}?")
+        hint = "(lon, lat) " if crs.is_geographic else ""
+        raise ProcessingError(f"{problem}: are they {hint}in {crs.to_string()}?")
     target = metric_crs(crs, bounds) if metric is None else _as_crs(metric)
     if target == crs:
         return geoms, crs

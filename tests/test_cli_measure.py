@@ -116,6 +116,30 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], lines
 
 
+def test_coordinates_nowhere_and_not_numbers_are_named(tmp_path: Path) -> None:
+    """Coordinates a projected CRS places nowhere on Earth (a unit slip) failed inside
+    PROJ as an internal error; a polygon with a NaN coordinate was dropped by the
+    repair of invalid geometries and went unmeasured, exit 0."""
+    far = _write(tmp_path / "far.geojson", [shapely.box(1e12, 1e12, 1e12 + 100, 1e12 + 100)],
+                 "EPSG:32651", "GeoJSON")
+    # Written as text: GDAL writes a NaN geometry as null. (GDAL reads NaN literals.)
+    ring = [[740800, 4328000], [740900, float("nan")], [740900, 4328130], [740800, 4328000]]
+    features = [{"type": "Feature", "properties": {"name": name},
+                 "geometry": {"type": "Polygon", "coordinates": coords}}
+                for name, coords in (("R1", [[list(xy) for xy in RECTS[0].exterior.coords]]),
+                                     ("R2", [ring]))]
+    holed = tmp_path / "nan.geojson"
+    holed.write_text(json.dumps({"type": "FeatureCollection", "features": features, "crs": {
+        "type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32651"}}}))
+    for path, message in ((far, "places nowhere on Earth"),
+                          (holed, "feature R2 has a coordinate that is not a number")):
+        result = CliRunner().invoke(main, ["measure", str(path)])
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], lines
+        assert "internal error" not in lines[0]
+
+
 @pytest.mark.parametrize("args", [["--claim-m2", "-1"], ["--claim-sites", "2"],
                                   ["--pixel-size", "-1"], ["--claim-m2", "5", "--claim-tolerance", "2"]])
 def test_bad_values(args: list[str], tmp_path: Path) -> None:

@@ -451,6 +451,19 @@ def test_cli_reads_collections_drops_flat_polygons_and_writes_strict_json(tmp_pa
     assert json.loads(same.stdout)["f1"] == 1.0
 
 
+def test_cli_names_utm_coordinates_labelled_lon_lat(tmp_path):
+    """Scored as a false building of 0 m² against a truth elsewhere, and an internal
+    PROJ error when on both sides."""
+    house = box(500000, 4320000, 500010, 4320010)
+    slip = _write_geojson(tmp_path / "slip.geojson", [house], "EPSG:4326")
+    truth = _write_geojson(tmp_path / "truth.geojson", [house], "EPSG:32651")
+    for args in ([slip, truth], [slip, slip]):
+        res = CliRunner().invoke(main, ["evaluate", *map(str, args)])
+        assert res.exit_code == 1
+        assert "slip.geojson: has coordinates out of range for its geographic CRS" in res.output
+        assert "internal error" not in res.output
+
+
 def test_cli_refuses_a_raster_of_no_data_and_keeps_labels_past_int32(geotiff):
     """A mask of nothing but no data scored a perfect 1.0; label ids past 2**31 wrapped
     when moved to another grid, and every building was lost."""

@@ -16,6 +16,8 @@ _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
 
 def _read_vector(path: str) -> tuple[list[Any], Any]:
     """Polygons (one per feature, with its id) and the CRS of a vector file."""
+    import warnings
+
     import numpy as np
     import pyogrio
     import pyogrio.errors
@@ -24,7 +26,7 @@ def _read_vector(path: str) -> tuple[list[Any], Any]:
 
     from ..aoi import polygon_layer
     from ..errors import InputError
-    from ..measure import polygonal
+    from ..measure import coordinate_range_problem, polygonal
 
     try:
         layers = [str(name) for name, _ in pyogrio.list_layers(path)]
@@ -39,7 +41,10 @@ def _read_vector(path: str) -> tuple[list[Any], Any]:
     if meta.get("crs") is None:
         raise InputError(path, "has no CRS; assign one first (e.g. with ogr2ogr -a_srs)")
     crs = CRS.from_user_input(meta["crs"])
-    geoms = shapely.from_wkb(geometry)
+    with warnings.catch_warnings():
+        # shapely warns of a NaN coordinate; such a feature is named just below.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        geoms = shapely.from_wkb(geometry)
     fields = list(meta.get("fields", []))
     id_col = next((i for i, f in enumerate(fields) if f in ("id", "ID", "fid")), None)
     out = []
@@ -73,6 +78,13 @@ def _read_vector(path: str) -> tuple[list[Any], Any]:
         # a detector that found nothing.
         raise InputError(path, "contains no polygon with an area (only points, lines "
                                "or flat polygons)")
+    if out:
+        # Projected coordinates labelled lon/lat (a common slip) fail deep in PROJ,
+        # or lie nowhere near the other side and score as false buildings.
+        problem = coordinate_range_problem(
+            crs, shapely.total_bounds(np.asarray([g for _, g in out], dtype=object)))
+        if problem:
+            raise InputError(path, f"has {problem}: is its CRS right?")
     return out, crs
 
 

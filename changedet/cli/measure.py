@@ -32,6 +32,7 @@ def measure(polygons: str, pixel_size: float, site_gap_m: float, claim_m2: float
     into sites and each site is checked against the claim.
     """
     from ..aoi import read_polygons
+    from ..errors import InputError
     from ..measure import check_claim, group_sites, measure_buildings, to_metric
     from ..report import format_table
 
@@ -39,7 +40,11 @@ def measure(polygons: str, pixel_size: float, site_gap_m: float, claim_m2: float
     check_claim_usage(claim_m2, claim_sites)
     vector = read_polygons(polygons)
     polygons_m, mcrs = to_metric(vector.polygons, vector.crs)
-    buildings = measure_buildings(polygons_m, mcrs, pixel_size, measure_crs=mcrs)
+    try:
+        buildings = measure_buildings(polygons_m, mcrs, pixel_size, measure_crs=mcrs)
+    except ValueError as exc:
+        # (a polygon that no projection can hold whole, such as the whole globe)
+        raise InputError(polygons, str(exc)) from exc
     _warn_of_overlaps(vector.names, [b.polygon for b in buildings])
     sites = group_sites(buildings, site_gap_m, pixel_size_m=pixel_size, crs=mcrs)
     claim = None
