@@ -66,13 +66,16 @@ def polygon_layer(path: str) -> str | int:
     return 0
 
 
-def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
+def read_polygons(path: str | os.PathLike[str], allow_empty: bool = False) -> VectorPolygons:
     """Read the polygons of the first polygon layer of any vector source pyogrio opens.
 
     Parameters
     ----------
     path : str or path-like
         GeoJSON, GeoPackage, Shapefile, KML... in any CRS.
+    allow_empty : bool
+        A layer without features gives no polygons instead of an error (``changedet
+        detect``'s outputs of a scene without new building are such).
 
     Returns
     -------
@@ -107,6 +110,8 @@ def read_polygons(path: str | os.PathLike[str]) -> VectorPolygons:
     except CRSError as exc:
         raise InputError(path, f"has an unknown CRS ({meta['crs']})") from exc
     if wkb is None or len(wkb) == 0:
+        if allow_empty:
+            return VectorPolygons([], crs, [], path)
         raise InputError(path, "contains no features")
     # A feature GDAL reads but GEOS cannot build (a one-point ring...) is dropped like
     # a feature without geometry, not allowed to abort the whole file.

@@ -116,6 +116,18 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], lines
 
 
+def test_a_file_of_no_feature_measures_as_nothing(tmp_path: Path) -> None:
+    """detect's new_buildings.geojson of a scene where nothing new was found: measure
+    refused it ("contains no features", exit 1)."""
+    empty = tmp_path / "new_buildings.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    result = CliRunner().invoke(main, ["measure", str(empty), "--claim-m2", "13000"])
+    assert result.exit_code == 0, result.output
+    assert "Not consistent with the claim" in result.stdout
+    out = json.loads(CliRunner().invoke(main, ["measure", str(empty), "--json"]).stdout)
+    assert (out["polygons"], out["sites"]) == ([], [])
+
+
 def test_coordinates_nowhere_and_not_numbers_are_named(tmp_path: Path) -> None:
     """Coordinates a projected CRS places nowhere on Earth (a unit slip) failed inside
     PROJ as an internal error; a polygon with a NaN coordinate was dropped by the

@@ -38,14 +38,19 @@ def measure(polygons: str, pixel_size: float, site_gap_m: float, claim_m2: float
 
     apply_verbosity(cmd_verbose, cmd_quiet)
     check_claim_usage(claim_m2, claim_sites)
-    vector = read_polygons(polygons)
-    polygons_m, mcrs = to_metric(vector.polygons, vector.crs)
-    try:
-        buildings = measure_buildings(polygons_m, mcrs, pixel_size, measure_crs=mcrs)
-    except ValueError as exc:
-        # (a polygon that no projection can hold whole, such as the whole globe)
-        raise InputError(polygons, str(exc)) from exc
-    _warn_of_overlaps(vector.names, [b.polygon for b in buildings])
+    # A file of no feature (detect's outputs where nothing new was found) measures
+    # as nothing, not as an error.
+    vector = read_polygons(polygons, allow_empty=True)
+    buildings, mcrs = [], None
+    if vector.polygons:
+        polygons_m, mcrs = to_metric(vector.polygons, vector.crs)
+        try:
+            buildings = measure_buildings(polygons_m, mcrs, pixel_size, measure_crs=mcrs)
+        except ValueError as exc:
+            # (a polygon that no projection can hold whole, such as the whole globe)
+            raise InputError(polygons, str(exc)) from exc
+    if buildings:
+        _warn_of_overlaps(vector.names, [b.polygon for b in buildings])
     sites = group_sites(buildings, site_gap_m, pixel_size_m=pixel_size, crs=mcrs)
     claim = None
     if claim_m2 is not None:
@@ -61,7 +66,7 @@ def measure(polygons: str, pixel_size: float, site_gap_m: float, claim_m2: float
         })
         return
     rows = [(name, b) for name, b in zip(vector.names, buildings)]
-    width = max(len("Polygon"), *(len(n) for n, _ in rows))
+    width = max([len("Polygon"), *(len(n) for n, _ in rows)])
     click.echo(f"{'Polygon':<{width}}  {'Area m²':>16}  {'Range m²':>17}  "
                f"{'Perimeter m':>11}  {'Geodesic m²':>11}  Site")
     for name, b in rows:
