@@ -59,11 +59,41 @@ def polygon_layer(path: str) -> str | int:
         layers = pyogrio.list_layers(path)
     except Exception:  # noqa: BLE001 - the read that follows names what is wrong
         return 0
-    for name, geometry_type in layers:
-        kind = str(geometry_type).lower() if geometry_type is not None else ""
-        if "polygon" in kind or "surface" in kind:  # curved and polyhedral ones too
-            return str(name)
-    return 0
+    kinds = [str(t).lower() if t is not None else "" for _, t in layers]
+    # Curved and polyhedral ones too.
+    areal = [str(name) for (name, _), kind in zip(layers, kinds)
+             if "polygon" in kind or "surface" in kind]
+    if not areal:
+        # A layer of no declared type (GeoPackage's generic "GEOMETRY") holds
+        # polygons when its first features do.
+        areal = [str(name) for (name, _), kind in zip(layers, kinds)
+                 if not any(k in kind for k in ("point", "line", "curve"))
+                 and _holds_polygons(path, str(name))]
+    if not areal:
+        return 0
+    if len(areal) > 1 and areal[0] != "new_buildings":
+        # The wrong one read is silently the wrong answer (an AOI scored as
+        # buildings): say which.
+        logger.warning("%s: %d polygon layers (%s); reading the first, %r", path,
+                       len(areal), ", ".join(areal), areal[0])
+    return areal[0]
+
+
+def _holds_polygons(path: str, layer: str, first: int = 100) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, _, wkb, _ = pyogrio.raw.read(path, layer=layer, max_features=first,
+                                            columns=[])
+    except Exception:  # noqa: BLE001 - such a layer is just not chosen
+        return False
+    if wkb is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        types = shapely.get_type_id(shapely.from_wkb(wkb, on_invalid="ignore"))
+    # Polygon, MultiPolygon, GeometryCollection.
+    return bool(np.isin(types, (3, 6, 7)).any())
 
 
 def read_polygons(path: str | os.PathLike[str], allow_empty: bool = False) -> VectorPolygons:

@@ -29,6 +29,30 @@ def _write(path: Path, geoms: list, crs: str, driver: str = "GeoJSON",
     return path
 
 
+def test_layers_of_no_declared_type_and_several_polygon_layers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A GeoPackage whose layers are of the generic type (as some tools write them)
+    was read at its first layer, points, and refused; of two polygon layers the first
+    was read without saying so (an AOI layer measured as the buildings)."""
+    from changedet.aoi import read_polygons
+
+    square = shapely.box(741_010.0, 4_327_900.0, 741_050.0, 4_327_950.0)
+    generic = tmp_path / "generic.gpkg"
+    pyogrio.raw.write(generic, geometry=np.asarray(shapely.to_wkb(
+        [shapely.Point(741_000.0, 4_327_000.0)]), dtype=object), field_data=[], fields=[],
+        driver="GPKG", geometry_type="Unknown", crs="EPSG:32651", layer="labels")
+    pyogrio.raw.write(generic, geometry=np.asarray(shapely.to_wkb([square]), dtype=object),
+                      field_data=[], fields=[], driver="GPKG", geometry_type="Unknown",
+                      crs="EPSG:32651", layer="truth", append=True)
+    assert read_polygons(generic).polygons[0].equals(square)
+    two = _write(tmp_path / "two.gpkg", [square.buffer(500)], "EPSG:32651", "GPKG",
+                 layer="aoi")
+    _write(two, [square], "EPSG:32651", "GPKG", layer="buildings", append=True)
+    with caplog.at_level("WARNING", logger="changedet"):
+        read_polygons(two)
+    assert "2 polygon layers (aoi, buildings); reading the first, 'aoi'" in caplog.text
+
+
 def test_keep_labels_in_aoi() -> None:
     labels = np.zeros((10, 10), dtype=np.int32)
     labels[0:4, 0:4] = 1  # fully inside
