@@ -215,6 +215,10 @@ def evaluate(
     """
     if grid is not None and grid.crs.is_geographic:
         raise ProcessingError("evaluation needs a projected grid (areas in m²)")
+    if isinstance(iou_threshold, bool) or not (
+            isinstance(iou_threshold, (int, float, np.number)) and 0 < iou_threshold <= 1):
+        # (NaN, or 2, matched nothing: every object a miss, silently)
+        raise ValueError(f"iou_threshold must be a number in (0, 1], got {iou_threshold!r}")
     if valid is not None and (grid is None or np.shape(valid) != grid.shape):
         raise ValueError(f"valid of shape {np.shape(valid)} does not fit the grid "
                          f"{None if grid is None else grid.shape}")

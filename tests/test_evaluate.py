@@ -31,6 +31,13 @@ def pixbox(c0: int, r0: int, c1: int, r1: int) -> shapely.Polygon:
     return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
 
+@pytest.mark.parametrize("level", [float("nan"), 2.0, 0.0, "0.5"])
+def test_an_iou_threshold_out_of_range_is_refused(level):
+    """NaN or 2 matched nothing: a perfect prediction scored as all misses."""
+    with pytest.raises(ValueError, match="iou_threshold must be a number in"):
+        evaluate([pixbox(0, 0, 10, 10)], [pixbox(0, 0, 10, 10)], iou_threshold=level)
+
+
 def test_match_is_one_to_one_and_greedy_by_iou():
     truth = [box(0, 0, 10, 10)]
     pred = [box(0, 0, 10, 9), box(0, 0, 10, 8)]  # IoU 0.9 and 0.8 with the same truth
