@@ -458,6 +458,32 @@ def test_cli_reads_collections_drops_flat_polygons_and_writes_strict_json(tmp_pa
     assert json.loads(same.stdout)["f1"] == 1.0
 
 
+def test_cli_reads_an_interpolated_mask_as_a_mask_and_touching_labels_as_labels(geotiff):
+    """A 0/255 mask resampled bilinearly (grey values along the edges) was read as a
+    label image: hundreds of objects, object F1 0."""
+    from scipy import ndimage
+
+    mask = np.zeros((100, 100), dtype=np.uint8)
+    mask[10:30, 10:40] = 1
+    mask[50:70, 50:80] = 1
+    smooth = ndimage.shift(mask.astype(float) * 255, (0.3, 0.45), order=1)
+    smooth = ndimage.zoom(smooth, 1.07, order=1)[:100, :100]
+    smooth = np.clip(smooth, 0, 255).round().astype(np.uint8)
+    assert np.unique(smooth).size > 20  # else this proves nothing
+    t = geotiff("truth.tif", (smooth >= 128).astype(np.uint8))
+    res = CliRunner().invoke(main, ["evaluate", str(geotiff("grey.tif", smooth)), str(t),
+                                    "--json"])
+    out = json.loads(res.stdout)
+    assert (out["n_pred"], out["tp"]) == (2, 2) and "resampled with interpolation" in res.stderr
+    # Houses that touch, one label each, share a part: still a label image.
+    labels = np.zeros((100, 100), dtype=np.uint16)
+    for k in range(6):
+        labels[10:30, 10 + 12 * k:22 + 12 * k] = k + 1
+    res = CliRunner().invoke(main, ["evaluate", str(geotiff("labels.tif", labels)),
+                                    str(geotiff("same.tif", labels)), "--json"])
+    assert json.loads(res.stdout)["n_pred"] == 6 and "interpolation" not in res.stderr
+
+
 def test_cli_names_utm_coordinates_labelled_lon_lat(tmp_path):
     """Scored as a false building of 0 m² against a truth elsewhere, and an internal
     PROJ error when on both sides."""

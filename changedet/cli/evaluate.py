@@ -142,6 +142,21 @@ def _read_mask(path: str) -> tuple[Any, Any, Any]:
     if not valid.any():
         # Else every score would be perfect: nothing to find, nothing found.
         raise InputError(path, "has no valid pixel (all no data)")
+    if not is_change_tif and foreground.size > 2:
+        # A mask resampled with interpolation (one value inside the buildings, grey
+        # ones along their edges) would score as hundreds of objects. A label image
+        # has one value per object: objects that touch share a part, but no value
+        # holds a quarter of the pixels while far more values than parts are seen.
+        from scipy import ndimage
+
+        _, n_parts = ndimage.label((data > 0) & valid)
+        _, counts = np.unique(data[(data > 0) & valid], return_counts=True)
+        if foreground.size > 4 * n_parts + 2 and counts.max() > 0.25 * counts.sum():
+            top = float(data[valid].max())
+            logger.warning("%s: %d values in %d object(s): read as a mask resampled with "
+                           "interpolation, buildings where the value is %g or more", path,
+                           foreground.size, n_parts, top / 2)
+            data = (data >= top / 2).astype(np.uint8)
     if not np.issubdtype(data.dtype, np.integer):
         data = np.rint(np.nan_to_num(data)).astype(np.int64)
     data = np.where(valid & (data > 0), data, 0)  # values > 0 are buildings
