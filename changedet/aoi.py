@@ -166,6 +166,8 @@ def read_polygons(path: str | os.PathLike[str], allow_empty: bool = False) -> Ve
     polygons: list[shapely.Polygon] = []
     names: list[str] = []
     for geom, label in zip(geoms, labels):
+        if crs.is_geographic:
+            geom = _rejoined_at_antimeridian(geom)
         parts = [p for p in _polygon_parts(geom) if p.area > 0]
         for k, part in enumerate(parts):
             polygons.append(part)
@@ -178,6 +180,27 @@ def read_polygons(path: str | os.PathLike[str], allow_empty: bool = False) -> Ve
     if problem:
         raise InputError(path, f"has {problem}: is its CRS right?")
     return VectorPolygons(polygons, crs, names, path)
+
+
+def _rejoined_at_antimeridian(geom: shapely.Geometry | None) -> shapely.Geometry | None:
+    """A lon/lat feature cut at ±180° (as RFC 7946 asks, and ``detect`` writes) made
+    whole again, its western parts moved past 180°; else ``geom`` as it is.
+
+    Measured part by part, one building would count as two, each with the cut in its
+    perimeter.
+    """
+    parts = _polygon_parts(geom)
+    if len(parts) < 2:
+        return geom
+    west = [p.bounds[0] <= -180.0 + 1e-9 for p in parts]
+    east = [p.bounds[2] >= 180.0 - 1e-9 for p in parts]
+    if not (any(west) and any(east)):
+        return geom
+    moved = [shapely.affinity.translate(p, 360.0) if w else p for p, w in zip(parts, west)]
+    joined = shapely.union_all(moved)
+    # Only parts that meet along the meridian join; two buildings either side of it
+    # stay two.
+    return joined if len(_polygon_parts(joined)) < len(parts) else geom
 
 
 def _feature_labels(fields: list[str], data: list[np.ndarray], n: int) -> list[str]:

@@ -116,6 +116,29 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and str(path) in lines[0] and message in lines[0], lines
 
 
+def test_a_building_cut_at_the_antimeridian_is_measured_whole(tmp_path: Path) -> None:
+    """detect writes a building across ±180° cut in two (RFC 7946); measure counted
+    the two parts as two buildings, each with the cut in its perimeter."""
+    whole = shapely.box(179.999, 65.0, 180.001, 65.001)
+    cut = shapely.MultiPolygon([shapely.box(179.999, 65.0, 180.0, 65.001),
+                                shapely.box(-180.0, 65.0, -179.999, 65.001)])
+    far_apart = shapely.MultiPolygon([shapely.box(179.0, 65.0, 179.001, 65.001),
+                                      shapely.box(-179.001, 65.0, -179.0, 65.001)])
+    results = []
+    for name, geom in (("whole", whole), ("cut", cut), ("apart", far_apart)):
+        path = tmp_path / f"{name}.geojson"
+        pyogrio.raw.write(path, geometry=np.asarray(shapely.to_wkb([geom]), dtype=object),
+                          field_data=[], fields=[], driver="GeoJSON", crs="EPSG:4326",
+                          geometry_type=geom.geom_type)
+        result = CliRunner().invoke(main, ["measure", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        results.append(json.loads(result.stdout)["polygons"])
+    (whole_m,), (cut_m,) = results[0], results[1]
+    assert cut_m["area_m2"] == pytest.approx(whole_m["area_m2"], rel=1e-6)
+    assert cut_m["perimeter_m"] == pytest.approx(whole_m["perimeter_m"], rel=1e-6)
+    assert len(results[2]) == 2  # two buildings either side of the meridian stay two
+
+
 def test_a_file_of_no_feature_measures_as_nothing(tmp_path: Path) -> None:
     """detect's new_buildings.geojson of a scene where nothing new was found: measure
     refused it ("contains no features", exit 1)."""
