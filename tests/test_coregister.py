@@ -226,6 +226,13 @@ def test_cli_coregister(tmp_path):
     assert info["shift_px"] == pytest.approx([3.25, -1.5], abs=0.1)
     before = read_scene(paths["before"])
     assert read_scene(out).grid == before.grid
+    # A Cloud-Optimized GeoTIFF with overviews (a large scene opens at any zoom in QGIS).
+    import rasterio
+
+    with rasterio.open(out) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.dtypes[0] == "float32" and ds.block_shapes[0] == (512, 512)
+        assert ds.overviews(1) or max(ds.shape) <= 512  # (none for one tile)
     again = runner.invoke(main, ["coregister", str(paths["before"]), str(paths["after"]),
                                  "-o", str(out)])
     assert again.exit_code == 1 and "--overwrite" in again.output

@@ -9,7 +9,9 @@ from dataclasses import replace
 import click
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.enums import ColorInterp
+from rasterio.io import MemoryFile
 
 from ..errors import OutputError
 from ..outputs import resolved_path
@@ -84,12 +86,19 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
     try:
         fd, tmp = tempfile.mkstemp(suffix=".tif", dir=folder)
         os.close(fd)
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-            # The after file's band meanings, so QGIS shows the colours as they were.
-            dst.colorinterp = [ColorInterp.undefined if colours[b - 1] == ColorInterp.alpha
-                               else colours[b - 1] for b in scene.bands]
-            dst.descriptions = [descriptions[b - 1] for b in scene.bands]
+        with MemoryFile() as mem:
+            with mem.open(**profile) as dst:
+                dst.write(data)
+                # The after file's band meanings, so QGIS shows the colours as they were.
+                dst.colorinterp = [ColorInterp.undefined if colours[b - 1] == ColorInterp.alpha
+                                   else colours[b - 1] for b in scene.bands]
+                dst.descriptions = [descriptions[b - 1] for b in scene.bands]
+            with mem.open() as src:
+                # A Cloud-Optimized GeoTIFF with overviews: QGIS draws a large scene
+                # at any zoom without reading it whole.
+                rasterio.shutil.copy(src, tmp, driver="COG", COMPRESS="DEFLATE",
+                                     PREDICTOR="FLOATING_POINT", BLOCKSIZE=512,
+                                     OVERVIEW_RESAMPLING="AVERAGE", NUM_THREADS=1)
         # mkstemp makes the file private (0600); give it the mode of any new file.
         umask = os.umask(0)
         os.umask(umask)
