@@ -310,6 +310,27 @@ def test_an_object_mostly_beyond_the_raster_counts_as_unseen_as_on_nodata():
     assert (r["fn"], r["n_outside_valid"]["truth"]) == (1, 0)
 
 
+@pytest.mark.parametrize("cut", ["nodata", "edge"])
+def test_an_object_partly_unseen_is_compared_where_it_was_seen(cut: str) -> None:
+    """A raster side's objects stop at its nodata and its edge; a polygon side's were
+    compared whole: the same building, 70 % seen, scored 30 % too large, and at a
+    stricter IoU as a miss and a false building at once."""
+    house = pixbox(20, 10, 60, 30) if cut == "nodata" else pixbox(72, 10, 112, 30)
+    valid = np.ones(GRID.shape, bool)
+    if cut == "nodata":
+        valid[:, :32] = False  # 12 of the house's 40 columns
+    mask = np.zeros(GRID.shape, bool)
+    if cut == "nodata":
+        mask[10:30, 20:60] = True
+        mask &= valid
+    else:
+        mask[10:30, 72:100] = True  # columns 72..111: its part on the grid
+    r = evaluate([house], mask, GRID, valid=valid, iou_threshold=0.8)
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 0)
+    assert r["per_object"][0]["area_error_pct"] == pytest.approx(0.0, abs=1e-6)
+    assert r["pred_area_m2"] == pytest.approx(28 * 20 * 0.25)
+
+
 def test_cli_refuses_sides_that_do_not_meet_and_images_as_masks(tmp_path, geotiff,
                                                                 textured_image):
     truth = np.zeros((100, 100), dtype=np.uint8)
