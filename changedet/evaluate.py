@@ -19,7 +19,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 
 from .errors import ProcessingError
-from .measure import metric_crs, polygonal, reproject_geoms
+from .measure import measured_where_true, metric_crs, polygonal, reproject_geoms
 from .raster import Grid
 from .vectorize import polygons_from_labels
 
@@ -174,12 +174,16 @@ def _clipped(geom: shapely.Geometry, seen: shapely.Geometry) -> shapely.Geometry
     return inside if inside.area > 0 else geom
 
 
-def _areas_m2(geoms: Sequence[shapely.Geometry], grid: Grid | None) -> np.ndarray:
-    """Areas (m²) of polygons in ``grid.crs`` (or, without a grid, in a metric CRS).
+def _areas_m2(geoms: Sequence[shapely.Geometry], grid: Grid | None,
+              crs: object | None = None) -> np.ndarray:
+    """Areas (m²) of polygons in ``grid.crs`` (or, without a grid, in ``crs`` or a
+    metric CRS).
 
     A Web-Mercator grid's units are not metres on the ground (its areas are
     1/cos²(latitude) too large): there the polygons are measured in
-    :func:`changedet.measure.metric_crs`, as ``detect`` measures its buildings.
+    :func:`changedet.measure.metric_crs`, as ``detect`` measures its buildings. Without
+    a grid but with their ``crs``, each polygon is measured where its area is true
+    (:func:`changedet.measure.measured_where_true`), as ``changedet measure`` does.
     """
     if not geoms:
         return np.zeros(0)
@@ -187,6 +191,8 @@ def _areas_m2(geoms: Sequence[shapely.Geometry], grid: Grid | None) -> np.ndarra
         metric = metric_crs(grid.crs, grid.bounds)
         if metric != grid.crs:
             geoms = reproject_geoms(geoms, grid.crs, metric)
+    elif crs is not None:
+        geoms = measured_where_true(geoms, crs)
     return shapely.area(np.asarray(geoms, dtype=object)).astype(float)
 
 
@@ -197,6 +203,7 @@ def evaluate(
     *,
     valid: np.ndarray | None = None,
     iou_threshold: float = IOU_THRESHOLD,
+    crs: object | None = None,
 ) -> dict[str, Any]:
     """Score predicted buildings against truth.
 
@@ -217,6 +224,10 @@ def evaluate(
         are left out of the object scores too (counted in ``n_outside_valid``).
     iou_threshold : float
         Object matching threshold (0.5, SpaceNet).
+    crs : CRS-like, optional
+        Without a grid, the CRS of the polygons: each is then measured where its area
+        is true, so that polygons far apart (a stray one at (0, 0)) are not measured
+        in a projection chosen for all of them.
 
     Returns
     -------
@@ -270,7 +281,7 @@ def evaluate(
     precision = 1.0 if both_empty else _ratio(tp, tp + fp)
     recall = 1.0 if both_empty else _ratio(tp, tp + fn)
 
-    p_area, t_area = _areas_m2(p_geoms, grid), _areas_m2(t_geoms, grid)
+    p_area, t_area = _areas_m2(p_geoms, grid, crs), _areas_m2(t_geoms, grid, crs)
     per_object: list[dict[str, Any]] = []
     abs_errors = []
     for p, t, iou in sorted(matches, key=lambda m: m[1]):
@@ -301,8 +312,16 @@ def evaluate(
     if grid is None and p_mask is None and t_mask is None:
         pu = shapely.union_all(p_geoms) if p_geoms else Polygon()
         tu = shapely.union_all(t_geoms) if t_geoms else Polygon()
-        inter = pu.intersection(tu).area
-        p_only, t_only = pu.area - inter, tu.area - inter
+        inter = pu.intersection(tu)
+        if crs is not None:
+            inter_m2, pu_m2, tu_m2 = (float(a.sum()) for a in (
+                _areas_m2(list(shapely.get_parts(inter)), None, crs),
+                _areas_m2(list(shapely.get_parts(pu)), None, crs),
+                _areas_m2(list(shapely.get_parts(tu)), None, crs)))
+        else:
+            inter_m2, pu_m2, tu_m2 = inter.area, pu.area, tu.area
+        p_only, t_only = pu_m2 - inter_m2, tu_m2 - inter_m2
+        inter = inter_m2
         basis = "area"
     else:
         assert grid is not None

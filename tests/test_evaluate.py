@@ -518,6 +518,23 @@ def test_cli_names_utm_coordinates_labelled_lon_lat(tmp_path):
         assert "internal error" not in res.output
 
 
+def test_cli_two_vector_files_measure_each_polygon_where_its_area_is_true(tmp_path):
+    """Both sides were measured in one projection chosen from the truth's whole extent:
+    one stray polygon at (0, 0) made a 13,588 m² building 25,907 m²."""
+    house = box(125.785, 39.072, 125.7865, 39.073)  # about 130 x 111 m in Pyongyang
+    stray = box(0.0, 0.0, 0.0001, 0.0001)
+    truth = _write_geojson(tmp_path / "truth.geojson", [house, stray], "EPSG:4326")
+    pred = _write_geojson(tmp_path / "pred.geojson", [house], "EPSG:4326")
+    res = CliRunner().invoke(main, ["evaluate", str(pred), str(truth), "--json"])
+    out = json.loads(res.stdout)
+    measured = CliRunner().invoke(main, ["measure", str(truth), "--json"])
+    areas = [p["area_m2"] for p in json.loads(measured.stdout)["polygons"]]
+    rows = {r["status"]: r for r in out["per_object"]}
+    assert rows["tp"]["truth_area_m2"] == pytest.approx(areas[0], abs=0.1)
+    assert rows["fn"]["truth_area_m2"] == pytest.approx(areas[1], abs=0.1)
+    assert rows["tp"]["area_error_pct"] == 0.0 and out["pixel_precision"] == 1.0
+
+
 def test_cli_refuses_a_raster_of_no_data_and_keeps_labels_past_int32(geotiff):
     """A mask of nothing but no data scored a perfect 1.0; label ids past 2**31 wrapped
     when moved to another grid, and every building was lost."""

@@ -172,8 +172,9 @@ def _is_raster(path: str) -> bool:
     return Path(path).suffix.lower() in _RASTER_SUFFIXES
 
 
-def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
-    """Both sides in one metric frame: (pred, truth, grid or None, valid or None)."""
+def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any, Any]:
+    """Both sides in one metric frame: (pred, truth, grid or None, valid or None, the
+    polygons' CRS when neither side is a raster)."""
     import numpy as np
     import shapely
     from rasterio.warp import Resampling, reproject, transform_bounds
@@ -241,7 +242,7 @@ def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
         items, crs = next(((s[1], s[2]) for s in (sides[1], sides[0]) if s[1]),
                           ([], None))
         if not items:  # nothing on either side: nothing to measure
-            return [], [], None, None
+            return [], [], None, None, None
         geoms = [g for _, g in items]
         target = metric_crs(crs, shapely.total_bounds(np.asarray(geoms, dtype=object)))
     for k, side in enumerate(out):
@@ -257,7 +258,7 @@ def _load(pred: str, truth: str) -> tuple[Any, Any, Any, Any]:
         if not extent[0].intersects(extent[1]):
             logger.warning("%s: no polygon lies within the extent of %s; are they of "
                            "the same place?", pred, truth)
-    return out[0], out[1], grid, valid
+    return out[0], out[1], grid, valid, (target if grid is None else None)
 
 
 #: How the pixel scores were counted, as the table names it.
@@ -321,8 +322,8 @@ def evaluate(pred: str, truth: str, iou_threshold: float, as_json: bool, cmd_ver
 
     apply_verbosity(cmd_verbose, cmd_quiet)
 
-    p, t, grid, valid = _load(pred, truth)
-    result = run_evaluate(p, t, grid, valid=valid, iou_threshold=iou_threshold)
+    p, t, grid, valid, crs = _load(pred, truth)
+    result = run_evaluate(p, t, grid, valid=valid, iou_threshold=iou_threshold, crs=crs)
     if as_json:
         echo_json(result)
     else:
