@@ -266,6 +266,23 @@ def test_cli_coregister(tmp_path):
     assert paths["after"].read_bytes() == kept
 
 
+def test_cli_coregister_measures_with_near_infrared_as_detect_does(tmp_path):
+    """detect --nir-band measures the shift on the colours and near-infrared together;
+    coregister had no such option, so it could not give detect's figure."""
+    paths = write_synthetic_pair(
+        SynthParams.for_scenario("suburb", seed=29, size=320, shift=(1.6, 2.2), nir=True),
+        tmp_path / "pair")
+    runner = CliRunner()
+    result = runner.invoke(main, ["coregister", str(paths["before"]), str(paths["after"]),
+                                  "-o", str(tmp_path / "r.tif"), "--nir-band", "4"])
+    assert result.exit_code == 0, result.output
+    detected = runner.invoke(main, ["detect", str(paths["before"]), str(paths["after"]),
+                                    "-o", str(tmp_path / "out"), "--nir-band", "4"])
+    assert detected.exit_code == 0, detected.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert json.loads(result.stdout)["shift_px"] == summary["coregistration"]["shift_px"]
+
+
 def test_cli_coregister_keeps_every_band_and_refuses_what_detect_refuses(tmp_path):
     """The registered scene keeps the after file's near-infrared band and its band
     meanings (it wrote the three colour bands only, tagged grey); a blank after scene

@@ -29,11 +29,15 @@ from .options import echo_json, handle_errors
 @click.option("--bands", default=None,
               help="1-based bands to use, e.g. 3,2,1 (default: those tagged red, green, "
                    "blue, else the first three not alpha).")
+@click.option("--nir-band", type=click.IntRange(1, None), default=None,
+              help="1-based near-infrared band, if the scenes have one (measured with the "
+                   "colours, as detect --nir-band measures the shift).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @verbosity_options
 @handle_errors
 def coregister(before: str, after: str, output: str, method: str, bands: str | None,
-               overwrite: bool, cmd_verbose: int, cmd_quiet: int) -> None:
+               nir_band: int | None, overwrite: bool, cmd_verbose: int,
+               cmd_quiet: int) -> None:
     """Register AFTER onto BEFORE and print the shift as JSON on stdout."""
     from ..coregister import coregister as run_coregister
     from ..raster import (align_checked_pair, coarsened_for, data_bands, parse_bands,
@@ -63,7 +67,7 @@ def coregister(before: str, after: str, output: str, method: str, bands: str | N
         raise click.BadParameter(str(exc), param_hint="--bands") from None
     # As detect: a blank scene has no noise to register against, and one scene given
     # as both dates registers perfectly onto itself.
-    pair = align_checked_pair(*(read_scene(path, chosen) for path in (before, after)))
+    pair = align_checked_pair(*(read_scene(path, chosen, nir_band) for path in (before, after)))
     registered, registration = run_coregister(pair, method)
     scene = registered.after
     with rasterio.open(after) as src:
